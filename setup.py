@@ -1,0 +1,37 @@
+"""Packaging for explain_lib (the explaining core) and pipeline (the Beam batch job)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="explain-lib",
+    version="0.1.0",
+    description="Explain Keras models' predictions, from one image to a whole dataset on Beam.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.13",
+    packages=find_packages(include=["explain_lib", "explain_lib.*", "pipeline", "pipeline.*"]),
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.10,<4",
+        "numpy>=2,<3",
+        # [gcp] brings Beam's GCS filesystem and the Dataflow runner; crcmod (TFRecord
+        # checksums) comes with Beam itself.
+        "apache-beam[gcp]>=2.77,<2.78",
+        "tensorflow-datasets>=4.9,<5",
+        "google-cloud-storage>=2.14,<4",
+        "pillow>=10",
+        "pandas>=2",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "gcp-storage-emulator>=2024.8",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "explain-pipeline=pipeline.__main__:main",
+        ],
+    },
+)
