@@ -1,0 +1,375 @@
+"""The explaining engine: `explain` is to an explaining method what `predict` is to `call`.
+
+Separation of concerns:
+- `engine.data` adapts what the user passes (arrays, tensors, `tf.data`, generators,
+  `keras.utils.PyDataset`) into an ordered stream of `(x, y)` batches, reading generators
+  and PyDatasets ahead in background workers.
+- `explain_step` runs one method on one batch on one replica: it calls the method, checks
+  the shapes it returned, post-processes the maps and resizes them.
+- `_compiled_step` builds, once per model, method, parameters, input signature and number of
+  units, the `tf.function` that splits a global batch across the replicas of the model's
+  `tf.distribute` strategy, runs `explain_step` on each with `strategy.run` (under XLA when
+  the model asks for `jit_compile`) and concatenates the replicas' results in input order.
+  Its batch dimension is unknown, so every batch size, the last partial one included, reuses
+  one trace. Compiled steps live in a cache this module owns, keyed weakly by model: nothing
+  is written onto the user's model.
+- `explain` drives the loop: which units to explain (all of them when `y` is None, in chunks
+  of `unit_chunk_size` so working memory stays bounded), callbacks and the progress bar,
+  and gathering the outputs into numpy arrays.
+"""
+
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from explain_lib import utils
+from explain_lib.engine import data as data_adapter
+from explain_lib.utils import SPATIAL_AXIS
+
+STEP_PARAMS = ("spatial_axis", "postprocessing", "resizing")
+"""Keyword arguments of `explain` that go to `explain_step`; every other one goes to the
+method."""
+
+DEFAULT_UNIT_CHUNK_SIZE = 16
+
+_compiled_steps: "weakref.WeakKeyDictionary[keras.Model, Dict[Any, Any]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def explain_step(
+    model: keras.Model,
+    method: Callable,
+    data: Tuple[tf.Tensor, tf.Tensor],
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+    postprocessing: Optional[Callable] = None,
+    resizing: Union[bool, Sequence[int], None] = True,
+    **params,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Explain one batch: `method`, then `postprocessing`, then resizing.
+
+    Args:
+        model: the model given to the method.
+        method: an explaining function `(model, inputs, indices, ...) -> (logits, maps)`.
+        data: `(inputs, indices)`, inputs (B, ..., H, W, C) and indices (B, K).
+        spatial_axis: the spatial axes of `inputs` (and of the maps).
+        postprocessing: a filter `f(maps, axis=spatial_axis)` applied to the raw maps.
+        resizing: True resizes the maps to the inputs' spatial size, a size resizes to that
+            size, False or None keeps the method's resolution.
+        **params: passed on to `method`.
+
+    Returns:
+        `logits` (B, K), the explained units' scores, and `maps` (B, ..., H', W', K).
+    """
+    inputs, indices = data_adapter.unpack(data)
+    logits, maps = method(
+        model=model, inputs=inputs, indices=indices, spatial_axis=spatial_axis, **params
+    )
+    _check_method_outputs(method, inputs, indices, logits, maps)
+    if postprocessing is not None:
+        maps = postprocessing(maps, axis=spatial_axis)
+    if resizing is not None and resizing is not False:
+        if resizing is True:
+            shape = tf.shape(inputs)
+            resizing = tf.stack([shape[a] for a in spatial_axis])
+        maps = utils.resize(maps, resizing, spatial_axis)
+    return logits, maps
+
+
+def _check_method_outputs(method, inputs, indices, logits, maps) -> None:
+    name = getattr(method, "__name__", repr(method))
+    units = None if indices is None else indices.shape[-1]
+    if maps.shape.rank != inputs.shape.rank or (units is not None and maps.shape[-1] != units):
+        raise ValueError(
+            f"Method {name} returned maps of shape {tuple(maps.shape)} for inputs of shape "
+            f"{tuple(inputs.shape)} and {units} unit(s) per sample; expected "
+            f"(batch, *spatial, {units}): one map per explained unit, channels replaced by units."
+        )
+    if logits.shape.rank != 2 or (units is not None and logits.shape[-1] != units):
+        raise ValueError(
+            f"Method {name} returned logits of shape {tuple(logits.shape)}; expected "
+            f"(batch, {units}): the scores of the explained units."
+        )
+
+
+def _freeze(value) -> Any:
+    """A hashable stand-in for a parameter value (unhashable values by identity)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return ("id", id(value))
+
+
+def _uses_xla(model: keras.Model) -> bool:
+    """Whether the model asks for XLA (`compile(jit_compile=...)`, resolved like Keras)."""
+    return bool(getattr(model, "jit_compile", False)) and not getattr(model, "run_eagerly", False)
+
+
+def _compiled_step(
+    model: keras.Model,
+    method: Callable,
+    method_params: Dict[str, Any],
+    step_params: Dict[str, Any],
+    input_spec: tf.TensorSpec,
+    units: int,
+) -> Callable:
+    """The step for this model, method, parameters, input signature and unit count: built
+    and traced on first use, then reused (see the module docstring)."""
+    key = (method, _freeze(method_params), _freeze(step_params),
+           tuple(input_spec.shape[1:]), input_spec.dtype, units)
+    steps = _compiled_steps.setdefault(model, {})
+    if key not in steps:
+        # The params are kept with the step so that identity-keyed values stay alive.
+        steps[key] = (_make_step(model, method, method_params, step_params, input_spec, units),
+                      method_params)
+    return steps[key][0]
+
+
+def _make_step(model, method, method_params, step_params, input_spec, units) -> Callable:
+    strategy = model.distribute_strategy
+    # The step refers to the model weakly, so that the cache entry does not keep it alive.
+    model_ref = weakref.ref(model)
+
+    def replica_step(inputs, indices):
+        return explain_step(model_ref(), method, (inputs, indices), **step_params, **method_params)
+
+    if _uses_xla(model):
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    def step(inputs, indices):
+        # Contiguous shards in replica order keep the input order; a batch that does not
+        # divide by the replica count is padded with copies of its last sample (an empty
+        # shard is not a valid input for every kernel), and the copies are dropped.
+        replicas = strategy.num_replicas_in_sync
+        batch = tf.shape(inputs)[0]
+        per_replica = (batch + replicas - 1) // replicas
+
+        def shard(tensor):
+            padding = tf.repeat(tensor[-1:], per_replica * replicas - batch, axis=0)
+            tensor = tf.concat([tensor, padding], axis=0)
+            return strategy.experimental_distribute_values_from_function(
+                lambda ctx: tensor[ctx.replica_id_in_sync_group * per_replica:
+                                   (ctx.replica_id_in_sync_group + 1) * per_replica]
+            )
+
+        outputs = strategy.run(replica_step, args=(shard(inputs), shard(indices)))
+        return tuple(
+            tf.concat(strategy.experimental_local_results(output), axis=0)[:batch]
+            for output in outputs
+        )
+
+    if getattr(model, "run_eagerly", False):
+        return step
+    return tf.function(
+        step,
+        input_signature=[
+            tf.TensorSpec((None, *input_spec.shape[1:]), input_spec.dtype),
+            tf.TensorSpec((None, units), tf.int32),
+        ],
+    )
+
+
+def _check_inputs(inputs: tf.Tensor, spatial_axis: Sequence[int]) -> None:
+    rank = inputs.shape.rank
+    if rank is None or rank < len(spatial_axis) + 2 or any(
+        not -rank <= a < rank for a in spatial_axis
+    ):
+        raise ValueError(
+            f"Inputs of shape {tuple(inputs.shape)} do not fit spatial_axis={tuple(spatial_axis)}:"
+            f" they need a batch axis, the {len(spatial_axis)} spatial axes and a channel axis "
+            f"(at least rank {len(spatial_axis) + 2}). Add a batch axis (x[None]) for a single "
+            "image, batch a tf.data.Dataset (dataset.batch(n)), or set spatial_axis."
+        )
+    axes = utils.positive_axes(spatial_axis, rank)
+    if len(set(axes)) != len(axes) or 0 in axes or rank - 1 in axes:
+        raise ValueError(
+            f"spatial_axis={tuple(spatial_axis)} must name distinct axes of inputs of shape "
+            f"{tuple(inputs.shape)}, neither the batch axis (0) nor the channel axis (-1)."
+        )
+
+
+def _units_of(model: keras.Model, inputs: tf.Tensor) -> int:
+    """How many output units the model's logits (its first output) have."""
+    outputs = getattr(model, "outputs", None)
+    if outputs and outputs[0].shape[-1] is not None:
+        return int(outputs[0].shape[-1])
+    outputs = keras.tree.flatten(model(inputs[:1], training=False))
+    return int(outputs[0].shape[-1])
+
+
+def _indices(y, batch: int, units: int) -> np.ndarray:
+    """The (batch, K) int32 unit indices of a batch: `y` checked, or every unit."""
+    if y is None:
+        return np.broadcast_to(np.arange(units, dtype=np.int32), (batch, units))
+    y = np.asarray(y)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != batch:
+        raise ValueError(
+            f"y of shape {y.shape} does not fit a batch of {batch} inputs: give unit indices "
+            f"of shape ({batch},) or ({batch}, K)."
+        )
+    if not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
+        raise ValueError(f"y must hold integer unit indices, got dtype {y.dtype}.")
+    bad = y[(y < 0) | (y >= units)]
+    if bad.size:
+        raise ValueError(
+            f"Unit indices {sorted(set(bad.astype(int).tolist()))[:10]} are out of range: the "
+            f"model has {units} output units, so indices must lie in [0, {units - 1}]."
+        )
+    return y.astype(np.int32)
+
+
+def _chunks(indices: np.ndarray, size: int) -> List[Tuple[np.ndarray, int]]:
+    """Split the units into chunks of `size`, padding the last one to the same width (so
+    every chunk reuses one trace); yields (chunk, number of real columns)."""
+    if indices.shape[1] <= size:
+        return [(indices, indices.shape[1])]
+    chunks = []
+    for start in range(0, indices.shape[1], size):
+        chunk = indices[:, start:start + size]
+        real = chunk.shape[1]
+        if real < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:, -1:], size - real, axis=1)], 1)
+        chunks.append((chunk, real))
+    return chunks
+
+
+def explain(
+    method: Callable,
+    model: keras.Model,
+    x,
+    y=None,
+    batch_size: Optional[int] = None,
+    verbose: Union[str, int] = "auto",
+    steps: Optional[int] = None,
+    callbacks: Optional[List[keras.callbacks.Callback]] = None,
+    max_queue_size: int = 10,
+    workers: int = 1,
+    use_multiprocessing: bool = False,
+    force: bool = True,
+    **method_params,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Explain `model`'s outputs for `x` with an explaining `method`.
+
+    Usage:
+
+        x = np.random.uniform(0, 255, (8, 224, 224, 3)).astype("float32")
+        model = keras.applications.ResNet50V2(weights=None, classifier_activation=None)
+        logits, maps = explain(methods.gradient.gradients, model, x, y=[16] * 8,
+                               postprocessing=filters.absolute_normalize)
+        maps.shape  # (8, 224, 224, 1)
+
+    Args:
+        method: an explaining function `(model, inputs, indices, ...) -> (logits, maps)`,
+            such as those in `explain_lib.methods`.
+        model: the Keras model to explain (the exposed model, for methods that need one).
+            `explain` runs under its `tf.distribute` strategy: a model built in a
+            `MirroredStrategy` scope is explained on all its replicas.
+        x: inputs: a numpy array or tensor (N, H, W, C), a batched `tf.data.Dataset` of `x`
+            or `(x, y)`, a generator of such batches, or a `keras.utils.PyDataset`.
+        y: unit indices to explain, (N,) or (N, K); None explains every output unit.
+        batch_size: samples per step for arrays and tensors (default 32).
+        verbose: "auto" (a progress bar when there is more than one batch), 0 or 1.
+        steps: the number of batches to read (required for infinite datasets).
+        callbacks: Keras callbacks; they receive `on_predict_begin`, `on_predict_batch_begin`,
+            `on_predict_batch_end` (with `logs={"outputs": (logits, maps)}`) and
+            `on_predict_end`.
+        max_queue_size: batches read ahead from a generator or PyDataset.
+        workers: threads (or processes) reading a PyDataset.
+        use_multiprocessing: read a PyDataset with processes instead of threads.
+        force: rebuild the compiled step for this model. Pass False when calling `explain`
+            repeatedly with the same method and parameters: the compiled step is reused and
+            nothing is retraced.
+        **method_params: `spatial_axis`, `postprocessing` and `resizing` go to
+            `explain_step`; `unit_chunk_size` (default 16) bounds how many units one step
+            explains; everything else goes to `method`.
+
+    Returns:
+        `logits` (N, K), the explained units' scores, and `maps` (N, H, W, K).
+
+    Raises:
+        ValueError: with what is wrong and how to fix it, for empty inputs, mismatched
+            `x`/`y`, unit indices out of range, inputs that do not fit `spatial_axis`, or a
+            method returning maps of an unexpected shape.
+    """
+    step_params = {k: method_params.pop(k) for k in STEP_PARAMS if k in method_params}
+    unit_chunk_size = int(method_params.pop("unit_chunk_size", DEFAULT_UNIT_CHUNK_SIZE))
+    spatial_axis = tuple(step_params.get("spatial_axis", SPATIAL_AXIS))
+    if force:
+        _compiled_steps.pop(model, None)
+
+    batches, num_batches = data_adapter.adapt(
+        x, y, batch_size, steps, max_queue_size, workers, use_multiprocessing
+    )
+    if verbose == "auto":
+        verbose = 0 if num_batches == 1 else 1
+    if not isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = keras.callbacks.CallbackList(
+            callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1,
+            steps=num_batches, model=model,
+        )
+
+    all_logits, all_maps = [], []
+    units = None
+    callbacks.on_predict_begin()
+    for step, (x_batch, y_batch) in enumerate(batches):
+        callbacks.on_predict_batch_begin(step)
+        inputs = tf.convert_to_tensor(x_batch)
+        if not inputs.dtype.is_floating:
+            inputs = tf.cast(inputs, keras.config.floatx())
+        _check_inputs(inputs, spatial_axis)
+        if units is None:
+            units = _units_of(model, inputs)
+        indices = _indices(y_batch, int(inputs.shape[0]), units)
+
+        logits, maps = [], []
+        for chunk, real in _chunks(indices, unit_chunk_size):
+            fn = _compiled_step(
+                model, method, method_params, step_params, tf.TensorSpec.from_tensor(inputs),
+                chunk.shape[1],
+            )
+            chunk_logits, chunk_maps = fn(inputs, tf.constant(chunk))
+            logits.append(chunk_logits.numpy()[:, :real])
+            maps.append(chunk_maps.numpy()[..., :real])
+        logits = np.concatenate(logits, axis=-1) if len(logits) > 1 else logits[0]
+        maps = np.concatenate(maps, axis=-1) if len(maps) > 1 else maps[0]
+        all_logits.append(logits)
+        all_maps.append(maps)
+        callbacks.on_predict_batch_end(step, {"outputs": (logits, maps)})
+
+    if not all_logits:
+        raise ValueError("x is empty: the input yielded no batch, so there is nothing to explain.")
+    callbacks.on_predict_end()
+    if len(all_logits) == 1:
+        return all_logits[0], all_maps[0]
+    return np.concatenate(all_logits), np.concatenate(all_maps)
+
+
+def partial_explain(method: Callable, **default_params) -> Callable:
+    """`explain` with `method` and default parameters fixed: the shortcuts' factory.
+
+    Usage:
+
+        gradcam = partial_explain(methods.cams.gradcam,
+                                  postprocessing=filters.positive_normalize)
+        logits, maps = gradcam(model, x, y)
+    """
+
+    def explain_with_method(model, x, y=None, **params):
+        return explain(method, model, x, y, **{**default_params, **params})
+
+    explain_with_method.__name__ = f"{method.__name__}_explain"
+    explain_with_method.__doc__ = (
+        f"`explain` with `{method.__name__}` and defaults {default_params}.\n\n"
+        f"{method.__doc__ or ''}"
+    )
+    return explain_with_method

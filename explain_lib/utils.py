@@ -1,0 +1,57 @@
+"""Small helpers shared by the engine, the methods and the filters."""
+
+from typing import Sequence, Tuple, Union
+
+import tensorflow as tf
+
+SPATIAL_AXIS = (-3, -2)
+"""Default positions of the spatial axes: inputs are (batch, H, W, channels)."""
+
+
+def tolist(item) -> list:
+    """`item` as a list: lists pass through, tuples and sets are converted, anything else
+    becomes a one-element list."""
+    if isinstance(item, list):
+        return item
+    if isinstance(item, (tuple, set)):
+        return list(item)
+    return [item]
+
+
+def positive_axes(axes: Sequence[int], rank: int) -> Tuple[int, ...]:
+    """Resolve (possibly negative) `axes` against a tensor of `rank` dimensions."""
+    return tuple(a % rank for a in axes)
+
+
+def resize(
+    maps: tf.Tensor,
+    size: Union[Sequence[int], tf.Tensor],
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+) -> tf.Tensor:
+    """Bilinearly resize the spatial axes of `maps` to `size`.
+
+    The common layout (..., H, W, K) goes straight to `tf.image.resize`; any other layout
+    (videos, volumes: spatial_axis of length 1 or 3, or axes elsewhere) is resized one axis
+    at a time, which is the same operation because bilinear interpolation is separable.
+
+    Usage:
+
+        maps = resize(maps, (224, 224))              # (B, 7, 7, K) -> (B, 224, 224, K)
+        vols = resize(vols, (32, 64, 64), (1, 2, 3))  # (B, 8, 16, 16, K) -> (B, 32, 64, 64, K)
+    """
+    rank = maps.shape.rank
+    axes = positive_axes(spatial_axis, rank)
+    if axes == (rank - 3, rank - 2):
+        shape = tf.shape(maps)
+        flat = tf.reshape(maps, tf.concat([[-1], shape[-3:]], axis=0))
+        flat = tf.image.resize(flat, size)
+        return tf.reshape(flat, tf.concat([shape[:-3], tf.shape(flat)[1:]], axis=0))
+
+    for axis, length in zip(axes, tf.unstack(tf.convert_to_tensor(size, tf.int32))):
+        moved = tf.experimental.numpy.moveaxis(maps, axis, -1)
+        shape = tf.shape(moved)
+        line = tf.reshape(moved, [-1, shape[-1], 1, 1])
+        line = tf.image.resize(line, tf.stack([length, 1]))
+        moved = tf.reshape(line, tf.concat([shape[:-1], [length]], axis=0))
+        maps = tf.experimental.numpy.moveaxis(moved, -1, axis)
+    return maps
