@@ -152,6 +152,12 @@ def _contains(container: keras.layers.Layer, layer: keras.layers.Layer) -> bool:
 
 def _symbolic_inputs(model: keras.Model):
     """New `keras.Input`s shaped like the model's: one tensor, or a list for several."""
+    if not isinstance(model, keras.Sequential) and not getattr(model, "outputs", None):
+        raise ValueError(
+            f"Cannot expose the inner layers of {model.name!r} ({type(model).__name__}): only "
+            "Functional and Sequential models have a graph to re-trace. Build the model "
+            "functionally, or give the method a model that already returns [logits, activations]."
+        )
     if not getattr(model, "inputs", None):
         raise ValueError(
             f"Model {model.name!r} has no symbolic inputs: build it first (give its first "
@@ -189,15 +195,12 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple]) -> keras.Model:
         inputs = outputs = _symbolic_inputs(model)
         for layer in model.layers:
             outputs = call(layer, outputs)
-    elif getattr(model, "inputs", None) and getattr(model, "outputs", None):
-        clone = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
-        inputs, outputs = clone.inputs, clone.outputs
     else:
-        raise ValueError(
-            f"Cannot expose the inner layers of {model.name!r} ({type(model).__name__}): only "
-            "Functional and Sequential models have a graph to re-trace. Build the model "
-            "functionally, or give the method a model that already returns [logits, activations]."
+        _symbolic_inputs(model)  # checks that the model has a graph
+        clone = keras.models.clone_model(
+            model, clone_function=lambda layer: layer, call_function=call
         )
+        inputs, outputs = clone.inputs, clone.outputs
 
     captured = []
     for (layer, link, node), tensors in calls.items():
