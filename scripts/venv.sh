@@ -5,7 +5,8 @@ ensure_venv() {
   local extra="${1:-}" spec="." stamp=".venv/.installed"
   [ -n "$extra" ] && spec=".[$extra]"
   if [ ! -x .venv/bin/python ]; then
-    "${PYTHON:-python3.11}" -m venv .venv
+    local python="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+    "$python" -m venv .venv
   fi
   local want
   want="$(cat setup.py; echo "$spec")"
