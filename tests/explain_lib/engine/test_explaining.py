@@ -351,3 +351,16 @@ class TestErrors:
         with pytest.raises(ValueError, match=r"yield \(x, y\) batches"):
             explain(gradients, model, tf.data.Dataset.from_tensor_slices(images).batch(2),
                     units, verbose=0)
+
+
+def test_every_unit_of_a_thousand_unit_model():
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1000)])
+    x = np.random.default_rng(4).uniform(size=(3, 6, 6, 2)).astype("float32")
+    logits, maps = explain(gradients, model, x, verbose=0)
+    assert logits.shape == (3, 1000) and maps.shape == (3, 6, 6, 1000)
+    np.testing.assert_allclose(logits, model(x), rtol=1e-5, atol=1e-6)
+    for unit in (0, 15, 16, 999):  # chunk edges, and the padded last chunk
+        _, ref = reference_gradients(model, x, np.full((3, 1), unit))
+        np.testing.assert_allclose(maps[..., unit], ref[..., 0], rtol=1e-4, atol=1e-8)
