@@ -1,0 +1,156 @@
+"""`python -m pipeline` (or `explain-pipeline`): explain every image in TFRecord files.
+
+    python -m pipeline --input 'data/*.tfrecord*' --output out/expl --model model.keras \\
+        --method gradcam [--units_key label | --top_k 3] [--runner DirectRunner ...]
+
+Writes out/expl-SSSSS-of-NNNNN.tfrecord.gz (schema v1, read them with
+`explain_lib.io.read_explanations`) and out/expl.dead_letters-SSSSS-of-NNNNN.tfrecord.gz
+(records that could not be explained, with the stage and the error), then prints the counts
+and checks that every record read was either explained or dead-lettered.
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
+
+from pipeline.handler import METRICS_NAMESPACE
+from pipeline.options import FILE_SUFFIX, ExplainOptions
+from pipeline.records import STAGES
+from pipeline.transforms import EXPLAINED_COUNTER, READ_COUNTER, build_pipeline, dead_letter_counter
+
+
+@dataclass
+class RunSummary:
+    """What a run did: records read, explained and dead-lettered per stage, and where the
+    outputs are. `counted` is False when the runner reported no counters."""
+
+    read: int = 0
+    explained: int = 0
+    dead_letters: Dict[str, int] = field(default_factory=dict)
+    explanations_pattern: str = ""
+    dead_letters_pattern: str = ""
+    counted: bool = True
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(self.dead_letters.values())
+
+    @property
+    def balanced(self) -> bool:
+        """Every record read was explained or dead-lettered, exactly once."""
+        return self.read == self.explained + self.dead_lettered
+
+    def report(self) -> str:
+        stages = ", ".join(
+            f"{stage} {count}" for stage, count in self.dead_letters.items() if count
+        )
+        lines = [
+            f"records read:          {self.read}",
+            f"records explained:     {self.explained}",
+            f"records dead-lettered: {self.dead_lettered}" + (f" ({stages})" if stages else ""),
+            f"explanations: {self.explanations_pattern}",
+            f"dead letters: {self.dead_letters_pattern}",
+        ]
+        if not self.counted:
+            lines.insert(0, "The runner reported no counters: the counts below are unknown.")
+        return "\n".join(lines)
+
+
+def _counter_values(result) -> Optional[Dict[str, int]]:
+    """The job's counters by name (committed values, or attempted where the runner does
+    not commit); None when the runner does not report metrics."""
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception:  # noqa: BLE001: some runners do not support metrics queries
+        return None
+    values: Dict[str, int] = {}
+    for counter in counters["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + (value or 0)
+    return values
+
+
+def summarize(result, options: ExplainOptions) -> RunSummary:
+    """The counts of a finished run (see `RunSummary`)."""
+    values = _counter_values(result)
+    summary = RunSummary(
+        explanations_pattern=f"{options.output}-*{FILE_SUFFIX}",
+        dead_letters_pattern=f"{options.dead_letters}-*{FILE_SUFFIX}",
+        counted=values is not None,
+    )
+    values = values or {}
+    summary.read = values.get(READ_COUNTER, 0)
+    summary.explained = values.get(EXPLAINED_COUNTER, 0)
+    summary.dead_letters = {stage: values.get(dead_letter_counter(stage), 0) for stage in STAGES}
+    return summary
+
+
+def make_pipeline(argv: Optional[List[str]] = None):
+    """The job's `beam.Pipeline` and options from command-line arguments, built but not run.
+
+    Raises ValueError for bad options and OSError for missing files: nothing has run yet.
+    """
+    options = PipelineOptions(argv)
+    explain_options = options.view_as(ExplainOptions)
+    explain_options.check()
+    portable = options.view_as(PortableOptions)
+    if portable.job_endpoint == "embed" and not portable.environment_type:
+        # The embedded job service would otherwise start its workers in Docker containers;
+        # LOOPBACK runs them in this process, which is what "embed" is for.
+        portable.environment_type = "LOOPBACK"
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, explain_options)
+    return pipeline, explain_options
+
+
+def run(argv: Optional[List[str]] = None) -> RunSummary:
+    """Build and run the job from command-line arguments; wait for it, return its counts."""
+    pipeline, options = make_pipeline(argv)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return summarize(result, options)
+
+
+def print_help() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description=__doc__.split("\n\n")[0] + " Every Beam pipeline option works too "
+        "(--runner, --direct_num_workers, --project, ...).",
+    )
+    ExplainOptions._add_argparse_args(parser)
+    parser.print_help()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Console entry point: run, print the counts; exit 2 on bad options, 1 if the records
+    read are not all explained or dead-lettered."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print_help()
+        return 0
+    try:
+        pipeline, options = make_pipeline(argv)
+    except (ValueError, OSError) as error:  # bad options, missing files: nothing ran
+        print(f"explain-pipeline: {error}", file=sys.stderr)
+        return 2
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = summarize(result, options)
+    print(summary.report())
+    if summary.counted and not summary.balanced:
+        print(
+            f"explain-pipeline: {summary.read} records read but {summary.explained} explained "
+            f"and {summary.dead_lettered} dead-lettered: some records were lost or duplicated.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The explaining side of the job, free of Beam: load a model the way a worker should, pick
+the method by name, and explain a batch of images through `explain_lib.explain`.
+
+Separation of concerns:
+
+- `load_keras_model` reads a `.keras` file from any Beam filesystem (local, `gs://`, ...).
+- `make_strategy` picks the worker's `tf.distribute` strategy: a `MirroredStrategy` over its
+  GPUs (or given devices), the default strategy on CPU-only workers.
+- `resolve_method`, `resolve_method_params` and `resolve_preprocess` turn the command
+  line's names and JSON into functions.
+- `inspect_model` is what the launcher learns before the job starts (input size, number of
+  units), so that bad options fail at once rather than on every worker.
+- `Explainer` holds one loaded model and method; `Explainer.explain` explains a batch,
+  predicting the top-K units where none were given. `pipeline.handler` wraps it for Beam's
+  RunInference; the benchmark and tests can use it directly.
+
+Usage:
+
+    explainer = Explainer.load("model.keras", "gradcam")
+    explanations = explainer.explain(images, [None] * len(images))   # top-1 units
+    explanations[0].units, explanations[0].logits, explanations[0].maps.shape
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import explain_lib
+from explain_lib import filters, inspection
+
+PREPROCESSING = ("none", "unit", "symmetric")
+"""Built-in `--preprocess` names; any `keras.applications` module name also works."""
+
+_EXPOSED_MODULES = ("explain_lib.methods.cams",)
+
+
+# --- model files and devices ----------------------------------------------------------------
+
+
+def load_keras_model(path: str, compile: bool = False) -> keras.Model:
+    """Load a Keras model file from any filesystem Beam knows (local, `gs://`, ...).
+
+    Keras reads local files only, so a remote file is first copied to a local temporary
+    file (keeping its suffix, which tells Keras the format).
+    """
+    if os.path.exists(path):
+        return keras.saving.load_model(path, compile=compile)
+    from apache_beam.io.filesystems import FileSystems
+
+    suffix = os.path.splitext(path)[1] or ".keras"
+    directory = tempfile.mkdtemp(prefix="explain_model_")
+    local = os.path.join(directory, "model" + suffix)
+    try:
+        with FileSystems.open(path) as source, open(local, "wb") as target:
+            shutil.copyfileobj(source, target, length=16 << 20)
+        return keras.saving.load_model(local, compile=compile)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def make_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
+    """The strategy a worker explains under: a `MirroredStrategy` over `devices` if given,
+    else over the visible GPUs; the default strategy when there is no GPU."""
+    if devices:
+        return tf.distribute.MirroredStrategy(devices=list(devices))
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy(devices=[gpu.name for gpu in gpus])
+    return tf.distribute.get_strategy()
+
+
+# --- names to functions -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """An explaining method found by name: the function, whether it needs the exposed model
+    (`[logits, activations]`, the CAM family), and its conventional `explain` parameters
+    (`explain_lib.methods.DEFAULTS`, for instance Grad-CAM's `positive_normalize`)."""
+
+    name: str
+    function: Callable
+    needs_exposed_model: bool
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def resolve_method(name: str) -> MethodInfo:
+    """The method registered in `explain_lib.methods` as `name`.
+
+    Raises ValueError listing the known methods when there is no such method.
+    """
+    from explain_lib import methods
+
+    function = methods.get_method(name)
+    return MethodInfo(
+        name, function, _needs_exposed_model(function), dict(methods.DEFAULTS.get(name, {}))
+    )
+
+
+def _needs_exposed_model(function: Callable) -> bool:
+    """CAM methods (the `cams` module, or a meta method wrapping one) weigh an inner
+    activation, so they take the model `inspection.expose` builds."""
+    while function is not None:
+        if getattr(function, "__module__", "") in _EXPOSED_MODULES:
+            return True
+        function = getattr(function, "__wrapped__", None)
+    return False
+
+
+def resolve_method_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Method parameters as JSON gives them, turned into what `explain` takes:
+    `postprocessing` names a filter in `explain_lib.filters` (or is null), `resizing` is
+    true, false or [H, W], `spatial_axis` a list of axes; the rest passes through.
+
+    Usage:
+
+        resolve_method_params({"postprocessing": "positive_normalize", "resizing": [7, 7]})
+    """
+    if isinstance(params, str):
+        params = json.loads(params) if params.strip() else {}
+    params = dict(params or {})
+    if isinstance(params.get("postprocessing"), str):
+        name = params["postprocessing"]
+        function = getattr(filters, name, None)
+        if not callable(function):
+            known = [n for n in getattr(filters, "__all__", dir(filters)) if not n.startswith("_")]
+            raise ValueError(f"Unknown postprocessing filter {name!r}; known: {', '.join(known)}.")
+        params["postprocessing"] = function
+    if isinstance(params.get("resizing"), list):
+        params["resizing"] = tuple(int(v) for v in params["resizing"])
+    if isinstance(params.get("spatial_axis"), list):
+        params["spatial_axis"] = tuple(int(v) for v in params["spatial_axis"])
+    return params
+
+
+def resolve_preprocess(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The input preprocessing called `name`, a function of a float32 batch in [0, 255]:
+    "none" (keep [0, 255]: models carrying their own preprocessing layers), "unit" ([0, 1]),
+    "symmetric" ([-1, 1]), or the name of a `keras.applications` module (for instance
+    "resnet_v2", "efficientnet") whose `preprocess_input` is used."""
+    if name in (None, "", "none"):
+        return _identity
+    if name == "unit":
+        return _to_unit
+    if name == "symmetric":
+        return _to_symmetric
+    module = getattr(keras.applications, name, None)
+    function = getattr(module, "preprocess_input", None)
+    if function is None:
+        modules = [n for n in dir(keras.applications)
+                   if hasattr(getattr(keras.applications, n), "preprocess_input")]
+        raise ValueError(
+            f"Unknown preprocessing {name!r}: use one of {', '.join(PREPROCESSING)} or a "
+            f"keras.applications module: {', '.join(sorted(modules))}."
+        )
+    return lambda x: np.asarray(function(np.array(x, np.float32, copy=True)), np.float32)
+
+
+def _identity(x):
+    return x
+
+
+def _to_unit(x):
+    return x / np.float32(255.0)
+
+
+def _to_symmetric(x):
+    return x / np.float32(127.5) - np.float32(1.0)
+
+
+# --- what the launcher checks -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the launcher needs to know of the model: its input shape (H, W, C), entries
+    None when the model takes any size, and its number of output units."""
+
+    input_shape: Tuple[Optional[int], Optional[int], Optional[int]]
+    num_units: int
+
+
+def inspect_model(
+    model_or_path, method: Optional[str] = None, activation_layer: Optional[str] = None
+) -> ModelInfo:
+    """Load the model once (in the launcher) to read its input shape and number of units, and
+    check that `method` exists and can expose `activation_layer`: a wrong option fails here,
+    with a clear message, instead of on every worker."""
+    model = model_or_path
+    if isinstance(model_or_path, str):
+        model = load_keras_model(model_or_path)
+    if not getattr(model, "inputs", None) or len(model.inputs) != 1:
+        raise ValueError("The pipeline explains models with one image input (B, H, W, C).")
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3:
+        raise ValueError(
+            f"The model's input has shape {shape}; the pipeline needs (H, W, C) images."
+        )
+    outputs = keras.tree.flatten(model.outputs)
+    num_units = outputs[0].shape[-1]
+    if num_units is None:
+        raise ValueError("The model's output has an unknown number of units.")
+    if method is not None and resolve_method(method).needs_exposed_model:
+        inspection.expose(model, activation_layer)
+    return ModelInfo(shape, int(num_units))
+
+
+# --- explaining ---------------------------------------------------------------------------------
+
+
+class Explanation(NamedTuple):
+    """One input explained: `units` (K,) int64, `logits` (K,) float32 and `maps` (H, W, K)
+    float32."""
+
+    units: np.ndarray
+    logits: np.ndarray
+    maps: np.ndarray
+
+
+class Explainer:
+    """A loaded model and method, explaining batches of images.
+
+    Build it with `Explainer.load` (which owns the strategy and the exposure) or from a
+    model already built in the strategy scope you want.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        method: str = "gradcam",
+        method_params: Optional[Mapping[str, Any]] = None,
+        activation_layer: Optional[str] = None,
+        preprocess: str = "none",
+        top_k: int = 1,
+    ):
+        self.model = model
+        self.method = resolve_method(method)
+        self.params = {**self.method.defaults, **resolve_method_params(method_params)}
+        self.preprocess = resolve_preprocess(preprocess)
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}.")
+        self.top_k = top_k
+        if self.method.needs_exposed_model:
+            # Built in the model's strategy scope so that the exposed model runs under it too.
+            with model.distribute_strategy.scope():
+                self.explained_model = inspection.expose(model, activation_layer)
+        else:
+            self.explained_model = model
+        self.num_units = int(keras.tree.flatten(model.outputs)[0].shape[-1])
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str,
+        method: str = "gradcam",
+        method_params: Optional[Mapping[str, Any]] = None,
+        activation_layer: Optional[str] = None,
+        preprocess: str = "none",
+        top_k: int = 1,
+        devices: Optional[Sequence[str]] = None,
+    ) -> "Explainer":
+        """Load `model_path` (any Beam filesystem) under the worker's strategy
+        (`make_strategy(devices)`) and prepare `method` for it."""
+        strategy = make_strategy(devices)
+        with strategy.scope():
+            model = load_keras_model(model_path)
+            return cls(model, method, method_params, activation_layer, preprocess, top_k)
+
+    def predict_units(self, x: np.ndarray) -> np.ndarray:
+        """The top-K predicted units (N, K) of preprocessed inputs, best first."""
+        scores = keras.tree.flatten(self.model.predict_on_batch(x))[0]
+        scores = np.asarray(scores).reshape(len(x), -1)
+        k = min(self.top_k, scores.shape[1])
+        # A stable sort keeps the lower unit first on ties, so runs agree.
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
+
+    def explain(
+        self, images: np.ndarray, units: Sequence[Optional[np.ndarray]]
+    ) -> List[Explanation]:
+        """Explain a batch: `images` (N, H, W, C) float32 in [0, 255], `units[i]` the units
+        to explain for image i, or None for its top-K predictions. Returns one
+        `Explanation` per image, in order."""
+        x = self.preprocess(np.asarray(images, np.float32))
+        units = list(units)
+        missing = [i for i, u in enumerate(units) if u is None]
+        if missing:
+            predicted = self.predict_units(x[missing])
+            for i, row in zip(missing, predicted):
+                units[i] = row
+        # explain takes one (N, K) unit array per call: group the images by K.
+        groups: Dict[int, List[int]] = {}
+        for i, u in enumerate(units):
+            groups.setdefault(len(u), []).append(i)
+        results: List[Optional[Explanation]] = [None] * len(units)
+        for indices in groups.values():
+            y = np.stack([units[i] for i in indices]).astype(np.int32)
+            logits, maps = explain_lib.explain(
+                self.method.function,
+                self.explained_model,
+                x[indices],
+                y,
+                batch_size=len(indices),
+                verbose=0,
+                force=False,
+                **self.params,
+            )
+            for row, i in enumerate(indices):
+                results[i] = Explanation(
+                    np.asarray(units[i], np.int64), logits[row].astype(np.float32), maps[row]
+                )
+        return results

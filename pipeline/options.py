@@ -1,0 +1,115 @@
+"""The job's command line: `ExplainOptions`, a `PipelineOptions` subclass, so every Beam
+option (runner, workers, Dataflow settings, ...) works alongside ours.
+
+Usage:
+
+    options = PipelineOptions(["--input", "data/*.tfrecord", "--output", "out/expl",
+                               "--model", "model.keras", "--method", "gradcam"])
+    explain_options = options.view_as(ExplainOptions)
+"""
+
+import json
+from typing import Optional, Tuple
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from explain_lib.io import DEFAULT_ENCODING
+from pipeline.records import IMAGE_FORMATS
+
+DEAD_LETTER_SUFFIX = ".dead_letters"
+"""Appended to `--output` for the default `--dead_letter_prefix`: `out/expl-*` matches the
+results only, `out/expl.dead_letters-*` the dead letters."""
+
+FILE_SUFFIX = ".tfrecord.gz"
+"""Suffix of every file the job writes (GZIP-compressed TFRecords)."""
+
+
+def parse_ints(text: Optional[str], count: int, name: str) -> Optional[Tuple[int, ...]]:
+    """'224,224' -> (224, 224), checking there are `count` positive integers."""
+    if text in (None, ""):
+        return None
+    try:
+        values = tuple(int(v) for v in str(text).replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count or min(values) < 1:
+        raise ValueError(f"--{name} takes {count} positive integers separated by commas, "
+                         f"not {text!r}.")
+    return values
+
+
+class ExplainOptions(PipelineOptions):
+    """Options of the explaining job (see `python -m pipeline --help`)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("explain_pipeline")
+        group.add_argument("--input", help="TFRecord file pattern of tf.train.Examples "
+                           "(any Beam filesystem; .gz files are read as GZIP).")
+        group.add_argument("--output", help="Prefix of the explanation files "
+                           f"(written as PREFIX-SSSSS-of-NNNNN{FILE_SUFFIX}).")
+        group.add_argument("--dead_letter_prefix", default=None,
+                           help="Prefix of the dead-letter files (default: "
+                           f"OUTPUT{DEAD_LETTER_SUFFIX}).")
+        group.add_argument("--model", help="Keras .keras model file (any Beam filesystem).")
+        group.add_argument("--method", default="gradcam",
+                           help="Explaining method, by name (default: gradcam).")
+        group.add_argument("--method_params", default="{}",
+                           help='Method parameters as JSON, e.g. \'{"postprocessing": '
+                           '"positive_normalize"}\'.')
+        group.add_argument("--image_key", default="image", help="Feature holding the image.")
+        group.add_argument("--image_format", default="auto", choices=IMAGE_FORMATS,
+                           help="auto (JPEG/PNG detected, raw otherwise), jpeg, png or raw.")
+        group.add_argument("--image_shape", default=None,
+                           help="H,W,C of raw tensor images.")
+        group.add_argument("--id_key", default="id", help="Feature holding the record id; "
+                           "records without one get a hash of their bytes.")
+        group.add_argument("--units_key", default=None,
+                           help="int64 feature holding the units to explain (one or more).")
+        group.add_argument("--top_k", type=int, default=1,
+                           help="Explain the K top predicted units of records without units.")
+        group.add_argument("--image_size", default=None,
+                           help="H,W to resize images to (default: the model's input size).")
+        group.add_argument("--preprocess", default="none",
+                           help="none (pixels in [0, 255]), unit ([0, 1]), symmetric "
+                           "([-1, 1]) or a keras.applications module (e.g. resnet_v2).")
+        group.add_argument("--activation_layer", default=None,
+                           help="Layer whose activations CAM methods weigh (default: the "
+                           "input of the last global pooling layer).")
+        group.add_argument("--batch_size", type=int, default=32,
+                           help="Records per explaining step.")
+        group.add_argument("--map_encoding", default=DEFAULT_ENCODING,
+                           help=f"How maps are stored (default: {DEFAULT_ENCODING}).")
+        group.add_argument("--num_shards", type=int, default=0,
+                           help="Output shards (0: let the runner decide).")
+
+    def check(self) -> None:
+        """Fail early, with the option's name, on missing or malformed options."""
+        missing = [name for name in ("input", "output", "model") if not getattr(self, name)]
+        if missing:
+            raise ValueError("Missing required option(s): "
+                             + ", ".join(f"--{name}" for name in missing) + ".")
+        self.parsed_method_params()
+        parse_ints(self.image_shape, 3, "image_shape")
+        parse_ints(self.image_size, 2, "image_size")
+        if self.image_format == "raw" and not self.image_shape:
+            raise ValueError("--image_format raw needs --image_shape H,W,C.")
+        if self.top_k < 1:
+            raise ValueError(f"--top_k must be at least 1, not {self.top_k}.")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, not {self.batch_size}.")
+
+    def parsed_method_params(self) -> dict:
+        """`--method_params` as a dict."""
+        try:
+            params = json.loads(self.method_params or "{}")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--method_params is not valid JSON: {error}") from None
+        if not isinstance(params, dict):
+            raise ValueError("--method_params must be a JSON object, e.g. '{\"resizing\": true}'.")
+        return params
+
+    @property
+    def dead_letters(self) -> str:
+        """The dead-letter prefix, defaulting to OUTPUT.dead_letters."""
+        return self.dead_letter_prefix or self.output + DEAD_LETTER_SUFFIX

@@ -1,0 +1,332 @@
+"""Input records: from serialized `tf.train.Example`s to images ready to explain, and the
+dead letters for the records that never get there.
+
+Each record goes through three named stages, and a failure in any of them is attributed to
+that stage (a `StageError`), so the dead letters say where a record stopped:
+
+- parse: the bytes are a `tf.train.Example`.
+- decode: the image feature decodes (JPEG or PNG bytes, or a raw tensor) and is resized to
+  the model's input size.
+- validate: the features the job needs are present and sane: the image (shape, finite
+  pixels), the units (in range), the id.
+
+Everything here is plain Python and numpy (TensorFlow ops only for decoding and resizing),
+so the same functions serve the Beam stages, the tests and the rendering tools.
+
+Usage:
+
+    spec = RecordSpec(image_size=(32, 32), channels=3, num_units=10)
+    record = parse_record(serialized, spec)    # ImageRecord, or raises StageError
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_FORMATS = ("auto", "jpeg", "png", "raw")
+
+STAGES = ("parse", "decode", "validate", "explain", "encode")
+"""Where a record can fail, in pipeline order; the dead letters' `stage` is one of these."""
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class StageError(Exception):
+    """A record failed at `stage` (one of `STAGES`) for the reason in the message."""
+
+    def __init__(self, stage: str, message: str, record_id: str = ""):
+        super().__init__(message)
+        self.stage = stage
+        self.record_id = record_id
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """How to read the input records, and what the model needs of them.
+
+    Attributes:
+        image_size: (H, W) the model takes; images of another size are resized.
+        channels: channels the model takes (JPEG/PNG are decoded to this many).
+        num_units: the model's output units, to check the units to explain.
+        image_key: the feature holding the image.
+        image_format: "auto" (JPEG or PNG bytes detected by their signature, a raw tensor
+            otherwise), "jpeg", "png" or "raw".
+        image_shape: (H, W, C) of raw tensors: a float or int64 feature of H*W*C values, or
+            bytes holding H*W*C uint8 or H*W*C little-endian float32 values.
+        id_key: the feature holding the record id (bytes or int64); records without it get
+            a deterministic id, `record_id(serialized)`.
+        units_key: the int64 feature holding the units to explain; records without it (or
+            with it empty) get the model's top-K predictions.
+    """
+
+    image_size: Tuple[int, int]
+    channels: int
+    num_units: int
+    image_key: str = "image"
+    image_format: str = "auto"
+    image_shape: Optional[Tuple[int, int, int]] = None
+    id_key: Optional[str] = "id"
+    units_key: Optional[str] = None
+
+    def __post_init__(self):
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(
+                f"image_format must be one of {IMAGE_FORMATS}, not {self.image_format!r}."
+            )
+        if self.image_format == "raw" and self.image_shape is None:
+            raise ValueError("image_format 'raw' needs image_shape (H, W, C).")
+
+
+class ImageRecord(NamedTuple):
+    """A record ready to explain: `image` (H, W, C) pixels in [0, 255] (uint8 or float32) at
+    the model's input size, `units` (K,) int64 or None (explain the top-K predictions), and
+    the original serialized `record` (kept for the dead letters of later stages)."""
+
+    id: str
+    image: np.ndarray
+    units: Optional[np.ndarray]
+    record: bytes
+
+
+class DeadLetter(NamedTuple):
+    """A record that could not be explained: its original bytes, the stage it failed at, the
+    error message, and its id when it was known."""
+
+    record: bytes
+    stage: str
+    error: str
+    id: str = ""
+
+
+def record_id(serialized: bytes) -> str:
+    """The deterministic id of a record without one: the first 128 bits of the SHA-256 of
+    its bytes, in hex (the same record gets the same id on every run and every worker)."""
+    return hashlib.sha256(serialized).hexdigest()[:32]
+
+
+def parse_example(serialized: bytes) -> tf.train.Example:
+    """Stage "parse": the bytes as a `tf.train.Example`."""
+    try:
+        return tf.train.Example.FromString(serialized)
+    except Exception as error:  # protobuf raises DecodeError, but also others on garbage
+        raise StageError("parse", f"not a tf.train.Example: {error}") from None
+
+
+def _feature_values(example: tf.train.Example, key: str):
+    """(kind, values) of a feature: kind is "bytes", "float" or "int64"; (None, []) if absent."""
+    if key not in example.features.feature:
+        return None, []
+    feature = example.features.feature[key]
+    kind = feature.WhichOneof("kind")
+    if kind is None:
+        return None, []
+    return kind.replace("_list", ""), getattr(feature, kind).value
+
+
+def detect_format(data: bytes) -> Optional[str]:
+    """"jpeg" or "png" from the bytes' signature, or None."""
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    return None
+
+
+def _raw_image(kind: str, values, shape: Tuple[int, int, int]) -> np.ndarray:
+    size = int(np.prod(shape))
+    if kind == "bytes":
+        if len(values) != 1:
+            raise StageError("validate", f"a raw image needs one bytes value, got {len(values)}.")
+        data = values[0]
+        if len(data) == size:
+            return np.frombuffer(data, np.uint8).reshape(shape)
+        if len(data) == 4 * size:
+            array = np.frombuffer(data, "<f4")
+        else:
+            raise StageError(
+                "validate",
+                f"raw image of {len(data)} bytes does not match image_shape {tuple(shape)} "
+                f"({size} uint8 or {4 * size} float32 bytes).",
+            )
+    else:
+        array = np.asarray(values, np.float32)
+        if array.size != size:
+            raise StageError(
+                "validate",
+                f"raw image of {array.size} values does not match image_shape {tuple(shape)} "
+                f"({size} values).",
+            )
+    return array.reshape(shape).astype(np.float32)
+
+
+def decode_image(example: tf.train.Example, spec: RecordSpec) -> np.ndarray:
+    """Stages "decode" and "validate" for the image: (H, W, C) pixels in [0, 255] at the
+    model's input size; uint8 when decoding gave exact 8-bit pixels (a quarter of the
+    bytes to move through the shuffle), float32 otherwise."""
+    kind, values = _feature_values(example, spec.image_key)
+    if kind is None or len(values) == 0:
+        raise StageError("validate", f"missing image feature {spec.image_key!r}.")
+
+    image_format = spec.image_format
+    if image_format == "auto":
+        detected = detect_format(values[0]) if kind == "bytes" else None
+        if detected is None and spec.image_shape is None:
+            raise StageError(
+                "decode",
+                "image is neither JPEG nor PNG bytes"
+                + ("" if kind == "bytes" else f" (a {kind} feature)")
+                + "; for raw tensors pass image_shape (H, W, C).",
+            )
+        image_format = detected or "raw"
+
+    if image_format == "raw":
+        image = _raw_image(kind, values, spec.image_shape)
+        if image.shape[-1] != spec.channels:
+            raise StageError(
+                "validate",
+                f"raw image has {image.shape[-1]} channels, the model takes {spec.channels}.",
+            )
+    else:
+        if kind != "bytes" or len(values) != 1:
+            raise StageError(
+                "validate",
+                f"a {image_format} image needs one bytes value, got {len(values)} {kind} values.",
+            )
+        try:
+            decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
+            image = decoder(values[0], channels=spec.channels).numpy()
+        except Exception as error:
+            # TensorFlow prefixes its messages with the op's location: keep the reason.
+            message = re.sub(r"\{\{.*?\}\}\s*", "", getattr(error, "message", None) or str(error))
+            raise StageError("decode", f"cannot decode {image_format} image: {message}") from None
+
+    if image.dtype != np.uint8 and not np.all(np.isfinite(image)):
+        raise StageError("validate", "image has non-finite pixel values.")
+    if min(image.shape[:2]) == 0:
+        raise StageError("validate", f"image is empty (shape {image.shape}).")
+    if tuple(image.shape[:2]) != tuple(spec.image_size):
+        try:
+            image = tf.image.resize(image, spec.image_size).numpy()
+        except Exception as error:
+            raise StageError(
+                "decode", f"cannot resize image of shape {image.shape}: {error}"
+            ) from None
+    return image
+
+
+def read_id(example: tf.train.Example, serialized: bytes, spec: RecordSpec) -> str:
+    """The record's id (stage "validate"): the `id_key` feature, else `record_id`."""
+    if spec.id_key:
+        kind, values = _feature_values(example, spec.id_key)
+        if kind is not None and len(values):
+            if len(values) != 1 or kind == "float":
+                raise StageError(
+                    "validate", f"id feature {spec.id_key!r} must hold one bytes or int64 value."
+                )
+            value = values[0]
+            if kind == "bytes":
+                return value.decode("utf-8", errors="backslashreplace")
+            return str(value)
+    return record_id(serialized)
+
+
+def read_units(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarray]:
+    """The units to explain (stage "validate"): the `units_key` feature, or None (top-K)."""
+    if not spec.units_key:
+        return None
+    kind, values = _feature_values(example, spec.units_key)
+    if kind is None or len(values) == 0:
+        return None
+    if kind != "int64":
+        raise StageError("validate", f"units feature {spec.units_key!r} must be int64, not {kind}.")
+    units = np.asarray(values, np.int64)
+    bad = units[(units < 0) | (units >= spec.num_units)]
+    if bad.size:
+        raise StageError(
+            "validate",
+            f"units {sorted(set(bad.tolist()))} out of range: the model has {spec.num_units} "
+            f"output units [0, {spec.num_units - 1}].",
+        )
+    return units
+
+
+def parse_record(serialized: bytes, spec: RecordSpec) -> ImageRecord:
+    """One serialized input record through parse, decode and validate.
+
+    Raises StageError naming the stage that failed (and the record's id, once known); an
+    unforeseen error of the decoding ops is attributed to "decode".
+    """
+    example = parse_example(serialized)
+    id_ = read_id(example, serialized, spec)
+    try:
+        image = decode_image(example, spec)
+        units = read_units(example, spec)
+    except StageError as error:
+        error.record_id = id_
+        raise
+    except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+        raise StageError("decode", f"{type(error).__name__}: {error}", id_) from None
+    return ImageRecord(id_, image, units, serialized)
+
+
+# --- dead letters -----------------------------------------------------------------------------
+
+DEAD_LETTER_FEATURES = {
+    "record": tf.io.FixedLenFeature([], tf.string),
+    "stage": tf.io.FixedLenFeature([], tf.string),
+    "error": tf.io.FixedLenFeature([], tf.string),
+    "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+"""Feature spec of a dead-letter record, for `tf.io.parse_single_example`."""
+
+
+def encode_dead_letter(letter: DeadLetter) -> bytes:
+    """A dead letter as a serialized `tf.train.Example` with bytes features `record` (the
+    original input record), `stage`, `error` and `id`."""
+
+    def feature(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "record": feature(bytes(letter.record)),
+                "stage": feature(letter.stage.encode()),
+                "error": feature(letter.error.encode("utf-8", errors="replace")),
+                "id": feature(letter.id.encode("utf-8", errors="replace")),
+            }
+        )
+    ).SerializeToString()
+
+
+def decode_dead_letter(serialized: bytes) -> DeadLetter:
+    """A serialized dead letter back as a `DeadLetter`."""
+    feature = tf.train.Example.FromString(serialized).features.feature
+
+    def value(key: str) -> bytes:
+        return feature[key].bytes_list.value[0] if key in feature else b""
+
+    return DeadLetter(
+        record=value("record"),
+        stage=value("stage").decode(),
+        error=value("error").decode("utf-8", errors="replace"),
+        id=value("id").decode("utf-8", errors="replace"),
+    )
+
+
+def read_dead_letters(file_pattern):
+    """Every dead letter in the TFRecord files matching `file_pattern`, as `DeadLetter`s.
+
+    Usage:
+
+        for letter in read_dead_letters("out/expl.dead_letters-*"):
+            print(letter.stage, letter.error)
+    """
+    from explain_lib.io import iterate_records
+
+    return [decode_dead_letter(record) for record in iterate_records(file_pattern)]

@@ -1,0 +1,208 @@
+"""Pictures of explanations: maps overlaid on their images, and grids of them.
+
+Rendering is kept apart from explaining: methods return raw maps, the pipeline stores them,
+and this module joins stored explanations back to their source images by id and draws them.
+
+Usage:
+
+    python -m pipeline.render --explanations 'out/expl-*' --images 'data/*.tfrecord' \\
+        --out grid.png [--limit 16]
+
+    picture = overlay(image, maps[..., 0], alpha=0.5)   # (H, W, 3) uint8
+"""
+
+import argparse
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+# Anchor colours of a perceptually ordered map (dark blue -> cyan -> yellow -> red),
+# interpolated to 256 entries: no plotting library needed.
+_ANCHORS = np.array(
+    [[0, 0, 64], [0, 64, 192], [0, 192, 224], [128, 240, 96], [255, 224, 0], [255, 96, 0],
+     [192, 0, 0]],
+    np.float32,
+)
+COLORMAP = np.stack(
+    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c])
+     for c in range(3)], axis=1).astype(np.uint8)
+"""(256, 3) uint8 lookup table from map level to colour."""
+
+
+def colorize(map2d: np.ndarray, colormap: np.ndarray = COLORMAP) -> np.ndarray:
+    """A map (H, W) as colours (H, W, 3) uint8, scaled over its own range."""
+    map2d = np.asarray(map2d, np.float32)
+    low, high = float(map2d.min()), float(map2d.max())
+    scaled = (map2d - low) / (high - low) if high > low else np.zeros_like(map2d)
+    return colormap[np.clip(np.rint(scaled * 255), 0, 255).astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, map2d: np.ndarray, alpha: float = 0.5,
+            colormap: np.ndarray = COLORMAP) -> np.ndarray:
+    """The map's colours blended over the image: (H, W, 3) uint8. The map is resized to the
+    image if their sizes differ; grayscale images are shown in grey.
+
+    Usage:
+
+        picture = overlay(images[0], maps[0, ..., 0], alpha=0.4)
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    image = np.clip(image[..., :3], 0, 255).astype(np.float32)
+    map2d = np.asarray(map2d, np.float32)
+    if map2d.shape != image.shape[:2]:
+        import tensorflow as tf
+
+        map2d = tf.image.resize(map2d[..., None], image.shape[:2]).numpy()[..., 0]
+    colors = colorize(map2d, colormap).astype(np.float32)
+    return np.clip((1 - alpha) * image + alpha * colors, 0, 255).astype(np.uint8)
+
+
+def tile(pictures: Sequence[np.ndarray], columns: int, padding: int = 2) -> np.ndarray:
+    """Pictures of one size (H, W, 3) in a grid, `columns` wide, on a white background."""
+    height, width = pictures[0].shape[:2]
+    rows = -(-len(pictures) // columns)
+    grid = np.full(
+        (rows * (height + padding) + padding, columns * (width + padding) + padding, 3), 255,
+        np.uint8,
+    )
+    for index, picture in enumerate(pictures):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        grid[top:top + height, left:left + width] = picture
+    return grid
+
+
+def _upscale(picture: np.ndarray, scale: int) -> np.ndarray:
+    return np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1) if scale > 1 else picture
+
+
+def _caption(picture: np.ndarray, text: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", (picture.shape[1], picture.shape[0] + 12), "white")
+    canvas.paste(Image.fromarray(picture), (0, 12))
+    ImageDraw.Draw(canvas).text((2, 0), text[: picture.shape[1] // 6], fill="black")
+    return np.asarray(canvas)
+
+
+def load_images_by_id(
+    file_pattern, ids: Sequence[str], image_key: str = "image", image_format: str = "auto",
+    image_shape=None, id_key: Optional[str] = "id", channels: int = 3,
+) -> Dict[str, np.ndarray]:
+    """The source images (H, W, C) float32 of the records whose id is in `ids`, read from the
+    pipeline's inputs and identified exactly as the pipeline does (`id_key`, else the hash
+    of the record)."""
+    from explain_lib.io import iterate_records
+    from pipeline import records as input_records
+
+    wanted = set(ids)
+    found: Dict[str, np.ndarray] = {}
+    spec = input_records.RecordSpec(
+        image_size=(0, 0), channels=channels, num_units=1, image_key=image_key,
+        image_format=image_format, image_shape=image_shape, id_key=id_key,
+    )
+    for serialized in iterate_records(file_pattern):
+        try:
+            example = input_records.parse_example(serialized)
+            record_id = input_records.read_id(example, serialized, spec)
+            if record_id not in wanted:
+                continue
+            kind, values = input_records._feature_values(example, image_key)
+            image = _decode_native(values, kind, spec)
+        except input_records.StageError:
+            continue
+        found[record_id] = image
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def _decode_native(values, kind, spec) -> np.ndarray:
+    """The image at its stored size (no resizing)."""
+    import tensorflow as tf
+
+    from pipeline import records as input_records
+
+    fmt = spec.image_format
+    if fmt == "auto":
+        fmt = (input_records.detect_format(values[0]) if kind == "bytes" else None) or "raw"
+    if fmt == "raw":
+        return input_records._raw_image(kind, values, spec.image_shape)
+    return tf.io.decode_image(values[0], channels=spec.channels,
+                              expand_animations=False).numpy().astype(np.float32)
+
+
+def render_grid(
+    explanations, images, out: str, limit: int = 16, columns: int = 4, alpha: float = 0.5,
+    scale: Optional[int] = None, labels: Optional[List[str]] = None, image_key: str = "image",
+    image_format: str = "auto", image_shape=None, id_key: Optional[str] = "id",
+) -> int:
+    """Render up to `limit` explanations as a PNG grid at `out`: for each record its image
+    and the map of its first explained unit overlaid, captioned with the unit (named by
+    `labels` if given) and its logit. Returns how many records were drawn.
+
+    `explanations` is a pattern of the pipeline's outputs, `images` of its inputs; the
+    image options mean what they mean for the pipeline.
+    """
+    from PIL import Image
+
+    from explain_lib.io import read_explanations
+
+    rows = [
+        {key: value.numpy() for key, value in row.items()}
+        for row in read_explanations(explanations).take(limit)
+    ]
+    ids = [row["id"].decode("utf-8", errors="backslashreplace") for row in rows]
+    sources = load_images_by_id(images, ids, image_key, image_format, image_shape, id_key)
+    pictures = []
+    for record_id, row in zip(ids, rows):
+        if record_id not in sources:
+            continue
+        image = sources[record_id]
+        unit = int(row["units"][0])
+        name = labels[unit] if labels and unit < len(labels) else str(unit)
+        picture_scale = scale or max(1, 128 // max(image.shape[:2]))
+        pair = np.concatenate([
+            overlay(image, np.zeros(image.shape[:2]), alpha=0.0),
+            overlay(image, row["maps"][..., 0], alpha=alpha),
+        ], axis=1)
+        pictures.append(_caption(_upscale(pair, picture_scale),
+                                 f"{name} {row['logits'][0]:.1f}"))
+    if not pictures:
+        raise ValueError(f"No explanation in {explanations} matched an image in {images} by id.")
+    Image.fromarray(tile(pictures, columns)).save(out)
+    return len(pictures)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Render a grid PNG of explanations overlaid on their source images."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.render", description=main.__doc__)
+    parser.add_argument("--explanations", required=True, help="Pattern of the pipeline's outputs.")
+    parser.add_argument("--images", required=True, help="Pattern of the pipeline's inputs.")
+    parser.add_argument("--out", required=True, help="PNG file to write.")
+    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--columns", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--image_key", default="image")
+    parser.add_argument("--image_format", default="auto")
+    parser.add_argument("--image_shape", default=None, help="H,W,C of raw tensor images.")
+    parser.add_argument("--id_key", default="id")
+    args = parser.parse_args(argv)
+    from pipeline.options import parse_ints
+
+    count = render_grid(
+        args.explanations, args.images, args.out, args.limit, args.columns, args.alpha,
+        image_key=args.image_key, image_format=args.image_format,
+        image_shape=parse_ints(args.image_shape, 3, "image_shape"), id_key=args.id_key or None,
+    )
+    print(f"{count} records rendered to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The job's stages, and `Explain`, the PTransform that chains them.
+
+    records -> ParseRecords -> Reshuffle -> RunInference(ExplainModelHandler)
+            -> EncodeExplanations -> explanations
+    (ParseRecords and EncodeExplanations also emit dead letters, flattened into one output)
+
+Each stage is a small DoFn with a main output and a "dead_letters" output; the dead letters
+of every stage are flattened into one PCollection. Counters (namespace
+`explain_pipeline`) count what comes in (`records_read`), what comes out
+(`records_explained`) and each kind of dead letter (`dead_letters_<stage>`), so that
+read = explained + dead-lettered can be checked when the job ends.
+
+Usage, inside any Beam pipeline:
+
+    records = p | beam.io.ReadFromTFRecord("data/*.tfrecord")
+    result = records | Explain("model.keras", "gradcam", units_key="label")
+    result.explanations | beam.io.WriteToTFRecord("out/expl", ...)
+    result.dead_letters | beam.io.WriteToTFRecord("out/expl.dead_letters", ...)
+"""
+
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from explain_lib import io as explain_io
+from pipeline.explainer import (
+    ModelInfo,
+    inspect_model,
+    resolve_method,
+    resolve_method_params,
+    resolve_preprocess,
+)
+from pipeline.handler import METRICS_NAMESPACE, ExplainModelHandler
+from pipeline.options import FILE_SUFFIX, ExplainOptions, parse_ints
+from pipeline.records import (
+    STAGES,
+    DeadLetter,
+    RecordSpec,
+    StageError,
+    encode_dead_letter,
+    parse_record,
+)
+
+DEAD_LETTERS = "dead_letters"
+"""Tag of every stage's dead-letter output."""
+
+READ_COUNTER = "records_read"
+EXPLAINED_COUNTER = "records_explained"
+
+
+def dead_letter_counter(stage: str) -> str:
+    """Name of the counter of dead letters from `stage`."""
+    return f"dead_letters_{stage}"
+
+
+class _StageDoFn(beam.DoFn):
+    """A stage: a main output, and dead letters counted per stage."""
+
+    def setup(self):
+        self._dead_letters = {
+            stage: Metrics.counter(METRICS_NAMESPACE, dead_letter_counter(stage))
+            for stage in STAGES
+        }
+
+    def dead_letter(self, record: bytes, error: StageError, record_id: str = ""):
+        self._dead_letters[error.stage].inc()
+        return beam.pvalue.TaggedOutput(
+            DEAD_LETTERS,
+            encode_dead_letter(DeadLetter(record, error.stage, str(error),
+                                          error.record_id or record_id)),
+        )
+
+
+class ParseRecords(_StageDoFn):
+    """Stages parse, decode and validate: serialized record -> `ImageRecord`."""
+
+    def __init__(self, spec: RecordSpec):
+        self._spec = spec
+
+    def setup(self):
+        super().setup()
+        self._read = Metrics.counter(METRICS_NAMESPACE, READ_COUNTER)
+
+    def process(self, serialized: bytes):
+        self._read.inc()
+        try:
+            yield parse_record(serialized, self._spec)
+        except StageError as error:
+            yield self.dead_letter(serialized, error)
+
+
+class EncodeExplanations(_StageDoFn):
+    """Stage encode: (ImageRecord, Explanation) -> serialized schema-v1 record; explain
+    failures reported by the handler become dead letters here."""
+
+    def __init__(self, map_encoding: str = explain_io.DEFAULT_ENCODING):
+        self._map_encoding = map_encoding
+
+    def setup(self):
+        super().setup()
+        self._explained = Metrics.counter(METRICS_NAMESPACE, EXPLAINED_COUNTER)
+
+    def process(self, result):
+        record, outcome = result.example, result.inference
+        if isinstance(outcome, StageError):
+            yield self.dead_letter(record.record, outcome, record.id)
+            return
+        try:
+            encoded = explain_io.encode_explanation(
+                record.id, outcome.units, outcome.logits, outcome.maps, self._map_encoding
+            )
+        except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+            yield self.dead_letter(record.record, StageError("encode", str(error)), record.id)
+            return
+        self._explained.inc()
+        yield encoded
+
+
+class ExplainResult(NamedTuple):
+    """The outputs of `Explain`: serialized schema-v1 explanation records, and serialized
+    dead letters (see `pipeline.records.encode_dead_letter`)."""
+
+    explanations: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+class Explain(beam.PTransform):
+    """Explain a PCollection of serialized `tf.train.Example`s holding images.
+
+    Parses and validates each record, rebalances the work (`Reshuffle`), explains batches
+    with `RunInference(ExplainModelHandler)` and encodes each result as a schema-v1 record
+    (`explain_lib.io`). Records that fail at any stage become dead letters.
+
+    The model is loaded once here, at construction, to learn its input size and number of
+    units (pass `model_info` to skip that), and once per worker process to explain.
+
+    Args:
+        model_path: Keras `.keras` file, on any Beam filesystem.
+        method: method name, for instance "gradcam".
+        method_params: the method's parameters (JSON values, see `--method_params`).
+        image_key, image_format, image_shape, id_key, units_key: how to read the records
+            (see `pipeline.records.RecordSpec`).
+        top_k: units to explain per record when the record has none.
+        image_size: (H, W) to resize images to (default: the model's input size).
+        preprocess: "none", "unit", "symmetric" or a `keras.applications` module name.
+        activation_layer: the layer CAM methods weigh.
+        batch_size: records per explaining step.
+        map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
+        model_info: the model's `ModelInfo`, when the caller knows it already.
+        handler_kwargs: more `ExplainModelHandler` arguments (`devices`, `large_model`,
+            `model_copies`, ...).
+
+    Usage:
+
+        result = records | Explain("model.keras", "gradcam", top_k=3)
+        result.explanations, result.dead_letters
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        method: str = "gradcam",
+        method_params: Optional[Mapping[str, Any]] = None,
+        *,
+        image_key: str = "image",
+        image_format: str = "auto",
+        image_shape: Optional[Sequence[int]] = None,
+        id_key: Optional[str] = "id",
+        units_key: Optional[str] = None,
+        top_k: int = 1,
+        image_size: Optional[Sequence[int]] = None,
+        preprocess: str = "none",
+        activation_layer: Optional[str] = None,
+        batch_size: int = 32,
+        map_encoding: str = explain_io.DEFAULT_ENCODING,
+        model_info: Optional[ModelInfo] = None,
+        handler_kwargs: Optional[Mapping[str, Any]] = None,
+        label: Optional[str] = None,
+    ):
+        super().__init__(label)
+        explain_io.get_encoding(map_encoding)  # unknown encodings fail here, not on workers
+        info = model_info or inspect_model(model_path, method, activation_layer)
+        self.spec = RecordSpec(
+            image_size=_image_size(info, image_size),
+            channels=info.input_shape[2] or (image_shape[2] if image_shape else 3),
+            num_units=info.num_units,
+            image_key=image_key,
+            image_format=image_format,
+            image_shape=tuple(image_shape) if image_shape else None,
+            id_key=id_key,
+            units_key=units_key,
+        )
+        self.handler = ExplainModelHandler(
+            model_path,
+            method,
+            method_params,
+            activation_layer=activation_layer,
+            preprocess=preprocess,
+            top_k=top_k,
+            batch_size=batch_size,
+            **dict(handler_kwargs or {}),
+        )
+        # Resolving the names now makes a typo fail in the launcher, not on every worker.
+        resolve_method(method)
+        resolve_method_params(method_params)
+        resolve_preprocess(preprocess)
+        self.map_encoding = map_encoding
+
+    @classmethod
+    def from_options(cls, options: ExplainOptions, **kwargs) -> "Explain":
+        """The transform the command line's options describe."""
+        return cls(
+            options.model,
+            options.method,
+            options.parsed_method_params(),
+            image_key=options.image_key,
+            image_format=options.image_format,
+            image_shape=parse_ints(options.image_shape, 3, "image_shape"),
+            id_key=options.id_key or None,
+            units_key=options.units_key or None,
+            top_k=options.top_k,
+            image_size=parse_ints(options.image_size, 2, "image_size"),
+            preprocess=options.preprocess,
+            activation_layer=options.activation_layer,
+            batch_size=options.batch_size,
+            map_encoding=options.map_encoding,
+            **kwargs,
+        )
+
+    def expand(self, records):
+        # (No return annotation: Beam would read it as a type hint, and ExplainResult is a
+        # tuple of PCollections rather than one.)
+        parsed, parse_failures = (
+            records
+            | "ParseRecords" >> beam.ParDo(ParseRecords(self.spec)).with_outputs(
+                DEAD_LETTERS, main="records")
+        )
+        explained, encode_failures = (
+            parsed
+            | "Rebalance" >> beam.Reshuffle()
+            | "RunInference" >> RunInference(self.handler)
+            | "EncodeExplanations" >> beam.ParDo(EncodeExplanations(self.map_encoding))
+            .with_outputs(DEAD_LETTERS, main="explanations")
+        )
+        dead_letters = (parse_failures, encode_failures) | "DeadLetters" >> beam.Flatten()
+        return ExplainResult(explained, dead_letters)
+
+
+def _image_size(info: ModelInfo, image_size: Optional[Sequence[int]]) -> Tuple[int, int]:
+    model_size = tuple(info.input_shape[:2])
+    if image_size is not None:
+        image_size = tuple(int(v) for v in image_size)
+        if None not in model_size and image_size != model_size:
+            raise ValueError(
+                f"image_size {image_size} differs from the model's input size {model_size}; "
+                "leave it out to resize to the model's size."
+            )
+        return image_size
+    if None in model_size:
+        raise ValueError(
+            f"The model takes images of any size ({info.input_shape}): pass --image_size H,W."
+        )
+    return model_size
+
+
+def write_tfrecords(prefix: str, num_shards: int = 0) -> beam.PTransform:
+    """The job's writer: GZIP-compressed, sharded TFRecord files
+    PREFIX-SSSSS-of-NNNNN.tfrecord.gz."""
+    return beam.io.WriteToTFRecord(
+        prefix,
+        file_name_suffix=FILE_SUFFIX,
+        num_shards=num_shards,
+        compression_type=CompressionTypes.GZIP,
+    )
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: ExplainOptions) -> ExplainResult:
+    """The whole job on `pipeline`: read -> Explain -> write results and dead letters."""
+    records = pipeline | "Read" >> beam.io.ReadFromTFRecord(options.input)
+    result = records | "Explain" >> Explain.from_options(options)
+    result.explanations | "WriteExplanations" >> write_tfrecords(options.output, options.num_shards)
+    result.dead_letters | "WriteDeadLetters" >> write_tfrecords(options.dead_letters, 1)
+    return result

@@ -1,0 +1,91 @@
+"""Shared fixtures of the pipeline tests: one tiny model and one small image set per session,
+real TFRecord files, and a helper that runs the job and reads back everything it wrote."""
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+import keras
+import numpy as np
+import pytest
+
+import explain_lib
+from explain_lib import inspection
+from explain_lib import io as explain_io
+from pipeline import demo
+from pipeline.__main__ import run
+from pipeline.explainer import resolve_method, resolve_method_params
+from pipeline.records import DeadLetter, read_dead_letters
+
+SIZE = 32
+UNITS = 4
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    """The demo CNN at 32x32, random but fixed weights (explaining needs no training)."""
+    keras.utils.set_random_seed(7)
+    model = demo.make_model((SIZE, SIZE, 3), UNITS, width=4)
+    path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
+    keras.saving.save_model(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model(model_path):
+    return keras.saving.load_model(model_path, compile=False)
+
+
+@pytest.fixture(scope="session")
+def shapes():
+    """12 images (32x32 uint8) and labels."""
+    return demo.make_shapes(12, seed=5, size=SIZE)
+
+
+def write(directory, name: str, records: List[bytes], compression=None) -> str:
+    """Records into one real TFRecord file; returns its path."""
+    suffix = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+    return demo.write_records(os.path.join(str(directory), name + suffix), records, compression)
+
+
+@dataclass
+class Job:
+    """What one run of the job produced, read back from its files."""
+
+    summary: object
+    explanations: Dict[str, dict]  # id -> explain_lib.io.decode_explanation(record)
+    dead_letters: List[DeadLetter]
+    output: str
+
+
+def run_job(tmp_path, input_pattern: str, model_path: str, *flags: str, name="out") -> Job:
+    """Run `python -m pipeline` in-process on DirectRunner (unless `flags` say otherwise)."""
+    output = os.path.join(str(tmp_path), name, "expl")
+    summary = run(["--input", input_pattern, "--output", output, "--model", model_path,
+                   "--batch_size", "4", *flags])
+    explanations = {}
+    for record in explain_io.iterate_records(output + "-*"):
+        decoded = explain_io.decode_explanation(record)
+        assert decoded["id"] not in explanations, f"id {decoded['id']} written twice"
+        explanations[decoded["id"]] = decoded
+    letters = read_dead_letters(output + ".dead_letters-*")
+    return Job(summary, explanations, letters, output)
+
+
+def expected_explanations(model, images, units, method="gradcam", method_params=None, **kwargs):
+    """What in-process `explain_lib.explain` gives for the same images, units and method."""
+    info = resolve_method(method)
+    explained = inspection.expose(model) if info.needs_exposed_model else model
+    params = {**info.defaults, **resolve_method_params(method_params)}
+    return explain_lib.explain(info.function, explained, np.asarray(images, np.float32),
+                               np.asarray(units), verbose=0, **params, **kwargs)
+
+
+def assert_maps_match(decoded: dict, maps: np.ndarray, logits: np.ndarray):
+    """Decoded maps equal `maps` within the codec's bound (range/255) plus float noise from
+    batching differently; logits equal to float precision."""
+    np.testing.assert_allclose(decoded["logits"], logits, rtol=1e-4, atol=1e-6)
+    assert decoded["maps"].shape == maps.shape
+    span = maps.max(axis=(0, 1)) - maps.min(axis=(0, 1))
+    error = np.abs(decoded["maps"] - maps).max(axis=(0, 1))
+    assert np.all(error <= span / 255 + 1e-3 * span + 1e-7), (error, span)

@@ -1,0 +1,85 @@
+"""The command line: `python -m pipeline` end to end in a subprocess, help, option errors
+(exit 2 before anything runs) and the final check read = explained + dead-lettered (exit 1)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import pipeline.__main__ as cli
+from pipeline import demo
+from pipeline.__main__ import RunSummary, main
+
+from tests.pipeline.conftest import write
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_python_m_pipeline_runs_and_prints_the_counts(tmp_path, model_path, shapes):
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(im), int(label), f"c{i}")
+               for i, (im, label) in enumerate(zip(images[:3], labels[:3]))] + [b"junk"]
+    path = write(tmp_path, "cli", records)
+    output = str(tmp_path / "out" / "expl")
+    process = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--input", path, "--output", output,
+         "--model", model_path, "--method", "gradcam", "--runner", "DirectRunner"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert "records read:          4" in process.stdout
+    assert "records explained:     3" in process.stdout
+    assert "records dead-lettered: 1 (parse 1)" in process.stdout
+    assert f"explanations: {output}-*.tfrecord.gz" in process.stdout
+    written = sorted(os.listdir(tmp_path / "out"))
+    assert written and all(name.endswith(".tfrecord.gz") for name in written)
+    assert any(name.startswith("expl.dead_letters-") for name in written)
+
+
+def test_help_lists_the_job_options(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--input", "--output", "--model", "--method", "--method_params", "--image_key",
+                   "--image_format", "--image_shape", "--id_key", "--units_key", "--top_k",
+                   "--image_size", "--preprocess", "--activation_layer", "--batch_size",
+                   "--map_encoding", "--dead_letter_prefix"):
+        assert option in text
+
+
+@pytest.mark.parametrize(
+    "drop, flags, message",
+    [
+        ("--input", [], "Missing required option(s): --input"),
+        ("--model", [], "Missing required option(s): --model"),
+        (None, ["--method_params", "{bad json"], "--method_params is not valid JSON"),
+        (None, ["--method_params", "[1, 2]"], "must be a JSON object"),
+        (None, ["--image_size", "32"], "--image_size takes 2 positive integers"),
+        (None, ["--image_format", "raw"], "--image_format raw needs --image_shape"),
+        (None, ["--top_k", "0"], "--top_k must be at least 1"),
+        (None, ["--method", "nonsense"], "Unknown explaining method 'nonsense'"),
+        (None, ["--model", "/no/such/model.keras"], "/no/such/model.keras"),
+        (None, [], "No files found"),  # the input pattern matches nothing
+    ],
+)
+def test_bad_options_exit_2_before_running(tmp_path, model_path, capsys, drop, flags, message):
+    base = {"--input": str(tmp_path / "none-*"), "--output": str(tmp_path / "o"),
+            "--model": model_path}
+    if "No files" not in message:
+        base["--input"] = write(tmp_path, "in", [demo.make_example(b"x", 1, "x")])
+    for flag in [drop, *flags[::2]]:
+        base.pop(flag, None)
+    argv = [part for pair in base.items() for part in pair] + flags
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not any(name.startswith("o") for name in os.listdir(tmp_path))
+
+
+def test_unbalanced_counts_exit_1(tmp_path, model_path, shapes, monkeypatch, capsys):
+    path = write(tmp_path, "one", [demo.make_example(demo.encode_image(shapes[0][0]), 1, "x")])
+    lost = RunSummary(read=5, explained=3, dead_letters={"parse": 1})
+    monkeypatch.setattr(cli, "summarize", lambda result, options: lost)
+    assert main(["--input", path, "--output", str(tmp_path / "o"), "--model", model_path]) == 1
+    assert "5 records read but 3 explained and 1 dead-lettered" in capsys.readouterr().err
+    assert RunSummary(read=4, explained=3, dead_letters={"decode": 1}).balanced

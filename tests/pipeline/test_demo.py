@@ -1,0 +1,84 @@
+"""The embedded demo (data, cache) and the pictures: overlays and the grid of a real run."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from explain_lib.io import read_explanations
+from pipeline import demo, render
+
+from tests.pipeline.conftest import run_job, write
+
+
+def test_the_shape_decides_the_class():
+    images, labels, masks = demo.make_shapes(40, seed=11, size=32, return_masks=True)
+    again, same_labels = demo.make_shapes(40, seed=11, size=32)
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, same_labels)
+    assert images.shape == (40, 32, 32, 3) and images.dtype == np.uint8
+    assert set(labels.tolist()) == {0, 1, 2, 3}
+    centres = []
+    for image, label, mask in zip(images, labels, masks):
+        # The shape stands out of its background ...
+        brightness = image.mean(axis=-1)
+        assert brightness[mask].mean() > brightness[~mask].mean() + 50
+        # ... and its form is the class: how much of its bounding box it fills, and how low
+        # its mass sits in that box (a triangle, apex up, is bottom-heavy).
+        rows, cols = np.nonzero(mask)
+        fill = mask.sum() / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1))
+        low = (rows.mean() - rows.min()) / np.ptp(rows)
+        kind = ("square" if fill == 1 else "triangle" if low > 0.6
+                else "circle" if fill >= 0.72 else "cross")
+        assert kind == demo.CLASSES[label], (label, fill, low)
+        centres.append((rows.mean(), cols.mean()))
+    # At a random position: the centres spread over the image.
+    assert np.ptp(np.array(centres), axis=0).min() > 10
+
+
+def test_ensure_demo_generates_once(tmp_path):
+    directory = str(tmp_path / "demo")
+    built = demo.ensure_demo(directory, train_count=96, explain_count=8, epochs=1,
+                             log=lambda message: None)
+    assert os.path.exists(built.model)
+    records = demo.read_shapes(built.inputs)
+    assert records[0].shape == (8, 64, 64, 3) and records[1].shape == (8,)
+    stamp = os.path.getmtime(built.model)
+    messages = []
+    assert demo.ensure_demo(directory, log=messages.append) == built
+    assert messages == [] and os.path.getmtime(built.model) == stamp  # cached: nothing redone
+
+
+def test_overlay_blends_the_map_over_the_image():
+    image = np.full((8, 8, 3), 100, np.uint8)
+    ramp = np.tile(np.linspace(0, 1, 8), (8, 1))
+    assert np.array_equal(render.overlay(image, ramp, alpha=0.0), image)
+    opaque = render.overlay(image, ramp, alpha=1.0)
+    np.testing.assert_array_equal(opaque[:, 0], np.broadcast_to(render.COLORMAP[0], (8, 3)))
+    np.testing.assert_array_equal(opaque[:, -1], np.broadcast_to(render.COLORMAP[255], (8, 3)))
+    half = render.overlay(image, ramp, alpha=0.5)
+    assert not np.array_equal(half, render.overlay(image, ramp[:, ::-1], alpha=0.5))
+    # Maps of another size are resized to the image; grayscale images work.
+    assert render.overlay(image[..., :1], np.ones((2, 2)), 0.5).shape == (8, 8, 3)
+
+
+def test_render_grid_of_a_real_run(tmp_path, model_path, shapes):
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(im), int(label), f"g{i}")
+               for i, (im, label) in enumerate(zip(images[:5], labels[:5]))]
+    pattern = write(tmp_path, "grid-in", records)
+    job = run_job(tmp_path, pattern, model_path, "--method", "gradcam")
+    out = str(tmp_path / "grid.png")
+    count = render.render_grid(job.output + "-*", pattern, out, limit=4, columns=2, scale=2,
+                               labels=list(demo.CLASSES))
+    assert count == 4
+    grid = np.asarray(Image.open(out))
+    # 2 x 2 cells; a cell is the image and its overlay side by side (2 x 64 wide, 64 high at
+    # scale 2) under a 12-pixel caption; 2-pixel padding around every cell.
+    assert grid.shape == (2 + 2 * (64 + 12 + 2), 2 + 2 * (128 + 2), 3)
+    first = grid[2 + 12:2 + 12 + 64, 2:2 + 128]
+    first_id = next(iter(read_explanations(job.output + "-*")))["id"].numpy().decode()
+    source = tf.io.decode_jpeg(demo.encode_image(images[int(first_id[1:])]), channels=3).numpy()
+    np.testing.assert_array_equal(first[::2, :64:2], source)  # the image, upscaled
+    assert np.abs(first[:, 64:].astype(int) - first[:, :64]).mean() > 10  # its overlay

@@ -1,0 +1,128 @@
+"""Input records through parse, decode and validate, without Beam: formats, ids, units and the
+stage every kind of bad record is attributed to."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import demo
+from pipeline.records import (
+    DeadLetter,
+    RecordSpec,
+    StageError,
+    decode_dead_letter,
+    encode_dead_letter,
+    parse_record,
+    record_id,
+)
+
+SPEC = RecordSpec(image_size=(16, 16), channels=3, num_units=5, units_key="label")
+
+
+@pytest.fixture(scope="module")
+def image():
+    return demo.make_shapes(1, seed=2, size=16)[0][0]
+
+
+def test_png_is_exact_and_jpeg_matches_tensorflow(image):
+    png = parse_record(demo.make_example(demo.encode_image(image, "png"), 3, "a"), SPEC)
+    assert png.id == "a" and png.image.dtype == np.uint8  # exact pixels stay 8-bit
+    np.testing.assert_array_equal(png.image, image)
+    np.testing.assert_array_equal(png.units, [3])
+
+    jpeg_bytes = demo.encode_image(image, "jpeg")
+    jpeg = parse_record(demo.make_example(jpeg_bytes, None, "b"), SPEC)
+    np.testing.assert_array_equal(jpeg.image, tf.io.decode_jpeg(jpeg_bytes, channels=3).numpy())
+    assert jpeg.units is None  # no units: the model's top-K will be explained
+
+
+def test_images_are_resized_to_the_model_and_to_its_channels(image):
+    big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)  # 32x32
+    record = parse_record(demo.make_example(demo.encode_image(big, "png")), SPEC)
+    np.testing.assert_allclose(record.image, tf.image.resize(big, (16, 16)).numpy(), atol=1e-4)
+
+    gray = parse_record(demo.make_example(demo.encode_image(image, "png")),
+                        RecordSpec(image_size=(16, 16), channels=1, num_units=5))
+    assert gray.image.shape == (16, 16, 1)
+
+
+@pytest.mark.parametrize("layout", ["float_list", "int64_list", "uint8_bytes", "float32_bytes"])
+def test_raw_tensors(image, layout):
+    spec = RecordSpec(image_size=(16, 16), channels=3, num_units=5, image_format="auto",
+                      image_shape=(16, 16, 3))
+    values = {
+        "float_list": image.astype(np.float32).ravel() + 0.5,
+        "int64_list": image.astype(np.int64).ravel(),
+        "uint8_bytes": image.tobytes(),
+        "float32_bytes": (image.astype("<f4") + 0.5).tobytes(),
+    }[layout]
+    record = parse_record(demo.make_example(values), spec)
+    shift = 0.5 if layout.startswith("float") else 0.0
+    np.testing.assert_array_equal(record.image, image.astype(np.float32) + shift)
+    assert record.image.dtype == (np.uint8 if layout == "uint8_bytes" else np.float32)
+
+
+def test_ids_are_given_or_a_hash_of_the_record(image):
+    serialized = demo.make_example(demo.encode_image(image, "png"), 1)
+    record = parse_record(serialized, SPEC)
+    assert record.id == hashlib.sha256(serialized).hexdigest()[:32] == record_id(serialized)
+    assert parse_record(serialized, SPEC).id == record.id
+    assert parse_record(demo.make_example(demo.encode_image(image, "png"), 1, 42),
+                        SPEC).id == "42"
+    assert record.record == serialized
+
+
+@pytest.mark.parametrize(
+    "make, stage, message",
+    [
+        (lambda img: b"\x00\x01garbage", "parse", "not a tf.train.Example"),
+        (lambda img: demo.make_example(None, 1, "x"), "validate", "missing image feature"),
+        (lambda img: demo.make_example(b"\xff\xd8\xff\xe0broken", 1, "x"), "decode",
+         "cannot decode jpeg"),
+        (lambda img: demo.make_example(demo.encode_image(img, "png")[:40], 1, "x"), "decode",
+         "cannot decode png"),
+        (lambda img: demo.make_example(b"GIF89a....", 1, "x"), "decode", "neither JPEG nor PNG"),
+        (lambda img: demo.make_example(demo.encode_image(img, "png"), 5, "x"), "validate",
+         r"units \[5\] out of range"),
+        (lambda img: demo.make_example(demo.encode_image(img, "png"), [-1, 2], "x"), "validate",
+         r"units \[-1\] out of range"),
+        (lambda img: demo.make_example(demo.encode_image(img, "png"), 0.5, "x"), "validate",
+         "must be int64"),
+        (lambda img: demo.make_example(demo.encode_image(img, "png"), 1, 1.5),
+         "validate", "id feature"),
+    ],
+)
+def test_bad_records_fail_at_their_stage(image, make, stage, message):
+    with pytest.raises(StageError, match=message) as failure:
+        parse_record(make(image), SPEC)
+    assert failure.value.stage == stage
+
+
+def test_bad_raw_tensors_fail_validation(image):
+    spec = RecordSpec(image_size=(16, 16), channels=3, num_units=5, image_format="raw",
+                      image_shape=(16, 16, 3))
+    with pytest.raises(StageError, match="does not match image_shape") as failure:
+        parse_record(demo.make_example(image.tobytes()[:-3], None, "x"), spec)
+    assert failure.value.stage == "validate" and failure.value.record_id == "x"
+    pixels = image.astype(np.float32).ravel()
+    pixels[7] = np.nan
+    with pytest.raises(StageError, match="non-finite") as failure:
+        parse_record(demo.make_example(pixels, None, "y"), spec)
+    assert failure.value.stage == "validate"
+    with pytest.raises(StageError, match="channels"):
+        parse_record(demo.make_example(image[..., :1].tobytes(), None, "z"),
+                     RecordSpec((16, 16), 3, 5, image_format="raw", image_shape=(16, 16, 1)))
+
+
+def test_dead_letters_round_trip():
+    letter = DeadLetter(b"\x00original", "decode", "cannot decode: ünïcode", "id-1")
+    assert decode_dead_letter(encode_dead_letter(letter)) == letter
+
+
+def test_spec_checks_its_options():
+    with pytest.raises(ValueError, match="image_format"):
+        RecordSpec((8, 8), 3, 2, image_format="bmp")
+    with pytest.raises(ValueError, match="image_shape"):
+        RecordSpec((8, 8), 3, 2, image_format="raw")
