@@ -71,6 +71,7 @@ class ExplainModelHandler(ModelHandler[ImageRecord, PredictionResult, Explainer]
 
     def load_model(self) -> Explainer:
         """Load the model under the worker's strategy and prepare the method."""
+        _quiet_memory_warning()
         return Explainer.load(
             self._model_path,
             self._method,
@@ -120,6 +121,22 @@ class ExplainModelHandler(ModelHandler[ImageRecord, PredictionResult, Explainer]
     def __repr__(self) -> str:
         return (f"ExplainModelHandler(model_path={self._model_path!r}, method={self._method!r}, "
                 f"method_params={self._method_params!r})")
+
+
+class _MemoryWarningFilter(logging.Filter):
+    """Drops RunInference's "Resource module is not available" warning. Beam 2.77 imports
+    `resource` together with its torch-based ModelManager, so without torch installed it
+    believes every platform lacks `resource` and warns on every bundle; the only loss is
+    RunInference's memory metric."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resource module is not available" not in record.getMessage()
+
+
+def _quiet_memory_warning() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, _MemoryWarningFilter) for f in root.filters):
+        root.addFilter(_MemoryWarningFilter())
 
 
 def _checked(explanation: Explanation, record: ImageRecord):

@@ -5,10 +5,14 @@ Each record goes through three named stages, and a failure in any of them is att
 that stage (a `StageError`), so the dead letters say where a record stopped:
 
 - parse: the bytes are a `tf.train.Example`.
-- decode: the image feature decodes (JPEG or PNG bytes, or a raw tensor) and is resized to
-  the model's input size.
-- validate: the features the job needs are present and sane: the image (shape, finite
-  pixels), the units (in range), the id.
+- validate: the features the job needs are present and sane: the image (present, a JPEG or
+  PNG signature, or a raw tensor of the right size with finite values), the units (int64,
+  in range), the id.
+- decode: the JPEG or PNG bytes decode, and the image is resized to the model's input size.
+
+`check_record` runs parse and validate, before the job rebalances its records;
+`decode_record` runs decode after, on the worker that explains the image, so that only the
+compressed records cross the shuffle.
 
 Everything here is plain Python and numpy (TensorFlow ops only for decoding and resizing),
 so the same functions serve the Beam stages, the tests and the rendering tools.
@@ -29,7 +33,7 @@ import tensorflow as tf
 
 IMAGE_FORMATS = ("auto", "jpeg", "png", "raw")
 
-STAGES = ("parse", "decode", "validate", "explain", "encode")
+STAGES = ("parse", "validate", "decode", "explain", "encode")
 """Where a record can fail, in pipeline order; the dead letters' `stage` is one of these."""
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -80,6 +84,17 @@ class RecordSpec:
             )
         if self.image_format == "raw" and self.image_shape is None:
             raise ValueError("image_format 'raw' needs image_shape (H, W, C).")
+
+
+class CheckedRecord(NamedTuple):
+    """A record that passed the checks: its id, its units (or None: explain the top-K
+    predictions) and its original bytes. This is what crosses the shuffle: the compressed
+    record alone, not the decoded pixels (several times larger), which only exist on the
+    worker that explains them."""
+
+    id: str
+    units: Optional[np.ndarray]
+    record: bytes
 
 
 class ImageRecord(NamedTuple):
@@ -138,6 +153,8 @@ def detect_format(data: bytes) -> Optional[str]:
 
 
 def _raw_image(kind: str, values, shape: Tuple[int, int, int]) -> np.ndarray:
+    """A raw tensor feature as an (H, W, C) array: uint8 for bytes of H*W*C values, float32
+    otherwise; StageError("validate") when its size does not match `shape`."""
     size = int(np.prod(shape))
     if kind == "bytes":
         if len(values) != 1:
@@ -145,14 +162,13 @@ def _raw_image(kind: str, values, shape: Tuple[int, int, int]) -> np.ndarray:
         data = values[0]
         if len(data) == size:
             return np.frombuffer(data, np.uint8).reshape(shape)
-        if len(data) == 4 * size:
-            array = np.frombuffer(data, "<f4")
-        else:
+        if len(data) != 4 * size:
             raise StageError(
                 "validate",
                 f"raw image of {len(data)} bytes does not match image_shape {tuple(shape)} "
                 f"({size} uint8 or {4 * size} float32 bytes).",
             )
+        array = np.frombuffer(data, "<f4")
     else:
         array = np.asarray(values, np.float32)
         if array.size != size:
@@ -164,14 +180,12 @@ def _raw_image(kind: str, values, shape: Tuple[int, int, int]) -> np.ndarray:
     return array.reshape(shape).astype(np.float32)
 
 
-def decode_image(example: tf.train.Example, spec: RecordSpec) -> np.ndarray:
-    """Stages "decode" and "validate" for the image: (H, W, C) pixels in [0, 255] at the
-    model's input size; uint8 when decoding gave exact 8-bit pixels (a quarter of the
-    bytes to move through the shuffle), float32 otherwise."""
+def _image_feature(example: tf.train.Example, spec: RecordSpec):
+    """(format, kind, values) of the image feature, the format resolved from "auto";
+    StageError when the feature is missing or cannot be an image of that format."""
     kind, values = _feature_values(example, spec.image_key)
     if kind is None or len(values) == 0:
         raise StageError("validate", f"missing image feature {spec.image_key!r}.")
-
     image_format = spec.image_format
     if image_format == "auto":
         detected = detect_format(values[0]) if kind == "bytes" else None
@@ -183,20 +197,46 @@ def decode_image(example: tf.train.Example, spec: RecordSpec) -> np.ndarray:
                 + "; for raw tensors pass image_shape (H, W, C).",
             )
         image_format = detected or "raw"
+    if image_format != "raw" and (kind != "bytes" or len(values) != 1):
+        raise StageError(
+            "validate",
+            f"a {image_format} image needs one bytes value, got {len(values)} {kind} values.",
+        )
+    return image_format, kind, values
 
+
+def _check_raw(image: np.ndarray, spec: RecordSpec) -> np.ndarray:
+    if image.shape[-1] != spec.channels:
+        raise StageError(
+            "validate",
+            f"raw image has {image.shape[-1]} channels, the model takes {spec.channels}.",
+        )
+    if image.dtype != np.uint8 and not np.all(np.isfinite(image)):
+        raise StageError("validate", "image has non-finite pixel values.")
+    return image
+
+
+def check_image(example: tf.train.Example, spec: RecordSpec) -> None:
+    """Stage "validate" for the image, without decoding compressed bytes: the feature is
+    there, JPEG and PNG bytes carry their format's signature (in "auto", that is how they
+    are recognised), raw tensors have the right size, channels and finite values."""
+    image_format, kind, values = _image_feature(example, spec)
     if image_format == "raw":
-        image = _raw_image(kind, values, spec.image_shape)
-        if image.shape[-1] != spec.channels:
-            raise StageError(
-                "validate",
-                f"raw image has {image.shape[-1]} channels, the model takes {spec.channels}.",
-            )
+        _check_raw(_raw_image(kind, values, spec.image_shape), spec)
+    elif detect_format(values[0]) != image_format:
+        raise StageError("decode", f"image bytes do not start with the {image_format} signature.")
+
+
+def decode_image(
+    example: tf.train.Example, spec: RecordSpec, resize: bool = True
+) -> np.ndarray:
+    """Stage "decode": the image as (H, W, C) pixels in [0, 255] at the model's input size
+    (at its stored size with `resize=False`); uint8 when decoding gave exact 8-bit pixels,
+    float32 otherwise (after resizing, or for float raw tensors)."""
+    image_format, kind, values = _image_feature(example, spec)
+    if image_format == "raw":
+        image = _check_raw(_raw_image(kind, values, spec.image_shape), spec)
     else:
-        if kind != "bytes" or len(values) != 1:
-            raise StageError(
-                "validate",
-                f"a {image_format} image needs one bytes value, got {len(values)} {kind} values.",
-            )
         try:
             decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
             image = decoder(values[0], channels=spec.channels).numpy()
@@ -204,12 +244,9 @@ def decode_image(example: tf.train.Example, spec: RecordSpec) -> np.ndarray:
             # TensorFlow prefixes its messages with the op's location: keep the reason.
             message = re.sub(r"\{\{.*?\}\}\s*", "", getattr(error, "message", None) or str(error))
             raise StageError("decode", f"cannot decode {image_format} image: {message}") from None
-
-    if image.dtype != np.uint8 and not np.all(np.isfinite(image)):
-        raise StageError("validate", "image has non-finite pixel values.")
     if min(image.shape[:2]) == 0:
         raise StageError("validate", f"image is empty (shape {image.shape}).")
-    if tuple(image.shape[:2]) != tuple(spec.image_size):
+    if resize and tuple(image.shape[:2]) != tuple(spec.image_size):
         try:
             image = tf.image.resize(image, spec.image_size).numpy()
         except Exception as error:
@@ -255,23 +292,42 @@ def read_units(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarr
     return units
 
 
-def parse_record(serialized: bytes, spec: RecordSpec) -> ImageRecord:
-    """One serialized input record through parse, decode and validate.
-
-    Raises StageError naming the stage that failed (and the record's id, once known); an
-    unforeseen error of the decoding ops is attributed to "decode".
-    """
+def check_record(serialized: bytes, spec: RecordSpec) -> CheckedRecord:
+    """Stages "parse" and "validate": everything that can be checked without decoding the
+    image. Raises StageError naming the stage that failed (and the id, once known)."""
     example = parse_example(serialized)
     id_ = read_id(example, serialized, spec)
     try:
-        image = decode_image(example, spec)
+        check_image(example, spec)
         units = read_units(example, spec)
     except StageError as error:
         error.record_id = id_
         raise
+    return CheckedRecord(id_, units, serialized)
+
+
+def decode_record(checked: CheckedRecord, spec: RecordSpec) -> ImageRecord:
+    """Stage "decode": a checked record with its image decoded and resized. Raises
+    StageError; an unforeseen error of the decoding ops is attributed to "decode"."""
+    try:
+        image = decode_image(parse_example(checked.record), spec)
+    except StageError as error:
+        error.record_id = checked.id
+        raise
     except Exception as error:  # noqa: BLE001: becomes this record's dead letter
-        raise StageError("decode", f"{type(error).__name__}: {error}", id_) from None
-    return ImageRecord(id_, image, units, serialized)
+        raise StageError("decode", f"{type(error).__name__}: {error}", checked.id) from None
+    return ImageRecord(checked.id, image, checked.units, checked.record)
+
+
+def parse_record(serialized: bytes, spec: RecordSpec) -> ImageRecord:
+    """One serialized record through every input stage: `decode_record(check_record(...))`.
+
+    Usage:
+
+        record = parse_record(serialized, RecordSpec((224, 224), 3, 1000))
+        record.id, record.image.shape, record.units
+    """
+    return decode_record(check_record(serialized, spec), spec)
 
 
 # --- dead letters -----------------------------------------------------------------------------

@@ -92,18 +92,20 @@ def _caption(picture: np.ndarray, text: str) -> np.ndarray:
 
 def load_images_by_id(
     file_pattern, ids: Sequence[str], image_key: str = "image", image_format: str = "auto",
-    image_shape=None, id_key: Optional[str] = "id", channels: int = 3,
+    image_shape=None, id_key: Optional[str] = "id", channels: Optional[int] = None,
 ) -> Dict[str, np.ndarray]:
-    """The source images (H, W, C) float32 of the records whose id is in `ids`, read from the
-    pipeline's inputs and identified exactly as the pipeline does (`id_key`, else the hash
-    of the record)."""
+    """The source images (H, W, C) pixels in [0, 255], at their stored size, of the records
+    whose id is in `ids`, read from the pipeline's inputs and identified exactly as the
+    pipeline does (`id_key`, else the hash of the record). JPEG and PNG are decoded to
+    `channels` (default 3; a raw tensor keeps its own)."""
     from explain_lib.io import iterate_records
     from pipeline import records as input_records
 
     wanted = set(ids)
     found: Dict[str, np.ndarray] = {}
     spec = input_records.RecordSpec(
-        image_size=(0, 0), channels=channels, num_units=1, image_key=image_key,
+        image_size=(0, 0), channels=channels or (image_shape[2] if image_shape else 3),
+        num_units=1, image_key=image_key,
         image_format=image_format, image_shape=image_shape, id_key=id_key,
     )
     for serialized in iterate_records(file_pattern):
@@ -112,29 +114,13 @@ def load_images_by_id(
             record_id = input_records.read_id(example, serialized, spec)
             if record_id not in wanted:
                 continue
-            kind, values = input_records._feature_values(example, image_key)
-            image = _decode_native(values, kind, spec)
+            image = input_records.decode_image(example, spec, resize=False)
         except input_records.StageError:
             continue
         found[record_id] = image
         if len(found) == len(wanted):
             break
     return found
-
-
-def _decode_native(values, kind, spec) -> np.ndarray:
-    """The image at its stored size (no resizing)."""
-    import tensorflow as tf
-
-    from pipeline import records as input_records
-
-    fmt = spec.image_format
-    if fmt == "auto":
-        fmt = (input_records.detect_format(values[0]) if kind == "bytes" else None) or "raw"
-    if fmt == "raw":
-        return input_records._raw_image(kind, values, spec.image_shape)
-    return tf.io.decode_image(values[0], channels=spec.channels,
-                              expand_animations=False).numpy().astype(np.float32)
 
 
 def render_grid(

@@ -1,8 +1,13 @@
 """The job's stages, and `Explain`, the PTransform that chains them.
 
-    records -> ParseRecords -> Reshuffle -> RunInference(ExplainModelHandler)
+    records -> CheckRecords -> Reshuffle -> DecodeImages -> RunInference(ExplainModelHandler)
             -> EncodeExplanations -> explanations
-    (ParseRecords and EncodeExplanations also emit dead letters, flattened into one output)
+    (CheckRecords, DecodeImages and EncodeExplanations also emit dead letters, flattened
+    into one output)
+
+Only the compressed records cross the shuffle: images are decoded after it, in the same
+fused stage as RunInference, so decoded pixels never travel between workers (nor pile up
+in memory on DirectRunner, where a shuffle holds the whole collection).
 
 Each stage is a small DoFn with a main output and a "dead_letters" output; the dead letters
 of every stage are flattened into one PCollection. Counters (namespace
@@ -40,8 +45,9 @@ from pipeline.records import (
     DeadLetter,
     RecordSpec,
     StageError,
+    check_record,
+    decode_record,
     encode_dead_letter,
-    parse_record,
 )
 
 DEAD_LETTERS = "dead_letters"
@@ -74,8 +80,8 @@ class _StageDoFn(beam.DoFn):
         )
 
 
-class ParseRecords(_StageDoFn):
-    """Stages parse, decode and validate: serialized record -> `ImageRecord`."""
+class CheckRecords(_StageDoFn):
+    """Stages parse and validate: serialized record -> `CheckedRecord`."""
 
     def __init__(self, spec: RecordSpec):
         self._spec = spec
@@ -87,9 +93,22 @@ class ParseRecords(_StageDoFn):
     def process(self, serialized: bytes):
         self._read.inc()
         try:
-            yield parse_record(serialized, self._spec)
+            yield check_record(serialized, self._spec)
         except StageError as error:
             yield self.dead_letter(serialized, error)
+
+
+class DecodeImages(_StageDoFn):
+    """Stage decode: `CheckedRecord` -> `ImageRecord` at the model's input size."""
+
+    def __init__(self, spec: RecordSpec):
+        self._spec = spec
+
+    def process(self, checked):
+        try:
+            yield decode_record(checked, self._spec)
+        except StageError as error:
+            yield self.dead_letter(checked.record, error, checked.id)
 
 
 class EncodeExplanations(_StageDoFn):
@@ -130,9 +149,10 @@ class ExplainResult(NamedTuple):
 class Explain(beam.PTransform):
     """Explain a PCollection of serialized `tf.train.Example`s holding images.
 
-    Parses and validates each record, rebalances the work (`Reshuffle`), explains batches
-    with `RunInference(ExplainModelHandler)` and encodes each result as a schema-v1 record
-    (`explain_lib.io`). Records that fail at any stage become dead letters.
+    Parses and validates each record, rebalances the work (`Reshuffle`), decodes the
+    images, explains batches with `RunInference(ExplainModelHandler)` and encodes each
+    result as a schema-v1 record (`explain_lib.io`). Records that fail at any stage become
+    dead letters.
 
     The model is loaded once here, at construction, to learn its input size and number of
     units (pass `model_info` to skip that), and once per worker process to explain.
@@ -233,19 +253,26 @@ class Explain(beam.PTransform):
     def expand(self, records):
         # (No return annotation: Beam would read it as a type hint, and ExplainResult is a
         # tuple of PCollections rather than one.)
-        parsed, parse_failures = (
+        checked, check_failures = (
             records
-            | "ParseRecords" >> beam.ParDo(ParseRecords(self.spec)).with_outputs(
+            | "CheckRecords" >> beam.ParDo(CheckRecords(self.spec)).with_outputs(
                 DEAD_LETTERS, main="records")
         )
-        explained, encode_failures = (
-            parsed
+        images, decode_failures = (
+            checked
             | "Rebalance" >> beam.Reshuffle()
+            | "DecodeImages" >> beam.ParDo(DecodeImages(self.spec)).with_outputs(
+                DEAD_LETTERS, main="images")
+        )
+        explained, encode_failures = (
+            images
             | "RunInference" >> RunInference(self.handler)
             | "EncodeExplanations" >> beam.ParDo(EncodeExplanations(self.map_encoding))
             .with_outputs(DEAD_LETTERS, main="explanations")
         )
-        dead_letters = (parse_failures, encode_failures) | "DeadLetters" >> beam.Flatten()
+        dead_letters = (
+            (check_failures, decode_failures, encode_failures) | "DeadLetters" >> beam.Flatten()
+        )
         return ExplainResult(explained, dead_letters)
 
 

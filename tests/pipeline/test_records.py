@@ -12,7 +12,9 @@ from pipeline.records import (
     DeadLetter,
     RecordSpec,
     StageError,
+    check_record,
     decode_dead_letter,
+    decode_record,
     encode_dead_letter,
     parse_record,
     record_id,
@@ -75,29 +77,42 @@ def test_ids_are_given_or_a_hash_of_the_record(image):
 
 
 @pytest.mark.parametrize(
-    "make, stage, message",
+    "make, stage, message, found_by",
     [
-        (lambda img: b"\x00\x01garbage", "parse", "not a tf.train.Example"),
-        (lambda img: demo.make_example(None, 1, "x"), "validate", "missing image feature"),
-        (lambda img: demo.make_example(b"\xff\xd8\xff\xe0broken", 1, "x"), "decode",
-         "cannot decode jpeg"),
-        (lambda img: demo.make_example(demo.encode_image(img, "png")[:40], 1, "x"), "decode",
-         "cannot decode png"),
-        (lambda img: demo.make_example(b"GIF89a....", 1, "x"), "decode", "neither JPEG nor PNG"),
+        (lambda img: b"\x00\x01garbage", "parse", "not a tf.train.Example", "check"),
+        (lambda img: demo.make_example(None, 1, "x"), "validate", "missing image feature",
+         "check"),
+        (lambda img: demo.make_example(b"GIF89a....", 1, "x"), "decode", "neither JPEG nor PNG",
+         "check"),
         (lambda img: demo.make_example(demo.encode_image(img, "png"), 5, "x"), "validate",
-         r"units \[5\] out of range"),
+         r"units \[5\] out of range", "check"),
         (lambda img: demo.make_example(demo.encode_image(img, "png"), [-1, 2], "x"), "validate",
-         r"units \[-1\] out of range"),
+         r"units \[-1\] out of range", "check"),
         (lambda img: demo.make_example(demo.encode_image(img, "png"), 0.5, "x"), "validate",
-         "must be int64"),
-        (lambda img: demo.make_example(demo.encode_image(img, "png"), 1, 1.5),
-         "validate", "id feature"),
+         "must be int64", "check"),
+        (lambda img: demo.make_example(demo.encode_image(img, "png"), 1, 1.5), "validate",
+         "id feature", "check"),
+        # Broken compressed bytes are only found by decoding them, after the shuffle.
+        (lambda img: demo.make_example(b"\xff\xd8\xff\xe0broken", 1, "x"), "decode",
+         "cannot decode jpeg", "decode"),
+        (lambda img: demo.make_example(demo.encode_image(img, "png")[:40], 1, "x"), "decode",
+         "cannot decode png", "decode"),
     ],
 )
-def test_bad_records_fail_at_their_stage(image, make, stage, message):
+def test_bad_records_fail_at_their_stage(image, make, stage, message, found_by):
+    serialized = make(image)
     with pytest.raises(StageError, match=message) as failure:
-        parse_record(make(image), SPEC)
+        parse_record(serialized, SPEC)
     assert failure.value.stage == stage
+    if found_by == "check":
+        with pytest.raises(StageError, match=message):
+            check_record(serialized, SPEC)
+    else:
+        checked = check_record(serialized, SPEC)
+        assert checked.record == serialized and checked.id == "x"
+        with pytest.raises(StageError, match=message) as failure:
+            decode_record(checked, SPEC)
+        assert failure.value.record_id == "x"
 
 
 def test_bad_raw_tensors_fail_validation(image):
