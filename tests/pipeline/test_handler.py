@@ -1,12 +1,18 @@
 """ExplainModelHandler and Explainer: batching options, per-record attribution of explain
-failures, top-K units, grouping by unit count, and method / preprocessing resolution."""
+failures, top-K units, grouping by unit count, method / preprocessing resolution, and
+model files on any Beam filesystem."""
+
+import os
+import tempfile
 
 import numpy as np
 import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipeline.explainer import (
     Explainer,
     Explanation,
+    load_keras_model,
     resolve_method,
     resolve_method_params,
     resolve_preprocess,
@@ -115,3 +121,24 @@ def test_resolution_of_names():
     np.testing.assert_allclose(resolve_preprocess("resnet_v2")(x), [[-1, 0, 1]])  # "tf" mode
     with pytest.raises(ValueError, match="Unknown preprocessing 'resnet51'.*resnet_v2"):
         resolve_preprocess("resnet51")
+
+
+class _SchemeFileSystem(LocalFileSystem):
+    """Local files under a `testfs://` scheme: a remote filesystem as Beam sees one."""
+
+    @classmethod
+    def scheme(cls):
+        return "testfs"
+
+    def open(self, path, *args, **kwargs):
+        return super().open(path[len("testfs://"):], *args, **kwargs)
+
+
+def test_models_are_copied_from_any_beam_filesystem(model_path, model, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # to see the copy cleaned up
+    loaded = load_keras_model("testfs://" + model_path)
+    for mine, theirs in zip(loaded.weights, model.weights):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(Exception, match="no-such.keras"):
+        load_keras_model("testfs:///no-such.keras")
