@@ -7,8 +7,13 @@ Separation of concerns:
   (`decode_maps`, for Python consumers) and in TensorFlow ops (for `tf.data` readers that
   should not leave the graph). Both decoders share the same layout, so they agree exactly.
 - The *record schema* (`encode_explanation` / `decode_explanation`, `FEATURES`) puts one
-  explained input into one `tf.train.Example`: id, units, logits and the encoded maps.
-- *Readers* (`read_explanations`) turn files of such records into a `tf.data.Dataset`.
+  explained input into one `tf.train.Example`: id, units, logits, the encoded maps and the
+  size of the image they explain.
+- *Readers* (`read_explanations`) turn files of such records into a `tf.data.Dataset`, with
+  the maps at the size the caller asks for (`size`: as stored, the explained image's size, or
+  any (H, W)); resizing on read is what lets a 7x7 Grad-CAM map be stored at 7x7.
+- *Input ids* (`input_id`, `record_id`): how an input record is named, so that explanations
+  join back to their inputs; the pipeline and the analysis helpers share it.
 
 The Beam pipeline writes through `encode_explanation`; everything downstream reads through
 this module, so a new encoding is added in one place (an entry in `ENCODINGS`).
@@ -20,24 +25,27 @@ Schema v1, one `tf.train.Example` per explained input:
     units           int64 [K]      the explained units (class indices)
     logits          float [K]      the model's scores for those units
     maps            bytes [1]      the K maps, encoded
-    map_shape       int64 [3]      (H, W, K)
-    map_encoding    bytes [1]      "png8"
-    map_min         float [K]      per-map minimum (png8: the value of level 0)
-    map_max         float [K]      per-map maximum (png8: the value of level 255)
+    map_shape       int64 [3]      (H, W, K) as stored
+    map_encoding    bytes [1]      "png8", "png16", "float16" or "raw32"
+    map_min         float [K]      each map's minimum (png8/png16: the value of level 0)
+    map_max         float [K]      each map's maximum (png8/png16: the top level)
+    input_size      int64 [2]      (H, W) of the image the maps explain (optional: a record
+                                   without it explains an image of the maps' own size)
 
 Usage:
 
     record = encode_explanation("img-1", units=[3], logits=[7.2], maps=maps)  # maps (H, W, 1)
     decoded = decode_explanation(record)           # dict of numpy arrays
-    for row in read_explanations("out/expl-*.tfrecord.gz"):
+    for row in read_explanations("out/expl-*.tfrecord.gz", size="input"):
         row["maps"]                                # tf.Tensor (H, W, K) float32
 """
 
+import hashlib
 import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -58,9 +66,15 @@ FEATURES = {
     "map_encoding": tf.io.FixedLenFeature([], tf.string),
     "map_min": tf.io.VarLenFeature(tf.float32),
     "map_max": tf.io.VarLenFeature(tf.float32),
+    "input_size": tf.io.FixedLenFeature([2], tf.int64, default_value=[0, 0]),
 }
 """The feature spec of schema v1, for `tf.io.parse_single_example`. A missing
-`schema_version` parses as 0 so that readers can reject it."""
+`schema_version` parses as 0 so that readers can reject it; a missing `input_size` parses as
+(0, 0): the maps have the explained image's size."""
+
+Size = Union[str, Sequence[int]]
+"""The size a reader returns maps at: "stored" (as written), "input" (the size of the image
+they explain, `input_size`) or (H, W)."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +84,8 @@ class EncodedMaps:
     data: bytes
     shape: tuple  # (H, W, K)
     encoding: str
-    map_min: np.ndarray  # (K,) float32; empty for encodings that do not need it
-    map_max: np.ndarray  # (K,) float32
+    map_min: np.ndarray  # (K,) float32: each map's minimum
+    map_max: np.ndarray  # (K,) float32: each map's maximum
 
 
 @dataclass(frozen=True)
@@ -91,77 +105,166 @@ class MapEncoding:
     max_error: Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-# --- png8: each map quantised to 8 bits over its own range, stored as a lossless PNG -------
+def _range(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    return maps.min(axis=(0, 1)).astype(np.float32), maps.max(axis=(0, 1)).astype(np.float32)
+
+
+# --- png8, png16: each map quantised over its own range, stored as a lossless PNG -----------
 #
 # The K maps are stacked vertically into one grayscale image (K * H, W): one PNG per record
 # keeps the record a single bytes feature and decodes with one `tf.io.decode_png` call.
-# Level q of map k stands for map_min[k] + q * (map_max[k] - map_min[k]) / 255; rounding
-# to the nearest level bounds the error by half a step, well within range / 255.
-
-
-def _png8_encode(maps: np.ndarray) -> EncodedMaps:
-    height, width, count = maps.shape
-    low = maps.min(axis=(0, 1)).astype(np.float32)
-    high = maps.max(axis=(0, 1)).astype(np.float32)
-    # Work in float64 so that quantising cannot round past a level boundary.
-    span = high.astype(np.float64) - low.astype(np.float64)
-    scale = np.divide(255.0, span, out=np.zeros_like(span), where=span > 0)
-    levels = np.rint((maps.astype(np.float64) - low) * scale)
-    levels = np.clip(levels, 0, 255).astype(np.uint8)
-    stacked = np.transpose(levels, (2, 0, 1)).reshape(count * height, width)
-    return EncodedMaps(_grayscale_png(stacked), (height, width, count), "png8", low, high)
+# Level q of map k stands for map_min[k] + q * (map_max[k] - map_min[k]) / top, top = 255
+# (png8) or 65535 (png16); rounding to the nearest level bounds the error by half a step,
+# well within range / top.
 
 
 def _grayscale_png(image: np.ndarray) -> bytes:
-    """A (H, W) uint8 array as a PNG file (8-bit grayscale).
+    """A (H, W) uint8 or uint16 array as a PNG file (8- or 16-bit grayscale).
 
     Written here rather than through an imaging library because maps are smooth: the PNG
-    "Up" filter on every row (each row stored as its difference from the row above) makes
-    them compress as well as an encoder's adaptive filtering does, at a fraction of the cost.
+    "Up" filter on every row (each row stored as its difference from the row above, byte by
+    byte, as the PNG format defines it for every bit depth) makes them compress as well as an
+    encoder's adaptive filtering does, at a fraction of the cost.
     """
     height, width = image.shape
-    up = np.diff(image.astype(np.int16), axis=0, prepend=0).astype(np.uint8)
+    depth = 8 * image.dtype.itemsize
+    # PNG stores 16-bit samples big-endian.
+    data = image.astype(f">u{image.dtype.itemsize}").view(np.uint8).reshape(height, -1)
+    up = np.diff(data.astype(np.int16), axis=0, prepend=0).astype(np.uint8)  # modulo 256
     rows = np.concatenate([np.full((height, 1), 2, np.uint8), up], axis=1)  # 2: filter "Up"
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, grayscale
+    header = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)  # grayscale
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
 
 
-def _png8_decode(encoded: EncodedMaps) -> np.ndarray:
-    height, width, count = encoded.shape
-    stacked = np.asarray(Image.open(io.BytesIO(encoded.data)))
-    if stacked.shape != (count * height, width):
+def _quantised_png(name: str, bits: int) -> MapEncoding:
+    """The PNG encoding of `bits` (8 or 16) bits per value."""
+    top = 2**bits - 1
+    dtype = np.uint8 if bits == 8 else np.uint16
+    tf_dtype = tf.uint8 if bits == 8 else tf.uint16
+
+    def encode(maps: np.ndarray) -> EncodedMaps:
+        height, width, count = maps.shape
+        low, high = _range(maps)
+        # Work in float64 so that quantising cannot round past a level boundary.
+        span = high.astype(np.float64) - low.astype(np.float64)
+        scale = np.divide(top, span, out=np.zeros_like(span), where=span > 0)
+        levels = np.clip(np.rint((maps.astype(np.float64) - low) * scale), 0, top).astype(dtype)
+        stacked = np.transpose(levels, (2, 0, 1)).reshape(count * height, width)
+        return EncodedMaps(_grayscale_png(stacked), (height, width, count), name, low, high)
+
+    def decode(encoded: EncodedMaps) -> np.ndarray:
+        height, width, count = encoded.shape
+        stacked = np.asarray(Image.open(io.BytesIO(encoded.data)))
+        if stacked.shape != (count * height, width) or stacked.dtype.itemsize * 8 != bits:
+            raise ValueError(
+                f"{name} maps decode to {stacked.shape} {stacked.dtype}, but map_shape "
+                f"{encoded.shape} needs {(count * height, width)} {np.dtype(dtype)}: the "
+                "record is corrupt."
+            )
+        levels = np.transpose(stacked.reshape(count, height, width), (1, 2, 0))
+        low = np.asarray(encoded.map_min, np.float32)
+        high = np.asarray(encoded.map_max, np.float32)
+        return (low + levels.astype(np.float32) * ((high - low) / np.float32(top))).astype(
+            np.float32)
+
+    def decode_tf(data, shape, map_min, map_max):
+        stacked = tf.io.decode_png(data, channels=1, dtype=tf_dtype)
+        levels = tf.transpose(
+            tf.reshape(stacked, tf.stack([shape[2], shape[0], shape[1]])), [1, 2, 0])
+        return map_min + tf.cast(levels, tf.float32) * ((map_max - map_min) / float(top))
+
+    return MapEncoding(
+        name=name, encode=encode, decode=decode, decode_tf=decode_tf,
+        max_error=lambda low, high: (np.asarray(high) - np.asarray(low)) / float(top),
+    )
+
+
+# --- float16, raw32: the values themselves, (H, W, K) in C order, little-endian -------------
+#
+# float16 halves the bytes and zlib-compresses them; it keeps about 3 significant digits of
+# every value (relative error <= 2^-11) whatever the map's range, but holds only values of
+# magnitude up to 65504. raw32 is the float32 values, exact and uncompressed (the TFRecord
+# files are GZIP-compressed as a whole anyway): the reference the others are measured
+# against.
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _float16_encode(maps: np.ndarray) -> EncodedMaps:
+    half = maps.astype("<f2")
+    if not np.all(np.isfinite(half)):
         raise ValueError(
-            f"png8 maps decode to {stacked.shape}, but map_shape {encoded.shape} needs "
-            f"{(count * height, width)}: the record is corrupt."
+            f"float16 holds values up to {_FLOAT16_MAX:g} in magnitude, and these maps reach "
+            f"{float(np.abs(maps).max()):g}: use png8, png16 or raw32."
         )
-    levels = np.transpose(stacked.reshape(count, height, width), (1, 2, 0)).astype(np.float32)
-    low = np.asarray(encoded.map_min, np.float32)
-    high = np.asarray(encoded.map_max, np.float32)
-    return (low + levels * ((high - low) / np.float32(255.0))).astype(np.float32)
+    low, high = _range(maps)
+    return EncodedMaps(zlib.compress(half.tobytes(), 6), maps.shape, "float16", low, high)
 
 
-def _png8_decode_tf(data, shape, map_min, map_max):
-    stacked = tf.io.decode_png(data, channels=1, dtype=tf.uint8)
-    levels = tf.transpose(tf.reshape(stacked, tf.stack([shape[2], shape[0], shape[1]])), [1, 2, 0])
-    return map_min + tf.cast(levels, tf.float32) * ((map_max - map_min) / 255.0)
+def _float16_decode(encoded: EncodedMaps) -> np.ndarray:
+    data = zlib.decompress(encoded.data)
+    return _values(data, "<f2", encoded).astype(np.float32)
+
+
+def _float16_decode_tf(data, shape, map_min, map_max):
+    values = tf.io.decode_raw(tf.io.decode_compressed(data, "ZLIB"), tf.float16,
+                              little_endian=True)
+    return tf.cast(tf.reshape(values, shape), tf.float32)
+
+
+def _float16_max_error(low, high):
+    # Round to nearest: half a unit in the last place, 2^-11 of the magnitude for normal
+    # numbers, 2^-25 for subnormal ones.
+    magnitude = np.maximum(np.abs(np.asarray(low)), np.abs(np.asarray(high)))
+    return magnitude * 2.0**-11 + 2.0**-25
+
+
+def _raw32_encode(maps: np.ndarray) -> EncodedMaps:
+    low, high = _range(maps)
+    return EncodedMaps(maps.astype("<f4").tobytes(), maps.shape, "raw32", low, high)
+
+
+def _raw32_decode(encoded: EncodedMaps) -> np.ndarray:
+    return _values(encoded.data, "<f4", encoded).astype(np.float32)
+
+
+def _raw32_decode_tf(data, shape, map_min, map_max):
+    return tf.reshape(tf.io.decode_raw(data, tf.float32, little_endian=True), shape)
+
+
+def _values(data: bytes, dtype: str, encoded: EncodedMaps) -> np.ndarray:
+    count = int(np.prod(encoded.shape))
+    if len(data) != count * np.dtype(dtype).itemsize:
+        raise ValueError(
+            f"{encoded.encoding} maps hold {len(data)} bytes, but map_shape {encoded.shape} "
+            f"needs {count * np.dtype(dtype).itemsize}: the record is corrupt."
+        )
+    return np.frombuffer(data, dtype).reshape(encoded.shape)
 
 
 ENCODINGS: Dict[str, MapEncoding] = {
-    "png8": MapEncoding(
-        name="png8",
-        encode=_png8_encode,
-        decode=_png8_decode,
-        decode_tf=_png8_decode_tf,
-        max_error=lambda low, high: (np.asarray(high) - np.asarray(low)) / 255.0,
-    ),
+    "png8": _quantised_png("png8", 8),
+    "png16": _quantised_png("png16", 16),
+    "float16": MapEncoding("float16", _float16_encode, _float16_decode, _float16_decode_tf,
+                           _float16_max_error),
+    "raw32": MapEncoding("raw32", _raw32_encode, _raw32_decode, _raw32_decode_tf,
+                         lambda low, high: np.zeros_like(np.asarray(low, np.float32))),
 }
-"""Map encodings by name; `--map_encoding` in the pipeline picks one."""
+"""Map encodings by name; `--map_encoding` in the pipeline picks one:
+
+- `png8` (default): each map quantised to 8 bits over its own range, lossless PNG;
+  error <= (max - min) / 255.
+- `png16`: the same with 16 bits; error <= (max - min) / 65535.
+- `float16`: half-precision values, zlib-compressed; error <= |value| * 2^-11 (+ 2^-25);
+  values up to 65504 in magnitude.
+- `raw32`: float32 values as they are; exact.
+"""
 
 
 def get_encoding(name: str) -> MapEncoding:
@@ -182,7 +285,7 @@ def encode_maps(maps: np.ndarray, encoding: str = DEFAULT_ENCODING) -> EncodedMa
 
     Usage:
 
-        encoded = encode_maps(maps)                # maps (224, 224, 1)
+        encoded = encode_maps(maps, "png8")        # maps (224, 224, 1)
         len(encoded.data), encoded.map_min, encoded.map_max
     """
     maps = np.asarray(maps, dtype=np.float32)
@@ -204,6 +307,42 @@ def max_decode_error(encoded: EncodedMaps) -> np.ndarray:
     return get_encoding(encoded.encoding).max_error(encoded.map_min, encoded.map_max)
 
 
+# --- sizes on read ---------------------------------------------------------------------------
+
+
+def check_size(size: Size) -> Union[str, Tuple[int, int]]:
+    """`size` validated: "stored", "input" or a tuple of two positive ints."""
+    if isinstance(size, str):
+        if size in ("stored", "input"):
+            return size
+    elif size is not None and len(size) == 2 and all(int(v) >= 1 for v in size):
+        return (int(size[0]), int(size[1]))
+    raise ValueError(f'size must be "stored", "input" or (H, W) positive ints, not {size!r}.')
+
+
+def _target_size(size, stored: Tuple[int, int], input_size: Tuple[int, int]) -> Tuple[int, int]:
+    if size == "stored":
+        return stored
+    if size == "input":
+        return tuple(input_size) if min(input_size) > 0 else stored
+    return size
+
+
+def resize_maps(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Maps `(H, W, K)` resized bilinearly to `size` (H', W'): the same operation
+    (`tf.image.resize`) the engine uses when it resizes maps to the input, so a map stored at
+    its native size and resized on read equals the one resized before storing, up to the
+    encoding's error (interpolation never widens it). Returns float32; unchanged at its own
+    size."""
+    maps = np.asarray(maps, np.float32)
+    if tuple(maps.shape[:2]) == tuple(size):
+        return maps
+    return tf.image.resize(maps, tuple(int(v) for v in size)).numpy()
+
+
+# --- records -----------------------------------------------------------------------------------
+
+
 def _bytes(value: Union[str, bytes]) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
@@ -214,6 +353,7 @@ def encode_explanation(
     logits: Sequence[float],
     maps: np.ndarray,
     encoding: str = DEFAULT_ENCODING,
+    input_size: Optional[Sequence[int]] = None,
 ) -> bytes:
     """One explained input as a serialized schema-v1 `tf.train.Example`.
 
@@ -221,12 +361,15 @@ def encode_explanation(
         id: the input record's id.
         units: the K explained units.
         logits: the model's K scores for those units.
-        maps: `(H, W, K)` float maps, map k explaining units[k].
+        maps: `(H, W, K)` float maps, map k explaining units[k], at any resolution.
         encoding: a name in `ENCODINGS`.
+        input_size: (H, W) of the image the maps explain (default: the maps' own size);
+            readers asked for `size="input"` resize the maps to it.
 
     Usage:
 
         record = encode_explanation("img-1", [3], [7.2], maps)
+        record = encode_explanation("img-1", [3], [7.2], maps_7x7, input_size=(224, 224))
         tf.io.TFRecordWriter(path).write(record)
     """
     units = np.asarray(units, np.int64).reshape(-1)
@@ -238,6 +381,9 @@ def encode_explanation(
             "the same K units: maps (H, W, K)."
         )
     encoded = encode_maps(maps, encoding)
+    input_size = tuple(encoded.shape[:2]) if input_size is None else tuple(input_size)
+    if len(input_size) != 2 or min(input_size) < 1:
+        raise ValueError(f"input_size must be (H, W) positive ints, not {input_size}.")
     feature = tf.train.Feature
     features = {
         "schema_version": feature(int64_list=tf.train.Int64List(value=[SCHEMA_VERSION])),
@@ -249,6 +395,8 @@ def encode_explanation(
         "map_encoding": feature(bytes_list=tf.train.BytesList(value=[encoding.encode()])),
         "map_min": feature(float_list=tf.train.FloatList(value=encoded.map_min.tolist())),
         "map_max": feature(float_list=tf.train.FloatList(value=encoded.map_max.tolist())),
+        "input_size": feature(int64_list=tf.train.Int64List(
+            value=[int(v) for v in input_size])),
     }
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
@@ -261,10 +409,19 @@ def _check_version(version: int):
         )
 
 
-def decode_explanation(record: bytes) -> Dict[str, np.ndarray]:
+def decode_explanation(record: bytes, size: Size = "stored") -> Dict[str, np.ndarray]:
     """A serialized schema-v1 record as numpy: `id` (str), `units` int64 (K,), `logits`
-    float32 (K,), `maps` float32 (H, W, K), `map_encoding` (str), `max_error` float32 (K,)
-    (the codec's bound on each map's decoding error)."""
+    float32 (K,), `maps` float32 (H, W, K) at `size` ("stored", "input" or (H, W)),
+    `map_encoding` (str), `max_error` float32 (K,) (the codec's bound on each map's decoding
+    error, which resizing does not widen), `stored_shape` (H, W, K) as stored and
+    `input_size` (H, W) of the image the maps explain.
+
+    Usage:
+
+        decoded = decode_explanation(record, size="input")
+        decoded["maps"].shape                      # (224, 224, K), even if stored at 7x7
+    """
+    size = check_size(size)
     example = tf.train.Example.FromString(record)
     feature = example.features.feature
 
@@ -279,22 +436,30 @@ def decode_explanation(record: bytes) -> Dict[str, np.ndarray]:
         map_min=np.asarray(values("map_min", "float_list"), np.float32),
         map_max=np.asarray(values("map_max", "float_list"), np.float32),
     )
+    stored = tuple(encoded.shape[:2])
+    input_size = tuple(values("input_size", "int64_list")) or (0, 0)
+    input_size = input_size if min(input_size) > 0 else stored
+    maps = resize_maps(decode_maps(encoded), _target_size(size, stored, input_size))
     return {
         "id": values("id", "bytes_list")[0].decode("utf-8", errors="replace"),
         "units": np.asarray(values("units", "int64_list"), np.int64),
         "logits": np.asarray(values("logits", "float_list"), np.float32),
-        "maps": decode_maps(encoded),
+        "maps": maps,
         "map_encoding": encoded.encoding,
         "max_error": np.asarray(max_decode_error(encoded), np.float32),
+        "stored_shape": np.asarray(encoded.shape, np.int64),
+        "input_size": np.asarray(input_size, np.int64),
     }
 
 
-def parse_explanation(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
+def parse_explanation(serialized: tf.Tensor, size: Size = "stored") -> Dict[str, tf.Tensor]:
     """Parse and decode one serialized record in TensorFlow ops (for `tf.data.Dataset.map`).
 
-    Returns `id` (string), `units` int64 [K], `logits` float32 [K], `maps` float32 [H, W, K].
+    Returns `id` (string), `units` int64 [K], `logits` float32 [K], `maps` float32 [H, W, K]
+    at `size`: "stored" (as written), "input" (the explained image's size) or (H, W).
     Fails with a clear error on an unknown schema version or map encoding.
     """
+    size = check_size(size)
     parsed = tf.io.parse_single_example(serialized, FEATURES)
     version = parsed["schema_version"]
     tf.debugging.assert_equal(
@@ -320,6 +485,19 @@ def parse_explanation(serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
     ]
     maps = tf.switch_case(index, branches) if len(branches) > 1 else branches[0]()
     maps = tf.reshape(maps, shape)
+    if size != "stored":
+        if size == "input":
+            input_size = tf.cast(parsed["input_size"], tf.int32)
+            target = tf.where(tf.reduce_min(input_size) > 0, input_size, shape[:2])
+        else:
+            target = tf.constant(size, tf.int32)
+        maps = tf.cond(
+            tf.reduce_all(tf.equal(target, shape[:2])),
+            lambda: maps,
+            lambda: tf.image.resize(maps, target),
+        )
+        if not isinstance(size, str):
+            maps = tf.ensure_shape(maps, [size[0], size[1], None])
     return {
         "id": parsed["id"],
         "units": tf.sparse.to_dense(parsed["units"]),
@@ -350,23 +528,33 @@ def list_files(file_pattern: Union[str, Sequence[str]]) -> list:
 
 def read_explanations(
     file_pattern: Union[str, Sequence[str]],
+    size: Size = "stored",
     num_parallel_calls: Optional[int] = tf.data.AUTOTUNE,
 ) -> tf.data.Dataset:
     """The explanation records in the files matching `file_pattern`, as a `tf.data.Dataset`
     of dicts: `id` (string), `units` int64 [K], `logits` float32 [K], `maps` float32
     [H, W, K]. Compression is taken from each file's name (the pipeline writes `.gz`).
 
+    `size` says at which size the maps come back:
+    - "stored" (default): as written. That is the explained image's size, unless the job
+      stored them smaller (`--map_size native` or `H,W`);
+    - "input": the size of the image each record explains (its `input_size`), resizing
+      bilinearly where the stored maps are smaller;
+    - (H, W): that size, for every record (batchable).
+
     Usage:
 
-        for row in read_explanations("out/expl-*.tfrecord.gz").take(4):
+        for row in read_explanations("out/expl-*.tfrecord.gz", size="input").take(4):
             print(row["id"].numpy(), row["units"].numpy(), row["maps"].shape)
     """
+    size = check_size(size)
     files = list_files(file_pattern)
     datasets = [tf.data.TFRecordDataset(f, compression_type=compression_of(f)) for f in files]
     records = datasets[0]
     for dataset in datasets[1:]:
         records = records.concatenate(dataset)
-    return records.map(parse_explanation, num_parallel_calls=num_parallel_calls, deterministic=True)
+    return records.map(lambda record: parse_explanation(record, size),
+                       num_parallel_calls=num_parallel_calls, deterministic=True)
 
 
 def iterate_records(file_pattern: Union[str, Sequence[str]]):
@@ -375,6 +563,38 @@ def iterate_records(file_pattern: Union[str, Sequence[str]]):
     for path in list_files(file_pattern):
         for record in tf.data.TFRecordDataset(path, compression_type=compression_of(path)):
             yield record.numpy()
+
+
+# --- input ids ---------------------------------------------------------------------------------
+
+
+def record_id(serialized: bytes) -> str:
+    """The deterministic id of a record without one: the first 128 bits of the SHA-256 of
+    its bytes, in hex (the same record gets the same id on every run and every worker)."""
+    return hashlib.sha256(serialized).hexdigest()[:32]
+
+
+def input_id(example: tf.train.Example, serialized: bytes, id_key: Optional[str] = "id") -> str:
+    """The id an input record gets, which its explanation carries: its `id_key` feature (one
+    bytes value, decoded as UTF-8 with undecodable bytes escaped, or one int64 value, as
+    decimal), else `record_id(serialized)`. Raises ValueError for an id feature of another
+    kind or with several values.
+
+    Usage:
+
+        input_id(tf.train.Example.FromString(serialized), serialized, "id")
+    """
+    if id_key and id_key in example.features.feature:
+        feature = example.features.feature[id_key]
+        kind = feature.WhichOneof("kind")
+        values = getattr(feature, kind).value if kind else []
+        if len(values):
+            if len(values) != 1 or kind == "float_list":
+                raise ValueError(f"id feature {id_key!r} must hold one bytes or int64 value.")
+            if kind == "bytes_list":
+                return values[0].decode("utf-8", errors="backslashreplace")
+            return str(values[0])
+    return record_id(serialized)
 
 
 __all__ = [
@@ -388,6 +608,8 @@ __all__ = [
     "encode_maps",
     "decode_maps",
     "max_decode_error",
+    "check_size",
+    "resize_maps",
     "encode_explanation",
     "decode_explanation",
     "parse_explanation",
@@ -395,4 +617,6 @@ __all__ = [
     "iterate_records",
     "list_files",
     "compression_of",
+    "record_id",
+    "input_id",
 ]

@@ -23,13 +23,14 @@ Usage:
     record = parse_record(serialized, spec)    # ImageRecord, or raises StageError
 """
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+
+from explain_lib.io import input_id, record_id  # noqa: F401: record_id is part of this API
 
 IMAGE_FORMATS = ("auto", "jpeg", "png", "raw")
 
@@ -116,12 +117,6 @@ class DeadLetter(NamedTuple):
     stage: str
     error: str
     id: str = ""
-
-
-def record_id(serialized: bytes) -> str:
-    """The deterministic id of a record without one: the first 128 bits of the SHA-256 of
-    its bytes, in hex (the same record gets the same id on every run and every worker)."""
-    return hashlib.sha256(serialized).hexdigest()[:32]
 
 
 def parse_example(serialized: bytes) -> tf.train.Example:
@@ -257,19 +252,13 @@ def decode_image(
 
 
 def read_id(example: tf.train.Example, serialized: bytes, spec: RecordSpec) -> str:
-    """The record's id (stage "validate"): the `id_key` feature, else `record_id`."""
-    if spec.id_key:
-        kind, values = _feature_values(example, spec.id_key)
-        if kind is not None and len(values):
-            if len(values) != 1 or kind == "float":
-                raise StageError(
-                    "validate", f"id feature {spec.id_key!r} must hold one bytes or int64 value."
-                )
-            value = values[0]
-            if kind == "bytes":
-                return value.decode("utf-8", errors="backslashreplace")
-            return str(value)
-    return record_id(serialized)
+    """The record's id (stage "validate"): the `id_key` feature, else `record_id`
+    (`explain_lib.io.input_id`, which the analysis helpers use to join explanations back to
+    their inputs)."""
+    try:
+        return input_id(example, serialized, spec.id_key)
+    except ValueError as error:
+        raise StageError("validate", str(error)) from None
 
 
 def read_units(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarray]:
