@@ -68,12 +68,24 @@ def load_keras_model(path: str, compile: bool = False) -> keras.Model:
 def make_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:
     """The strategy a worker explains under: a `MirroredStrategy` over `devices` if given,
     else over the visible GPUs; the default strategy when there is no GPU."""
+    _grow_gpu_memory()
     if devices:
         return tf.distribute.MirroredStrategy(devices=list(devices))
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         return tf.distribute.MirroredStrategy(devices=[gpu.name for gpu in gpus])
     return tf.distribute.get_strategy()
+
+
+def _grow_gpu_memory() -> None:
+    """Let TensorFlow take GPU memory as it needs it rather than all at once, so that
+    several SDK processes on one GPU machine (Dataflow starts one per core unless told
+    otherwise) can share a GPU. Possible only before TensorFlow initialises its GPUs."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process: keep its setting
+            pass
 
 
 # --- names to functions -----------------------------------------------------------------------

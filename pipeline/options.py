@@ -46,6 +46,12 @@ class ExplainOptions(PipelineOptions):
         group = parser.add_argument_group("explain_pipeline")
         group.add_argument("--input", help="TFRecord file pattern of tf.train.Examples "
                            "(any Beam filesystem; .gz files are read as GZIP).")
+        group.add_argument("--tfds", default=None,
+                           help="Read a prepared TensorFlow Datasets split instead of --input: "
+                           "NAME[/CONFIG][:VERSION] (image and label keys from its features).")
+        group.add_argument("--tfds_data_dir", default="~/tensorflow_datasets",
+                           help="TFDS data directory holding the prepared dataset.")
+        group.add_argument("--split", default="train", help="TFDS split to explain.")
         group.add_argument("--output", help="Prefix of the explanation files "
                            f"(written as PREFIX-SSSSS-of-NNNNN{FILE_SUFFIX}).")
         group.add_argument("--dead_letter_prefix", default=None,
@@ -85,7 +91,11 @@ class ExplainOptions(PipelineOptions):
 
     def check(self) -> None:
         """Fail early, with the option's name, on missing or malformed options."""
-        missing = [name for name in ("input", "output", "model") if not getattr(self, name)]
+        if self.input and self.tfds:
+            raise ValueError("Give --input or --tfds, not both.")
+        missing = [name for name in ("output", "model") if not getattr(self, name)]
+        if not (self.input or self.tfds):
+            missing.insert(0, "input (or --tfds)")
         if missing:
             raise ValueError("Missing required option(s): "
                              + ", ".join(f"--{name}" for name in missing) + ".")

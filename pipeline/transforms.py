@@ -38,6 +38,7 @@ from pipeline.explainer import (
     resolve_method_params,
     resolve_preprocess,
 )
+from pipeline import tfds_input
 from pipeline.handler import METRICS_NAMESPACE, ExplainModelHandler
 from pipeline.options import FILE_SUFFIX, ExplainOptions, parse_ints
 from pipeline.records import (
@@ -230,12 +231,10 @@ class Explain(beam.PTransform):
         self.map_encoding = map_encoding
 
     @classmethod
-    def from_options(cls, options: ExplainOptions, **kwargs) -> "Explain":
-        """The transform the command line's options describe."""
-        return cls(
-            options.model,
-            options.method,
-            options.parsed_method_params(),
+    def from_options(cls, options: ExplainOptions, **overrides) -> "Explain":
+        """The transform the command line's options describe; `overrides` replace any of
+        the keyword arguments."""
+        arguments = dict(
             image_key=options.image_key,
             image_format=options.image_format,
             image_shape=parse_ints(options.image_shape, 3, "image_shape"),
@@ -247,8 +246,9 @@ class Explain(beam.PTransform):
             activation_layer=options.activation_layer,
             batch_size=options.batch_size,
             map_encoding=options.map_encoding,
-            **kwargs,
         )
+        arguments.update(overrides)
+        return cls(options.model, options.method, options.parsed_method_params(), **arguments)
 
     def expand(self, records):
         # (No return annotation: Beam would read it as a type hint, and ExplainResult is a
@@ -306,8 +306,19 @@ def write_tfrecords(prefix: str, num_shards: int = 0) -> beam.PTransform:
 
 def build_pipeline(pipeline: beam.Pipeline, options: ExplainOptions) -> ExplainResult:
     """The whole job on `pipeline`: read -> Explain -> write results and dead letters."""
-    records = pipeline | "Read" >> beam.io.ReadFromTFRecord(options.input)
-    result = records | "Explain" >> Explain.from_options(options)
+    if options.tfds:
+        source = tfds_input.resolve(options.tfds, options.tfds_data_dir, options.split)
+        records = (
+            pipeline
+            | "TfdsShards" >> beam.Create(source.files)
+            | "Read" >> beam.io.ReadAllFromTFRecord()
+        )
+        layout = dict(image_key=source.image_key, image_format=source.image_format,
+                      units_key=options.units_key or source.units_key)
+    else:
+        records = pipeline | "Read" >> beam.io.ReadFromTFRecord(options.input)
+        layout = {}
+    result = records | "Explain" >> Explain.from_options(options, **layout)
     result.explanations | "WriteExplanations" >> write_tfrecords(options.output, options.num_shards)
     result.dead_letters | "WriteDeadLetters" >> write_tfrecords(options.dead_letters, 1)
     return result
