@@ -9,7 +9,7 @@ Usage:
 """
 
 import json
-from typing import Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -36,6 +36,40 @@ def parse_ints(text: Optional[str], count: int, name: str) -> Optional[Tuple[int
         raise ValueError(f"--{name} takes {count} positive integers separated by commas, "
                          f"not {text!r}.")
     return values
+
+
+MAP_SIZES = ("input", "native")
+"""`--map_size` names; H,W is the third form."""
+
+
+def parse_map_size(value) -> Union[None, str, Tuple[int, int]]:
+    """`--map_size`: None (not given), "input", "native", or (H, W) from "H,W" or a pair."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, str) and value in MAP_SIZES:
+        return value
+    text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+    try:
+        return parse_ints(text, 2, "map_size")
+    except ValueError:
+        raise ValueError(f"--map_size is input, native or H,W (positive integers), "
+                         f"not {value!r}.") from None
+
+
+def with_map_size(method_params: Optional[Mapping[str, Any]], map_size) -> Dict[str, Any]:
+    """`method_params` (JSON values) with the `resizing` that stores maps at `map_size`:
+    "input" -> true (the engine resizes maps to the model's input), "native" -> false (the
+    method's own resolution: a CAM's feature map; the input size for gradient and
+    perturbation methods), (H, W) -> [H, W]. `map_size` None leaves `method_params` as
+    they are; giving both `map_size` and a `resizing` parameter is an error."""
+    params = dict(method_params or {})
+    map_size = parse_map_size(map_size)
+    if map_size is None:
+        return params
+    if "resizing" in params:
+        raise ValueError("Give the map size once: --map_size, or resizing in --method_params.")
+    params["resizing"] = {"input": True, "native": False}.get(map_size, list(map_size))
+    return params
 
 
 class ExplainOptions(PipelineOptions):
@@ -85,7 +119,14 @@ class ExplainOptions(PipelineOptions):
         group.add_argument("--batch_size", type=int, default=32,
                            help="Records per explaining step.")
         group.add_argument("--map_encoding", default=DEFAULT_ENCODING,
-                           help=f"How maps are stored (default: {DEFAULT_ENCODING}).")
+                           help="How maps are stored: png8 (8 bits over each map's range), "
+                           "png16, float16 (zlib) or raw32 (exact) "
+                           f"(default: {DEFAULT_ENCODING}).")
+        group.add_argument("--map_size", default=None,
+                           help="Size maps are stored at: input (the model's input size), "
+                           "native (the method's own resolution, e.g. 7x7 for Grad-CAM on "
+                           "ResNet50) or H,W; readers resize on read (default: input, or "
+                           "what resizing in --method_params says).")
         group.add_argument("--num_shards", type=int, default=0,
                            help="Output shards (0: let the runner decide).")
 
@@ -108,6 +149,7 @@ class ExplainOptions(PipelineOptions):
             raise ValueError(f"--top_k must be at least 1, not {self.top_k}.")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, not {self.batch_size}.")
+        with_map_size(self.parsed_method_params(), self.map_size)
 
     def parsed_method_params(self) -> dict:
         """`--method_params` as a dict."""
