@@ -18,6 +18,10 @@ setup(
         # checksums) comes with Beam itself.
         "apache-beam[gcp]>=2.77,<2.78",
         "tensorflow-datasets>=4.9,<5",
+        # TFDS resolves a builder's code path with it; it is not among TFDS's own requirements.
+        "importlib_resources>=6",
+        # Beam's TFRecord IO checksums records with it (else it falls back to crcmod).
+        "google-crc32c>=1.5",
         "google-cloud-storage>=2.14,<4",
         "pillow>=10",
         "pandas>=2",

@@ -61,8 +61,9 @@ class Job:
 def run_job(tmp_path, input_pattern: str, model_path: str, *flags: str, name="out") -> Job:
     """Run `python -m pipeline` in-process on DirectRunner (unless `flags` say otherwise)."""
     output = os.path.join(str(tmp_path), name, "expl")
-    summary = run(["--input", input_pattern, "--output", output, "--model", model_path,
-                   "--batch_size", "4", *flags])
+    source = ["--input", input_pattern] if input_pattern else []  # flags may say --tfds
+    summary = run([*source, "--output", output, "--model", model_path, "--batch_size", "4",
+                   *flags])
     explanations = {}
     for record in explain_io.iterate_records(output + "-*"):
         decoded = explain_io.decode_explanation(record)
