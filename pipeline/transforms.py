@@ -23,7 +23,7 @@ Usage, inside any Beam pipeline:
     result.dead_letters | beam.io.WriteToTFRecord("out/expl.dead_letters", ...)
 """
 
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -40,7 +40,13 @@ from pipeline.explainer import (
 )
 from pipeline import tfds_input
 from pipeline.handler import METRICS_NAMESPACE, ExplainModelHandler
-from pipeline.options import FILE_SUFFIX, ExplainOptions, parse_ints
+from pipeline.options import (
+    FILE_SUFFIX,
+    ExplainOptions,
+    parse_ints,
+    parse_map_size,
+    with_map_size,
+)
 from pipeline.records import (
     STAGES,
     DeadLetter,
@@ -114,10 +120,14 @@ class DecodeImages(_StageDoFn):
 
 class EncodeExplanations(_StageDoFn):
     """Stage encode: (ImageRecord, Explanation) -> serialized schema-v1 record; explain
-    failures reported by the handler become dead letters here."""
+    failures reported by the handler become dead letters here. `input_size` (H, W), the
+    size of the images the model explained, is recorded in every record so that readers can
+    resize maps stored smaller (`--map_size`) back to it."""
 
-    def __init__(self, map_encoding: str = explain_io.DEFAULT_ENCODING):
+    def __init__(self, map_encoding: str = explain_io.DEFAULT_ENCODING,
+                 input_size: Optional[Sequence[int]] = None):
         self._map_encoding = map_encoding
+        self._input_size = tuple(input_size) if input_size else None
 
     def setup(self):
         super().setup()
@@ -130,7 +140,8 @@ class EncodeExplanations(_StageDoFn):
             return
         try:
             encoded = explain_io.encode_explanation(
-                record.id, outcome.units, outcome.logits, outcome.maps, self._map_encoding
+                record.id, outcome.units, outcome.logits, outcome.maps, self._map_encoding,
+                input_size=self._input_size or record.image.shape[:2],
             )
         except Exception as error:  # noqa: BLE001: becomes this record's dead letter
             yield self.dead_letter(record.record, StageError("encode", str(error)), record.id)
@@ -170,6 +181,8 @@ class Explain(beam.PTransform):
         activation_layer: the layer CAM methods weigh.
         batch_size: records per explaining step.
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
+        map_size: the size maps are stored at: "input", "native", (H, W) or "H,W"
+            (default: what `method_params`' resizing says; see `options.with_map_size`).
         model_info: the model's `ModelInfo`, when the caller knows it already.
         handler_kwargs: more `ExplainModelHandler` arguments (`devices`, `large_model`,
             `model_copies`, ...).
@@ -197,12 +210,14 @@ class Explain(beam.PTransform):
         activation_layer: Optional[str] = None,
         batch_size: int = 32,
         map_encoding: str = explain_io.DEFAULT_ENCODING,
+        map_size: Union[None, str, Sequence[int]] = None,
         model_info: Optional[ModelInfo] = None,
         handler_kwargs: Optional[Mapping[str, Any]] = None,
         label: Optional[str] = None,
     ):
         super().__init__(label)
         explain_io.get_encoding(map_encoding)  # unknown encodings fail here, not on workers
+        method_params = with_map_size(method_params, map_size)
         info = model_info or inspect_model(model_path, method, activation_layer)
         self.spec = RecordSpec(
             image_size=_image_size(info, image_size),
@@ -229,6 +244,7 @@ class Explain(beam.PTransform):
         resolve_method_params(method_params)
         resolve_preprocess(preprocess)
         self.map_encoding = map_encoding
+        self.map_size = parse_map_size(map_size)
 
     @classmethod
     def from_options(cls, options: ExplainOptions, **overrides) -> "Explain":
@@ -246,6 +262,7 @@ class Explain(beam.PTransform):
             activation_layer=options.activation_layer,
             batch_size=options.batch_size,
             map_encoding=options.map_encoding,
+            map_size=options.map_size,
         )
         arguments.update(overrides)
         return cls(options.model, options.method, options.parsed_method_params(), **arguments)
@@ -267,7 +284,8 @@ class Explain(beam.PTransform):
         explained, encode_failures = (
             images
             | "RunInference" >> RunInference(self.handler)
-            | "EncodeExplanations" >> beam.ParDo(EncodeExplanations(self.map_encoding))
+            | "EncodeExplanations" >> beam.ParDo(EncodeExplanations(self.map_encoding,
+                                                                 self.spec.image_size))
             .with_outputs(DEAD_LETTERS, main="explanations")
         )
         dead_letters = (
