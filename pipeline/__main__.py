@@ -5,8 +5,9 @@
 
 Writes out/expl-SSSSS-of-NNNNN.tfrecord.gz (schema v1, read them with
 `explain_lib.io.read_explanations`) and out/expl.dead_letters-SSSSS-of-NNNNN.tfrecord.gz
-(records that could not be explained, with the stage and the error), then prints the counts
-and checks that every record read was either explained or dead-lettered.
+(records that could not be explained, with the stage and the error), then writes
+out/expl.manifest.json (what produced them: `pipeline.manifest`), prints the counts and checks
+that every record read was either explained or dead-lettered.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
 
+from pipeline import manifest
 from pipeline.handler import METRICS_NAMESPACE
 from pipeline.options import FILE_SUFFIX, ExplainOptions
 from pipeline.records import STAGES
@@ -35,6 +37,7 @@ class RunSummary:
     explanations_pattern: str = ""
     dead_letters_pattern: str = ""
     counted: bool = True
+    manifest: str = ""
 
     @property
     def dead_lettered(self) -> int:
@@ -56,6 +59,8 @@ class RunSummary:
             f"explanations: {self.explanations_pattern}",
             f"dead letters: {self.dead_letters_pattern}",
         ]
+        if self.manifest:
+            lines.append(f"manifest:     {self.manifest}")
         if not self.counted:
             lines.insert(0, "The runner reported no counters: the counts below are unknown.")
         return "\n".join(lines)
@@ -109,11 +114,15 @@ def make_pipeline(argv: Optional[List[str]] = None):
 
 
 def run(argv: Optional[List[str]] = None) -> RunSummary:
-    """Build and run the job from command-line arguments; wait for it, return its counts."""
+    """Build and run the job from command-line arguments; wait for it, write its manifest,
+    return its counts."""
+    started = manifest.now()
     pipeline, options = make_pipeline(argv)
     result = pipeline.run()
     result.wait_until_finish()
-    return summarize(result, options)
+    summary = summarize(result, options)
+    summary.manifest = manifest.record_run(pipeline, options, summary, started)
+    return summary
 
 
 def print_help() -> None:
@@ -133,6 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "--help" in argv or "-h" in argv:
         print_help()
         return 0
+    started = manifest.now()
     try:
         pipeline, options = make_pipeline(argv)
     except (ValueError, OSError) as error:  # bad options, missing files: nothing ran
@@ -141,6 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     result = pipeline.run()
     result.wait_until_finish()
     summary = summarize(result, options)
+    summary.manifest = manifest.record_run(pipeline, options, summary, started)
     print(summary.report())
     if summary.counted and not summary.balanced:
         print(

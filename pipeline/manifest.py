@@ -1,0 +1,221 @@
+"""The run manifest: `OUTPUT.manifest.json`, what produced the explanations next to it.
+
+Every run of `python -m pipeline` writes one when the job has finished: the record schema
+version, the method and its parameters (as given, and as applied after the method's
+defaults), the model's path and content hash, the input, the counts the job's counters
+report (read, explained, dead-lettered per stage), start and end time, library versions and
+the runner. A later reader can then tell which model and settings made a set of maps, and
+whether the files hold everything the job explained (`python -m pipeline.summary OUTPUT`).
+
+Separation of concerns: `build_manifest` only describes (a dict of JSON values);
+`write_manifest` / `read_manifest` move it through Beam's filesystems (local, `gs://`, ...);
+`record_run` is what `pipeline.__main__` calls at the end of a run.
+
+Usage:
+
+    manifest = read_manifest("out/expl")           # or "out/expl.manifest.json"
+    manifest["counts"]["explained"], manifest["model"]["sha256"]
+"""
+
+import datetime
+import hashlib
+import json
+import platform
+from importlib import metadata
+from typing import Any, Dict, Optional
+
+from explain_lib import io as explain_io
+from pipeline.explainer import resolve_method, resolve_method_params
+from pipeline.options import FILE_SUFFIX, ExplainOptions, parse_ints, parse_map_size, with_map_size
+
+MANIFEST_SUFFIX = ".manifest.json"
+"""Appended to `--output`: out/expl -> out/expl.manifest.json (`out/expl-*` does not match
+it, so the explanations' pattern stays clean)."""
+
+MANIFEST_VERSION = 1
+"""Version of the manifest's layout (the explanation records have their own,
+`schema_version`)."""
+
+_LIBRARIES = ("explain-lib", "tensorflow", "keras", "apache-beam", "numpy", "pandas", "pillow")
+
+
+def manifest_path(output: str) -> str:
+    """The manifest of the run writing `output` (the `--output` prefix); a path already
+    ending in .manifest.json is returned as it is."""
+    return output if output.endswith(MANIFEST_SUFFIX) else output + MANIFEST_SUFFIX
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _timestamp(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def file_sha256(path: str) -> Dict[str, Any]:
+    """`{"sha256": hex, "bytes": size}` of a file on any Beam filesystem."""
+    from apache_beam.io.filesystems import FileSystems
+
+    digest, size = hashlib.sha256(), 0
+    with FileSystems.open(path, compression_type="uncompressed") as source:
+        while True:
+            block = source.read(16 << 20)
+            if not block:
+                break
+            digest.update(block)
+            size += len(block)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+def library_versions() -> Dict[str, str]:
+    """Versions of Python and of the libraries that shape the output."""
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _jsonable(value):
+    """Method parameters as JSON: functions (filters) by name, tuples as lists."""
+    if callable(value):
+        return getattr(value, "__name__", repr(value))
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def stored_map_size(resizing) -> Any:
+    """The `map_size` a `resizing` parameter stores maps at: "input", "native" or [H, W]."""
+    if resizing is True:
+        return "input"
+    if resizing is None or resizing is False:
+        return "native"
+    return [int(v) for v in resizing]
+
+
+def build_manifest(
+    options: ExplainOptions,
+    summary,
+    started: datetime.datetime,
+    finished: datetime.datetime,
+    runner: str,
+    model_digest: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """The manifest of a finished run, as JSON values.
+
+    Args:
+        options: the run's options.
+        summary: its `pipeline.__main__.RunSummary` (the counters' view of the run).
+        started, finished: when the command started and when the job finished.
+        runner: the runner's name.
+        model_digest: `file_sha256(options.model)`, computed here when not given.
+    """
+    given = with_map_size(options.parsed_method_params(), options.map_size)
+    method = resolve_method(options.method)
+    applied = {**method.defaults, **resolve_method_params(given)}
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "schema_version": explain_io.SCHEMA_VERSION,
+        "method": {
+            "name": options.method,
+            "params": given,
+            "applied_params": _jsonable(applied),
+        },
+        "model": {"path": options.model, **(model_digest or file_sha256(options.model))},
+        "input": {
+            "pattern": options.input,
+            "tfds": getattr(options, "tfds", None),
+            "split": getattr(options, "split", None) if getattr(options, "tfds", None) else None,
+            "image_key": options.image_key,
+            "image_format": options.image_format,
+            "image_shape": parse_ints(options.image_shape, 3, "image_shape"),
+            "id_key": options.id_key,
+            "units_key": options.units_key,
+            "top_k": options.top_k,
+            "image_size": parse_ints(options.image_size, 2, "image_size"),
+            "preprocess": options.preprocess,
+            "activation_layer": options.activation_layer,
+        },
+        "output": {
+            "explanations": f"{options.output}-*{FILE_SUFFIX}",
+            "dead_letters": f"{options.dead_letters}-*{FILE_SUFFIX}",
+            "map_encoding": options.map_encoding,
+            "map_size": _jsonable(parse_map_size(options.map_size)
+                                  or stored_map_size(applied.get("resizing", True))),
+        },
+        "counts": {
+            "counted": summary.counted,
+            "read": summary.read if summary.counted else None,
+            "explained": summary.explained if summary.counted else None,
+            "dead_lettered": summary.dead_lettered if summary.counted else None,
+            "dead_letters": dict(summary.dead_letters) if summary.counted else None,
+        },
+        "started": _timestamp(started),
+        "finished": _timestamp(finished),
+        "seconds": round((finished - started).total_seconds(), 3),
+        "versions": library_versions(),
+        "runner": runner,
+    }
+
+
+def write_manifest(manifest: Dict[str, Any], path: str) -> str:
+    """Write `manifest` as indented JSON at `path` (any Beam filesystem); returns the path."""
+    from apache_beam.io.filesystems import FileSystems
+
+    data = (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    with FileSystems.create(path, mime_type="application/json",
+                            compression_type="uncompressed") as target:
+        target.write(data)
+    return path
+
+
+def read_manifest(output: str) -> Dict[str, Any]:
+    """The manifest of the run writing `output` (its `--output` prefix, or the manifest's
+    own path). Raises FileNotFoundError when there is none and ValueError for a manifest
+    of a newer layout."""
+    from apache_beam.io.filesystems import FileSystems
+
+    path = manifest_path(output)
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"No run manifest at {path}.")
+    with FileSystems.open(path, compression_type="uncompressed") as source:
+        manifest = json.loads(source.read().decode("utf-8"))
+    version = manifest.get("manifest_version")
+    if version != MANIFEST_VERSION:
+        raise ValueError(f"{path} has manifest version {version}; this pipeline reads version "
+                         f"{MANIFEST_VERSION}.")
+    return manifest
+
+
+def record_run(pipeline, options: ExplainOptions, summary,
+               started: datetime.datetime) -> str:
+    """Write the manifest of a run that has just finished; returns its path."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"  # Beam's default
+    if not isinstance(runner, str):  # a runner object rather than its name
+        runner = type(runner).__name__
+    manifest = build_manifest(options, summary, started, now(), runner)
+    return write_manifest(manifest, manifest_path(options.output))
+
+
+__all__ = [
+    "MANIFEST_SUFFIX",
+    "MANIFEST_VERSION",
+    "build_manifest",
+    "file_sha256",
+    "library_versions",
+    "manifest_path",
+    "read_manifest",
+    "record_run",
+    "write_manifest",
+]
