@@ -1,0 +1,304 @@
+"""Class Activation Map methods: maps built by weighting the channels of an inner spatial
+activation A (B, h, w, C), usually the input of the network's global pooling.
+
+Every method here takes an *exposed* model, one returning `[logits, activations]`
+(`inspection.expose(model)` builds it), and returns raw maps (B, h, w, K) at the
+activation's resolution: no ReLU and no normalisation (the shortcuts apply
+`filters.positive_normalize`) and no resizing (`explain` resizes to the input size).
+
+What distinguishes them is the channel weights:
+- `cam`: the logits layer's kernel (a global-average-pooling + Dense head);
+- `gradcam`: the spatial mean of ∂f_u/∂A;
+- `gradcampp`: a positively weighted sum of ∂f_u/∂A (higher-order terms);
+- `layercam`: ReLU(∂f_u/∂A) per position (no pooling);
+- `scorecam`: the score of the input masked by each channel (forward passes only).
+"""
+
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import keras
+import tensorflow as tf
+
+from explain_lib import filters, inspection, utils
+from explain_lib.methods import chunking
+from explain_lib.methods.gradient import unit_maps
+from explain_lib.utils import SPATIAL_AXIS
+
+
+def exposed_outputs(model: keras.Model, inputs: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`(logits, activations)` from an exposed model, or an error that says how to get one."""
+    outputs = model(inputs, training=False)
+    if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
+        raise ValueError(
+            f"CAM methods need a model returning [logits, activations]; {model.name!r} returns "
+            f"{len(outputs) if isinstance(outputs, (list, tuple)) else 1} output(s). Build one "
+            "with explain_lib.inspection.expose(model)."
+        )
+    return outputs[0], outputs[1]
+
+
+def cam(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor] = None,
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+    logits_layer: Optional[Union[str, keras.layers.Layer]] = None,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """CAM: Σ_c w_cu A_c, the activation weighted by the logits layer's kernel.
+
+    For a head f_u = Σ_c w_cu mean_hw(A_c) + b_u (global average pooling, then Dense), the
+    map at each position is that position's share of the score: its mean over positions is
+    f_u - b_u. One forward pass, no gradient.
+
+    Usage:
+
+        exposed = inspection.expose(model)
+        logits, maps = cam(exposed, images, units)         # maps (B, h, w, K)
+        logits, maps = explain_lib.cam(exposed, images, units)
+
+    Reference:
+        Zhou, B., Khosla, A., Lapedriza, A., Oliva, A., Torralba, A. (2016). Learning Deep
+        Features for Discriminative Localization. CVPR. arXiv:1512.04150.
+
+    Args:
+        model: an exposed model returning [logits, activations (B, h, w, C)].
+        inputs: (B, H, W, C') input signals.
+        indices: (B, K) units to explain; None explains all U units.
+        spatial_axis: the spatial axes of the activations.
+        logits_layer: the Dense (or 1×1 convolution) layer producing the logits, or its name;
+            default: the last layer with a kernel.
+
+    Returns:
+        logits (B, K) and maps (B, h, w, K).
+    """
+    logits, activations = exposed_outputs(model, inputs)
+    logits = inspection.gather_units(logits, indices)
+    if not isinstance(logits_layer, keras.layers.Layer):
+        logits_layer = inspection.get_logits_layer(model, logits_layer)
+    kernel = tf.convert_to_tensor(logits_layer.kernel)
+    channels = activations.shape[-1]
+    if kernel.shape[-2] != channels or kernel.shape.num_elements() != channels * kernel.shape[-1]:
+        raise ValueError(
+            f"CAM weighs the {channels} activation channels by the logits layer's kernel, but "
+            f"{logits_layer.name!r} has a kernel of shape {tuple(kernel.shape)}: CAM needs a "
+            "global-average-pooling + Dense head on these activations (use gradcam otherwise)."
+        )
+    kernel = tf.cast(tf.reshape(kernel, (channels, -1)), activations.dtype)  # (C, U)
+    if indices is None:
+        return logits, tf.einsum("b...c,cu->b...u", activations, kernel)
+    weights = tf.gather(kernel, indices, axis=1)  # (C, B, K)
+    return logits, tf.einsum("b...c,cbk->b...k", activations, weights)
+
+
+def _gradient_weighted(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor],
+    to_map: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """One forward pass, then per unit `to_map(activations, ∂f_u/∂activations)`."""
+    inputs = tf.convert_to_tensor(inputs)
+    with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
+        tape.watch(inputs)
+        logits, activations = exposed_outputs(model, inputs)
+        logits = inspection.gather_units(logits, indices)
+    maps = unit_maps(tape, logits, activations, lambda grad: to_map(activations, grad))
+    del tape
+    return logits, maps
+
+
+def gradcam(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor] = None,
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Grad-CAM: Σ_c α_c A_c with α_c = mean_hw ∂f_u/∂A_c.
+
+    The channel weights are the spatially averaged gradients of the explained score, so any
+    head (not only global pooling + Dense) can be explained. On a global-average-pooling +
+    Dense head, ∂f_u/∂A_c = w_cu / (h·w) everywhere, hence Grad-CAM = CAM / (h·w).
+
+    Usage:
+
+        exposed = inspection.expose(model)
+        logits, maps = gradcam(exposed, images, units)     # maps (B, h, w, K)
+        logits, maps = explain_lib.gradcam(exposed, images, units)
+
+    Reference:
+        Selvaraju, R. R., Cogswell, M., Das, A., Vedantam, R., Parikh, D., Batra, D. (2017).
+        Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization.
+        ICCV. arXiv:1610.02391.
+
+    Args:
+        model: an exposed model returning [logits, activations (B, h, w, C)].
+        inputs: (B, H, W, C') input signals.
+        indices: (B, K) units to explain; None explains all U units.
+        spatial_axis: the spatial axes of the activations.
+
+    Returns:
+        logits (B, K) and maps (B, h, w, K).
+    """
+
+    def weighted(activations, grad):
+        weights = tf.reduce_mean(grad, axis=spatial_axis, keepdims=True)
+        return tf.reduce_sum(weights * activations, axis=-1)
+
+    return _gradient_weighted(model, inputs, indices, weighted)
+
+
+def gradcampp(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor] = None,
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Grad-CAM++: Σ_c w_c A_c with w_c = Σ_ij a_ij^c ReLU(g_ij^c), g = ∂f_u/∂A and
+
+        a_ij^c = (g_ij^c)² / (2 (g_ij^c)² + Σ_ab A_ab^c (g_ij^c)³)   (0 where that is 0/0).
+
+    The closed form of the paper for an exponential of the score, whose higher derivatives
+    are powers of g. The paper's weights also carry the factor exp(f_u), one positive number
+    per map, which overflows float32 for scores above 88: it is left out, which changes no
+    normalised map.
+
+    Usage:
+
+        exposed = inspection.expose(model)
+        logits, maps = gradcampp(exposed, images, units)   # maps (B, h, w, K)
+        logits, maps = explain_lib.gradcampp(exposed, images, units)
+
+    Reference:
+        Chattopadhay, A., Sarkar, A., Howlader, P., Balasubramanian, V. N. (2018).
+        Grad-CAM++: Generalized Gradient-based Visual Explanations for Deep Convolutional
+        Networks. WACV. arXiv:1710.11063.
+
+    Args:
+        model: an exposed model returning [logits, activations (B, h, w, C)].
+        inputs: (B, H, W, C') input signals.
+        indices: (B, K) units to explain; None explains all U units.
+        spatial_axis: the spatial axes of the activations.
+
+    Returns:
+        logits (B, K) and maps (B, h, w, K).
+    """
+
+    def weighted(activations, grad):
+        squared = tf.square(grad)
+        total = tf.reduce_sum(activations, axis=spatial_axis, keepdims=True)
+        alphas = tf.math.divide_no_nan(squared, 2.0 * squared + total * squared * grad)
+        weights = tf.reduce_sum(alphas * tf.nn.relu(grad), axis=spatial_axis, keepdims=True)
+        return tf.reduce_sum(weights * activations, axis=-1)
+
+    return _gradient_weighted(model, inputs, indices, weighted)
+
+
+def layercam(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor] = None,
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """LayerCAM: Σ_c ReLU(∂f_u/∂A_c) ⊙ A_c, weights per position rather than per channel.
+
+    Keeping a weight per position makes the method meaningful on early layers too (expose
+    any layer as the activation), whose gradients vary strongly across positions.
+
+    Usage:
+
+        exposed = inspection.expose(model, "block3_conv3")
+        logits, maps = layercam(exposed, images, units)    # maps (B, h, w, K)
+        logits, maps = explain_lib.layercam(exposed, images, units)
+
+    Reference:
+        Jiang, P.-T., Zhang, C.-B., Hou, Q., Cheng, M.-M., Wei, Y. (2021). LayerCAM:
+        Exploring Hierarchical Class Activation Maps for Localization. IEEE TIP 30.
+
+    Args:
+        model: an exposed model returning [logits, activations (B, h, w, C)].
+        inputs: (B, H, W, C') input signals.
+        indices: (B, K) units to explain; None explains all U units.
+        spatial_axis: the spatial axes of the activations.
+
+    Returns:
+        logits (B, K) and maps (B, h, w, K).
+    """
+    return _gradient_weighted(
+        model,
+        inputs,
+        indices,
+        lambda activations, grad: tf.reduce_sum(tf.nn.relu(grad) * activations, axis=-1),
+    )
+
+
+def scorecam(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor] = None,
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+    chunk_size: int = 16,
+    max_channels: Optional[int] = None,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Score-CAM: Σ_c s_c A_c, s_c = f_u(x ⊙ M_c), M_c = A_c min-max normalised and upsampled.
+
+    Each channel, used as a soft mask on the input, is weighted by the score the model gives
+    the masked input: forward passes only, no gradient. The masked inputs are scored
+    `chunk_size` channels per forward pass (`chunk_size × B` inputs), never one pass per
+    channel and never all channels at once.
+
+    `max_channels=N` is Faster Score-CAM: only the N channels whose activation varies most
+    over positions (per sample) are scored, so the time falls in proportion.
+
+    Usage:
+
+        exposed = inspection.expose(model)
+        logits, maps = scorecam(exposed, images, units, chunk_size=32)
+        logits, maps = explain_lib.scorecam(exposed, images, units, max_channels=128)
+
+    References:
+        Wang, H., Wang, Z., Du, M., Yang, F., Zhang, Z., Ding, S., Mardziel, P., Hu, X.
+        (2020). Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
+        Networks. CVPR Workshops. arXiv:1910.01279.
+        Faster-Score-CAM (channels of largest variance only): github.com/tabayashi0117/Score-CAM.
+
+    Args:
+        model: an exposed model returning [logits, activations (B, h, w, C)].
+        inputs: (B, H, W, C') input signals.
+        indices: (B, K) units to explain; None explains all U units.
+        spatial_axis: the spatial axes of the inputs and activations.
+        chunk_size: channels (masked copies of each input) per forward pass.
+        max_channels: keep only this many channels, those of highest spatial variance.
+
+    Returns:
+        logits (B, K) and maps (B, h, w, K).
+    """
+    inputs = tf.convert_to_tensor(inputs)
+    logits, activations = exposed_outputs(model, inputs)
+    logits = inspection.gather_units(logits, indices)
+    if max_channels is not None and max_channels < activations.shape[-1]:
+        variance = tf.math.reduce_variance(activations, axis=spatial_axis)  # (B, C)
+        kept = tf.math.top_k(variance, k=max_channels).indices
+        activations = tf.gather(activations, kept, axis=-1, batch_dims=1)
+    shape = tf.shape(inputs)
+    size = tf.stack([shape[a] for a in spatial_axis])
+
+    def channel_chunk(start, count):
+        chunk = tf.gather(activations, start + tf.range(count), axis=-1)  # (B, h, w, n)
+        masks = utils.resize(filters.normalize(chunk, spatial_axis), size, spatial_axis)
+        masks = tf.experimental.numpy.moveaxis(masks, -1, 0)[..., None]  # (n, B, H, W, 1)
+        scores, _ = exposed_outputs(model, chunking.merge_copies(masks * inputs))
+        scores = inspection.gather_units(scores, chunking.tile_indices(indices, count))
+        scores = chunking.split_copies(scores, count)  # (n, B, K)
+        return tf.einsum("b...n,nbk->b...k", chunk, tf.cast(scores, chunk.dtype))
+
+    zeros = tf.zeros(
+        tf.concat([tf.shape(activations)[:-1], [logits.shape[-1]]], axis=0), activations.dtype
+    )
+    maps = chunking.chunked_reduce(activations.shape[-1], chunk_size, channel_chunk, initial=zeros)
+    return logits, maps
+
+
+METHODS = [cam, gradcam, gradcampp, scorecam, layercam]
+"""The methods of this module, for introspection and the registry."""
+
+__all__ = ["cam", "gradcam", "gradcampp", "scorecam", "layercam", "exposed_outputs"]

@@ -1,0 +1,307 @@
+"""Meta methods: functions that take an explaining method and return another one.
+
+    smoothgrad = smooth(gradients, repetitions=32, noise=0.15)
+    robust_cam = smooth(tta(gradcam))            # they compose
+    logits, maps = explain(robust_cam, exposed, images, units)
+
+- `smooth`, `vargrad`, `squaregrad` run the method on noisy copies of each input and return
+  the mean, the variance or the mean of squares of its maps. The copies are made
+  `chunk_size` at a time (one call of the method sees `chunk_size × B` inputs) and reduced
+  as they come, so memory does not grow with `repetitions`.
+- `tta` runs the method on rescaled and mirrored inputs, one augmentation at a time, maps
+  each map back to the frame of the un-augmented one and averages.
+
+The returned method has the signature of any method, `(model, inputs, indices, *,
+spatial_axis, **params)`: `params` go to the wrapped method.
+
+Noise is reproducible and shared by the samples of a batch (copy r of every input gets the
+same draw, scaled to that input's range), so a sample's maps do not depend on the batch, or
+the replica, it is explained in.
+"""
+
+from typing import Callable, Sequence, Tuple
+
+import tensorflow as tf
+
+from explain_lib import utils
+from explain_lib.methods import chunking
+from explain_lib.utils import SPATIAL_AXIS
+
+
+RANDOM_ALGORITHM = "philox"
+"""The stateless generator of noise and masks, named rather than "auto_select" (whose choice
+may differ between devices). Draws depend only on the seed, on CPU and GPU alike; under XLA
+(`jit_compile`) they are other draws of the same distribution."""
+
+
+def _name(method: Callable) -> str:
+    return getattr(method, "__name__", type(method).__name__)
+
+
+def _noisy_copies(inputs, start, count, noise, seed):
+    """Copies [start, start + count) of every input plus Gaussian noise of standard deviation
+    `noise × (max - min)` of that input, copy-major; copy r's draw is seeded by (seed, r)."""
+    axes = list(range(1, inputs.shape.rank))
+    spread = tf.reduce_max(inputs, axes, keepdims=True) - tf.reduce_min(inputs, axes, keepdims=True)
+    shape = tf.shape(inputs)[1:]
+    draws = tf.map_fn(
+        lambda copy: tf.random.stateless_normal(
+            shape, tf.stack([seed, copy]), dtype=inputs.dtype, alg=RANDOM_ALGORITHM
+        ),
+        start + tf.range(count),
+        fn_output_signature=tf.TensorSpec(inputs.shape[1:], inputs.dtype),
+    )
+    return chunking.merge_copies(inputs + draws[:, None] * (noise * spread))
+
+
+def _merge_moments(a, b):
+    """Chan et al.'s pairwise merge of (count, logits sum, mean, sum of squared deviations)."""
+    count_a, logits_a, mean_a, m2_a = a
+    count_b, logits_b, mean_b, m2_b = b
+    count = count_a + count_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (count_b / count)
+    m2 = m2_a + m2_b + tf.square(delta) * (count_a * count_b / count)
+    return count, logits_a + logits_b, mean, m2
+
+
+def _over_noisy_copies(method, repetitions, noise, chunk_size, seed, statistic, name):
+    if repetitions < 1 or chunk_size < 1 or noise < 0:
+        raise ValueError(
+            f"{name} needs repetitions >= 1, chunk_size >= 1 and noise >= 0, got "
+            f"repetitions={repetitions}, chunk_size={chunk_size}, noise={noise}."
+        )
+
+    def apply(model, inputs, indices=None, spatial_axis=SPATIAL_AXIS, **params):
+        inputs = tf.convert_to_tensor(inputs)
+
+        def copies_chunk(start, count):
+            logits, maps = method(
+                model=model,
+                inputs=_noisy_copies(inputs, start, count, noise, seed),
+                indices=chunking.tile_indices(indices, count),
+                spatial_axis=spatial_axis,
+                **params,
+            )
+            logits = chunking.split_copies(logits, count)
+            maps = chunking.split_copies(maps, count)
+            mean = tf.reduce_mean(maps, axis=0)
+            m2 = tf.reduce_sum(tf.square(maps - mean), axis=0)
+            return tf.cast(count, maps.dtype), tf.reduce_sum(logits, axis=0), mean, m2
+
+        count, logits, mean, m2 = chunking.chunked_reduce(
+            repetitions, chunk_size, copies_chunk, combine=_merge_moments
+        )
+        return logits / tf.cast(count, logits.dtype), statistic(mean, m2 / count)
+
+    apply.__name__ = f"{_name(method)}_{name}"
+    apply.__doc__ = f"`{name}` of `{_name(method)}`.\n\n{method.__doc__ or ''}"
+    return apply
+
+
+def smooth(
+    method: Callable,
+    repetitions: int = 20,
+    noise: float = 0.1,
+    chunk_size: int = 8,
+    seed: int = 0,
+) -> Callable:
+    """SmoothGrad of any method: the mean of its maps over noisy copies of the input.
+
+    Each copy is x + ε, ε ~ N(0, σ²) with σ = `noise` × (max(x) - min(x)). The logits are
+    the mean of the copies' logits. With `noise=0` the result is the method's own.
+
+    Usage:
+
+        smoothgrad = smooth(methods.gradient.gradients, repetitions=32, noise=0.15)
+        logits, maps = explain(smoothgrad, model, images, units)
+        logits, maps = explain(smooth(methods.cams.gradcam), exposed, images, units)
+
+    Reference:
+        Smilkov, D., Thorat, N., Kim, B., Viégas, F., Wattenberg, M. (2017). SmoothGrad:
+        removing noise by adding noise. arXiv:1706.03825.
+
+    Args:
+        method: the explaining method to smooth.
+        repetitions: noisy copies of each input.
+        noise: the noise's standard deviation, as a fraction of each input's value range.
+        chunk_size: copies of each input per call of `method`.
+        seed: seed of the (stateless, reproducible) noise.
+
+    Returns:
+        An explaining method.
+    """
+    return _over_noisy_copies(
+        method, repetitions, noise, chunk_size, seed, lambda mean, variance: mean, "smooth"
+    )
+
+
+def vargrad(
+    method: Callable,
+    repetitions: int = 20,
+    noise: float = 0.1,
+    chunk_size: int = 8,
+    seed: int = 0,
+) -> Callable:
+    """VarGrad of any method: the variance of its maps over noisy copies of the input.
+
+    Same copies as `smooth` (same arguments, same seed, same draws); the variance is the
+    population variance, accumulated chunk by chunk with Chan et al.'s pairwise update (no
+    cancellation between large sums). Apply it to signed maps (for instance
+    `functools.partial(gradients, gradient_filter=tf.identity)`) for the variance of the
+    gradient itself.
+
+    Usage:
+
+        logits, maps = explain(vargrad(methods.gradient.gradients), model, images, units)
+
+    Reference:
+        Adebayo, J., Gilmer, J., Goodfellow, I., Kim, B. (2018). Local Explanation Methods
+        for Deep Neural Networks Lack Sensitivity to Parameter Values. ICLR Workshop.
+        arXiv:1810.03307.
+
+    Args:
+        method: the explaining method.
+        repetitions: noisy copies of each input.
+        noise: the noise's standard deviation, as a fraction of each input's value range.
+        chunk_size: copies of each input per call of `method`.
+        seed: seed of the (stateless, reproducible) noise.
+
+    Returns:
+        An explaining method.
+    """
+    return _over_noisy_copies(
+        method, repetitions, noise, chunk_size, seed, lambda mean, variance: variance, "vargrad"
+    )
+
+
+def squaregrad(
+    method: Callable,
+    repetitions: int = 20,
+    noise: float = 0.1,
+    chunk_size: int = 8,
+    seed: int = 0,
+) -> Callable:
+    """SquareGrad of any method: the mean of its squared maps over noisy copies of the input.
+
+    Same copies as `smooth`; equals `vargrad + smooth²`.
+
+    Usage:
+
+        logits, maps = explain(squaregrad(methods.gradient.gradients), model, images, units)
+
+    Reference:
+        Hooker, S., Erhan, D., Kindermans, P.-J., Kim, B. (2019). A Benchmark for
+        Interpretability Methods in Deep Neural Networks. NeurIPS. arXiv:1806.10758.
+
+    Args:
+        method: the explaining method.
+        repetitions: noisy copies of each input.
+        noise: the noise's standard deviation, as a fraction of each input's value range.
+        chunk_size: copies of each input per call of `method`.
+        seed: seed of the (stateless, reproducible) noise.
+
+    Returns:
+        An explaining method.
+    """
+    return _over_noisy_copies(
+        method,
+        repetitions,
+        noise,
+        chunk_size,
+        seed,
+        lambda mean, variance: variance + tf.square(mean),
+        "squaregrad",
+    )
+
+
+def tta(
+    method: Callable,
+    scales: Sequence[float] = (0.5, 1.5, 2.0),
+    hflip: bool = True,
+    resize_method: str = "bilinear",
+) -> Callable:
+    """Test-time augmentation of any method: the mean of its maps over rescaled and
+    horizontally mirrored inputs, each mapped back to the un-augmented map's frame.
+
+    The augmentations are the input itself, its mirror (with `hflip`), and for each scale
+    the input resized by that factor (and its mirror). Each map is mirrored back and resized
+    to the size of the map of the input itself; the logits are averaged too. Augmentations
+    run one after the other, so one is in memory at a time. With no scales and no flip the
+    result is the method's own. Rescaling needs a model that accepts other input sizes
+    (built on `keras.Input((None, None, C))`, as `keras.applications` models are by default
+    with `include_top=False`).
+
+    Usage:
+
+        logits, maps = explain(tta(methods.cams.gradcam), exposed, images, units)
+        logits, maps = explain(tta(gradcam, scales=(0.75, 1.25), hflip=False), exposed, x, y)
+
+    Reference:
+        Ahn, J., Kwak, S. (2018). Learning Pixel-level Semantic Affinity with Image-level
+        Supervision for Weakly Supervised Semantic Segmentation. CVPR. arXiv:1803.10464
+        (CAMs averaged over scales and flips, the practice this follows).
+
+    Args:
+        method: the explaining method.
+        scales: resizing factors applied to the input's spatial size.
+        hflip: also explain mirrored copies (the last spatial axis is mirrored).
+        resize_method: `tf.image.resize` method for inputs and maps.
+
+    Returns:
+        An explaining method.
+    """
+    scales = tuple(float(s) for s in scales)
+    augmentations = [(None, True)] if hflip else []
+    for scale in scales:
+        augmentations += [(scale, False)] + ([(scale, True)] if hflip else [])
+
+    def apply(model, inputs, indices=None, spatial_axis=SPATIAL_AXIS, **params):
+        inputs = tf.convert_to_tensor(inputs)
+        flip_axis = spatial_axis[-1]
+        shape = tf.shape(inputs)
+        size = tf.stack([shape[a] for a in spatial_axis])
+
+        def explain_as(augmented):
+            return method(
+                model=model, inputs=augmented, indices=indices, spatial_axis=spatial_axis, **params
+            )
+
+        logits, maps = explain_as(inputs)
+        frame = tf.shape(maps)
+        frame = tf.stack([frame[a] for a in spatial_axis])
+        for scale, flip in augmentations:
+            # Start an augmentation only once the previous one is summed: one at a time.
+            with tf.control_dependencies([logits, maps]):
+                augmented = tf.identity(inputs)
+            if flip:
+                augmented = tf.reverse(augmented, [flip_axis])
+            if scale is not None:
+                scaled = tf.cast(tf.round(scale * tf.cast(size, tf.float32)), tf.int32)
+                augmented = _resize(augmented, tf.maximum(scaled, 1), spatial_axis, resize_method)
+            augmented_logits, augmented_maps = explain_as(augmented)
+            if flip:
+                augmented_maps = tf.reverse(augmented_maps, [flip_axis])
+            augmented_maps = _resize(augmented_maps, frame, spatial_axis, resize_method)
+            logits += augmented_logits
+            maps += tf.cast(augmented_maps, maps.dtype)
+        count = 1 + len(augmentations)
+        return logits / count, maps / count
+
+    apply.__name__ = f"{_name(method)}_tta"
+    apply.__doc__ = f"`tta` of `{_name(method)}`.\n\n{method.__doc__ or ''}"
+    return apply
+
+
+def _resize(tensor, size, spatial_axis, method):
+    if method == "bilinear":
+        return utils.resize(tensor, size, spatial_axis)
+    if utils.positive_axes(spatial_axis, tensor.shape.rank) != (
+        tensor.shape.rank - 3,
+        tensor.shape.rank - 2,
+    ):
+        raise ValueError(f"resize_method={method!r} needs spatial_axis=(-3, -2); use 'bilinear'.")
+    return tf.image.resize(tensor, size, method=method)
+
+
+__all__ = ["smooth", "vargrad", "squaregrad", "tta"]

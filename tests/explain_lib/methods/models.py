@@ -1,0 +1,99 @@
+"""Tiny models with known structure, for the methods' property tests, and settings that
+keep the multi-pass methods quick on them."""
+
+import keras
+import numpy as np
+
+CAM_METHODS = {"cam", "gradcam", "gradcampp", "scorecam", "layercam"}
+"""Registry names of the methods that take an exposed model."""
+
+FAST_SETTINGS = {
+    "integrated_gradients": {"steps": 5, "chunk_size": 2, "baseline": "blur", "blur_sigma": 1.0},
+    "scorecam": {"chunk_size": 3},
+    "occlusion": {"patch_size": 4, "stride": 3, "chunk_size": 5},
+    "rise": {"masks": 24, "cell_size": 4, "chunk_size": 10},
+}
+"""Method parameters for 12x12 inputs, small enough for quick tests, uneven chunks included
+(smoothgrad, vargrad and squaregrad keep the registry's 20 copies in chunks of 8)."""
+
+
+def linear_model(input_shape=(8, 8, 3), units=4, seed=0):
+    """f(x) = W·x + b: a Dense layer on the flattened input. Returns (model, W (H, W, C, U))."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(units, bias_initializer="random_normal")]
+    )
+    kernel = model.layers[-1].kernel.numpy().reshape(*input_shape, units)
+    return model, kernel
+
+
+def smooth_model(input_shape=(10, 10, 3), units=3, seed=0):
+    """A smooth (C-infinity) CNN: tanh and softplus activations, global pooling, Dense."""
+    keras.utils.set_random_seed(seed)
+    # Large weights, so that the output moves visibly between an input and a baseline.
+    weights = keras.initializers.RandomNormal(stddev=0.6)
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Conv2D(6, 3, padding="same", activation="tanh", kernel_initializer=weights),
+            keras.layers.Conv2D(8, 3, activation="softplus", kernel_initializer=weights),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(units, kernel_initializer=weights),
+        ]
+    )
+
+
+def relu_network(input_shape=(12, 12, 3), units=4, seed=0):
+    """A piecewise-linear network with every kind of bias Full-Gradient handles: convolution
+    biases, BatchNormalization's implicit bias (non-trivial statistics), a fused ReLU, a
+    separate ReLU, max pooling and a hidden Dense layer."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(5, 3, padding="same", bias_initializer="random_normal")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(6, 3, activation="relu", bias_initializer="random_normal")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(7, activation="relu", bias_initializer="random_normal")(x)
+    outputs = keras.layers.Dense(units, bias_initializer="random_normal")(x)
+    model = keras.Model(inputs, outputs)
+    bn = model.get_layer("bn")
+    rng = np.random.default_rng(seed)
+    bn.moving_mean.assign(rng.normal(size=5).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, size=5).astype("float32"))
+    bn.gamma.assign(rng.uniform(0.5, 1.5, size=5).astype("float32"))
+    bn.beta.assign(rng.normal(size=5).astype("float32"))
+    return model
+
+
+def nonlinear_head(input_shape=(8, 8, 3), units=3, seed=0):
+    """An exposed model [logits, A] whose head is not linear in A (1x1 convolution + ReLU,
+    global average pooling, Dense), so that dlogit/dA varies over positions.
+
+    Returns (exposed model, features model x -> A, W1 (C, D), b1 (D,), W2 (D, U))."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(input_shape)
+    features = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    mixer = keras.layers.Conv2D(5, 1, activation="relu", bias_initializer="random_normal")
+    dense = keras.layers.Dense(units)
+    logits = dense(keras.layers.GlobalAveragePooling2D()(mixer(features)))
+    exposed = keras.Model(inputs, [logits, features])
+    w1 = mixer.kernel.numpy()[0, 0]
+    return exposed, keras.Model(inputs, features), w1, mixer.bias.numpy(), dense.kernel.numpy()
+
+
+def region_model(input_shape=(16, 16, 1), rows=(6, 10), cols=(4, 8), units=2, seed=0):
+    """A model that reads only the pixels rows[0]:rows[1], cols[0]:cols[1] (then a small
+    ReLU network)."""
+    keras.utils.set_random_seed(seed)
+    height, width = input_shape[:2]
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            keras.layers.Cropping2D(((rows[0], height - rows[1]), (cols[0], width - cols[1]))),
+            keras.layers.Flatten(),
+            keras.layers.Dense(6, activation="relu", bias_initializer="ones"),
+            keras.layers.Dense(units),
+        ]
+    )

@@ -1,0 +1,146 @@
+"""CAM methods against their definitions, computed independently on tiny models."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from explain_lib import filters, inspection
+from explain_lib.engine.explaining import explain
+from explain_lib.methods import cams
+from tests.conftest import tiny_cnn
+from tests.explain_lib.methods.models import nonlinear_head
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_cnn()
+
+
+@pytest.fixture(scope="module")
+def exposed(model):
+    return inspection.expose(model)
+
+
+@pytest.fixture
+def units():
+    return np.random.default_rng(2).integers(0, 5, (7, 2)).astype("int32")
+
+
+def test_cam_is_gradcam_times_the_number_of_positions(exposed, images, units):
+    keep = {"resizing": False, "verbose": 0}
+    logits, cam_maps = explain(cams.cam, exposed, images, units, **keep)
+    grad_logits, gradcam_maps = explain(cams.gradcam, exposed, images, units, **keep)
+    assert cam_maps.shape == (7, 10, 10, 2)  # conv2 is a valid 3x3 convolution: 10x10
+    np.testing.assert_allclose(cam_maps, gradcam_maps * 10 * 10, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(logits, grad_logits, rtol=1e-6)
+    assert np.abs(cam_maps).max() > 1e-2
+    # ... and equal after the conventional normalisation, resized to the input.
+    _, cam_normal = explain(cams.cam, exposed, images, units, verbose=0,
+                            postprocessing=filters.positive_normalize)
+    _, gradcam_normal = explain(cams.gradcam, exposed, images, units, verbose=0,
+                                postprocessing=filters.positive_normalize)
+    assert cam_normal.shape == (7, 12, 12, 2)
+    np.testing.assert_allclose(cam_normal, gradcam_normal, atol=1e-5)
+
+
+def test_cam_of_every_unit_is_the_activation_times_the_kernel(model, exposed, images):
+    _, activations = exposed(images)
+    kernel = model.get_layer("logits").kernel.numpy()
+    _, maps = cams.cam(exposed, tf.constant(images), None)
+    np.testing.assert_allclose(maps, np.einsum("bhwc,cu->bhwu", activations, kernel), rtol=1e-4,
+                               atol=1e-7)
+
+
+def test_cam_needs_a_dense_head_on_the_activations(images):
+    exposed, *_ = nonlinear_head(input_shape=(12, 12, 3))  # the kernel reads 5 channels, not 4
+    with pytest.raises(ValueError, match="global-average-pooling"):
+        cams.cam(exposed, tf.constant(images), None)
+
+
+@pytest.fixture(scope="module")
+def head():
+    return nonlinear_head()
+
+
+def reference_gradients(head, x, units):
+    """dlogit_u/dA for the head ReLU(A W1 + b1) -> mean -> W2, in numpy: (B, h, w, C, K)."""
+    _, features, w1, b1, w2 = head
+    a = features.predict(x, verbose=0)
+    active = (np.einsum("bhwc,cd->bhwd", a, w1) + b1 > 0).astype("float32")
+    positions = a.shape[1] * a.shape[2]
+    per_unit = np.einsum("cd,bhwd,du->bhwcu", w1, active, w2) / positions
+    return a, np.take_along_axis(per_unit, units[:, None, None, None, :], axis=-1)
+
+
+@pytest.fixture
+def x8():
+    return np.random.default_rng(9).uniform(0, 1, (4, 8, 8, 3)).astype("float32")
+
+
+@pytest.fixture
+def head_units():
+    return np.array([[0, 1], [2, 2], [1, 0], [2, 0]], "int32")
+
+
+def test_gradcam_matches_its_formula(head, x8, head_units):
+    a, g = reference_gradients(head, x8, head_units)
+    _, maps = explain(cams.gradcam, head[0], x8, head_units, verbose=0, resizing=False)
+    expected = np.einsum("bck,bhwc->bhwk", g.mean(axis=(1, 2)), a)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_gradcampp_matches_its_formula(head, x8, head_units):
+    a, g = reference_gradients(head, x8, head_units)
+    _, maps = explain(cams.gradcampp, head[0], x8, head_units, verbose=0, resizing=False)
+    sums = a.sum(axis=(1, 2))[:, None, None, :, None]  # (B, 1, 1, C, 1)
+    denominator = 2 * g**2 + sums * g**3
+    alphas = np.divide(g**2, denominator, out=np.zeros_like(g), where=denominator != 0)
+    weights = (alphas * np.maximum(g, 0)).sum(axis=(1, 2))  # (B, C, K)
+    expected = np.einsum("bck,bhwc->bhwk", weights, a)
+    assert np.abs(g).std(axis=(1, 2)).max() > 0, "the gradient must vary over positions"
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_layercam_matches_its_formula(head, x8, head_units):
+    a, g = reference_gradients(head, x8, head_units)
+    _, maps = explain(cams.layercam, head[0], x8, head_units, verbose=0, resizing=False)
+    expected = np.einsum("bhwck,bhwc->bhwk", np.maximum(g, 0), a)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+
+
+def naive_scorecam(exposed, x, units, channels=None):
+    """One forward pass per channel and per sample, as Score-CAM is written in its paper."""
+    _, activations = exposed(x)
+    activations = activations.numpy()
+    maps = np.zeros(activations.shape[:3] + (units.shape[1],), "float32")
+    for b in range(len(x)):
+        kept = range(activations.shape[-1]) if channels is None else channels[b]
+        for c in kept:
+            channel = activations[b, :, :, c]
+            span = channel.max() - channel.min()
+            mask = (channel - channel.min()) / span if span > 0 else np.zeros_like(channel)
+            mask = tf.image.resize(mask[..., None], x.shape[1:3]).numpy()
+            scores, _ = exposed(x[b:b + 1] * mask[None])
+            maps[b] += channel[..., None] * scores.numpy()[0, units[b]]
+    return maps
+
+
+def test_scorecam_equals_a_per_channel_reference(exposed, images, units):
+    # 8 channels in chunks of 3: chunks of 3, 3 and 2.
+    _, maps = explain(cams.scorecam, exposed, images, units, verbose=0, resizing=False,
+                      chunk_size=3)
+    np.testing.assert_allclose(maps, naive_scorecam(exposed, images, units), rtol=1e-4, atol=1e-5)
+
+
+def test_faster_scorecam_scores_the_channels_of_highest_variance(exposed, images, units):
+    _, activations = exposed(images)
+    top = np.argsort(-activations.numpy().var(axis=(1, 2)), axis=-1)[:, :3]
+    _, maps = explain(cams.scorecam, exposed, images, units, verbose=0, resizing=False,
+                      chunk_size=2, max_channels=3)
+    expected = naive_scorecam(exposed, images, units, channels=top)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cam_methods_ask_for_an_exposed_model(images):
+    with pytest.raises(ValueError, match="expose"):
+        cams.gradcam(tiny_cnn(), tf.constant(images), None)

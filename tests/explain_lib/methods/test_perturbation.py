@@ -1,0 +1,107 @@
+"""Perturbation methods on a model that reads one image region only."""
+
+import numpy as np
+import pytest
+
+from explain_lib.engine.explaining import explain
+from explain_lib.methods import perturbation
+from tests.explain_lib.methods.models import region_model
+
+ROWS, COLS = (6, 10), (4, 8)  # the region read by the model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return region_model(rows=ROWS, cols=COLS)
+
+
+@pytest.fixture
+def x():
+    return np.random.default_rng(10).uniform(0.2, 1, (3, 16, 16, 1)).astype("float32")
+
+
+@pytest.fixture
+def units():
+    return np.array([[0, 1], [1, 1], [0, 0]], "int32")
+
+
+def window_origins(length, patch, stride):
+    starts = list(range(0, length - patch + 1, stride))
+    return starts if starts[-1] == length - patch else starts + [length - patch]
+
+
+def naive_occlusion(model, x, units, patch, stride, baseline):
+    """One forward pass per window position, in numpy."""
+    scores = np.take_along_axis(model.predict(x, verbose=0), units, 1)
+    total = np.zeros(x.shape[:3] + (units.shape[1],), "float32")
+    coverage = np.zeros(x.shape[1:3], "float32")
+    for top in window_origins(x.shape[1], patch, stride):
+        for left in window_origins(x.shape[2], patch, stride):
+            occluded = x.copy()
+            occluded[:, top:top + patch, left:left + patch] = baseline
+            drop = scores - np.take_along_axis(model.predict(occluded, verbose=0), units, 1)
+            total[:, top:top + patch, left:left + patch] += drop[:, None, None, :]
+            coverage[top:top + patch, left:left + patch] += 1
+    covered = np.broadcast_to(coverage[None, :, :, None] > 0, total.shape)
+    return np.divide(total, coverage[None, :, :, None], out=np.zeros_like(total), where=covered)
+
+
+def test_occlusion_equals_a_per_window_reference(model, x, units):
+    # 16 pixels, patches of 4 every 5: origins 0, 5, 10 and 12 (flush with the edge); rows
+    # and columns 4 and 9 are covered by no window.
+    logits, maps = explain(perturbation.occlusion, model, x, units, verbose=0,
+                           patch_size=4, stride=5, baseline=0.1, chunk_size=3)
+    expected = naive_occlusion(model, x, units, 4, 5, 0.1)
+    assert np.isfinite(maps).all()
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(logits, np.take_along_axis(model.predict(x, verbose=0), units, 1),
+                               rtol=1e-5)
+
+
+def test_occlusion_is_zero_beyond_the_read_region_and_the_windows_reach(model, x, units):
+    patch, stride = 4, 2
+    _, maps = explain(perturbation.occlusion, model, x, units, verbose=0,
+                      patch_size=patch, stride=stride)
+    # A pixel can be credited only through a window that overlaps the region.
+    reach = np.zeros((16, 16), bool)
+    for top in window_origins(16, patch, stride):
+        for left in window_origins(16, patch, stride):
+            if top < ROWS[1] and top + patch > ROWS[0] and left < COLS[1] and left + patch > COLS[0]:
+                reach[top:top + patch, left:left + patch] = True
+    assert (~reach).sum() > 100
+    np.testing.assert_allclose(maps[:, ~reach], 0, atol=1e-6)
+    region = maps[:, ROWS[0]:ROWS[1], COLS[0]:COLS[1]]
+    assert np.abs(region).min() > 1e-4, "every pixel of the region matters"
+
+
+def test_rise_is_at_the_mean_score_where_the_model_does_not_look():
+    # f(x) = mean of the 4x4 region (rows and cols 4:8) of a 32x32 image of ones: the masked
+    # score is the mean of the mask over the region, whose expectation is keep_probability.
+    model = region_model(input_shape=(32, 32, 1), rows=(4, 8), cols=(4, 8), units=1)
+    model.layers[-2].kernel.assign(np.full((16, 6), 1 / 16, "float32"))
+    model.layers[-2].bias.assign(np.zeros(6, "float32"))
+    model.layers[-1].kernel.assign(np.full((6, 1), 1 / 6, "float32"))
+    model.layers[-1].bias.assign(np.zeros(1, "float32"))
+    x = np.ones((2, 32, 32, 1), "float32")
+    _, maps = explain(perturbation.rise, model, x, np.zeros((2, 1), "int32"), verbose=0,
+                      masks=3000, cell_size=4, keep_probability=0.5, chunk_size=256)
+    np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5)  # the masks are shared
+    far = maps[0, 16:, 16:, 0]  # two cells and more away from the region
+    near = maps[0, 4:8, 4:8, 0]
+    assert np.abs(far - 0.5).max() < 0.05, far
+    assert near.min() > 0.6, near
+
+
+def test_rise_does_not_depend_on_the_chunk_size(model, x, units):
+    params = {"masks": 40, "cell_size": 4, "seed": 3}
+    _, whole = explain(perturbation.rise, model, x, units, verbose=0, chunk_size=40, **params)
+    _, chunked = explain(perturbation.rise, model, x, units, verbose=0, chunk_size=7, **params)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    _, reseeded = explain(perturbation.rise, model, x, units, verbose=0, chunk_size=40,
+                          **{**params, "seed": 4})
+    assert np.abs(reseeded - whole).max() > 1e-3
+
+
+def test_occlusion_rejects_windows_larger_than_the_image(model, x):
+    with pytest.raises(ValueError, match="patch"):
+        perturbation.occlusion(model, x, None, patch_size=32)

@@ -1,0 +1,47 @@
+"""Every method compiles under XLA (a model compiled with `jit_compile=True`): static chunk
+sizes, loops and gathers XLA accepts. Deterministic methods give the maps they give without
+XLA; XLA draws other random numbers, so the noisy and masked methods are only checked for
+a sane result."""
+
+import numpy as np
+import pytest
+
+from explain_lib import inspection
+from explain_lib.engine import explaining
+from explain_lib.engine.explaining import explain
+from explain_lib.methods import METHODS, cams, meta
+from tests.conftest import tiny_cnn
+from tests.explain_lib.methods.models import CAM_METHODS, FAST_SETTINGS
+
+RANDOM = {"smoothgrad", "rise", "smooth_tta_gradcam"}
+COMPOSED = {"smooth_tta_gradcam": meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 3, 0.2, 2)}
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(model, exposed model) without XLA, and the same weights with XLA."""
+    plain = tiny_cnn(input_shape=(None, None, 3), seed=5)
+    xla = tiny_cnn(input_shape=(None, None, 3), seed=5)
+    xla_exposed = inspection.expose(xla)
+    xla_exposed.compile(jit_compile=True)
+    xla.compile(jit_compile=True)
+    assert explaining._uses_xla(xla_exposed)
+    return (plain, inspection.expose(plain)), (xla, xla_exposed)
+
+
+# vargrad and squaregrad share smoothgrad's code path (they differ in a final formula).
+@pytest.mark.parametrize("name", [n for n in [*METHODS, *COMPOSED] if n not in ("vargrad", "squaregrad")])
+def test_methods_run_under_xla(models, images, name):
+    method = METHODS.get(name) or COMPOSED[name]
+    which = 1 if name in CAM_METHODS or name in COMPOSED else 0
+    units = np.random.default_rng(2).integers(0, 5, (len(images), 2)).astype("int32")
+    params = {"verbose": 0, "batch_size": 4, "resizing": False, **FAST_SETTINGS.get(name, {})}
+    logits, maps = explain(method, models[0][which], images, units, **params)
+    xla_logits, xla_maps = explain(method, models[1][which], images, units, **params)
+    assert xla_maps.shape == maps.shape and np.isfinite(xla_maps).all()
+    if name in RANDOM:
+        # Same distribution, other draws: the same order of magnitude.
+        assert 0.2 < np.abs(xla_maps).mean() / np.abs(maps).mean() < 5
+    else:
+        np.testing.assert_allclose(xla_logits, logits, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(xla_maps, maps, rtol=1e-3, atol=1e-5 * np.abs(maps).max())
