@@ -1,0 +1,198 @@
+"""`python -m pipeline.summary OUTPUT`: what a run produced, from its manifest and its files.
+
+    python -m pipeline.summary out/expl [--top 20] [--no_scan] [--json]
+
+Prints the run's manifest (`pipeline.manifest`: method, model, input, times, versions), its
+counts, the dead letters broken down by stage and by error message, and how many
+explanations each unit has. The breakdowns come from the files themselves (the dead
+letters, and the `units` of every explanation record, without decoding any map), so the
+summary also checks that the files hold as many explanations as the job counted.
+`--no_scan` skips reading the files and prints the manifest's counts only.
+
+Usage, from Python:
+
+    report = summarize_output("out/expl")
+    report.unit_counts.most_common(5), report.dead_letters["validate"].most_common(3)
+"""
+
+import argparse
+import collections
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+
+from explain_lib import io as explain_io
+from pipeline.manifest import manifest_path, read_manifest
+from pipeline.records import STAGES, read_dead_letters
+
+
+@dataclass
+class OutputReport:
+    """A run's manifest and what its files hold.
+
+    `unit_counts[u]`: explanation records that explain unit u (a record explaining K units
+    counts once for each); `first_unit_counts[u]`: records whose first unit is u (the top
+    prediction when the job explained the top-K); `records`: explanation records in the
+    files; `dead_letters[stage]`: a Counter of error messages. The file counts are None
+    when the files were not scanned.
+    """
+
+    manifest: dict
+    records: Optional[int] = None
+    unit_counts: Optional[collections.Counter] = None
+    first_unit_counts: Optional[collections.Counter] = None
+    dead_letters: Optional[Dict[str, collections.Counter]] = None
+    notes: List[str] = field(default_factory=list)
+
+
+def count_units(file_pattern: str):
+    """(records, unit_counts, first_unit_counts) of the explanation files matching
+    `file_pattern`, from each record's `units` feature alone."""
+    units_only = {"units": tf.io.VarLenFeature(tf.int64)}
+    counts, first = collections.Counter(), collections.Counter()
+    records = 0
+    try:
+        files = explain_io.list_files(file_pattern)
+    except FileNotFoundError:
+        return 0, counts, first
+    dataset = _concatenate(files)
+    parsed = dataset.map(lambda r: tf.io.parse_single_example(r, units_only)["units"].values,
+                         num_parallel_calls=tf.data.AUTOTUNE)
+    for units in parsed.as_numpy_iterator():
+        records += 1
+        counts.update(units.tolist())
+        if len(units):
+            first[int(units[0])] += 1
+    return records, counts, first
+
+
+def _concatenate(files):
+    """The records of `files` in order, each file read with the compression its name implies."""
+    datasets = [tf.data.TFRecordDataset(f, compression_type=explain_io.compression_of(f))
+                for f in files]
+    dataset = datasets[0]
+    for more in datasets[1:]:
+        dataset = dataset.concatenate(more)
+    return dataset
+
+
+def count_dead_letters(file_pattern: str) -> Dict[str, collections.Counter]:
+    """Error messages of the dead letters matching `file_pattern`, counted per stage."""
+    breakdown: Dict[str, collections.Counter] = {}
+    try:
+        letters = read_dead_letters(file_pattern)
+    except FileNotFoundError:
+        return breakdown
+    for letter in letters:
+        breakdown.setdefault(letter.stage, collections.Counter())[letter.error] += 1
+    return breakdown
+
+
+def summarize_output(output: str, scan: bool = True) -> OutputReport:
+    """The manifest of the run writing `output` (its `--output` prefix or the manifest's
+    path) and, with `scan`, the breakdowns read from its files."""
+    manifest = read_manifest(output)
+    report = OutputReport(manifest)
+    if not scan:
+        return report
+    report.records, report.unit_counts, report.first_unit_counts = count_units(
+        manifest["output"]["explanations"])
+    report.dead_letters = count_dead_letters(manifest["output"]["dead_letters"])
+    counts = manifest["counts"]
+    if counts.get("counted"):
+        if report.records != counts["explained"]:
+            report.notes.append(
+                f"The files hold {report.records} explanations, but the job counted "
+                f"{counts['explained']} explained: some files are missing or were changed.")
+        in_files = {stage: sum(c.values()) for stage, c in report.dead_letters.items()}
+        if any(in_files.get(stage, 0) != n for stage, n in counts["dead_letters"].items()):
+            report.notes.append(
+                f"The dead-letter files hold {in_files}, but the job counted "
+                f"{counts['dead_letters']}.")
+    return report
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def format_report(report: OutputReport, top: int = 20, messages: int = 3) -> str:
+    """The report as text: `top` units, `messages` error messages per stage."""
+    m = report.manifest
+    method, model, output, counts = m["method"], m["model"], m["output"], m["counts"]
+    source = m["input"].get("pattern") or (
+        f"TFDS {m['input'].get('tfds')} split {m['input'].get('split')}")
+    size = output["map_size"]
+    size = "x".join(map(str, size)) if isinstance(size, list) else size
+    lines = [
+        f"run:      {m['started']} -> {m['finished']} ({m['seconds']:.1f} s) on {m['runner']}",
+        f"method:   {method['name']} {json.dumps(method['applied_params'], sort_keys=True)}",
+        f"model:    {model['path']} (sha256 {model['sha256'][:16]}..., {model['bytes']:,} bytes)",
+        f"input:    {source}",
+        f"output:   {output['explanations']} (schema v{m['schema_version']}, "
+        f"{output['map_encoding']} maps, {size} size)",
+        "versions: " + ", ".join(f"{name} {version}" for name, version in m["versions"].items()),
+        "",
+    ]
+    if counts.get("counted"):
+        lines += [
+            f"records read:          {counts['read']}",
+            f"records explained:     {counts['explained']}",
+            f"records dead-lettered: {counts['dead_lettered']}",
+        ]
+    else:
+        lines.append("The runner reported no counters: the run's counts are unknown.")
+    stages = [s for s in STAGES if (counts.get("dead_letters") or {}).get(s)]
+    stages += [s for s in (report.dead_letters or {}) if s not in stages]
+    for stage in stages:
+        counted = (counts.get("dead_letters") or {}).get(stage)
+        found = report.dead_letters.get(stage) if report.dead_letters is not None else None
+        number = counted if counted is not None else sum(found.values())
+        lines.append(f"  {stage:<9} {number}")
+        if found:
+            for message, count in found.most_common(messages):
+                lines.append(f"    {count:>6} x {message[:100]}")
+            if len(found) > messages:
+                lines.append(f"    ... {_plural(len(found) - messages, 'other message')}")
+    if report.unit_counts is not None:
+        lines += ["", f"explanations in the files: {report.records}"]
+        if report.unit_counts:
+            lines.append(f"per unit ({_plural(len(report.unit_counts), 'unit')}, "
+                         "most explained first):")
+            lines.append(f"  {'unit':>8} {'records':>8} {'as first unit':>14}")
+            for unit, count in report.unit_counts.most_common(top):
+                lines.append(f"  {unit:>8} {count:>8} {report.first_unit_counts.get(unit, 0):>14}")
+            if len(report.unit_counts) > top:
+                lines.append(f"  ... {_plural(len(report.unit_counts) - top, 'more unit')}")
+    lines += [f"warning: {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Print a run's manifest, counts, dead-letter breakdown and per-unit counts; exit 1 if
+    the files disagree with the job's counts, 2 if there is no manifest."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.summary", description=main.__doc__)
+    parser.add_argument("output", help="The run's --output prefix (or its .manifest.json).")
+    parser.add_argument("--top", type=int, default=20, help="Units to list.")
+    parser.add_argument("--no_scan", action="store_true",
+                        help="Print the manifest's counts only; do not read the files.")
+    parser.add_argument("--json", action="store_true", help="Print the manifest as JSON.")
+    args = parser.parse_args(argv)
+    try:
+        report = summarize_output(args.output, scan=not args.no_scan and not args.json)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"pipeline.summary: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.manifest, indent=2))
+        return 0
+    print(f"manifest: {manifest_path(args.output)}")
+    print(format_report(report, top=args.top))
+    return 1 if report.notes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
