@@ -6,14 +6,20 @@ and this module joins stored explanations back to their source images by id and 
 Usage:
 
     python -m pipeline.render --explanations 'out/expl-*' --images 'data/*.tfrecord' \\
-        --out grid.png [--limit 16]
+        --out grid.png [--limit 16] [--alpha 0.5] [--colormap heat|gray|coolwarm] \\
+        [--image_key image] [--image_format auto] [--image_shape H,W,C] [--id_key id]
 
     picture = overlay(image, maps[..., 0], alpha=0.5)   # (H, W, 3) uint8
+
+The image options are the pipeline's, so the command reads any input the pipeline read,
+decodes it with the pipeline's own functions (`pipeline.records`) and finds each record by
+the id the pipeline gave it. Maps stored smaller than their image (`--map_size native`) are
+resized over it.
 """
 
 import argparse
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -24,14 +30,43 @@ _ANCHORS = np.array(
      [192, 0, 0]],
     np.float32,
 )
-COLORMAP = np.stack(
-    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHORS)), _ANCHORS[:, c])
-     for c in range(3)], axis=1).astype(np.uint8)
-"""(256, 3) uint8 lookup table from map level to colour."""
 
 
-def colorize(map2d: np.ndarray, colormap: np.ndarray = COLORMAP) -> np.ndarray:
+def _interpolated(anchors: np.ndarray) -> np.ndarray:
+    return np.stack(
+        [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(anchors)), anchors[:, c])
+         for c in range(3)], axis=1).astype(np.uint8)
+
+
+COLORMAP = _interpolated(_ANCHORS)
+"""(256, 3) uint8 lookup table from map level to colour (the default, "heat")."""
+
+COLORMAPS = {
+    "heat": COLORMAP,
+    "gray": _interpolated(np.array([[0, 0, 0], [255, 255, 255]], np.float32)),
+    "coolwarm": _interpolated(np.array(
+        [[59, 76, 192], [141, 176, 254], [221, 221, 221], [244, 154, 123], [180, 4, 38]],
+        np.float32)),
+}
+"""Colormaps by name (`overlay(..., colormap="gray")`, `--colormap`): "heat" (dark blue to
+red), "gray", "coolwarm" (blue to grey to red, for signed maps)."""
+
+
+def get_colormap(colormap: Union[str, np.ndarray]) -> np.ndarray:
+    """A (256, 3) uint8 lookup table: `colormap` itself, or the one it names in COLORMAPS."""
+    if isinstance(colormap, str):
+        if colormap not in COLORMAPS:
+            raise ValueError(f"Unknown colormap {colormap!r}; known: {', '.join(COLORMAPS)}.")
+        return COLORMAPS[colormap]
+    table = np.asarray(colormap)
+    if table.shape != (256, 3):
+        raise ValueError(f"A colormap is a (256, 3) table of colours, not {table.shape}.")
+    return table.astype(np.uint8)
+
+
+def colorize(map2d: np.ndarray, colormap: Union[str, np.ndarray] = COLORMAP) -> np.ndarray:
     """A map (H, W) as colours (H, W, 3) uint8, scaled over its own range."""
+    colormap = get_colormap(colormap)
     map2d = np.asarray(map2d, np.float32)
     low, high = float(map2d.min()), float(map2d.max())
     scaled = (map2d - low) / (high - low) if high > low else np.zeros_like(map2d)
@@ -39,14 +74,19 @@ def colorize(map2d: np.ndarray, colormap: np.ndarray = COLORMAP) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, map2d: np.ndarray, alpha: float = 0.5,
-            colormap: np.ndarray = COLORMAP) -> np.ndarray:
-    """The map's colours blended over the image: (H, W, 3) uint8. The map is resized to the
-    image if their sizes differ; grayscale images are shown in grey.
+            colormap: Union[str, np.ndarray] = COLORMAP) -> np.ndarray:
+    """The map's colours blended over the image: (H, W, 3) uint8, `alpha` the weight of the
+    colours (0: the image alone, 1: the map alone). The map is scaled over its own range and
+    resized (bilinearly) to the image if their sizes differ, so a map stored at its native
+    7x7 lies over the whole image; grayscale images are shown in grey. `colormap` is a name
+    in `COLORMAPS` or a (256, 3) uint8 table.
 
     Usage:
 
-        picture = overlay(images[0], maps[0, ..., 0], alpha=0.4)
+        picture = overlay(images[0], maps[0, ..., 0], alpha=0.4, colormap="heat")
     """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], not {alpha}.")
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[..., None]
@@ -127,13 +167,17 @@ def render_grid(
     explanations, images, out: str, limit: int = 16, columns: int = 4, alpha: float = 0.5,
     scale: Optional[int] = None, labels: Optional[List[str]] = None, image_key: str = "image",
     image_format: str = "auto", image_shape=None, id_key: Optional[str] = "id",
+    colormap: Union[str, np.ndarray] = "heat",
 ) -> int:
-    """Render up to `limit` explanations as a PNG grid at `out`: for each record its image
-    and the map of its first explained unit overlaid, captioned with the unit (named by
-    `labels` if given) and its logit. Returns how many records were drawn.
+    """Render the first `limit` explanations as a PNG grid at `out`: for each record its
+    image and the map of its first explained unit overlaid (`alpha`, `colormap`), captioned
+    with the unit (named by `labels` if given) and its logit. Returns how many records were
+    drawn. Each cell is the image at its stored size, twice side by side, upscaled by `scale`
+    (default: enough to make it about 128 pixels high), under a 12-pixel caption.
 
     `explanations` is a pattern of the pipeline's outputs, `images` of its inputs; the
-    image options mean what they mean for the pipeline.
+    image options mean what they mean for the pipeline, and records are matched by the id
+    the pipeline gave them (`id_key`, else the hash of the record).
     """
     from PIL import Image
 
@@ -155,7 +199,7 @@ def render_grid(
         picture_scale = scale or max(1, 128 // max(image.shape[:2]))
         pair = np.concatenate([
             overlay(image, np.zeros(image.shape[:2]), alpha=0.0),
-            overlay(image, row["maps"][..., 0], alpha=alpha),
+            overlay(image, row["maps"][..., 0], alpha=alpha, colormap=colormap),
         ], axis=1)
         pictures.append(_caption(_upscale(pair, picture_scale),
                                  f"{name} {row['logits'][0]:.1f}"))
@@ -166,26 +210,36 @@ def render_grid(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Render a grid PNG of explanations overlaid on their source images."""
+    """Render a grid PNG of explanations overlaid on their source images (exit 2 when nothing
+    matches or an option is wrong)."""
+    from pipeline.options import parse_ints
+    from pipeline.records import IMAGE_FORMATS
+
     parser = argparse.ArgumentParser(prog="python -m pipeline.render", description=main.__doc__)
     parser.add_argument("--explanations", required=True, help="Pattern of the pipeline's outputs.")
     parser.add_argument("--images", required=True, help="Pattern of the pipeline's inputs.")
     parser.add_argument("--out", required=True, help="PNG file to write.")
-    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--limit", type=int, default=16, help="Records to draw (the first N).")
     parser.add_argument("--columns", type=int, default=4)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--image_key", default="image")
-    parser.add_argument("--image_format", default="auto")
+    parser.add_argument("--alpha", type=float, default=0.5, help="Weight of the map's colours.")
+    parser.add_argument("--colormap", default="heat", choices=sorted(COLORMAPS))
+    parser.add_argument("--scale", type=int, default=None, help="Upscaling of each picture.")
+    # The pipeline's options for reading its inputs, with the same meaning and defaults.
+    parser.add_argument("--image_key", default="image", help="Feature holding the image.")
+    parser.add_argument("--image_format", default="auto", choices=IMAGE_FORMATS)
     parser.add_argument("--image_shape", default=None, help="H,W,C of raw tensor images.")
-    parser.add_argument("--id_key", default="id")
+    parser.add_argument("--id_key", default="id", help="Feature holding the record id.")
     args = parser.parse_args(argv)
-    from pipeline.options import parse_ints
-
-    count = render_grid(
-        args.explanations, args.images, args.out, args.limit, args.columns, args.alpha,
-        image_key=args.image_key, image_format=args.image_format,
-        image_shape=parse_ints(args.image_shape, 3, "image_shape"), id_key=args.id_key or None,
-    )
+    try:
+        count = render_grid(
+            args.explanations, args.images, args.out, args.limit, args.columns, args.alpha,
+            scale=args.scale, image_key=args.image_key, image_format=args.image_format,
+            image_shape=parse_ints(args.image_shape, 3, "image_shape"),
+            id_key=args.id_key or None, colormap=args.colormap,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        print(f"pipeline.render: {error}", file=sys.stderr)
+        return 2
     print(f"{count} records rendered to {args.out}")
     return 0
 
