@@ -461,14 +461,16 @@ def parse_explanation(serialized: tf.Tensor, size: Size = "stored") -> Dict[str,
     """
     size = check_size(size)
     parsed = tf.io.parse_single_example(serialized, FEATURES)
-    version = parsed["schema_version"]
-    tf.debugging.assert_equal(
-        version,
+    # The checks run before anything is decoded (control dependencies), so that a record
+    # of another version or encoding fails with their message, not a decoder's.
+    known_version = tf.debugging.assert_equal(
+        parsed["schema_version"],
         tf.constant(SCHEMA_VERSION, tf.int64),
         message=f"Explanation record has an unknown schema version (this explain_lib reads "
         f"version {SCHEMA_VERSION}); a missing version reads as 0",
     )
-    shape = tf.cast(parsed["map_shape"], tf.int32)
+    with tf.control_dependencies([known_version]):
+        shape = tf.cast(parsed["map_shape"], tf.int32)
     map_min = tf.sparse.to_dense(parsed["map_min"])
     map_max = tf.sparse.to_dense(parsed["map_max"])
     encoding = parsed["map_encoding"]
@@ -476,9 +478,11 @@ def parse_explanation(serialized: tf.Tensor, size: Size = "stored") -> Dict[str,
     index = tf.reduce_min(
         tf.where(tf.equal(tf.constant(names), encoding), tf.range(len(names)), len(names))
     )
-    tf.debugging.assert_less(
+    known_encoding = tf.debugging.assert_less(
         index, len(names), message=f"Unknown map encoding; known encodings: {', '.join(names)}"
     )
+    with tf.control_dependencies([known_encoding]):
+        index = tf.identity(index)
     branches = [
         (lambda name=name: ENCODINGS[name].decode_tf(parsed["maps"], shape, map_min, map_max))
         for name in names

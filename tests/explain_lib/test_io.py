@@ -133,3 +133,174 @@ def test_missing_files_and_compression_names(tmp_path):
     assert explain_io.compression_of("a/b-00000-of-00001.tfrecord.gz") == "GZIP"
     assert explain_io.compression_of("a.zlib") == "ZLIB"
     assert explain_io.compression_of("a.tfrecord") == ""
+
+
+# --- every encoding, every size -----------------------------------------------------------------
+
+ENCODINGS = ["png8", "png16", "float16", "raw32"]
+
+
+def _bound(encoding, maps):
+    """The documented error bound of each encoding, per map, from the maps themselves."""
+    low, high = maps.min(axis=(0, 1)), maps.max(axis=(0, 1))
+    magnitude = np.maximum(np.abs(low), np.abs(high))
+    return {"png8": (high - low) / 255, "png16": (high - low) / 65535,
+            "float16": magnitude * 2.0**-11 + 2.0**-25, "raw32": np.zeros_like(low)}[encoding]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("shape", [(9, 13, 3), (1, 1, 1), (7, 7, 2), (32, 32, 1)])
+def test_every_encoding_round_trips_within_its_bound(encoding, shape):
+    maps = _maps(shape=shape)
+    encoded = explain_io.encode_maps(maps, encoding)
+    decoded = explain_io.decode_maps(encoded)
+    assert decoded.shape == shape and decoded.dtype == np.float32
+    error = np.abs(decoded - maps).max(axis=(0, 1))
+    bound = _bound(encoding, maps)
+    np.testing.assert_allclose(explain_io.max_decode_error(encoded), bound, rtol=1e-5)
+    assert np.all(error <= bound * (1 + 1e-4) + 1e-7), (error, bound)
+    if encoding == "raw32":
+        np.testing.assert_array_equal(decoded, maps)
+    # The graph decoder (what tf.data readers run) agrees with the numpy one exactly.
+    record = explain_io.encode_explanation("m", range(shape[2]), np.zeros(shape[2]), maps,
+                                           encoding)
+    in_graph = explain_io.parse_explanation(tf.constant(record))["maps"].numpy()
+    np.testing.assert_array_equal(in_graph, decoded)
+
+
+def test_png16_is_finer_and_float16_keeps_relative_precision():
+    maps = _maps(4, (16, 16, 2))
+    error = {name: np.abs(explain_io.decode_maps(explain_io.encode_maps(maps, name)) - maps)
+             .max(axis=(0, 1)) for name in ENCODINGS}
+    assert np.all(error["raw32"] == 0) and np.all(error["png16"] > 0)
+    assert np.all(error["png16"] < error["png8"] / 100)
+    # A range quantiser spends its levels on the peak; float16 keeps ~3 digits of every
+    # value, so small values next to a large peak survive it, and not png8.
+    peaked = np.linspace(1e-3, 5e-3, 16, dtype=np.float32).reshape(4, 4, 1)
+    peaked[0, 0] = 50.0
+    small = {name: explain_io.decode_maps(explain_io.encode_maps(peaked, name))[1:, 1:]
+             for name in ("png8", "float16")}
+    assert np.all(np.abs(small["float16"] - peaked[1:, 1:]) <= peaked[1:, 1:] * 2**-11)
+    assert np.ptp(small["png8"]) == 0  # all on level 0: the small values' order is lost
+
+
+def test_float16_rejects_what_it_cannot_hold_and_corrupt_bytes_fail_clearly():
+    with pytest.raises(ValueError, match="float16 holds values up to 65504"):
+        explain_io.encode_maps(np.full((2, 2, 1), 1e6, np.float32), "float16")
+    encoded = explain_io.encode_maps(np.ones((4, 4, 2), np.float32), "raw32")
+    bad = explain_io.EncodedMaps(encoded.data[:-4], encoded.shape, "raw32", encoded.map_min,
+                                 encoded.map_max)
+    with pytest.raises(ValueError, match="raw32 maps hold 124 bytes, but map_shape"):
+        explain_io.decode_maps(bad)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_native_maps_resize_on_read_to_the_size_asked(encoding):
+    """A 7x7 map stored with the explained image's size (28x36) comes back at that size on
+    request, equal to resizing the original (what the engine would have stored) within the
+    encoding's bound: interpolation never widens it."""
+    rng = np.random.default_rng(5)
+    native = rng.uniform(0, 1, (7, 7, 2)).astype(np.float32)
+    record = explain_io.encode_explanation("n", [1, 2], [0.5, 0.25], native, encoding,
+                                           input_size=(28, 36))
+    bound = _bound(encoding, native) * (1 + 1e-4) + 1e-6
+    for size, expected_shape in [("stored", (7, 7, 2)), ("input", (28, 36, 2)),
+                                 ((14, 10), (14, 10, 2)), ([7, 7], (7, 7, 2))]:
+        decoded = explain_io.decode_explanation(record, size=size)
+        maps = decoded["maps"]
+        assert maps.shape == expected_shape and maps.dtype == np.float32
+        reference = tf.image.resize(native, expected_shape[:2]).numpy()
+        assert np.all(np.abs(maps - reference).max(axis=(0, 1)) <= bound)
+        np.testing.assert_array_equal(decoded["stored_shape"], [7, 7, 2])
+        np.testing.assert_array_equal(decoded["input_size"], [28, 36])
+        in_graph = explain_io.parse_explanation(tf.constant(record), size)["maps"].numpy()
+        np.testing.assert_allclose(in_graph, maps, atol=1e-6)
+
+
+def test_read_explanations_at_a_fixed_size_batches_records_of_any_stored_size(tmp_path):
+    records = [
+        explain_io.encode_explanation("a", [0], [1.0], _maps(1, (7, 7, 1)), "png8", (32, 32)),
+        explain_io.encode_explanation("b", [1], [2.0], _maps(2, (32, 32, 1)), "float16"),
+        explain_io.encode_explanation("c", [2], [3.0], _maps(3, (4, 5, 1)), "raw32", (16, 20)),
+    ]
+    path = _write(tmp_path / "sizes.tfrecord.gz", records, "GZIP")
+    batch = next(iter(explain_io.read_explanations(path, size=(16, 16)).batch(3)))
+    assert batch["maps"].shape == (3, 16, 16, 1)
+    stored = [r["maps"].shape for r in explain_io.read_explanations(path)]
+    assert stored == [(7, 7, 1), (32, 32, 1), (4, 5, 1)]
+    at_input = [r["maps"].shape for r in explain_io.read_explanations(path, size="input")]
+    assert at_input == [(32, 32, 1), (32, 32, 1), (16, 20, 1)]
+    with pytest.raises(ValueError, match='size must be "stored", "input" or'):
+        explain_io.read_explanations(path, size="native")
+
+
+def test_a_record_without_input_size_reads_at_its_stored_size():
+    example = tf.train.Example.FromString(
+        explain_io.encode_explanation("old", [0], [1.0], _maps(0, (6, 8, 1))))
+    del example.features.feature["input_size"]
+    record = example.SerializeToString()
+    assert explain_io.decode_explanation(record, "input")["maps"].shape == (6, 8, 1)
+    assert explain_io.parse_explanation(tf.constant(record), "input")["maps"].shape == (6, 8, 1)
+
+
+def readme_plain_tf_decode(record):
+    """The README's plain-TensorFlow reader, verbatim: it must keep working for every
+    encoding without explain_lib."""
+    spec = {
+        "map_encoding": tf.io.FixedLenFeature([], tf.string),
+        "maps": tf.io.FixedLenFeature([], tf.string),
+        "map_shape": tf.io.FixedLenFeature([3], tf.int64),
+        "map_min": tf.io.VarLenFeature(tf.float32),
+        "map_max": tf.io.VarLenFeature(tf.float32),
+    }
+    row = tf.io.parse_single_example(record, spec)
+    h, w, k = row["map_shape"]
+    encoding = row["map_encoding"].numpy().decode()
+    low, high = tf.sparse.to_dense(row["map_min"]), tf.sparse.to_dense(row["map_max"])
+    if encoding in ("png8", "png16"):
+        dtype, top = (tf.uint8, 255.0) if encoding == "png8" else (tf.uint16, 65535.0)
+        levels = tf.io.decode_png(row["maps"], dtype=dtype)                 # (K*H, W, 1)
+        levels = tf.transpose(tf.reshape(levels, (k, h, w)), (1, 2, 0))     # (H, W, K)
+        maps = low + tf.cast(levels, tf.float32) * ((high - low) / top)
+    elif encoding == "float16":
+        values = tf.io.decode_raw(tf.io.decode_compressed(row["maps"], "ZLIB"), tf.float16)
+        maps = tf.cast(tf.reshape(values, (h, w, k)), tf.float32)
+    else:  # raw32
+        maps = tf.reshape(tf.io.decode_raw(row["maps"], tf.float32), (h, w, k))
+    return maps
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_the_readme_reads_every_encoding_with_tensorflow_alone(encoding):
+    maps = _maps(6, (5, 7, 3))
+    record = explain_io.encode_explanation("r", [0, 1, 2], [0.0, 1.0, 2.0], maps, encoding)
+    np.testing.assert_allclose(readme_plain_tf_decode(record).numpy(),
+                               explain_io.decode_explanation(record)["maps"], rtol=1e-6,
+                               atol=1e-7)
+
+
+def test_unknown_encoding_in_a_record_fails_clearly(tmp_path):
+    example = tf.train.Example.FromString(
+        explain_io.encode_explanation("a", [0], [1.0], np.ones((2, 2, 1))))
+    example.features.feature["map_encoding"].bytes_list.value[0] = b"webp"
+    record = example.SerializeToString()
+    with pytest.raises(ValueError, match="Unknown map encoding 'webp'"):
+        explain_io.decode_explanation(record)
+    path = _write(tmp_path / "webp.tfrecord", [record])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown map encoding"):
+        list(explain_io.read_explanations(path))
+
+
+def test_input_ids_are_the_pipelines():
+    from pipeline import demo
+
+    with_id = demo.make_example(b"x", 1, "img-1")
+    numeric = demo.make_example(b"x", 1, 42)
+    without = demo.make_example(b"x", 1)
+    for record, expected in [(with_id, "img-1"), (numeric, "42"),
+                             (without, explain_io.record_id(without))]:
+        assert explain_io.input_id(tf.train.Example.FromString(record), record) == expected
+    assert len(explain_io.record_id(without)) == 32
+    bad = demo.make_example(b"x", 1, [1.5])
+    with pytest.raises(ValueError, match="must hold one bytes or int64 value"):
+        explain_io.input_id(tf.train.Example.FromString(bad), bad)
