@@ -17,7 +17,12 @@ from typing import Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+)
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline import manifest
 from pipeline.handler import METRICS_NAMESPACE
@@ -95,6 +100,21 @@ def summarize(result, options: ExplainOptions) -> RunSummary:
     return summary
 
 
+def local_runner(options: PipelineOptions):
+    """Beam's in-process Fn API runner when the options ask for DirectRunner (or no runner),
+    else None (Beam creates the runner the options name).
+
+    Beam 2.77's DirectRunner first tries Prism, a Go runner it downloads from GitHub on first
+    use: offline (a locked-down worker, CI) that is a failed download on every run, and when
+    it succeeds `--direct_num_workers` and `--direct_running_mode` no longer apply. The Fn API
+    runner is the one DirectRunner falls back to for this job, and it honours both. Ask for
+    `--runner=PrismRunner` to use Prism.
+    """
+    if options.view_as(StandardOptions).runner in (None, "DirectRunner"):
+        return FnApiRunner()
+    return None
+
+
 def make_pipeline(argv: Optional[List[str]] = None):
     """The job's `beam.Pipeline` and options from command-line arguments, built but not run.
 
@@ -108,7 +128,7 @@ def make_pipeline(argv: Optional[List[str]] = None):
         # The embedded job service would otherwise start its workers in Docker containers;
         # LOOPBACK runs them in this process, which is what "embed" is for.
         portable.environment_type = "LOOPBACK"
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner=local_runner(options), options=options)
     build_pipeline(pipeline, explain_options)
     return pipeline, explain_options
 

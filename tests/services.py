@@ -68,8 +68,8 @@ def gcs_emulator(bucket: str, data_dir: str) -> Iterator[str]:
     """A gcp-storage-emulator with `bucket`; yields its STORAGE_EMULATOR_HOST."""
     port = free_port()
     emulator = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-    command = [emulator, "start", "--host", "127.0.0.1", "--port", str(port),
-               "--default-bucket", bucket, "--data-dir", data_dir]
+    command = [emulator, "--data-dir", data_dir, "start", "--host", "127.0.0.1",
+               "--port", str(port), "--default-bucket", bucket]
     with running([command], [port]):
         yield f"http://127.0.0.1:{port}"
 

@@ -12,7 +12,10 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
 from explain_lib import io as explain_io
+from apache_beam.options.pipeline_options import PipelineOptions
+
 from pipeline import Explain, demo
+from pipeline.__main__ import local_runner
 
 from tests.pipeline.conftest import (
     SIZE,
@@ -172,7 +175,7 @@ def test_explain_transform_inside_another_pipeline(model_path, model, shapes):
         error = np.abs(decoded["maps"] - maps[i]).max()
         return decoded["id"], decoded["units"].tolist(), bool(error <= np.ptp(maps[i]) / 200)
 
-    with beam.Pipeline() as p:
+    with beam.Pipeline(runner=local_runner(PipelineOptions())) as p:
         result = (p | beam.Create(records)
                   | Explain(model_path, "gradcam", units_key="label", batch_size=2))
         assert_that(result.explanations | beam.Map(summarize),
