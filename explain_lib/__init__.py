@@ -19,10 +19,24 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "unknown"
 
-gradients = partial_explain(
-    methods.gradient.gradients, postprocessing=filters.normalize, resizing=False
+# Shortcuts: `explain` with each method and its conventional post-processing
+# (`methods.DEFAULTS`): explain_lib.gradcam(exposed_model, x, y).
+from explain_lib.methods import (  # noqa: E402
+    cam,
+    full_gradients,
+    gradcam,
+    gradcampp,
+    gradients,
+    input_x_gradient,
+    integrated_gradients,
+    layercam,
+    occlusion,
+    rise,
+    scorecam,
+    smoothgrad,
+    squaregrad,
+    vargrad,
 )
-"""Shortcut for `methods.gradient.gradients`: magnitude of the gradient, normalised to [0, 1]."""
 
 __all__ = [
     "explain",
@@ -33,5 +47,18 @@ __all__ = [
     "inspection",
     "methods",
     "utils",
+    "cam",
+    "full_gradients",
+    "gradcam",
+    "gradcampp",
     "gradients",
+    "input_x_gradient",
+    "integrated_gradients",
+    "layercam",
+    "occlusion",
+    "rise",
+    "scorecam",
+    "smoothgrad",
+    "squaregrad",
+    "vargrad",
 ]

@@ -234,11 +234,13 @@ def endpoints(
         exposed = keras.Model(inputs, [logits, features])
     """
     targets = [_resolve(model, e) for e in _endpoint_list(endpoints)]
-    extended = _with_endpoints(model, targets)
+    unique = list(dict.fromkeys(targets))  # an endpoint named twice is traced once
+    extended = _with_endpoints(model, unique)
     if inputs is None:
         inputs = _symbolic_inputs(model)
     flat = keras.tree.flatten(extended(inputs))
-    return flat[len(flat) - len(targets):]
+    tensors = dict(zip(unique, flat[len(flat) - len(unique):]))
+    return [tensors[target] for target in targets]
 
 
 def expose(

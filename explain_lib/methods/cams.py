@@ -2,7 +2,8 @@
 activation A (B, h, w, C), usually the input of the network's global pooling.
 
 Every method here takes an *exposed* model, one returning `[logits, activations]`
-(`inspection.expose(model)` builds it), and returns raw maps (B, h, w, K) at the
+(`inspection.expose(model, layer)` builds it), or a plain model, which is exposed with the
+defaults (the input of the last global pooling layer); it returns raw maps (B, h, w, K) at the
 activation's resolution: no ReLU and no normalisation (the shortcuts apply
 `filters.positive_normalize`) and no resizing (`explain` resizes to the input size).
 
@@ -14,6 +15,7 @@ What distinguishes them is the channel weights:
 - `scorecam`: the score of the input masked by each channel (forward passes only).
 """
 
+import weakref
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import keras
@@ -25,8 +27,22 @@ from explain_lib.methods.gradient import unit_maps
 from explain_lib.utils import SPATIAL_AXIS
 
 
+_default_exposures: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def exposed_outputs(model: keras.Model, inputs: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """`(logits, activations)` from an exposed model, or an error that says how to get one."""
+    """`(logits, activations)` from an exposed model, or an error that says how to get one.
+
+    A plain model (one output) is exposed with `inspection.expose`'s defaults (the logits
+    and the input of the last global pooling layer), once per model, cached here and not on
+    the model; expose it yourself to weigh another layer.
+    """
+    if len(getattr(model, "outputs", None) or ()) == 1:
+        if model not in _default_exposures:
+            _default_exposures[model] = inspection.expose(model)
+        model = _default_exposures[model]
     outputs = model(inputs, training=False)
     if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
         raise ValueError(

@@ -2,8 +2,9 @@
 with respect to the input signal.
 
 Every method here is a plain function `(model, inputs, indices, ...) -> (logits, maps)` on
-a model whose (first) output is the logits. K explained units cost one forward pass and K
-backward passes (one vector-Jacobian product per unit), never a Jacobian over every unit.
+a model whose (first) output is the logits. Each forward pass serves all K explained units,
+with one backward pass (a vector-Jacobian product) per unit, never a Jacobian over every
+unit; multi-pass methods (Integrated Gradients) repeat that per chunk of path points.
 """
 
 import math
@@ -23,22 +24,6 @@ def logits_of(model: keras.Model, inputs: tf.Tensor) -> tf.Tensor:
     """The model's logits: its output, or its first output for an exposed model."""
     outputs = model(inputs, training=False)
     return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-
-
-def unit_gradients(
-    tape: tf.GradientTape, logits: tf.Tensor, sources, units: int
-) -> list:
-    """For each of the `units` columns of `logits` (B, K), the gradient of that column with
-    respect to `sources`: one backward pass per unit, on a persistent `tape`.
-
-    Samples are independent in inference, so the gradient of a column's sum is each
-    sample's own gradient.
-    """
-    return [
-        tape.gradient(logits, sources, output_gradients=tf.one_hot(
-            tf.fill(tf.shape(logits)[:1], k), units, dtype=logits.dtype))
-        for k in range(units)
-    ]
 
 
 def gradients(
@@ -81,22 +66,19 @@ def gradients(
         logits = inspection.gather_units(
             logits_of(model, inputs), indices, indices_axis, indices_batch_dims
         )
-    units = logits.shape[-1]
-    maps = [
-        tf.reduce_mean(gradient_filter(grad), axis=-1)
-        for grad in unit_gradients(tape, logits, inputs, units)
-    ]
+    maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_mean(gradient_filter(grad), -1))
     del tape
-    return logits, tf.stack(maps, axis=-1)
+    return logits, maps
 
 
 def unit_maps(tape: tf.GradientTape, logits: tf.Tensor, sources, to_map: Callable):
     """For each explained unit, one backward pass reduced at once by `to_map`; the results
     stacked on a new last axis (a structure of results is stacked leaf by leaf).
 
-    Unlike `unit_gradients`, whose passes a graph may run side by side, pass k here starts
-    only once result k-1 exists, so one unit's gradients are alive at a time: the methods
-    whose passes cover a whole chunk of input copies rely on it to bound their memory.
+    Samples are independent in inference, so the gradient of a column's sum is each
+    sample's own gradient. Pass k starts only once result k-1 exists, so one unit's
+    gradients are alive at a time: the methods whose passes cover a whole chunk of input
+    copies rely on it to bound their memory.
 
     Usage:
 

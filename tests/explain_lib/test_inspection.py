@@ -141,3 +141,14 @@ def test_batch_normalization_implicit_bias_is_its_output_at_zero():
     np.testing.assert_array_equal(biases[0], model.get_layer("conv1").bias.numpy())
     assert inspection.layers_with_biases(model, return_biases=False) == layers + [
         model.get_layer("logits")]
+
+
+def test_an_endpoint_named_twice_gives_the_same_tensor_twice():
+    model = tiny_cnn(input_shape=(16, 16, 3))
+    # [*outputs, *arguments]: the logits layer is both an output and an argument.
+    logits, conv1, logits_again, conv1_again = inspection.expose(
+        model, ["conv1", "logits", {"name": "conv1"}], "logits")(X)
+    np.testing.assert_allclose(logits, model(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(conv1, inner(model, "conv1", X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(logits_again, logits)
+    np.testing.assert_array_equal(conv1_again, conv1)

@@ -142,5 +142,18 @@ def test_faster_scorecam_scores_the_channels_of_highest_variance(exposed, images
 
 
 def test_cam_methods_ask_for_an_exposed_model(images):
-    with pytest.raises(ValueError, match="expose"):
-        cams.gradcam(tiny_cnn(), tf.constant(images), None)
+    three_outputs = inspection.expose(tiny_cnn(), ["conv1", "conv2"])
+    with pytest.raises(ValueError, match=r"returns 3 output\(s\).*inspection.expose"):
+        cams.gradcam(three_outputs, tf.constant(images), None)
+
+
+@pytest.mark.parametrize("name", ["cam", "gradcam", "gradcampp", "layercam", "scorecam"])
+def test_a_plain_model_is_exposed_with_the_defaults(model, exposed, images, units, name):
+    import explain_lib
+
+    shortcut = getattr(explain_lib, name)
+    expected = shortcut(exposed, images, units, verbose=0)
+    got = shortcut(model, images, units, verbose=0)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
+    assert not any("expose" in key for key in vars(model))
