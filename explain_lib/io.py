@@ -121,17 +121,17 @@ def _range(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 def _grayscale_png(image: np.ndarray) -> bytes:
     """A (H, W) uint8 or uint16 array as a PNG file (8- or 16-bit grayscale).
 
-    Written here rather than through an imaging library because maps are smooth: the PNG
-    "Up" filter on every row (each row stored as its difference from the row above, byte by
-    byte, as the PNG format defines it for every bit depth) makes them compress as well as an
-    encoder's adaptive filtering does, at a fraction of the cost.
+    Written here rather than through an imaging library because the whole of it is a few
+    vectorised numpy passes and one `zlib.compress`: each row gets the PNG filter (None,
+    Sub, Up, Average or Paeth, applied byte by byte as the format defines them for every bit
+    depth) that leaves it the smallest residuals, the heuristic libpng uses. Upsampled CAM
+    maps favour Sub, smooth maps Up, noisy gradient maps None.
     """
     height, width = image.shape
     depth = 8 * image.dtype.itemsize
     # PNG stores 16-bit samples big-endian.
     data = image.astype(f">u{image.dtype.itemsize}").view(np.uint8).reshape(height, -1)
-    up = np.diff(data.astype(np.int16), axis=0, prepend=0).astype(np.uint8)  # modulo 256
-    rows = np.concatenate([np.full((height, 1), 2, np.uint8), up], axis=1)  # 2: filter "Up"
+    rows = _filter_rows(data, image.dtype.itemsize)
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return (struct.pack(">I", len(payload)) + kind + payload
@@ -140,6 +140,30 @@ def _grayscale_png(image: np.ndarray) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)  # grayscale
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
+
+
+def _filter_rows(data: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG scanlines of `data` (H, B) uint8 with `bpp` bytes per pixel: each row prefixed by
+    its filter type and filtered by whichever filter minimises the sum of its residuals'
+    magnitudes (as signed bytes). Returns (H, 1 + B) uint8."""
+    x = data.astype(np.int16)
+    left = np.zeros_like(x)
+    left[:, bpp:] = x[:, :-bpp]
+    up = np.zeros_like(x)
+    up[1:] = x[:-1]
+    up_left = np.zeros_like(x)
+    up_left[1:, bpp:] = x[:-1, :-bpp]
+    # Paeth predicts with whichever neighbour is closest to left + up - up_left.
+    to_left, to_up = np.abs(up - up_left), np.abs(left - up_left)
+    to_up_left = np.abs(left + up - 2 * up_left)
+    paeth = np.where((to_left <= to_up) & (to_left <= to_up_left), left,
+                     np.where(to_up <= to_up_left, up, up_left))
+    # Filter types 0-4: None, Sub, Up, Average, Paeth; residuals modulo 256.
+    filtered = np.stack([x, x - left, x - up, x - (left + up) // 2, x - paeth]).astype(np.uint8)
+    cost = np.abs(filtered.view(np.int8).astype(np.int32)).sum(axis=2)  # (5, H)
+    choice = np.argmin(cost, axis=0)
+    rows = filtered[choice, np.arange(len(x))]
+    return np.concatenate([choice[:, None].astype(np.uint8), rows], axis=1)
 
 
 def _quantised_png(name: str, bits: int) -> MapEncoding:
