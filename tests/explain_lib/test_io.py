@@ -243,40 +243,51 @@ def test_a_record_without_input_size_reads_at_its_stored_size():
     assert explain_io.parse_explanation(tf.constant(record), "input")["maps"].shape == (6, 8, 1)
 
 
-def readme_plain_tf_decode(record):
-    """The README's plain-TensorFlow reader, verbatim: it must keep working for every
-    encoding without explain_lib."""
+def readme_parse(encoding):
+    """The README's plain-TensorFlow reader (pipeline/README_SECTION.md, "Output schema v1"),
+    verbatim below the first line: it must keep working for every encoding, inside tf.data,
+    without explain_lib."""
+    ENCODING = encoding
     spec = {
-        "map_encoding": tf.io.FixedLenFeature([], tf.string),
+        "id": tf.io.FixedLenFeature([], tf.string),
         "maps": tf.io.FixedLenFeature([], tf.string),
         "map_shape": tf.io.FixedLenFeature([3], tf.int64),
         "map_min": tf.io.VarLenFeature(tf.float32),
         "map_max": tf.io.VarLenFeature(tf.float32),
     }
-    row = tf.io.parse_single_example(record, spec)
-    h, w, k = row["map_shape"]
-    encoding = row["map_encoding"].numpy().decode()
-    low, high = tf.sparse.to_dense(row["map_min"]), tf.sparse.to_dense(row["map_max"])
-    if encoding in ("png8", "png16"):
-        dtype, top = (tf.uint8, 255.0) if encoding == "png8" else (tf.uint16, 65535.0)
-        levels = tf.io.decode_png(row["maps"], dtype=dtype)                 # (K*H, W, 1)
-        levels = tf.transpose(tf.reshape(levels, (k, h, w)), (1, 2, 0))     # (H, W, K)
-        maps = low + tf.cast(levels, tf.float32) * ((high - low) / top)
-    elif encoding == "float16":
-        values = tf.io.decode_raw(tf.io.decode_compressed(row["maps"], "ZLIB"), tf.float16)
-        maps = tf.cast(tf.reshape(values, (h, w, k)), tf.float32)
-    else:  # raw32
-        maps = tf.reshape(tf.io.decode_raw(row["maps"], tf.float32), (h, w, k))
-    return maps
+
+    def parse(record):
+        row = tf.io.parse_single_example(record, spec)
+        shape = tf.cast(row["map_shape"], tf.int32)
+        h, w, k = shape[0], shape[1], shape[2]
+        low, high = tf.sparse.to_dense(row["map_min"]), tf.sparse.to_dense(row["map_max"])
+        if ENCODING in ("png8", "png16"):
+            dtype, top = (tf.uint8, 255.0) if ENCODING == "png8" else (tf.uint16, 65535.0)
+            levels = tf.io.decode_png(row["maps"], dtype=dtype)               # (K*H, W, 1)
+            levels = tf.transpose(tf.reshape(levels, [k, h, w]), [1, 2, 0])   # (H, W, K)
+            maps = low + tf.cast(levels, tf.float32) * ((high - low) / top)
+        elif ENCODING == "float16":
+            values = tf.io.decode_raw(tf.io.decode_compressed(row["maps"], "ZLIB"), tf.float16)
+            maps = tf.cast(tf.reshape(values, [h, w, k]), tf.float32)
+        else:  # raw32
+            maps = tf.reshape(tf.io.decode_raw(row["maps"], tf.float32), [h, w, k])
+        return row["id"], maps
+    return parse
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_the_readme_reads_every_encoding_with_tensorflow_alone(encoding):
-    maps = _maps(6, (5, 7, 3))
-    record = explain_io.encode_explanation("r", [0, 1, 2], [0.0, 1.0, 2.0], maps, encoding)
-    np.testing.assert_allclose(readme_plain_tf_decode(record).numpy(),
-                               explain_io.decode_explanation(record)["maps"], rtol=1e-6,
-                               atol=1e-7)
+def test_the_readme_reads_every_encoding_with_tensorflow_alone(encoding, tmp_path):
+    rows = [_maps(i, (5, 7, 3)) for i in range(3)]
+    records = [explain_io.encode_explanation(f"r{i}", [0, 1, 2], [0.0, 1.0, 2.0], maps, encoding)
+               for i, maps in enumerate(rows)]
+    _write(tmp_path / "expl-00000-of-00001.tfrecord.gz", records, "GZIP")
+    files = tf.io.gfile.glob(str(tmp_path / "expl-*.tfrecord.gz"))
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").map(readme_parse(encoding))
+    read = list(dataset.as_numpy_iterator())
+    assert [record_id for record_id, _ in read] == [b"r0", b"r1", b"r2"]
+    for (_, maps), record in zip(read, records):
+        np.testing.assert_allclose(maps, explain_io.decode_explanation(record)["maps"],
+                                   rtol=1e-6, atol=1e-7)
 
 
 def test_unknown_encoding_in_a_record_fails_clearly(tmp_path):
