@@ -1,5 +1,7 @@
 """The explanation codec and record schema: round trips, error bounds, both decoders, readers."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -243,36 +245,20 @@ def test_a_record_without_input_size_reads_at_its_stored_size():
     assert explain_io.parse_explanation(tf.constant(record), "input")["maps"].shape == (6, 8, 1)
 
 
-def readme_parse(encoding):
-    """The README's plain-TensorFlow reader (pipeline/README_SECTION.md, "Output schema v1"),
-    verbatim below the first line: it must keep working for every encoding, inside tf.data,
-    without explain_lib."""
-    ENCODING = encoding
-    spec = {
-        "id": tf.io.FixedLenFeature([], tf.string),
-        "maps": tf.io.FixedLenFeature([], tf.string),
-        "map_shape": tf.io.FixedLenFeature([3], tf.int64),
-        "map_min": tf.io.VarLenFeature(tf.float32),
-        "map_max": tf.io.VarLenFeature(tf.float32),
-    }
+README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
 
-    def parse(record):
-        row = tf.io.parse_single_example(record, spec)
-        shape = tf.cast(row["map_shape"], tf.int32)
-        h, w, k = shape[0], shape[1], shape[2]
-        low, high = tf.sparse.to_dense(row["map_min"]), tf.sparse.to_dense(row["map_max"])
-        if ENCODING in ("png8", "png16"):
-            dtype, top = (tf.uint8, 255.0) if ENCODING == "png8" else (tf.uint16, 65535.0)
-            levels = tf.io.decode_png(row["maps"], dtype=dtype)               # (K*H, W, 1)
-            levels = tf.transpose(tf.reshape(levels, [k, h, w]), [1, 2, 0])   # (H, W, K)
-            maps = low + tf.cast(levels, tf.float32) * ((high - low) / top)
-        elif ENCODING == "float16":
-            values = tf.io.decode_raw(tf.io.decode_compressed(row["maps"], "ZLIB"), tf.float16)
-            maps = tf.cast(tf.reshape(values, [h, w, k]), tf.float32)
-        else:  # raw32
-            maps = tf.reshape(tf.io.decode_raw(row["maps"], tf.float32), [h, w, k])
-        return row["id"], maps
-    return parse
+
+def readme_dataset(encoding, directory):
+    """The README's plain-TensorFlow reader ("Output schema v1"), taken from the README and
+    run as written, with the encoding and the file pattern filled in."""
+    text = open(README, encoding="utf-8").read()
+    block = text.split("Without explain_lib", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'ENCODING = "png8"' in block and '"out/expl-*.tfrecord.gz"' in block
+    block = block.replace('ENCODING = "png8"', f"ENCODING = {encoding!r}").replace(
+        '"out/expl-*.tfrecord.gz"', repr(str(directory / "expl-*.tfrecord.gz")))
+    namespace = {}
+    exec(block, namespace)  # noqa: S102: the README's own code
+    return namespace["dataset"]
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
@@ -281,9 +267,7 @@ def test_the_readme_reads_every_encoding_with_tensorflow_alone(encoding, tmp_pat
     records = [explain_io.encode_explanation(f"r{i}", [0, 1, 2], [0.0, 1.0, 2.0], maps, encoding)
                for i, maps in enumerate(rows)]
     _write(tmp_path / "expl-00000-of-00001.tfrecord.gz", records, "GZIP")
-    files = tf.io.gfile.glob(str(tmp_path / "expl-*.tfrecord.gz"))
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").map(readme_parse(encoding))
-    read = list(dataset.as_numpy_iterator())
+    read = list(readme_dataset(encoding, tmp_path).as_numpy_iterator())
     assert [record_id for record_id, _ in read] == [b"r0", b"r1", b"r2"]
     for (_, maps), record in zip(read, records):
         np.testing.assert_allclose(maps, explain_io.decode_explanation(record)["maps"],
