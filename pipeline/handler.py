@@ -71,7 +71,6 @@ class ExplainModelHandler(ModelHandler[ImageRecord, PredictionResult, Explainer]
 
     def load_model(self) -> Explainer:
         """Load the model under the worker's strategy and prepare the method."""
-        _quiet_memory_warning()
         return Explainer.load(
             self._model_path,
             self._method,
@@ -137,6 +136,11 @@ def _quiet_memory_warning() -> None:
     root = logging.getLogger()
     if not any(isinstance(f, _MemoryWarningFilter) for f in root.filters):
         root.addFilter(_MemoryWarningFilter())
+
+
+# At import, which is when a worker unpickles the handler: RunInference measures memory
+# (and warns) before it first calls load_model.
+_quiet_memory_warning()
 
 
 def _checked(explanation: Explanation, record: ImageRecord):
