@@ -1,6 +1,8 @@
 """What each explaining method costs against the computation it has to do.
 
-Four sections (`--sections`, all by default); every comparison is a ratio within one run:
+Four sections (`--sections`: `time`, `scorecam` and `memory` by default, which take 12 to 20
+minutes on a shared 2-core CPU; `field` on request); every comparison is a ratio within one
+run:
 
 - `time`: for each model (keras.applications, weights=None, batch B, SxSx3), each registered
   method through `explain` (with its conventional post-processing, `DEFAULTS`) against a bare
@@ -20,10 +22,10 @@ Four sections (`--sections`, all by default); every comparison is a ratio within
   32 (Integrated Gradients with 16 steps, SmoothGrad with 8 samples), as throughput / predict
   and against n bare forward+backward passes of the batch (the computation's floor).
 - `scorecam`: Score-CAM (16 channels per forward pass, its default) against a compiled loop
-  doing one forward pass per channel, at batch `--scorecam-batch` (2): passes one after the
-  other, and overlapped by `tf.while_loop` (10 at a time); the floor is the time of the C·B
-  masked images at the forward throughput of a batch of 32. Then Faster Score-CAM
-  (`max_channels`) keeping C, C/2, C/4 and C/8 channels.
+  doing one forward pass per channel, at batch `--scorecam-batch` (2), passes one after the
+  other (with `--overlap`, also a loop overlapping 10 passes, `tf.while_loop`'s default); the
+  floor is the time of the C·B masked images at the forward throughput of a batch of 32.
+  Then Faster Score-CAM (`max_channels`) keeping C, C/2, C/4 and C/8 channels.
 - `memory`: working memory (peak above what was allocated before the call) of SmoothGrad
   with 50 repetitions against 5, of Integrated Gradients with 50 steps against 5 and of RISE
   with 50 masks against 5, at the same chunk size (`--memory-chunk`, 5) and batch
@@ -40,8 +42,8 @@ other round, so that the load of other processes falls on all of them alike.
 
 Run: .venv/bin/python -m benchmarks.methods [--models ResNet50V2 MobileNetV2] [--batch 32]
      [--size 224] [--repeats 2] [--passes 4] [--methods NAME ...] [--overlap]
-     [--sections time field scorecam memory] [--scorecam-models MobileNetV2]
-     [--memory-models ResNet50V2 MobileNetV2]
+     [--sections time scorecam memory field] [--field-models ResNet50V2]
+     [--scorecam-models MobileNetV2] [--memory-models ResNet50V2 MobileNetV2]
 """
 
 import os
@@ -548,17 +550,20 @@ def scorecam_section(args):
                                     {"method": cams.scorecam, "max_channels": max_channels})
 
         fns = {"sequential": _numpy(per_channel_loop(exposed, args.size, 1)),
-               "overlapped": _numpy(per_channel_loop(exposed, args.size, OVERLAPPED)),
                "forward 32": lambda x, y: forward(x32, y32)}
+        if args.overlap:
+            fns["overlapped"] = _numpy(per_channel_loop(exposed, args.size, OVERLAPPED))
         fns.update({count: scorecam(count) for count in kept})
         seconds = {key: value[0] for key, value in interleaved(fns, x, y,
                                                                args.scorecam_repeats).items()}
         floor = seconds["forward 32"] * channels * batch / 32
         full = seconds[channels]
+        overlapped = seconds.get("overlapped")
         for count in kept:
             head = (f"| {name} | {channels} | {seconds['sequential']:.2f} | "
-                    f"{seconds['overlapped']:.2f} | {floor:.2f} | {full:.2f} | "
-                    f"{seconds['sequential'] / full:.2f}, {seconds['overlapped'] / full:.2f} |"
+                    f"{'-' if overlapped is None else f'{overlapped:.2f}'} | {floor:.2f} | "
+                    f"{full:.2f} | {seconds['sequential'] / full:.2f}"
+                    f"{'' if overlapped is None else f', {overlapped / full:.2f}'} |"
                     if count == channels else "| | | | | | | |")
             print(f"{head} {count} | {seconds[count]:.2f} | {seconds[count] / full:.3f} | "
                   f"{count / channels:.3f} |", flush=True)
@@ -628,8 +633,9 @@ def main(argv=None):
                         help="steps, copies, windows, masks or channels of multi-pass methods")
     parser.add_argument("--methods", nargs="+", help="time only these methods (default: all)")
     parser.add_argument("--overlap", action="store_true",
-                        help="let the bare references' loops overlap their passes")
-    parser.add_argument("--sections", nargs="+", default=["time", "field", "scorecam", "memory"],
+                        help="let the bare references' loops overlap their passes; Score-CAM: "
+                             "also time a loop overlapping 10 channels")
+    parser.add_argument("--sections", nargs="+", default=["time", "scorecam", "memory"],
                         choices=["time", "field", "scorecam", "memory"])
     parser.add_argument("--field-models", nargs="+", default=["ResNet50V2"])
     parser.add_argument("--field-repeats", type=int, default=2)
