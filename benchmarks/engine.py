@@ -7,15 +7,24 @@ For each model (keras.applications, weights=None, batch 32, 224x224x3), the medi
   gradients on this machine;
 - `explain(gradients)` with `force=False` (compiled once, reused).
 
+Then (`predicted`) explaining each image's top-1 predicted unit, for gradients and Grad-CAM
+(each with its conventional post-processing): `explain_predicted`, which chooses the unit
+from the method's own forward pass, against `explain` with the units given (the same work
+when the units are known) and against predicting first (`model.predict_on_batch`, then
+`explain` with the predicted units: one more forward pass).
+
 Run: .venv/bin/python -m benchmarks.engine [--models ResNet50V2 MobileNetV2] [--repeats 3]
+     [--sections overhead predicted]
 """
 
 import argparse
 
+import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import application, images, machine, median_seconds
-from explain_lib import explain
+from explain_lib import explain, explain_predicted, inspection
+from explain_lib.methods import DEFAULTS, cams
 from explain_lib.methods.gradient import gradients
 
 
@@ -30,20 +39,10 @@ def bare_reference(model):
     return step
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["ResNet50V2", "MobileNetV2"])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-
-    print(f"Machine: {machine()}")
-    print(f"batch {args.batch}, {args.size}x{args.size}x3, median of {args.repeats} after warm-up\n")
+def overhead_section(args, x):
     print("| model | predict s | bare fwd+bwd s | explain(gradients) s | explain / bare | "
           "explain throughput / predict |")
     print("|---|---|---|---|---|---|")
-    x = images(args.batch, args.size)
     units = tf.constant([[i % 1000] for i in range(args.batch)])
     for name in args.models:
         model = application(name, args.size)
@@ -59,6 +58,56 @@ def main(argv=None):
         )
         print(f"| {name} | {predict:.2f} | {bare:.2f} | {engine:.2f} | {engine / bare:.3f} | "
               f"{predict / engine:.3f} |", flush=True)
+
+
+def predicted_section(args, x):
+    print("\n| model | method | explain, units given s | explain_predicted s | "
+          "predict, then explain s | explain_predicted / given | predict-then-explain / "
+          "explain_predicted |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.models:
+        model = application(name, args.size)
+        exposed = inspection.expose(model)
+        top1 = np.argmax(model.predict_on_batch(x), axis=1)[:, None].astype("int32")
+        for method, explained in ((gradients, model), (cams.gradcam, exposed)):
+            params = dict(batch_size=args.batch, verbose=0, force=False,
+                          **DEFAULTS[method.__name__])
+
+            def predicted():
+                return explain_predicted(method, explained, x, top_k=1, **params)
+
+            def given():
+                return explain(method, explained, x, top1, **params)
+
+            def predict_then_explain():
+                units = np.argmax(model.predict_on_batch(x), axis=1)[:, None].astype("int32")
+                return explain(method, explained, x, units, **params)
+
+            np.testing.assert_array_equal(predicted()[0], top1)
+            seconds = {fn.__name__: median_seconds(fn, args.repeats)
+                       for fn in (given, predicted, predict_then_explain)}
+            print(f"| {name} | {method.__name__} | {seconds['given']:.2f} | "
+                  f"{seconds['predicted']:.2f} | {seconds['predict_then_explain']:.2f} | "
+                  f"{seconds['predicted'] / seconds['given']:.3f} | "
+                  f"{seconds['predict_then_explain'] / seconds['predicted']:.3f} |", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["ResNet50V2", "MobileNetV2"])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", nargs="+", default=["overhead", "predicted"],
+                        choices=["overhead", "predicted"])
+    args = parser.parse_args(argv)
+
+    print(f"Machine: {machine()}")
+    print(f"batch {args.batch}, {args.size}x{args.size}x3, median of {args.repeats} after warm-up\n")
+    x = images(args.batch, args.size)
+    sections = {"overhead": overhead_section, "predicted": predicted_section}
+    for section in args.sections:
+        sections[section](args, x)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from explain_lib import filters, inspection, methods, utils
 from explain_lib.engine import explaining
-from explain_lib.engine.explaining import explain, explain_step, partial_explain
+from explain_lib.engine.explaining import explain, explain_predicted, explain_step, partial_explain
 
 try:
     __version__ = version("explain-lib")
@@ -40,6 +40,7 @@ from explain_lib.methods import (  # noqa: E402
 
 __all__ = [
     "explain",
+    "explain_predicted",
     "explain_step",
     "partial_explain",
     "explaining",

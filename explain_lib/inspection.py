@@ -284,6 +284,49 @@ def gather_units(
     return tf.gather(tensor, indices, axis=axis, batch_dims=batch_dims)
 
 
+class TopUnits:
+    """Explain each input's `k` highest-scoring units, chosen from the scores of the
+    method's own forward pass at the input: no separate prediction pass.
+
+    Pass it to a method as `indices`; the method calls `select_units` on the logits of its
+    forward pass at the (unperturbed) input, which chooses the units, records them in
+    `units` and returns them. `engine.explaining.explain_predicted` does all of this.
+
+    Usage:
+
+        selector = TopUnits(2)
+        logits, maps = gradcam(exposed, images, selector)
+        selector.units  # (B, 2) int32, best first; on ties the lower unit first
+    """
+
+    def __init__(self, k: int):
+        if int(k) < 1:
+            raise ValueError(f"TopUnits needs k >= 1 units per input, got {k}.")
+        self.k = int(k)
+        self.units: Optional[tf.Tensor] = None
+
+    def select(self, logits: tf.Tensor) -> tf.Tensor:
+        if logits.shape[-1] is not None and logits.shape[-1] < self.k:
+            raise ValueError(
+                f"Cannot explain the top {self.k} units of a model with {logits.shape[-1]} "
+                f"output units: ask for at most {logits.shape[-1]}."
+            )
+        self.units = tf.math.top_k(logits, k=self.k).indices
+        return self.units
+
+
+def select_units(logits: tf.Tensor, indices):
+    """The units to explain, given the logits (B, U) of the method's forward pass at the
+    input: `indices` itself, or the units a `TopUnits` selector chooses from `logits`.
+
+    Every method calls it once, right after that forward pass, and uses what it returns
+    from then on.
+    """
+    if isinstance(indices, TopUnits):
+        return indices.select(logits)
+    return indices
+
+
 def layers_with_biases(
     model: keras.Model, exclude: Sequence[keras.layers.Layer] = (), return_biases: bool = True
 ):
@@ -338,6 +381,8 @@ __all__ = [
     "get_global_pooling_layer",
     "get_nested_layer",
     "gather_units",
+    "TopUnits",
+    "select_units",
     "layers_with_biases",
     "biases",
 ]

@@ -10,8 +10,10 @@ Separation of concerns:
   line's names and JSON into functions.
 - `inspect_model` is what the launcher learns before the job starts (input size, number of
   units), so that bad options fail at once rather than on every worker.
-- `Explainer` holds one loaded model and method; `Explainer.explain` explains a batch,
-  predicting the top-K units where none were given. `pipeline.handler` wraps it for Beam's
+- `Explainer` holds one loaded model and method; `Explainer.explain` explains a batch:
+  given units with `explain_lib.explain`, and the top-K predicted units where none were
+  given with `explain_lib.explain_predicted`, which chooses them from the method's own
+  forward pass (no separate prediction pass). `pipeline.handler` wraps it for Beam's
   RunInference; the benchmark and tests can use it directly.
 
 Usage:
@@ -285,46 +287,32 @@ class Explainer:
             model = load_keras_model(model_path)
             return cls(model, method, method_params, activation_layer, preprocess, top_k)
 
-    def predict_units(self, x: np.ndarray) -> np.ndarray:
-        """The top-K predicted units (N, K) of preprocessed inputs, best first."""
-        scores = keras.tree.flatten(self.model.predict_on_batch(x))[0]
-        scores = np.asarray(scores).reshape(len(x), -1)
-        k = min(self.top_k, scores.shape[1])
-        # A stable sort keeps the lower unit first on ties, so runs agree.
-        return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype(np.int64)
-
     def explain(
         self, images: np.ndarray, units: Sequence[Optional[np.ndarray]]
     ) -> List[Explanation]:
         """Explain a batch: `images` (N, H, W, C) float32 in [0, 255], `units[i]` the units
-        to explain for image i, or None for its top-K predictions. Returns one
-        `Explanation` per image, in order."""
+        to explain for image i, or None for its top-K predictions (on ties, the lower unit
+        first). Returns one `Explanation` per image, in order."""
         x = self.preprocess(np.asarray(images, np.float32))
-        units = list(units)
-        missing = [i for i, u in enumerate(units) if u is None]
-        if missing:
-            predicted = self.predict_units(x[missing])
-            for i, row in zip(missing, predicted):
-                units[i] = row
-        # explain takes one (N, K) unit array per call: group the images by K.
-        groups: Dict[int, List[int]] = {}
+        # One call per group: the images without units, then those with K units for each K.
+        groups: Dict[Optional[int], List[int]] = {}
         for i, u in enumerate(units):
-            groups.setdefault(len(u), []).append(i)
-        results: List[Optional[Explanation]] = [None] * len(units)
-        for indices in groups.values():
-            y = np.stack([units[i] for i in indices]).astype(np.int32)
-            logits, maps = explain_lib.explain(
-                self.method.function,
-                self.explained_model,
-                x[indices],
-                y,
-                batch_size=len(indices),
-                verbose=0,
-                force=False,
-                **self.params,
-            )
+            groups.setdefault(None if u is None else len(u), []).append(i)
+        results: List[Optional[Explanation]] = [None] * len(x)
+        common = dict(batch_size=len(x), verbose=0, force=False, **self.params)
+        for k, indices in groups.items():
+            if k is None:
+                chosen, logits, maps = explain_lib.explain_predicted(
+                    self.method.function, self.explained_model, x[indices],
+                    top_k=min(self.top_k, self.num_units), **common,
+                )
+            else:
+                chosen = np.stack([units[i] for i in indices]).astype(np.int32)
+                logits, maps = explain_lib.explain(
+                    self.method.function, self.explained_model, x[indices], chosen, **common
+                )
             for row, i in enumerate(indices):
                 results[i] = Explanation(
-                    np.asarray(units[i], np.int64), logits[row].astype(np.float32), maps[row]
+                    chosen[row].astype(np.int64), logits[row].astype(np.float32), maps[row]
                 )
         return results

@@ -15,7 +15,9 @@ Separation of concerns:
   is written onto the user's model.
 - `explain` drives the loop: which units to explain (all of them when `y` is None, in chunks
   of `unit_chunk_size` so working memory stays bounded), callbacks and the progress bar,
-  and gathering the outputs into numpy arrays.
+  and gathering the outputs into numpy arrays. `explain_predicted` runs the same loop with
+  steps that choose each input's top-K units from the method's own forward pass
+  (`inspection.TopUnits`) and return them with the maps.
 """
 
 import weakref
@@ -25,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from explain_lib import utils
+from explain_lib import inspection, utils
 from explain_lib.engine import data as data_adapter
 from explain_lib.utils import SPATIAL_AXIS
 
@@ -54,7 +56,8 @@ def explain_step(
     Args:
         model: the model given to the method.
         method: an explaining function `(model, inputs, indices, ...) -> (logits, maps)`.
-        data: `(inputs, indices)`, inputs (B, ..., H, W, C) and indices (B, K).
+        data: `(inputs, indices)`, inputs (B, ..., H, W, C) and indices (B, K), or an
+            `inspection.TopUnits` selector, which holds the units chosen once this returns.
         spatial_axis: the spatial axes of `inputs` (and of the maps).
         postprocessing: a filter `f(maps, axis=spatial_axis)` applied to the raw maps.
         resizing: True resizes the maps to the inputs' spatial size, a size resizes to that
@@ -81,7 +84,17 @@ def explain_step(
 
 def _check_method_outputs(method, inputs, indices, logits, maps) -> None:
     name = getattr(method, "__name__", repr(method))
-    units = None if indices is None else indices.shape[-1]
+    if isinstance(indices, inspection.TopUnits):
+        if indices.units is None:
+            raise ValueError(
+                f"Method {name} did not choose the units to explain: a method given a "
+                "TopUnits selector must call inspection.select_units on the logits of its "
+                "forward pass at the input. Give the units explicitly instead (explain(..., "
+                "y=units))."
+            )
+        units = indices.k
+    else:
+        units = None if indices is None else indices.shape[-1]
     if maps.shape.rank != inputs.shape.rank or (units is not None and maps.shape[-1] != units):
         raise ValueError(
             f"Method {name} returned maps of shape {tuple(maps.shape)} for inputs of shape "
@@ -120,31 +133,41 @@ def _compiled_step(
     step_params: Dict[str, Any],
     input_spec: tf.TensorSpec,
     units: int,
+    selecting: bool = False,
 ) -> Callable:
     """The step for this model, method, parameters, input signature and unit count: built
-    and traced on first use, then reused (see the module docstring)."""
+    and traced on first use, then reused (see the module docstring). A selecting step takes
+    only the inputs, explains each one's top `units` units and returns (units, logits,
+    maps)."""
     key = (method, _freeze(method_params), _freeze(step_params),
-           tuple(input_spec.shape[1:]), input_spec.dtype, units)
+           tuple(input_spec.shape[1:]), input_spec.dtype, units, selecting)
     steps = _compiled_steps.setdefault(model, {})
     if key not in steps:
         # The params are kept with the step so that identity-keyed values stay alive.
-        steps[key] = (_make_step(model, method, method_params, step_params, input_spec, units),
-                      method_params)
+        steps[key] = (_make_step(model, method, method_params, step_params, input_spec, units,
+                                 selecting), method_params)
     return steps[key][0]
 
 
-def _make_step(model, method, method_params, step_params, input_spec, units) -> Callable:
+def _make_step(model, method, method_params, step_params, input_spec, units,
+               selecting) -> Callable:
     strategy = model.distribute_strategy
     # The step refers to the model weakly, so that the cache entry does not keep it alive.
     model_ref = weakref.ref(model)
 
-    def replica_step(inputs, indices):
-        return explain_step(model_ref(), method, (inputs, indices), **step_params, **method_params)
+    def replica_step(inputs, *indices):
+        if not selecting:
+            return explain_step(model_ref(), method, (inputs, *indices), **step_params,
+                                **method_params)
+        selector = inspection.TopUnits(units)  # one per replica: each chooses its shard's
+        logits, maps = explain_step(model_ref(), method, (inputs, selector), **step_params,
+                                    **method_params)
+        return selector.units, logits, maps
 
     if _uses_xla(model):
         replica_step = tf.function(replica_step, jit_compile=True)
 
-    def step(inputs, indices):
+    def step(inputs, *indices):
         # Contiguous shards in replica order keep the input order; a batch that does not
         # divide by the replica count is padded with copies of its last sample (an empty
         # shard is not a valid input for every kernel), and the copies are dropped.
@@ -160,7 +183,7 @@ def _make_step(model, method, method_params, step_params, input_spec, units) -> 
                                    (ctx.replica_id_in_sync_group + 1) * per_replica]
             )
 
-        outputs = strategy.run(replica_step, args=(shard(inputs), shard(indices)))
+        outputs = strategy.run(replica_step, args=tuple(map(shard, (inputs, *indices))))
         return tuple(
             tf.concat(strategy.experimental_local_results(output), axis=0)[:batch]
             for output in outputs
@@ -168,13 +191,10 @@ def _make_step(model, method, method_params, step_params, input_spec, units) -> 
 
     if getattr(model, "run_eagerly", False):
         return step
-    return tf.function(
-        step,
-        input_signature=[
-            tf.TensorSpec((None, *input_spec.shape[1:]), input_spec.dtype),
-            tf.TensorSpec((None, units), tf.int32),
-        ],
-    )
+    signature = [tf.TensorSpec((None, *input_spec.shape[1:]), input_spec.dtype)]
+    if not selecting:
+        signature.append(tf.TensorSpec((None, units), tf.int32))
+    return tf.function(step, input_signature=signature)
 
 
 def _check_inputs(inputs: tf.Tensor, spatial_axis: Sequence[int]) -> None:
@@ -281,7 +301,8 @@ def explain(
         verbose: "auto" (a progress bar when there is more than one batch), 0 or 1.
         steps: the number of batches to read (required for infinite datasets).
         callbacks: Keras callbacks; they receive `on_predict_begin`, `on_predict_batch_begin`,
-            `on_predict_batch_end` (with `logs={"outputs": (logits, maps)}`) and
+            `on_predict_batch_end` (with `logs={"outputs": (logits, maps)}`, and `"units"`
+            from `explain_predicted`) and
             `on_predict_end`.
         max_queue_size: batches read ahead from a generator or PyDataset.
         workers: threads (or processes) reading a PyDataset.
@@ -301,6 +322,73 @@ def explain(
             `x`/`y`, unit indices out of range, inputs that do not fit `spatial_axis`, or a
             method returning maps of an unexpected shape.
     """
+    _, logits, maps = _explain_batches(
+        method, model, x, y, None, batch_size, verbose, steps, callbacks, max_queue_size,
+        workers, use_multiprocessing, force, method_params,
+    )
+    return logits, maps
+
+
+def explain_predicted(
+    method: Callable,
+    model: keras.Model,
+    x,
+    top_k: int = 1,
+    batch_size: Optional[int] = None,
+    verbose: Union[str, int] = "auto",
+    steps: Optional[int] = None,
+    callbacks: Optional[List[keras.callbacks.Callback]] = None,
+    max_queue_size: int = 10,
+    workers: int = 1,
+    use_multiprocessing: bool = False,
+    force: bool = True,
+    **method_params,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Explain each input's `top_k` highest-scoring units, as the model predicts them.
+
+    The units are chosen from the method's own forward pass at the input (see
+    `inspection.TopUnits`), so this costs what `explain` costs with known units: predicting
+    first and then explaining would add a forward pass of every batch (for Grad-CAM, more
+    than doubling the time). Meta methods choose with one forward pass at the input.
+
+    Usage:
+
+        exposed = inspection.expose(model)
+        units, logits, maps = explain_predicted(methods.cams.gradcam, exposed, images,
+                                                top_k=2, postprocessing=filters.positive_normalize)
+        units[:, 0]  # each image's predicted class; maps[..., 0] explains it
+
+    Args:
+        method: an explaining function that chooses its units with
+            `inspection.select_units` (every method of `explain_lib.methods` does).
+        top_k: units per input, best first (on ties, the lower unit first).
+        x: inputs, as for `explain`, without labels (a dataset of `(x, y)` is refused).
+        Every other argument: as for `explain` (`unit_chunk_size` does not apply: the
+        `top_k` units are explained in one step).
+
+    Returns:
+        `units` (N, top_k) int32, `logits` (N, top_k), their scores, and `maps`
+        (N, H, W, top_k).
+
+    Raises:
+        ValueError: as `explain`; also for `top_k` < 1 or above the model's number of
+            units, inputs that carry labels, or a method that does not choose units.
+    """
+    if int(top_k) < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}.")
+    return _explain_batches(
+        method, model, x, None, int(top_k), batch_size, verbose, steps, callbacks,
+        max_queue_size, workers, use_multiprocessing, force, method_params,
+    )
+
+
+def _explain_batches(
+    method, model, x, y, top_k, batch_size, verbose, steps, callbacks, max_queue_size,
+    workers, use_multiprocessing, force, method_params,
+) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
+    """`explain`'s loop; with `top_k`, each batch's units are chosen by its step and
+    returned first, else they come from `y` (None: every unit, in chunks)."""
+    method_params = dict(method_params)
     step_params = {k: method_params.pop(k) for k in STEP_PARAMS if k in method_params}
     unit_chunk_size = int(method_params.pop("unit_chunk_size", DEFAULT_UNIT_CHUNK_SIZE))
     spatial_axis = tuple(step_params.get("spatial_axis", SPATIAL_AXIS))
@@ -318,7 +406,7 @@ def explain(
             steps=num_batches, model=model,
         )
 
-    all_logits, all_maps = [], []
+    all_units, all_logits, all_maps = [], [], []
     units = None
     callbacks.on_predict_begin()
     for step, (x_batch, y_batch) in enumerate(batches):
@@ -329,29 +417,58 @@ def explain(
         _check_inputs(inputs, spatial_axis)
         if units is None:
             units = _units_of(model, inputs)
-        indices = _indices(y_batch, int(inputs.shape[0]), units)
-
-        logits, maps = [], []
-        for chunk, real in _chunks(indices, unit_chunk_size):
-            fn = _compiled_step(
-                model, method, method_params, step_params, tf.TensorSpec.from_tensor(inputs),
-                chunk.shape[1],
+        spec = tf.TensorSpec.from_tensor(inputs)
+        if top_k is not None:
+            chosen, logits, maps = _selected(
+                model, method, method_params, step_params, spec, units, top_k, inputs, y_batch
             )
-            chunk_logits, chunk_maps = fn(inputs, tf.constant(chunk))
-            logits.append(chunk_logits.numpy()[:, :real])
-            maps.append(chunk_maps.numpy()[..., :real])
-        logits = np.concatenate(logits, axis=-1) if len(logits) > 1 else logits[0]
-        maps = np.concatenate(maps, axis=-1) if len(maps) > 1 else maps[0]
+            all_units.append(chosen)
+        else:
+            logits, maps = _given(model, method, method_params, step_params, spec,
+                                  _indices(y_batch, int(inputs.shape[0]), units),
+                                  unit_chunk_size, inputs)
         all_logits.append(logits)
         all_maps.append(maps)
-        callbacks.on_predict_batch_end(step, {"outputs": (logits, maps)})
+        logs = {"outputs": (logits, maps)}
+        if top_k is not None:
+            logs["units"] = all_units[-1]
+        callbacks.on_predict_batch_end(step, logs)
 
     if not all_logits:
         raise ValueError("x is empty: the input yielded no batch, so there is nothing to explain.")
     callbacks.on_predict_end()
-    if len(all_logits) == 1:
-        return all_logits[0], all_maps[0]
-    return np.concatenate(all_logits), np.concatenate(all_maps)
+    return tuple(
+        None if not parts else parts[0] if len(parts) == 1 else np.concatenate(parts)
+        for parts in (all_units, all_logits, all_maps)
+    )
+
+
+def _given(model, method, method_params, step_params, spec, indices, unit_chunk_size, inputs):
+    """Explain a batch's given units (B, K), `unit_chunk_size` units per step."""
+    logits, maps = [], []
+    for chunk, real in _chunks(indices, unit_chunk_size):
+        fn = _compiled_step(model, method, method_params, step_params, spec, chunk.shape[1])
+        chunk_logits, chunk_maps = fn(inputs, tf.constant(chunk))
+        logits.append(chunk_logits.numpy()[:, :real])
+        maps.append(chunk_maps.numpy()[..., :real])
+    if len(logits) == 1:
+        return logits[0], maps[0]
+    return np.concatenate(logits, axis=-1), np.concatenate(maps, axis=-1)
+
+
+def _selected(model, method, method_params, step_params, spec, units, top_k, inputs, y):
+    """Explain a batch's top `top_k` units, chosen by the step: (units, logits, maps)."""
+    if y is not None:
+        raise ValueError(
+            "explain_predicted chooses the units itself, but the input carries labels (a "
+            "dataset or generator of (x, y)): yield x alone, or give the units to explain."
+        )
+    if top_k > units:
+        raise ValueError(
+            f"top_k={top_k} exceeds the model's {units} output units: ask for at most {units}."
+        )
+    fn = _compiled_step(model, method, method_params, step_params, spec, top_k, selecting=True)
+    return tuple(output.numpy() for output in fn(inputs))
 
 
 def partial_explain(method: Callable, **default_params) -> Callable:

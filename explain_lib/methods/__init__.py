@@ -7,6 +7,12 @@
 - `meta`: smooth (SmoothGrad), vargrad, squaregrad, tta: a method in, a method out.
 - `chunking`: the bounded-memory loop the multi-pass methods share.
 
+`indices` is a (B, K) tensor of units, None for every unit, or an `inspection.TopUnits`
+selector: each method then chooses the units from its own forward pass at the input
+(`inspection.select_units`), so explaining the predicted units costs no extra pass (meta
+methods add one forward pass at the input). A method written outside this package supports
+selection by calling `select_units` the same way.
+
 The registry names every method (`get_method("gradcam")`), and `SHORTCUTS` holds, by the
 same names, `explain` with the method and its conventional post-processing (`DEFAULTS`):
 the positive part normalised for CAMs and occlusion, the normalised magnitude for gradient

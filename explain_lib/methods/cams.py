@@ -79,7 +79,8 @@ def cam(
     Args:
         model: an exposed model returning [logits, activations (B, h, w, C)].
         inputs: (B, H, W, C') input signals.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: the spatial axes of the activations.
         logits_layer: the Dense (or 1×1 convolution) layer producing the logits, or its name;
             default: the last layer with a kernel.
@@ -88,6 +89,7 @@ def cam(
         logits (B, K) and maps (B, h, w, K).
     """
     logits, activations = exposed_outputs(model, inputs)
+    indices = inspection.select_units(logits, indices)
     logits = inspection.gather_units(logits, indices)
     if not isinstance(logits_layer, keras.layers.Layer):
         logits_layer = inspection.get_logits_layer(model, logits_layer)
@@ -117,7 +119,7 @@ def _gradient_weighted(
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         tape.watch(inputs)
         logits, activations = exposed_outputs(model, inputs)
-        logits = inspection.gather_units(logits, indices)
+        logits = inspection.gather_units(logits, inspection.select_units(logits, indices))
     maps = unit_maps(tape, logits, activations, lambda grad: to_map(activations, grad))
     del tape
     return logits, maps
@@ -149,7 +151,8 @@ def gradcam(
     Args:
         model: an exposed model returning [logits, activations (B, h, w, C)].
         inputs: (B, H, W, C') input signals.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: the spatial axes of the activations.
 
     Returns:
@@ -192,7 +195,8 @@ def gradcampp(
     Args:
         model: an exposed model returning [logits, activations (B, h, w, C)].
         inputs: (B, H, W, C') input signals.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: the spatial axes of the activations.
 
     Returns:
@@ -233,7 +237,8 @@ def layercam(
     Args:
         model: an exposed model returning [logits, activations (B, h, w, C)].
         inputs: (B, H, W, C') input signals.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: the spatial axes of the activations.
 
     Returns:
@@ -280,7 +285,8 @@ def scorecam(
     Args:
         model: an exposed model returning [logits, activations (B, h, w, C)].
         inputs: (B, H, W, C') input signals.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: the spatial axes of the inputs and activations.
         chunk_size: channels (masked copies of each input) per forward pass.
         max_channels: keep only this many channels, those of highest spatial variance.
@@ -290,6 +296,7 @@ def scorecam(
     """
     inputs = tf.convert_to_tensor(inputs)
     logits, activations = exposed_outputs(model, inputs)
+    indices = inspection.select_units(logits, indices)
     logits = inspection.gather_units(logits, indices)
     if max_channels is not None and max_channels < activations.shape[-1]:
         variance = tf.math.reduce_variance(activations, axis=spatial_axis)  # (B, C)

@@ -53,7 +53,8 @@ def gradients(
     Args:
         model: the model; its (first) output is the logits (B, U).
         inputs: (B, H, W, C) input signals.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         indices_axis, indices_batch_dims: how `indices` gather from the logits.
         spatial_axis: the spatial axes of `inputs`.
         gradient_filter: applied to the gradient before the channel mean.
@@ -63,9 +64,9 @@ def gradients(
     """
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         tape.watch(inputs)
-        logits = inspection.gather_units(
-            logits_of(model, inputs), indices, indices_axis, indices_batch_dims
-        )
+        logits = logits_of(model, inputs)
+        indices = inspection.select_units(logits, indices)
+        logits = inspection.gather_units(logits, indices, indices_axis, indices_batch_dims)
     maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_mean(gradient_filter(grad), -1))
     del tape
     return logits, maps
@@ -123,7 +124,8 @@ def input_x_gradient(
     Args:
         model: the model; its (first) output is the logits (B, U).
         inputs: (B, H, W, C) input signals.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: the spatial axes of `inputs` (the maps keep them).
 
     Returns:
@@ -132,7 +134,9 @@ def input_x_gradient(
     inputs = tf.convert_to_tensor(inputs)
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         tape.watch(inputs)
-        logits = inspection.gather_units(logits_of(model, inputs), indices)
+        logits = logits_of(model, inputs)
+        indices = inspection.select_units(logits, indices)
+        logits = inspection.gather_units(logits, indices)
     maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_sum(grad * inputs, axis=-1))
     del tape
     return logits, maps
@@ -173,7 +177,8 @@ def integrated_gradients(
     Args:
         model: the model; its (first) output is the logits (B, U).
         inputs: (B, H, W, C) input signals.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: the spatial axes of `inputs`.
         baseline: x': a number (a constant input, 0 by default), "blur" (each input blurred
             by a Gaussian of `blur_sigma` pixels) or a tensor broadcastable to `inputs`
@@ -188,7 +193,9 @@ def integrated_gradients(
     inputs = tf.convert_to_tensor(inputs)
     reference = _baseline_of(inputs, baseline, blur_sigma, spatial_axis)
     displacement = inputs - reference
-    logits = inspection.gather_units(logits_of(model, inputs), indices)
+    logits = logits_of(model, inputs)
+    indices = inspection.select_units(logits, indices)
+    logits = inspection.gather_units(logits, indices)
     units = logits.shape[-1]
     rank = inputs.shape.rank
 
@@ -307,7 +314,7 @@ def _full_gradient_pass(model, inputs, indices, reduce):
         tape.watch(inputs)
         logits, *signals = exposed(inputs, training=False)
         signals = signals + [logits] if len(signals) < len(layers) else signals
-        logits = inspection.gather_units(logits, indices)
+        logits = inspection.gather_units(logits, inspection.select_units(logits, indices))
 
     def terms(grads):
         grad_input, *grad_signals = grads
@@ -385,7 +392,8 @@ def full_gradients(
     Args:
         model: the model; its logits layer is the last layer with a kernel.
         inputs: (B, H, W, C) input signals.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: the spatial axes of `inputs`.
         psi: filter `psi(term, axis)` applied to each term over `(*spatial_axis, -1)`.
 

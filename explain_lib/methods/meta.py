@@ -12,7 +12,9 @@
   each map back to the frame of the un-augmented one and averages.
 
 The returned method has the signature of any method, `(model, inputs, indices, *,
-spatial_axis, **params)`: `params` go to the wrapped method.
+spatial_axis, **params)`: `params` go to the wrapped method. Given a `TopUnits` selector
+as `indices`, a meta method chooses the units with one forward pass at the input (not at a
+noisy or augmented copy) and explains those.
 
 Noise is reproducible and shared by the samples of a batch (copy r of every input gets the
 same draw, scaled to that input's range), so a sample's maps do not depend on the batch, or
@@ -23,8 +25,9 @@ from typing import Callable, Sequence, Tuple
 
 import tensorflow as tf
 
-from explain_lib import utils
+from explain_lib import inspection, utils
 from explain_lib.methods import chunking
+from explain_lib.methods.gradient import logits_of
 from explain_lib.utils import SPATIAL_AXIS
 
 
@@ -65,6 +68,14 @@ def _merge_moments(a, b):
     return count, logits_a + logits_b, mean, m2
 
 
+def _units_at_input(model, inputs, indices):
+    """`indices`, or the units a `TopUnits` selector chooses from the model's scores at the
+    input itself."""
+    if isinstance(indices, inspection.TopUnits):
+        return indices.select(logits_of(model, inputs))
+    return indices
+
+
 def _over_noisy_copies(method, repetitions, noise, chunk_size, seed, statistic, name):
     if repetitions < 1 or chunk_size < 1 or noise < 0:
         raise ValueError(
@@ -74,6 +85,7 @@ def _over_noisy_copies(method, repetitions, noise, chunk_size, seed, statistic, 
 
     def apply(model, inputs, indices=None, spatial_axis=SPATIAL_AXIS, **params):
         inputs = tf.convert_to_tensor(inputs)
+        indices = _units_at_input(model, inputs, indices)
 
         def copies_chunk(start, count):
             logits, maps = method(
@@ -258,6 +270,7 @@ def tta(
 
     def apply(model, inputs, indices=None, spatial_axis=SPATIAL_AXIS, **params):
         inputs = tf.convert_to_tensor(inputs)
+        indices = _units_at_input(model, inputs, indices)
         flip_axis = spatial_axis[-1]
         shape = tf.shape(inputs)
         size = tf.stack([shape[a] for a in spatial_axis])

@@ -88,7 +88,8 @@ def occlusion(
     Args:
         model: the model; its (first) output is the logits (B, U).
         inputs: (B, H, W, C) images of static size.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: must be the image axes (-3, -2).
         patch_size: window height and width (one int for both).
         stride: step between window positions (one int for both).
@@ -109,7 +110,9 @@ def occlusion(
     for r, c in origins:
         coverage[r:r + patch_h, c:c + patch_w] += 1
 
-    logits = inspection.gather_units(logits_of(model, inputs), indices)
+    logits = logits_of(model, inputs)
+    indices = inspection.select_units(logits, indices)
+    logits = inspection.gather_units(logits, indices)
     baseline = tf.cast(baseline, inputs.dtype)
     window_rows, window_cols = tf.constant(origins[:, 0]), tf.constant(origins[:, 1])
     ys = tf.range(height)[None, :, None]
@@ -168,7 +171,8 @@ def rise(
         model: the model; its (first) output is the logits (B, U) (RISE's paper explains
             probabilities: give a model ending in softmax to do the same).
         inputs: (B, H, W, C) images of static size.
-        indices: (B, K) units to explain; None explains all U units.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
         spatial_axis: must be the image axes (-3, -2).
         masks: N, the number of random masks.
         cell_size: side of a grid cell, in pixels.
@@ -200,7 +204,9 @@ def rise(
         )
         return tf.cast(tf.slice(smooth, tf.concat([shift, [0]], 0), [height, width, 1]), inputs.dtype)
 
-    logits = inspection.gather_units(logits_of(model, inputs), indices)
+    logits = logits_of(model, inputs)
+    indices = inspection.select_units(logits, indices)
+    logits = inspection.gather_units(logits, indices)
 
     def mask_chunk(start, count):
         chunk = tf.map_fn(

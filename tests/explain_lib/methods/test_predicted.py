@@ -1,0 +1,124 @@
+"""Every method explains the predicted units it chooses from its own forward pass
+(`explain_predicted`, `inspection.TopUnits`): the same units as predicting first, the same
+maps as explaining those units, on one device and on two replicas."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from explain_lib import inspection
+from explain_lib.engine.explaining import explain, explain_predicted
+from explain_lib.methods import METHODS, cams, gradient, meta
+from tests.conftest import tiny_cnn
+from tests.explain_lib.methods.models import CAM_METHODS, FAST_SETTINGS
+
+COMPOSED = {
+    "smooth_tta_gradcam": meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 3, 0.2, 2),
+    "tta_gradients": meta.tta(gradient.gradients, scales=(0.5,)),
+}
+
+
+@pytest.fixture(scope="module")
+def models(mirrored_strategy):
+    """(model, exposed model) on one device and the same on two replicas."""
+    single = tiny_cnn(input_shape=(None, None, 3), seed=8)
+    with mirrored_strategy.scope():
+        replicated = tiny_cnn(input_shape=(None, None, 3), seed=8)
+        replicated_exposed = inspection.expose(replicated)
+    return (single, inspection.expose(single)), (replicated, replicated_exposed)
+
+
+@pytest.fixture
+def images():
+    """Seven images the model predicts different units for (the shared fixture's uniform
+    noise gets the same top unit everywhere)."""
+    scales = np.linspace(1, 4, 7, dtype="float32")[:, None, None, None]
+    return np.random.default_rng(0).normal(0, 1, (7, 12, 12, 3)).astype("float32") * scales
+
+
+def predicted_units(model, images, k):
+    scores = model.predict(images, verbose=0)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k].astype("int32")
+
+
+@pytest.mark.parametrize("name", [*METHODS, *COMPOSED])
+def test_the_chosen_units_are_the_predicted_ones_and_explained_as_given(models, images, name):
+    method = METHODS.get(name) or COMPOSED[name]
+    which = 1 if name in CAM_METHODS or "gradcam" in name else 0
+    params = {"verbose": 0, "batch_size": 3, "resizing": False, **FAST_SETTINGS.get(name, {})}
+    expected_units = predicted_units(models[0][0], images, 2)
+    assert len(set(expected_units[:, 0])) > 1  # not every image predicts the same unit
+
+    units, logits, maps = explain_predicted(method, models[0][which], images, top_k=2, **params)
+    np.testing.assert_array_equal(units, expected_units)
+    given_logits, given_maps = explain(method, models[0][which], images, expected_units, **params)
+    np.testing.assert_allclose(logits, given_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps, given_maps, rtol=1e-5, atol=1e-6 * np.abs(maps).max())
+    assert np.abs(maps).max() > 0
+
+    # 7 samples in batches of 3 on two replicas: each replica chooses for its own shard.
+    units_2, logits_2, maps_2 = explain_predicted(method, models[1][which], images, top_k=2,
+                                                  **params)
+    np.testing.assert_array_equal(units_2, expected_units)
+    np.testing.assert_allclose(logits_2, logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps_2, maps, rtol=1e-4, atol=1e-6 * np.abs(maps).max())
+
+
+class Counting(keras.layers.Layer):
+    """The identity, counting how often it is called (in a compiled step: traced)."""
+
+    calls = 0
+
+    def call(self, inputs):
+        Counting.calls += 1
+        return inputs
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradients", "occlusion"])
+def test_choosing_the_units_adds_no_forward_pass(images, name):
+    model = keras.Sequential([
+        keras.Input((12, 12, 3)), Counting(), keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5),
+    ])
+    explained = inspection.expose(model) if name in CAM_METHODS else model
+    method, params = METHODS[name], {"batch_size": 7, "verbose": 0, **FAST_SETTINGS.get(name, {})}
+
+    before = Counting.calls
+    explain(method, explained, images, np.zeros(7, "int32"), **params)
+    given = Counting.calls - before
+    before = Counting.calls
+    explain_predicted(method, explained, images, **params)
+    assert Counting.calls - before == given >= 1
+
+
+def test_a_method_that_does_not_choose_is_refused(models, images):
+    def fixed_units(model, inputs, indices=None, **params):
+        return gradient.gradients(model, inputs, tf.zeros((tf.shape(inputs)[0], 1), tf.int32))
+
+    with pytest.raises(ValueError, match="did not choose the units.*select_units"):
+        explain_predicted(fixed_units, models[0][0], images, verbose=0)
+
+
+@pytest.mark.parametrize("top_k, message", [(0, "at least 1"), (6, "exceeds the model's 5")])
+def test_top_k_must_fit_the_model(models, images, top_k, message):
+    with pytest.raises(ValueError, match=message):
+        explain_predicted(gradient.gradients, models[0][0], images, top_k=top_k, verbose=0)
+
+
+def test_labelled_inputs_are_refused(models, images):
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(7, "int32"))).batch(4)
+    with pytest.raises(ValueError, match="chooses the units itself"):
+        explain_predicted(gradient.gradients, models[0][0], dataset, verbose=0)
+
+
+def test_callbacks_receive_the_chosen_units(models, images):
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_predict_batch_end(self, batch, logs=None):
+            seen.append(logs["units"])
+
+    units, _, _ = explain_predicted(gradient.gradients, models[0][0], images, batch_size=4,
+                                    verbose=0, callbacks=[Record()])
+    np.testing.assert_array_equal(np.concatenate(seen), units)
