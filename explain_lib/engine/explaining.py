@@ -479,14 +479,21 @@ def partial_explain(method: Callable, **default_params) -> Callable:
         gradcam = partial_explain(methods.cams.gradcam,
                                   postprocessing=filters.positive_normalize)
         logits, maps = gradcam(model, x, y)
+        units, logits, maps = gradcam.predicted(model, x, top_k=1)   # explain_predicted
     """
 
     def explain_with_method(model, x, y=None, **params):
         return explain(method, model, x, y, **{**default_params, **params})
 
+    def predicted(model, x, top_k=1, **params):
+        return explain_predicted(method, model, x, top_k, **{**default_params, **params})
+
     explain_with_method.__name__ = f"{method.__name__}_explain"
     explain_with_method.__doc__ = (
-        f"`explain` with `{method.__name__}` and defaults {default_params}.\n\n"
+        f"`explain` with `{method.__name__}` and defaults {default_params}; "
+        "`.predicted(model, x, top_k=1, ...)` is `explain_predicted` with the same.\n\n"
         f"{method.__doc__ or ''}"
     )
+    predicted.__name__ = f"{method.__name__}_explain_predicted"
+    explain_with_method.predicted = predicted
     return explain_with_method

@@ -45,3 +45,17 @@ def test_shortcuts_give_normalised_maps_of_the_input_size(models, images, name):
     if name not in ("smoothgrad", "vargrad", "squaregrad"):  # those average noisy logits
         expected = models[0].predict(images, verbose=0)[np.arange(len(images)), units]
         np.testing.assert_allclose(logits[:, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gradients", "gradcam", "rise"])
+def test_shortcuts_explain_the_predicted_units_with_their_post_processing(models, images, name):
+    model = models[1] if name in CAM_METHODS else models[0]
+    shortcut = methods.SHORTCUTS[name]
+    params = {"verbose": 0, **FAST_SETTINGS.get(name, {})}
+    units, logits, maps = shortcut.predicted(model, images, top_k=2, **params)
+    top2 = np.argsort(-models[0].predict(images, verbose=0), axis=1, kind="stable")[:, :2]
+    np.testing.assert_array_equal(units, top2)
+    given_logits, given_maps = shortcut(model, images, top2, **params)
+    np.testing.assert_allclose(logits, given_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps, given_maps, rtol=1e-5, atol=1e-6)
+    assert 0.5 < maps.max() <= 1 + 1e-6 and maps.min() >= 0  # normalised (CAMs: then resized)
