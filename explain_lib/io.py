@@ -124,16 +124,17 @@ def _grayscale_png(image: np.ndarray) -> bytes:
     Written here rather than through an imaging library because the whole of it is a few
     numpy passes and `zlib.compress`: every row gets the same PNG filter, the one of None,
     Sub and Up (applied byte by byte, as the format defines them for every bit depth) that
-    compresses the image best, found with zlib's fastest level. Upsampled CAM maps favour
-    Sub or Up, noisy gradient maps None. (Choosing per row by the smallest residuals, as
-    libpng does, made these maps larger, not smaller.)
+    compresses every fourth row best at zlib's fastest level. Upsampled CAM maps favour
+    Sub or Up, noisy gradient maps None. (Trying every row chose the same filters to within
+    0.5% of the size, at four times the cost; choosing by the smallest residuals, per row as
+    libpng does or per image, made these maps up to 27% larger.)
     """
     height, width = image.shape
     depth = 8 * image.dtype.itemsize
     # PNG stores 16-bit samples big-endian.
     data = image.astype(f">u{image.dtype.itemsize}").view(np.uint8).reshape(height, -1)
     candidates = [_filtered(data, kind, image.dtype.itemsize) for kind in (0, 1, 2)]
-    rows = min(candidates, key=lambda rows: len(zlib.compress(rows, 1)))
+    rows = min(candidates, key=lambda rows: len(zlib.compress(rows[::4].tobytes(), 1)))
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return (struct.pack(">I", len(payload)) + kind + payload
@@ -141,13 +142,13 @@ def _grayscale_png(image: np.ndarray) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)  # grayscale
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(rows, 6)) + chunk(b"IEND", b""))
+            + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
 
 
-def _filtered(data: np.ndarray, kind: int, bpp: int) -> bytes:
-    """PNG scanlines of `data` (H, B) uint8, `bpp` bytes per pixel, every row filtered with
-    filter type `kind`: 0 None, 1 Sub (minus the byte `bpp` to the left), 2 Up (minus the
-    byte above); residuals modulo 256, each row prefixed by its filter type."""
+def _filtered(data: np.ndarray, kind: int, bpp: int) -> np.ndarray:
+    """PNG scanlines (H, 1 + B) of `data` (H, B) uint8, `bpp` bytes per pixel, every row
+    filtered with filter type `kind`: 0 None, 1 Sub (minus the byte `bpp` to the left), 2 Up
+    (minus the byte above); residuals modulo 256, each row prefixed by its filter type."""
     values = data.astype(np.int16)
     if kind == 1:
         residuals = values - np.pad(values, ((0, 0), (bpp, 0)))[:, :-bpp]
@@ -155,9 +156,8 @@ def _filtered(data: np.ndarray, kind: int, bpp: int) -> bytes:
         residuals = values - np.pad(values, ((1, 0), (0, 0)))[:-1]
     else:
         residuals = values
-    rows = np.concatenate([np.full((len(data), 1), kind, np.uint8),
+    return np.concatenate([np.full((len(data), 1), kind, np.uint8),
                            residuals.astype(np.uint8)], axis=1)  # modulo 256
-    return rows.tobytes()
 
 
 def _quantised_png(name: str, bits: int) -> MapEncoding:
