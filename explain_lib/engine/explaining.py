@@ -159,7 +159,8 @@ def _make_step(model, method, method_params, step_params, input_spec, units,
         if not selecting:
             return explain_step(model_ref(), method, (inputs, *indices), **step_params,
                                 **method_params)
-        selector = inspection.TopUnits(units)  # one per replica: each chooses its shard's
+        # One selector per replica: each chooses the units of its own shard.
+        selector = inspection.TopUnits(units)
         logits, maps = explain_step(model_ref(), method, (inputs, selector), **step_params,
                                     **method_params)
         return selector.units, logits, maps

@@ -45,3 +45,18 @@ def test_methods_run_under_xla(models, images, name):
     else:
         np.testing.assert_allclose(xla_logits, logits, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(xla_maps, maps, rtol=1e-3, atol=1e-5 * np.abs(maps).max())
+
+
+@pytest.mark.parametrize("name", ["gradcam", "integrated_gradients", "occlusion"])
+def test_predicted_units_under_xla(models, images, name):
+    """Choosing the units inside an XLA-compiled step gives the units and maps of one
+    without XLA."""
+    which = 1 if name in CAM_METHODS else 0
+    params = {"verbose": 0, "batch_size": 4, "resizing": False, **FAST_SETTINGS.get(name, {})}
+    units, logits, maps = explaining.explain_predicted(METHODS[name], models[0][which], images,
+                                                       top_k=2, **params)
+    xla_units, xla_logits, xla_maps = explaining.explain_predicted(
+        METHODS[name], models[1][which], images, top_k=2, **params)
+    np.testing.assert_array_equal(xla_units, units)
+    np.testing.assert_allclose(xla_logits, logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(xla_maps, maps, rtol=1e-3, atol=1e-5 * np.abs(maps).max())
