@@ -10,6 +10,7 @@ the worker, tracing the step), so it is run on N and on 2N records: the differen
 steady-state cost of N records. Both ratios are reported: end to end, and steady state.
 
 Run: .venv/bin/python -m benchmarks.pipeline [--model MobileNetV2] [--records 512]
+     [--job-args --direct_num_workers=2 --direct_running_mode=multi_threading ...]
 """
 
 import argparse
@@ -41,6 +42,8 @@ def main(argv=None):
     parser.add_argument("--records", type=int, default=512)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
+                        help="more arguments for the job (last), e.g. Beam runner options")
     args = parser.parse_args(argv)
 
     directory = tempfile.mkdtemp(prefix="explain_bench_")
@@ -68,7 +71,7 @@ def main(argv=None):
         start = time.perf_counter()
         summary = run(["--input", path, "--output", os.path.join(directory, name, "expl"),
                        "--model", model_path, "--method", args.method, "--units_key", "label",
-                       "--batch_size", str(args.batch)])
+                       "--batch_size", str(args.batch), *args.job_args])
         seconds = time.perf_counter() - start
         assert summary.explained == summary.read and summary.dead_lettered == 0, summary
         return seconds
@@ -81,7 +84,8 @@ def main(argv=None):
     rate = args.records / in_process_seconds
     print(f"Machine: {machine()}")
     print(f"{args.model} {args.size}x{args.size}, {args.method}, batch {args.batch}, "
-          f"{args.records} and {2 * args.records} JPEG records, DirectRunner\n")
+          f"{args.records} and {2 * args.records} JPEG records, DirectRunner "
+          f"{' '.join(args.job_args)}\n")
     print("| measure | seconds | records/s | ratio to in-process |")
     print("|---|---|---|---|")
     print(f"| in-process explain, {args.records} records | {in_process_seconds:.2f} | "
