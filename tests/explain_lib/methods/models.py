@@ -4,6 +4,9 @@ keep the multi-pass methods quick on them."""
 import keras
 import numpy as np
 
+from explain_lib import inspection
+from tests.conftest import tiny_cnn
+
 CAM_METHODS = {"cam", "gradcam", "gradcampp", "scorecam", "layercam"}
 """Registry names of the methods that take an exposed model."""
 
@@ -15,6 +18,17 @@ FAST_SETTINGS = {
 }
 """Method parameters for 12x12 inputs, small enough for quick tests, uneven chunks included
 (smoothgrad, vargrad and squaregrad keep the registry's 20 copies in chunks of 8)."""
+
+
+def on_one_device_and_two_replicas(strategy, seed):
+    """((model, exposed model) on one device, the same weights on the two replicas of
+    `strategy`): `tests.conftest.tiny_cnn` taking any image size."""
+    single = tiny_cnn(input_shape=(None, None, 3), seed=seed)
+    with strategy.scope():
+        replicated = tiny_cnn(input_shape=(None, None, 3), seed=seed)
+        replicated_exposed = inspection.expose(replicated)
+    assert replicated_exposed.distribute_strategy.num_replicas_in_sync == 2
+    return (single, inspection.expose(single)), (replicated, replicated_exposed)
 
 
 def linear_model(input_shape=(8, 8, 3), units=4, seed=0):

@@ -10,8 +10,11 @@ import tensorflow as tf
 from explain_lib import inspection
 from explain_lib.engine.explaining import explain, explain_predicted
 from explain_lib.methods import METHODS, cams, gradient, meta
-from tests.conftest import tiny_cnn
-from tests.explain_lib.methods.models import CAM_METHODS, FAST_SETTINGS
+from tests.explain_lib.methods.models import (
+    CAM_METHODS,
+    FAST_SETTINGS,
+    on_one_device_and_two_replicas,
+)
 
 COMPOSED = {
     "smooth_tta_gradcam": meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 3, 0.2, 2),
@@ -21,12 +24,7 @@ COMPOSED = {
 
 @pytest.fixture(scope="module")
 def models(mirrored_strategy):
-    """(model, exposed model) on one device and the same on two replicas."""
-    single = tiny_cnn(input_shape=(None, None, 3), seed=8)
-    with mirrored_strategy.scope():
-        replicated = tiny_cnn(input_shape=(None, None, 3), seed=8)
-        replicated_exposed = inspection.expose(replicated)
-    return (single, inspection.expose(single)), (replicated, replicated_exposed)
+    return on_one_device_and_two_replicas(mirrored_strategy, seed=8)
 
 
 @pytest.fixture

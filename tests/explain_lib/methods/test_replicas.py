@@ -3,24 +3,20 @@
 import numpy as np
 import pytest
 
-from explain_lib import inspection
 from explain_lib.engine.explaining import explain
 from explain_lib.methods import METHODS, cams, meta
-from tests.conftest import tiny_cnn
-from tests.explain_lib.methods.models import CAM_METHODS, FAST_SETTINGS
+from tests.explain_lib.methods.models import (
+    CAM_METHODS,
+    FAST_SETTINGS,
+    on_one_device_and_two_replicas,
+)
 
 COMPOSED = {"smooth_tta_gradcam": meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 3, 0.2, 2)}
 
 
 @pytest.fixture(scope="module")
 def models(mirrored_strategy):
-    """(model, exposed model) on one device and the same on two replicas."""
-    single = tiny_cnn(input_shape=(None, None, 3), seed=3)
-    with mirrored_strategy.scope():
-        replicated = tiny_cnn(input_shape=(None, None, 3), seed=3)
-        replicated_exposed = inspection.expose(replicated)
-    assert replicated_exposed.distribute_strategy.num_replicas_in_sync == 2
-    return (single, inspection.expose(single)), (replicated, replicated_exposed)
+    return on_one_device_and_two_replicas(mirrored_strategy, seed=3)
 
 
 @pytest.mark.parametrize("name", [*METHODS, *COMPOSED])
