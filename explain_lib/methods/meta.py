@@ -21,7 +21,7 @@ same draw, scaled to that input's range), so a sample's maps do not depend on th
 the replica, it is explained in.
 """
 
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Sequence
 
 import tensorflow as tf
 
