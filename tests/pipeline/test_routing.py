@@ -17,7 +17,7 @@ from pipeline import demo, explainer
 from pipeline.__main__ import main
 from pipeline.manifest import read_manifest
 from pipeline.options import ExplainOptions
-from pipeline.records import ImageRecord
+from pipeline.records import CheckedRecord
 from pipeline.transforms import Explain
 from tests.explain_lib.methods.models import ROUTING, ROUTING_SAME
 from tests.pipeline.conftest import SIZE, run_job, write
@@ -55,20 +55,22 @@ def monkeypatch_module():
 @pytest.fixture(scope="module")
 def records(shapes):
     images, labels = shapes
-    return [ImageRecord(f"r{i}", images[i].astype(np.float32), np.array([labels[i]]), b"")
-            for i in range(4)]
+    return [CheckedRecord(f"r{i}", np.array([labels[i]]), b"", "raw",
+                          images[i].astype(np.float32)) for i in range(4)]
 
 
 def job_maps(model_path, name, params, records):
     """The maps the job's worker computes for `records` with `--method_params params`."""
     options = PipelineOptions(["--input", "unused", "--output", "unused", "--model", model_path,
                                "--method", name, "--method_params", json.dumps(params),
-                               "--units_key", "label"]).view_as(ExplainOptions)
+                               "--units_key", "label", "--map_encoding", "raw32"]
+                              ).view_as(ExplainOptions)
     options.check()
     transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
     worker = transform.handler.load_model()
     results = transform.handler.run_inference(records, worker)
-    return np.stack([result.inference.maps for result in results])
+    return np.stack([explain_io.decode_explanation(result.inference)["maps"]
+                     for result in results])
 
 
 def routing_cases():
