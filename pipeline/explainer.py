@@ -268,6 +268,8 @@ class ExplainerConfig:
         top_k: units explained for records that name none.
         precision: a Keras dtype policy the model computes under
             (`explain_lib.utils.PRECISIONS`); maps and logits are float32 whatever it is.
+        jit_compile: explain under XLA (the engine compiles its step with XLA for a model
+            that asks for it, as Keras' `predict` does).
         devices: devices of the worker's `MirroredStrategy` (default: its GPUs).
     """
 
@@ -278,6 +280,7 @@ class ExplainerConfig:
     preprocess: str = "none"
     top_k: int = 1
     precision: str = "float32"
+    jit_compile: bool = False
     devices: Optional[Tuple[str, ...]] = None
 
 
@@ -306,8 +309,13 @@ class Explainer:
         self.num_units = int(keras.tree.flatten(model.outputs)[0].shape[-1])
         if not 1 <= config.top_k <= self.num_units:
             raise ValueError(f"top_k must lie in [1, {self.num_units}], got {config.top_k}.")
-        self.explained_model = (
-            exposed(model, config.activation_layer) if self.method.exposed else model)
+        explained = exposed(model, config.activation_layer) if self.method.exposed else model
+        if config.jit_compile:
+            # A model of its own sharing the layers, so that the flag stays off the shared
+            # model (`shared_model`) that other runs in this process may explain.
+            explained = keras.Model(explained.inputs, explained.outputs)
+            explained.jit_compile = True
+        self.explained_model = explained
 
     @classmethod
     def load(cls, config: ExplainerConfig) -> "Explainer":

@@ -145,6 +145,7 @@ def build_manifest(
             "preprocess": options.preprocess,
             "activation_layer": options.activation_layer,
             "precision": options.precision,
+            "jit_compile": options.jit_compile,
         },
         "output": {
             "explanations": f"{options.output}-*{FILE_SUFFIX}",

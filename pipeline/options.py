@@ -153,6 +153,8 @@ class ExplainOptions(PipelineOptions):
                            help="Keras dtype policy the model computes under: float32, "
                            "mixed_bfloat16 or mixed_float16 (faster on GPUs; maps and logits "
                            "are float32 either way).")
+        group.add_argument("--jit_compile", action="store_true",
+                           help="Explain under XLA (compiles each step for the accelerator).")
         group.add_argument("--num_shards", type=int, default=0,
                            help="Output shards (0: let the runner decide).")
 

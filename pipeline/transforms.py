@@ -169,6 +169,7 @@ class Explain(beam.PTransform):
             `options.with_map_size`).
         precision: the Keras dtype policy the model computes under
             (`explain_lib.utils.PRECISIONS`).
+        jit_compile: explain under XLA.
         devices: devices of each worker's `MirroredStrategy` (default: its GPUs).
         rebalance: reshuffle the records after reading (default: except on DirectRunner).
         model_info: the model's `ModelInfo`, when the caller knows it already.
@@ -199,6 +200,7 @@ class Explain(beam.PTransform):
         map_encoding: str = explain_io.DEFAULT_ENCODING,
         map_size: Union[None, str, Sequence[int]] = None,
         precision: str = "float32",
+        jit_compile: bool = False,
         devices: Optional[Sequence[str]] = None,
         rebalance: Optional[bool] = None,
         model_info: Optional[ModelInfo] = None,
@@ -234,7 +236,7 @@ class Explain(beam.PTransform):
         self.config = ExplainerConfig(
             model_path, method, method_params, activation_layer=activation_layer,
             preprocess=preprocess, top_k=top_k, precision=precision,
-            devices=tuple(devices) if devices else None,
+            jit_compile=jit_compile, devices=tuple(devices) if devices else None,
         )
         self.handler = ExplainModelHandler(self.config, self.spec, map_encoding,
                                            batch_size=batch_size, **dict(handler_kwargs or {}))
@@ -260,6 +262,7 @@ class Explain(beam.PTransform):
             map_encoding=options.map_encoding,
             map_size=options.map_size,
             precision=options.precision,
+            jit_compile=options.jit_compile,
         )
         arguments.update(overrides)
         return cls(options.model, options.method, options.parsed_method_params(), **arguments)

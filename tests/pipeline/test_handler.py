@@ -12,6 +12,7 @@ import explain_lib
 from apache_beam.io.localfilesystem import LocalFileSystem
 
 from explain_lib import io as explain_io
+from explain_lib.engine import explaining
 from pipeline import demo
 from pipeline import handler as handler_module
 from pipeline.explainer import (
@@ -22,6 +23,7 @@ from pipeline.explainer import (
     resolve_method,
     resolve_method_params,
     resolve_preprocess,
+    shared_model,
 )
 from pipeline.handler import ExplainModelHandler
 from pipeline.records import CheckedRecord, RecordSpec, StageError, check_record, decode_record
@@ -207,3 +209,44 @@ def test_models_are_copied_from_any_beam_filesystem(model_path, model, tmp_path,
     assert os.listdir(tmp_path) == []
     with pytest.raises(Exception, match="no-such.keras"):
         load_keras_model("testfs:///no-such.keras")
+
+
+def test_jit_compile_explains_under_xla_with_the_same_maps(model_path, shapes):
+    images, labels = shapes
+    units = [np.array([u]) for u in labels[:6]]
+    plain = Explainer.load(ExplainerConfig(model_path, "gradcam"))
+    xla = Explainer.load(ExplainerConfig(model_path, "gradcam", jit_compile=True))
+    assert explaining._uses_xla(xla.explained_model)
+    # The flag is on a model of the worker's own, not on the model the process shares.
+    assert not explaining._uses_xla(plain.explained_model)
+    assert not explaining._uses_xla(shared_model(model_path))
+    expected = plain.explain(images[:6].astype(np.float32), units)
+    got = xla.explain(images[:6].astype(np.float32), units)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g.logits, e.logits, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(g.maps, e.maps, rtol=1e-3, atol=1e-5 * np.abs(e.maps).max())
+
+
+def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model_path, shapes,
+                                                                  monkeypatch):
+    from tests.pipeline.conftest import run_job, write
+
+    copy = str(tmp_path / "copy.keras")  # a file no earlier test loaded
+    with open(model_path, "rb") as source, open(copy, "wb") as target:
+        target.write(source.read())
+    loads = []
+    original = load_keras_model
+    monkeypatch.setattr("pipeline.explainer.load_keras_model",
+                        lambda path: loads.append(path) or original(path))
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(image, "png"), int(label), f"o{i}")
+               for i, (image, label) in enumerate(zip(images[:4], labels[:4]))]
+    job = run_job(tmp_path, write(tmp_path, "once", records), copy, "--units_key", "label")
+    assert job.summary.explained == 4
+    assert loads == [copy]  # the launcher's load, shared by the DirectRunner worker
+    # The same file is not loaded again; a changed one is.
+    before = shared_model(copy)
+    assert loads == [copy]
+    os.utime(copy, ns=(0, 0))
+    assert shared_model(copy) is not before
+    assert loads == [copy, copy]
