@@ -148,3 +148,16 @@ def test_a_meta_methods_own_parameter_reaches_it_through_the_job(tmp_path, model
         assert read_manifest(job.output)["method"]["received"]["repetitions"] == repetitions
     assert np.abs(stored[0] - stored[1]).max() > 0.05
     assert explain_io.SCHEMA_VERSION == 1
+
+
+def test_the_jobs_own_options_reach_the_workers_config(model_path):
+    options = PipelineOptions([
+        "--input", "unused", "--output", "unused", "--model", model_path, "--method", "rise",
+        "--method_params", '{"masks": 10}', "--precision", "mixed_bfloat16", "--jit_compile",
+        "--top_k", "2", "--preprocess", "unit", "--activation_layer", "features",
+        "--map_size", "input"]).view_as(ExplainOptions)
+    transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
+    assert transform.config == explainer.ExplainerConfig(
+        model_path, "rise", {"masks": 10, "resizing": True}, activation_layer="features",
+        preprocess="unit", top_k=2, precision="mixed_bfloat16", jit_compile=True)
+    assert transform.handler.load_model().config == transform.config
