@@ -15,14 +15,17 @@ def registered_methods() -> Dict[str, Tuple[Callable, bool]]:
     as the registry declares them."""
     return {name: (method.function, method.exposed) for name, method in methods.REGISTRY.items()}
 
+
 FAST_SETTINGS = {
     "integrated_gradients": {"n_steps": 5, "chunk_size": 2, "baseline": "blur", "blur_sigma": 1.0},
+    "smoothgrad": {"repetitions": 5, "noise_chunk_size": 2},
+    "vargrad": {"repetitions": 5, "noise_chunk_size": 2},
+    "squaregrad": {"repetitions": 5, "noise_chunk_size": 2},
     "scorecam": {"chunk_size": 3},
     "occlusion": {"patch_size": 4, "stride": 3, "chunk_size": 5},
     "rise": {"masks": 24, "cell_size": 4, "chunk_size": 10},
 }
-"""Method parameters for 12x12 inputs, small enough for quick tests, uneven chunks included
-(smoothgrad, vargrad and squaregrad keep the registry's 20 copies in chunks of 8)."""
+"""Method parameters for 12x12 inputs, small enough for quick tests, uneven chunks included."""
 
 
 ROUTING = {
