@@ -5,7 +5,9 @@ per worker process (through `Explainer.load`: any Beam filesystem, the worker's
 `MirroredStrategy`, the exposed model the method needs) and `run_inference` explains a batch
 through `explain_lib`. It never raises for one bad record: when a batch fails, each record is
 retried on its own, so good records of that batch are kept and only the failing ones come
-back as failures (stage "explain"), each attributed to its own record.
+back as failures (stage "explain"), each attributed to its own record. A batch that runs out
+of accelerator memory is split in halves instead, and the worker keeps the size that fits
+(`pipeline.adaptive_batches`).
 
 Usage:
 
@@ -19,6 +21,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from pipeline.adaptive_batches import explain_fitting, limit_for
 from pipeline.explainer import Explainer, Explanation
 from pipeline.records import ImageRecord, StageError
 
@@ -87,22 +90,27 @@ class ExplainModelHandler(ModelHandler[ImageRecord, PredictionResult, Explainer]
         model: Explainer,
         inference_args: Optional[Dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
-        """Explain the batch; each result's inference is an `Explanation` or a `StageError`."""
-        try:
-            outcomes = self._explain(batch, model)
-        except Exception as error:  # noqa: BLE001: retried one by one, attributed below
-            logging.warning(
-                "Explaining a batch of %d records failed (%s); retrying them one by one.",
-                len(batch), error,
-            )
-            outcomes = []
-            for record in batch:
-                try:
-                    outcomes += self._explain([record], model)
-                except Exception as single:  # noqa: BLE001: becomes this record's dead letter
-                    outcomes.append(StageError("explain", f"{type(single).__name__}: {single}",
-                                               record.id))
+        """Explain the batch; each result's inference is an `Explanation` or a `StageError`.
+        Out of memory, the batch is explained in smaller chunks (`adaptive_batches`)."""
+        outcomes = explain_fitting(batch, lambda chunk: self._explain(chunk, model),
+                                   limit_for(model),
+                                   lambda chunk, error: self._one_by_one(chunk, error, model))
         return [PredictionResult(record, outcome) for record, outcome in zip(batch, outcomes)]
+
+    def _one_by_one(self, batch: Sequence[ImageRecord], error: Exception,
+                    model: Explainer) -> List[Any]:
+        """A batch failed: explain its records one by one, so that only the failing ones
+        become dead letters."""
+        logging.warning("Explaining a batch of %d records failed (%s); retrying them one by "
+                        "one.", len(batch), error)
+        outcomes = []
+        for record in batch:
+            try:
+                outcomes += self._explain([record], model)
+            except Exception as single:  # noqa: BLE001: becomes this record's dead letter
+                outcomes.append(StageError("explain", f"{type(single).__name__}: {single}",
+                                           record.id))
+        return outcomes
 
     @staticmethod
     def _explain(batch: Sequence[ImageRecord], model: Explainer) -> List[Any]:

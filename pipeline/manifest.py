@@ -2,9 +2,9 @@
 
 Every run of `python -m pipeline` writes one when the job has finished: the record schema
 version, the method and its parameters (as given, and as applied after the method's
-defaults), the model's path and content hash, the input, the counts the job's counters
-report (read, explained, dead-lettered per stage), start and end time, library versions and
-the runner. A later reader can then tell which model and settings made a set of maps, and
+defaults), the model's path and content hash, the input, the files written (paths and
+sizes), the counts the job's counters report (read, explained, dead-lettered per stage,
+duplicated ids with a few examples), start and end time, library versions and the runner. A later reader can then tell which model and settings made a set of maps, and
 whether the files hold everything the job explained (`python -m pipeline.summary OUTPUT`).
 
 Separation of concerns: `build_manifest` only describes (a dict of JSON values);
@@ -27,6 +27,7 @@ from typing import Any, Dict, Optional
 from explain_lib import io as explain_io
 from pipeline.explainer import resolve_method, resolve_method_params
 from pipeline.options import FILE_SUFFIX, ExplainOptions, parse_ints, parse_map_size, with_map_size
+from pipeline.outputs import list_shards
 
 MANIFEST_SUFFIX = ".manifest.json"
 """Appended to `--output`: out/expl -> out/expl.manifest.json (`out/expl-*` does not match
@@ -80,6 +81,13 @@ def library_versions() -> Dict[str, str]:
     return versions
 
 
+def written_files(options: ExplainOptions) -> Dict[str, Any]:
+    """The shards under the run's prefixes, with their sizes: after a run, exactly the files
+    it wrote (`pipeline.outputs`)."""
+    return {"explanations": list_shards(options.output),
+            "dead_letters": list_shards(options.dead_letters)}
+
+
 def _jsonable(value):
     """Method parameters as JSON: functions (filters) by name, tuples as lists."""
     if callable(value):
@@ -109,6 +117,7 @@ def build_manifest(
     finished: datetime.datetime,
     runner: str,
     model_digest: Optional[Dict[str, Any]] = None,
+    files: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The manifest of a finished run, as JSON values.
 
@@ -118,6 +127,7 @@ def build_manifest(
         started, finished: when the command started and when the job finished.
         runner: the runner's name.
         model_digest: `file_sha256(options.model)`, computed here when not given.
+        files: `written_files(options)`, listed here when not given.
     """
     given = with_map_size(options.parsed_method_params(), options.map_size)
     method = resolve_method(options.method)
@@ -151,6 +161,7 @@ def build_manifest(
             "map_encoding": options.map_encoding,
             "map_size": _jsonable(parse_map_size(options.map_size)
                                   or stored_map_size(applied.get("resizing", True))),
+            "files": files if files is not None else written_files(options),
         },
         "counts": {
             "counted": summary.counted,
@@ -159,6 +170,11 @@ def build_manifest(
             "dead_lettered": summary.dead_lettered if summary.counted else None,
             "dead_letters": dict(summary.dead_letters) if summary.counted else None,
         },
+        "duplicate_ids": {
+            "ids": summary.duplicates.ids,
+            "records": summary.duplicates.records,
+            "examples": list(summary.duplicates.examples),
+        } if summary.counted else None,
         "started": _timestamp(started),
         "finished": _timestamp(finished),
         "seconds": round((finished - started).total_seconds(), 3),
@@ -218,4 +234,5 @@ __all__ = [
     "read_manifest",
     "record_run",
     "write_manifest",
+    "written_files",
 ]

@@ -34,7 +34,7 @@ from explain_lib.io import input_id, record_id  # noqa: F401: record_id is part 
 
 IMAGE_FORMATS = ("auto", "jpeg", "png", "raw")
 
-STAGES = ("parse", "validate", "decode", "explain", "encode")
+STAGES = ("read", "parse", "validate", "decode", "explain", "encode")
 """Where a record can fail, in pipeline order; the dead letters' `stage` is one of these."""
 
 _JPEG_MAGIC = b"\xff\xd8\xff"

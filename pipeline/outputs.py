@@ -1,0 +1,169 @@
+"""The job's output prefixes: checked before the run, and holding exactly the run's own files
+after it.
+
+Separation of concerns:
+
+- `shard_number` knows the job's own shard naming, PREFIX-SSSSS-of-NNNNN.tfrecord.gz: it is
+  the only kind of file this module ever deletes, besides Beam's own temporary folders.
+- `check_writable` writes and deletes a probe file under a prefix, through Beam's
+  `FileSystems`, so that an unwritable prefix fails at launch rather than after the work.
+- `WriteShards` is the job's writer: Beam's `WriteToTFRecord`, then, once its shards are in
+  place, the deletion of those an earlier run left under the same prefix with another
+  shard count (Beam's writer replaces the shards of its own count, and only those). It runs
+  on the workers, so it works on every runner and every filesystem Beam knows.
+- `remove_temporary_files` deletes the `beam-temp-*` folders Beam's writers keep next to a
+  prefix while they run: called when a run fails or is interrupted, and before each run (a
+  run that was killed could not clean up after itself).
+- `list_shards` lists a prefix's shards with their sizes, for the run manifest.
+
+One run at a time per prefix: a run removes what another, concurrent run into the same
+prefix is writing.
+"""
+
+import logging
+import os
+import re
+import uuid
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.options import FILE_SUFFIX
+
+_TEMPORARY = "beam-temp-{base}-"  # FileBasedSink's folder: beam-temp-BASENAME-UUIDHEX
+
+
+def shard_number(path: str, prefix: str) -> Optional[Tuple[int, int]]:
+    """(shard, shards) when the name of `path` (a file in `prefix`'s folder) is a shard's of
+    `prefix` in the job's own naming, PREFIX-SSSSS-of-NNNNN.tfrecord.gz; else None."""
+    base = re.escape(FileSystems.split(prefix)[1])
+    found = re.fullmatch(base + r"-(\d{5,})-of-(\d{5,})" + re.escape(FILE_SUFFIX),
+                         FileSystems.split(path)[1])
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def _shard_count(path: str, prefix: str) -> Optional[int]:
+    number = shard_number(path, prefix)
+    return number[1] if number else None
+
+
+def _matching(pattern: str) -> List[Tuple[str, int]]:
+    """(path, size) of the files matching `pattern`; none when its folder does not exist."""
+    return [(m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def list_shards(prefix: str) -> List[Dict[str, object]]:
+    """The job's shards under `prefix`, sorted: [{"path": ..., "bytes": ...}, ...]."""
+    return [{"path": path, "bytes": size}
+            for path, size in sorted(_matching(f"{prefix}-*-of-*{FILE_SUFFIX}"))
+            if shard_number(path, prefix)]
+
+
+def check_writable(prefix: str, option: str) -> None:
+    """Write and delete a probe file next to `prefix`'s files; raises OSError with one line
+    naming the option and the path when that fails (a parent that is a file, a read-only
+    place, a missing bucket)."""
+    probe = f"{prefix}.write-probe-{uuid.uuid4().hex}"
+    try:
+        with FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(b"probe")
+        FileSystems.delete([probe])
+    except Exception as error:  # noqa: BLE001: any failure means the job could not write there
+        reason = " ".join(str(error).split())
+        raise OSError(f"--{option} {prefix} cannot be written ({type(error).__name__}: "
+                      f"{reason[:300]}).") from None
+
+
+def temporary_folders(prefix: str) -> List[str]:
+    """The `beam-temp-*` folders of `prefix`'s writers, left by runs that did not finish.
+    Found through the files they hold (any filesystem), and, on local disks, also empty."""
+    directory, base = FileSystems.split(prefix)
+    start = _TEMPORARY.format(base=base)
+    name = re.compile(re.escape(start) + r"[0-9a-f]{32}")
+    folders = set()
+    for path, _ in _matching(FileSystems.join(directory, start + "*", "*")):
+        folder = FileSystems.split(path)[0]
+        if name.fullmatch(FileSystems.split(folder)[1]):
+            folders.add(folder)
+    if FileSystems.get_scheme(prefix) is None and os.path.isdir(directory or "."):
+        folders.update(os.path.join(directory, entry) for entry in os.listdir(directory or ".")
+                       if name.fullmatch(entry))
+    return sorted(folders)
+
+
+def remove_temporary_files(prefixes: Iterable[str]) -> List[str]:
+    """Delete the `beam-temp-*` folders of `prefixes` (see `temporary_folders`); returns
+    them."""
+    removed = []
+    for prefix in prefixes:
+        for folder in temporary_folders(prefix):
+            files = [path for path, _ in _matching(FileSystems.join(folder, "*"))]
+            if files:
+                FileSystems.delete(files)
+            if FileSystems.exists(folder):  # a folder of its own on filesystems that have them
+                FileSystems.delete([folder])
+            removed.append(folder)
+    if removed:
+        logging.info("Removed temporary folders of unfinished runs: %s", ", ".join(removed))
+    return removed
+
+
+class _DeleteOtherShards(beam.DoFn):
+    """Given the shard counts this run wrote under `prefix` (one, normally), deletes the
+    prefix's shards of any other count; yields their paths."""
+
+    def __init__(self, prefix: str):
+        self._prefix = prefix
+
+    def process(self, counts):
+        if len(counts) != 1:  # nothing written, or a write Beam named unexpectedly
+            logging.warning("Not removing older shards of %s: this run wrote shard counts %s.",
+                            self._prefix, sorted(counts))
+            return
+        (written,) = counts
+        stale = [entry["path"] for entry in list_shards(self._prefix)
+                 if shard_number(entry["path"], self._prefix)[1] != written]
+        if stale:
+            FileSystems.delete(stale)
+            logging.info("Removed %d shards of an earlier run under %s: %s", len(stale),
+                         self._prefix, ", ".join(stale))
+        yield from stale
+
+
+class WriteShards(beam.PTransform):
+    """Writes serialized records as GZIP-compressed TFRecord shards
+    PREFIX-SSSSS-of-NNNNN.tfrecord.gz (`num_shards` of them, 0: as the runner decides);
+    once they are in place, deletes the shards an earlier run wrote under `prefix` with
+    another shard count. Returns the paths written."""
+
+    def __init__(self, prefix: str, num_shards: int = 0, label=None):
+        super().__init__(label)
+        self._prefix = prefix
+        self._num_shards = num_shards
+
+    def expand(self, records):
+        written = records | "Write" >> beam.io.WriteToTFRecord(
+            self._prefix,
+            file_name_suffix=FILE_SUFFIX,
+            num_shards=self._num_shards,
+            compression_type=CompressionTypes.GZIP,
+        )
+        (
+            written
+            | "ShardCount" >> beam.Map(_shard_count, self._prefix)
+            | "ShardCounts" >> beam.combiners.ToSet()
+            | "RemoveOtherShards" >> beam.ParDo(_DeleteOtherShards(self._prefix))
+        )
+        return written
+
+
+__all__ = [
+    "WriteShards",
+    "check_writable",
+    "list_shards",
+    "remove_temporary_files",
+    "shard_number",
+    "temporary_folders",
+]
