@@ -36,6 +36,7 @@ from pipeline import ids, manifest, outputs
 from pipeline.handler import METRICS_NAMESPACE
 from pipeline.ids import Duplicates
 from pipeline.options import FILE_SUFFIX, ExplainOptions, check_arguments
+from pipeline.reading import DamagedFileError
 from pipeline.records import STAGES
 from pipeline.transforms import EXPLAINED_COUNTER, READ_COUNTER, build_pipeline, dead_letter_counter
 
@@ -208,6 +209,36 @@ def failure_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+def _caused_by(error: BaseException, kind: type) -> bool:
+    """Whether `error` or an error it was raised from is a `kind` (runners wrap a worker's
+    KeyboardInterrupt in their own error)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class _ExpectedStopFilter(logging.Filter):
+    """Drops the traceback Beam logs when a DoFn stops for a reason the launcher reports in
+    one line: a damaged input file under --strict_read (its message names the file and the
+    offset), or an interruption."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (_caused_by(error, DamagedFileError) or _caused_by(error, KeyboardInterrupt))
+
+
+def _quiet_expected_stops() -> None:
+    """Install `_ExpectedStopFilter` on the logger of Beam's DoFn runner (which runs in this
+    process on local runners; remote workers keep their logs)."""
+    log = logging.getLogger("apache_beam.runners.common")
+    if not any(isinstance(f, _ExpectedStopFilter) for f in log.filters):
+        log.addFilter(_ExpectedStopFilter())
+
+
 def print_help() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -232,13 +263,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, OSError) as error:  # bad options, missing files: nothing ran
         print(f"explain-pipeline: {error}", file=sys.stderr)
         return 2
+    _quiet_expected_stops()
     try:
         summary = execute(pipeline, options, started)
-    except KeyboardInterrupt:
-        print("explain-pipeline: interrupted; its temporary files are removed, its outputs "
-              "are incomplete: run it again.", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001: reported in one line; the runner logged the rest
+    except BaseException as error:  # noqa: BLE001: reported in one line; Beam logged the rest
+        if _caused_by(error, KeyboardInterrupt):
+            print("explain-pipeline: interrupted; its temporary files are removed, its "
+                  "outputs are incomplete: run it again.", file=sys.stderr)
+            return 130
+        if not isinstance(error, Exception):
+            raise
         print(f"explain-pipeline: the job failed: {failure_line(error)}", file=sys.stderr)
         return 1
     print(summary.report())

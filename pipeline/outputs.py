@@ -7,10 +7,11 @@ Separation of concerns:
   the only kind of file this module ever deletes, besides Beam's own temporary folders.
 - `check_writable` writes and deletes a probe file under a prefix, through Beam's
   `FileSystems`, so that an unwritable prefix fails at launch rather than after the work.
-- `WriteShards` is the job's writer: Beam's `WriteToTFRecord`, then, once its shards are in
-  place, the deletion of those an earlier run left under the same prefix with another
-  shard count (Beam's writer replaces the shards of its own count, and only those). It runs
-  on the workers, so it works on every runner and every filesystem Beam knows.
+- `WriteShards` is the job's writer: a Beam `FileBasedSink` of TFRecord frames which, once
+  its shards are in place, deletes those an earlier run left under the same prefix with
+  another shard count, and never a file outside the naming (Beam's own TFRecord writer
+  deletes whatever matches PREFIX-*-of-NNNNN.tfrecord.gz). It runs in the job, so it works
+  on every runner and every filesystem Beam knows.
 - `remove_temporary_files` deletes the `beam-temp-*` folders Beam's writers keep next to a
   prefix while they run: called when a run fails or is interrupted, and before each run (a
   run that was killed could not clean up after itself).
@@ -27,10 +28,13 @@ import uuid
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import apache_beam as beam
+from apache_beam import coders
+from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import FILE_SUFFIX
+from pipeline.tfrecords import frame
 
 _TEMPORARY = "beam-temp-{base}-"  # FileBasedSink's folder: beam-temp-BASENAME-UUIDHEX
 
@@ -42,11 +46,6 @@ def shard_number(path: str, prefix: str) -> Optional[Tuple[int, int]]:
     found = re.fullmatch(base + r"-(\d{5,})-of-(\d{5,})" + re.escape(FILE_SUFFIX),
                          FileSystems.split(path)[1])
     return (int(found.group(1)), int(found.group(2))) if found else None
-
-
-def _shard_count(path: str, prefix: str) -> Optional[int]:
-    number = shard_number(path, prefix)
-    return number[1] if number else None
 
 
 def _matching(pattern: str) -> List[Tuple[str, int]]:
@@ -110,59 +109,66 @@ def remove_temporary_files(prefixes: Iterable[str]) -> List[str]:
     return removed
 
 
-class _DeleteOtherShards(beam.DoFn):
-    """Given the shard counts this run wrote under `prefix` (one, normally), deletes the
-    prefix's shards of any other count; yields their paths."""
+def remove_shards(prefix: str, keep=lambda shards: False) -> List[str]:
+    """Delete `prefix`'s shards but those of the shard counts `keep(count)` keeps; returns
+    the deleted paths."""
+    doomed = [entry["path"] for entry in list_shards(prefix)
+              if not keep(shard_number(entry["path"], prefix)[1])]
+    if doomed:
+        FileSystems.delete(doomed)
+    return doomed
 
-    def __init__(self, prefix: str):
+
+class _ShardSink(FileBasedSink):
+    """Beam's file sink, writing GZIP-compressed TFRecord frames as
+    PREFIX-SSSSS-of-NNNNN.tfrecord.gz and deleting only the prefix's own shards: those of
+    its shard count before its shards are renamed into place (as Beam's TFRecord writer
+    does, except that it deletes whatever matches PREFIX-*-of-NNNNN.tfrecord.gz, a sibling
+    prefix's out/run-2-00000-of-00001.tfrecord.gz for out/run too), and those of any other
+    count once they are in place (an earlier run's)."""
+
+    def __init__(self, prefix: str, num_shards: int):
+        super().__init__(prefix, coders.BytesCoder(), file_name_suffix=FILE_SUFFIX,
+                         num_shards=num_shards, compression_type=CompressionTypes.GZIP)
         self._prefix = prefix
 
-    def process(self, counts):
-        if len(counts) != 1:  # nothing written, or a write Beam named unexpectedly
-            logging.warning("Not removing older shards of %s: this run wrote shard counts %s.",
-                            self._prefix, sorted(counts))
-            return
-        (written,) = counts
-        stale = [entry["path"] for entry in list_shards(self._prefix)
-                 if shard_number(entry["path"], self._prefix)[1] != written]
-        if stale:
-            FileSystems.delete(stale)
-            logging.info("Removed %d shards of an earlier run under %s: %s", len(stale),
-                         self._prefix, ", ".join(stale))
-        yield from stale
+    def write_encoded_record(self, file_handle, value):
+        file_handle.write(frame(value))
+
+    def pre_finalize(self, init_result, writer_results):
+        count = len(list(writer_results))
+        remove_shards(self._prefix, keep=lambda shards: shards != count)
+
+    def finalize_write(self, init_result, writer_results, pre_finalize_results):
+        writer_results = list(writer_results)
+        written = list(super().finalize_write(init_result, writer_results,
+                                              pre_finalize_results))
+        older = remove_shards(self._prefix, keep=lambda shards: shards == len(writer_results))
+        if older:
+            logging.info("Removed %d shards of an earlier run under %s: %s", len(older),
+                         self._prefix, ", ".join(older))
+        yield from written
 
 
 class WriteShards(beam.PTransform):
     """Writes serialized records as GZIP-compressed TFRecord shards
-    PREFIX-SSSSS-of-NNNNN.tfrecord.gz (`num_shards` of them, 0: as the runner decides);
-    once they are in place, deletes the shards an earlier run wrote under `prefix` with
-    another shard count. Returns the paths written."""
+    PREFIX-SSSSS-of-NNNNN.tfrecord.gz (`num_shards` of them, 0: as the runner decides),
+    then deletes the shards an earlier run left under `prefix` with another shard count
+    (see `_ShardSink`). Returns the paths written."""
 
     def __init__(self, prefix: str, num_shards: int = 0, label=None):
         super().__init__(label)
-        self._prefix = prefix
-        self._num_shards = num_shards
+        self._sink = _ShardSink(prefix, num_shards)
 
     def expand(self, records):
-        written = records | "Write" >> beam.io.WriteToTFRecord(
-            self._prefix,
-            file_name_suffix=FILE_SUFFIX,
-            num_shards=self._num_shards,
-            compression_type=CompressionTypes.GZIP,
-        )
-        (
-            written
-            | "ShardCount" >> beam.Map(_shard_count, self._prefix)
-            | "ShardCounts" >> beam.combiners.ToSet()
-            | "RemoveOtherShards" >> beam.ParDo(_DeleteOtherShards(self._prefix))
-        )
-        return written
+        return records | "Write" >> beam.io.Write(self._sink)
 
 
 __all__ = [
     "WriteShards",
     "check_writable",
     "list_shards",
+    "remove_shards",
     "remove_temporary_files",
     "shard_number",
     "temporary_folders",

@@ -8,11 +8,9 @@ keep every record before the damage and say exactly where the damage is.
 
 Separation of concerns:
 
-- `iterate_records` parses the TFRecord framing of an open stream: a little-endian uint64
-  length, the masked CRC-32C of those 8 bytes, the data, the masked CRC-32C of the data. It
-  streams (one record in memory at a time) and raises `DamagedFile`, with the byte offset of
-  the first record it cannot read, on a bad checksum, a truncated record or a decompression
-  error.
+- `pipeline.tfrecords.iterate_records` parses the TFRecord framing of an open stream, one
+  record in memory at a time, and raises `DamagedFile`, with the byte offset of the first
+  record it cannot read, on a bad checksum, a truncated record or a decompression error.
 - `open_records_file` opens a file on any Beam filesystem, retrying transient errors
   (`pipeline.retry`), and decompresses it by its suffix with the standard library's
   streaming readers, which notice a truncated or corrupt gzip, bzip2 or xz stream (Beam's
@@ -32,13 +30,10 @@ Usage, inside any Beam pipeline:
 import bz2
 import contextlib
 import gzip
-import logging
 import lzma
-import struct
 from typing import BinaryIO, Iterator, NamedTuple
 
 import apache_beam as beam
-import google_crc32c
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -47,11 +42,8 @@ from apache_beam.metrics import Metrics
 from pipeline.handler import METRICS_NAMESPACE
 from pipeline.records import StageError
 from pipeline.retry import Retry, is_transient
+from pipeline.tfrecords import DamagedFile, iterate_records
 from pipeline.transforms import DEAD_LETTERS, READ_COUNTER, _StageDoFn
-
-_HEADER = struct.Struct("<QI")  # length, masked CRC-32C of the length
-_CHECKSUM = struct.Struct("<I")
-_MAX_RECORD = 1 << 31  # a tf.train.Example (a protobuf) is smaller than 2 GiB
 
 _STREAMING = {
     CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
@@ -63,69 +55,8 @@ compression a file's suffix implies. Other compressions Beam knows (deflate, zst
 decompressed by Beam."""
 
 
-def masked_crc32c(data: bytes) -> int:
-    """The TFRecord checksum: CRC-32C, rotated right by 15 bits, plus a constant."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-class DamagedFile(Exception):
-    """A stream cannot be read from byte `offset` on (of its decompressed content)."""
-
-    def __init__(self, offset: int, reason: str, records_before: int = 0):
-        super().__init__(f"unreadable from byte {offset}: {reason}")
-        self.offset = offset
-        self.reason = reason
-        self.records_before = records_before
-
-
 class DamagedFileError(RuntimeError):
     """A damaged input file under --strict_read: the job stops, naming the file."""
-
-
-def _read(stream: BinaryIO, size: int, offset: int, count: int) -> bytes:
-    """Up to `size` bytes (fewer only at the end of the stream). Errors of the stream that
-    retrying cannot cure (a corrupt or truncated compressed stream) become DamagedFile."""
-    parts, remaining = [], size
-    try:
-        while remaining:
-            chunk = stream.read(remaining)
-            if not chunk:
-                break
-            parts.append(chunk)
-            remaining -= len(chunk)
-    except Exception as error:  # noqa: BLE001: sorted below
-        if is_transient(error):
-            raise
-        raise DamagedFile(offset, f"{type(error).__name__}: {error}", count) from None
-    return b"".join(parts)
-
-
-def iterate_records(stream: BinaryIO) -> Iterator[bytes]:
-    """The records of an open TFRecord stream, one at a time; raises `DamagedFile` at the
-    first record that cannot be read (the records before it have been yielded)."""
-    offset = count = 0
-    while True:
-        header = _read(stream, _HEADER.size, offset, count)
-        if not header:
-            return
-        if len(header) < _HEADER.size:
-            raise DamagedFile(offset, f"the file ends inside a record header ({len(header)} of "
-                              f"{_HEADER.size} bytes)", count)
-        length, length_checksum = _HEADER.unpack(header)
-        if masked_crc32c(header[:8]) != length_checksum:
-            raise DamagedFile(offset, "bad checksum of the record length", count)
-        if length >= _MAX_RECORD:
-            raise DamagedFile(offset, f"record length {length} is over 2 GiB", count)
-        data = _read(stream, length, offset, count)
-        checksum = _read(stream, _CHECKSUM.size, offset, count)
-        if len(data) < length or len(checksum) < _CHECKSUM.size:
-            raise DamagedFile(offset, f"the file ends inside a record of {length} bytes", count)
-        if masked_crc32c(data) != _CHECKSUM.unpack(checksum)[0]:
-            raise DamagedFile(offset, "bad checksum of the record data", count)
-        yield data
-        offset += _HEADER.size + length + _CHECKSUM.size
-        count += 1
 
 
 @contextlib.contextmanager
@@ -211,20 +142,6 @@ class ReadTFRecords(beam.PTransform):
         return ReadResult(records, dead_letters)
 
 
-class _DamagedFileLogFilter(logging.Filter):
-    """Drops the traceback Beam logs when a DoFn raises `DamagedFileError`: its message
-    already says everything (file, offset, reason), and the launcher prints it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], DamagedFileError))
-
-
-# At import, on the logger of Beam's DoFn runner (in the launcher's process on local runners).
-_beam_runner_log = logging.getLogger("apache_beam.runners.common")
-if not any(isinstance(f, _DamagedFileLogFilter) for f in _beam_runner_log.filters):
-    _beam_runner_log.addFilter(_DamagedFileLogFilter())
-
-
 def check_input(pattern: str) -> None:
     """Fail at launch, naming the pattern, when `--input` matches no file."""
     if not FileSystems.match([pattern])[0].metadata_list:
@@ -232,13 +149,10 @@ def check_input(pattern: str) -> None:
 
 
 __all__ = [
-    "DamagedFile",
     "DamagedFileError",
     "ReadFileRecords",
     "ReadResult",
     "ReadTFRecords",
     "check_input",
-    "iterate_records",
-    "masked_crc32c",
     "open_records_file",
 ]

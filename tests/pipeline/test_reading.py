@@ -18,9 +18,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import demo
 from pipeline.__main__ import local_runner
-from pipeline.reading import DamagedFile, ReadTFRecords, iterate_records, open_records_file
+from pipeline.reading import ReadTFRecords, open_records_file
 from pipeline.records import decode_dead_letter
 from pipeline.retry import Retry
+from pipeline.tfrecords import DamagedFile, iterate_records
 
 from tests.pipeline.conftest import FlakyFileSystem, run_job, write
 
