@@ -12,13 +12,15 @@ Separation of concerns:
   error whose message says OOM / resource exhausted / out of memory (XLA and other
   runtimes say it in text).
 - `BatchLimit` is the size that fits on this worker: None until a batch runs out of memory,
-  then the size of the halves that were retried; never raised again (memory taken by other
-  processes on the device may not come back). One per loaded model (`limit_for`), so the
+  then half of it, halved again as long as chunks run out of memory; never raised again
+  (memory other processes took on the device may not come back). A chunk no larger than
+  one that fitted before is split without lowering the limit: its records are the heavy
+  ones (more units to explain), not the size. One per loaded model (`limit_for`), so the
   threads of a worker process that share the model share what they learn.
-- `explain_fitting` explains a batch in chunks within the limit, halving the chunk and
-  lowering the limit on each out-of-memory failure. Only a single record that still runs
-  out of memory fails, with the error; other errors are handed to the caller's fallback
-  (the handler retries those records one by one).
+- `explain_fitting` explains a batch in chunks within the limit, splitting a chunk that
+  runs out of memory down to single records. Only a single record that still runs out of
+  memory fails, with the error; other errors are handed to the caller's fallback (the
+  handler retries those records one by one).
 
 Usage, in `ExplainModelHandler.run_inference`:
 
@@ -45,24 +47,31 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 class BatchLimit:
-    """The largest batch known to fit on this worker (None: no limit found yet)."""
+    """What a worker has learnt of batch sizes: `size`, the most records it explains at once
+    (None: no limit found yet), and the largest chunk that has fitted under that limit."""
 
     def __init__(self):
-        self._size: Optional[int] = None
+        self.size: Optional[int] = None
+        self._fitted = 0
         self._lock = threading.Lock()
 
-    @property
-    def size(self) -> Optional[int]:
-        return self._size
-
-    def lower(self, size: int, failed: int) -> None:
-        """A batch of `failed` records ran out of memory: from now on at most `size`."""
+    def fitted(self, count: int) -> None:
+        """`count` records were explained at once."""
         with self._lock:
-            if self._size is not None and self._size <= size:
-                return
-            self._size = size
+            self._fitted = max(self._fitted, count)
+
+    def ran_out(self, count: int) -> bool:
+        """`count` records at once ran out of memory: halve the limit, unless as many have
+        fitted before (then these records are heavier than most, and only they are split).
+        Returns whether the limit was lowered."""
+        with self._lock:
+            if count <= self._fitted:
+                return False
+            self.size = min(self.size or count, (count + 1) // 2)
+            self._fitted = min(self._fitted, self.size)
         logging.warning("Explaining %d records at once ran out of memory; this worker now "
-                        "explains at most %d records per batch.", failed, size)
+                        "explains at most %d records per batch.", count, self.size)
+        return True
 
 
 _LIMITS: "weakref.WeakKeyDictionary[object, BatchLimit]" = weakref.WeakKeyDictionary()
@@ -85,26 +94,34 @@ def explain_fitting(
     fallback: Callable[[Sequence, Exception], List],
 ) -> List:
     """`explain(chunk)`'s outcomes for every record, in order, explaining chunks of at most
-    `limit.size` records. A chunk that runs out of memory is retried in halves (lowering
-    the limit); a single record that runs out of memory gets a `StageError("explain")` with
-    the error; a chunk failing otherwise gets `fallback(chunk, error)`."""
+    `limit.size` records. A chunk that runs out of memory is explained again in smaller
+    chunks (see `BatchLimit.ran_out`); a single record that runs out of memory gets a
+    `StageError("explain")` with the error; a chunk failing otherwise gets
+    `fallback(chunk, error)`."""
     outcomes: List = []
     start = 0
     while start < len(records):
         chunk = records[start:start + (limit.size or len(records))]
-        try:
-            outcomes += explain(chunk)
-        except Exception as error:  # noqa: BLE001: out of memory, or the fallback's to handle
-            if not is_out_of_memory(error):
-                outcomes += fallback(chunk, error)
-            elif len(chunk) > 1:
-                limit.lower((len(chunk) + 1) // 2, len(chunk))
-                continue  # the same records again, in smaller chunks
-            else:
-                outcomes.append(StageError(
-                    "explain", f"out of memory even alone: {type(error).__name__}: {error}",
-                    getattr(chunk[0], "id", "")))
+        outcomes += _explain_chunk(chunk, explain, limit, fallback)
         start += len(chunk)
+    return outcomes
+
+
+def _explain_chunk(chunk, explain, limit: BatchLimit, fallback) -> List:
+    try:
+        outcomes = explain(chunk)
+    except Exception as error:  # noqa: BLE001: out of memory, or the fallback's to handle
+        if not is_out_of_memory(error):
+            return fallback(chunk, error)
+        if len(chunk) == 1:
+            return [StageError("explain", "out of memory even alone: "
+                               f"{type(error).__name__}: {error}", getattr(chunk[0], "id", ""))]
+        if limit.ran_out(len(chunk)):
+            return explain_fitting(chunk, explain, limit, fallback)
+        half = (len(chunk) + 1) // 2
+        return (_explain_chunk(chunk[:half], explain, limit, fallback)
+                + _explain_chunk(chunk[half:], explain, limit, fallback))
+    limit.fitted(len(chunk))
     return outcomes
 
 
