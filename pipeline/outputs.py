@@ -65,14 +65,30 @@ def check_writable(prefix: str, option: str) -> None:
     naming the option and the path when that fails (a parent that is a file, a read-only
     place, a missing bucket)."""
     probe = f"{prefix}.write-probe-{uuid.uuid4().hex}"
+    writer = None
     try:
-        with FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            f.write(b"probe")
+        writer = FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED)
+        writer.write(b"probe")
+        writer.close()
         FileSystems.delete([probe])
     except Exception as error:  # noqa: BLE001: any failure means the job could not write there
+        _abandon(writer)
         reason = " ".join(str(error).split())
         raise OSError(f"--{option} {prefix} cannot be written ({type(error).__name__}: "
                       f"{reason[:300]}).") from None
+
+
+def _abandon(writer) -> None:
+    """End a writer whose close failed without writing: otherwise it closes again, uploading
+    again, when it is collected (a Cloud Storage writer retries that for minutes)."""
+    terminate = getattr(writer, "terminate", None)  # google-cloud-storage's BlobWriter
+    try:
+        if terminate is not None:
+            terminate()
+        elif writer is not None and not writer.closed:
+            writer.close()
+    except Exception:  # noqa: BLE001: the probe has failed already; this only tidies up
+        pass
 
 
 def temporary_folders(prefix: str) -> List[str]:
