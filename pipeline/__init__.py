@@ -1,7 +1,8 @@
 """pipeline: the Beam batch job that explains a whole dataset with `explain_lib`.
 
-read TFRecords -> parse and validate -> Reshuffle -> RunInference(ExplainModelHandler)
--> encode -> write TFRecords, plus a dead-letter branch for records that fail any stage.
+read TFRecords (file by file) -> parse and validate -> Reshuffle -> RunInference(
+ExplainModelHandler) -> encode -> write TFRecords, plus a dead-letter branch for records that
+fail any stage (and for the unreadable rest of damaged files).
 
 Usage:
 
@@ -18,6 +19,7 @@ or, inside your own Beam pipeline:
 from pipeline.explainer import Explainer, Explanation, inspect_model, load_keras_model
 from pipeline.handler import ExplainModelHandler
 from pipeline.options import ExplainOptions
+from pipeline.reading import ReadTFRecords
 from pipeline.records import DeadLetter, ImageRecord, RecordSpec, read_dead_letters
 from pipeline.transforms import Explain, ExplainResult, build_pipeline
 
@@ -29,6 +31,7 @@ __all__ = [
     "Explainer",
     "Explanation",
     "ImageRecord",
+    "ReadTFRecords",
     "RecordSpec",
     "DeadLetter",
     "build_pipeline",

@@ -143,7 +143,7 @@ def make_pipeline(argv: Optional[List[str]] = None):
     Raises ValueError for bad options and OSError for missing files or unwritable outputs:
     nothing has run yet.
     """
-    check_arguments(argv or [])
+    check_arguments(sys.argv[1:] if argv is None else argv)  # what PipelineOptions parses
     options = PipelineOptions(argv)
     explain_options = options.view_as(ExplainOptions)
     explain_options.check()

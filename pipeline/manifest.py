@@ -4,8 +4,9 @@ Every run of `python -m pipeline` writes one when the job has finished: the reco
 version, the method and its parameters (as given, and as applied after the method's
 defaults), the model's path and content hash, the input, the files written (paths and
 sizes), the counts the job's counters report (read, explained, dead-lettered per stage,
-duplicated ids with a few examples), start and end time, library versions and the runner. A later reader can then tell which model and settings made a set of maps, and
-whether the files hold everything the job explained (`python -m pipeline.summary OUTPUT`).
+duplicated ids with a few examples), start and end time, library versions and the runner.
+A later reader can then tell which model and settings made a set of maps, and whether the
+files hold everything the job explained (`python -m pipeline.summary OUTPUT`).
 
 Separation of concerns: `build_manifest` only describes (a dict of JSON values);
 `write_manifest` / `read_manifest` move it through Beam's filesystems (local, `gs://`, ...);

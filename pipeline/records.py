@@ -10,6 +10,9 @@ that stage (a `StageError`), so the dead letters say where a record stopped:
   in range), the id.
 - decode: the JPEG or PNG bytes decode, and the image is resized to the model's input size.
 
+(Before them, stage "read" is the file's: the unreadable rest of a damaged input file,
+`pipeline.reading`.)
+
 `check_record` runs parse and validate, before the job rebalances its records;
 `decode_record` runs decode after, on the worker that explains the image, so that only the
 compressed records cross the shuffle.

@@ -4,9 +4,10 @@
 
 Prints the run's manifest (`pipeline.manifest`: method, model, input, files, times,
 versions), its counts (and the ids held by more than one record, with examples), the dead
-letters broken down by stage and by error message, and how many explanations each unit has. The breakdowns come from the files themselves (the dead
-letters, and the `units` of every explanation record, without decoding any map), so the
-summary also checks that the files hold as many explanations as the job counted.
+letters broken down by stage and by error message, and how many explanations each unit has.
+The breakdowns come from the files themselves (the dead letters, and the `units` of every
+explanation record, without decoding any map), so the summary also checks that the files
+hold as many explanations as the job counted.
 `--no_scan` skips reading the files and prints the manifest's counts only.
 
 Usage, from Python:

@@ -19,8 +19,11 @@ Usage, inside any Beam pipeline:
 
     records = p | beam.io.ReadFromTFRecord("data/*.tfrecord")
     result = records | Explain("model.keras", "gradcam", units_key="label")
-    result.explanations | beam.io.WriteToTFRecord("out/expl", ...)
-    result.dead_letters | beam.io.WriteToTFRecord("out/expl.dead_letters", ...)
+    result.explanations | write_tfrecords("out/expl")
+    result.dead_letters | write_tfrecords("out/expl.dead_letters")
+
+(`build_pipeline`, the whole job, reads with `pipeline.reading.ReadTFRecords` instead, which
+dead-letters the rest of a damaged file rather than failing.)
 """
 
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
