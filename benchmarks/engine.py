@@ -5,7 +5,7 @@ For each model (keras.applications, weights=None, batch 32, 224x224x3), the medi
 - a bare reference: one `tf.function` doing the same forward pass and one backward pass per
   explained unit with a `GradientTape`, no framework around it -- the floor for vanilla
   gradients on this machine;
-- `explain(gradients)` with `force=False` (compiled once, reused).
+- `explain(gradients)` with its defaults (compiled on the first call, then reused).
 
 Then (`predicted`) explaining each image's top-1 predicted unit, for gradients and Grad-CAM
 (each with its conventional post-processing): `explain_predicted`, which chooses the unit
@@ -24,7 +24,8 @@ import tensorflow as tf
 
 from benchmarks.common import application, images, machine, median_seconds
 from explain_lib import explain, explain_predicted, inspection
-from explain_lib.methods import DEFAULTS, cams
+from explain_lib import methods
+from explain_lib.methods import cams
 from explain_lib.methods.gradient import gradients
 
 
@@ -53,7 +54,7 @@ def overhead_section(args, x):
                               args.repeats)
         engine = median_seconds(
             lambda: explain(gradients, model, x, units.numpy(), batch_size=args.batch,
-                            verbose=0, force=False),
+                            verbose=0),
             args.repeats,
         )
         print(f"| {name} | {predict:.2f} | {bare:.2f} | {engine:.2f} | {engine / bare:.3f} | "
@@ -70,8 +71,8 @@ def predicted_section(args, x):
         exposed = inspection.expose(model)
         top1 = np.argmax(model.predict_on_batch(x), axis=1)[:, None].astype("int32")
         for method, explained in ((gradients, model), (cams.gradcam, exposed)):
-            params = dict(batch_size=args.batch, verbose=0, force=False,
-                          **DEFAULTS[method.__name__])
+            params = dict(batch_size=args.batch, verbose=0,
+                          **methods.get(method.__name__).explain_defaults)
 
             def predicted():
                 return explain_predicted(method, explained, x, top_k=1, **params)

@@ -5,10 +5,10 @@ minutes on a shared 2-core CPU; `field` on request); every comparison is a ratio
 run:
 
 - `time`: for each model (keras.applications, weights=None, batch B, SxSx3), each registered
-  method through `explain` (with its conventional post-processing, `DEFAULTS`) against a bare
-  reference: one `tf.function` written here, independently of the library, doing the same
-  passes (Grad-CAM: one forward pass and the gradient of the unit with respect to the
-  activations; Integrated Gradients with n steps: one forward pass at the input, then n
+  method through `explain` (with its conventional post-processing, the registry's
+  `explain_defaults`) against a bare reference: one `tf.function` written here, independently
+  of the library, doing the same passes (Grad-CAM: one forward pass and the gradient of the
+  unit with respect to the activations; Integrated Gradients with n steps: one forward pass at the input, then n
   forward+backward passes at the path points; ...). Multi-pass methods run n = `--passes`
   passes of B inputs (steps, noisy copies, windows, masks, Score-CAM channels), one pass per
   chunk, and again with one pass: `n passes / n x 1 pass` is their time ratio. The bare loops
@@ -52,7 +52,6 @@ import os
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 import argparse  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -65,7 +64,8 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.common import application, images, machine  # noqa: E402
 from explain_lib import inspection  # noqa: E402
 from explain_lib.engine.explaining import explain  # noqa: E402
-from explain_lib.methods import DEFAULTS, cams, gradient, meta, perturbation  # noqa: E402
+from explain_lib import methods  # noqa: E402
+from explain_lib.methods import cams, gradient, perturbation  # noqa: E402
 
 NOISE = 0.1
 """SmoothGrad's noise, as a fraction of each input's range (the library's default)."""
@@ -297,24 +297,15 @@ def library_methods(size: int) -> Dict[str, tuple]:
     """For each method: (uses the exposed model?, params(n)), params(n) giving `explain`'s
     arguments for n passes (ignoring n for single-pass methods), the method under "method".
     Every multi-pass method runs one pass of B inputs per chunk."""
-    bound = {}  # methods bound to a number of passes, built once: compiled steps key on them
-
-    def once(key, build):
-        if key not in bound:
-            bound[key] = build()
-        return bound[key]
-
     def fixed(method):
         return lambda n: {"method": method}
 
-    def over_copies(make):
-        return lambda n: {"method": once((make, n), lambda: make(
-            gradient.gradients, repetitions=n, noise=NOISE, chunk_size=1))}
+    def over_copies(name):
+        return lambda n: {"method": methods.get(name).function, "repetitions": n,
+                          "noise": NOISE, "noise_chunk_size": 1}
 
     def integrated_gradients(n):
-        # `steps=` given to `explain` is explain's own (batches to read): bind the method's.
-        return {"method": once(("integrated_gradients", n), lambda: functools.partial(
-            gradient.integrated_gradients, steps=n)), "chunk_size": 1}
+        return {"method": gradient.integrated_gradients, "n_steps": n, "chunk_size": 1}
 
     def occlusion(n):
         patch = size // max(1, int(round(n ** 0.5)))
@@ -326,9 +317,9 @@ def library_methods(size: int) -> Dict[str, tuple]:
         "input_x_gradient": (False, fixed(gradient.input_x_gradient)),
         "integrated_gradients": (False, integrated_gradients),
         "full_gradients": (False, fixed(gradient.full_gradients)),
-        "smoothgrad": (False, over_copies(meta.smooth)),
-        "vargrad": (False, over_copies(meta.vargrad)),
-        "squaregrad": (False, over_copies(meta.squaregrad)),
+        "smoothgrad": (False, over_copies("smoothgrad")),
+        "vargrad": (False, over_copies("vargrad")),
+        "squaregrad": (False, over_copies("squaregrad")),
         "cam": (True, fixed(cams.cam)),
         "gradcam": (True, fixed(cams.gradcam)),
         "gradcampp": (True, fixed(cams.gradcampp)),
@@ -348,10 +339,9 @@ with other statistics: their one-pass run is SmoothGrad's, not repeated."""
 
 
 def _through_explain(name: str, target, batch: int, params: dict) -> Callable:
-    params = {**DEFAULTS[name], **params}
+    params = {**methods.get(name).explain_defaults, **params}
     method = params.pop("method")
-    return lambda x, y: explain(method, target, x, y, batch_size=batch, verbose=0, force=False,
-                                **params)
+    return lambda x, y: explain(method, target, x, y, batch_size=batch, verbose=0, **params)
 
 
 def _numpy(fn):
@@ -574,7 +564,7 @@ def scorecam_section(args):
 
 MEMORY_CASES = {
     "smoothgrad": ("repetitions", "SmoothGrad"),
-    "integrated_gradients": ("steps", "Integrated Gradients"),
+    "integrated_gradients": ("n_steps", "Integrated Gradients"),
     "rise": ("masks", "RISE"),
 }
 
@@ -584,15 +574,15 @@ def measure_memory(model_name: str, method_name: str, count: int, batch: int, si
     """In this process: the working memory of one `explain` call."""
     model = application(model_name, size)
     x, y = _batch(batch, size)
-    params = dict(DEFAULTS[method_name])
+    method = methods.get(method_name)
+    params = dict(method.explain_defaults)
     if method_name == "smoothgrad":
-        method = meta.smooth(gradient.gradients, repetitions=count, noise=NOISE, chunk_size=chunk)
+        params.update({"repetitions": count, "noise": NOISE, "noise_chunk_size": chunk})
     elif method_name == "integrated_gradients":
-        method = functools.partial(gradient.integrated_gradients, steps=count)
-        params["chunk_size"] = chunk
+        params.update({"n_steps": count, "chunk_size": chunk})
     else:
-        method = perturbation.rise
         params.update({"masks": count, "chunk_size": chunk})
+    method = method.function
     start = time.perf_counter()
     working = _working_memory(lambda: explain(method, model, x, y, batch_size=batch, verbose=0,
                                               **params))

@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks.common import application, machine
 from explain_lib import explain, inspection
-from explain_lib.methods import DEFAULTS, get_method
+from explain_lib import methods
 from pipeline import demo
 from pipeline.__main__ import run
 
@@ -53,14 +53,13 @@ def main(argv=None):
     small = write_dataset(directory, args.records, args.size, seed=1)
     large = write_dataset(directory, 2 * args.records, args.size, seed=2)
 
-    method = get_method(args.method)
-    explained = inspection.expose(model) if "cams" in method.__module__ else model
+    method = methods.get(args.method)
+    explained = inspection.expose(model) if method.exposed else model
     images, labels = demo.read_shapes(small)  # the pixels the pipeline sees
-    params = dict(DEFAULTS[args.method])
 
     def in_process():
-        explain(method, explained, images.astype(np.float32), labels, batch_size=args.batch,
-                verbose=0, force=False, **params)
+        explain(method.function, explained, images.astype(np.float32), labels,
+                batch_size=args.batch, verbose=0, **method.explain_defaults)
 
     in_process()  # compile
     start = time.perf_counter()

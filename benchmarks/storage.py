@@ -3,8 +3,8 @@
 For each model (ResNet50V2 with `weights=None`; the demo CNN, trained on the demo's shapes
 and rebuilt at 224x224 with the same weights) and method (Grad-CAM, smooth maps at the
 feature map's resolution; vanilla gradients, noisy maps at the input's resolution), explain
-N demo images with the method's conventional parameters (`explain_lib.methods.DEFAULTS`, as
-the pipeline does), then store every map with every encoding:
+N demo images with the method's conventional parameters (the registry's `explain_defaults`,
+as the pipeline does), then store every map with every encoding:
 
 - at the input size (`--map_size input`, the maps the engine returns with resizing);
 - at the method's native size (`--map_size native`), read back at 224x224 (`size="input"`).
@@ -30,7 +30,7 @@ import tensorflow as tf
 from benchmarks.common import application, machine
 from explain_lib import explain, inspection
 from explain_lib import io as explain_io
-from explain_lib.methods import DEFAULTS, get_method
+from explain_lib import methods
 from pipeline import demo
 
 SIZE = 224
@@ -60,12 +60,13 @@ def explain_both_sizes(model, method: str, x: np.ndarray, preprocess=None):
     """(input-size maps, native maps), each (N, H, W) float32, for the top-1 unit."""
     inputs = preprocess(x) if preprocess else x
     units = np.argmax(model.predict(inputs, verbose=0), axis=1)[:, None]
-    explained = inspection.expose(model) if method in ("gradcam",) else model
-    params = dict(DEFAULTS[method])
+    registered = methods.get(method)
+    explained = inspection.expose(model) if registered.exposed else model
+    params = dict(registered.explain_defaults)
     results = []
     for resizing in (True, False):
         params["resizing"] = resizing
-        _, maps = explain(get_method(method), explained, inputs, units, batch_size=8,
+        _, maps = explain(registered.function, explained, inputs, units, batch_size=8,
                           verbose=0, **params)
         results.append(maps[..., 0].astype(np.float32))
     return results

@@ -19,9 +19,10 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "unknown"
 
-# Shortcuts: `explain` with each method and its conventional post-processing
-# (`methods.DEFAULTS`): explain_lib.gradcam(exposed_model, x, y).
-from explain_lib.methods import (  # noqa: E402
+# Shortcuts: `explain` with each registered method and its conventional post-processing
+# (`methods.get(name).explain_defaults`): explain_lib.gradcam(model, x, y).
+from explain_lib import shortcuts  # noqa: E402
+from explain_lib.shortcuts import (  # noqa: E402
     cam,
     full_gradients,
     gradcam,
@@ -47,6 +48,7 @@ __all__ = [
     "filters",
     "inspection",
     "methods",
+    "shortcuts",
     "utils",
     "cam",
     "full_gradients",

@@ -10,7 +10,7 @@ Usage:
                                        postprocessing=filters.positive_normalize)
 """
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import tensorflow as tf
 
@@ -56,7 +56,32 @@ def absolute_normalize(x: tf.Tensor, axis: Sequence[int] = SPATIAL_AXIS) -> tf.T
     return normalize(tf.abs(x), axis)
 
 
+FILTERS = {
+    "normalize": normalize,
+    "positive": positive,
+    "negative": negative,
+    "positive_normalize": positive_normalize,
+    "negative_normalize": negative_normalize,
+    "absolute_normalize": absolute_normalize,
+}
+"""Every filter by name: how configurations (the job's `--method_params`) name them."""
+
+
+def get(name: str) -> Callable:
+    """The filter called `name`.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    try:
+        return FILTERS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"Unknown filter {name!r}; known: {', '.join(FILTERS)}.") from None
+
+
 __all__ = [
+    "FILTERS",
+    "get",
     "normalize",
     "positive",
     "negative",

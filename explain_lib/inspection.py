@@ -57,7 +57,9 @@ def _describe(model: keras.Model) -> str:
 
 
 def get_nested_layer(model: keras.Model, name: Union[str, Sequence[str]]) -> keras.layers.Layer:
-    """The layer at `name`: a layer name, or a path of names through nested models.
+    """The layer at `name`: a layer name, or a path of names through nested models. A
+    single name that is not one of the model's own layers is looked for in its nested
+    models (an exposed model nests the original one), and must be found there once.
 
     Usage:
 
@@ -65,7 +67,12 @@ def get_nested_layer(model: keras.Model, name: Union[str, Sequence[str]]) -> ker
                                                                  weights=None, pooling="avg"),
                                   keras.layers.Dense(10, name="predictions")])
         get_nested_layer(model, ("resnet50v2", "post_relu"))
+        get_nested_layer(model, "post_relu")          # the same layer, found inside
     """
+    if isinstance(name, str) and name not in [sub.name for sub in model.layers]:
+        found = [layer for layer in flatten_layers(model) if layer.name == name]
+        if len(found) == 1:
+            return found[0]
     layer = model
     for part in tolist(name):
         names = [sub.name for sub in getattr(layer, "layers", [])]

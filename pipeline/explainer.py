@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import keras
@@ -38,13 +38,12 @@ import numpy as np
 import tensorflow as tf
 
 import explain_lib
-from explain_lib import filters, inspection
+from explain_lib import filters, inspection, methods
+from explain_lib.engine import explaining
 from pipeline.retry import Retry
 
 PREPROCESSING = ("none", "unit", "symmetric")
 """Built-in `--preprocess` names; any `keras.applications` module name also works."""
-
-_EXPOSED_MODULES = ("explain_lib.methods.cams",)
 
 
 # --- model files and devices ----------------------------------------------------------------
@@ -121,45 +120,20 @@ def _grow_gpu_memory() -> None:
 # --- names to functions -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    """An explaining method found by name: the function, whether it needs the exposed model
-    (`[logits, activations]`, the CAM family), and its conventional `explain` parameters
-    (`explain_lib.methods.DEFAULTS`, for instance Grad-CAM's `positive_normalize`)."""
-
-    name: str
-    function: Callable
-    needs_exposed_model: bool
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-
-
-def resolve_method(name: str) -> MethodInfo:
-    """The method registered in `explain_lib.methods` as `name`.
+def resolve_method(name: str) -> methods.Method:
+    """The method registered in `explain_lib.methods` as `name` (its registry entry says
+    whether it takes an exposed model, its conventional post-processing and parameters).
 
     Raises ValueError listing the known methods when there is no such method.
     """
-    from explain_lib import methods
-
-    function = methods.get_method(name)
-    return MethodInfo(
-        name, function, _needs_exposed_model(function), dict(methods.DEFAULTS.get(name, {}))
-    )
-
-
-def _needs_exposed_model(function: Callable) -> bool:
-    """CAM methods (the `cams` module, or a meta method wrapping one) weigh an inner
-    activation, so they take the model `inspection.expose` builds."""
-    while function is not None:
-        if getattr(function, "__module__", "") in _EXPOSED_MODULES:
-            return True
-        function = getattr(function, "__wrapped__", None)
-    return False
+    return methods.get(name)
 
 
 def resolve_method_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """Method parameters as JSON gives them, turned into what `explain` takes:
     `postprocessing` names a filter in `explain_lib.filters` (or is null), `resizing` is
-    true, false or [H, W], `spatial_axis` a list of axes; the rest passes through.
+    true, false or [H, W], `spatial_axis` a list of axes; the rest passes through (the
+    methods take their own parameters by name: `"gradient_filter": "square"`).
 
     Usage:
 
@@ -169,17 +143,31 @@ def resolve_method_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]
         params = json.loads(params) if params.strip() else {}
     params = dict(params or {})
     if isinstance(params.get("postprocessing"), str):
-        name = params["postprocessing"]
-        function = getattr(filters, name, None)
-        if not callable(function):
-            known = [n for n in getattr(filters, "__all__", dir(filters)) if not n.startswith("_")]
-            raise ValueError(f"Unknown postprocessing filter {name!r}; known: {', '.join(known)}.")
-        params["postprocessing"] = function
+        params["postprocessing"] = filters.get(params["postprocessing"])
     if isinstance(params.get("resizing"), list):
         params["resizing"] = tuple(int(v) for v in params["resizing"])
     if isinstance(params.get("spatial_axis"), list):
         params["spatial_axis"] = tuple(int(v) for v in params["spatial_axis"])
     return params
+
+
+def explain_params(method: methods.Method, given: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """What the job passes to `explain` for `method`: its conventional post-processing and
+    resizing (`Method.explain_defaults`), overridden by the `given` JSON parameters.
+
+    Raises ValueError for a parameter the method does not take (the names are checked here,
+    without a model; `inspect_model` traces the method to check the values).
+    """
+    params = {**method.explain_defaults, **resolve_method_params(given)}
+    explaining.split_params(method.function, params)
+    return params
+
+
+def received_params(method: methods.Method, params: Mapping[str, Any]) -> Dict[str, Any]:
+    """Every parameter `method` receives from `explain` with `params`: its defaults, with
+    the given values in their place (what the manifest records)."""
+    method_params, _, _ = explaining.split_params(method.function, dict(params))
+    return {**method.parameters, **method_params}
 
 
 def resolve_preprocess(name: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -230,11 +218,23 @@ class ModelInfo:
 
 
 def inspect_model(
-    model_or_path, method: Optional[str] = None, activation_layer: Optional[str] = None
+    model_or_path,
+    method: Optional[str] = None,
+    activation_layer: Optional[str] = None,
+    method_params: Optional[Mapping[str, Any]] = None,
+    image_size: Optional[Sequence[int]] = None,
+    top_k: int = 1,
 ) -> ModelInfo:
-    """Load the model once (in the launcher) to read its input shape and number of units, and
-    check that `method` exists and can expose `activation_layer`: a wrong option fails here,
-    with a clear message, instead of on every worker."""
+    """Load the model once (in the launcher) to read its input shape and number of units,
+    and check everything the workers would otherwise find out on every record: that the
+    model takes one (H, W, C) image input and its first output is (batch, units); that
+    `top_k` does not exceed its units; and, given a `method`, that the method can expose
+    `activation_layer` and runs with `method_params` (`explaining.check_explain` traces it
+    on a symbolic batch of `image_size`, or the model's size, without computing anything).
+
+    Raises:
+        ValueError: one line saying what is wrong.
+    """
     model = model_or_path
     if isinstance(model_or_path, str):
         model = load_keras_model(model_or_path)
@@ -245,13 +245,29 @@ def inspect_model(
         raise ValueError(
             f"The model's input has shape {shape}; the pipeline needs (H, W, C) images."
         )
-    outputs = keras.tree.flatten(model.outputs)
-    num_units = outputs[0].shape[-1]
-    if num_units is None:
-        raise ValueError("The model's output has an unknown number of units.")
-    if method is not None and resolve_method(method).needs_exposed_model:
-        inspection.expose(model, activation_layer)
-    return ModelInfo(shape, int(num_units))
+    logits = keras.tree.flatten(model.outputs)[0]
+    if len(logits.shape) != 2 or logits.shape[-1] is None:
+        raise ValueError(
+            f"The model's first output has shape {tuple(logits.shape)}; the pipeline explains "
+            "scores of shape (batch, units), one per class: a model whose first output is a "
+            "map (segmentation) or has an unknown number of units needs a head that pools it "
+            "to (batch, units) first."
+        )
+    num_units = int(logits.shape[-1])
+    if not 1 <= top_k <= num_units:
+        raise ValueError(
+            f"--top_k {top_k} does not fit the model's {num_units} output units: ask for 1 to "
+            f"{num_units}."
+        )
+    if method is not None:
+        registered = resolve_method(method)
+        params = explain_params(registered, method_params)
+        explained = inspection.expose(model, activation_layer) if registered.exposed else model
+        size = shape[:2] if None not in shape[:2] or not image_size else tuple(image_size)
+        if None not in size:
+            explaining.check_explain(registered.function, explained, (*size, shape[2] or 3),
+                                     top_k=top_k, **params)
+    return ModelInfo(shape, num_units)
 
 
 # --- explaining ---------------------------------------------------------------------------------
@@ -284,18 +300,18 @@ class Explainer:
     ):
         self.model = model
         self.method = resolve_method(method)
-        self.params = {**self.method.defaults, **resolve_method_params(method_params)}
+        self.params = explain_params(self.method, method_params)
         self.preprocess = resolve_preprocess(preprocess)
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}.")
+        self.num_units = int(keras.tree.flatten(model.outputs)[0].shape[-1])
+        if not 1 <= top_k <= self.num_units:
+            raise ValueError(f"top_k must lie in [1, {self.num_units}], got {top_k}.")
         self.top_k = top_k
-        if self.method.needs_exposed_model:
+        if self.method.exposed:
             # Built in the model's strategy scope so that the exposed model runs under it too.
             with model.distribute_strategy.scope():
                 self.explained_model = inspection.expose(model, activation_layer)
         else:
             self.explained_model = model
-        self.num_units = int(keras.tree.flatten(model.outputs)[0].shape[-1])
 
     @classmethod
     def load(
@@ -327,12 +343,12 @@ class Explainer:
         for i, u in enumerate(units):
             groups.setdefault(None if u is None else len(u), []).append(i)
         results: List[Optional[Explanation]] = [None] * len(x)
-        common = dict(batch_size=len(x), verbose=0, force=False, **self.params)
+        common = dict(batch_size=len(x), verbose=0, **self.params)
         for k, indices in groups.items():
             if k is None:
                 chosen, logits, maps = explain_lib.explain_predicted(
                     self.method.function, self.explained_model, x[indices],
-                    top_k=min(self.top_k, self.num_units), **common,
+                    top_k=self.top_k, **common,
                 )
             else:
                 chosen = np.stack([units[i] for i in indices]).astype(np.int32)

@@ -1,12 +1,13 @@
 """The run manifest: `OUTPUT.manifest.json`, what produced the explanations next to it.
 
 Every run of `python -m pipeline` writes one when the job has finished: the record schema
-version, the method and its parameters (as given, and as applied after the method's
-defaults), the model's path and content hash, the input, the files written (paths and
-sizes), the counts the job's counters report (read, explained, dead-lettered per stage,
-duplicated ids with a few examples), start and end time, library versions and the runner.
-A later reader can then tell which model and settings made a set of maps, and whether the
-files hold everything the job explained (`python -m pipeline.summary OUTPUT`).
+version, the method and its parameters (as given; every parameter the method received, its
+defaults included; and `explain`'s post-processing and resizing), the model's path and
+content hash, the input, the files written (paths and sizes), the counts the job's counters
+report (read, explained, dead-lettered per stage, duplicated ids with a few examples), start
+and end time, library versions and the runner. A later reader can then tell which model and
+settings made a set of maps, and whether the files hold everything the job explained
+(`python -m pipeline.summary OUTPUT`).
 
 Separation of concerns: `build_manifest` only describes (a dict of JSON values);
 `write_manifest` / `read_manifest` move it through Beam's filesystems (local, `gs://`, ...);
@@ -26,7 +27,8 @@ from importlib import metadata
 from typing import Any, Dict, Optional
 
 from explain_lib import io as explain_io
-from pipeline.explainer import resolve_method, resolve_method_params
+from explain_lib.engine.explaining import STEP_PARAMS
+from pipeline.explainer import explain_params, received_params, resolve_method
 from pipeline.options import FILE_SUFFIX, ExplainOptions, parse_ints, parse_map_size, with_map_size
 from pipeline.outputs import list_shards
 
@@ -132,14 +134,15 @@ def build_manifest(
     """
     given = with_map_size(options.parsed_method_params(), options.map_size)
     method = resolve_method(options.method)
-    applied = {**method.defaults, **resolve_method_params(given)}
+    params = explain_params(method, given)
     return {
         "manifest_version": MANIFEST_VERSION,
         "schema_version": explain_io.SCHEMA_VERSION,
         "method": {
             "name": options.method,
             "params": given,
-            "applied_params": _jsonable(applied),
+            "received": _jsonable(received_params(method, params)),
+            "explain": _jsonable({k: params[k] for k in STEP_PARAMS if k in params}),
         },
         "model": {"path": options.model, **(model_digest or file_sha256(options.model))},
         "input": {
@@ -161,7 +164,7 @@ def build_manifest(
             "dead_letters": f"{options.dead_letters}-*{FILE_SUFFIX}",
             "map_encoding": options.map_encoding,
             "map_size": _jsonable(parse_map_size(options.map_size)
-                                  or stored_map_size(applied.get("resizing", True))),
+                                  or stored_map_size(params.get("resizing", True))),
             "files": files if files is not None else written_files(options),
         },
         "counts": {

@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from explain_lib import methods
 from explain_lib.io import DEFAULT_ENCODING
 from pipeline.records import IMAGE_FORMATS
 
@@ -118,10 +119,14 @@ class ExplainOptions(PipelineOptions):
                            f"OUTPUT{DEAD_LETTER_SUFFIX}).")
         group.add_argument("--model", help="Keras .keras model file (any Beam filesystem).")
         group.add_argument("--method", default="gradcam",
-                           help="Explaining method, by name (default: gradcam).")
+                           help="Explaining method, by name: "
+                           f"{', '.join(methods.REGISTRY)} (default: gradcam).")
         group.add_argument("--method_params", default="{}",
-                           help='Method parameters as JSON, e.g. \'{"postprocessing": '
-                           '"positive_normalize"}\'.')
+                           help="The method's parameters as JSON, e.g. "
+                           '\'{"n_steps": 64}\' for integrated_gradients (README: the table '
+                           "of methods lists each one's), plus explain's "
+                           '"postprocessing" (a filter name or null) and "resizing". '
+                           "Unknown names are refused before any work.")
         group.add_argument("--image_key", default="image", help="Feature holding the image.")
         group.add_argument("--image_format", default="auto", choices=IMAGE_FORMATS,
                            help="auto (JPEG/PNG detected, raw otherwise), jpeg, png or raw.")

@@ -140,7 +140,8 @@ def format_report(report: OutputReport, top: int = 20, messages: int = 3) -> str
     size = "x".join(map(str, size)) if isinstance(size, list) else size
     lines = [
         f"run:      {m['started']} -> {m['finished']} ({m['seconds']:.1f} s) on {m['runner']}",
-        f"method:   {method['name']} {json.dumps(method['applied_params'], sort_keys=True)}",
+        f"method:   {method['name']} {json.dumps(method['received'], sort_keys=True)}",
+        f"explain:  {json.dumps(method['explain'], sort_keys=True)}",
         f"model:    {model['path']} (sha256 {model['sha256'][:16]}..., {model['bytes']:,} bytes)",
         f"input:    {source}",
         f"output:   {output['explanations']} (schema v{m['schema_version']}, "

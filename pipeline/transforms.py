@@ -35,9 +35,9 @@ from apache_beam.ml.inference.base import RunInference
 from explain_lib import io as explain_io
 from pipeline.explainer import (
     ModelInfo,
+    explain_params,
     inspect_model,
     resolve_method,
-    resolve_method_params,
     resolve_preprocess,
 )
 from pipeline import tfds_input
@@ -219,9 +219,17 @@ class Explain(beam.PTransform):
         label: Optional[str] = None,
     ):
         super().__init__(label)
-        explain_io.get_encoding(map_encoding)  # unknown encodings fail here, not on workers
+        # Everything that can be wrong with the options fails here, in the launcher, before
+        # any work, rather than on every worker or every record.
+        explain_io.get_encoding(map_encoding)
+        resolve_preprocess(preprocess)
         method_params = with_map_size(method_params, map_size)
-        info = model_info or inspect_model(model_path, method, activation_layer)
+        explain_params(resolve_method(method), method_params)
+        info = model_info or inspect_model(model_path, method, activation_layer, method_params,
+                                           image_size, top_k)
+        if not 1 <= top_k <= info.num_units:
+            raise ValueError(f"--top_k {top_k} does not fit the model's {info.num_units} output "
+                             f"units: ask for 1 to {info.num_units}.")
         self.spec = RecordSpec(
             image_size=_image_size(info, image_size),
             channels=info.input_shape[2] or (image_shape[2] if image_shape else 3),
@@ -242,10 +250,6 @@ class Explain(beam.PTransform):
             batch_size=batch_size,
             **dict(handler_kwargs or {}),
         )
-        # Resolving the names now makes a typo fail in the launcher, not on every worker.
-        resolve_method(method)
-        resolve_method_params(method_params)
-        resolve_preprocess(preprocess)
         self.map_encoding = map_encoding
         self.map_size = parse_map_size(map_size)
 

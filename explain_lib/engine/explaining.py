@@ -20,6 +20,8 @@ Separation of concerns:
   (`inspection.TopUnits`) and return them with the maps.
 """
 
+import collections
+import hashlib
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -29,17 +31,63 @@ import tensorflow as tf
 
 from explain_lib import inspection, utils
 from explain_lib.engine import data as data_adapter
+from explain_lib.methods.common import METHOD_ARGUMENTS, parameters_of
 from explain_lib.utils import SPATIAL_AXIS
 
 STEP_PARAMS = ("spatial_axis", "postprocessing", "resizing")
 """Keyword arguments of `explain` that go to `explain_step`; every other one goes to the
-method."""
+method (`spatial_axis` to both)."""
+
+LOOP_ARGUMENTS = frozenset({
+    "method", "model", "x", "y", "batch_size", "verbose", "steps", "callbacks",
+    "max_queue_size", "workers", "use_multiprocessing", "force", "top_k", "unit_chunk_size",
+})
+"""The names `explain` and `explain_predicted` keep for their own loop: a method parameter of
+one of these names could never reach the method, so a method declaring one is refused."""
 
 DEFAULT_UNIT_CHUNK_SIZE = 16
 
-_compiled_steps: "weakref.WeakKeyDictionary[keras.Model, Dict[Any, Any]]" = (
+MAX_STEPS_PER_MODEL = 32
+"""Compiled steps kept per model (the least recently used go first), so that calls with
+ever new parameter values (a fresh baseline array each time, say) do not pile up traces."""
+
+_compiled_steps: "weakref.WeakKeyDictionary[keras.Model, collections.OrderedDict]" = (
     weakref.WeakKeyDictionary()
 )
+
+
+def check_method_params(method: Callable, params: Dict[str, Any]) -> None:
+    """Refuse, before any work, parameters that would not reach `method`.
+
+    `params` are what `explain` passes to the method (its own arguments and `explain_step`'s
+    taken out). Raises a ValueError naming the method's parameters when one of `params` is
+    not among them (unless the method takes `**kwargs`), or when one of the method's
+    parameters has the name of an argument the loop keeps for itself (`steps`,
+    `batch_size`, ...; see `LOOP_ARGUMENTS`), which would take it first.
+    """
+    name = getattr(method, "__name__", repr(method))
+    accepted, open_ended = parameters_of(method)
+    shadowed = sorted(set(accepted) & (LOOP_ARGUMENTS | {"postprocessing", "resizing"}))
+    if shadowed:
+        raise ValueError(
+            f"{name} has parameter(s) {', '.join(shadowed)} named like explain's own "
+            "arguments, which take them first: rename them (as Integrated Gradients counts "
+            "its path in n_steps, not steps)."
+        )
+    engine_given = sorted(set(params) & set(METHOD_ARGUMENTS))
+    if engine_given:
+        raise ValueError(
+            f"{', '.join(engine_given)} cannot be given as method parameters: explain passes "
+            "the model, each batch of inputs and the units to the method itself."
+        )
+    unknown = sorted(set(params) - set(accepted))
+    if unknown and not open_ended:
+        known = ", ".join(accepted) or "none"
+        raise ValueError(
+            f"Unknown parameter(s) {', '.join(unknown)} for {name}: it takes {known} "
+            "(and explain itself spatial_axis, postprocessing, resizing, unit_chunk_size and "
+            "the arguments of model.predict's loop)."
+        )
 
 
 def explain_step(
@@ -109,11 +157,17 @@ def _check_method_outputs(method, inputs, indices, logits, maps) -> None:
 
 
 def _freeze(value) -> Any:
-    """A hashable stand-in for a parameter value (unhashable values by identity)."""
+    """A hashable stand-in for a parameter value: arrays and eager tensors by content (a
+    new array of the same values reuses the step), other unhashable values by identity."""
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, dict):
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (np.ndarray, np.generic)) or tf.is_tensor(value) and hasattr(
+        value, "numpy"
+    ):
+        array = np.ascontiguousarray(np.asarray(value))
+        return ("array", array.shape, array.dtype.str, hashlib.sha1(array.tobytes()).hexdigest())
     try:
         hash(value)
         return value
@@ -141,17 +195,20 @@ def _compiled_step(
     maps)."""
     key = (method, _freeze(method_params), _freeze(step_params),
            tuple(input_spec.shape[1:]), input_spec.dtype, units, selecting)
-    steps = _compiled_steps.setdefault(model, {})
-    if key not in steps:
+    steps = _compiled_steps.setdefault(model, collections.OrderedDict())
+    if key in steps:
+        steps.move_to_end(key)
+    else:
         # The params are kept with the step so that identity-keyed values stay alive.
         steps[key] = (_make_step(model, method, method_params, step_params, input_spec, units,
                                  selecting), method_params)
+        while len(steps) > MAX_STEPS_PER_MODEL:
+            steps.popitem(last=False)
     return steps[key][0]
 
 
 def _make_step(model, method, method_params, step_params, input_spec, units,
                selecting) -> Callable:
-    strategy = model.distribute_strategy
     # The step refers to the model weakly, so that the cache entry does not keep it alive.
     model_ref = weakref.ref(model)
 
@@ -165,37 +222,63 @@ def _make_step(model, method, method_params, step_params, input_spec, units,
                                     **method_params)
         return selector.units, logits, maps
 
-    if _uses_xla(model):
-        replica_step = tf.function(replica_step, jit_compile=True)
-
-    def step(inputs, *indices):
-        # Contiguous shards in replica order keep the input order; a batch that does not
-        # divide by the replica count is padded with copies of its last sample (an empty
-        # shard is not a valid input for every kernel), and the copies are dropped.
-        replicas = strategy.num_replicas_in_sync
-        batch = tf.shape(inputs)[0]
-        per_replica = (batch + replicas - 1) // replicas
-
-        def shard(tensor):
-            padding = tf.repeat(tensor[-1:], per_replica * replicas - batch, axis=0)
-            tensor = tf.concat([tensor, padding], axis=0)
-            return strategy.experimental_distribute_values_from_function(
-                lambda ctx: tensor[ctx.replica_id_in_sync_group * per_replica:
-                                   (ctx.replica_id_in_sync_group + 1) * per_replica]
-            )
-
-        outputs = strategy.run(replica_step, args=tuple(map(shard, (inputs, *indices))))
-        return tuple(
-            tf.concat(strategy.experimental_local_results(output), axis=0)[:batch]
-            for output in outputs
-        )
-
-    if getattr(model, "run_eagerly", False):
-        return step
     signature = [tf.TensorSpec((None, *input_spec.shape[1:]), input_spec.dtype)]
     if not selecting:
         signature.append(tf.TensorSpec((None, units), tf.int32))
-    return tf.function(step, input_signature=signature)
+    return compile_distributed(model, replica_step, signature)
+
+
+def compile_distributed(model: keras.Model, replica_step: Callable,
+                        signature: Sequence[tf.TensorSpec]) -> Callable:
+    """`replica_step` (tensors sharing a batch axis -> a tuple of tensors with that batch
+    axis) as one step over a global batch, run like Keras runs `predict_step`: the batch is
+    split across the replicas of the model's strategy (`run_on_replicas`), under XLA when
+    the model asks for it, compiled with `signature` (whose batch dimension is None, so that
+    every batch size shares one trace) unless the model runs eagerly.
+
+    Usage (the step `explain` builds; `evaluate` builds its own the same way):
+
+        step = compile_distributed(model, replica_step, [tf.TensorSpec((None, 32, 32, 3))])
+        outputs = step(images)
+    """
+    strategy = model.distribute_strategy
+    if _uses_xla(model):
+        replica_step = tf.function(replica_step, jit_compile=True)
+
+    def step(*tensors):
+        return run_on_replicas(strategy, replica_step, tensors)
+
+    if getattr(model, "run_eagerly", False):
+        return step
+    return tf.function(step, input_signature=list(signature))
+
+
+def run_on_replicas(strategy: tf.distribute.Strategy, replica_step: Callable,
+                    tensors: Sequence[tf.Tensor]) -> Tuple[tf.Tensor, ...]:
+    """Run `replica_step` on contiguous shards of `tensors` (split along their batch axis),
+    one per replica of `strategy`, and concatenate the replicas' outputs in input order.
+
+    A batch that does not divide by the replica count is padded with copies of its last
+    sample (an empty shard is not a valid input for every kernel), and the copies' outputs
+    are dropped, so the results are those of one device.
+    """
+    replicas = strategy.num_replicas_in_sync
+    batch = tf.shape(tensors[0])[0]
+    per_replica = (batch + replicas - 1) // replicas
+
+    def shard(tensor):
+        padding = tf.repeat(tensor[-1:], per_replica * replicas - batch, axis=0)
+        tensor = tf.concat([tensor, padding], axis=0)
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tensor[ctx.replica_id_in_sync_group * per_replica:
+                               (ctx.replica_id_in_sync_group + 1) * per_replica]
+        )
+
+    outputs = strategy.run(replica_step, args=tuple(map(shard, tensors)))
+    return tuple(
+        tf.concat(strategy.experimental_local_results(output), axis=0)[:batch]
+        for output in outputs
+    )
 
 
 def _check_inputs(inputs: tf.Tensor, spatial_axis: Sequence[int]) -> None:
@@ -276,7 +359,7 @@ def explain(
     max_queue_size: int = 10,
     workers: int = 1,
     use_multiprocessing: bool = False,
-    force: bool = True,
+    force: bool = False,
     **method_params,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Explain `model`'s outputs for `x` with an explaining `method`.
@@ -308,20 +391,21 @@ def explain(
         max_queue_size: batches read ahead from a generator or PyDataset.
         workers: threads (or processes) reading a PyDataset.
         use_multiprocessing: read a PyDataset with processes instead of threads.
-        force: rebuild the compiled step for this model. Pass False when calling `explain`
-            repeatedly with the same method and parameters: the compiled step is reused and
-            nothing is retraced.
+        force: rebuild the compiled steps of this model. By default a step built for the
+            same model, method, parameters, input signature and number of units is reused,
+            as `model.predict` reuses its function: a second call traces nothing.
         **method_params: `spatial_axis`, `postprocessing` and `resizing` go to
             `explain_step`; `unit_chunk_size` (default 16) bounds how many units one step
-            explains; everything else goes to `method`.
+            explains; everything else goes to `method`, which must take it (checked before
+            any work: see `check_method_params`).
 
     Returns:
         `logits` (N, K), the explained units' scores, and `maps` (N, H, W, K).
 
     Raises:
-        ValueError: with what is wrong and how to fix it, for empty inputs, mismatched
-            `x`/`y`, unit indices out of range, inputs that do not fit `spatial_axis`, or a
-            method returning maps of an unexpected shape.
+        ValueError: with what is wrong and how to fix it, for a parameter the method does
+            not take, empty inputs, mismatched `x`/`y`, unit indices out of range, inputs
+            that do not fit `spatial_axis`, or a method returning maps of an unexpected shape.
     """
     _, logits, maps = _explain_batches(
         method, model, x, y, None, batch_size, verbose, steps, callbacks, max_queue_size,
@@ -342,7 +426,7 @@ def explain_predicted(
     max_queue_size: int = 10,
     workers: int = 1,
     use_multiprocessing: bool = False,
-    force: bool = True,
+    force: bool = False,
     **method_params,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Explain each input's `top_k` highest-scoring units, as the model predicts them.
@@ -383,15 +467,61 @@ def explain_predicted(
     )
 
 
+def split_params(method: Callable, params: Dict[str, Any]
+                 ) -> Tuple[Dict[str, Any], Dict[str, Any], int]:
+    """`explain`'s keyword arguments split into (the method's parameters, `explain_step`'s,
+    the unit chunk size), the method's checked by `check_method_params`."""
+    method_params = dict(params)
+    step_params = {k: method_params.pop(k) for k in STEP_PARAMS if k in method_params}
+    unit_chunk_size = int(method_params.pop("unit_chunk_size", DEFAULT_UNIT_CHUNK_SIZE))
+    if unit_chunk_size < 1:
+        raise ValueError(f"unit_chunk_size must be at least 1, got {unit_chunk_size}.")
+    check_method_params(method, method_params)
+    return method_params, step_params, unit_chunk_size
+
+
+def check_explain(method: Callable, model: keras.Model, input_shape: Sequence[Optional[int]],
+                  units: int = 1, top_k: Optional[int] = None, **params) -> None:
+    """Check, before any work, that `explain` (or `explain_predicted`, with `top_k`) can run
+    `method` with `params` on `model` for inputs of `input_shape` (without the batch axis):
+    the parameters reach the method (`check_method_params`), and the compiled step traces on
+    a symbolic batch, which runs the method's own checks of its parameter values and of the
+    model. Nothing is computed; the traced step is cached for the calls that follow.
+
+    Usage:
+
+        check_explain(methods.integrated_gradients, model, (224, 224, 3), n_steps=0)
+        # ValueError: integrated_gradients needs n_steps >= 1 ...
+
+    Raises:
+        ValueError: (or the TypeError of a malformed value) with what is wrong.
+    """
+    method_params, step_params, _ = split_params(method, params)
+    spec = tf.TensorSpec((None, *input_shape), keras.config.floatx())
+    _check_inputs(spec, tuple(step_params.get("spatial_axis", SPATIAL_AXIS)))
+    if getattr(model, "run_eagerly", False):
+        return  # an eager step has no trace: it is checked by its first batch
+    width = units if top_k is None else int(top_k)
+    step = _compiled_step(model, method, method_params, step_params, spec, width,
+                          selecting=top_k is not None)
+    try:
+        step.get_concrete_function()
+    except (ValueError, TypeError) as error:
+        # Tracing prefixes the method's own message with the frames it was raised in.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = lines[-1] if lines else repr(error)
+        prefix = f"{type(error).__name__}: "
+        raise type(error)(message[len(prefix):] if message.startswith(prefix) else message
+                          ) from error
+
+
 def _explain_batches(
     method, model, x, y, top_k, batch_size, verbose, steps, callbacks, max_queue_size,
     workers, use_multiprocessing, force, method_params,
 ) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
     """`explain`'s loop; with `top_k`, each batch's units are chosen by its step and
     returned first, else they come from `y` (None: every unit, in chunks)."""
-    method_params = dict(method_params)
-    step_params = {k: method_params.pop(k) for k in STEP_PARAMS if k in method_params}
-    unit_chunk_size = int(method_params.pop("unit_chunk_size", DEFAULT_UNIT_CHUNK_SIZE))
+    method_params, step_params, unit_chunk_size = split_params(method, method_params)
     spatial_axis = tuple(step_params.get("spatial_axis", SPATIAL_AXIS))
     if force:
         _compiled_steps.pop(model, None)

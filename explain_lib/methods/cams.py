@@ -12,7 +12,8 @@ What distinguishes them is the channel weights:
 - `gradcam`: the spatial mean of ∂f_u/∂A;
 - `gradcampp`: a positively weighted sum of ∂f_u/∂A (higher-order terms);
 - `layercam`: ReLU(∂f_u/∂A) per position (no pooling);
-- `scorecam`: the score of the input masked by each channel (forward passes only).
+- `scorecam`: the unit's probability for the input masked by each channel (forward
+  passes only).
 """
 
 import weakref
@@ -23,7 +24,7 @@ import tensorflow as tf
 
 from explain_lib import filters, inspection, utils
 from explain_lib.methods import chunking
-from explain_lib.methods.gradient import unit_maps
+from explain_lib.methods.common import check_score, scores_of, unit_maps
 from explain_lib.utils import SPATIAL_AXIS
 
 
@@ -257,15 +258,20 @@ def scorecam(
     inputs: tf.Tensor,
     indices: Optional[tf.Tensor] = None,
     spatial_axis: Sequence[int] = SPATIAL_AXIS,
+    score: str = "probability",
     chunk_size: int = 16,
     max_channels: Optional[int] = None,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Score-CAM: Σ_c s_c A_c, s_c = f_u(x ⊙ M_c), M_c = A_c min-max normalised and upsampled.
+    """Score-CAM: Σ_c s_c A_c, s_c = p_u(x ⊙ M_c), M_c = A_c upsampled and min-max normalised.
 
-    Each channel, used as a soft mask on the input, is weighted by the score the model gives
-    the masked input: forward passes only, no gradient. The masked inputs are scored
-    `chunk_size` channels per forward pass (`chunk_size × B` inputs), never one pass per
-    channel and never all channels at once.
+    Each channel, upsampled to the input's size and normalised to [0, 1], is used as a soft
+    mask on the input, and weighs the channel by the probability the model gives the
+    explained unit for the masked input (the softmax of the logits over the units, as in the
+    paper and its official code; `score="logit"` weighs by the raw logit instead). A channel
+    whose activation is constant makes no mask and is skipped (weight 0), as in the official
+    code. Forward passes only, no gradient. The masked inputs are scored `chunk_size`
+    channels per forward pass (`chunk_size × B` inputs), never one pass per channel and
+    never all channels at once.
 
     `max_channels=N` is Faster Score-CAM: only the N channels whose activation varies most
     over positions (per sample) are scored, so the time falls in proportion.
@@ -279,7 +285,8 @@ def scorecam(
     References:
         Wang, H., Wang, Z., Du, M., Yang, F., Zhang, Z., Ding, S., Mardziel, P., Hu, X.
         (2020). Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
-        Networks. CVPR Workshops. arXiv:1910.01279.
+        Networks. CVPR Workshops. arXiv:1910.01279. Official code:
+        github.com/haofanwang/Score-CAM (softmax scores, constant channels skipped).
         Faster-Score-CAM (channels of largest variance only): github.com/tabayashi0117/Score-CAM.
 
     Args:
@@ -288,12 +295,20 @@ def scorecam(
         indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
             U units.
         spatial_axis: the spatial axes of the inputs and activations.
+        score: "probability" (softmax over the units; sigmoid for a one-unit model) or
+            "logit": what a masked input is scored by.
         chunk_size: channels (masked copies of each input) per forward pass.
         max_channels: keep only this many channels, those of highest spatial variance.
 
     Returns:
         logits (B, K) and maps (B, h, w, K).
     """
+    check_score(score)
+    if chunk_size < 1 or (max_channels is not None and max_channels < 1):
+        raise ValueError(
+            f"scorecam needs chunk_size >= 1 and max_channels >= 1 (or None), got "
+            f"chunk_size={chunk_size} and max_channels={max_channels}."
+        )
     inputs = tf.convert_to_tensor(inputs)
     logits, activations = exposed_outputs(model, inputs)
     indices = inspection.select_units(logits, indices)
@@ -307,11 +322,16 @@ def scorecam(
 
     def channel_chunk(start, count):
         chunk = tf.gather(activations, start + tf.range(count), axis=-1)  # (B, h, w, n)
-        masks = utils.resize(filters.normalize(chunk, spatial_axis), size, spatial_axis)
+        # Normalised after upsampling, as the official code does: each mask spans [0, 1].
+        masks = filters.normalize(utils.resize(chunk, size, spatial_axis), spatial_axis)
+        varies = tf.reduce_max(chunk, spatial_axis) > tf.reduce_min(chunk, spatial_axis)
         masks = tf.experimental.numpy.moveaxis(masks, -1, 0)[..., None]  # (n, B, H, W, 1)
-        scores, _ = exposed_outputs(model, chunking.merge_copies(masks * inputs))
-        scores = inspection.gather_units(scores, chunking.tile_indices(indices, count))
+        masked_logits, _ = exposed_outputs(model, chunking.merge_copies(masks * inputs))
+        scores = inspection.gather_units(
+            scores_of(masked_logits, score), chunking.tile_indices(indices, count)
+        )
         scores = chunking.split_copies(scores, count)  # (n, B, K)
+        scores *= tf.cast(tf.transpose(varies), scores.dtype)[..., None]  # constant: skipped
         return tf.einsum("b...n,nbk->b...k", chunk, tf.cast(scores, chunk.dtype))
 
     zeros = tf.zeros(

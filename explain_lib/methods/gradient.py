@@ -9,41 +9,43 @@ unit; multi-pass methods (Integrated Gradients) repeat that per chunk of path po
 
 import math
 import weakref
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
 import tensorflow as tf
 
 from explain_lib import filters, inspection, utils
-from explain_lib.inspection import KERNEL_AXIS
 from explain_lib.methods import chunking
+from explain_lib.methods.common import logits_of, unit_maps
 from explain_lib.utils import SPATIAL_AXIS
 
 
-def logits_of(model: keras.Model, inputs: tf.Tensor) -> tf.Tensor:
-    """The model's logits: its output, or its first output for an exposed model."""
-    outputs = model(inputs, training=False)
-    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+GRADIENT_FILTERS: Dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "abs": tf.abs,
+    "square": tf.square,
+    "positive": tf.nn.relu,
+    "identity": tf.identity,
+}
+"""`gradients`' `gradient_filter` by name (what a JSON configuration can say)."""
 
 
 def gradients(
     model: keras.Model,
     inputs: tf.Tensor,
     indices: Optional[tf.Tensor] = None,
-    indices_axis: int = KERNEL_AXIS,
-    indices_batch_dims: int = -1,
     spatial_axis: Sequence[int] = SPATIAL_AXIS,
-    gradient_filter: Callable = tf.abs,
+    gradient_filter: Union[str, Callable] = "abs",
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Vanilla gradient saliency: ψ(∂f_u(x)/∂x), averaged over channels.
 
     For each explained unit u, the gradient of its score with respect to every input value,
-    passed through `gradient_filter` (default: absolute value) and averaged over the channel
-    axis.
+    passed through `gradient_filter` ψ (default: the absolute value, as the paper takes
+    the maximum magnitude over channels; here the mean) and averaged over the channel axis.
 
     Usage:
 
         logits, maps = gradients(model, images, tf.constant([[3], [7]]))  # maps (2, H, W, 1)
+        logits, maps = gradients(model, images, units, gradient_filter="identity")  # signed
         logits, maps = explain_lib.gradients(model, images, [3, 7])       # normalised
 
     Reference:
@@ -55,47 +57,32 @@ def gradients(
         inputs: (B, H, W, C) input signals.
         indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
             U units.
-        indices_axis, indices_batch_dims: how `indices` gather from the logits.
         spatial_axis: the spatial axes of `inputs`.
-        gradient_filter: applied to the gradient before the channel mean.
+        gradient_filter: ψ, applied to the gradient before the channel mean: a name in
+            `GRADIENT_FILTERS` ("abs", "square", "positive", "identity") or a function.
 
     Returns:
         logits (B, K) and maps (B, H, W, K).
     """
+    psi = _named(gradient_filter, GRADIENT_FILTERS, "gradient_filter")
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         tape.watch(inputs)
         logits = logits_of(model, inputs)
-        indices = inspection.select_units(logits, indices)
-        logits = inspection.gather_units(logits, indices, indices_axis, indices_batch_dims)
-    maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_mean(gradient_filter(grad), -1))
+        logits = inspection.gather_units(logits, inspection.select_units(logits, indices))
+    maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_mean(psi(grad), -1))
     del tape
     return logits, maps
 
 
-def unit_maps(tape: tf.GradientTape, logits: tf.Tensor, sources, to_map: Callable):
-    """For each explained unit, one backward pass reduced at once by `to_map`; the results
-    stacked on a new last axis (a structure of results is stacked leaf by leaf).
-
-    Samples are independent in inference, so the gradient of a column's sum is each
-    sample's own gradient. Pass k starts only once result k-1 exists, so one unit's
-    gradients are alive at a time: the methods whose passes cover a whole chunk of input
-    copies rely on it to bound their memory.
-
-    Usage:
-
-        maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_sum(grad * inputs, -1))
-    """
-    units = logits.shape[-1]
-    if units is None:
+def _named(value, table: Dict[str, Callable], parameter: str) -> Callable:
+    """A function given itself or by its name in `table`."""
+    if callable(value):
+        return value
+    if value not in table:
         raise ValueError(
-            f"The number of explained units must be static, got logits of shape {logits.shape}."
+            f"Unknown {parameter} {value!r}: use one of {', '.join(table)}, or a function."
         )
-    results = []
-    for k in range(units):
-        seed = tf.one_hot(tf.fill(tf.shape(logits)[:1], k), units, dtype=logits.dtype)
-        with tf.control_dependencies(tf.nest.flatten(results[-1:])):
-            results.append(to_map(tape.gradient(logits, sources, output_gradients=seed)))
-    return tf.nest.map_structure(lambda *maps: tf.stack(maps, axis=-1), *results)
+    return table[value]
 
 
 def input_x_gradient(
@@ -148,7 +135,7 @@ def integrated_gradients(
     indices: Optional[tf.Tensor] = None,
     spatial_axis: Sequence[int] = SPATIAL_AXIS,
     baseline: Union[float, str, tf.Tensor] = 0.0,
-    steps: int = 32,
+    n_steps: int = 32,
     chunk_size: int = 8,
     blur_sigma: float = 5.0,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -157,15 +144,17 @@ def integrated_gradients(
     The gradient is averaged along the straight path from a baseline x' (an input that
     carries no signal) to x, and multiplied by the displacement. The attributions satisfy
     *completeness*: they sum to f_u(x) - f_u(x'). The integral is a midpoint Riemann sum of
-    `steps` points, whose error falls as 1/steps² on smooth models; the maps are signed and
+    `n_steps` points, whose error falls as 1/n_steps² on smooth models; the maps are signed and
     summed over channels, so they keep that sum.
 
     The path points are evaluated `chunk_size` at a time: one forward pass holds
-    `chunk_size × B` inputs and one unit's gradients of them, whatever `steps` is.
+    `chunk_size × B` inputs and one unit's gradients of them, whatever `n_steps` is. (The
+    path length is `n_steps`, as in Captum, so that it never meets `explain`'s own `steps`,
+    the number of batches to read.)
 
     Usage:
 
-        logits, maps = integrated_gradients(model, images, units, steps=64)
+        logits, maps = integrated_gradients(model, images, units, n_steps=64)
         logits, maps = integrated_gradients(model, images, units, baseline="blur")
         logits, maps = explain_lib.integrated_gradients(model, images, units)  # |.| normalised
 
@@ -183,13 +172,18 @@ def integrated_gradients(
         baseline: x': a number (a constant input, 0 by default), "blur" (each input blurred
             by a Gaussian of `blur_sigma` pixels) or a tensor broadcastable to `inputs`
             (such as one (H, W, C) reference image).
-        steps: points of the Riemann sum.
+        n_steps: points of the Riemann sum.
         chunk_size: path points per forward pass.
         blur_sigma: standard deviation, in pixels, of the "blur" baseline.
 
     Returns:
         logits (B, K) at `inputs` and signed maps (B, H, W, K).
     """
+    if n_steps < 1 or chunk_size < 1:
+        raise ValueError(
+            f"integrated_gradients needs n_steps >= 1 and chunk_size >= 1, got "
+            f"n_steps={n_steps} and chunk_size={chunk_size}."
+        )
     inputs = tf.convert_to_tensor(inputs)
     reference = _baseline_of(inputs, baseline, blur_sigma, spatial_axis)
     displacement = inputs - reference
@@ -200,7 +194,7 @@ def integrated_gradients(
     rank = inputs.shape.rank
 
     def path_chunk(start, count):
-        alphas = (tf.cast(start + tf.range(count), inputs.dtype) + 0.5) / steps
+        alphas = (tf.cast(start + tf.range(count), inputs.dtype) + 0.5) / n_steps
         alphas = tf.reshape(alphas, [-1] + [1] * rank)
         points = chunking.merge_copies(reference + alphas * displacement)
         with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
@@ -216,8 +210,8 @@ def integrated_gradients(
         return unit_maps(tape, scores, points, attribution)
 
     zeros = tf.zeros(tf.concat([tf.shape(inputs)[:-1], [units]], axis=0), inputs.dtype)
-    total = chunking.chunked_reduce(steps, chunk_size, path_chunk, initial=zeros)
-    return logits, total / steps
+    total = chunking.chunked_reduce(n_steps, chunk_size, path_chunk, initial=zeros)
+    return logits, total / n_steps
 
 
 def _baseline_of(inputs, baseline, blur_sigma, spatial_axis) -> tf.Tensor:
@@ -366,7 +360,7 @@ def full_gradients(
     inputs: tf.Tensor,
     indices: Optional[tf.Tensor] = None,
     spatial_axis: Sequence[int] = SPATIAL_AXIS,
-    psi: Callable = filters.absolute_normalize,
+    psi: Union[str, Callable] = "absolute_normalize",
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Full-Gradient: ψ(∂f_u/∂x ⊙ x) + Σ_l ψ(∂f_u/∂z_l ⊙ b_l), summed over channels.
 
@@ -395,11 +389,13 @@ def full_gradients(
         indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
             U units.
         spatial_axis: the spatial axes of `inputs`.
-        psi: filter `psi(term, axis)` applied to each term over `(*spatial_axis, -1)`.
+        psi: the filter applied to each term over `(*spatial_axis, -1)`: a name in
+            `explain_lib.filters` or a function `psi(term, axis)`.
 
     Returns:
         logits (B, K) and maps (B, H, W, K).
     """
+    psi = filters.get(psi) if isinstance(psi, str) else psi
     inputs = tf.convert_to_tensor(inputs)
     axis = (*spatial_axis, -1)
     shape = tf.shape(inputs)

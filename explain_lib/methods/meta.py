@@ -3,38 +3,40 @@
     smoothgrad = smooth(gradients, repetitions=32, noise=0.15)
     robust_cam = smooth(tta(gradcam))            # they compose
     logits, maps = explain(robust_cam, exposed, images, units)
+    logits, maps = explain(smoothgrad, model, images, units, repetitions=64)
 
 - `smooth`, `vargrad`, `squaregrad` run the method on noisy copies of each input and return
   the mean, the variance or the mean of squares of its maps. The copies are made
-  `chunk_size` at a time (one call of the method sees `chunk_size × B` inputs) and reduced
-  as they come, so memory does not grow with `repetitions`.
+  `noise_chunk_size` at a time (one call of the method sees `noise_chunk_size × B` inputs)
+  and reduced as they come, so memory does not grow with `repetitions`.
 - `tta` runs the method on rescaled and mirrored inputs, one augmentation at a time, maps
   each map back to the frame of the un-augmented one and averages.
 
-The returned method has the signature of any method, `(model, inputs, indices, *,
-spatial_axis, **params)`: `params` go to the wrapped method. Given a `TopUnits` selector
-as `indices`, a meta method chooses the units with one forward pass at the input (not at a
-noisy or augmented copy) and explains those.
+The returned method is a method like any other, `(model, inputs, indices, *, spatial_axis,
+**params)`, whose parameters are its own (the values given to the meta method are their
+defaults) followed by the wrapped method's, which it passes on. Its signature says so
+(`inspect.signature`), which is how `explain` and the registry know them. The meta methods'
+own names (`repetitions`, `noise`, `noise_chunk_size`, `noise_seed`; `scales`, `hflip`,
+`resize_method`) are chosen not to meet a method's own (`chunk_size`, `seed`), so that
+`smooth(rise)` can set both; wrapping a method that has one of them is an error.
+
+Given a `TopUnits` selector as `indices`, a meta method chooses the units with one forward
+pass at the input (not at a noisy or augmented copy) and explains those.
 
 Noise is reproducible and shared by the samples of a batch (copy r of every input gets the
 same draw, scaled to that input's range), so a sample's maps do not depend on the batch, or
 the replica, it is explained in.
 """
 
-from typing import Callable, Sequence
+import inspect
+from typing import Any, Callable, Dict, Sequence
 
 import tensorflow as tf
 
 from explain_lib import inspection, utils
 from explain_lib.methods import chunking
-from explain_lib.methods.gradient import logits_of
+from explain_lib.methods.common import RANDOM_ALGORITHM, logits_of, parameters_of
 from explain_lib.utils import SPATIAL_AXIS
-
-
-RANDOM_ALGORITHM = "philox"
-"""The stateless generator of noise and masks, named rather than "auto_select" (whose choice
-may differ between devices). Draws depend only on the seed, on CPU and GPU alike; under XLA
-(`jit_compile`) they are other draws of the same distribution."""
 
 
 def _name(method: Callable) -> str:
@@ -76,21 +78,75 @@ def _units_at_input(model, inputs, indices):
     return indices
 
 
-def _over_noisy_copies(method, repetitions, noise, chunk_size, seed, statistic, name):
-    if repetitions < 1 or chunk_size < 1 or noise < 0:
+def _check_noise(name, repetitions, noise, noise_chunk_size):
+    if repetitions < 1 or noise_chunk_size < 1 or noise < 0:
         raise ValueError(
-            f"{name} needs repetitions >= 1, chunk_size >= 1 and noise >= 0, got "
-            f"repetitions={repetitions}, chunk_size={chunk_size}, noise={noise}."
+            f"{name} needs repetitions >= 1, noise_chunk_size >= 1 and noise >= 0, got "
+            f"repetitions={repetitions}, noise_chunk_size={noise_chunk_size}, noise={noise}."
         )
 
+
+def _with_own_parameters(method: Callable, own: Dict[str, Any], apply: Callable,
+                         name: str) -> Callable:
+    """`apply`, named and documented after `method`, with the signature of a method whose
+    parameters are `own` (name: default) followed by `method`'s."""
+    base, open_ended = parameters_of(method)
+    clash = sorted(set(base) & set(own))
+    if clash:
+        raise ValueError(
+            f"{name} cannot wrap {_name(method)}: its parameter(s) {', '.join(clash)} have the "
+            f"names of {name}'s own, which would take them. Rename them in {_name(method)}."
+        )
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    parameters = [
+        inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("indices", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        inspect.Parameter("spatial_axis", keyword, default=SPATIAL_AXIS),
+        *(inspect.Parameter(n, keyword, default=d) for n, d in own.items()),
+        *(inspect.Parameter(n, keyword, default=d) for n, d in base.items()),
+    ]
+    if open_ended:
+        parameters.append(inspect.Parameter("params", inspect.Parameter.VAR_KEYWORD))
+    apply.__signature__ = inspect.Signature(parameters)
+    apply.__name__ = f"{_name(method)}_{name}"
+    apply.__doc__ = (
+        f"`{name}` of `{_name(method)}`: parameters {', '.join(own)} (see "
+        f"`explain_lib.methods.meta.{name}`), then {_name(method)}'s.\n\n{method.__doc__ or ''}"
+    )
+    return apply
+
+
+def _noise_defaults(repetitions, noise, noise_chunk_size, noise_seed) -> Dict[str, Any]:
+    return {"repetitions": int(repetitions), "noise": float(noise),
+            "noise_chunk_size": int(noise_chunk_size), "noise_seed": int(noise_seed)}
+
+
+def _mean(mean, variance):
+    return mean
+
+
+def _variance(mean, variance):
+    return variance
+
+
+def _mean_square(mean, variance):
+    return variance + tf.square(mean)
+
+
+def _over_noisy_copies(method, defaults, statistic, name):
+    _check_noise(name, defaults["repetitions"], defaults["noise"], defaults["noise_chunk_size"])
+
     def apply(model, inputs, indices=None, spatial_axis=SPATIAL_AXIS, **params):
+        own = {key: params.pop(key, default) for key, default in defaults.items()}
+        _check_noise(name, own["repetitions"], own["noise"], own["noise_chunk_size"])
         inputs = tf.convert_to_tensor(inputs)
         indices = _units_at_input(model, inputs, indices)
 
         def copies_chunk(start, count):
             logits, maps = method(
                 model=model,
-                inputs=_noisy_copies(inputs, start, count, noise, seed),
+                inputs=_noisy_copies(inputs, start, count, own["noise"], own["noise_seed"]),
                 indices=chunking.tile_indices(indices, count),
                 spatial_axis=spatial_axis,
                 **params,
@@ -102,21 +158,19 @@ def _over_noisy_copies(method, repetitions, noise, chunk_size, seed, statistic, 
             return tf.cast(count, maps.dtype), tf.reduce_sum(logits, axis=0), mean, m2
 
         count, logits, mean, m2 = chunking.chunked_reduce(
-            repetitions, chunk_size, copies_chunk, combine=_merge_moments
+            own["repetitions"], own["noise_chunk_size"], copies_chunk, combine=_merge_moments
         )
         return logits / tf.cast(count, logits.dtype), statistic(mean, m2 / count)
 
-    apply.__name__ = f"{_name(method)}_{name}"
-    apply.__doc__ = f"`{name}` of `{_name(method)}`.\n\n{method.__doc__ or ''}"
-    return apply
+    return _with_own_parameters(method, defaults, apply, name)
 
 
 def smooth(
     method: Callable,
     repetitions: int = 20,
     noise: float = 0.1,
-    chunk_size: int = 8,
-    seed: int = 0,
+    noise_chunk_size: int = 8,
+    noise_seed: int = 0,
 ) -> Callable:
     """SmoothGrad of any method: the mean of its maps over noisy copies of the input.
 
@@ -127,6 +181,7 @@ def smooth(
 
         smoothgrad = smooth(methods.gradient.gradients, repetitions=32, noise=0.15)
         logits, maps = explain(smoothgrad, model, images, units)
+        logits, maps = explain(smoothgrad, model, images, units, repetitions=64)
         logits, maps = explain(smooth(methods.cams.gradcam), exposed, images, units)
 
     Reference:
@@ -137,30 +192,30 @@ def smooth(
         method: the explaining method to smooth.
         repetitions: noisy copies of each input.
         noise: the noise's standard deviation, as a fraction of each input's value range.
-        chunk_size: copies of each input per call of `method`.
-        seed: seed of the (stateless, reproducible) noise.
+        noise_chunk_size: copies of each input per call of `method`.
+        noise_seed: seed of the (stateless, reproducible) noise.
 
     Returns:
-        An explaining method.
+        An explaining method taking these as parameters too (their values here are its
+        defaults), then `method`'s.
     """
-    return _over_noisy_copies(
-        method, repetitions, noise, chunk_size, seed, lambda mean, variance: mean, "smooth"
-    )
+    return _over_noisy_copies(method, _noise_defaults(repetitions, noise, noise_chunk_size,
+                                                      noise_seed), _mean, "smooth")
 
 
 def vargrad(
     method: Callable,
     repetitions: int = 20,
     noise: float = 0.1,
-    chunk_size: int = 8,
-    seed: int = 0,
+    noise_chunk_size: int = 8,
+    noise_seed: int = 0,
 ) -> Callable:
     """VarGrad of any method: the variance of its maps over noisy copies of the input.
 
     Same copies as `smooth` (same arguments, same seed, same draws); the variance is the
     population variance, accumulated chunk by chunk with Chan et al.'s pairwise update (no
     cancellation between large sums). Apply it to signed maps (for instance
-    `functools.partial(gradients, gradient_filter=tf.identity)`) for the variance of the
+    `smooth`'s copies of `gradients` with `gradient_filter="identity"`) for the variance of the
     gradient itself.
 
     Usage:
@@ -176,23 +231,23 @@ def vargrad(
         method: the explaining method.
         repetitions: noisy copies of each input.
         noise: the noise's standard deviation, as a fraction of each input's value range.
-        chunk_size: copies of each input per call of `method`.
-        seed: seed of the (stateless, reproducible) noise.
+        noise_chunk_size: copies of each input per call of `method`.
+        noise_seed: seed of the (stateless, reproducible) noise.
 
     Returns:
-        An explaining method.
+        An explaining method taking these as parameters too (their values here are its
+        defaults), then `method`'s.
     """
-    return _over_noisy_copies(
-        method, repetitions, noise, chunk_size, seed, lambda mean, variance: variance, "vargrad"
-    )
+    return _over_noisy_copies(method, _noise_defaults(repetitions, noise, noise_chunk_size,
+                                                      noise_seed), _variance, "vargrad")
 
 
 def squaregrad(
     method: Callable,
     repetitions: int = 20,
     noise: float = 0.1,
-    chunk_size: int = 8,
-    seed: int = 0,
+    noise_chunk_size: int = 8,
+    noise_seed: int = 0,
 ) -> Callable:
     """SquareGrad of any method: the mean of its squared maps over noisy copies of the input.
 
@@ -210,21 +265,15 @@ def squaregrad(
         method: the explaining method.
         repetitions: noisy copies of each input.
         noise: the noise's standard deviation, as a fraction of each input's value range.
-        chunk_size: copies of each input per call of `method`.
-        seed: seed of the (stateless, reproducible) noise.
+        noise_chunk_size: copies of each input per call of `method`.
+        noise_seed: seed of the (stateless, reproducible) noise.
 
     Returns:
-        An explaining method.
+        An explaining method taking these as parameters too (their values here are its
+        defaults), then `method`'s.
     """
-    return _over_noisy_copies(
-        method,
-        repetitions,
-        noise,
-        chunk_size,
-        seed,
-        lambda mean, variance: variance + tf.square(mean),
-        "squaregrad",
-    )
+    return _over_noisy_copies(method, _noise_defaults(repetitions, noise, noise_chunk_size,
+                                                      noise_seed), _mean_square, "squaregrad")
 
 
 def tta(
@@ -261,19 +310,24 @@ def tta(
         resize_method: `tf.image.resize` method for inputs and maps.
 
     Returns:
-        An explaining method.
+        An explaining method taking these as parameters too (their values here are its
+        defaults), then `method`'s.
     """
-    scales = tuple(float(s) for s in scales)
-    augmentations = [(None, True)] if hflip else []
-    for scale in scales:
-        augmentations += [(scale, False)] + ([(scale, True)] if hflip else [])
+    defaults = {"scales": tuple(float(s) for s in scales), "hflip": bool(hflip),
+                "resize_method": resize_method}
 
     def apply(model, inputs, indices=None, spatial_axis=SPATIAL_AXIS, **params):
+        own = {key: params.pop(key, default) for key, default in defaults.items()}
+        augmentations = [(None, True)] if own["hflip"] else []
+        for scale in own["scales"]:
+            augmentations += [(float(scale), False)] + ([(float(scale), True)] if own["hflip"]
+                                                        else [])
         inputs = tf.convert_to_tensor(inputs)
         indices = _units_at_input(model, inputs, indices)
         flip_axis = spatial_axis[-1]
         shape = tf.shape(inputs)
         size = tf.stack([shape[a] for a in spatial_axis])
+        resize_method = own["resize_method"]
 
         def explain_as(augmented):
             return method(
@@ -301,9 +355,7 @@ def tta(
         count = 1 + len(augmentations)
         return logits / count, maps / count
 
-    apply.__name__ = f"{_name(method)}_tta"
-    apply.__doc__ = f"`tta` of `{_name(method)}`.\n\n{method.__doc__ or ''}"
-    return apply
+    return _with_own_parameters(method, defaults, apply, "tta")
 
 
 def _resize(tensor, size, spatial_axis, method):

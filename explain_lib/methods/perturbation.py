@@ -20,8 +20,7 @@ import tensorflow as tf
 
 from explain_lib import inspection, utils
 from explain_lib.methods import chunking
-from explain_lib.methods.gradient import logits_of
-from explain_lib.methods.meta import RANDOM_ALGORITHM
+from explain_lib.methods.common import RANDOM_ALGORITHM, check_score, logits_of, scores_of
 from explain_lib.utils import SPATIAL_AXIS
 
 
@@ -64,17 +63,21 @@ def occlusion(
     patch_size: Union[int, Sequence[int]] = 16,
     stride: Union[int, Sequence[int]] = 8,
     baseline: Union[float, tf.Tensor] = 0.0,
+    score: str = "probability",
     chunk_size: int = 16,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Occlusion: how much the explained score drops when a window hiding a pixel is set to
-    a baseline, averaged over the windows that hide it.
+    """Occlusion: how much the explained unit's probability drops when a window hiding a
+    pixel is set to a baseline, averaged over the windows that hide it.
 
     A `patch_size` window slides over the image every `stride` pixels (plus a last position
     flush with each edge; with a stride no longer than the patch every pixel is covered,
     otherwise uncovered pixels are 0). For each window position the
-    drop f_u(x) - f_u(x with the window set to `baseline`) is credited to every pixel under
+    drop p_u(x) - p_u(x with the window set to `baseline`) is credited to every pixel under
     the window; a pixel's value is the mean drop of the windows covering it. Positive
-    values mark regions the score relies on.
+    values mark regions the score relies on. p_u is the softmax probability of the unit,
+    as in the paper's maps of "the probability of the correct class" (`score="logit"`
+    measures the drop of the raw logit instead, as libraries that occlude a model's raw
+    output do).
 
     Usage:
 
@@ -95,6 +98,8 @@ def occlusion(
         stride: step between window positions (one int for both).
         baseline: the value hidden pixels take: a number or a tensor broadcastable to the
             inputs (such as a mean image).
+        score: "probability" (softmax over the units; sigmoid for a one-unit model) or
+            "logit": the score whose drop is measured.
         chunk_size: window positions per forward pass.
 
     Returns:
@@ -110,9 +115,11 @@ def occlusion(
     for r, c in origins:
         coverage[r:r + patch_h, c:c + patch_w] += 1
 
-    logits = logits_of(model, inputs)
-    indices = inspection.select_units(logits, indices)
-    logits = inspection.gather_units(logits, indices)
+    check_score(score)
+    all_logits = logits_of(model, inputs)
+    indices = inspection.select_units(all_logits, indices)
+    logits = inspection.gather_units(all_logits, indices)
+    reference = inspection.gather_units(scores_of(all_logits, score), indices)
     baseline = tf.cast(baseline, inputs.dtype)
     window_rows, window_cols = tf.constant(origins[:, 0]), tf.constant(origins[:, 1])
     ys = tf.range(height)[None, :, None]
@@ -126,9 +133,9 @@ def occlusion(
         mask = hidden[:, None, :, :, None]
         occluded = chunking.merge_copies(inputs * (1 - mask) + baseline * mask)
         scores = inspection.gather_units(
-            logits_of(model, occluded), chunking.tile_indices(indices, count)
+            scores_of(logits_of(model, occluded), score), chunking.tile_indices(indices, count)
         )
-        drops = logits[None] - chunking.split_copies(scores, count)  # (n, B, K)
+        drops = reference[None] - chunking.split_copies(scores, count)  # (n, B, K)
         return tf.einsum("nhw,nbk->bhwk", hidden, tf.cast(drops, hidden.dtype))
 
     zeros = tf.zeros(tf.concat([tf.shape(inputs)[:-1], [logits.shape[-1]]], 0), inputs.dtype)
@@ -146,17 +153,20 @@ def rise(
     cell_size: int = 32,
     keep_probability: float = 0.5,
     seed: int = 0,
+    score: str = "probability",
     chunk_size: int = 32,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
-    """RISE: the explained score under random masks, averaged per pixel over the masks that
-    keep it: S(p) = Σ_i f_u(x ⊙ M_i) M_i(p) / (N · keep_probability).
+    """RISE: the explained unit's probability under random masks, averaged per pixel over
+    the masks that keep it: S(p) = Σ_i p_u(x ⊙ M_i) M_i(p) / (N · keep_probability).
 
     Each mask keeps the cells of a coarse random grid (cells of `cell_size` pixels, each
     kept with `keep_probability`), upsampled bilinearly to one cell more than the image
     and cropped at a random offset, so that masks are smooth and their edges fall anywhere.
     The masks are reproducible (stateless, seeded by `seed` and the mask's number) and the
     same for every sample. Where a pixel does not matter to the score, S is the mean masked
-    score; where it does, S departs from it.
+    score; where it does, S departs from it. p_u is the softmax probability of the unit, as
+    in the paper and its official code, which append a softmax to the model (`score="logit"`
+    weighs masks by the raw logit instead).
 
     Usage:
 
@@ -168,8 +178,7 @@ def rise(
         Explanation of Black-box Models. BMVC. arXiv:1806.07421.
 
     Args:
-        model: the model; its (first) output is the logits (B, U) (RISE's paper explains
-            probabilities: give a model ending in softmax to do the same).
+        model: the model; its (first) output is the logits (B, U).
         inputs: (B, H, W, C) images of static size.
         indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
             U units.
@@ -178,6 +187,8 @@ def rise(
         cell_size: side of a grid cell, in pixels.
         keep_probability: probability that a cell is kept.
         seed: seed of the masks.
+        score: "probability" (softmax over the units; sigmoid for a one-unit model) or
+            "logit": what a masked input is scored by.
         chunk_size: masks per forward pass.
 
     Returns:
@@ -185,6 +196,7 @@ def rise(
     """
     inputs = tf.convert_to_tensor(inputs)
     height, width = _image_size(inputs, spatial_axis, "rise")
+    check_score(score)
     if masks < 1 or cell_size < 1 or not 0 < keep_probability <= 1:
         raise ValueError(
             f"rise needs masks >= 1, cell_size >= 1 and 0 < keep_probability <= 1, got "
@@ -215,7 +227,7 @@ def rise(
             fn_output_signature=tf.TensorSpec((height, width, 1), inputs.dtype),
         )  # (n, H, W, 1)
         scores = inspection.gather_units(
-            logits_of(model, chunking.merge_copies(chunk[:, None] * inputs)),
+            scores_of(logits_of(model, chunking.merge_copies(chunk[:, None] * inputs)), score),
             chunking.tile_indices(indices, count),
         )
         scores = chunking.split_copies(scores, count)  # (n, B, K)

@@ -46,3 +46,11 @@ def test_axis_selects_the_spatial_axes(axis):
     # Normalising over (H, W, K) instead mixes the two units of a sample.
     mixed = filters.normalize(MAPS, axis=(1, 2, 3)).numpy()
     assert not np.allclose(mixed, filters.normalize(MAPS).numpy())
+
+
+def test_filters_are_found_by_name():
+    assert filters.get("positive_normalize") is filters.positive_normalize
+    assert set(filters.FILTERS) == {"normalize", "positive", "negative", "positive_normalize",
+                                    "negative_normalize", "absolute_normalize"}
+    with pytest.raises(ValueError, match="Unknown filter 'blur'; known: normalize, positive"):
+        filters.get("blur")

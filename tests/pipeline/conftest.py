@@ -18,7 +18,7 @@ from explain_lib import inspection
 from explain_lib import io as explain_io
 from pipeline import demo
 from pipeline.__main__ import run
-from pipeline.explainer import resolve_method, resolve_method_params
+from pipeline.explainer import explain_params, resolve_method
 from pipeline.records import DeadLetter, read_dead_letters
 
 SIZE = 32
@@ -79,10 +79,10 @@ def run_job(tmp_path, input_pattern: str, model_path: str, *flags: str, name="ou
 
 def expected_explanations(model, images, units, method="gradcam", method_params=None, **kwargs):
     """What in-process `explain_lib.explain` gives for the same images, units and method."""
-    info = resolve_method(method)
-    explained = inspection.expose(model) if info.needs_exposed_model else model
-    params = {**info.defaults, **resolve_method_params(method_params)}
-    return explain_lib.explain(info.function, explained, np.asarray(images, np.float32),
+    registered = resolve_method(method)
+    explained = inspection.expose(model) if registered.exposed else model
+    params = explain_params(registered, method_params)
+    return explain_lib.explain(registered.function, explained, np.asarray(images, np.float32),
                                np.asarray(units), verbose=0, **params, **kwargs)
 
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import pytest
 
 import pipeline.__main__ as cli
@@ -60,6 +61,16 @@ def test_help_lists_the_job_options(capsys):
         (None, ["--image_size", "32"], "--image_size takes 2 positive integers"),
         (None, ["--image_format", "raw"], "--image_format raw needs --image_shape"),
         (None, ["--top_k", "0"], "--top_k must be at least 1"),
+        (None, ["--top_k", "5"], "--top_k 5 does not fit the model's 4 output units"),
+        (None, ["--method", "integrated_gradients", "--method_params", '{"steps": 5000}'],
+         "Unknown parameter(s) steps for integrated_gradients: it takes baseline, n_steps"),
+        (None, ["--method", "smoothgrad", "--method_params", '{"repetitions": 0}'],
+         "smooth needs repetitions >= 1"),
+        (None, ["--method", "integrated_gradients", "--method_params", '{"n_steps": 0}'],
+         "integrated_gradients needs n_steps >= 1"),
+        (None, ["--method", "occlusion", "--method_params", '{"score": "prob"}'],
+         "score must be one of probability, logit, not 'prob'"),
+        (None, ["--method_params", '{"postprocessing": "blur"}'], "Unknown filter 'blur'"),
         (None, ["--method", "nonsense"], "Unknown explaining method 'nonsense'"),
         (None, ["--model", "/no/such/model.keras"], "/no/such/model.keras"),
         (None, [], "No files found"),  # the input pattern matches nothing
@@ -74,8 +85,23 @@ def test_bad_options_exit_2_before_running(tmp_path, model_path, capsys, drop, f
         base.pop(flag, None)
     argv = [part for pair in base.items() for part in pair] + flags
     assert main(argv) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("explain-pipeline:")]
+    assert len(said) == 1 and message in said[0], err  # one line, no traceback
+    assert "Traceback" not in err
     assert not any(name.startswith("o") for name in os.listdir(tmp_path))
+
+
+def test_a_model_whose_first_output_is_not_scores_per_unit_is_refused(tmp_path, capsys):
+    inputs = keras.Input((16, 16, 3))
+    segmentation = keras.layers.Conv2D(3, 1)(keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    path = str(tmp_path / "segmentation.keras")
+    keras.saving.save_model(keras.Model(inputs, segmentation), path)
+    records = write(tmp_path, "in", [demo.make_example(b"x", 1, "x")])
+    assert main(["--input", records, "--output", str(tmp_path / "o"), "--model", path,
+                 "--method", "gradients"]) == 2
+    err = capsys.readouterr().err
+    assert "first output has shape (None, 16, 16, 3)" in err and "(batch, units)" in err
 
 
 def test_unbalanced_counts_exit_1(tmp_path, model_path, shapes, monkeypatch, capsys):

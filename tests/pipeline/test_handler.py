@@ -8,6 +8,8 @@ import tempfile
 import numpy as np
 import pytest
 
+import explain_lib
+
 from pipeline.explainer import (
     Explainer,
     Explanation,
@@ -100,9 +102,9 @@ def test_explainer_top_k_and_mixed_unit_counts(model_path, model, shapes):
 
 def test_resolution_of_names():
     gradcam = resolve_method("gradcam")
-    assert gradcam.needs_exposed_model and gradcam.function.__module__ == "explain_lib.methods.cams"
+    assert gradcam.exposed and gradcam.function is explain_lib.methods.cams.gradcam
     gradients = resolve_method("gradients")
-    assert not gradients.needs_exposed_model
+    assert not gradients.exposed
     with pytest.raises(ValueError, match="Unknown explaining method 'gradcan'.*gradcam"):
         resolve_method("gradcan")
 
@@ -110,7 +112,7 @@ def test_resolution_of_names():
 
     params = resolve_method_params('{"postprocessing": "positive_normalize", "resizing": [8, 8]}')
     assert params == {"postprocessing": filters.positive_normalize, "resizing": (8, 8)}
-    with pytest.raises(ValueError, match="Unknown postprocessing filter 'blur'"):
+    with pytest.raises(ValueError, match="Unknown filter 'blur'; known: normalize"):
         resolve_method_params({"postprocessing": "blur"})
 
     x = np.array([[0.0, 127.5, 255.0]], np.float32)

@@ -54,7 +54,8 @@ def test_manifest_describes_the_run(job, model_path):
     assert described["method"] == {
         "name": "gradcam",
         "params": {"resizing": False},
-        "applied_params": {"postprocessing": "positive_normalize", "resizing": False},
+        "received": {},  # Grad-CAM has no parameter of its own
+        "explain": {"postprocessing": "positive_normalize", "resizing": False},
     }
     content = open(model_path, "rb").read()
     assert described["model"] == {"path": model_path,

@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 import explain_lib
-from explain_lib import filters
+from explain_lib import filters, inspection
 from explain_lib.engine import explaining
 from explain_lib.engine.explaining import explain, explain_step, partial_explain
-from explain_lib.methods.gradient import gradients
+from explain_lib.methods.gradient import gradients, integrated_gradients
 from tests.conftest import tiny_cnn
 
 
@@ -146,7 +146,7 @@ def test_two_replicas_equal_one_device_in_input_order(images, units, mirrored_st
     np.testing.assert_allclose(one[1], expected[1][-1:], rtol=1e-5, atol=1e-7)
 
 
-def test_repeated_calls_with_force_false_do_not_retrace(model, images, units):
+def test_repeated_calls_reuse_the_compiled_step_by_default(model, images, units):
     traces = []
 
     def counting(model, inputs, indices, **params):
@@ -155,12 +155,59 @@ def test_repeated_calls_with_force_false_do_not_retrace(model, images, units):
 
     explain(counting, model, images, units, batch_size=3, verbose=0)  # 3, 3, 1
     assert len(traces) == 1, "every batch size must reuse one trace"
-    explain(counting, model, images[:4], units[:4], batch_size=2, verbose=0, force=False)
-    assert len(traces) == 1
+    explain(counting, model, images[:4], units[:4], batch_size=2, verbose=0)
+    assert len(traces) == 1, "a second call reuses the step, as model.predict does"
     explain(counting, model, images, units, batch_size=3, verbose=0, force=True)
     assert len(traces) == 2, "force=True rebuilds the step"
-    explain(counting, model, images, units[:, :1], verbose=0, force=False)
+    explain(counting, model, images, units[:, :1], verbose=0)
     assert len(traces) == 3, "another number of units is another signature"
+    explain(counting, model, images, units[:, :1], verbose=0, gradient_filter="square")
+    assert len(traces) == 4, "other parameters are another step"
+
+
+def test_the_second_call_of_a_shortcut_traces_nothing(images, units):
+    model = tiny_cnn(seed=6)
+    exposed = inspection.expose(model)
+    for shortcut, explained in ((explain_lib.gradcam, exposed), (explain_lib.gradients, model)):
+        shortcut(explained, images, units, verbose=0)
+        shortcut.predicted(explained, images, top_k=2, verbose=0)
+        with CountingTraces() as traced:
+            shortcut(explained, images, units, verbose=0)
+            shortcut.predicted(explained, images, top_k=2, verbose=0)
+        assert traced.count == 0, shortcut.__name__
+
+
+def test_parameters_are_keyed_by_value_and_the_cache_is_bounded(model, images, units):
+    def baseline():
+        return np.full((12, 12, 3), 0.5, "float32")  # a new array of the same values
+
+    explain(integrated_gradients, model, images, units, verbose=0, n_steps=2,
+            baseline=baseline())
+    with CountingTraces() as traced:
+        explain(integrated_gradients, model, images, units, verbose=0, n_steps=2,
+                baseline=baseline())
+    assert traced.count == 0
+    for steps in range(explaining.MAX_STEPS_PER_MODEL + 5):
+        explain(gradients, model, images[:1], units[:1], verbose=0, gradient_filter=lambda g: g)
+    assert len(explaining._compiled_steps[model]) == explaining.MAX_STEPS_PER_MODEL
+
+
+class CountingTraces:
+    """Counts the traces of `tf.function`s started inside the block (TensorFlow's own
+    tracing count of every concrete function the engine builds)."""
+
+    def __enter__(self):
+        self._before = _trace_count()
+        return self
+
+    def __exit__(self, *exc):
+        self.count = _trace_count() - self._before
+
+
+def _trace_count():
+    return sum(step.experimental_get_tracing_count()
+               for steps in explaining._compiled_steps.values()
+               for step, _ in steps.values() if hasattr(step, "experimental_get_tracing_count"))
 
 
 def test_nothing_is_written_onto_the_model(images, units):

@@ -1,23 +1,76 @@
 """Tiny models with known structure, for the methods' property tests, and settings that
 keep the multi-pass methods quick on them."""
 
+from typing import Callable, Dict, Tuple
+
 import keras
 import numpy as np
 
-from explain_lib import inspection
+from explain_lib import inspection, methods
 from tests.conftest import tiny_cnn
 
-CAM_METHODS = {"cam", "gradcam", "gradcampp", "scorecam", "layercam"}
-"""Registry names of the methods that take an exposed model."""
+
+def registered_methods() -> Dict[str, Tuple[Callable, bool]]:
+    """Every registered method by name: (its function, whether it takes the exposed model),
+    as the registry declares them."""
+    return {name: (method.function, method.exposed) for name, method in methods.REGISTRY.items()}
 
 FAST_SETTINGS = {
-    "integrated_gradients": {"steps": 5, "chunk_size": 2, "baseline": "blur", "blur_sigma": 1.0},
+    "integrated_gradients": {"n_steps": 5, "chunk_size": 2, "baseline": "blur", "blur_sigma": 1.0},
     "scorecam": {"chunk_size": 3},
     "occlusion": {"patch_size": 4, "stride": 3, "chunk_size": 5},
     "rise": {"masks": 24, "cell_size": 4, "chunk_size": 10},
 }
 """Method parameters for 12x12 inputs, small enough for quick tests, uneven chunks included
 (smoothgrad, vargrad and squaregrad keep the registry's 20 copies in chunks of 8)."""
+
+
+ROUTING = {
+    "gradients": {"gradient_filter": "square"},
+    "input_x_gradient": {},
+    "integrated_gradients": {"baseline": 0.5, "n_steps": 2, "chunk_size": 0, "blur_sigma": 3.0},
+    "full_gradients": {"psi": "positive_normalize"},
+    "smoothgrad": {"repetitions": 3, "noise": 0.3, "noise_chunk_size": 0, "noise_seed": 1,
+                   "gradient_filter": "square"},
+    "vargrad": {"repetitions": 3, "noise": 0.3, "noise_chunk_size": 0, "noise_seed": 1,
+                "gradient_filter": "square"},
+    "squaregrad": {"repetitions": 3, "noise": 0.3, "noise_chunk_size": 0, "noise_seed": 1,
+                   "gradient_filter": "square"},
+    "cam": {"logits_layer": "conv1"},
+    "gradcam": {},
+    "gradcampp": {},
+    "scorecam": {"score": "logit", "chunk_size": 0, "max_channels": 2},
+    "layercam": {},
+    "occlusion": {"patch_size": 6, "stride": 2, "baseline": 0.5, "score": "logit",
+                  "chunk_size": 0},
+    "rise": {"masks": 12, "cell_size": 3, "keep_probability": 0.3, "seed": 1, "score": "logit",
+             "chunk_size": 0},
+}
+"""For every registered method, a changed value of each of its parameters. A changed value
+changes the maps, except for the chunk sizes, which bound memory and leave the maps as they
+are by design: for them the changed value is 0, which the method refuses by name (so the test
+still sees it arrive), and `ROUTING_SAME` is the valid change that must leave the maps equal.
+CAM's only parameter, `logits_layer`, has one right value on a model with one Dense head:
+the changed value is a layer CAM refuses by name. Integrated Gradients' `blur_sigma` matters
+with the "blur" baseline only, which `FAST_SETTINGS` sets for it."""
+
+ROUTING_SAME = {"chunk_size": 1, "noise_chunk_size": 1}
+ROUTING_REFUSED = {("cam", "logits_layer"): "CAM weighs"}
+"""(method, parameter): what the method's error for the changed value says; for the chunk
+sizes, the error names the parameter with its value 0."""
+
+
+def rounding_tolerance(name: str, maps: np.ndarray, ulps: float = 1e-6) -> float:
+    """The absolute tolerance for comparing `maps` of method `name` computed in two ways
+    (two replicas, XLA, another batch layout): float32 rounding differs by a few ulps of the
+    quantities a map is computed from, which can be larger than the map where terms cancel.
+    For the methods that weigh perturbed inputs by a score (a `score` parameter) those are
+    the scores, probabilities of at most 1, whose differences occlusion's maps are; for the
+    others the map's own largest value. `ulps` scales either."""
+    scale = np.abs(maps).max()
+    if name in methods.REGISTRY and "score" in methods.get(name).parameters:
+        scale = max(scale, 1.0)
+    return ulps * scale
 
 
 def on_one_device_and_two_replicas(strategy, seed):

@@ -1,5 +1,6 @@
 """CAM methods against their definitions, computed independently on tiny models."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -108,37 +109,85 @@ def test_layercam_matches_its_formula(head, x8, head_units):
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
 
 
-def naive_scorecam(exposed, x, units, channels=None):
-    """One forward pass per channel and per sample, as Score-CAM is written in its paper."""
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def naive_scorecam(exposed, x, units, channels=None, score="probability", skip_constant=True):
+    """Score-CAM as its official code computes it, one forward pass per channel and per
+    sample: each channel upsampled to the input (bilinear), skipped when constant, min-max
+    normalised, used as a mask; the channel weighted by the softmax probability of the unit
+    for the masked input. Returns the weighted sum of the upsampled channels (before the
+    final ReLU and normalisation), (B, H, W, K)."""
     _, activations = exposed(x)
     activations = activations.numpy()
-    maps = np.zeros(activations.shape[:3] + (units.shape[1],), "float32")
+    size = x.shape[1:3]
+    maps = np.zeros((len(x), *size, units.shape[1]), "float64")
     for b in range(len(x)):
         kept = range(activations.shape[-1]) if channels is None else channels[b]
         for c in kept:
-            channel = activations[b, :, :, c]
-            span = channel.max() - channel.min()
-            mask = (channel - channel.min()) / span if span > 0 else np.zeros_like(channel)
-            mask = tf.image.resize(mask[..., None], x.shape[1:3]).numpy()
-            scores, _ = exposed(x[b:b + 1] * mask[None])
-            maps[b] += channel[..., None] * scores.numpy()[0, units[b]]
+            upsampled = tf.image.resize(activations[b, :, :, c, None], size).numpy()[..., 0]
+            span = upsampled.max() - upsampled.min()
+            if span == 0 and skip_constant:
+                continue
+            mask = (upsampled - upsampled.min()) / span if span > 0 else np.zeros_like(upsampled)
+            logits, _ = exposed(x[b:b + 1] * mask[None, :, :, None])
+            scores = logits.numpy()[0]
+            scores = softmax(scores) if score == "probability" else scores
+            maps[b] += upsampled[..., None] * scores[units[b]]
     return maps
 
 
-def test_scorecam_equals_a_per_channel_reference(exposed, images, units):
-    # 8 channels in chunks of 3: chunks of 3, 3 and 2.
-    _, maps = explain(cams.scorecam, exposed, images, units, verbose=0, resizing=False,
-                      chunk_size=3)
-    np.testing.assert_allclose(maps, naive_scorecam(exposed, images, units), rtol=1e-4, atol=1e-5)
+def test_the_model_spreads_its_probability_over_several_units(exposed, images):
+    # Otherwise softmax weights and logit weights would rank channels alike.
+    logits, _ = exposed(images)
+    probabilities = softmax(logits.numpy())
+    assert (probabilities > 0.05).sum(axis=1).min() >= 3, probabilities
+
+
+def test_scorecam_equals_the_official_per_channel_computation(exposed, images, units):
+    # 8 channels in chunks of 3: chunks of 3, 3 and 2. The maps are resized to the input
+    # (bilinear interpolation is linear, so the weighted sum of upsampled channels is the
+    # upsampled weighted sum), no post-processing.
+    _, maps = explain(cams.scorecam, exposed, images, units, verbose=0, chunk_size=3)
+    expected = naive_scorecam(exposed, images, units)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    # Weighing by the raw logit (the library's former default) gives other maps...
+    by_logit = naive_scorecam(exposed, images, units, score="logit")
+    assert np.abs(by_logit - expected).max() > 0.1 * np.abs(expected).max()
+    # ... which score="logit" computes.
+    _, logit_maps = explain(cams.scorecam, exposed, images, units, verbose=0, chunk_size=3,
+                            score="logit")
+    np.testing.assert_allclose(logit_maps, by_logit, rtol=1e-4,
+                               atol=1e-5 * np.abs(by_logit).max())
 
 
 def test_faster_scorecam_scores_the_channels_of_highest_variance(exposed, images, units):
     _, activations = exposed(images)
     top = np.argsort(-activations.numpy().var(axis=(1, 2)), axis=-1)[:, :3]
-    _, maps = explain(cams.scorecam, exposed, images, units, verbose=0, resizing=False,
-                      chunk_size=2, max_channels=3)
+    _, maps = explain(cams.scorecam, exposed, images, units, verbose=0, chunk_size=2,
+                      max_channels=3)
     expected = naive_scorecam(exposed, images, units, channels=top)
-    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_scorecam_skips_constant_channels_as_the_official_code_does(images):
+    # Channel 3 of the exposed activation is 2 everywhere (a zero kernel, a bias of 2).
+    inputs = keras.Input((12, 12, 3))
+    conv = keras.layers.Conv2D(4, 3, activation="relu", name="features")
+    features = conv(inputs)
+    logits = keras.layers.Dense(5, name="logits")(keras.layers.GlobalAveragePooling2D()(features))
+    exposed = keras.Model(inputs, [logits, features])
+    kernel, bias = conv.get_weights()
+    kernel[..., 3], bias[3] = 0.0, 2.0
+    conv.set_weights([kernel, bias])
+    units = np.array([[0, 4]] * len(images), "int32")
+    _, maps = explain(cams.scorecam, exposed, images, units, verbose=0)
+    skipped = naive_scorecam(exposed, images, units)
+    counted = naive_scorecam(exposed, images, units, skip_constant=False)
+    np.testing.assert_allclose(maps, skipped, rtol=1e-4, atol=1e-5 * np.abs(skipped).max())
+    assert np.abs(counted - skipped).max() > 0.1 * np.abs(skipped).max()
 
 
 def test_cam_methods_ask_for_an_exposed_model(images):
@@ -157,3 +206,9 @@ def test_a_plain_model_is_exposed_with_the_defaults(model, exposed, images, unit
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-6)
     assert not any("expose" in key for key in vars(model))
+
+
+def test_cam_finds_its_logits_layer_by_name_inside_an_exposed_model(exposed, images, units):
+    _, expected = explain(cams.cam, exposed, images, units, verbose=0)
+    _, named = explain(cams.cam, exposed, images, units, verbose=0, logits_layer="logits")
+    np.testing.assert_allclose(named, expected, rtol=1e-6)

@@ -88,7 +88,7 @@ def test_integrated_gradients_are_complete(smooth, x10, baseline):
     argument = {"zeros": 0.0, "constant": 0.75, "image": reference[0], "blur": "blur"}[baseline]
     logits, maps = explain(
         gradient.integrated_gradients, smooth, x10, units, verbose=0,
-        baseline=argument, steps=64, chunk_size=16, blur_sigma=1.5,
+        baseline=argument, n_steps=64, chunk_size=16, blur_sigma=1.5,
     )
     at_baseline = np.take_along_axis(smooth.predict(reference.astype("float32"), verbose=0), units, 1)
     difference = logits - at_baseline
@@ -101,9 +101,9 @@ def test_integrated_gradients_are_complete(smooth, x10, baseline):
 def test_integrated_gradients_do_not_depend_on_the_chunk_size(smooth, x10):
     units = np.zeros((4, 1), "int32")
     _, whole = explain(gradient.integrated_gradients, smooth, x10, units, verbose=0,
-                       steps=10, chunk_size=10)
+                       n_steps=10, chunk_size=10)
     _, chunked = explain(gradient.integrated_gradients, smooth, x10, units, verbose=0,
-                         steps=10, chunk_size=3)
+                         n_steps=10, chunk_size=3)
     np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-7)
 
 

@@ -1,5 +1,6 @@
 """Perturbation methods on a model that reads one image region only."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -30,30 +31,44 @@ def window_origins(length, patch, stride):
     return starts if starts[-1] == length - patch else starts + [length - patch]
 
 
-def naive_occlusion(model, x, units, patch, stride, baseline):
-    """One forward pass per window position, in numpy."""
-    scores = np.take_along_axis(model.predict(x, verbose=0), units, 1)
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def naive_occlusion(model, x, units, patch, stride, baseline, score="probability"):
+    """One forward pass per window position, in numpy: the drop of the unit's probability
+    (softmax of the logits) or of its logit."""
+    def scores_of(inputs):
+        logits = model.predict(inputs, verbose=0)
+        return np.take_along_axis(softmax(logits) if score == "probability" else logits,
+                                  units, 1)
+
+    scores = scores_of(x)
     total = np.zeros(x.shape[:3] + (units.shape[1],), "float32")
     coverage = np.zeros(x.shape[1:3], "float32")
     for top in window_origins(x.shape[1], patch, stride):
         for left in window_origins(x.shape[2], patch, stride):
             occluded = x.copy()
             occluded[:, top:top + patch, left:left + patch] = baseline
-            drop = scores - np.take_along_axis(model.predict(occluded, verbose=0), units, 1)
+            drop = scores - scores_of(occluded)
             total[:, top:top + patch, left:left + patch] += drop[:, None, None, :]
             coverage[top:top + patch, left:left + patch] += 1
     covered = np.broadcast_to(coverage[None, :, :, None] > 0, total.shape)
     return np.divide(total, coverage[None, :, :, None], out=np.zeros_like(total), where=covered)
 
 
-def test_occlusion_equals_a_per_window_reference(model, x, units):
+@pytest.mark.parametrize("score", ["probability", "logit"])
+def test_occlusion_equals_a_per_window_reference(model, x, units, score):
     # 16 pixels, patches of 4 every 5: origins 0, 5, 10 and 12 (flush with the edge); rows
     # and columns 4 and 9 are covered by no window.
     logits, maps = explain(perturbation.occlusion, model, x, units, verbose=0,
-                           patch_size=4, stride=5, baseline=0.1, chunk_size=3)
-    expected = naive_occlusion(model, x, units, 4, 5, 0.1)
+                           patch_size=4, stride=5, baseline=0.1, chunk_size=3, score=score)
+    expected = naive_occlusion(model, x, units, 4, 5, 0.1, score)
     assert np.isfinite(maps).all()
-    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+    # Maps are differences of scores: the tolerance scales with the scores, not the maps.
+    scale = np.abs(logits).max() if score == "logit" else 1.0
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6 * scale)
     np.testing.assert_allclose(logits, np.take_along_axis(model.predict(x, verbose=0), units, 1),
                                rtol=1e-5)
 
@@ -84,7 +99,8 @@ def test_rise_is_at_the_mean_score_where_the_model_does_not_look():
     model.layers[-1].bias.assign(np.zeros(1, "float32"))
     x = np.ones((2, 32, 32, 1), "float32")
     _, maps = explain(perturbation.rise, model, x, np.zeros((2, 1), "int32"), verbose=0,
-                      masks=3000, cell_size=4, keep_probability=0.5, chunk_size=256)
+                      masks=3000, cell_size=4, keep_probability=0.5, chunk_size=256,
+                      score="logit")
     np.testing.assert_allclose(maps[0], maps[1], rtol=1e-5)  # the masks are shared
     far = maps[0, 16:, 16:, 0]  # two cells and more away from the region
     near = maps[0, 4:8, 4:8, 0]
@@ -105,3 +121,37 @@ def test_rise_does_not_depend_on_the_chunk_size(model, x, units):
 def test_occlusion_rejects_windows_larger_than_the_image(model, x):
     with pytest.raises(ValueError, match="patch"):
         perturbation.occlusion(model, x, None, patch_size=32)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("occlusion", {"patch_size": 4, "stride": 3}),
+    ("rise", {"masks": 30, "cell_size": 4}),
+])
+def test_probability_scores_are_the_logit_scores_of_the_model_with_a_softmax(model, x, units,
+                                                                             name, params):
+    # The published methods score a masked input by the unit's probability: on the logits
+    # model that must equal scoring by the output of the same model ending in a softmax.
+    method = getattr(perturbation, name)
+    with_softmax = keras.Sequential([model, keras.layers.Softmax()])
+    _, maps = explain(method, model, x, units, verbose=0, **params)
+    _, expected = explain(method, with_softmax, x, units, verbose=0, score="logit", **params)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+    _, by_logit = explain(method, model, x, units, verbose=0, score="logit", **params)
+    assert np.abs(by_logit - maps).max() > 0.1 * np.abs(maps).max()
+
+
+def test_one_unit_models_are_scored_by_the_sigmoid(x):
+    model = region_model(rows=ROWS, cols=COLS, units=1)
+    units = np.zeros((len(x), 1), "int32")
+    with_sigmoid = keras.Sequential([model, keras.layers.Activation("sigmoid")])
+    _, maps = explain(perturbation.occlusion, model, x, units, verbose=0, patch_size=4,
+                      stride=2)
+    _, expected = explain(perturbation.occlusion, with_sigmoid, x, units, verbose=0,
+                          patch_size=4, stride=2, score="logit")
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(maps).max() > 1e-4
+
+
+def test_an_unknown_score_is_refused(model, x):
+    with pytest.raises(ValueError, match="score must be one of probability, logit, not 'prob'"):
+        perturbation.rise(model, x, None, score="prob")

@@ -4,14 +4,18 @@ import numpy as np
 import pytest
 
 from explain_lib.engine.explaining import explain
-from explain_lib.methods import METHODS, cams, meta
+from explain_lib.methods import cams, meta
 from tests.explain_lib.methods.models import (
-    CAM_METHODS,
     FAST_SETTINGS,
     on_one_device_and_two_replicas,
+    registered_methods,
+    rounding_tolerance,
 )
 
-COMPOSED = {"smooth_tta_gradcam": meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 3, 0.2, 2)}
+CASES = {
+    **registered_methods(),
+    "smooth_tta_gradcam": (meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 3, 0.2, 2), True),
+}
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +23,9 @@ def models(mirrored_strategy):
     return on_one_device_and_two_replicas(mirrored_strategy, seed=3)
 
 
-@pytest.mark.parametrize("name", [*METHODS, *COMPOSED])
+@pytest.mark.parametrize("name", list(CASES))
 def test_two_replicas_give_the_maps_of_one_device(models, images, name):
-    method = METHODS.get(name) or COMPOSED[name]
-    which = 1 if name in CAM_METHODS or name in COMPOSED else 0
+    method, which = CASES[name]
     units = np.random.default_rng(2).integers(0, 5, (len(images), 2)).astype("int32")
     params = {"verbose": 0, "batch_size": 3, "resizing": False, **FAST_SETTINGS.get(name, {})}
     # 7 samples in batches of 3: 3, 3 and 1, none of which divides into two replicas.
@@ -30,4 +33,5 @@ def test_two_replicas_give_the_maps_of_one_device(models, images, name):
     replicated_logits, replicated_maps = explain(method, models[1][which], images, units, **params)
     assert np.abs(maps).max() > 0
     np.testing.assert_allclose(replicated_logits, logits, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(replicated_maps, maps, rtol=1e-4, atol=1e-6 * np.abs(maps).max())
+    np.testing.assert_allclose(replicated_maps, maps, rtol=1e-4,
+                               atol=rounding_tolerance(name, maps, 1e-5))

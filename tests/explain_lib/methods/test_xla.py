@@ -9,12 +9,19 @@ import pytest
 from explain_lib import inspection
 from explain_lib.engine import explaining
 from explain_lib.engine.explaining import explain
-from explain_lib.methods import METHODS, cams, meta
+from explain_lib.methods import cams, meta
 from tests.conftest import tiny_cnn
-from tests.explain_lib.methods.models import CAM_METHODS, FAST_SETTINGS
+from tests.explain_lib.methods.models import (
+    FAST_SETTINGS,
+    registered_methods,
+    rounding_tolerance,
+)
 
 RANDOM = {"smoothgrad", "rise", "smooth_tta_gradcam"}
-COMPOSED = {"smooth_tta_gradcam": meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 3, 0.2, 2)}
+CASES = {
+    **registered_methods(),
+    "smooth_tta_gradcam": (meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 3, 0.2, 2), True),
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +37,9 @@ def models():
 
 
 # vargrad and squaregrad share smoothgrad's code path (they differ in a final formula).
-@pytest.mark.parametrize("name", [n for n in [*METHODS, *COMPOSED] if n not in ("vargrad", "squaregrad")])
+@pytest.mark.parametrize("name", [n for n in CASES if n not in ("vargrad", "squaregrad")])
 def test_methods_run_under_xla(models, images, name):
-    method = METHODS.get(name) or COMPOSED[name]
-    which = 1 if name in CAM_METHODS or name in COMPOSED else 0
+    method, which = CASES[name]
     units = np.random.default_rng(2).integers(0, 5, (len(images), 2)).astype("int32")
     params = {"verbose": 0, "batch_size": 4, "resizing": False, **FAST_SETTINGS.get(name, {})}
     logits, maps = explain(method, models[0][which], images, units, **params)
@@ -44,19 +50,21 @@ def test_methods_run_under_xla(models, images, name):
         assert 0.2 < np.abs(xla_maps).mean() / np.abs(maps).mean() < 5
     else:
         np.testing.assert_allclose(xla_logits, logits, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(xla_maps, maps, rtol=1e-3, atol=1e-5 * np.abs(maps).max())
+        np.testing.assert_allclose(xla_maps, maps, rtol=1e-3,
+                                   atol=rounding_tolerance(name, maps, 1e-5))
 
 
 @pytest.mark.parametrize("name", ["gradcam", "integrated_gradients", "occlusion"])
 def test_predicted_units_under_xla(models, images, name):
     """Choosing the units inside an XLA-compiled step gives the units and maps of one
     without XLA."""
-    which = 1 if name in CAM_METHODS else 0
+    method, which = CASES[name]
     params = {"verbose": 0, "batch_size": 4, "resizing": False, **FAST_SETTINGS.get(name, {})}
-    units, logits, maps = explaining.explain_predicted(METHODS[name], models[0][which], images,
+    units, logits, maps = explaining.explain_predicted(method, models[0][which], images,
                                                        top_k=2, **params)
     xla_units, xla_logits, xla_maps = explaining.explain_predicted(
-        METHODS[name], models[1][which], images, top_k=2, **params)
+        method, models[1][which], images, top_k=2, **params)
     np.testing.assert_array_equal(xla_units, units)
     np.testing.assert_allclose(xla_logits, logits, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(xla_maps, maps, rtol=1e-3, atol=1e-5 * np.abs(maps).max())
+    np.testing.assert_allclose(xla_maps, maps, rtol=1e-3,
+                               atol=rounding_tolerance(name, maps, 1e-5))

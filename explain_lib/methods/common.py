@@ -1,0 +1,116 @@
+"""Helpers shared by several method modules: a method's parameters, the model's logits, the
+score a perturbation is judged by, one backward pass per explained unit, and the random
+generator.
+
+Usage:
+
+    logits = logits_of(model, inputs)                       # (B, U)
+    scores = scores_of(logits, "probability")               # softmax (sigmoid for one unit)
+    maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_sum(grad * inputs, -1))
+"""
+
+import inspect
+from typing import Any, Callable, Dict, Tuple
+
+import keras
+import tensorflow as tf
+
+RANDOM_ALGORITHM = "philox"
+"""The stateless generator of noise and masks, named rather than "auto_select" (whose choice
+may differ between devices). Draws depend only on the seed, on CPU and GPU alike; under XLA
+(`jit_compile`) they are other draws of the same distribution."""
+
+SCORES = ("probability", "logit")
+"""What perturbation methods (Score-CAM, RISE, occlusion) weigh: the unit's probability
+(softmax over the units, as their papers do) or its raw logit."""
+
+
+METHOD_ARGUMENTS = ("model", "inputs", "indices", "spatial_axis")
+"""What every method takes from its caller, the engine: not parameters of the method."""
+
+
+def parameters_of(method: Callable) -> Tuple[Dict[str, Any], bool]:
+    """A method's own parameters, read from its signature: `({name: default}, whether it
+    takes any other keyword too)`. The arguments every method takes (`METHOD_ARGUMENTS`) are
+    left out; a parameter without a default maps to `inspect.Parameter.empty`.
+
+    Usage:
+
+        parameters_of(integrated_gradients)[0]
+        # {'baseline': 0.0, 'n_steps': 32, 'chunk_size': 8, 'blur_sigma': 5.0}
+    """
+    parameters, open_ended = {}, False
+    for parameter in inspect.signature(method).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            open_ended = True
+        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL and (
+            parameter.name not in METHOD_ARGUMENTS
+        ):
+            parameters[parameter.name] = parameter.default
+    return parameters, open_ended
+
+
+def logits_of(model: keras.Model, inputs: tf.Tensor) -> tf.Tensor:
+    """The model's logits: its output, or its first output for an exposed model."""
+    outputs = model(inputs, training=False)
+    return outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+
+
+def scores_of(logits: tf.Tensor, score: str) -> tf.Tensor:
+    """The scores (B, U) a perturbation method weighs: `"probability"`, the softmax of the
+    logits over the units (the sigmoid for a model with one output unit, whose softmax would
+    be 1 whatever the input), or `"logit"`, the logits themselves.
+
+    The models explained here output logits (no softmax layer), as the methods' references
+    assume when they apply the softmax themselves.
+    """
+    if check_score(score) == "logit":
+        return logits
+    if logits.shape[-1] == 1:
+        return tf.sigmoid(logits)
+    return tf.nn.softmax(logits, axis=-1)
+
+
+def check_score(score: str) -> str:
+    """`score` if it names one of `SCORES`; a ValueError saying which it may name otherwise."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, not {score!r}.")
+    return score
+
+
+def unit_maps(tape: tf.GradientTape, logits: tf.Tensor, sources, to_map: Callable):
+    """For each explained unit, one backward pass reduced at once by `to_map`; the results
+    stacked on a new last axis (a structure of results is stacked leaf by leaf).
+
+    Samples are independent in inference, so the gradient of a column's sum is each
+    sample's own gradient. Pass k starts only once result k-1 exists, so one unit's
+    gradients are alive at a time: the methods whose passes cover a whole chunk of input
+    copies rely on it to bound their memory.
+
+    Usage:
+
+        maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_sum(grad * inputs, -1))
+    """
+    units = logits.shape[-1]
+    if units is None:
+        raise ValueError(
+            f"The number of explained units must be static, got logits of shape {logits.shape}."
+        )
+    results = []
+    for k in range(units):
+        seed = tf.one_hot(tf.fill(tf.shape(logits)[:1], k), units, dtype=logits.dtype)
+        with tf.control_dependencies(tf.nest.flatten(results[-1:])):
+            results.append(to_map(tape.gradient(logits, sources, output_gradients=seed)))
+    return tf.nest.map_structure(lambda *maps: tf.stack(maps, axis=-1), *results)
+
+
+__all__ = [
+    "METHOD_ARGUMENTS",
+    "RANDOM_ALGORITHM",
+    "SCORES",
+    "check_score",
+    "logits_of",
+    "parameters_of",
+    "scores_of",
+    "unit_maps",
+]

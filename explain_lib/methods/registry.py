@@ -1,0 +1,238 @@
+"""The method registry: every explaining method declared once, looked up everywhere.
+
+Each entry (`Method`) says what the engine, the shortcuts, the pipeline, the benchmarks and
+the tests need to know of a method, so that none of them guesses it from a module name:
+
+- `function`: the method itself, `(model, inputs, indices, *, spatial_axis, **params)`;
+- `exposed`: whether it weighs an inner activation and so takes an exposed model
+  `[logits, activations]` (`inspection.expose`; the CAM family);
+- `upsampled`: whether its maps come at that activation's resolution, which `explain`
+  resizes to the input's (`resizing=True` by default); the others return input-sized maps;
+- `random`: whether it draws random numbers (its seed parameters make it reproducible);
+- `postprocessing`: its conventional filter (what the shortcuts and the job apply);
+- `parameters`: its own parameters and their defaults, read from its signature (a meta
+  method's signature lists its own, then its base method's);
+- `summary` and `reference`: what it computes and where it is published, for the README's
+  table and the job's `--help`.
+
+Usage:
+
+    method = get("integrated_gradients")
+    method.parameters      # {'baseline': 0.0, 'n_steps': 32, 'chunk_size': 8, 'blur_sigma': 5.0}
+    logits, maps = explain_lib.explain(method.function, model, x, y, **method.explain_defaults)
+
+    register("my_saliency", my_saliency, summary="...", reference="...")   # your own
+"""
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from explain_lib import filters
+from explain_lib.methods import cams, gradient, meta, perturbation
+from explain_lib.methods.common import parameters_of
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered explaining method (see the module docstring)."""
+
+    name: str
+    function: Callable
+    family: str
+    summary: str
+    reference: str
+    postprocessing: Optional[Callable] = None
+    exposed: bool = False
+    upsampled: bool = False
+    random: bool = False
+    base: Optional[str] = None
+
+    @property
+    def parameters(self) -> Dict[str, Any]:
+        """The method's own parameters and their defaults (`inspect.Parameter.empty` for a
+        required one), in signature order."""
+        return parameters_of(self.function)[0]
+
+    @property
+    def seeds(self) -> Tuple[str, ...]:
+        """The parameters that seed its random draws."""
+        return tuple(name for name in self.parameters if name == "seed" or name.endswith("_seed"))
+
+    @property
+    def explain_defaults(self) -> Dict[str, Any]:
+        """Its conventional `explain` parameters: the post-processing, and resizing to the
+        input's size only where the maps come smaller."""
+        return {"postprocessing": self.postprocessing, "resizing": self.upsampled}
+
+
+REGISTRY: Dict[str, Method] = {}
+"""Every method by name, in the order they were registered."""
+
+
+def register(
+    name: str,
+    function: Callable,
+    *,
+    family: str = "user",
+    summary: str = "",
+    reference: str = "",
+    postprocessing: Optional[Callable] = None,
+    exposed: bool = False,
+    upsampled: bool = False,
+    random: bool = False,
+    base: Optional[str] = None,
+) -> Method:
+    """Declare a method under `name` (see `Method`); returns its entry.
+
+    Raises:
+        ValueError: for a name already taken, or a random method without a seed parameter.
+    """
+    if name in REGISTRY:
+        raise ValueError(f"A method is already registered as {name!r}.")
+    method = Method(name, function, family, summary, reference, postprocessing, exposed,
+                    upsampled, random, base)
+    if random and not method.seeds:
+        raise ValueError(
+            f"{name} is declared random but has no seed parameter (`seed` or `*_seed`): "
+            "give it one so that its maps are reproducible."
+        )
+    REGISTRY[name] = method
+    return method
+
+
+def get(name: str) -> Method:
+    """The method registered as `name`.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown explaining method {name!r}. Valid names: {', '.join(sorted(REGISTRY))}."
+        ) from None
+
+
+def _show(value) -> str:
+    if callable(value):
+        return getattr(value, "__name__", repr(value))
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def describe_parameters(method: Method) -> str:
+    """`name=default, ...` of a method's parameters, as the README's table lists them."""
+    return ", ".join(
+        name if default is inspect.Parameter.empty else f"{name}={_show(default)}"
+        for name, default in method.parameters.items()
+    )
+
+
+def markdown_table() -> str:
+    """The README's table of methods, written from the registry."""
+    lines = [
+        "| name | module | what it computes | parameters (defaults) | post-processing | paper |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in REGISTRY.values():
+        parameters = describe_parameters(method)
+        lines.append(
+            f"| `{method.name}` | `{method.family}` | {method.summary} | "
+            f"{'`' + parameters + '`' if parameters else ''} | "
+            f"`{_show(method.postprocessing)}` | {method.reference} |"
+        )
+    return "\n".join(lines)
+
+
+_MAGNITUDE = filters.absolute_normalize
+_POSITIVE = filters.positive_normalize
+
+register(
+    "gradients", gradient.gradients, family="gradient", postprocessing=_MAGNITUDE,
+    summary="ψ(∂f_u/∂x) averaged over channels, ψ = `abs`",
+    reference="Simonyan et al., 2013, arXiv:1312.6034",
+)
+register(
+    "input_x_gradient", gradient.input_x_gradient, family="gradient", postprocessing=_MAGNITUDE,
+    summary="x ⊙ ∂f_u/∂x summed over channels",
+    reference="Shrikumar et al., 2016, arXiv:1605.01713",
+)
+register(
+    "integrated_gradients", gradient.integrated_gradients, family="gradient",
+    postprocessing=_MAGNITUDE,
+    summary="(x − x₀) ⊙ the mean gradient along the straight path from a baseline x₀ "
+    "(midpoint Riemann sum of `n_steps` points)",
+    reference="Sundararajan et al., 2017, arXiv:1703.01365",
+)
+register(
+    "full_gradients", gradient.full_gradients, family="gradient", postprocessing=_MAGNITUDE,
+    summary="ψ(x ⊙ ∂f/∂x) plus ψ(b ⊙ ∂f/∂z) for every biased layer, BatchNormalization's "
+    "implicit bias included",
+    reference="Srinivas & Fleuret, 2019, arXiv:1905.00780",
+)
+register(
+    "smoothgrad", meta.smooth(gradient.gradients), family="meta", postprocessing=_MAGNITUDE,
+    random=True, base="gradients",
+    summary="`smooth(gradients)`: the mean of the maps over noisy copies of the input",
+    reference="Smilkov et al., 2017, arXiv:1706.03825",
+)
+register(
+    "vargrad", meta.vargrad(gradient.gradients), family="meta", postprocessing=_MAGNITUDE,
+    random=True, base="gradients",
+    summary="`vargrad(gradients)`: the variance of the maps over the same noisy copies",
+    reference="Adebayo et al., 2018, arXiv:1810.03307",
+)
+register(
+    "squaregrad", meta.squaregrad(gradient.gradients), family="meta", postprocessing=_MAGNITUDE,
+    random=True, base="gradients",
+    summary="`squaregrad(gradients)`: the mean of the squared maps over the same noisy copies",
+    reference="Hooker et al., 2019, arXiv:1806.10758",
+)
+register(
+    "cam", cams.cam, family="cams", postprocessing=_POSITIVE, exposed=True, upsampled=True,
+    summary="the logits layer's kernel weighting the pooled activation",
+    reference="Zhou et al., 2016, arXiv:1512.04150",
+)
+register(
+    "gradcam", cams.gradcam, family="cams", postprocessing=_POSITIVE, exposed=True,
+    upsampled=True,
+    summary="channels weighted by the spatial mean of ∂f_u/∂A",
+    reference="Selvaraju et al., 2017, arXiv:1610.02391",
+)
+register(
+    "gradcampp", cams.gradcampp, family="cams", postprocessing=_POSITIVE, exposed=True,
+    upsampled=True,
+    summary="channels weighted by positive gradients with higher-order terms",
+    reference="Chattopadhay et al., 2018, arXiv:1710.11063",
+)
+register(
+    "scorecam", cams.scorecam, family="cams", postprocessing=_POSITIVE, exposed=True,
+    upsampled=True,
+    summary="channels weighted by the unit's probability for the input masked by each "
+    "(upsampled, normalised) channel; `max_channels`: Faster Score-CAM",
+    reference="Wang et al., 2020, arXiv:1910.01279",
+)
+register(
+    "layercam", cams.layercam, family="cams", postprocessing=_POSITIVE, exposed=True,
+    upsampled=True,
+    summary="ReLU(∂f_u/∂A) ⊙ A per position",
+    reference="Jiang et al., 2021, IEEE TIP 30",
+)
+register(
+    "occlusion", perturbation.occlusion, family="perturbation", postprocessing=_POSITIVE,
+    summary="the drop of the unit's probability when a sliding patch is replaced by a "
+    "baseline",
+    reference="Zeiler & Fergus, 2014, arXiv:1311.2901",
+)
+register(
+    "rise", perturbation.rise, family="perturbation", postprocessing=filters.normalize,
+    random=True,
+    summary="the mean of random upsampled binary masks weighted by the unit's probability "
+    "for the masked input",
+    reference="Petsiuk et al., 2018, arXiv:1806.07421",
+)
+
+__all__ = ["Method", "REGISTRY", "describe_parameters", "get", "markdown_table", "register"]

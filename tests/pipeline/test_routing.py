@@ -1,0 +1,148 @@
+"""Every parameter the registry declares reaches its method through the job: from
+`--method_params` JSON through the options, `Explain`, the handler and the worker's
+`Explainer` to `explain_lib.explain`; values a method refuses stop the job before any work
+(exit 2, one line); and real runs show a parameter changing the stored maps and the manifest
+recording what the method received."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from explain_lib import io as explain_io
+from explain_lib import methods
+from pipeline import demo, explainer
+from pipeline.__main__ import main
+from pipeline.manifest import read_manifest
+from pipeline.options import ExplainOptions
+from pipeline.records import ImageRecord
+from pipeline.transforms import Explain
+from tests.explain_lib.methods.models import ROUTING, ROUTING_SAME
+from tests.pipeline.conftest import SIZE, run_job, write
+
+JOB_FAST = {
+    "integrated_gradients": {"n_steps": 5, "chunk_size": 2, "baseline": "blur", "blur_sigma": 1.0},
+    "scorecam": {"chunk_size": 3},
+    "occlusion": {"patch_size": 8, "stride": 4, "chunk_size": 8},
+    "rise": {"masks": 24, "cell_size": 8, "chunk_size": 12},
+}
+"""Fast settings on the job's 32x32 test model."""
+
+JOB_ROUTING = {**ROUTING, "cam": {"logits_layer": "features"}}
+"""The test model has no layer "conv1": CAM is given its last convolution instead, whose
+kernel is no Dense head on the activation (CAM refuses it by name)."""
+
+REFUSED = {("cam", "logits_layer"): "CAM weighs"}
+
+
+@pytest.fixture(scope="module")
+def loaded(model_path, monkeypatch_module):
+    """Every Explainer of this module loads the one model object (as a worker process
+    keeps its model): the compiled steps of the unchanged settings are traced once."""
+    model = keras.saving.load_model(model_path, compile=False)
+    monkeypatch_module.setattr(explainer, "load_keras_model", lambda path: model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def records(shapes):
+    images, labels = shapes
+    return [ImageRecord(f"r{i}", images[i].astype(np.float32), np.array([labels[i]]), b"")
+            for i in range(4)]
+
+
+def job_maps(model_path, name, params, records):
+    """The maps the job's worker computes for `records` with `--method_params params`."""
+    options = PipelineOptions(["--input", "unused", "--output", "unused", "--model", model_path,
+                               "--method", name, "--method_params", json.dumps(params),
+                               "--units_key", "label"]).view_as(ExplainOptions)
+    options.check()
+    transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
+    worker = transform.handler.load_model()
+    results = transform.handler.run_inference(records, worker)
+    return np.stack([result.inference.maps for result in results])
+
+
+def routing_cases():
+    return [(name, parameter) for name, method in methods.REGISTRY.items()
+            for parameter in method.parameters
+            if (name, parameter) not in REFUSED and parameter not in ROUTING_SAME]
+
+
+@pytest.mark.parametrize("name, parameter", routing_cases())
+def test_each_parameter_reaches_its_method_through_the_job(loaded, model_path, records, name,
+                                                           parameter):
+    base = JOB_FAST.get(name, {})
+    default = job_maps(model_path, name, base, records)
+    changed = job_maps(model_path, name, {**base, parameter: JOB_ROUTING[name][parameter]},
+                       records)
+    assert np.abs(changed - default).max() > 1e-3 * np.abs(default).max(), (
+        f"{name}: {parameter} did not change the maps")
+
+
+@pytest.mark.parametrize("name, parameter", [
+    *[(name, p) for name, method in methods.REGISTRY.items() for p in method.parameters
+      if p in ROUTING_SAME],
+    *REFUSED,
+])
+def test_refused_values_stop_the_job_before_any_work(tmp_path, model_path, capsys, name,
+                                                     parameter):
+    # The chunk sizes leave the maps as they are (by design): that they arrive shows in the
+    # method refusing 0 by name, in the launcher.
+    value = JOB_ROUTING[name][parameter]
+    path = write(tmp_path, "in", [demo.make_example(b"x", 1, "x")])
+    params = json.dumps({**JOB_FAST.get(name, {}), parameter: value})
+    assert main(["--input", path, "--output", str(tmp_path / "o"), "--model", model_path,
+                 "--method", name, "--method_params", params]) == 2
+    said = [line for line in capsys.readouterr().err.splitlines()
+            if line.startswith("explain-pipeline:")]
+    assert len(said) == 1 and REFUSED.get((name, parameter), f"{parameter}={value}") in said[0]
+
+
+def test_n_steps_changes_the_stored_maps_and_the_manifest_records_it(tmp_path, model_path,
+                                                                      shapes):
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(image, "png"), int(label), f"s{i}")
+               for i, (image, label) in enumerate(zip(images[:4], labels[:4]))]
+    path = write(tmp_path, "steps", records)
+    maps = {}
+    # The test model's biases are zero, so its ReLU network is homogeneous: from a zero
+    # baseline the gradient is the same all along the path. A blurred baseline is not.
+    for n_steps in (1, 64):
+        params = {"n_steps": n_steps, "baseline": "blur"}
+        job = run_job(tmp_path, path, model_path, "--method", "integrated_gradients",
+                      "--method_params", json.dumps(params), "--units_key", "label",
+                      "--map_encoding", "raw32", name=f"steps{n_steps}")
+        assert job.summary.explained == 4
+        maps[n_steps] = np.stack([job.explanations[f"s{i}"]["maps"] for i in range(4)])
+        method = read_manifest(job.output)["method"]
+        assert method["params"] == params
+        assert method["received"] == {"baseline": "blur", "n_steps": n_steps, "chunk_size": 8,
+                                      "blur_sigma": 5.0}
+        assert method["explain"] == {"postprocessing": "absolute_normalize", "resizing": False}
+    assert np.abs(maps[1] - maps[64]).max() > 0.05  # normalised maps in [0, 1]
+
+
+def test_a_meta_methods_own_parameter_reaches_it_through_the_job(tmp_path, model_path, shapes):
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(image, "png"), int(label), f"s{i}")
+               for i, (image, label) in enumerate(zip(images[:3], labels[:3]))]
+    path = write(tmp_path, "smooth", records)
+    stored = []
+    for repetitions in (2, 9):
+        job = run_job(tmp_path, path, model_path, "--method", "smoothgrad", "--method_params",
+                      json.dumps({"repetitions": repetitions}), "--units_key", "label",
+                      "--map_encoding", "raw32", name=f"smooth{repetitions}")
+        assert job.summary.explained == 3 and not job.dead_letters
+        stored.append(np.stack([job.explanations[f"s{i}"]["maps"] for i in range(3)]))
+        assert read_manifest(job.output)["method"]["received"]["repetitions"] == repetitions
+    assert np.abs(stored[0] - stored[1]).max() > 0.05
+    assert explain_io.SCHEMA_VERSION == 1
