@@ -32,9 +32,14 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineState
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipeline import ids, manifest, outputs
+from pipeline import manifest, outputs
 from pipeline.handler import METRICS_NAMESPACE
-from pipeline.ids import Duplicates
+from pipeline.ids import (
+    DUPLICATE_EXAMPLES,
+    DUPLICATE_IDS_COUNTER,
+    DUPLICATE_RECORDS_COUNTER,
+    Duplicates,
+)
 from pipeline.options import FILE_SUFFIX, ExplainOptions, check_arguments
 from pipeline.reading import DamagedFileError
 from pipeline.records import STAGES
@@ -116,9 +121,9 @@ def summarize(result, options: ExplainOptions) -> RunSummary:
     summary.read = values.get(READ_COUNTER, 0)
     summary.explained = values.get(EXPLAINED_COUNTER, 0)
     summary.dead_letters = {stage: values.get(dead_letter_counter(stage), 0) for stage in STAGES}
-    summary.duplicates = Duplicates(values.get(ids.DUPLICATE_IDS_COUNTER, 0),
-                                    values.get(ids.DUPLICATE_RECORDS_COUNTER, 0),
-                                    tuple(values.get(ids.DUPLICATE_EXAMPLES, ())))
+    summary.duplicates = Duplicates(values.get(DUPLICATE_IDS_COUNTER, 0),
+                                    values.get(DUPLICATE_RECORDS_COUNTER, 0),
+                                    tuple(values.get(DUPLICATE_EXAMPLES, ())))
     return summary
 
 
