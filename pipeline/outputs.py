@@ -13,8 +13,9 @@ Separation of concerns:
   deletes whatever matches PREFIX-*-of-NNNNN.tfrecord.gz). It runs in the job, so it works
   on every runner and every filesystem Beam knows.
 - `remove_temporary_files` deletes the `beam-temp-*` folders Beam's writers keep next to a
-  prefix while they run: called when a run fails or is interrupted, and before each run (a
-  run that was killed could not clean up after itself).
+  prefix while they run (and a probe file a killed launcher left): called when a run fails
+  or is interrupted, and before each run (a run that was killed could not clean up after
+  itself).
 - `list_shards` lists a prefix's shards with their sizes, for the run manifest.
 
 One run at a time per prefix: a run removes what another, concurrent run into the same
@@ -37,6 +38,7 @@ from pipeline.options import FILE_SUFFIX
 from pipeline.tfrecords import frame
 
 _TEMPORARY = "beam-temp-{base}-"  # FileBasedSink's folder: beam-temp-BASENAME-UUIDHEX
+_PROBE = ".write-probe-"  # check_writable's file: PREFIX.write-probe-UUIDHEX
 
 
 def shard_number(path: str, prefix: str) -> Optional[Tuple[int, int]]:
@@ -64,7 +66,7 @@ def check_writable(prefix: str, option: str) -> None:
     """Write and delete a probe file next to `prefix`'s files; raises OSError with one line
     naming the option and the path when that fails (a parent that is a file, a read-only
     place, a missing bucket)."""
-    probe = f"{prefix}.write-probe-{uuid.uuid4().hex}"
+    probe = f"{prefix}{_PROBE}{uuid.uuid4().hex}"
     writer = None
     try:
         writer = FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED)
@@ -109,10 +111,16 @@ def temporary_folders(prefix: str) -> List[str]:
 
 
 def remove_temporary_files(prefixes: Iterable[str]) -> List[str]:
-    """Delete the `beam-temp-*` folders of `prefixes` (see `temporary_folders`); returns
-    them."""
+    """Delete the `beam-temp-*` folders of `prefixes` (see `temporary_folders`), and the
+    probe files of launchers killed while probing; returns them."""
     removed = []
     for prefix in prefixes:
+        probes = [path for path, _ in _matching(f"{prefix}{_PROBE}*")
+                  if re.fullmatch(re.escape(FileSystems.split(prefix)[1] + _PROBE) + "[0-9a-f]{32}",
+                                  FileSystems.split(path)[1])]
+        if probes:
+            FileSystems.delete(probes)
+            removed += probes
         for folder in temporary_folders(prefix):
             files = [path for path, _ in _matching(FileSystems.join(folder, "*"))]
             if files:
@@ -121,7 +129,7 @@ def remove_temporary_files(prefixes: Iterable[str]) -> List[str]:
                 FileSystems.delete([folder])
             removed.append(folder)
     if removed:
-        logging.info("Removed temporary folders of unfinished runs: %s", ", ".join(removed))
+        logging.info("Removed temporary files of unfinished runs: %s", ", ".join(removed))
     return removed
 
 

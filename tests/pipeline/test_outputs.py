@@ -149,8 +149,10 @@ def test_what_a_killed_run_left_goes_with_the_next_run(tmp_path, model_path):
     assert status == -signal.SIGKILL
     (left,) = glob.glob(str(out / "beam-temp-expl-*"))  # with its partial shard
     assert os.listdir(left)
-    # Another prefix's temporary folder and look-alikes are not this job's to remove.
-    others = ["beam-temp-other-" + "0" * 32, "beam-temp-expl-notes"]
+    # A probe file a launcher killed while probing would leave; another prefix's temporary
+    # folder and look-alikes are not this job's to remove.
+    (out / f"expl.write-probe-{'0' * 32}").write_bytes(b"probe")
+    others = ["beam-temp-other-" + "0" * 32, "beam-temp-expl-notes", "expl.write-probe-notes"]
     for name in others:
         (out / name).mkdir()
 
