@@ -110,12 +110,16 @@ def test_an_unwritable_prefix_exits_2_before_anything_runs(tmp_path, inputs, cap
     assert not os.path.exists(tmp_path / "out") or os.listdir(tmp_path / "out") == []
 
 
+RECORDS = 1200
+"""Enough for several seconds of explaining in batches of 4, once the job has started."""
+
+
 def _start_and_stop(tmp_path, model_path, stop: signal.Signals):
     """Start the job in a subprocess on enough records to take a while, send it `stop` once
     it writes its first temporary shard, wait for it; returns (exit status, stderr)."""
     images, labels = demo.make_shapes(64, seed=9, size=32)
     records = [demo.make_example(demo.encode_image(images[i % 64], "png"), int(labels[i % 64]),
-                                 f"k{i}") for i in range(2000)]
+                                 f"k{i}") for i in range(RECORDS)]
     pattern = write(tmp_path, "many", records)
     out = tmp_path / "out"
     process = subprocess.Popen(
@@ -158,7 +162,7 @@ def test_what_a_killed_run_left_goes_with_the_next_run(tmp_path, model_path):
 
     job = run_job(tmp_path, pattern, model_path, "--batch_size", "16")
 
-    assert job.summary.explained == len(job.explanations) == 2000
+    assert job.summary.explained == len(job.explanations) == RECORDS
     assert sorted(os.listdir(out)) == sorted([
         "expl-00000-of-00001.tfrecord.gz", "expl.dead_letters-00000-of-00001.tfrecord.gz",
         "expl.manifest.json", *others])
