@@ -4,8 +4,10 @@ For each model (keras.applications, weights=None, batch 32, 224x224x3), the medi
 - `model.predict` on the batch (the throughput unit: ratios below are against it);
 - a bare reference: one `tf.function` doing the same forward pass and one backward pass per
   explained unit with a `GradientTape`, no framework around it -- the floor for vanilla
-  gradients on this machine;
-- `explain(gradients)` with its defaults (compiled on the first call, then reused).
+  gradients and for Grad-CAM (resized to the input, as `explain` does by default) on this
+  machine;
+- `explain(gradients)` and `explain(gradcam)` with their default arguments, as users call
+  them, timed after a first call (which compiles the step the later ones reuse).
 
 Then (`predicted`) explaining each image's top-1 predicted unit, for gradients and Grad-CAM
 (each with its conventional post-processing): `explain_predicted`, which chooses the unit
@@ -29,36 +31,52 @@ from explain_lib.methods import cams
 from explain_lib.methods.gradient import gradients
 
 
-def bare_reference(model):
+def bare_references(model, exposed, size):
+    """Plain compiled functions doing what `explain` does with its default arguments: one
+    forward pass and the gradient of the explained unit, the gradients method's map (the
+    channel mean of |gradient|), or Grad-CAM's (channels weighted by their mean gradient,
+    resized to the input)."""
+
     @tf.function
-    def step(x, units):
+    def gradients_step(x, units):
         with tf.GradientTape() as tape:
             tape.watch(x)
             picked = tf.gather(model(x, training=False), units, batch_dims=1)
         return picked, tf.reduce_mean(tf.abs(tape.gradient(picked, x)), axis=-1)
 
-    return step
+    @tf.function
+    def gradcam_step(x, units):
+        with tf.GradientTape() as tape:
+            logits, activations = exposed(x, training=False)
+            picked = tf.gather(logits, units, batch_dims=1)
+        grad = tape.gradient(picked, activations)
+        weights = tf.reduce_mean(grad, axis=(1, 2), keepdims=True)
+        maps = tf.reduce_sum(weights * activations, axis=-1, keepdims=True)
+        return picked, tf.image.resize(maps, (size, size))
+
+    return {"gradients": gradients_step, "gradcam": gradcam_step}
 
 
 def overhead_section(args, x):
-    print("| model | predict s | bare fwd+bwd s | explain(gradients) s | explain / bare | "
-          "explain throughput / predict |")
-    print("|---|---|---|---|---|---|")
+    print("| model | method | predict s | bare compiled function s | explain, default "
+          "arguments s | explain / bare | explain throughput / predict |")
+    print("|---|---|---|---|---|---|---|")
     units = tf.constant([[i % 1000] for i in range(args.batch)])
     for name in args.models:
         model = application(name, args.size)
+        exposed = inspection.expose(model)
         predict = median_seconds(lambda: model.predict(x, batch_size=args.batch, verbose=0),
                                  args.repeats)
-        reference = bare_reference(model)
-        bare = median_seconds(lambda: [t.numpy() for t in reference(tf.constant(x), units)],
-                              args.repeats)
-        engine = median_seconds(
-            lambda: explain(gradients, model, x, units.numpy(), batch_size=args.batch,
-                            verbose=0),
-            args.repeats,
-        )
-        print(f"| {name} | {predict:.2f} | {bare:.2f} | {engine:.2f} | {engine / bare:.3f} | "
-              f"{predict / engine:.3f} |", flush=True)
+        references = bare_references(model, exposed, args.size)
+        for method, explained in ((gradients, model), (cams.gradcam, exposed)):
+            reference = references[method.__name__]
+            bare = median_seconds(lambda: [t.numpy() for t in reference(tf.constant(x), units)],
+                                  args.repeats)
+            # Default arguments, as a user calls it; timed after a first call.
+            engine = median_seconds(lambda: explain(method, explained, x, units.numpy(),
+                                                    verbose=0), args.repeats)
+            print(f"| {name} | {method.__name__} | {predict:.2f} | {bare:.2f} | {engine:.2f} | "
+                  f"{engine / bare:.3f} | {predict / engine:.3f} |", flush=True)
 
 
 def predicted_section(args, x):

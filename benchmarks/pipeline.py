@@ -1,20 +1,29 @@
-"""What the Beam job costs beyond the explaining itself.
+"""What the Beam job costs beyond the explaining itself, run as users run it.
 
-On the same records, model and method, in one run:
-- in-process: `explain_lib.explain` on the decoded images (compiled once, warmed up);
-- the pipeline: `python -m pipeline` on DirectRunner over the same TFRecords (JPEG bytes,
-  with `--units_key`, so both explain exactly the same units).
+Sections (`--sections`, all by default):
 
-The pipeline's time includes its fixed start (loading the model in the launcher and on
-the worker, tracing the step), so it is run on N and on 2N records: the difference is its
-steady-state cost of N records. Both ratios are reported: end to end, and steady state.
+- `overhead`: on the same records, model and method, in one run:
+  - in-process: `explain_lib.explain` with the method's conventional parameters on the
+    decoded images (compiled on a first call, then timed: the median of `--repeats` calls);
+  - the job: `python -m pipeline` in a fresh process, with default options (DirectRunner;
+    `--units_key label`, so both explain the same units; the map size the job's default,
+    `auto`, implies, which the in-process call uses too), over N and over 2N records.
+  The difference of the two job runs is the job's steady-state cost of N records (its
+  fixed start-up, imports, model load and tracing, cancels); the per-record overhead is
+  that cost per record minus in-process `explain`'s, and the start-up is the N-record run
+  less N records at the steady-state cost. Two cases: `tiny` (32x32 PNG records, the demo
+  CNN) and `mobilenet` (224x224 JPEG records, MobileNetV2 with `weights=None`).
+- `memory`: the peak resident memory of `python -m pipeline` (a fresh process, default
+  options) over 32x32 PNG records with the demo CNN, at each of `--memory-records`.
 
-Run: .venv/bin/python -m benchmarks.pipeline [--model MobileNetV2] [--records 512]
-     [--job-args --direct_num_workers=2 --direct_running_mode=multi_threading ...]
+Run: .venv/bin/python -m benchmarks.pipeline [--sections overhead memory]
+     [--cases tiny mobilenet] [--method gradcam] [--job-args --direct_num_workers=2 ...]
 """
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -22,81 +31,174 @@ import keras
 import numpy as np
 
 from benchmarks.common import application, machine
-from explain_lib import explain, inspection
-from explain_lib import methods
+from explain_lib import explain, inspection, methods
+from explain_lib.io import iterate_records
 from pipeline import demo
-from pipeline.__main__ import run
+from pipeline.options import with_map_size
+from pipeline.records import RecordSpec, check_record, decode_record
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CASES = {
+    # name: (model, image size, record format, N records)
+    "tiny": ("demo", 32, "png", 20000),
+    "mobilenet": ("MobileNetV2", 224, "jpeg", 512),
+}
 
 
-def write_dataset(directory: str, count: int, size: int, seed: int) -> str:
-    images, labels = demo.make_shapes(count, seed=seed, size=size, classes=4)
-    records = [demo.make_example(demo.encode_image(image), int(label), f"b{seed}-{i}")
-               for i, (image, label) in enumerate(zip(images, labels))]
-    return demo.write_records(os.path.join(directory, f"records-{seed}.tfrecord"), records)
+def write_dataset(directory: str, count: int, size: int, image_format: str, seed: int) -> str:
+    """`count` shape images as TFRecords of `image_format` bytes with labels and ids (written
+    in chunks, so that 100,000 records need little memory here)."""
+    path = os.path.join(directory, f"records-{image_format}-{size}-{count}-{seed}.tfrecord")
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for start in range(0, count, 1000):
+            images, labels = demo.make_shapes(min(1000, count - start), seed=seed + start,
+                                              size=size, classes=4)
+            for i, (image, label) in enumerate(zip(images, labels)):
+                writer.write(demo.make_example(demo.encode_image(image, image_format),
+                                               int(label), f"b{seed}-{start + i}"))
+    return path
+
+
+def build_model(name: str, size: int, directory: str) -> str:
+    model = (demo.make_model((size, size, 3), 4) if name == "demo"
+             else application(name, size))
+    path = os.path.join(directory, f"{name}-{size}.keras")
+    keras.saving.save_model(model, path)
+    return path
+
+
+def run_job(input_path: str, output: str, model_path: str, method: str, job_args) -> float:
+    """Wall seconds of `python -m pipeline` in a fresh process (the README's command)."""
+    start = time.perf_counter()
+    process = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--input", input_path, "--output", output,
+         "--model", model_path, "--method", method, "--units_key", "label", *job_args],
+        cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    seconds = time.perf_counter() - start
+    if process.returncode != 0 or "records dead-lettered: 0" not in process.stdout:
+        raise RuntimeError(f"the job failed: {process.stdout[-2000:]} {process.stderr[-3000:]}")
+    return seconds
+
+
+def read_job_inputs(input_path: str, size: int):
+    """(images (N, size, size, 3) float32, labels (N, 1)): the pixels and units the job
+    explains, read with its own functions."""
+    spec = RecordSpec(image_size=(size, size), channels=3, num_units=1000, units_key="label")
+    records = [decode_record(check_record(r, spec), spec) for r in iterate_records(input_path)]
+    return (np.stack([r.image for r in records]).astype(np.float32),
+            np.stack([r.units for r in records]))
+
+
+def in_process_seconds(model_path: str, input_path: str, method_name: str, batch: int,
+                       repeats: int) -> float:
+    """Median seconds of `explain` on the records' decoded images, after a first call."""
+    model = keras.saving.load_model(model_path, compile=False)
+    method = methods.get(method_name)
+    explained = inspection.expose(model) if method.exposed else model
+    images, labels = read_job_inputs(input_path, model.inputs[0].shape[1])
+    params = {**method.explain_defaults, **with_map_size({}, None)}  # the job's default size
+
+    def call():
+        explain(method.function, explained, images, labels, batch_size=batch, verbose=0,
+                **params)
+
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def overhead_section(args, directory):
+    print(f"\n### Per-record overhead of the job ({args.method}, batch {args.batch}, "
+          f"DirectRunner {' '.join(args.job_args) or 'defaults'})\n")
+    print("| case | records N | in-process ms/record | job steady-state ms/record | "
+          "overhead ms/record | in-process / job throughput | job start-up s | "
+          "job N s | job 2N s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for case in args.cases:
+        model_name, size, image_format, count = CASES[case]
+        count = args.records or count
+        model_path = build_model(model_name, size, directory)
+        small = write_dataset(directory, count, size, image_format, seed=1)
+        large = write_dataset(directory, 2 * count, size, image_format, seed=1_000_000)
+        explain_seconds = in_process_seconds(model_path, small, args.method, args.batch,
+                                             args.repeats)
+        run_job(write_dataset(directory, args.batch, size, image_format, seed=7), os.path.join(
+            directory, f"{case}-warm", "expl"), model_path, args.method, args.job_args)
+        small_seconds = run_job(small, os.path.join(directory, f"{case}-n", "expl"), model_path,
+                                args.method, args.job_args)
+        large_seconds = run_job(large, os.path.join(directory, f"{case}-2n", "expl"),
+                                model_path, args.method, args.job_args)
+        per_record = (large_seconds - small_seconds) / count
+        in_process = explain_seconds / count
+        startup = small_seconds - count * per_record
+        print(f"| {case}: {model_name} {size}x{size} {image_format.upper()} | {count} | "
+              f"{1e3 * in_process:.3f} | {1e3 * per_record:.3f} | "
+              f"{1e3 * (per_record - in_process):.3f} | {in_process / per_record:.2f} | "
+              f"{startup:.1f} | {small_seconds:.1f} | {large_seconds:.1f} |", flush=True)
+
+
+def peak_memory_mb(input_path: str, output: str, model_path: str, method: str, job_args
+                   ) -> float:
+    """Peak resident memory (MB) of `python -m pipeline` in a fresh process, read by a
+    parent process of its own (so that nothing else is counted)."""
+    script = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", script, sys.executable, "-m", "pipeline", "--input", input_path,
+         "--output", output, "--model", model_path, "--method", method, "--units_key", "label",
+         *job_args],
+        cwd=REPO, capture_output=True, text=True, check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return int(process.stdout.split()[-1]) / 1024
+
+
+def memory_section(args, directory):
+    print(f"\n### Peak memory of the job over the record count ({args.method}, 32x32 PNG "
+          "records, the demo CNN)\n")
+    print("| records | peak RSS MB | ratio to the first |")
+    print("|---|---|---|")
+    model_path = build_model("demo", 32, directory)
+    first = None
+    for count in args.memory_records:
+        path = write_dataset(directory, count, 32, "png", seed=3)
+        peak = peak_memory_mb(path, os.path.join(directory, f"memory-{count}", "expl"),
+                              model_path, args.method, args.job_args)
+        first = first or peak
+        print(f"| {count} | {peak:.0f} | {peak / first:.2f} |", flush=True)
+        os.remove(path)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="MobileNetV2")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--records", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--sections", nargs="+", default=["overhead", "memory"],
+                        choices=["overhead", "memory"])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--records", type=int, default=0,
+                        help="N records per case (default: the case's own)")
+    parser.add_argument("--memory-records", type=int, nargs="+", default=[2000, 100000])
     parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--batch", type=int, default=32, help="the job's default batch size")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
                         help="more arguments for the job (last), e.g. Beam runner options")
     args = parser.parse_args(argv)
-
-    directory = tempfile.mkdtemp(prefix="explain_bench_")
-    model = application(args.model, args.size)
-    model_path = os.path.join(directory, "model.keras")
-    keras.saving.save_model(model, model_path)
-    small = write_dataset(directory, args.records, args.size, seed=1)
-    large = write_dataset(directory, 2 * args.records, args.size, seed=2)
-
-    method = methods.get(args.method)
-    explained = inspection.expose(model) if method.exposed else model
-    images, labels = demo.read_shapes(small)  # the pixels the pipeline sees
-
-    def in_process():
-        explain(method.function, explained, images.astype(np.float32), labels,
-                batch_size=args.batch, verbose=0, **method.explain_defaults)
-
-    in_process()  # compile
-    start = time.perf_counter()
-    in_process()
-    in_process_seconds = time.perf_counter() - start
-
-    def job(path, name):
-        start = time.perf_counter()
-        summary = run(["--input", path, "--output", os.path.join(directory, name, "expl"),
-                       "--model", model_path, "--method", args.method, "--units_key", "label",
-                       "--batch_size", str(args.batch), *args.job_args])
-        seconds = time.perf_counter() - start
-        assert summary.explained == summary.read and summary.dead_lettered == 0, summary
-        return seconds
-
-    job(write_dataset(directory, args.batch, args.size, seed=3), "warmup")  # one-time imports
-    small_seconds = job(small, "small")
-    large_seconds = job(large, "large")
-    steady_seconds = large_seconds - small_seconds
-
-    rate = args.records / in_process_seconds
     print(f"Machine: {machine()}")
-    print(f"{args.model} {args.size}x{args.size}, {args.method}, batch {args.batch}, "
-          f"{args.records} and {2 * args.records} JPEG records, DirectRunner "
-          f"{' '.join(args.job_args)}\n")
-    print("| measure | seconds | records/s | ratio to in-process |")
-    print("|---|---|---|---|")
-    print(f"| in-process explain, {args.records} records | {in_process_seconds:.2f} | "
-          f"{rate:.1f} | 1.00 |")
-    for label, count, seconds in (
-        (f"pipeline end to end, {args.records} records", args.records, small_seconds),
-        (f"pipeline end to end, {2 * args.records} records", 2 * args.records, large_seconds),
-        (f"pipeline steady state (difference of the two), {args.records} records",
-         args.records, steady_seconds),
-    ):
-        print(f"| {label} | {seconds:.2f} | {count / seconds:.1f} | "
-              f"{count / seconds / rate:.2f} |")
+    with tempfile.TemporaryDirectory(prefix="explain_bench_") as directory:
+        if "overhead" in args.sections:
+            overhead_section(args, directory)
+        if "memory" in args.sections:
+            memory_section(args, directory)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """What storing a map costs, per encoding and map size, on real method outputs at 224x224.
 
 For each model (ResNet50V2 with `weights=None`; the demo CNN, trained on the demo's shapes
-and rebuilt at 224x224 with the same weights) and method (Grad-CAM, smooth maps at the
+and rebuilt at 224x224 with the same weights; a CNN whose last convolution block is half the
+input's size, 112x112, random weights) and method (Grad-CAM, smooth maps at the
 feature map's resolution; vanilla gradients, noisy maps at the input's resolution), explain
 N demo images with the method's conventional parameters (the registry's `explain_defaults`,
 as the pipeline does), then store every map with every encoding:
 
 - at the input size (`--map_size input`, the maps the engine returns with resizing);
-- at the method's native size (`--map_size native`), read back at 224x224 (`size="input"`).
+- at the method's native size (`--map_size native`, and `auto`, the job's default), read
+  back at 224x224 (`size="input"`).
 
 Reported per row: bytes per map (the encoded `maps` feature), how many times smaller that is
 than the map as raw float32 at 224x224 (200,704 bytes), bytes per record in a GZIP TFRecord
@@ -47,6 +49,22 @@ def demo_model_at(size: int, demo_dir: str):
     model = demo.make_model((size, size, 3))
     model.set_weights(trained.get_weights())
     return model
+
+
+def half_cnn(size: int):
+    """A CNN whose last convolution block is half the input's size (one 2x pooling before
+    it), random weights: Grad-CAM maps of size/2 x size/2."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="features")(x)
+    outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, outputs)
 
 
 def images(count: int) -> np.ndarray:
@@ -106,7 +124,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=16, help="Images per model and method.")
     parser.add_argument("--demo_dir", default="demo", help="Where the demo is cached.")
-    parser.add_argument("--models", nargs="+", default=["ResNet50V2", "demo CNN"])
+    parser.add_argument("--models", nargs="+", default=["ResNet50V2", "demo CNN", "half CNN"],
+                        choices=["ResNet50V2", "demo CNN", "half CNN"])
     args = parser.parse_args(argv)
 
     import keras
@@ -122,15 +141,19 @@ def main(argv=None):
         for name in args.models:
             if name == "demo CNN":
                 model, preprocess = demo_model_at(SIZE, args.demo_dir), None
+            elif name == "half CNN":
+                model, preprocess = half_cnn(SIZE), None
             else:
                 model = application(name, SIZE)
                 preprocess = keras.applications.resnet_v2.preprocess_input
             for method in METHODS:
                 full, native = explain_both_sizes(
                     model, method, x, lambda v: preprocess(v.copy()) if preprocess else v)
-                sizes = [("input", full)]
+                # --map_size auto, the job's default, stores the method's own resolution.
                 if native.shape[1:] != full.shape[1:]:
-                    sizes.append(("native", native))
+                    sizes = [("input", full), ("native = auto, the default", native)]
+                else:
+                    sizes = [("input = auto, the default", full)]
                 for label, stored in sizes:
                     shape = "x".join(map(str, stored.shape[1:]))
                     for encoding in explain_io.ENCODINGS:

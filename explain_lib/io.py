@@ -149,15 +149,18 @@ def _filtered(data: np.ndarray, kind: int, bpp: int) -> np.ndarray:
     """PNG scanlines (H, 1 + B) of `data` (H, B) uint8, `bpp` bytes per pixel, every row
     filtered with filter type `kind`: 0 None, 1 Sub (minus the byte `bpp` to the left), 2 Up
     (minus the byte above); residuals modulo 256, each row prefixed by its filter type."""
-    values = data.astype(np.int16)
+    rows = np.empty((data.shape[0], data.shape[1] + 1), np.uint8)
+    rows[:, 0] = kind
+    residuals = rows[:, 1:]
     if kind == 1:
-        residuals = values - np.pad(values, ((0, 0), (bpp, 0)))[:, :-bpp]
+        residuals[:, :bpp] = data[:, :bpp]
+        np.subtract(data[:, bpp:], data[:, :-bpp], out=residuals[:, bpp:])  # modulo 256
     elif kind == 2:
-        residuals = values - np.pad(values, ((1, 0), (0, 0)))[:-1]
+        residuals[0] = data[0]
+        np.subtract(data[1:], data[:-1], out=residuals[1:])
     else:
-        residuals = values
-    return np.concatenate([np.full((len(data), 1), kind, np.uint8),
-                           residuals.astype(np.uint8)], axis=1)  # modulo 256
+        residuals[:] = data
+    return rows
 
 
 def _quantised_png(name: str, bits: int) -> MapEncoding:

@@ -16,11 +16,23 @@ or, inside your own Beam pipeline:
     result.explanations, result.dead_letters
 """
 
-from pipeline.explainer import Explainer, Explanation, inspect_model, load_keras_model
+from pipeline.explainer import (
+    Explainer,
+    ExplainerConfig,
+    Explanation,
+    inspect_model,
+    load_keras_model,
+)
 from pipeline.handler import ExplainModelHandler
 from pipeline.options import ExplainOptions
 from pipeline.reading import ReadTFRecords
-from pipeline.records import DeadLetter, ImageRecord, RecordSpec, read_dead_letters
+from pipeline.records import (
+    CheckedRecord,
+    DeadLetter,
+    ImageRecord,
+    RecordSpec,
+    read_dead_letters,
+)
 from pipeline.transforms import Explain, ExplainResult, build_pipeline
 
 __all__ = [
@@ -29,7 +41,9 @@ __all__ = [
     "ExplainModelHandler",
     "ExplainOptions",
     "Explainer",
+    "ExplainerConfig",
     "Explanation",
+    "CheckedRecord",
     "ImageRecord",
     "ReadTFRecords",
     "RecordSpec",

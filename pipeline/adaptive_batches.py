@@ -24,7 +24,7 @@ Separation of concerns:
 
 Usage, in `ExplainModelHandler.run_inference`:
 
-    outcomes = explain_fitting(batch, explain, limit_for(model), fallback)
+    outcomes = explain_fitting(records, explain, limit_for(model), fallback)
 """
 
 import logging
@@ -89,39 +89,46 @@ def limit_for(model) -> BatchLimit:
 
 def explain_fitting(
     records: Sequence,
-    explain: Callable[[Sequence], List],
+    explain: Callable[[slice], List],
     limit: BatchLimit,
-    fallback: Callable[[Sequence, Exception], List],
+    fallback: Callable[[slice, Exception], List],
 ) -> List:
-    """`explain(chunk)`'s outcomes for every record, in order, explaining chunks of at most
-    `limit.size` records. A chunk that runs out of memory is explained again in smaller
-    chunks (see `BatchLimit.ran_out`); a single record that runs out of memory gets a
-    `StageError("explain")` with the error; a chunk failing otherwise gets
+    """The outcomes of explaining `records` (objects with an `id`), in order, in chunks of at
+    most `limit.size` records: `explain(chunk)` explains `records[chunk]` (a slice, which
+    the caller applies to its images too). A chunk that runs out of memory is explained
+    again in smaller chunks (see `BatchLimit.ran_out`); a single record that runs out of
+    memory gets a `StageError("explain")` with the error; a chunk failing otherwise gets
     `fallback(chunk, error)`."""
+    return _explain_range(records, 0, len(records), explain, limit, fallback)
+
+
+def _explain_range(records, start: int, stop: int, explain, limit: BatchLimit,
+                   fallback) -> List:
+    """`explain_fitting` of `records[start:stop]`."""
     outcomes: List = []
-    start = 0
-    while start < len(records):
-        chunk = records[start:start + (limit.size or len(records))]
-        outcomes += _explain_chunk(chunk, explain, limit, fallback)
-        start += len(chunk)
+    while start < stop:
+        chunk = slice(start, min(stop, start + (limit.size or stop - start)))
+        outcomes += _explain_chunk(records, chunk, explain, limit, fallback)
+        start = chunk.stop
     return outcomes
 
 
-def _explain_chunk(chunk, explain, limit: BatchLimit, fallback) -> List:
+def _explain_chunk(records, chunk: slice, explain, limit: BatchLimit, fallback) -> List:
     try:
         outcomes = explain(chunk)
     except Exception as error:  # noqa: BLE001: out of memory, or the fallback's to handle
         if not is_out_of_memory(error):
             return fallback(chunk, error)
-        if len(chunk) == 1:
+        count = chunk.stop - chunk.start
+        if count == 1:
             return [StageError("explain", "out of memory even alone: "
-                               f"{type(error).__name__}: {error}", getattr(chunk[0], "id", ""))]
-        if limit.ran_out(len(chunk)):
-            return explain_fitting(chunk, explain, limit, fallback)
-        half = (len(chunk) + 1) // 2
-        return (_explain_chunk(chunk[:half], explain, limit, fallback)
-                + _explain_chunk(chunk[half:], explain, limit, fallback))
-    limit.fitted(len(chunk))
+                               f"{type(error).__name__}: {error}", records[chunk.start].id)]
+        if limit.ran_out(count):
+            return _explain_range(records, chunk.start, chunk.stop, explain, limit, fallback)
+        middle = chunk.start + (count + 1) // 2
+        return (_explain_chunk(records, slice(chunk.start, middle), explain, limit, fallback)
+                + _explain_chunk(records, slice(middle, chunk.stop), explain, limit, fallback))
+    limit.fitted(chunk.stop - chunk.start)
     return outcomes
 
 

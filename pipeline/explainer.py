@@ -4,13 +4,16 @@ the method by name, and explain a batch of images through `explain_lib.explain`.
 Separation of concerns:
 
 - `load_keras_model` reads a `.keras` file from any Beam filesystem (local, `gs://`, ...),
-  retrying transient storage errors and naming a missing or damaged file as such.
+  retrying transient storage errors and naming a missing or damaged file as such;
+  `shared_model` keeps it loaded once per process, so that the launcher and in-process
+  workers share one load (and its compiled steps).
 - `make_strategy` picks the worker's `tf.distribute` strategy: a `MirroredStrategy` over its
   GPUs (or given devices), the default strategy on CPU-only workers.
 - `resolve_method`, `resolve_method_params` and `resolve_preprocess` turn the command
   line's names and JSON into functions.
 - `inspect_model` is what the launcher learns before the job starts (input size, number of
   units), so that bad options fail at once rather than on every worker.
+- `ExplainerConfig` is everything a worker needs, as one frozen value.
 - `Explainer` holds one loaded model and method; `Explainer.explain` explains a batch:
   given units with `explain_lib.explain`, and the top-K predicted units where none were
   given with `explain_lib.explain_predicted`, which chooses them from the method's own
@@ -19,18 +22,21 @@ Separation of concerns:
 
 Usage:
 
-    explainer = Explainer.load("model.keras", "gradcam")
+    explainer = Explainer.load(ExplainerConfig("model.keras", "gradcam"))
     explanations = explainer.explain(images, [None] * len(images))   # top-1 units
     explanations[0].units, explanations[0].logits, explanations[0].maps.shape
 """
 
+import collections
 import json
 import os
 import shutil
 import tempfile
+import threading
+import weakref
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import keras
@@ -40,6 +46,7 @@ import tensorflow as tf
 import explain_lib
 from explain_lib import filters, inspection, methods
 from explain_lib.engine import explaining
+from explain_lib.utils import with_dtype_policy
 from pipeline.retry import Retry
 
 PREPROCESSING = ("none", "unit", "symmetric")
@@ -237,7 +244,7 @@ def inspect_model(
     """
     model = model_or_path
     if isinstance(model_or_path, str):
-        model = load_keras_model(model_or_path)
+        model = shared_model(model_or_path)
     if not getattr(model, "inputs", None) or len(model.inputs) != 1:
         raise ValueError("The pipeline explains models with one image input (B, H, W, C).")
     shape = tuple(model.inputs[0].shape[1:])
@@ -262,7 +269,7 @@ def inspect_model(
     if method is not None:
         registered = resolve_method(method)
         params = explain_params(registered, method_params)
-        explained = inspection.expose(model, activation_layer) if registered.exposed else model
+        explained = exposed(model, activation_layer) if registered.exposed else model
         size = shape[:2] if None not in shape[:2] or not image_size else tuple(image_size)
         if None not in size:
             explaining.check_explain(registered.function, explained, (*size, shape[2] or 3),
@@ -271,6 +278,38 @@ def inspect_model(
 
 
 # --- explaining ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExplainerConfig:
+    """What a worker needs to explain, as one value: built and checked once in the launcher
+    (`pipeline.Explain`), carried to every worker inside the handler.
+
+    Attributes:
+        model_path: a Keras `.keras` file on any Beam filesystem.
+        method: a registered method name (`explain_lib.methods.REGISTRY`).
+        method_params: its parameters and `explain`'s, as JSON values (see
+            `resolve_method_params`; the map size's `resizing` included).
+        activation_layer: the layer CAM methods weigh (default: the input of the last
+            global pooling layer).
+        preprocess: "none", "unit", "symmetric" or a `keras.applications` module name.
+        top_k: units explained for records that name none.
+        precision: a Keras dtype policy the model computes under
+            (`explain_lib.utils.PRECISIONS`); maps and logits are float32 whatever it is.
+        jit_compile: explain under XLA (the engine compiles its step with XLA for a model
+            that asks for it, as Keras' `predict` does).
+        devices: devices of the worker's `MirroredStrategy` (default: its GPUs).
+    """
+
+    model_path: str
+    method: str = "gradcam"
+    method_params: Mapping[str, Any] = field(default_factory=dict)
+    activation_layer: Optional[str] = None
+    preprocess: str = "none"
+    top_k: int = 1
+    precision: str = "float32"
+    jit_compile: bool = False
+    devices: Optional[Tuple[str, ...]] = None
 
 
 class Explanation(NamedTuple):
@@ -285,51 +324,35 @@ class Explanation(NamedTuple):
 class Explainer:
     """A loaded model and method, explaining batches of images.
 
-    Build it with `Explainer.load` (which owns the strategy and the exposure) or from a
-    model already built in the strategy scope you want.
+    Build it with `Explainer.load(config)` (which owns the strategy, the precision and the
+    exposure), or from a model already built in the strategy scope you want.
     """
 
-    def __init__(
-        self,
-        model: keras.Model,
-        method: str = "gradcam",
-        method_params: Optional[Mapping[str, Any]] = None,
-        activation_layer: Optional[str] = None,
-        preprocess: str = "none",
-        top_k: int = 1,
-    ):
+    def __init__(self, model: keras.Model, config: ExplainerConfig):
+        self.config = config
         self.model = model
-        self.method = resolve_method(method)
-        self.params = explain_params(self.method, method_params)
-        self.preprocess = resolve_preprocess(preprocess)
+        self.method = resolve_method(config.method)
+        self.params = explain_params(self.method, config.method_params)
+        self.preprocess = resolve_preprocess(config.preprocess)
         self.num_units = int(keras.tree.flatten(model.outputs)[0].shape[-1])
-        if not 1 <= top_k <= self.num_units:
-            raise ValueError(f"top_k must lie in [1, {self.num_units}], got {top_k}.")
-        self.top_k = top_k
-        if self.method.exposed:
-            # Built in the model's strategy scope so that the exposed model runs under it too.
-            with model.distribute_strategy.scope():
-                self.explained_model = inspection.expose(model, activation_layer)
-        else:
-            self.explained_model = model
+        if not 1 <= config.top_k <= self.num_units:
+            raise ValueError(f"top_k must lie in [1, {self.num_units}], got {config.top_k}.")
+        explained = exposed(model, config.activation_layer) if self.method.exposed else model
+        if config.jit_compile:
+            # A model of its own sharing the layers, so that the flag stays off the shared
+            # model (`shared_model`) that other runs in this process may explain.
+            explained = keras.Model(explained.inputs, explained.outputs)
+            explained.jit_compile = True
+        self.explained_model = explained
 
     @classmethod
-    def load(
-        cls,
-        model_path: str,
-        method: str = "gradcam",
-        method_params: Optional[Mapping[str, Any]] = None,
-        activation_layer: Optional[str] = None,
-        preprocess: str = "none",
-        top_k: int = 1,
-        devices: Optional[Sequence[str]] = None,
-    ) -> "Explainer":
-        """Load `model_path` (any Beam filesystem) under the worker's strategy
-        (`make_strategy(devices)`) and prepare `method` for it."""
-        strategy = make_strategy(devices)
+    def load(cls, config: ExplainerConfig) -> "Explainer":
+        """Load the model (`shared_model`: once per process) under the worker's strategy
+        (`make_strategy`), at its precision, and prepare the method for it."""
+        strategy = make_strategy(config.devices)
         with strategy.scope():
-            model = load_keras_model(model_path)
-            return cls(model, method, method_params, activation_layer, preprocess, top_k)
+            model = shared_model(config.model_path)
+            return cls(with_dtype_policy(model, config.precision), config)
 
     def explain(
         self, images: np.ndarray, units: Sequence[Optional[np.ndarray]]
@@ -348,7 +371,7 @@ class Explainer:
             if k is None:
                 chosen, logits, maps = explain_lib.explain_predicted(
                     self.method.function, self.explained_model, x[indices],
-                    top_k=self.top_k, **common,
+                    top_k=self.config.top_k, **common,
                 )
             else:
                 chosen = np.stack([units[i] for i in indices]).astype(np.int32)
@@ -360,3 +383,46 @@ class Explainer:
                     chosen[row].astype(np.int64), logits[row].astype(np.float32), maps[row]
                 )
         return results
+
+
+# --- one model per process ----------------------------------------------------------------------
+
+_SHARED_MODELS: "collections.OrderedDict[tuple, keras.Model]" = collections.OrderedDict()
+_SHARED_MODELS_LOCK = threading.Lock()
+SHARED_MODELS = 2
+"""Models `shared_model` keeps loaded in a process (the most recently used)."""
+
+_exposures: "weakref.WeakKeyDictionary[keras.Model, Dict[Any, keras.Model]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def shared_model(path: str) -> keras.Model:
+    """The model at `path`, loaded once per process and file version while it is among the
+    `SHARED_MODELS` most recently used: the launcher's check and the workers of an
+    in-process runner (DirectRunner) share one load and its compiled steps. A local file is
+    known by its path, size and modification time; a remote one, or a load under a
+    distribution strategy (a worker's `MirroredStrategy`, whose variables are its own), is
+    loaded afresh."""
+    if tf.distribute.has_strategy() or not os.path.exists(path):
+        return load_keras_model(path)
+    status = os.stat(path)
+    key = (os.path.realpath(path), status.st_size, status.st_mtime_ns)
+    with _SHARED_MODELS_LOCK:
+        if key in _SHARED_MODELS:
+            _SHARED_MODELS.move_to_end(key)
+        else:
+            _SHARED_MODELS[key] = load_keras_model(path)
+            while len(_SHARED_MODELS) > SHARED_MODELS:
+                _SHARED_MODELS.popitem(last=False)
+        return _SHARED_MODELS[key]
+
+
+def exposed(model: keras.Model, activation_layer: Optional[str] = None) -> keras.Model:
+    """`inspection.expose(model, activation_layer)`, built once per model and layer and kept
+    here (not on the model), built in the model's strategy scope so that it runs under it."""
+    with _SHARED_MODELS_LOCK:
+        per_model = _exposures.setdefault(model, {})
+        if activation_layer not in per_model:
+            with model.distribute_strategy.scope():
+                per_model[activation_layer] = inspection.expose(model, activation_layer)
+        return per_model[activation_layer]

@@ -2,132 +2,167 @@
 
 `ExplainModelHandler` is a `ModelHandler` like Beam's own: `load_model` loads the model once
 per worker process (through `Explainer.load`: any Beam filesystem, the worker's
-`MirroredStrategy`, the exposed model the method needs) and `run_inference` explains a batch
-through `explain_lib`. It never raises for one bad record: when a batch fails, each record is
-retried on its own, so good records of that batch are kept and only the failing ones come
-back as failures (stage "explain"), each attributed to its own record. A batch that runs out
-of accelerator memory is split in halves instead, and the worker keeps the size that fits
-(`pipeline.adaptive_batches`).
+`MirroredStrategy`, the precision, the exposed model the method needs), and `run_inference`
+takes a batch of checked records (`pipeline.records.CheckedRecord`: parsed and validated,
+images still compressed) through the three batched steps of a worker:
+
+- decode: every image of the batch in one compiled call, in parallel outside the GIL
+  (`records.decode_batch`);
+- explain: the batch through `explain_lib` (`Explainer.explain`);
+- encode: each explanation as a schema-v1 record (`explain_lib.io.encode_explanation`),
+  large maps on a pool of threads (PNG's zlib releases the GIL).
+
+It never raises for one bad record: a record that cannot be decoded fails alone (stage
+"decode"); when explaining a batch fails, each of its records is retried on its own, so
+good records are kept and only the failing ones come back as failures (stage "explain"),
+each attributed to its own record. A batch that runs out of accelerator memory is split in
+halves instead, and the worker keeps the size that fits (`pipeline.adaptive_batches`).
+
+Several threads of one worker process may run batches at once on the one model RunInference
+shares between them (Dataflow's harness threads, DirectRunner's multi_threading mode): one
+batch's decoding and encoding then overlap another's explaining.
 
 Usage:
 
-    handler = ExplainModelHandler("gs://bucket/model.keras", "gradcam", batch_size=32)
-    results = records | RunInference(handler)   # PredictionResult(record, Explanation | StageError)
+    handler = ExplainModelHandler(ExplainerConfig("gs://bucket/model.keras", "gradcam"),
+                                  RecordSpec((224, 224), 3, 1000), batch_size=32)
+    results = checked | RunInference(handler)   # PredictionResult(record, bytes | StageError)
 """
 
+import concurrent.futures
 import logging
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+import os
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from explain_lib import io as explain_io
 from pipeline.adaptive_batches import explain_fitting, limit_for
-from pipeline.explainer import Explainer, Explanation
-from pipeline.records import ImageRecord, StageError
+from pipeline.explainer import Explainer, ExplainerConfig, Explanation
+from pipeline.records import CheckedRecord, RecordSpec, StageError, decode_batch
 
 METRICS_NAMESPACE = "explain_pipeline"
 
+PARALLEL_ENCODING_VALUES = 16384
+"""Maps of at least this many values per record are encoded on the thread pool; smaller ones
+(a CAM stored at its own 7x7 resolution) cost less to encode than to hand to a thread."""
 
-class ExplainModelHandler(ModelHandler[ImageRecord, PredictionResult, Explainer]):
-    """Explains `ImageRecord`s with a Keras model file and an `explain_lib` method.
+_encoders: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+
+def _encoder_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's encoding threads, one per core (made on first use, not pickled)."""
+    global _encoders
+    if _encoders is None:
+        _encoders = concurrent.futures.ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2, thread_name_prefix="encode_explanations")
+    return _encoders
+
+
+class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explainer]):
+    """Decodes, explains and encodes batches of checked records (see the module docstring).
 
     Args:
-        model_path: a Keras `.keras` file on any Beam filesystem.
-        method: a method name known to `explain_lib.methods` (for instance "gradcam").
-        method_params: the method's parameters as JSON values (see
-            `pipeline.explainer.resolve_method_params`).
-        activation_layer: the layer CAM methods weigh (default: the input of the last global
-            pooling layer).
-        preprocess: "none", "unit", "symmetric" or a `keras.applications` module name.
-        top_k: how many top predicted units to explain for records without units.
+        config: the model and method (`pipeline.explainer.ExplainerConfig`).
+        spec: how the records' images are decoded (size, channels).
+        map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
         batch_size: records per explaining step; RunInference batches exactly this many
             (fewer only at the end of a bundle), so the compiled step is traced once.
-        devices: devices of the worker's `MirroredStrategy` (default: its GPUs, or the
-            default strategy without GPUs).
         **kwargs: `ModelHandler` options, for instance `large_model=True` or
             `model_copies=1` (one model per machine, shared by its processes), `env_vars`.
     """
 
     def __init__(
         self,
-        model_path: str,
-        method: str = "gradcam",
-        method_params: Optional[Mapping[str, Any]] = None,
+        config: ExplainerConfig,
+        spec: RecordSpec,
+        map_encoding: str = explain_io.DEFAULT_ENCODING,
         *,
-        activation_layer: Optional[str] = None,
-        preprocess: str = "none",
-        top_k: int = 1,
         batch_size: int = 32,
-        devices: Optional[Sequence[str]] = None,
         **kwargs,
     ):
         kwargs.setdefault("min_batch_size", batch_size)
         kwargs.setdefault("max_batch_size", batch_size)
         super().__init__(**kwargs)
-        self._model_path = model_path
-        self._method = method
-        self._method_params = dict(method_params or {})
-        self._activation_layer = activation_layer
-        self._preprocess = preprocess
-        self._top_k = top_k
-        self._devices = list(devices) if devices else None
+        self._config = config
+        self._spec = spec
+        self._map_encoding = map_encoding
 
     def load_model(self) -> Explainer:
         """Load the model under the worker's strategy and prepare the method."""
-        return Explainer.load(
-            self._model_path,
-            self._method,
-            self._method_params,
-            activation_layer=self._activation_layer,
-            preprocess=self._preprocess,
-            top_k=self._top_k,
-            devices=self._devices,
-        )
+        return Explainer.load(self._config)
 
     def run_inference(
         self,
-        batch: Sequence[ImageRecord],
+        batch: Sequence[CheckedRecord],
         model: Explainer,
         inference_args: Optional[Dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
-        """Explain the batch; each result's inference is an `Explanation` or a `StageError`.
-        Out of memory, the batch is explained in smaller chunks (`adaptive_batches`)."""
-        outcomes = explain_fitting(batch, lambda chunk: self._explain(chunk, model),
-                                   limit_for(model),
-                                   lambda chunk, error: self._one_by_one(chunk, error, model))
-        return [PredictionResult(record, outcome) for record, outcome in zip(batch, outcomes)]
+        """Decode, explain and encode the batch; each result's inference is the serialized
+        schema-v1 record or the `StageError` the record failed with."""
+        images, outcomes = decode_batch(batch, self._spec)
+        decoded = [i for i, error in enumerate(outcomes) if error is None]
+        if decoded:
+            explained = self._explain([batch[i] for i in decoded], images[decoded], model)
+            for i, outcome in zip(decoded, explained):
+                outcomes[i] = outcome
+        encoded = self._encode(batch, outcomes)
+        return [PredictionResult(record, outcome) for record, outcome in zip(batch, encoded)]
 
-    def _one_by_one(self, batch: Sequence[ImageRecord], error: Exception,
-                    model: Explainer) -> List[Any]:
-        """A batch failed: explain its records one by one, so that only the failing ones
-        become dead letters."""
-        logging.warning("Explaining a batch of %d records failed (%s); retrying them one by "
-                        "one.", len(batch), error)
-        outcomes = []
-        for record in batch:
+    def _explain(self, records: Sequence[CheckedRecord], images: np.ndarray,
+                 model: Explainer) -> List[Union[Explanation, StageError]]:
+        """Explain decoded images: out of memory, in smaller chunks that fit
+        (`adaptive_batches`); failing otherwise, one record at a time."""
+
+        def explain(chunk: slice) -> List[Union[Explanation, StageError]]:
+            return _checked(records[chunk],
+                            model.explain(images[chunk], [r.units for r in records[chunk]]))
+
+        def one_by_one(chunk: slice, error: Exception) -> List[Union[Explanation, StageError]]:
+            logging.warning("Explaining a batch of %d records failed (%s); retrying them one "
+                            "by one.", chunk.stop - chunk.start, error)
+            outcomes: List[Union[Explanation, StageError]] = []
+            for i in range(chunk.start, chunk.stop):
+                try:
+                    outcomes += explain(slice(i, i + 1))
+                except Exception as single:  # noqa: BLE001: becomes this record's dead letter
+                    outcomes.append(StageError("explain", f"{type(single).__name__}: {single}",
+                                               records[i].id))
+            return outcomes
+
+        return explain_fitting(records, explain, limit_for(model), one_by_one)
+
+    def _encode(self, records: Sequence[CheckedRecord],
+                outcomes: Sequence[Any]) -> List[Union[bytes, StageError]]:
+        def encode(pair):
+            record, outcome = pair
+            if isinstance(outcome, StageError):
+                return outcome
             try:
-                outcomes += self._explain([record], model)
-            except Exception as single:  # noqa: BLE001: becomes this record's dead letter
-                outcomes.append(StageError("explain", f"{type(single).__name__}: {single}",
-                                           record.id))
-        return outcomes
+                return explain_io.encode_explanation(
+                    record.id, outcome.units, outcome.logits, outcome.maps, self._map_encoding,
+                    input_size=self._spec.image_size)
+            except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+                return StageError("encode", str(error), record.id)
 
-    @staticmethod
-    def _explain(batch: Sequence[ImageRecord], model: Explainer) -> List[Any]:
-        images = np.stack([record.image for record in batch])
-        explanations = model.explain(images, [record.units for record in batch])
-        return [_checked(explanation, record) for explanation, record in zip(explanations, batch)]
+        pairs = list(zip(records, outcomes))
+        large = any(isinstance(o, Explanation) and o.maps.size >= PARALLEL_ENCODING_VALUES
+                    for o in outcomes)
+        if large and len(pairs) > 1:
+            return list(_encoder_pool().map(encode, pairs))
+        return [encode(pair) for pair in pairs]
 
-    def get_num_bytes(self, batch: Sequence[ImageRecord]) -> int:
-        """Bytes of image data in the batch (what RunInference reports as its input size)."""
-        return sum(record.image.nbytes for record in batch)
+    def get_num_bytes(self, batch: Sequence[CheckedRecord]) -> int:
+        """Bytes of the input records in the batch (what RunInference reports as its input
+        size)."""
+        return sum(len(record.record) for record in batch)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
 
     def __repr__(self) -> str:
-        return (f"ExplainModelHandler(model_path={self._model_path!r}, method={self._method!r}, "
-                f"method_params={self._method_params!r})")
+        return f"ExplainModelHandler({self._config!r}, map_encoding={self._map_encoding!r})"
 
 
 class _MemoryWarningFilter(logging.Filter):
@@ -151,14 +186,15 @@ def _quiet_memory_warning() -> None:
 _quiet_memory_warning()
 
 
-def _checked(explanation: Explanation, record: ImageRecord):
-    """The explanation, or a StageError when the method produced non-finite values (a map
+def _checked(records: Sequence[CheckedRecord], explanations: Sequence[Explanation]
+             ) -> List[Union[Explanation, StageError]]:
+    """Each explanation, or a StageError when the method produced non-finite values (a map
     with NaNs is a failed explanation, not a result)."""
-    for name in ("logits", "maps"):
-        values = getattr(explanation, name)
-        if not np.all(np.isfinite(values)):
-            return StageError(
-                "explain", f"the method returned non-finite {name} for units "
-                f"{explanation.units.tolist()}", record.id,
-            )
-    return explanation
+    outcomes: List[Union[Explanation, StageError]] = []
+    for record, explanation in zip(records, explanations):
+        bad = [name for name in ("logits", "maps")
+               if not np.all(np.isfinite(getattr(explanation, name)))]
+        outcomes.append(explanation if not bad else StageError(
+            "explain", f"the method returned non-finite {bad[0]} for units "
+            f"{explanation.units.tolist()}", record.id))
+    return outcomes

@@ -29,7 +29,13 @@ from typing import Any, Dict, Optional
 from explain_lib import io as explain_io
 from explain_lib.engine.explaining import STEP_PARAMS
 from pipeline.explainer import explain_params, received_params, resolve_method
-from pipeline.options import FILE_SUFFIX, ExplainOptions, parse_ints, parse_map_size, with_map_size
+from pipeline.options import (
+    FILE_SUFFIX,
+    ExplainOptions,
+    parse_ints,
+    stored_map_size,
+    with_map_size,
+)
 from pipeline.outputs import list_shards
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -104,15 +110,6 @@ def _jsonable(value):
     return repr(value)
 
 
-def stored_map_size(resizing) -> Any:
-    """The `map_size` a `resizing` parameter stores maps at: "input", "native" or [H, W]."""
-    if resizing is True:
-        return "input"
-    if resizing is None or resizing is False:
-        return "native"
-    return [int(v) for v in resizing]
-
-
 def build_manifest(
     options: ExplainOptions,
     summary,
@@ -132,9 +129,9 @@ def build_manifest(
         model_digest: `file_sha256(options.model)`, computed here when not given.
         files: `written_files(options)`, listed here when not given.
     """
-    given = with_map_size(options.parsed_method_params(), options.map_size)
+    given = options.parsed_method_params()
     method = resolve_method(options.method)
-    params = explain_params(method, given)
+    params = explain_params(method, with_map_size(given, options.map_size))
     return {
         "manifest_version": MANIFEST_VERSION,
         "schema_version": explain_io.SCHEMA_VERSION,
@@ -158,13 +155,15 @@ def build_manifest(
             "image_size": parse_ints(options.image_size, 2, "image_size"),
             "preprocess": options.preprocess,
             "activation_layer": options.activation_layer,
+            "precision": options.precision,
+            "jit_compile": options.jit_compile,
         },
         "output": {
             "explanations": f"{options.output}-*{FILE_SUFFIX}",
             "dead_letters": f"{options.dead_letters}-*{FILE_SUFFIX}",
             "map_encoding": options.map_encoding,
-            "map_size": _jsonable(parse_map_size(options.map_size)
-                                  or stored_map_size(params.get("resizing", True))),
+            "map_size": _jsonable(stored_map_size(params.get("resizing"), method.upsampled)),
+            "map_size_option": _jsonable(options.map_size or "auto"),
             "files": files if files is not None else written_files(options),
         },
         "counts": {

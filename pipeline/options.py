@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from explain_lib import methods
 from explain_lib.io import DEFAULT_ENCODING
+from explain_lib.utils import PRECISIONS
 from pipeline.records import IMAGE_FORMATS
 
 DEAD_LETTER_SUFFIX = ".dead_letters"
@@ -40,37 +41,41 @@ def parse_ints(text: Optional[str], count: int, name: str) -> Optional[Tuple[int
     return values
 
 
-MAP_SIZES = ("input", "native")
-"""`--map_size` names; H,W is the third form."""
+MAP_SIZES = ("auto", "input", "native")
+"""`--map_size` names; H,W is the fourth form."""
 
 
-def parse_map_size(value) -> Union[None, str, Tuple[int, int]]:
-    """`--map_size`: None (not given), "input", "native", or (H, W) from "H,W" or a pair."""
+def parse_map_size(value) -> Union[str, Tuple[int, int]]:
+    """`--map_size`: "auto" (also when not given), "input", "native", or (H, W) from "H,W"
+    or a pair."""
     if value in (None, ""):
-        return None
+        return "auto"
     if isinstance(value, str) and value in MAP_SIZES:
         return value
     text = value if isinstance(value, str) else ",".join(str(v) for v in value)
     try:
         return parse_ints(text, 2, "map_size")
     except ValueError:
-        raise ValueError(f"--map_size is input, native or H,W (positive integers), "
+        raise ValueError(f"--map_size is auto, input, native or H,W (positive integers), "
                          f"not {value!r}.") from None
 
 
 def with_map_size(method_params: Optional[Mapping[str, Any]], map_size) -> Dict[str, Any]:
     """`method_params` (JSON values) with the `resizing` that stores maps at `map_size`:
-    "input" -> true (the engine resizes maps to the model's input), "native" -> false (the
-    method's own resolution: a CAM's feature map; the input size for gradient and
-    perturbation methods), (H, W) -> [H, W]. `map_size` None leaves `method_params` as
-    they are; giving both `map_size` and a `resizing` parameter is an error."""
+    "auto" and "native" -> false (the method's own resolution: a CAM's feature map, the
+    input size for gradient and perturbation methods, which need no resizing), "input" ->
+    true (the engine resizes maps to the model's input), (H, W) -> [H, W]. A `resizing`
+    parameter given in `method_params` stands when `map_size` is not given; giving both is
+    an error."""
     params = dict(method_params or {})
-    map_size = parse_map_size(map_size)
-    if map_size is None:
-        return params
     if "resizing" in params:
-        raise ValueError("Give the map size once: --map_size, or resizing in --method_params.")
-    params["resizing"] = {"input": True, "native": False}.get(map_size, list(map_size))
+        if map_size not in (None, ""):
+            raise ValueError("Give the map size once: --map_size, or resizing in "
+                             "--method_params.")
+        return params
+    size = parse_map_size(map_size)
+    params["resizing"] = {"auto": False, "native": False, "input": True}.get(
+        size, list(size) if isinstance(size, tuple) else None)
     return params
 
 
@@ -96,6 +101,17 @@ def check_arguments(argv: Sequence[str]) -> None:
             problems.append(f"unexpected argument {token!r}")  # not an unknown option's value
     if problems:
         raise ValueError("; ".join(problems) + " (python -m pipeline --help lists the options).")
+
+
+def stored_map_size(resizing, upsampled: bool) -> Any:
+    """The size maps are stored at, given `explain`'s `resizing` and whether the method's
+    maps come at an inner layer's resolution (the registry's `upsampled`): "input",
+    "native" (that inner resolution) or [H, W]."""
+    if resizing is True or ((resizing is None or resizing is False) and not upsampled):
+        return "input"
+    if resizing is None or resizing is False:
+        return "native"
+    return [int(v) for v in resizing]
 
 
 class ExplainOptions(PipelineOptions):
@@ -153,10 +169,17 @@ class ExplainOptions(PipelineOptions):
                            "png16, float16 (zlib) or raw32 (exact) "
                            f"(default: {DEFAULT_ENCODING}).")
         group.add_argument("--map_size", default=None,
-                           help="Size maps are stored at: input (the model's input size), "
-                           "native (the method's own resolution, e.g. 7x7 for Grad-CAM on "
-                           "ResNet50) or H,W; readers resize on read (default: input, or "
-                           "what resizing in --method_params says).")
+                           help="Size maps are stored at: auto (the default: the method's own "
+                           "resolution, e.g. 7x7 for Grad-CAM on ResNet50, the input size for "
+                           "gradient and perturbation maps), input (the model's input size), "
+                           "native (as auto) or H,W; readers resize on read. Without it, "
+                           "resizing in --method_params applies if given.")
+        group.add_argument("--precision", default="float32", choices=PRECISIONS,
+                           help="Keras dtype policy the model computes under: float32, "
+                           "mixed_bfloat16 or mixed_float16 (faster on GPUs; maps and logits "
+                           "are float32 either way).")
+        group.add_argument("--jit_compile", action="store_true",
+                           help="Explain under XLA (compiles each step for the accelerator).")
         group.add_argument("--num_shards", type=int, default=0,
                            help="Output shards (0: let the runner decide).")
         group.add_argument("--strict_read", action="store_true",

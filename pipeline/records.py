@@ -13,9 +13,11 @@ that stage (a `StageError`), so the dead letters say where a record stopped:
 (Before them, stage "read" is the file's: the unreadable rest of a damaged input file,
 `pipeline.reading`.)
 
-`check_record` runs parse and validate, before the job rebalances its records;
-`decode_record` runs decode after, on the worker that explains the image, so that only the
-compressed records cross the shuffle.
+`check_record` runs parse and validate, parsing each record once and keeping its image as
+found (compressed bytes, or raw pixels); `decode_batch` decodes and resizes a whole batch
+of them in one compiled call, in parallel outside the GIL, on the worker that explains
+them (`pipeline.handler`), falling back to one record at a time (`decode_payload`) only to
+find which records of a failed batch are bad.
 
 Everything here is plain Python and numpy (TensorFlow ops only for decoding and resizing),
 so the same functions serve the Beam stages, the tests and the rendering tools.
@@ -27,8 +29,9 @@ Usage:
 """
 
 import re
+import threading
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -92,13 +95,16 @@ class RecordSpec:
 
 class CheckedRecord(NamedTuple):
     """A record that passed the checks: its id, its units (or None: explain the top-K
-    predictions) and its original bytes. This is what crosses the shuffle: the compressed
-    record alone, not the decoded pixels (several times larger), which only exist on the
-    worker that explains them."""
+    predictions), its original bytes (for a dead letter at a later stage), and its image as
+    found in the record: `image_format` "jpeg" or "png" and the compressed bytes, or "raw"
+    and the pixels. The record is parsed once, here; the pixels of compressed images only
+    exist on the worker that explains them, a batch at a time (`decode_batch`)."""
 
     id: str
     units: Optional[np.ndarray]
     record: bytes
+    image_format: str
+    payload: Any
 
 
 class ImageRecord(NamedTuple):
@@ -214,34 +220,40 @@ def _check_raw(image: np.ndarray, spec: RecordSpec) -> np.ndarray:
     return image
 
 
-def check_image(example: tf.train.Example, spec: RecordSpec) -> None:
+def image_payload(example: tf.train.Example, spec: RecordSpec) -> Tuple[str, Any]:
     """Stage "validate" for the image, without decoding compressed bytes: the feature is
     there, JPEG and PNG bytes carry their format's signature (in "auto", that is how they
-    are recognised), raw tensors have the right size, channels and finite values."""
+    are recognised), raw tensors have the right size, channels and finite values. Returns
+    (format, payload): "jpeg" or "png" and the compressed bytes, or "raw" and the pixels
+    (H, W, C)."""
     image_format, kind, values = _image_feature(example, spec)
     if image_format == "raw":
-        _check_raw(_raw_image(kind, values, spec.image_shape), spec)
-    elif detect_format(values[0]) != image_format:
+        return "raw", _check_raw(_raw_image(kind, values, spec.image_shape), spec)
+    if detect_format(values[0]) != image_format:
         raise StageError("decode", f"image bytes do not start with the {image_format} signature.")
+    return image_format, values[0]
 
 
-def decode_image(
-    example: tf.train.Example, spec: RecordSpec, resize: bool = True
-) -> np.ndarray:
-    """Stage "decode": the image as (H, W, C) pixels in [0, 255] at the model's input size
+def _reason(error: Exception) -> str:
+    """TensorFlow's message without the op's location, which it prefixes."""
+    return re.sub(r"\{\{.*?\}\}\s*", "", getattr(error, "message", None) or str(error)).strip()
+
+
+def decode_payload(image_format: str, payload, spec: RecordSpec, resize: bool = True
+                   ) -> np.ndarray:
+    """Stage "decode" for one image: (H, W, C) pixels in [0, 255] at the model's input size
     (at its stored size with `resize=False`); uint8 when decoding gave exact 8-bit pixels,
-    float32 otherwise (after resizing, or for float raw tensors)."""
-    image_format, kind, values = _image_feature(example, spec)
+    float32 otherwise (after resizing, or for float raw tensors). `decode_batch` does the
+    same for a batch at once."""
     if image_format == "raw":
-        image = _check_raw(_raw_image(kind, values, spec.image_shape), spec)
+        image = payload
     else:
         try:
             decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
-            image = decoder(values[0], channels=spec.channels).numpy()
+            image = decoder(payload, channels=spec.channels).numpy()
         except Exception as error:
-            # TensorFlow prefixes its messages with the op's location: keep the reason.
-            message = re.sub(r"\{\{.*?\}\}\s*", "", getattr(error, "message", None) or str(error))
-            raise StageError("decode", f"cannot decode {image_format} image: {message}") from None
+            raise StageError("decode",
+                             f"cannot decode {image_format} image: {_reason(error)}") from None
     if min(image.shape[:2]) == 0:
         raise StageError("validate", f"image is empty (shape {image.shape}).")
     if resize and tuple(image.shape[:2]) != tuple(spec.image_size):
@@ -252,6 +264,81 @@ def decode_image(
                 "decode", f"cannot resize image of shape {image.shape}: {error}"
             ) from None
     return image
+
+
+def decode_image(
+    example: tf.train.Example, spec: RecordSpec, resize: bool = True
+) -> np.ndarray:
+    """Stages "validate" and "decode" for the image of a parsed record (see
+    `decode_payload`)."""
+    return decode_payload(*image_payload(example, spec), spec, resize=resize)
+
+
+_batch_decoders: Dict[Tuple, Callable] = {}
+_batch_decoders_lock = threading.Lock()
+
+
+def _batch_decoder(image_format: str, spec: RecordSpec) -> Callable:
+    """A compiled function decoding a batch of `image_format` strings to (N, H, W, C)
+    float32 at the model's size, one per format, size and channel count, built once per
+    process. Its images decode and resize in parallel on TensorFlow's threads (`map_fn`
+    iterations run concurrently in a graph), outside the GIL; each is `decode_payload`'s
+    result for that image, as float32."""
+    key = (image_format, tuple(spec.image_size), spec.channels)
+    with _batch_decoders_lock:
+        if key not in _batch_decoders:
+            decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
+            size = tf.constant(spec.image_size, tf.int32)
+            shape = (*spec.image_size, spec.channels)
+
+            def one(data):
+                image = decoder(data, channels=spec.channels)
+                exact = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+                return tf.cond(exact, lambda: tf.cast(image, tf.float32),
+                               lambda: tf.image.resize(image, size))
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def decode(strings):
+                return tf.map_fn(one, strings, fn_output_signature=tf.TensorSpec(shape, tf.float32),
+                                 parallel_iterations=64)
+
+            _batch_decoders[key] = decode
+    return _batch_decoders[key]
+
+
+def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
+                 ) -> Tuple[np.ndarray, List[Optional[StageError]]]:
+    """Stage "decode" for a batch: `images` (N, H, W, C) float32 at the model's size, and
+    per record None or the `StageError` that record failed with (its image is then zeros).
+
+    JPEG and PNG images are decoded by one compiled call per format (`_batch_decoder`); raw
+    tensors are stacked. When a batched call fails (one corrupt image fails the whole op),
+    its records are decoded one by one (`decode_payload`), so that only the bad ones fail,
+    each with its own message.
+    """
+    images = np.zeros((len(records), *spec.image_size, spec.channels), np.float32)
+    errors: List[Optional[StageError]] = [None] * len(records)
+    groups: Dict[str, List[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault(record.image_format, []).append(i)
+    for image_format, indices in groups.items():
+        if image_format != "raw":
+            try:
+                strings = tf.constant([records[i].payload for i in indices], tf.string)
+                images[indices] = _batch_decoder(image_format, spec)(strings).numpy()
+                continue
+            except (tf.errors.OpError, ValueError):
+                pass  # find the bad ones below
+        for i in indices:
+            try:
+                images[i] = decode_payload(image_format, records[i].payload, spec)
+            except StageError as error:
+                error.record_id = records[i].id
+                errors[i] = error
+            except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+                errors[i] = StageError("decode", f"{type(error).__name__}: {error}",
+                                       records[i].id)
+    return images, errors
 
 
 def read_id(example: tf.train.Example, serialized: bytes, spec: RecordSpec) -> str:
@@ -286,23 +373,24 @@ def read_units(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarr
 
 def check_record(serialized: bytes, spec: RecordSpec) -> CheckedRecord:
     """Stages "parse" and "validate": everything that can be checked without decoding the
-    image. Raises StageError naming the stage that failed (and the id, once known)."""
+    image, parsing the record once. Raises StageError naming the stage that failed (and the
+    id, once known)."""
     example = parse_example(serialized)
     id_ = read_id(example, serialized, spec)
     try:
-        check_image(example, spec)
+        image_format, payload = image_payload(example, spec)
         units = read_units(example, spec)
     except StageError as error:
         error.record_id = id_
         raise
-    return CheckedRecord(id_, units, serialized)
+    return CheckedRecord(id_, units, serialized, image_format, payload)
 
 
 def decode_record(checked: CheckedRecord, spec: RecordSpec) -> ImageRecord:
-    """Stage "decode": a checked record with its image decoded and resized. Raises
-    StageError; an unforeseen error of the decoding ops is attributed to "decode"."""
+    """Stage "decode" for one record: a checked record with its image decoded and resized.
+    Raises StageError; an unforeseen error of the decoding ops is attributed to "decode"."""
     try:
-        image = decode_image(parse_example(checked.record), spec)
+        image = decode_payload(checked.image_format, checked.payload, spec)
     except StageError as error:
         error.record_id = checked.id
         raise

@@ -1,13 +1,14 @@
 """The job's stages, and `Explain`, the PTransform that chains them.
 
-    records -> CheckRecords -> Reshuffle -> DecodeImages -> RunInference(ExplainModelHandler)
-            -> EncodeExplanations -> explanations
-    (CheckRecords, DecodeImages and EncodeExplanations also emit dead letters, flattened
-    into one output)
+    records -> [Rebalance] -> CheckRecords -> RunInference(ExplainModelHandler) -> Outcomes
+            -> explanations
+    (CheckRecords and Outcomes also emit dead letters, flattened into one output)
 
-Only the compressed records cross the shuffle: images are decoded after it, in the same
-fused stage as RunInference, so decoded pixels never travel between workers (nor pile up
-in memory on DirectRunner, where a shuffle holds the whole collection).
+Per record, only the parse and the checks run alone (`CheckRecords`); decoding, explaining
+and encoding run a batch at a time in the handler. Everything after the read is one fused
+stage, so a record is gone once written and memory does not grow with the record count.
+Only the serialized records cross the optional shuffle (`Rebalance`, for distributed
+runners): decoded pixels never travel between workers.
 
 Each stage is a small DoFn with a main output and a "dead_letters" output; the dead letters
 of every stage are flattened into one PCollection. Counters (namespace
@@ -33,7 +34,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from explain_lib import io as explain_io
+from explain_lib.utils import PRECISIONS
 from pipeline.explainer import (
+    ExplainerConfig,
     ModelInfo,
     explain_params,
     inspect_model,
@@ -47,7 +50,7 @@ from pipeline.outputs import WriteShards
 from pipeline.options import (
     ExplainOptions,
     parse_ints,
-    parse_map_size,
+    stored_map_size,
     with_map_size,
 )
 from pipeline.records import (
@@ -56,7 +59,6 @@ from pipeline.records import (
     RecordSpec,
     StageError,
     check_record,
-    decode_record,
     encode_dead_letter,
 )
 
@@ -108,29 +110,9 @@ class CheckRecords(_StageDoFn):
             yield self.dead_letter(serialized, error)
 
 
-class DecodeImages(_StageDoFn):
-    """Stage decode: `CheckedRecord` -> `ImageRecord` at the model's input size."""
-
-    def __init__(self, spec: RecordSpec):
-        self._spec = spec
-
-    def process(self, checked):
-        try:
-            yield decode_record(checked, self._spec)
-        except StageError as error:
-            yield self.dead_letter(checked.record, error, checked.id)
-
-
-class EncodeExplanations(_StageDoFn):
-    """Stage encode: (ImageRecord, Explanation) -> serialized schema-v1 record; explain
-    failures reported by the handler become dead letters here. `input_size` (H, W), the
-    size of the images the model explained, is recorded in every record so that readers can
-    resize maps stored smaller (`--map_size`) back to it."""
-
-    def __init__(self, map_encoding: str = explain_io.DEFAULT_ENCODING,
-                 input_size: Optional[Sequence[int]] = None):
-        self._map_encoding = map_encoding
-        self._input_size = tuple(input_size) if input_size else None
+class Outcomes(_StageDoFn):
+    """What RunInference made of each record: its serialized schema-v1 record, counted as
+    explained, or a dead letter from the stage it failed at (decode, explain, encode)."""
 
     def setup(self):
         super().setup()
@@ -141,16 +123,8 @@ class EncodeExplanations(_StageDoFn):
         if isinstance(outcome, StageError):
             yield self.dead_letter(record.record, outcome, record.id)
             return
-        try:
-            encoded = explain_io.encode_explanation(
-                record.id, outcome.units, outcome.logits, outcome.maps, self._map_encoding,
-                input_size=self._input_size or record.image.shape[:2],
-            )
-        except Exception as error:  # noqa: BLE001: becomes this record's dead letter
-            yield self.dead_letter(record.record, StageError("encode", str(error)), record.id)
-            return
         self._explained.inc()
-        yield encoded
+        yield outcome
 
 
 class ExplainResult(NamedTuple):
@@ -164,13 +138,22 @@ class ExplainResult(NamedTuple):
 class Explain(beam.PTransform):
     """Explain a PCollection of serialized `tf.train.Example`s holding images.
 
-    Parses and validates each record, rebalances the work (`Reshuffle`), decodes the
-    images, explains batches with `RunInference(ExplainModelHandler)` and encodes each
-    result as a schema-v1 record (`explain_lib.io`). Records that fail at any stage become
-    dead letters.
+        records -> [Rebalance] -> CheckRecords -> RunInference(ExplainModelHandler)
+                -> Outcomes -> explanations (+ dead letters from CheckRecords and Outcomes)
+
+    Parses and validates each record, then in batches decodes the images, explains them
+    through `explain_lib` and encodes each result as a schema-v1 record (`explain_lib.io`):
+    the handler's three batched steps, fused with reading and writing in one stage. Records
+    that fail at any stage become dead letters.
+
+    `rebalance` (a `Reshuffle` of the serialized records right after reading, so that the
+    compressed records alone cross it) spreads the records of a few large files over a
+    fleet's workers. On Beam's local in-process runner (DirectRunner) it would only hold
+    every record in memory at once, so by default it is left out there and used elsewhere.
 
     The model is loaded once here, at construction, to learn its input size and number of
-    units (pass `model_info` to skip that), and once per worker process to explain.
+    units and to check the method on it (pass `model_info` to skip that), and once per
+    worker process to explain (once in all, for an in-process runner).
 
     Args:
         model_path: Keras `.keras` file, on any Beam filesystem.
@@ -184,11 +167,16 @@ class Explain(beam.PTransform):
         activation_layer: the layer CAM methods weigh.
         batch_size: records per explaining step.
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
-        map_size: the size maps are stored at: "input", "native", (H, W) or "H,W"
-            (default: what `method_params`' resizing says; see `options.with_map_size`).
+        map_size: the size maps are stored at: "auto", "input", "native", (H, W) or "H,W"
+            (default: `method_params`' resizing if given, else "auto"; see
+            `options.with_map_size`).
+        precision: the Keras dtype policy the model computes under
+            (`explain_lib.utils.PRECISIONS`).
+        jit_compile: explain under XLA.
+        devices: devices of each worker's `MirroredStrategy` (default: its GPUs).
+        rebalance: reshuffle the records after reading (default: except on DirectRunner).
         model_info: the model's `ModelInfo`, when the caller knows it already.
-        handler_kwargs: more `ExplainModelHandler` arguments (`devices`, `large_model`,
-            `model_copies`, ...).
+        handler_kwargs: more `ModelHandler` arguments (`large_model`, `model_copies`, ...).
 
     Usage:
 
@@ -214,6 +202,10 @@ class Explain(beam.PTransform):
         batch_size: int = 32,
         map_encoding: str = explain_io.DEFAULT_ENCODING,
         map_size: Union[None, str, Sequence[int]] = None,
+        precision: str = "float32",
+        jit_compile: bool = False,
+        devices: Optional[Sequence[str]] = None,
+        rebalance: Optional[bool] = None,
         model_info: Optional[ModelInfo] = None,
         handler_kwargs: Optional[Mapping[str, Any]] = None,
         label: Optional[str] = None,
@@ -223,8 +215,12 @@ class Explain(beam.PTransform):
         # any work, rather than on every worker or every record.
         explain_io.get_encoding(map_encoding)
         resolve_preprocess(preprocess)
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}: use one of "
+                             f"{', '.join(PRECISIONS)}.")
         method_params = with_map_size(method_params, map_size)
-        explain_params(resolve_method(method), method_params)
+        registered = resolve_method(method)
+        explain_params(registered, method_params)
         info = model_info or inspect_model(model_path, method, activation_layer, method_params,
                                            image_size, top_k)
         if not 1 <= top_k <= info.num_units:
@@ -240,18 +236,16 @@ class Explain(beam.PTransform):
             id_key=id_key,
             units_key=units_key,
         )
-        self.handler = ExplainModelHandler(
-            model_path,
-            method,
-            method_params,
-            activation_layer=activation_layer,
-            preprocess=preprocess,
-            top_k=top_k,
-            batch_size=batch_size,
-            **dict(handler_kwargs or {}),
+        self.config = ExplainerConfig(
+            model_path, method, method_params, activation_layer=activation_layer,
+            preprocess=preprocess, top_k=top_k, precision=precision,
+            jit_compile=jit_compile, devices=tuple(devices) if devices else None,
         )
+        self.handler = ExplainModelHandler(self.config, self.spec, map_encoding,
+                                           batch_size=batch_size, **dict(handler_kwargs or {}))
         self.map_encoding = map_encoding
-        self.map_size = parse_map_size(map_size)
+        self.map_size = stored_map_size(method_params["resizing"], registered.upsampled)
+        self.rebalance = rebalance
 
     @classmethod
     def from_options(cls, options: ExplainOptions, **overrides) -> "Explain":
@@ -270,6 +264,8 @@ class Explain(beam.PTransform):
             batch_size=options.batch_size,
             map_encoding=options.map_encoding,
             map_size=options.map_size,
+            precision=options.precision,
+            jit_compile=options.jit_compile,
         )
         arguments.update(overrides)
         return cls(options.model, options.method, options.parsed_method_params(), **arguments)
@@ -277,29 +273,33 @@ class Explain(beam.PTransform):
     def expand(self, records):
         # (No return annotation: Beam would read it as a type hint, and ExplainResult is a
         # tuple of PCollections rather than one.)
+        rebalance = self.rebalance
+        if rebalance is None:
+            rebalance = not runs_in_process(records.pipeline)
+        if rebalance:
+            records = records | "Rebalance" >> beam.Reshuffle()
         checked, check_failures = (
             records
             | "CheckRecords" >> beam.ParDo(CheckRecords(self.spec)).with_outputs(
                 DEAD_LETTERS, main="records")
         )
         checked | "CountDuplicateIds" >> CountDuplicateIds()  # reported, still explained
-        images, decode_failures = (
+        explained, explain_failures = (
             checked
-            | "Rebalance" >> beam.Reshuffle()
-            | "DecodeImages" >> beam.ParDo(DecodeImages(self.spec)).with_outputs(
-                DEAD_LETTERS, main="images")
-        )
-        explained, encode_failures = (
-            images
             | "RunInference" >> RunInference(self.handler)
-            | "EncodeExplanations" >> beam.ParDo(EncodeExplanations(self.map_encoding,
-                                                                 self.spec.image_size))
-            .with_outputs(DEAD_LETTERS, main="explanations")
+            | "Outcomes" >> beam.ParDo(Outcomes()).with_outputs(DEAD_LETTERS,
+                                                                main="explanations")
         )
-        dead_letters = (
-            (check_failures, decode_failures, encode_failures) | "DeadLetters" >> beam.Flatten()
-        )
+        dead_letters = (check_failures, explain_failures) | "DeadLetters" >> beam.Flatten()
         return ExplainResult(explained, dead_letters)
+
+
+def runs_in_process(pipeline: beam.Pipeline) -> bool:
+    """Whether `pipeline` runs on Beam's local in-process runner (DirectRunner, or its Fn
+    API runner given as an object), where a shuffle holds its whole input in memory."""
+    runner = pipeline.runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name in ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
 
 
 def _image_size(info: ModelInfo, image_size: Optional[Sequence[int]]) -> Tuple[int, int]:

@@ -22,6 +22,7 @@ Separation of concerns:
 
 import collections
 import hashlib
+import threading
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -54,6 +55,7 @@ ever new parameter values (a fresh baseline array each time, say) do not pile up
 _compiled_steps: "weakref.WeakKeyDictionary[keras.Model, collections.OrderedDict]" = (
     weakref.WeakKeyDictionary()
 )
+_compiled_steps_lock = threading.RLock()
 
 
 def check_method_params(method: Callable, params: Dict[str, Any]) -> None:
@@ -120,6 +122,9 @@ def explain_step(
         model=model, inputs=inputs, indices=indices, spatial_axis=spatial_axis, **params
     )
     _check_method_outputs(method, inputs, indices, logits, maps)
+    # A model computing in half precision (a mixed dtype policy) still gives results in the
+    # inputs' precision, and post-processes them in it.
+    logits, maps = tf.cast(logits, inputs.dtype), tf.cast(maps, inputs.dtype)
     if postprocessing is not None:
         maps = postprocessing(maps, axis=spatial_axis)
     if resizing is not None and resizing is not False:
@@ -195,16 +200,17 @@ def _compiled_step(
     maps)."""
     key = (method, _freeze(method_params), _freeze(step_params),
            tuple(input_spec.shape[1:]), input_spec.dtype, units, selecting)
-    steps = _compiled_steps.setdefault(model, collections.OrderedDict())
-    if key in steps:
-        steps.move_to_end(key)
-    else:
-        # The params are kept with the step so that identity-keyed values stay alive.
-        steps[key] = (_make_step(model, method, method_params, step_params, input_spec, units,
-                                 selecting), method_params)
-        while len(steps) > MAX_STEPS_PER_MODEL:
-            steps.popitem(last=False)
-    return steps[key][0]
+    with _compiled_steps_lock:  # threads of one worker explain batches at once
+        steps = _compiled_steps.setdefault(model, collections.OrderedDict())
+        if key in steps:
+            steps.move_to_end(key)
+        else:
+            # The params are kept with the step so that identity-keyed values stay alive.
+            steps[key] = (_make_step(model, method, method_params, step_params, input_spec,
+                                     units, selecting), method_params)
+            while len(steps) > MAX_STEPS_PER_MODEL:
+                steps.popitem(last=False)
+        return steps[key][0]
 
 
 def _make_step(model, method, method_params, step_params, input_spec, units,
@@ -524,7 +530,8 @@ def _explain_batches(
     method_params, step_params, unit_chunk_size = split_params(method, method_params)
     spatial_axis = tuple(step_params.get("spatial_axis", SPATIAL_AXIS))
     if force:
-        _compiled_steps.pop(model, None)
+        with _compiled_steps_lock:
+            _compiled_steps.pop(model, None)
 
     batches, num_batches = data_adapter.adapt(
         x, y, batch_size, steps, max_queue_size, workers, use_multiprocessing

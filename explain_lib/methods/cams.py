@@ -90,6 +90,7 @@ def cam(
         logits (B, K) and maps (B, h, w, K).
     """
     logits, activations = exposed_outputs(model, inputs)
+    activations = tf.cast(activations, inputs.dtype)  # float32 under a mixed dtype policy
     indices = inspection.select_units(logits, indices)
     logits = inspection.gather_units(logits, indices)
     if not isinstance(logits_layer, keras.layers.Layer):
@@ -121,7 +122,10 @@ def _gradient_weighted(
         tape.watch(inputs)
         logits, activations = exposed_outputs(model, inputs)
         logits = inspection.gather_units(logits, inspection.select_units(logits, indices))
-    maps = unit_maps(tape, logits, activations, lambda grad: to_map(activations, grad))
+    # Weighed in the inputs' precision, float32 also under a mixed dtype policy.
+    weighed = tf.cast(activations, inputs.dtype)
+    maps = unit_maps(tape, logits, activations,
+                     lambda grad: to_map(weighed, tf.cast(grad, inputs.dtype)))
     del tape
     return logits, maps
 
@@ -311,6 +315,7 @@ def scorecam(
         )
     inputs = tf.convert_to_tensor(inputs)
     logits, activations = exposed_outputs(model, inputs)
+    activations = tf.cast(activations, inputs.dtype)  # float32 under a mixed dtype policy
     indices = inspection.select_units(logits, indices)
     logits = inspection.gather_units(logits, indices)
     if max_channels is not None and max_channels < activations.shape[-1]:

@@ -64,6 +64,8 @@ def scores_of(logits: tf.Tensor, score: str) -> tf.Tensor:
     The models explained here output logits (no softmax layer), as the methods' references
     assume when they apply the softmax themselves.
     """
+    # Probabilities of a model computing in half precision are taken in float32.
+    logits = tf.cast(logits, tf.float32) if logits.dtype in (tf.float16, tf.bfloat16) else logits
     if check_score(score) == "logit":
         return logits
     if logits.shape[-1] == 1:

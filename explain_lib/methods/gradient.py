@@ -314,6 +314,7 @@ def _full_gradient_pass(model, inputs, indices, reduce):
         grad_input, *grad_signals = grads
         bias_terms = []
         for grad, signal, bias, relu in zip(grad_signals, signals, biases, rectified):
+            grad = tf.cast(grad, inputs.dtype)  # float32 under a mixed dtype policy
             if relu:  # the bias is added before the ReLU: ∂f/∂(pre-activation)
                 grad = grad * tf.cast(signal > 0, grad.dtype)
             bias_terms.append(grad * tf.cast(bias, grad.dtype))

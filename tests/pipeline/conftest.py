@@ -19,6 +19,7 @@ from explain_lib import io as explain_io
 from pipeline import demo
 from pipeline.__main__ import run
 from pipeline.explainer import explain_params, resolve_method
+from pipeline.options import with_map_size
 from pipeline.records import DeadLetter, read_dead_letters
 
 SIZE = 32
@@ -77,11 +78,13 @@ def run_job(tmp_path, input_pattern: str, model_path: str, *flags: str, name="ou
     return Job(summary, explanations, letters, output)
 
 
-def expected_explanations(model, images, units, method="gradcam", method_params=None, **kwargs):
-    """What in-process `explain_lib.explain` gives for the same images, units and method."""
+def expected_explanations(model, images, units, method="gradcam", method_params=None,
+                          map_size=None, **kwargs):
+    """What in-process `explain_lib.explain` gives for the same images, units, method and
+    map size (`--map_size`; by default the job's "auto")."""
     registered = resolve_method(method)
     explained = inspection.expose(model) if registered.exposed else model
-    params = explain_params(registered, method_params)
+    params = explain_params(registered, with_map_size(method_params, map_size))
     return explain_lib.explain(registered.function, explained, np.asarray(images, np.float32),
                                np.asarray(units), verbose=0, **params, **kwargs)
 

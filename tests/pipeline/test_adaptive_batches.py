@@ -16,9 +16,9 @@ from explain_lib import io as explain_io
 from pipeline import Explain, demo
 from pipeline.__main__ import local_runner
 from pipeline.adaptive_batches import is_out_of_memory
-from pipeline.explainer import Explanation
+from pipeline.explainer import ExplainerConfig, Explanation
 from pipeline.handler import ExplainModelHandler
-from pipeline.records import ImageRecord, StageError, decode_dead_letter
+from pipeline.records import CheckedRecord, RecordSpec, decode_dead_letter
 
 from tests.pipeline.conftest import assert_maps_match, expected_explanations
 
@@ -61,8 +61,13 @@ class SmallMemoryHandler(ExplainModelHandler):
         return SmallMemory(super().load_model(), capacity=3)
 
 
+SPEC = RecordSpec(image_size=(4, 4), channels=3, num_units=5, image_shape=(4, 4, 3))
+
+
 def _record(i, value=1.0, units=None):
-    return ImageRecord(f"r{i}", np.full((4, 4, 3), value, np.float32), units, b"rec%d" % i)
+    """A checked record whose image is a raw 4x4x3 tensor of `value`."""
+    return CheckedRecord(f"r{i}", units, b"rec%d" % i, "raw",
+                         np.full((4, 4, 3), value, np.float32))
 
 
 def test_out_of_memory_is_recognised_by_type_or_message():
@@ -77,7 +82,8 @@ def test_out_of_memory_is_recognised_by_type_or_message():
 
 def test_the_handler_halves_batches_keeps_the_size_and_dead_letters_what_never_fits(caplog):
     CALLS.clear()
-    handler = ExplainModelHandler("unused.keras", batch_size=8)
+    handler = ExplainModelHandler(ExplainerConfig("unused.keras", "gradcam"), SPEC, "raw32",
+                                  batch_size=8)
     explainer = SmallMemory(Arithmetic(), capacity=2)
     batch = [_record(i, 1.0 + i) for i in range(8)]
     batch[5] = _record(5, 6.0, units=np.array([0, 1, 2]))  # too heavy even alone
@@ -92,9 +98,9 @@ def test_the_handler_halves_batches_keeps_the_size_and_dead_letters_what_never_f
     # and is retried record by record.
     assert CALLS == [8, 4, 2, 2, 2, 1, 1, 2, 1, 1]
     outcomes = {r.example.id: r.inference for r in results}
-    assert [i for i in range(8) if isinstance(outcomes[f"r{i}"], Explanation)] == [
-        0, 1, 2, 3, 4, 7]
-    assert [float(outcomes[f"r{i}"].logits[0]) for i in (0, 3, 7)] == [1.0, 4.0, 8.0]
+    assert [i for i in range(8) if isinstance(outcomes[f"r{i}"], bytes)] == [0, 1, 2, 3, 4, 7]
+    assert [float(explain_io.decode_explanation(outcomes[f"r{i}"])["logits"][0])
+            for i in (0, 3, 7)] == [1.0, 4.0, 8.0]
     assert outcomes["r5"].stage == "explain" and outcomes["r5"].record_id == "r5"
     assert str(outcomes["r5"]).startswith(
         "out of memory even alone: ResourceExhaustedError: OOM when allocating tensor")
@@ -110,7 +116,7 @@ def test_the_handler_halves_batches_keeps_the_size_and_dead_letters_what_never_f
     CALLS.clear()
     results = list(handler.run_inference([_record(i) for i in range(7)], explainer))
     assert CALLS == [2, 2, 2, 1]
-    assert all(isinstance(r.inference, Explanation) for r in results)
+    assert all(isinstance(r.inference, bytes) for r in results)
     # Another model (another worker's) starts without a limit.
     CALLS.clear()
     list(handler.run_inference([_record(i) for i in range(2)], SmallMemory(Arithmetic(), 8)))
@@ -124,7 +130,7 @@ def test_a_job_explains_in_the_batches_that_fit(model_path, model, shapes, caplo
     records = [demo.make_example(demo.encode_image(image, "png"), unit, f"b{i}")
                for i, (image, unit) in enumerate(zip(images, units))]
     transform = Explain(model_path, "gradcam", units_key="label", batch_size=8)
-    transform.handler = SmallMemoryHandler(model_path, "gradcam", batch_size=8)
+    transform.handler = SmallMemoryHandler(transform.config, transform.spec, batch_size=8)
     CALLS.clear()
     caplog.set_level(logging.WARNING)
 

@@ -52,7 +52,9 @@ def test_jpeg_with_ids_and_units_equals_in_process_explain(tmp_path, model_path,
     for i in range(12):
         decoded = job.explanations[f"img-{i}"]
         np.testing.assert_array_equal(decoded["units"], [labels[i]])
-        assert decoded["maps"].shape == (SIZE, SIZE, 1)
+        # --map_size auto: Grad-CAM is stored at its feature map's resolution (32 / 4).
+        assert decoded["maps"].shape == (SIZE // 4, SIZE // 4, 1)
+        np.testing.assert_array_equal(decoded["input_size"], [SIZE, SIZE])
         assert_maps_match(decoded, maps[i], logits[i])
     # The reader the README documents returns the same thing.
     read = {r["id"].decode(): r for r in explain_io.read_explanations(job.output + "-*")
@@ -64,14 +66,14 @@ def test_png_without_ids_or_units_gets_hash_ids_and_top_k(tmp_path, model_path, 
     images, _ = shapes
     records = [demo.make_example(demo.encode_image(im, "png")) for im in images[:6]]
     job = run_job(tmp_path, write(tmp_path, "png", records), model_path,
-                  "--method", "gradcam", "--top_k", "2",
+                  "--method", "gradcam", "--top_k", "2", "--map_size", "input",
                   "--method_params", '{"postprocessing": "positive_normalize"}')
 
     ids = [hashlib.sha256(r).hexdigest()[:32] for r in records]
     assert sorted(job.explanations) == sorted(ids)
     x = images[:6].astype(np.float32)  # PNG is lossless
     top2 = np.argsort(-model.predict(x, verbose=0), axis=1, kind="stable")[:, :2]
-    logits, maps = expected_explanations(model, x, top2,
+    logits, maps = expected_explanations(model, x, top2, map_size="input",
                                          method_params={"postprocessing": "positive_normalize"})
     for i, record_id in enumerate(ids):
         decoded = job.explanations[record_id]
@@ -219,9 +221,11 @@ def _output_set(job):
     "runner_flags",
     [
         ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        # Two bundles at once in one process, on the one model both threads share.
+        ["--direct_num_workers=2", "--direct_running_mode=multi_threading"],
         ["--runner=PortableRunner", "--job_endpoint=embed"],
     ],
-    ids=["multi_processing", "portable_embed"],
+    ids=["multi_processing", "multi_threading", "portable_embed"],
 )
 def test_other_runners_give_the_same_output_set(tmp_path, model_path, shapes, runner_flags):
     images, labels = shapes

@@ -10,22 +10,34 @@ import pytest
 
 import explain_lib
 
+from explain_lib import io as explain_io
+from explain_lib.engine import explaining
+from pipeline import demo
+from pipeline import handler as handler_module
 from pipeline.explainer import (
     Explainer,
+    ExplainerConfig,
     Explanation,
     load_keras_model,
     resolve_method,
     resolve_method_params,
     resolve_preprocess,
+    shared_model,
 )
 from pipeline.handler import ExplainModelHandler
-from pipeline.records import ImageRecord, StageError
+from pipeline.records import CheckedRecord, RecordSpec, StageError, check_record, decode_record
 
 from tests.pipeline.conftest import expected_explanations
 
 
+SPEC = RecordSpec(image_size=(4, 4), channels=3, num_units=5, image_shape=(4, 4, 3))
+CONFIG = ExplainerConfig("unused.keras", "gradcam")
+
+
 def _record(i, value=1.0, units=None):
-    return ImageRecord(f"r{i}", np.full((4, 4, 3), value, np.float32), units, b"rec%d" % i)
+    """A checked record whose image is a raw 4x4x3 tensor of `value`."""
+    pixels = np.full((4, 4, 3), value, np.float32)
+    return CheckedRecord(f"r{i}", units, b"rec%d" % i, "raw", pixels)
 
 
 class FailingExplainer:
@@ -48,16 +60,17 @@ class FailingExplainer:
 
 
 def test_a_failing_batch_is_retried_record_by_record():
-    handler = ExplainModelHandler("unused.keras", "gradcam", batch_size=8)
+    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=8)
     batch = [_record(0, 1.0), _record(1, 13.0), _record(2, 2.0), _record(3, 7.0), _record(4, 13.0)]
     explainer = FailingExplainer()
     results = list(handler.run_inference(batch, explainer))
 
     assert [r.example.id for r in results] == ["r0", "r1", "r2", "r3", "r4"]
     assert explainer.calls == [5, 1, 1, 1, 1, 1]  # the batch, then each record alone
-    good = {r.example.id: r.inference for r in results if isinstance(r.inference, Explanation)}
+    good = {r.example.id: explain_io.decode_explanation(r.inference) for r in results
+            if isinstance(r.inference, bytes)}
     assert sorted(good) == ["r0", "r2"]
-    assert good["r2"].logits[0] == 2.0
+    assert good["r2"]["logits"][0] == 2.0 and good["r2"]["id"] == "r2"
     failures = {r.example.id: r.inference for r in results if isinstance(r.inference, StageError)}
     assert sorted(failures) == ["r1", "r3", "r4"]
     assert all(f.stage == "explain" for f in failures.values())
@@ -65,25 +78,76 @@ def test_a_failing_batch_is_retried_record_by_record():
     assert "non-finite maps" in str(failures["r3"])
 
 
-def test_a_good_batch_is_explained_in_one_call():
-    handler = ExplainModelHandler("unused.keras", batch_size=3)
+def test_a_good_batch_is_explained_in_one_call_and_encoded():
+    handler = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=3)
     explainer = FailingExplainer()
     results = list(handler.run_inference([_record(i, 1.0 + i) for i in range(3)], explainer))
     assert explainer.calls == [3]
-    assert [float(r.inference.logits[0]) for r in results] == [1.0, 2.0, 3.0]
+    decoded = [explain_io.decode_explanation(r.inference) for r in results]
+    assert [float(d["logits"][0]) for d in decoded] == [1.0, 2.0, 3.0]
+    np.testing.assert_array_equal(decoded[1]["maps"], np.full((4, 4, 1), 2.0, np.float32))
+    assert tuple(decoded[0]["input_size"]) == (4, 4)
 
 
-def test_handler_batches_exactly_batch_size_and_reports_image_bytes():
-    handler = ExplainModelHandler("m.keras", batch_size=16, model_copies=1)
+def test_an_undecodable_image_fails_alone_at_decode(shapes):
+    spec = RecordSpec(image_size=(32, 32), channels=3, num_units=4)
+    images = shapes[0][:3]
+    good = [check_record(demo.make_example(demo.encode_image(image, "jpeg"), None, f"j{i}"), spec)
+            for i, image in enumerate(images)]
+    broken = good[1]._replace(payload=good[1].payload[:40])  # a JPEG cut after its header
+
+    class Recording:
+        calls = []
+
+        def explain(self, images, units):
+            self.calls.append(images.copy())
+            return [Explanation(np.array([0]), np.array([1.0], np.float32),
+                                np.ones((32, 32, 1), np.float32)) for _ in images]
+
+    explainer = Recording()
+    results = ExplainModelHandler(CONFIG, spec, batch_size=3).run_inference(
+        [good[0], broken, good[2]], explainer)
+    assert len(explainer.calls) == 1  # the two good images, in one call, decoded exactly
+    np.testing.assert_array_equal(explainer.calls[0], np.stack(
+        [decode_record(good[i], spec).image.astype(np.float32) for i in (0, 2)]))
+    assert isinstance(results[0].inference, bytes) and isinstance(results[2].inference, bytes)
+    error = results[1].inference
+    assert error.stage == "decode" and error.record_id == "j1"
+    assert "cannot decode jpeg image" in str(error)
+
+
+def test_large_maps_are_encoded_on_threads_as_they_would_be_one_by_one():
+    rng = np.random.default_rng(0)
+    made = []
+
+    class Noisy:
+        def explain(self, images, units):
+            made.extend(Explanation(np.array([1, 3]), np.array([0.5, 0.1], np.float32),
+                                    rng.normal(size=(128, 128, 2)).astype(np.float32))
+                        for _ in images)
+            return made[-len(images):]
+
+    assert 128 * 128 * 2 >= handler_module.PARALLEL_ENCODING_VALUES  # the threads' path
+    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=6)
+    results = handler.run_inference([_record(i) for i in range(6)], Noisy())
+    for result, explanation in zip(results, made):
+        alone = explain_io.encode_explanation(result.example.id, explanation.units,
+                                              explanation.logits, explanation.maps, "png8",
+                                              input_size=(4, 4))
+        assert result.inference == alone
+
+
+def test_handler_batches_exactly_batch_size_and_reports_record_bytes():
+    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=16, model_copies=1)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 16, "max_batch_size": 16}
     assert handler.share_model_across_processes() and handler.model_copies() == 1
-    assert handler.get_num_bytes([_record(0), _record(1)]) == 2 * 4 * 4 * 3 * 4
+    assert handler.get_num_bytes([_record(0), _record(1)]) == len(b"rec0") + len(b"rec1")
     assert handler.get_metrics_namespace() == "explain_pipeline"
 
 
 def test_explainer_top_k_and_mixed_unit_counts(model_path, model, shapes):
     images = shapes[0][:5].astype(np.float32)
-    explainer = Explainer.load(model_path, "gradcam", top_k=2)
+    explainer = Explainer.load(ExplainerConfig(model_path, "gradcam", top_k=2))
     given = [None, np.array([3]), None, np.array([1, 0, 2]), np.array([2])]
     results = explainer.explain(images, given)
 
@@ -93,7 +157,8 @@ def test_explainer_top_k_and_mixed_unit_counts(model_path, model, shapes):
         top2[0].tolist(), [3], top2[2].tolist(), [1, 0, 2], [2]]
     for i, (image, result) in enumerate(zip(images, results)):
         assert result.maps.shape == (32, 32, len(result.units))
-        logits, maps = expected_explanations(model, image[None], result.units[None])
+        logits, maps = expected_explanations(model, image[None], result.units[None],
+                                             map_size="input")
         np.testing.assert_allclose(result.logits, logits[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(result.maps, maps[0], rtol=1e-4, atol=1e-6)
         # The explained scores are the model's own scores for those units.
@@ -132,3 +197,44 @@ def test_models_are_copied_from_any_beam_filesystem(model_path, model, tmp_path,
     assert os.listdir(tmp_path) == []
     with pytest.raises(Exception, match="no-such.keras"):
         load_keras_model("testfs:///no-such.keras")
+
+
+def test_jit_compile_explains_under_xla_with_the_same_maps(model_path, shapes):
+    images, labels = shapes
+    units = [np.array([u]) for u in labels[:6]]
+    plain = Explainer.load(ExplainerConfig(model_path, "gradcam"))
+    xla = Explainer.load(ExplainerConfig(model_path, "gradcam", jit_compile=True))
+    assert explaining._uses_xla(xla.explained_model)
+    # The flag is on a model of the worker's own, not on the model the process shares.
+    assert not explaining._uses_xla(plain.explained_model)
+    assert not explaining._uses_xla(shared_model(model_path))
+    expected = plain.explain(images[:6].astype(np.float32), units)
+    got = xla.explain(images[:6].astype(np.float32), units)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g.logits, e.logits, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(g.maps, e.maps, rtol=1e-3, atol=1e-5 * np.abs(e.maps).max())
+
+
+def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model_path, shapes,
+                                                                  monkeypatch):
+    from tests.pipeline.conftest import run_job, write
+
+    copy = str(tmp_path / "copy.keras")  # a file no earlier test loaded
+    with open(model_path, "rb") as source, open(copy, "wb") as target:
+        target.write(source.read())
+    loads = []
+    original = load_keras_model
+    monkeypatch.setattr("pipeline.explainer.load_keras_model",
+                        lambda path: loads.append(path) or original(path))
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(image, "png"), int(label), f"o{i}")
+               for i, (image, label) in enumerate(zip(images[:4], labels[:4]))]
+    job = run_job(tmp_path, write(tmp_path, "once", records), copy, "--units_key", "label")
+    assert job.summary.explained == 4
+    assert loads == [copy]  # the launcher's load, shared by the DirectRunner worker
+    # The same file is not loaded again; a changed one is.
+    before = shared_model(copy)
+    assert loads == [copy]
+    os.utime(copy, ns=(0, 0))
+    assert shared_model(copy) is not before
+    assert loads == [copy, copy]

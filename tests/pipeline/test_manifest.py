@@ -53,7 +53,7 @@ def test_manifest_describes_the_run(job, model_path):
     assert described["schema_version"] == explain_io.SCHEMA_VERSION
     assert described["method"] == {
         "name": "gradcam",
-        "params": {"resizing": False},
+        "params": {},  # as given: --map_size native set the resizing below
         "received": {},  # Grad-CAM has no parameter of its own
         "explain": {"postprocessing": "positive_normalize", "resizing": False},
     }
@@ -75,6 +75,7 @@ def test_manifest_describes_the_run(job, model_path):
         "dead_letters": ran.output + ".dead_letters-*.tfrecord.gz",
         "map_encoding": "png16",
         "map_size": "native",
+        "map_size_option": "native",
         "files": {"explanations": shards(ran.output),
                   "dead_letters": shards(ran.output + ".dead_letters")},
     }
@@ -95,7 +96,7 @@ def test_native_maps_are_stored_small_and_read_at_the_input_size(job, model):
     x = images.astype(np.float32)  # PNG: exact pixels
     native_logits, native = expected_explanations(model, x, labels[:, None],
                                                   method_params={"resizing": False})
-    full_logits, full = expected_explanations(model, x, labels[:, None])
+    full_logits, full = expected_explanations(model, x, labels[:, None], map_size="input")
     # The demo CNN pools twice: its last conv layer, and Grad-CAM's map, is 8x8.
     assert native.shape[1:3] == (SIZE // 4, SIZE // 4)
     for i in range(8):

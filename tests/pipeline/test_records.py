@@ -2,6 +2,7 @@
 stage every kind of bad record is attributed to."""
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from pipeline.records import (
     RecordSpec,
     StageError,
     check_record,
+    decode_batch,
     decode_dead_letter,
     decode_record,
     encode_dead_letter,
@@ -116,6 +118,12 @@ def test_bad_records_fail_at_their_stage(image, make, stage, message, found_by):
         with pytest.raises(StageError, match=message) as failure:
             decode_record(checked, SPEC)
         assert failure.value.record_id == "x"
+        # In a batch, the same record fails alone, with the same message.
+        good = check_record(demo.make_example(demo.encode_image(image, "png"), 1, "g"), SPEC)
+        _, errors = decode_batch([good, checked, good], SPEC)
+        assert errors[0] is None and errors[2] is None
+        assert errors[1].stage == stage and errors[1].record_id == "x"
+        assert re.search(message, str(errors[1]))
 
 
 def test_bad_raw_tensors_fail_validation(image):
@@ -144,3 +152,27 @@ def test_spec_checks_its_options():
         RecordSpec((8, 8), 3, 2, image_format="bmp")
     with pytest.raises(ValueError, match="image_shape"):
         RecordSpec((8, 8), 3, 2, image_format="raw")
+
+
+def test_a_batch_decodes_as_each_record_alone(image):
+    """JPEG and PNG records of any size and channel count, and raw tensors, in one batch:
+    `decode_batch` gives each image `decode_record` gives it, as float32."""
+    spec = RecordSpec(image_size=(16, 16), channels=3, num_units=5, image_shape=(16, 16, 3))
+    big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)  # resized to 16x16
+    gray = image[..., :1]  # decoded to 3 channels
+    records = [
+        demo.make_example(demo.encode_image(image, "jpeg"), 1, "jpeg"),
+        demo.make_example(demo.encode_image(big, "png"), 1, "big-png"),
+        demo.make_example(demo.encode_image(image, "png"), 1, "png"),
+        demo.make_example(image.astype(np.float32).ravel() + 0.5, 1, "raw"),
+        demo.make_example(demo.encode_image(big, "jpeg"), 1, "big-jpeg"),
+        demo.make_example(demo.encode_image(gray[..., 0], "png"), 1, "gray"),
+    ]
+    checked = [check_record(record, spec) for record in records]
+    assert [c.image_format for c in checked] == ["jpeg", "png", "png", "raw", "jpeg", "png"]
+    images, errors = decode_batch(checked, spec)
+    assert errors == [None] * len(records) and images.dtype == np.float32
+    for i, record in enumerate(checked):
+        alone = decode_record(record, spec).image
+        np.testing.assert_allclose(images[i], alone, rtol=0, atol=1e-4 * 255, err_msg=record.id)
+    np.testing.assert_array_equal(images[2], image)  # PNG: exact pixels

@@ -17,7 +17,7 @@ from pipeline import demo, explainer
 from pipeline.__main__ import main
 from pipeline.manifest import read_manifest
 from pipeline.options import ExplainOptions
-from pipeline.records import ImageRecord
+from pipeline.records import CheckedRecord
 from pipeline.transforms import Explain
 from tests.explain_lib.methods.models import ROUTING, ROUTING_SAME
 from tests.pipeline.conftest import SIZE, run_job, write
@@ -55,20 +55,22 @@ def monkeypatch_module():
 @pytest.fixture(scope="module")
 def records(shapes):
     images, labels = shapes
-    return [ImageRecord(f"r{i}", images[i].astype(np.float32), np.array([labels[i]]), b"")
-            for i in range(4)]
+    return [CheckedRecord(f"r{i}", np.array([labels[i]]), b"", "raw",
+                          images[i].astype(np.float32)) for i in range(4)]
 
 
 def job_maps(model_path, name, params, records):
     """The maps the job's worker computes for `records` with `--method_params params`."""
     options = PipelineOptions(["--input", "unused", "--output", "unused", "--model", model_path,
                                "--method", name, "--method_params", json.dumps(params),
-                               "--units_key", "label"]).view_as(ExplainOptions)
+                               "--units_key", "label", "--map_encoding", "raw32"]
+                              ).view_as(ExplainOptions)
     options.check()
     transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
     worker = transform.handler.load_model()
     results = transform.handler.run_inference(records, worker)
-    return np.stack([result.inference.maps for result in results])
+    return np.stack([explain_io.decode_explanation(result.inference)["maps"]
+                     for result in results])
 
 
 def routing_cases():
@@ -146,3 +148,16 @@ def test_a_meta_methods_own_parameter_reaches_it_through_the_job(tmp_path, model
         assert read_manifest(job.output)["method"]["received"]["repetitions"] == repetitions
     assert np.abs(stored[0] - stored[1]).max() > 0.05
     assert explain_io.SCHEMA_VERSION == 1
+
+
+def test_the_jobs_own_options_reach_the_workers_config(model_path):
+    options = PipelineOptions([
+        "--input", "unused", "--output", "unused", "--model", model_path, "--method", "rise",
+        "--method_params", '{"masks": 10}', "--precision", "mixed_bfloat16", "--jit_compile",
+        "--top_k", "2", "--preprocess", "unit", "--activation_layer", "features",
+        "--map_size", "input"]).view_as(ExplainOptions)
+    transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
+    assert transform.config == explainer.ExplainerConfig(
+        model_path, "rise", {"masks": 10, "resizing": True}, activation_layer="features",
+        preprocess="unit", top_k=2, precision="mixed_bfloat16", jit_compile=True)
+    assert transform.handler.load_model().config == transform.config

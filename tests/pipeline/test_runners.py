@@ -60,7 +60,7 @@ def test_flink_options_parse_and_the_job_translates_to_its_portable_form(
     proto = pipeline.to_runner_api()
     names = _transform_names(proto)
     for stage in ("Read", "Explain/CheckRecords", "Explain/Rebalance", "Explain/RunInference",
-                  "Explain/EncodeExplanations", "WriteExplanations", "WriteDeadLetters"):
+                  "Explain/Outcomes", "WriteExplanations", "WriteDeadLetters"):
         assert stage in names, stage
     # The translated pipeline round-trips: what a job server would receive is complete.
     rebuilt = beam.Pipeline.from_runner_api(proto, pipeline.runner, PipelineOptions(flink))
@@ -91,7 +91,8 @@ def test_dataflow_job_builds_with_a_dry_run(tmp_path, model_path, job_input, mon
     assert cloud.dataflow_service_options == [
         "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
     names = _transform_names(job.proto_pipeline)
-    assert {"Explain/RunInference", "Explain/EncodeExplanations", "WriteExplanations"} <= names
+    assert {"Explain/Rebalance", "Explain/RunInference", "Explain/Outcomes",
+            "WriteExplanations"} <= names
     # The workers get this project as a package built from setup.py.
     dependencies = [
         dependency.role_payload
@@ -99,3 +100,15 @@ def test_dataflow_job_builds_with_a_dry_run(tmp_path, model_path, job_input, mon
         for dependency in environment.dependencies
     ]
     assert any(b"workflow.tar.gz" in payload for payload in dependencies), dependencies
+
+
+def test_records_are_rebalanced_on_distributed_runners_only(tmp_path, model_path, job_input):
+    """On DirectRunner a shuffle would hold every record in memory at once: left out there,
+    the whole job after the read is one fused stage."""
+    local, _ = make_pipeline(["--input", job_input, "--output", str(tmp_path / "l" / "expl"),
+                              "--model", model_path])
+    assert "Explain/Rebalance" not in _transform_names(local.to_runner_api())
+    portable, _ = make_pipeline(["--input", job_input, "--output", str(tmp_path / "p" / "expl"),
+                                 "--model", model_path, "--runner=PortableRunner",
+                                 "--job_endpoint=localhost:1"])
+    assert "Explain/Rebalance" in _transform_names(portable.to_runner_api())
