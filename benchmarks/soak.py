@@ -5,11 +5,11 @@ N small records (32x32 PNG shapes with ids and labels, in 8 files) go through th
 this process. A sampler thread reads, every `--interval` seconds, the resident memory of this
 process and of its children (/proc: VmRSS) and how many records the handler has explained so
 far (it counts the batches `ExplainModelHandler.run_inference` returns, in this process: run
-without --direct_running_mode=multi_processing). The summary splits the explaining phase into
-tenths of the records and gives, for each, the time per record and the memory at its end;
-then memory and time per record after warm-up (the first two tenths): the target is no
-growth. The job reads and shuffles every record before it explains any (DirectRunner runs
-the stages one after another), so that phase is reported on its own.
+without --direct_running_mode=multi_processing). The summary gives the start (loading the
+model, matching the files, tracing the step: until the first batch is explained) on its
+own, then splits the explaining into tenths of the records and gives, for each, the time per
+record and the memory at its end; then memory and time per record after warm-up (the first
+two tenths): the target is no growth.
 
 Run: .venv/bin/python -m benchmarks.soak [--records 100000] [--batch 32] [--interval 1]
      [--job-args --map_encoding raw32 ...]
@@ -150,7 +150,7 @@ def soak(args, directory: str) -> None:
     print(f"Machine: {machine()}")
     print(f"{args.records} records (32x32 PNG), demo CNN, Grad-CAM, batch {args.batch}, "
           f"DirectRunner {' '.join(args.job_args)}; sampled every {args.interval} s\n")
-    print(f"start, read and shuffle (until the first batch is explained): {first[0]:.1f} s, "
+    print(f"start (until the first batch is explained): {first[0]:.1f} s, "
           f"peak {max(s[2] for s in samples if s[0] <= first[0]) / 2**20:.0f} MiB")
     print(f"explaining: {last[0] - first[0]:.1f} s, "
           f"{args.records / (last[0] - first[0]):.0f} records/s; then writing and the "
