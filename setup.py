@@ -20,7 +20,8 @@ setup(
         "tensorflow-datasets>=4.9,<5",
         # TFDS resolves a builder's code path with it; it is not among TFDS's own requirements.
         "importlib_resources>=6",
-        # Beam's TFRecord IO checksums records with it (else it falls back to crcmod).
+        # TFRecord checksums: pipeline.tfrecords reads and writes the framing with it (and
+        # Beam's TFRecord IO prefers it to crcmod).
         "google-crc32c>=1.5",
         "google-cloud-storage>=2.14,<4",
         "pillow>=10",

@@ -602,8 +602,9 @@ def record_id(serialized: bytes) -> str:
 def input_id(example: tf.train.Example, serialized: bytes, id_key: Optional[str] = "id") -> str:
     """The id an input record gets, which its explanation carries: its `id_key` feature (one
     bytes value, decoded as UTF-8 with undecodable bytes escaped, or one int64 value, as
-    decimal), else `record_id(serialized)`. Raises ValueError for an id feature of another
-    kind or with several values.
+    decimal), else `record_id(serialized)`. An empty bytes id counts as no id: `''` would be
+    one id shared by every such record. Raises ValueError for an id feature of another kind
+    or with several values.
 
     Usage:
 
@@ -616,9 +617,10 @@ def input_id(example: tf.train.Example, serialized: bytes, id_key: Optional[str]
         if len(values):
             if len(values) != 1 or kind == "float_list":
                 raise ValueError(f"id feature {id_key!r} must hold one bytes or int64 value.")
-            if kind == "bytes_list":
+            if kind == "int64_list":
+                return str(values[0])
+            if values[0]:
                 return values[0].decode("utf-8", errors="backslashreplace")
-            return str(values[0])
     return record_id(serialized)
 
 

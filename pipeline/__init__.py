@@ -1,7 +1,8 @@
 """pipeline: the Beam batch job that explains a whole dataset with `explain_lib`.
 
-read TFRecords -> parse and validate -> Reshuffle -> RunInference(ExplainModelHandler)
--> encode -> write TFRecords, plus a dead-letter branch for records that fail any stage.
+read TFRecords (file by file) -> parse and validate -> Reshuffle -> RunInference(
+ExplainModelHandler) -> encode -> write TFRecords, plus a dead-letter branch for records that
+fail any stage (and for the unreadable rest of damaged files).
 
 Usage:
 
@@ -24,6 +25,7 @@ from pipeline.explainer import (
 )
 from pipeline.handler import ExplainModelHandler
 from pipeline.options import ExplainOptions
+from pipeline.reading import ReadTFRecords
 from pipeline.records import (
     CheckedRecord,
     DeadLetter,
@@ -43,6 +45,7 @@ __all__ = [
     "Explanation",
     "CheckedRecord",
     "ImageRecord",
+    "ReadTFRecords",
     "RecordSpec",
     "DeadLetter",
     "build_pipeline",

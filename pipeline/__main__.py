@@ -8,12 +8,19 @@ Writes out/expl-SSSSS-of-NNNNN.tfrecord.gz (schema v1, read them with
 (records that could not be explained, with the stage and the error), then writes
 out/expl.manifest.json (what produced them: `pipeline.manifest`), prints the counts and checks
 that every record read was either explained or dead-lettered.
+
+Before anything runs, unknown arguments, bad options, unwritable output prefixes and missing
+or corrupt files fail with one line and exit status 2. A job that fails (exit 1) or is
+interrupted (exit 130) leaves no temporary files; a run that succeeds leaves exactly its own
+shards under its prefixes (`pipeline.outputs`).
 """
 
 import argparse
+import logging
+import re
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -22,23 +29,33 @@ from apache_beam.options.pipeline_options import (
     PortableOptions,
     StandardOptions,
 )
+from apache_beam.runners.runner import PipelineState
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipeline import manifest
+from pipeline import manifest, outputs
 from pipeline.handler import METRICS_NAMESPACE
-from pipeline.options import FILE_SUFFIX, ExplainOptions
+from pipeline.ids import (
+    DUPLICATE_EXAMPLES,
+    DUPLICATE_IDS_COUNTER,
+    DUPLICATE_RECORDS_COUNTER,
+    Duplicates,
+)
+from pipeline.options import FILE_SUFFIX, ExplainOptions, check_arguments
+from pipeline.reading import DamagedFileError
 from pipeline.records import STAGES
 from pipeline.transforms import EXPLAINED_COUNTER, READ_COUNTER, build_pipeline, dead_letter_counter
 
 
 @dataclass
 class RunSummary:
-    """What a run did: records read, explained and dead-lettered per stage, and where the
-    outputs are. `counted` is False when the runner reported no counters."""
+    """What a run did: records read, explained and dead-lettered per stage, the ids held by
+    more than one record (`pipeline.ids`), and where the outputs are. `counted` is False
+    when the runner reported no counters."""
 
     read: int = 0
     explained: int = 0
     dead_letters: Dict[str, int] = field(default_factory=dict)
+    duplicates: Duplicates = Duplicates()
     explanations_pattern: str = ""
     dead_letters_pattern: str = ""
     counted: bool = True
@@ -64,6 +81,8 @@ class RunSummary:
             f"explanations: {self.explanations_pattern}",
             f"dead letters: {self.dead_letters_pattern}",
         ]
+        if self.duplicates.ids:
+            lines.insert(3, f"duplicate ids:         {self.duplicates.describe()}")
         if self.manifest:
             lines.append(f"manifest:     {self.manifest}")
         if not self.counted:
@@ -71,23 +90,28 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _counter_values(result) -> Optional[Dict[str, int]]:
-    """The job's counters by name (committed values, or attempted where the runner does
-    not commit); None when the runner does not report metrics."""
+def _metric_values(result) -> Optional[Dict[str, Any]]:
+    """The job's counters (int) and string sets (sorted list) by name, committed values or
+    attempted ones where the runner does not commit; None when the runner does not report
+    metrics."""
     try:
-        counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+        metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     except Exception:  # noqa: BLE001: some runners do not support metrics queries
         return None
-    values: Dict[str, int] = {}
-    for counter in counters["counters"]:
+    values: Dict[str, Any] = {}
+    for counter in metrics["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + (value or 0)
+    for strings in metrics.get("string_sets", []):
+        value = strings.committed if strings.committed is not None else strings.attempted
+        name = strings.key.metric.name
+        values[name] = sorted(set(values.get(name, [])) | set(value or ()))
     return values
 
 
 def summarize(result, options: ExplainOptions) -> RunSummary:
     """The counts of a finished run (see `RunSummary`)."""
-    values = _counter_values(result)
+    values = _metric_values(result)
     summary = RunSummary(
         explanations_pattern=f"{options.output}-*{FILE_SUFFIX}",
         dead_letters_pattern=f"{options.dead_letters}-*{FILE_SUFFIX}",
@@ -97,6 +121,9 @@ def summarize(result, options: ExplainOptions) -> RunSummary:
     summary.read = values.get(READ_COUNTER, 0)
     summary.explained = values.get(EXPLAINED_COUNTER, 0)
     summary.dead_letters = {stage: values.get(dead_letter_counter(stage), 0) for stage in STAGES}
+    summary.duplicates = Duplicates(values.get(DUPLICATE_IDS_COUNTER, 0),
+                                    values.get(DUPLICATE_RECORDS_COUNTER, 0),
+                                    tuple(values.get(DUPLICATE_EXAMPLES, ())))
     return summary
 
 
@@ -118,11 +145,15 @@ def local_runner(options: PipelineOptions):
 def make_pipeline(argv: Optional[List[str]] = None):
     """The job's `beam.Pipeline` and options from command-line arguments, built but not run.
 
-    Raises ValueError for bad options and OSError for missing files: nothing has run yet.
+    Raises ValueError for bad options and OSError for missing files or unwritable outputs:
+    nothing has run yet.
     """
+    check_arguments(sys.argv[1:] if argv is None else argv)  # what PipelineOptions parses
     options = PipelineOptions(argv)
     explain_options = options.view_as(ExplainOptions)
     explain_options.check()
+    outputs.check_writable(explain_options.output, "output")
+    outputs.check_writable(explain_options.dead_letters, "dead_letter_prefix")
     portable = options.view_as(PortableOptions)
     if portable.job_endpoint == "embed" and not portable.environment_type:
         # The embedded job service would otherwise start its workers in Docker containers;
@@ -133,16 +164,84 @@ def make_pipeline(argv: Optional[List[str]] = None):
     return pipeline, explain_options
 
 
-def run(argv: Optional[List[str]] = None) -> RunSummary:
-    """Build and run the job from command-line arguments; wait for it, write its manifest,
-    return its counts."""
-    started = manifest.now()
-    pipeline, options = make_pipeline(argv)
-    result = pipeline.run()
-    result.wait_until_finish()
+def execute(pipeline: beam.Pipeline, options: ExplainOptions, started) -> RunSummary:
+    """Run a job `make_pipeline` built and wait for it; write its manifest, return its
+    counts. Temporary files that killed runs left under the prefixes are removed first;
+    a job that fails or is interrupted removes its own before the error propagates."""
+    prefixes = (options.output, options.dead_letters)
+    outputs.remove_temporary_files(prefixes)
+    result = None
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+        if result.state in (PipelineState.FAILED, PipelineState.CANCELLED):
+            raise RuntimeError(f"the runner reports the job {result.state}.")
+    except BaseException:  # interrupted (KeyboardInterrupt) too
+        _stop_and_clean(result, prefixes)
+        raise
     summary = summarize(result, options)
     summary.manifest = manifest.record_run(pipeline, options, summary, started)
     return summary
+
+
+def _stop_and_clean(result, prefixes) -> None:
+    """After a failure or an interruption: cancel the job if it still runs (a remote job
+    would go on writing), then remove the temporary files under `prefixes`. Failing here
+    must not hide why the job stopped, so errors are only logged."""
+    try:
+        if result is not None and not PipelineState.is_terminal(result.state):
+            result.cancel()
+        outputs.remove_temporary_files(prefixes)
+    except Exception as error:  # noqa: BLE001: see the docstring
+        logging.warning("Could not clean up after the job (%s: %s); the next run into the "
+                        "same prefixes will.", type(error).__name__, error)
+
+
+def run(argv: Optional[List[str]] = None) -> RunSummary:
+    """Build and run the job from command-line arguments (`make_pipeline`, `execute`)."""
+    started = manifest.now()
+    pipeline, options = make_pipeline(argv)
+    return execute(pipeline, options, started)
+
+
+def failure_line(error: BaseException) -> str:
+    """One line saying why a job failed: the last "SomeError: message" line of the error
+    (runners pass a worker's error on as text, traceback included), else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"([\w.]+\.)?\w+(Error|Exception): ", line)]
+    if named:
+        return re.sub(r"^(\w+\.)+", "", named[-1])  # without the module path
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _caused_by(error: BaseException, kind: type) -> bool:
+    """Whether `error` or an error it was raised from is a `kind` (runners wrap a worker's
+    KeyboardInterrupt in their own error)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class _ExpectedStopFilter(logging.Filter):
+    """Drops the traceback Beam logs when a DoFn stops for a reason the launcher reports in
+    one line: a damaged input file under --strict_read (its message names the file and the
+    offset), or an interruption."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (_caused_by(error, DamagedFileError) or _caused_by(error, KeyboardInterrupt))
+
+
+def _quiet_expected_stops() -> None:
+    """Install `_ExpectedStopFilter` on the logger of Beam's DoFn runner (which runs in this
+    process on local runners; remote workers keep their logs)."""
+    log = logging.getLogger("apache_beam.runners.common")
+    if not any(isinstance(f, _ExpectedStopFilter) for f in log.filters):
+        log.addFilter(_ExpectedStopFilter())
 
 
 def print_help() -> None:
@@ -156,8 +255,9 @@ def print_help() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Console entry point: run, print the counts; exit 2 on bad options, 1 if the records
-    read are not all explained or dead-lettered."""
+    """Console entry point: run, print the counts; exit 2 on bad options (before anything
+    runs), 1 if the job fails or the records read are not all explained or dead-lettered,
+    130 if it is interrupted."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "-h" in argv:
         print_help()
@@ -168,10 +268,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, OSError) as error:  # bad options, missing files: nothing ran
         print(f"explain-pipeline: {error}", file=sys.stderr)
         return 2
-    result = pipeline.run()
-    result.wait_until_finish()
-    summary = summarize(result, options)
-    summary.manifest = manifest.record_run(pipeline, options, summary, started)
+    _quiet_expected_stops()
+    try:
+        summary = execute(pipeline, options, started)
+    except BaseException as error:  # noqa: BLE001: reported in one line; Beam logged the rest
+        if _caused_by(error, KeyboardInterrupt):
+            print("explain-pipeline: interrupted; its temporary files are removed, its "
+                  "outputs are incomplete: run it again.", file=sys.stderr)
+            return 130
+        if not isinstance(error, Exception):
+            raise
+        print(f"explain-pipeline: the job failed: {failure_line(error)}", file=sys.stderr)
+        return 1
     print(summary.report())
     if summary.counted and not summary.balanced:
         print(

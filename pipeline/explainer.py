@@ -3,7 +3,8 @@ the method by name, and explain a batch of images through `explain_lib.explain`.
 
 Separation of concerns:
 
-- `load_keras_model` reads a `.keras` file from any Beam filesystem (local, `gs://`, ...);
+- `load_keras_model` reads a `.keras` file from any Beam filesystem (local, `gs://`, ...),
+  retrying transient storage errors and naming a missing or damaged file as such;
   `shared_model` keeps it loaded once per process, so that the launcher and in-process
   workers share one load (and its compiled steps).
 - `make_strategy` picks the worker's `tf.distribute` strategy: a `MirroredStrategy` over its
@@ -33,6 +34,8 @@ import shutil
 import tempfile
 import threading
 import weakref
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -44,6 +47,7 @@ import explain_lib
 from explain_lib import filters, inspection, methods
 from explain_lib.engine import explaining
 from explain_lib.utils import with_dtype_policy
+from pipeline.retry import Retry
 
 PREPROCESSING = ("none", "unit", "symmetric")
 """Built-in `--preprocess` names; any `keras.applications` module name also works."""
@@ -52,25 +56,49 @@ PREPROCESSING = ("none", "unit", "symmetric")
 # --- model files and devices ----------------------------------------------------------------
 
 
-def load_keras_model(path: str, compile: bool = False) -> keras.Model:
+def load_keras_model(path: str, compile: bool = False, retry: Retry = Retry()) -> keras.Model:
     """Load a Keras model file from any filesystem Beam knows (local, `gs://`, ...).
 
     Keras reads local files only, so a remote file is first copied to a local temporary
-    file (keeping its suffix, which tells Keras the format).
+    file (keeping its suffix, which tells Keras the format); looking for it and copying it
+    are retried on transient errors (`pipeline.retry`). Raises FileNotFoundError for a
+    missing file, and ValueError naming the file for one that is corrupt or truncated.
     """
     if os.path.exists(path):
-        return keras.saving.load_model(path, compile=compile)
+        return _load_local(path, path, compile)
     from apache_beam.io.filesystems import FileSystems
 
+    if not retry.call(lambda: FileSystems.exists(path), f"Looking for model file {path}"):
+        raise FileNotFoundError(f"Model file not found: {path}.")
     suffix = os.path.splitext(path)[1] or ".keras"
     directory = tempfile.mkdtemp(prefix="explain_model_")
     local = os.path.join(directory, "model" + suffix)
-    try:
-        with FileSystems.open(path) as source, open(local, "wb") as target:
+
+    def copy():
+        with FileSystems.open(path, compression_type="uncompressed") as source, \
+                open(local, "wb") as target:
             shutil.copyfileobj(source, target, length=16 << 20)
-        return keras.saving.load_model(local, compile=compile)
+
+    try:
+        retry.call(copy, f"Copying model file {path}")
+        return _load_local(local, path, compile)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _load_local(local: str, path: str, compile: bool) -> keras.Model:
+    """Keras' `load_model` of a local file, with the errors of a damaged file said as such
+    (Keras says "File not found" for a .keras file that is not a zip archive)."""
+    if local.endswith(".keras") and not zipfile.is_zipfile(local):
+        raise ValueError(f"Model file {path} is corrupt or truncated: it is not a .keras "
+                         "(zip) archive.")
+    try:
+        return keras.saving.load_model(local, compile=compile)
+    except PermissionError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        raise ValueError(f"Model file {path} is corrupt or truncated "
+                         f"({type(error).__name__}: {error}).") from None
 
 
 def make_strategy(devices: Optional[Sequence[str]] = None) -> tf.distribute.Strategy:

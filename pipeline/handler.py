@@ -15,7 +15,8 @@ images still compressed) through the three batched steps of a worker:
 It never raises for one bad record: a record that cannot be decoded fails alone (stage
 "decode"); when explaining a batch fails, each of its records is retried on its own, so
 good records are kept and only the failing ones come back as failures (stage "explain"),
-each attributed to its own record.
+each attributed to its own record. A batch that runs out of accelerator memory is split in
+halves instead, and the worker keeps the size that fits (`pipeline.adaptive_batches`).
 
 Several threads of one worker process may run batches at once on the one model RunInference
 shares between them (Dataflow's harness threads, DirectRunner's multi_threading mode): one
@@ -37,6 +38,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from explain_lib import io as explain_io
+from pipeline.adaptive_batches import explain_fitting, limit_for
 from pipeline.explainer import Explainer, ExplainerConfig, Explanation
 from pipeline.records import CheckedRecord, RecordSpec, StageError, decode_batch
 
@@ -110,21 +112,26 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
 
     def _explain(self, records: Sequence[CheckedRecord], images: np.ndarray,
                  model: Explainer) -> List[Union[Explanation, StageError]]:
-        try:
-            return _checked(records, model.explain(images, [r.units for r in records]))
-        except Exception as error:  # noqa: BLE001: retried one by one, attributed below
-            logging.warning(
-                "Explaining a batch of %d records failed (%s); retrying them one by one.",
-                len(records), error,
-            )
-        outcomes: List[Union[Explanation, StageError]] = []
-        for i, record in enumerate(records):
-            try:
-                outcomes += _checked([record], model.explain(images[i:i + 1], [record.units]))
-            except Exception as single:  # noqa: BLE001: becomes this record's dead letter
-                outcomes.append(StageError("explain", f"{type(single).__name__}: {single}",
-                                           record.id))
-        return outcomes
+        """Explain decoded images: out of memory, in smaller chunks that fit
+        (`adaptive_batches`); failing otherwise, one record at a time."""
+
+        def explain(chunk: slice) -> List[Union[Explanation, StageError]]:
+            return _checked(records[chunk],
+                            model.explain(images[chunk], [r.units for r in records[chunk]]))
+
+        def one_by_one(chunk: slice, error: Exception) -> List[Union[Explanation, StageError]]:
+            logging.warning("Explaining a batch of %d records failed (%s); retrying them one "
+                            "by one.", chunk.stop - chunk.start, error)
+            outcomes: List[Union[Explanation, StageError]] = []
+            for i in range(chunk.start, chunk.stop):
+                try:
+                    outcomes += explain(slice(i, i + 1))
+                except Exception as single:  # noqa: BLE001: becomes this record's dead letter
+                    outcomes.append(StageError("explain", f"{type(single).__name__}: {single}",
+                                               records[i].id))
+            return outcomes
+
+        return explain_fitting(records, explain, limit_for(model), one_by_one)
 
     def _encode(self, records: Sequence[CheckedRecord],
                 outcomes: Sequence[Any]) -> List[Union[bytes, StageError]]:

@@ -3,10 +3,11 @@
 Every run of `python -m pipeline` writes one when the job has finished: the record schema
 version, the method and its parameters (as given; every parameter the method received, its
 defaults included; and `explain`'s post-processing and resizing), the model's path and
-content hash, the input, the counts the job's counters report (read, explained,
-dead-lettered per stage), start and end time, library versions and the runner. A later
-reader can then tell which model and settings made a set of maps, and whether the files hold
-everything the job explained (`python -m pipeline.summary OUTPUT`).
+content hash, the input, the files written (paths and sizes), the counts the job's counters
+report (read, explained, dead-lettered per stage, duplicated ids with a few examples), start
+and end time, library versions and the runner. A later reader can then tell which model and
+settings made a set of maps, and whether the files hold everything the job explained
+(`python -m pipeline.summary OUTPUT`).
 
 Separation of concerns: `build_manifest` only describes (a dict of JSON values);
 `write_manifest` / `read_manifest` move it through Beam's filesystems (local, `gs://`, ...);
@@ -35,6 +36,7 @@ from pipeline.options import (
     stored_map_size,
     with_map_size,
 )
+from pipeline.outputs import list_shards
 
 MANIFEST_SUFFIX = ".manifest.json"
 """Appended to `--output`: out/expl -> out/expl.manifest.json (`out/expl-*` does not match
@@ -88,6 +90,13 @@ def library_versions() -> Dict[str, str]:
     return versions
 
 
+def written_files(options: ExplainOptions) -> Dict[str, Any]:
+    """The shards under the run's prefixes, with their sizes: after a run, exactly the files
+    it wrote (`pipeline.outputs`)."""
+    return {"explanations": list_shards(options.output),
+            "dead_letters": list_shards(options.dead_letters)}
+
+
 def _jsonable(value):
     """Method parameters as JSON: functions (filters) by name, tuples as lists."""
     if callable(value):
@@ -108,6 +117,7 @@ def build_manifest(
     finished: datetime.datetime,
     runner: str,
     model_digest: Optional[Dict[str, Any]] = None,
+    files: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """The manifest of a finished run, as JSON values.
 
@@ -117,6 +127,7 @@ def build_manifest(
         started, finished: when the command started and when the job finished.
         runner: the runner's name.
         model_digest: `file_sha256(options.model)`, computed here when not given.
+        files: `written_files(options)`, listed here when not given.
     """
     given = options.parsed_method_params()
     method = resolve_method(options.method)
@@ -153,6 +164,7 @@ def build_manifest(
             "map_encoding": options.map_encoding,
             "map_size": _jsonable(stored_map_size(params.get("resizing"), method.upsampled)),
             "map_size_option": _jsonable(options.map_size or "auto"),
+            "files": files if files is not None else written_files(options),
         },
         "counts": {
             "counted": summary.counted,
@@ -161,6 +173,11 @@ def build_manifest(
             "dead_lettered": summary.dead_lettered if summary.counted else None,
             "dead_letters": dict(summary.dead_letters) if summary.counted else None,
         },
+        "duplicate_ids": {
+            "ids": summary.duplicates.ids,
+            "records": summary.duplicates.records,
+            "examples": list(summary.duplicates.examples),
+        } if summary.counted else None,
         "started": _timestamp(started),
         "finished": _timestamp(finished),
         "seconds": round((finished - started).total_seconds(), 3),
@@ -220,4 +237,5 @@ __all__ = [
     "read_manifest",
     "record_run",
     "write_manifest",
+    "written_files",
 ]

@@ -8,8 +8,9 @@ Usage:
     explain_options = options.view_as(ExplainOptions)
 """
 
+import difflib
 import json
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -76,6 +77,30 @@ def with_map_size(method_params: Optional[Mapping[str, Any]], map_size) -> Dict[
     params["resizing"] = {"auto": False, "native": False, "input": True}.get(
         size, list(size) if isinstance(size, tuple) else None)
     return params
+
+
+def check_arguments(argv: Sequence[str]) -> None:
+    """Raise ValueError for an argument that is neither one of the job's options nor a Beam
+    option, suggesting the closest option. Beam itself only logs and drops such an argument,
+    so a misspelt `--methd scorecam` would run the default method.
+
+    The options are those every `PipelineOptions` subclass declares (Beam's and
+    `ExplainOptions`), parsed by Beam's own parser (no abbreviations)."""
+    parsers = []
+    known = PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(list(argv))
+    names = [f"--{name}" for name in known]
+    problems = []
+    for i, token in enumerate(unknown):
+        if token.startswith("-"):
+            flag = token.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, names, n=1)
+            problems.append(f"unknown option {flag}"
+                            + (f" (did you mean {close[0]}?)" if close else ""))
+        elif i == 0 or not unknown[i - 1].startswith("-") or "=" in unknown[i - 1]:
+            problems.append(f"unexpected argument {token!r}")  # not an unknown option's value
+    if problems:
+        raise ValueError("; ".join(problems) + " (python -m pipeline --help lists the options).")
 
 
 def stored_map_size(resizing, upsampled: bool) -> Any:
@@ -157,6 +182,9 @@ class ExplainOptions(PipelineOptions):
                            help="Explain under XLA (compiles each step for the accelerator).")
         group.add_argument("--num_shards", type=int, default=0,
                            help="Output shards (0: let the runner decide).")
+        group.add_argument("--strict_read", action="store_true",
+                           help="Fail the job on a damaged input file (naming it and the byte "
+                           "offset) instead of dead-lettering its unreadable rest.")
 
     def check(self) -> None:
         """Fail early, with the option's name, on missing or malformed options."""
@@ -178,6 +206,8 @@ class ExplainOptions(PipelineOptions):
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, not {self.batch_size}.")
         with_map_size(self.parsed_method_params(), self.map_size)
+        if self.dead_letters == self.output:
+            raise ValueError("--dead_letter_prefix must differ from --output.")
 
     def parsed_method_params(self) -> dict:
         """`--method_params` as a dict."""

@@ -10,6 +10,9 @@ that stage (a `StageError`), so the dead letters say where a record stopped:
   in range), the id.
 - decode: the JPEG or PNG bytes decode, and the image is resized to the model's input size.
 
+(Before them, stage "read" is the file's: the unreadable rest of a damaged input file,
+`pipeline.reading`.)
+
 `check_record` runs parse and validate, parsing each record once and keeping its image as
 found (compressed bytes, or raw pixels); `decode_batch` decodes and resizes a whole batch
 of them in one compiled call, in parallel outside the GIL, on the worker that explains
@@ -37,7 +40,7 @@ from explain_lib.io import input_id, record_id  # noqa: F401: record_id is part 
 
 IMAGE_FORMATS = ("auto", "jpeg", "png", "raw")
 
-STAGES = ("parse", "validate", "decode", "explain", "encode")
+STAGES = ("read", "parse", "validate", "decode", "explain", "encode")
 """Where a record can fail, in pipeline order; the dead letters' `stage` is one of these."""
 
 _JPEG_MAGIC = b"\xff\xd8\xff"

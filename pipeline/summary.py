@@ -2,11 +2,12 @@
 
     python -m pipeline.summary out/expl [--top 20] [--no_scan] [--json]
 
-Prints the run's manifest (`pipeline.manifest`: method, model, input, times, versions), its
-counts, the dead letters broken down by stage and by error message, and how many
-explanations each unit has. The breakdowns come from the files themselves (the dead
-letters, and the `units` of every explanation record, without decoding any map), so the
-summary also checks that the files hold as many explanations as the job counted.
+Prints the run's manifest (`pipeline.manifest`: method, model, input, files, times,
+versions), its counts (and the ids held by more than one record, with examples), the dead
+letters broken down by stage and by error message, and how many explanations each unit has.
+The breakdowns come from the files themselves (the dead letters, and the `units` of every
+explanation record, without decoding any map), so the summary also checks that the files
+hold as many explanations as the job counted.
 `--no_scan` skips reading the files and prints the manifest's counts only.
 
 Usage, from Python:
@@ -25,6 +26,7 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 
 from explain_lib import io as explain_io
+from pipeline.ids import Duplicates
 from pipeline.manifest import manifest_path, read_manifest
 from pipeline.records import STAGES, read_dead_letters
 
@@ -115,6 +117,15 @@ def summarize_output(output: str, scan: bool = True) -> OutputReport:
     return report
 
 
+def _files_line(files: dict) -> str:
+    """'files:    4 explanation shards (120,000 bytes), 1 dead-letter shard (180 bytes)'."""
+    parts = [f"{_plural(len(files[kind]), name)} "
+             f"({sum(f['bytes'] for f in files[kind]):,} bytes)"
+             for kind, name in (("explanations", "explanation shard"),
+                                ("dead_letters", "dead-letter shard"))]
+    return "files:    " + ", ".join(parts)
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
@@ -135,6 +146,7 @@ def format_report(report: OutputReport, top: int = 20, messages: int = 3) -> str
         f"input:    {source}",
         f"output:   {output['explanations']} (schema v{m['schema_version']}, "
         f"{output['map_encoding']} maps, {size} size)",
+        *([_files_line(output["files"])] if output.get("files") else []),
         "versions: " + ", ".join(f"{name} {version}" for name, version in m["versions"].items()),
         "",
     ]
@@ -144,6 +156,11 @@ def format_report(report: OutputReport, top: int = 20, messages: int = 3) -> str
             f"records explained:     {counts['explained']}",
             f"records dead-lettered: {counts['dead_lettered']}",
         ]
+        duplicates = m.get("duplicate_ids") or {}
+        if duplicates.get("ids"):
+            described = Duplicates(duplicates["ids"], duplicates["records"],
+                                   tuple(duplicates["examples"])).describe()
+            lines.append(f"duplicate ids:         {described}")
     else:
         lines.append("The runner reported no counters: the run's counts are unknown.")
     stages = [s for s in STAGES if (counts.get("dead_letters") or {}).get(s)]

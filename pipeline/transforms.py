@@ -20,14 +20,16 @@ Usage, inside any Beam pipeline:
 
     records = p | beam.io.ReadFromTFRecord("data/*.tfrecord")
     result = records | Explain("model.keras", "gradcam", units_key="label")
-    result.explanations | beam.io.WriteToTFRecord("out/expl", ...)
-    result.dead_letters | beam.io.WriteToTFRecord("out/expl.dead_letters", ...)
+    result.explanations | write_tfrecords("out/expl")
+    result.dead_letters | write_tfrecords("out/expl.dead_letters")
+
+(`build_pipeline`, the whole job, reads with `pipeline.reading.ReadTFRecords` instead, which
+dead-letters the rest of a damaged file rather than failing.)
 """
 
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
@@ -43,8 +45,9 @@ from pipeline.explainer import (
 )
 from pipeline import tfds_input
 from pipeline.handler import METRICS_NAMESPACE, ExplainModelHandler
+from pipeline.ids import CountDuplicateIds
+from pipeline.outputs import WriteShards
 from pipeline.options import (
-    FILE_SUFFIX,
     ExplainOptions,
     parse_ints,
     stored_map_size,
@@ -280,6 +283,7 @@ class Explain(beam.PTransform):
             | "CheckRecords" >> beam.ParDo(CheckRecords(self.spec)).with_outputs(
                 DEAD_LETTERS, main="records")
         )
+        checked | "CountDuplicateIds" >> CountDuplicateIds()  # reported, still explained
         explained, explain_failures = (
             checked
             | "RunInference" >> RunInference(self.handler)
@@ -317,30 +321,31 @@ def _image_size(info: ModelInfo, image_size: Optional[Sequence[int]]) -> Tuple[i
 
 def write_tfrecords(prefix: str, num_shards: int = 0) -> beam.PTransform:
     """The job's writer: GZIP-compressed, sharded TFRecord files
-    PREFIX-SSSSS-of-NNNNN.tfrecord.gz."""
-    return beam.io.WriteToTFRecord(
-        prefix,
-        file_name_suffix=FILE_SUFFIX,
-        num_shards=num_shards,
-        compression_type=CompressionTypes.GZIP,
-    )
+    PREFIX-SSSSS-of-NNNNN.tfrecord.gz; once they are in place, the shards an earlier run
+    left under the same prefix are deleted (`pipeline.outputs.WriteShards`)."""
+    return WriteShards(prefix, num_shards)
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: ExplainOptions) -> ExplainResult:
-    """The whole job on `pipeline`: read -> Explain -> write results and dead letters."""
+    """The whole job on `pipeline`: read -> Explain -> write results and dead letters (of
+    damaged input files too)."""
+    from pipeline.reading import ReadTFRecords, check_input
+
     if options.tfds:
         source = tfds_input.resolve(options.tfds, options.tfds_data_dir, options.split)
-        records = (
-            pipeline
-            | "TfdsShards" >> beam.Create(source.files)
-            | "Read" >> beam.io.ReadAllFromTFRecord()
-        )
+        files = source.files
         layout = dict(image_key=source.image_key, image_format=source.image_format,
                       units_key=options.units_key or source.units_key)
     else:
-        records = pipeline | "Read" >> beam.io.ReadFromTFRecord(options.input)
-        layout = {}
-    result = records | "Explain" >> Explain.from_options(options, **layout)
+        check_input(options.input)
+        files, layout = [options.input], {}
+    read = (pipeline | "InputFiles" >> beam.Create(files)
+            | "Read" >> ReadTFRecords(strict=options.strict_read))
+    explained = read.records | "Explain" >> Explain.from_options(options, **layout)
+    result = ExplainResult(
+        explained.explanations,
+        (read.dead_letters, explained.dead_letters) | "AllDeadLetters" >> beam.Flatten(),
+    )
     result.explanations | "WriteExplanations" >> write_tfrecords(options.output, options.num_shards)
     result.dead_letters | "WriteDeadLetters" >> write_tfrecords(options.dead_letters, 1)
     return result

@@ -1,9 +1,13 @@
 """Shared fixtures of the pipeline tests: one tiny model and one small image set per session,
-real TFRecord files, and a helper that runs the job and reads back everything it wrote."""
+real TFRecord files, a helper that runs the job and reads back everything it wrote, and two
+Beam filesystems over local files (`testfs://`, and `flakyfs://` whose opens fail as told)."""
 
 import os
 from dataclasses import dataclass
 from typing import Dict, List
+
+from apache_beam.io.filesystem import FileMetadata, MatchResult
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 import keras
 import numpy as np
@@ -93,3 +97,46 @@ def assert_maps_match(decoded: dict, maps: np.ndarray, logits: np.ndarray):
     span = maps.max(axis=(0, 1)) - maps.min(axis=(0, 1))
     error = np.abs(decoded["maps"] - maps).max(axis=(0, 1))
     assert np.all(error <= span / 255 + 1e-3 * span + 1e-7), (error, span)
+
+
+class SchemeFileSystem(LocalFileSystem):
+    """Local files under a `testfs://` scheme: a remote filesystem as Beam sees one."""
+
+    @classmethod
+    def scheme(cls):
+        return "testfs"
+
+    def _local(self, path: str) -> str:
+        start = f"{self.scheme()}://"
+        return path[len(start):] if path.startswith(start) else path
+
+    def open(self, path, *args, **kwargs):
+        return super().open(self._local(path), *args, **kwargs)
+
+    def exists(self, path):
+        return super().exists(self._local(path))
+
+    def match(self, patterns, limits=None):
+        results = super().match([self._local(p) for p in patterns], limits)
+        return [MatchResult(pattern, [
+            FileMetadata(f"{self.scheme()}://{m.path}", m.size_in_bytes, m.last_updated_in_seconds)
+            for m in result.metadata_list]) for pattern, result in zip(patterns, results)]
+
+
+class FlakyFileSystem(SchemeFileSystem):
+    """`flakyfs://`: the local files again, but opening a path first raises, one per open,
+    the errors `FAILURES[path]` lists (a storage service having a bad moment); `OPENS[path]`
+    counts the attempts. In-process runners share these class attributes with the test."""
+
+    FAILURES: Dict[str, List[Exception]] = {}
+    OPENS: Dict[str, int] = {}
+
+    @classmethod
+    def scheme(cls):
+        return "flakyfs"
+
+    def open(self, path, *args, **kwargs):
+        self.OPENS[path] = self.OPENS.get(path, 0) + 1
+        if self.FAILURES.get(path):
+            raise self.FAILURES[path].pop(0)
+        return super().open(path, *args, **kwargs)

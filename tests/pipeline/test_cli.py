@@ -111,3 +111,88 @@ def test_unbalanced_counts_exit_1(tmp_path, model_path, shapes, monkeypatch, cap
     assert main(["--input", path, "--output", str(tmp_path / "o"), "--model", model_path]) == 1
     assert "5 records read but 3 explained and 1 dead-lettered" in capsys.readouterr().err
     assert RunSummary(read=4, explained=3, dead_letters={"decode": 1}).balanced
+
+
+ENTRY_POINTS = {
+    "python -m pipeline": [sys.executable, "-m", "pipeline"],
+    "explain-pipeline": [os.path.join(os.path.dirname(sys.executable), "explain-pipeline")],
+    "./run_local.sh": [os.path.join(REPO, "run_local.sh")],
+}
+
+
+@pytest.mark.parametrize("entry_point, mistake", [
+    *[(entry_point, "misspelt options") for entry_point in sorted(ENTRY_POINTS)],
+    # The same main() checks the prefixes for all three (test_outputs checks every case).
+    ("python -m pipeline", "unwritable output"),
+])
+def test_every_entry_point_fails_fast_with_one_line(tmp_path, model_path, entry_point, mistake):
+    command = ENTRY_POINTS[entry_point]
+    if not os.access(command[0], os.X_OK):
+        pytest.skip(f"{command[0]} is missing (./run_tests.sh installs it)")
+    if entry_point == "./run_local.sh" and not os.path.exists(os.path.join(REPO, ".venv")):
+        pytest.skip("./run_local.sh runs the project's .venv, which ./run_tests.sh makes")
+    path = write(tmp_path, "in", [demo.make_example(b"x", 1, "x")])
+    (tmp_path / "a-file").write_bytes(b"")
+    output = tmp_path / ("out" if mistake == "misspelt options" else "a-file") / "expl"
+    flags = (["--methd", "scorecam", "--map_encodng=raw32"] if mistake == "misspelt options"
+             else [])
+    process = subprocess.run(
+        [*command, "--input", path, "--output", str(output), "--model", model_path, *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        # The console script imports the installed package: point it at this checkout.
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO},
+    )
+    assert process.returncode == 2, process.stderr[-3000:]
+    ours = [line for line in process.stderr.splitlines() if line.startswith("explain-pipeline")]
+    if mistake == "misspelt options":
+        assert ours == [
+            "explain-pipeline: unknown option --methd (did you mean --method?); unknown option "
+            "--map_encodng (did you mean --map_encoding?) (python -m pipeline --help lists "
+            "the options)."]
+    else:
+        assert ours == [f"explain-pipeline: --output {output} cannot be written "
+                        f"(FileExistsError: [Errno 17] File exists: '{tmp_path / 'a-file'}')."]
+    assert "Traceback" not in process.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a-file", "in.tfrecord"]
+
+
+def test_unknown_arguments_are_named_with_the_closest_option(tmp_path, model_path, capsys):
+    path = write(tmp_path, "in", [demo.make_example(b"x", 1, "x")])
+    base = ["--input", path, "--output", str(tmp_path / "o"), "--model", model_path]
+    assert main([*base, "--map_enc", "raw32", "--direct_num_worker=2", "stray"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "explain-pipeline: unknown option --map_enc (did you mean --map_encoding?); unknown "
+        "option --direct_num_worker (did you mean --direct_num_workers?); unexpected argument "
+        "'stray' (python -m pipeline --help lists the options).")
+    assert main([*base, "--zzzz"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "explain-pipeline: unknown option --zzzz (python -m pipeline --help lists the options).")
+    # Beam's own options and ours, in both spellings, are known.
+    from pipeline.options import check_arguments
+
+    check_arguments([*base, "--runner=DirectRunner", "--direct_num_workers", "2",
+                     "--experiments=a", "--experiments", "b", "--strict_read",
+                     "--num_shards=2", "--project", "p", "--temp_location", "gs://b/t"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "missing"])
+def test_model_files_say_what_is_wrong_with_them(tmp_path, model_path, capsys, damage):
+    import zipfile
+
+    data = bytearray(open(model_path, "rb").read())
+    path = tmp_path / "model.keras"
+    if damage == "truncated":
+        path.write_bytes(bytes(data[:len(data) // 2]))
+        message = f"Model file {path} is corrupt or truncated: it is not a .keras (zip) archive."
+    elif damage == "corrupt":
+        weights = zipfile.ZipFile(model_path).getinfo("model.weights.h5")
+        data[weights.header_offset + 100 + weights.compress_size // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        message = (f"Model file {path} is corrupt or truncated (BadZipFile: Bad CRC-32 for "
+                   "file 'model.weights.h5').")
+    else:
+        message = f"Model file not found: {path}."
+    input_path = write(tmp_path, "in", [demo.make_example(b"x", 1, "x")])
+    assert main(["--input", input_path, "--output", str(tmp_path / "o"), "--model",
+                 str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"explain-pipeline: {message}"

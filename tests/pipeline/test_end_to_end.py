@@ -161,8 +161,8 @@ def test_good_and_corrupt_records_in_one_file(tmp_path, shapes):
     # The counters agree with the files.
     summary = job.summary
     assert summary.read == 21 and summary.explained == 12 and summary.balanced
-    assert summary.dead_letters == {"parse": 2, "decode": 2, "validate": 4, "explain": 1,
-                                    "encode": 0}
+    assert summary.dead_letters == {"read": 0, "parse": 2, "decode": 2, "validate": 4,
+                                    "explain": 1, "encode": 0}
 
 
 def test_explain_transform_inside_another_pipeline(model_path, model, shapes):

@@ -1,6 +1,10 @@
 """Cloud Storage for real: input, output, dead letters and the model file on gs://, against
 gcp-storage-emulator on loopback with the real google-cloud-storage client (Beam's GCS
-filesystem), no mocks."""
+filesystem), no mocks: a damaged input file dead-lettered with its gs:// path and offset, an
+earlier run's shards and temporary folder removed, the manifest's file list, and the errors
+retrying cannot cure (a missing or truncated model, a missing bucket) failing at once."""
+
+import logging
 
 import numpy as np
 import pytest
@@ -10,7 +14,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from explain_lib import io as explain_io
 from pipeline import demo
-from pipeline.__main__ import run
+from pipeline.__main__ import main, run
+from pipeline.explainer import load_keras_model
+from pipeline.manifest import read_manifest
 from pipeline.records import decode_dead_letter
 from tests.pipeline.conftest import assert_maps_match, expected_explanations
 from tests.services import NO_CLOUD_ENV, gcs_emulator
@@ -44,6 +50,10 @@ def records_at(pattern: str, local_dir) -> list:
     return found
 
 
+def names(pattern: str) -> list:
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
 def test_input_output_dead_letters_and_model_on_gcs(tmp_path, gcs, model_path, model, shapes):
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(im, "png"), int(label), f"g{i}")
@@ -51,18 +61,71 @@ def test_input_output_dead_letters_and_model_on_gcs(tmp_path, gcs, model_path, m
     records.append(demo.make_example(demo.encode_image(images[5], "png"), 99, "g-bad-unit"))
     local = demo.write_records(str(tmp_path / "input.tfrecord"), records)
     upload(local, f"{gcs}/input/part-0.tfrecord")
+    # A second file, cut inside its second record: its first record is explained (again).
+    cut = demo.write_records(str(tmp_path / "cut.tfrecord"), records[:2])
+    data = open(cut, "rb").read()
+    with FileSystems.create(f"{gcs}/input/part-1.tfrecord") as target:
+        target.write(data[:len(data) - 20])
     upload(model_path, f"{gcs}/models/tiny.keras")
+    # What earlier runs left: shards of another count, a killed run's temporary folder; and
+    # a file that is not the job's.
+    left = [f"{gcs}/out/expl-0000{i}-of-00003.tfrecord.gz" for i in range(3)] + [
+        f"{gcs}/out/beam-temp-expl-{'ab' * 16}/partial.expl.tfrecord.gz"]
+    for path in [*left, f"{gcs}/out/expl-notes.txt"]:
+        with FileSystems.create(path) as target:
+            target.write(b"older")
 
     summary = run(["--input", f"{gcs}/input/*.tfrecord", "--output", f"{gcs}/out/expl",
                    "--model", f"{gcs}/models/tiny.keras", "--units_key", "label",
                    "--batch_size", "4"])
 
-    assert (summary.read, summary.explained, summary.dead_lettered) == (6, 5, 1)
-    explained = {d["id"]: d for d in map(explain_io.decode_explanation,
-                                         records_at(f"{gcs}/out/expl-*", tmp_path))}
-    assert sorted(explained) == [f"g{i}" for i in range(5)]
+    assert (summary.read, summary.explained, summary.dead_lettered) == (8, 6, 2)
+    written = list(map(explain_io.decode_explanation, records_at(f"{gcs}/out/expl-0*", tmp_path)))
+    # g0 is in both files: explained twice, reported as a duplicate.
+    assert sorted(d["id"] for d in written) == ["g0", "g0", "g1", "g2", "g3", "g4"]
+    assert summary.duplicates == (1, 1, ("g0",))
+    explained = {d["id"]: d for d in written}
     logits, maps = expected_explanations(model, images[:5].astype(np.float32), labels[:5])
     for i in range(5):
         assert_maps_match(explained[f"g{i}"], maps[i], logits[i])
-    (letter,) = map(decode_dead_letter, records_at(f"{gcs}/out/expl.dead_letters-*", tmp_path))
-    assert (letter.stage, letter.id, letter.record) == ("validate", "g-bad-unit", records[-1])
+    letters = sorted(map(decode_dead_letter, records_at(f"{gcs}/out/expl.dead_letters-*",
+                                                        tmp_path)), key=lambda d: d.stage)
+    assert [(d.stage, d.id, d.record) for d in letters] == [
+        ("read", "", b""), ("validate", "g-bad-unit", records[-1])]
+    second = len(records[0]) + 16
+    assert letters[0].error == (
+        f"{gcs}/input/part-1.tfrecord: unreadable from byte {second} (the file ends inside a "
+        f"record of {len(records[1])} bytes); the 1 records before it were read")
+    # Only this run's files are left, and the manifest lists them.
+    assert names(f"{gcs}/out/**") == [
+        f"{gcs}/out/expl-00000-of-00001.tfrecord.gz",
+        f"{gcs}/out/expl-notes.txt",
+        f"{gcs}/out/expl.dead_letters-00000-of-00001.tfrecord.gz",
+        f"{gcs}/out/expl.manifest.json",
+    ]
+    files = read_manifest(f"{gcs}/out/expl")["output"]["files"]
+    assert [f["path"] for f in files["explanations"]] == [
+        f"{gcs}/out/expl-00000-of-00001.tfrecord.gz"]
+    assert files["explanations"][0]["bytes"] == FileSystems.match(
+        [f"{gcs}/out/expl-00000-of-00001.tfrecord.gz"])[0].metadata_list[0].size_in_bytes
+
+
+def test_storage_errors_that_retrying_cannot_cure_fail_at_once(tmp_path, gcs, model_path,
+                                                                caplog, capsys):
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(FileNotFoundError, match=f"Model file not found: {gcs}/models/none.keras"):
+        load_keras_model(f"{gcs}/models/none.keras")
+    data = open(model_path, "rb").read()
+    with FileSystems.create(f"{gcs}/models/cut.keras") as target:
+        target.write(data[:1000])
+    with pytest.raises(ValueError, match=f"Model file {gcs}/models/cut.keras is corrupt or "
+                                         "truncated"):
+        load_keras_model(f"{gcs}/models/cut.keras")
+    assert [r for r in caplog.records if "failed (attempt" in r.getMessage()] == []
+    # A bucket that does not exist cannot take the outputs: found before anything runs.
+    local = demo.write_records(str(tmp_path / "in.tfrecord"), [demo.make_example(b"x", 1, "x")])
+    assert main(["--input", local, "--output", "gs://no-such-bucket/out/expl",
+                 "--model", model_path]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("explain-pipeline: --output gs://no-such-bucket/out/expl cannot "
+                            "be written (") and "\n" not in error

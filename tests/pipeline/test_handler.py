@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import explain_lib
-from apache_beam.io.localfilesystem import LocalFileSystem
 
 from explain_lib import io as explain_io
 from explain_lib.engine import explaining
@@ -188,17 +187,6 @@ def test_resolution_of_names():
     np.testing.assert_allclose(resolve_preprocess("resnet_v2")(x), [[-1, 0, 1]])  # "tf" mode
     with pytest.raises(ValueError, match="Unknown preprocessing 'resnet51'.*resnet_v2"):
         resolve_preprocess("resnet51")
-
-
-class _SchemeFileSystem(LocalFileSystem):
-    """Local files under a `testfs://` scheme: a remote filesystem as Beam sees one."""
-
-    @classmethod
-    def scheme(cls):
-        return "testfs"
-
-    def open(self, path, *args, **kwargs):
-        return super().open(path[len("testfs://"):], *args, **kwargs)
 
 
 def test_models_are_copied_from_any_beam_filesystem(model_path, model, tmp_path, monkeypatch):

@@ -63,13 +63,24 @@ def test_manifest_describes_the_run(job, model_path):
                                   "bytes": len(content)}
     assert described["input"]["pattern"] == pattern
     assert described["input"]["units_key"] == "label" and described["input"]["tfds"] is None
+    def shards(prefix):
+        directory = os.path.dirname(prefix)
+        return [{"path": os.path.join(directory, name),
+                 "bytes": os.path.getsize(os.path.join(directory, name))}
+                for name in sorted(os.listdir(directory))
+                if name.startswith(os.path.basename(prefix) + "-")]
+
     assert described["output"] == {
         "explanations": ran.output + "-*.tfrecord.gz",
         "dead_letters": ran.output + ".dead_letters-*.tfrecord.gz",
         "map_encoding": "png16",
         "map_size": "native",
         "map_size_option": "native",
+        "files": {"explanations": shards(ran.output),
+                  "dead_letters": shards(ran.output + ".dead_letters")},
     }
+    assert len(described["output"]["files"]["dead_letters"]) == 1
+    assert described["duplicate_ids"] == {"ids": 0, "records": 0, "examples": []}
     started, finished = (datetime.datetime.fromisoformat(described[key].replace("Z", "+00:00"))
                          for key in ("started", "finished"))
     assert started <= finished <= datetime.datetime.now(datetime.timezone.utc)

@@ -75,6 +75,9 @@ def test_ids_are_given_or_a_hash_of_the_record(image):
     assert parse_record(serialized, SPEC).id == record.id
     assert parse_record(demo.make_example(demo.encode_image(image, "png"), 1, 42),
                         SPEC).id == "42"
+    # An empty id is no id: each such record gets its own hash, not one shared ''.
+    unnamed = demo.make_example(demo.encode_image(image, "png"), 1, "")
+    assert parse_record(unnamed, SPEC).id == record_id(unnamed) != record.id
     assert record.record == serialized
 
 

@@ -71,3 +71,25 @@ def test_a_tfds_split_is_explained_like_in_process(tmp_path, data_dir, model_pat
         decoded = job.explanations[explain_io.record_id(record)]
         np.testing.assert_array_equal(decoded["units"], [labels[i]])  # the label feature
         assert_maps_match(decoded, maps[i], logits[i])
+
+
+def test_a_damaged_tfds_shard_goes_through_the_same_reader(tmp_path, data_dir, model_path):
+    import shutil
+
+    copy = str(tmp_path / "tfds")
+    shutil.copytree(data_dir, copy)
+    source = tfds_input.resolve("tiny_shapes", copy, "test")
+    (shard,) = source.files
+    records = [r.numpy() for r in tf.data.TFRecordDataset(shard)]
+    data = open(shard, "rb").read()
+    offset = sum(len(r) + 16 for r in records[:4])
+    open(shard, "wb").write(data[:offset + 10])  # cut inside the fifth record's header
+
+    job = run_job(tmp_path, None, model_path, "--tfds", "tiny_shapes", "--tfds_data_dir",
+                  copy, "--split", "test")
+    assert sorted(job.explanations) == sorted(explain_io.record_id(r) for r in records[:4])
+    (letter,) = job.dead_letters
+    assert (letter.stage, letter.error) == ("read", (
+        f"{shard}: unreadable from byte {offset} (the file ends inside a record header (10 of "
+        "12 bytes)); the 4 records before it were read"))
+    assert (job.summary.read, job.summary.explained, job.summary.dead_lettered) == (5, 4, 1)

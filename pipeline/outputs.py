@@ -1,0 +1,199 @@
+"""The job's output prefixes: checked before the run, and holding exactly the run's own files
+after it.
+
+Separation of concerns:
+
+- `shard_number` knows the job's own shard naming, PREFIX-SSSSS-of-NNNNN.tfrecord.gz: it is
+  the only kind of file this module ever deletes, besides Beam's own temporary folders.
+- `check_writable` writes and deletes a probe file under a prefix, through Beam's
+  `FileSystems`, so that an unwritable prefix fails at launch rather than after the work.
+- `WriteShards` is the job's writer: a Beam `FileBasedSink` of TFRecord frames which, once
+  its shards are in place, deletes those an earlier run left under the same prefix with
+  another shard count, and never a file outside the naming (Beam's own TFRecord writer
+  deletes whatever matches PREFIX-*-of-NNNNN.tfrecord.gz). It runs in the job, so it works
+  on every runner and every filesystem Beam knows.
+- `remove_temporary_files` deletes the `beam-temp-*` folders Beam's writers keep next to a
+  prefix while they run (and a probe file a killed launcher left): called when a run fails
+  or is interrupted, and before each run (a run that was killed could not clean up after
+  itself).
+- `list_shards` lists a prefix's shards with their sizes, for the run manifest.
+
+One run at a time per prefix: a run removes what another, concurrent run into the same
+prefix is writing.
+"""
+
+import logging
+import os
+import re
+import uuid
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam.io.filebasedsink import FileBasedSink
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.options import FILE_SUFFIX
+from pipeline.tfrecords import frame
+
+_TEMPORARY = "beam-temp-{base}-"  # FileBasedSink's folder: beam-temp-BASENAME-UUIDHEX
+_PROBE = ".write-probe-"  # check_writable's file: PREFIX.write-probe-UUIDHEX
+
+
+def shard_number(path: str, prefix: str) -> Optional[Tuple[int, int]]:
+    """(shard, shards) when the name of `path` (a file in `prefix`'s folder) is a shard's of
+    `prefix` in the job's own naming, PREFIX-SSSSS-of-NNNNN.tfrecord.gz; else None."""
+    base = re.escape(FileSystems.split(prefix)[1])
+    found = re.fullmatch(base + r"-(\d{5,})-of-(\d{5,})" + re.escape(FILE_SUFFIX),
+                         FileSystems.split(path)[1])
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def _matching(pattern: str) -> List[Tuple[str, int]]:
+    """(path, size) of the files matching `pattern`; none when its folder does not exist."""
+    return [(m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def list_shards(prefix: str) -> List[Dict[str, object]]:
+    """The job's shards under `prefix`, sorted: [{"path": ..., "bytes": ...}, ...]."""
+    return [{"path": path, "bytes": size}
+            for path, size in sorted(_matching(f"{prefix}-*-of-*{FILE_SUFFIX}"))
+            if shard_number(path, prefix)]
+
+
+def check_writable(prefix: str, option: str) -> None:
+    """Write and delete a probe file next to `prefix`'s files; raises OSError with one line
+    naming the option and the path when that fails (a parent that is a file, a read-only
+    place, a missing bucket)."""
+    probe = f"{prefix}{_PROBE}{uuid.uuid4().hex}"
+    writer = None
+    try:
+        writer = FileSystems.create(probe, compression_type=CompressionTypes.UNCOMPRESSED)
+        writer.write(b"probe")
+        writer.close()
+        FileSystems.delete([probe])
+    except Exception as error:  # noqa: BLE001: any failure means the job could not write there
+        _abandon(writer)
+        reason = " ".join(str(error).split())
+        raise OSError(f"--{option} {prefix} cannot be written ({type(error).__name__}: "
+                      f"{reason[:300]}).") from None
+
+
+def _abandon(writer) -> None:
+    """End a writer whose close failed without writing: otherwise it closes again, uploading
+    again, when it is collected (a Cloud Storage writer retries that for minutes)."""
+    terminate = getattr(writer, "terminate", None)  # google-cloud-storage's BlobWriter
+    try:
+        if terminate is not None:
+            terminate()
+        elif writer is not None and not writer.closed:
+            writer.close()
+    except Exception:  # noqa: BLE001: the probe has failed already; this only tidies up
+        pass
+
+
+def temporary_folders(prefix: str) -> List[str]:
+    """The `beam-temp-*` folders of `prefix`'s writers, left by runs that did not finish.
+    Found through the files they hold (any filesystem), and, on local disks, also empty."""
+    directory, base = FileSystems.split(prefix)
+    start = _TEMPORARY.format(base=base)
+    name = re.compile(re.escape(start) + r"[0-9a-f]{32}")
+    folders = set()
+    for path, _ in _matching(FileSystems.join(directory, start + "*", "*")):
+        folder = FileSystems.split(path)[0]
+        if name.fullmatch(FileSystems.split(folder)[1]):
+            folders.add(folder)
+    if FileSystems.get_scheme(prefix) is None and os.path.isdir(directory or "."):
+        folders.update(os.path.join(directory, entry) for entry in os.listdir(directory or ".")
+                       if name.fullmatch(entry))
+    return sorted(folders)
+
+
+def remove_temporary_files(prefixes: Iterable[str]) -> List[str]:
+    """Delete the `beam-temp-*` folders of `prefixes` (see `temporary_folders`), and the
+    probe files of launchers killed while probing; returns them."""
+    removed = []
+    for prefix in prefixes:
+        probes = [path for path, _ in _matching(f"{prefix}{_PROBE}*")
+                  if re.fullmatch(re.escape(FileSystems.split(prefix)[1] + _PROBE) + "[0-9a-f]{32}",
+                                  FileSystems.split(path)[1])]
+        if probes:
+            FileSystems.delete(probes)
+            removed += probes
+        for folder in temporary_folders(prefix):
+            files = [path for path, _ in _matching(FileSystems.join(folder, "*"))]
+            if files:
+                FileSystems.delete(files)
+            if FileSystems.exists(folder):  # a folder of its own on filesystems that have them
+                FileSystems.delete([folder])
+            removed.append(folder)
+    if removed:
+        logging.info("Removed temporary files of unfinished runs: %s", ", ".join(removed))
+    return removed
+
+
+def remove_shards(prefix: str, keep=lambda shards: False) -> List[str]:
+    """Delete `prefix`'s shards but those of the shard counts `keep(count)` keeps; returns
+    the deleted paths."""
+    doomed = [entry["path"] for entry in list_shards(prefix)
+              if not keep(shard_number(entry["path"], prefix)[1])]
+    if doomed:
+        FileSystems.delete(doomed)
+    return doomed
+
+
+class _ShardSink(FileBasedSink):
+    """Beam's file sink, writing GZIP-compressed TFRecord frames as
+    PREFIX-SSSSS-of-NNNNN.tfrecord.gz and deleting only the prefix's own shards: those of
+    its shard count before its shards are renamed into place (as Beam's TFRecord writer
+    does, except that it deletes whatever matches PREFIX-*-of-NNNNN.tfrecord.gz, a sibling
+    prefix's out/run-2-00000-of-00001.tfrecord.gz for out/run too), and those of any other
+    count once they are in place (an earlier run's)."""
+
+    def __init__(self, prefix: str, num_shards: int):
+        super().__init__(prefix, coders.BytesCoder(), file_name_suffix=FILE_SUFFIX,
+                         num_shards=num_shards, compression_type=CompressionTypes.GZIP)
+        self._prefix = prefix
+
+    def write_encoded_record(self, file_handle, value):
+        file_handle.write(frame(value))
+
+    def pre_finalize(self, init_result, writer_results):
+        count = len(list(writer_results))
+        remove_shards(self._prefix, keep=lambda shards: shards != count)
+
+    def finalize_write(self, init_result, writer_results, pre_finalize_results):
+        writer_results = list(writer_results)
+        written = list(super().finalize_write(init_result, writer_results,
+                                              pre_finalize_results))
+        older = remove_shards(self._prefix, keep=lambda shards: shards == len(writer_results))
+        if older:
+            logging.info("Removed %d shards of an earlier run under %s: %s", len(older),
+                         self._prefix, ", ".join(older))
+        yield from written
+
+
+class WriteShards(beam.PTransform):
+    """Writes serialized records as GZIP-compressed TFRecord shards
+    PREFIX-SSSSS-of-NNNNN.tfrecord.gz (`num_shards` of them, 0: as the runner decides),
+    then deletes the shards an earlier run left under `prefix` with another shard count
+    (see `_ShardSink`). Returns the paths written."""
+
+    def __init__(self, prefix: str, num_shards: int = 0, label=None):
+        super().__init__(label)
+        self._sink = _ShardSink(prefix, num_shards)
+
+    def expand(self, records):
+        return records | "Write" >> beam.io.Write(self._sink)
+
+
+__all__ = [
+    "WriteShards",
+    "check_writable",
+    "list_shards",
+    "remove_shards",
+    "remove_temporary_files",
+    "shard_number",
+    "temporary_folders",
+]

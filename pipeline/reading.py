@@ -1,0 +1,158 @@
+"""Reading TFRecord files one file at a time, so that a damaged file costs only its damaged
+part.
+
+Beam's `ReadFromTFRecord` fails the whole job at the first bad frame of any file, with a hex
+dump of the frame and without the file's name. A TFRecord file (or a gzip stream) cannot be
+split anyway, so reading each file whole in one DoFn loses no parallelism, and lets the job
+keep every record before the damage and say exactly where the damage is.
+
+Separation of concerns:
+
+- `pipeline.tfrecords.iterate_records` parses the TFRecord framing of an open stream, one
+  record in memory at a time, and raises `DamagedFile`, with the byte offset of the first
+  record it cannot read, on a bad checksum, a truncated record or a decompression error.
+- `open_records_file` opens a file on any Beam filesystem, retrying transient errors
+  (`pipeline.retry`), and decompresses it by its suffix with the standard library's
+  streaming readers, which notice a truncated or corrupt gzip, bzip2 or xz stream (Beam's
+  own decompressing reader ends quietly where a truncated stream ends).
+- `ReadFileRecords`, the DoFn of stage "read": a file's records, then at most one dead
+  letter for the unreadable rest, naming the file and the offset; with `strict`, a
+  `DamagedFileError` that fails the job instead.
+- `ReadTFRecords`, the PTransform: file patterns -> `fileio.MatchAll` -> Reshuffle (the files,
+  not their records, spread over the workers) -> `ReadFileRecords`.
+
+Usage, inside any Beam pipeline:
+
+    read = p | beam.Create(["data/*.tfrecord*"]) | ReadTFRecords()
+    read.records, read.dead_letters
+"""
+
+import bz2
+import contextlib
+import gzip
+import lzma
+from typing import BinaryIO, Iterator, NamedTuple
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipeline.handler import METRICS_NAMESPACE
+from pipeline.records import StageError
+from pipeline.retry import Retry, is_transient
+from pipeline.tfrecords import DamagedFile, iterate_records
+from pipeline.transforms import DEAD_LETTERS, READ_COUNTER, _StageDoFn
+
+_STREAMING = {
+    CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    CompressionTypes.BZIP2: lambda raw: bz2.BZ2File(raw, "rb"),
+    CompressionTypes.LZMA: lambda raw: lzma.LZMAFile(raw, "rb"),
+}
+"""Decompressing readers that raise on a truncated or corrupt stream, by Beam's name of the
+compression a file's suffix implies. Other compressions Beam knows (deflate, zstd) are
+decompressed by Beam."""
+
+
+class DamagedFileError(RuntimeError):
+    """A damaged input file under --strict_read: the job stops, naming the file."""
+
+
+@contextlib.contextmanager
+def open_records_file(path: str, retry: Retry = Retry()) -> Iterator[BinaryIO]:
+    """`path` (any Beam filesystem) opened for `iterate_records`, decompressed by its suffix
+    (.gz, .bz2, .xz/.lzma, .deflate, .zst). Transient errors of the open are retried; a
+    permanent one (not found, permission denied) is a `DamagedFile` at offset 0."""
+    compression = CompressionTypes.detect_compression_type(path)
+    streaming = _STREAMING.get(compression)
+    mode = CompressionTypes.UNCOMPRESSED if streaming else compression
+    try:
+        raw = retry.call(lambda: FileSystems.open(path, compression_type=mode),
+                         f"Opening {path}")
+    except Exception as error:  # noqa: BLE001: sorted below
+        if is_transient(error):
+            raise
+        raise DamagedFile(0, f"cannot open it ({type(error).__name__}: {error})") from None
+    with raw, (streaming(raw) if streaming else contextlib.nullcontext(raw)) as stream:
+        yield stream
+
+
+class ReadFileRecords(_StageDoFn):
+    """Stage read: a file (`FileMetadata` or path) -> its serialized records. The unreadable
+    rest of a damaged file becomes one dead letter (counted as one record read), whose error
+    names the file, the byte offset and the records kept before it; with `strict`, the job
+    fails with a `DamagedFileError` naming the same."""
+
+    def __init__(self, strict: bool = False, retry: Retry = Retry()):
+        self._strict = strict
+        self._retry = retry
+
+    def setup(self):
+        super().setup()
+        self._read = Metrics.counter(METRICS_NAMESPACE, READ_COUNTER)
+
+    def process(self, file):
+        path = getattr(file, "path", file)
+        try:
+            with open_records_file(path, self._retry) as stream:
+                yield from iterate_records(stream)
+        except DamagedFile as damage:
+            where = (" of the decompressed stream"
+                     if CompressionTypes.detect_compression_type(path)
+                     != CompressionTypes.UNCOMPRESSED else "")
+            message = (f"{path}: unreadable from byte {damage.offset}{where} ({damage.reason}); "
+                       f"the {damage.records_before} records before it were read")
+            if self._strict:
+                raise DamagedFileError(message) from None
+            self._read.inc()
+            yield self.dead_letter(b"", StageError("read", message))
+
+
+class ReadResult(NamedTuple):
+    """The outputs of `ReadTFRecords`: serialized records, and the dead letters of damaged
+    files."""
+
+    records: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+class ReadTFRecords(beam.PTransform):
+    """File patterns (or paths) -> the records of every matching TFRecord file, each file read
+    whole by one worker (see the module docstring), and dead letters for damaged files.
+
+    Args:
+        strict: fail the job on a damaged file instead of dead-lettering its rest.
+        retry: how opening a file is retried on transient errors.
+    """
+
+    def __init__(self, strict: bool = False, retry: Retry = Retry(), label=None):
+        super().__init__(label)
+        self._strict = strict
+        self._retry = retry
+
+    def expand(self, patterns):
+        records, dead_letters = (
+            patterns
+            | "MatchFiles" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW_IF_WILDCARD)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadFiles" >> beam.ParDo(ReadFileRecords(self._strict, self._retry))
+            .with_outputs(DEAD_LETTERS, main="records")
+        )
+        return ReadResult(records, dead_letters)
+
+
+def check_input(pattern: str) -> None:
+    """Fail at launch, naming the pattern, when `--input` matches no file."""
+    if not FileSystems.match([pattern])[0].metadata_list:
+        raise FileNotFoundError(f"No files found matching --input {pattern}.")
+
+
+__all__ = [
+    "DamagedFileError",
+    "ReadFileRecords",
+    "ReadResult",
+    "ReadTFRecords",
+    "check_input",
+    "open_records_file",
+]
