@@ -118,13 +118,17 @@ def _range(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 # well within range / top.
 
 
+SMALL_PNG_BYTES = 1024
+"""Maps of at most this many bytes of samples (a 7x7 or 16x16 CAM) all get PNG's Up filter."""
+
+
 def _grayscale_png(image: np.ndarray) -> bytes:
     """A (H, W) uint8 or uint16 array as a PNG file (8- or 16-bit grayscale).
 
     Written here rather than through an imaging library because the whole of it is a few
     numpy passes and `zlib.compress`: every row gets the same PNG filter, the one of None,
     Sub and Up (applied byte by byte, as the format defines them for every bit depth) that
-    compresses every fourth row best at zlib's fastest level. Upsampled CAM maps favour
+    compresses every fourth row best at zlib's fastest level (Up for small maps). Upsampled CAM maps favour
     Sub or Up, noisy gradient maps None. (Trying every row chose the same filters to within
     0.5% of the size, at four times the cost; choosing by the smallest residuals, per row as
     libpng does or per image, made these maps up to 27% larger.)
@@ -133,8 +137,12 @@ def _grayscale_png(image: np.ndarray) -> bytes:
     depth = 8 * image.dtype.itemsize
     # PNG stores 16-bit samples big-endian.
     data = image.astype(f">u{image.dtype.itemsize}").view(np.uint8).reshape(height, -1)
-    candidates = [_filtered(data, kind, image.dtype.itemsize) for kind in (0, 1, 2)]
-    rows = min(candidates, key=lambda rows: len(zlib.compress(rows[::4].tobytes(), 1)))
+    if data.size <= SMALL_PNG_BYTES:
+        # A few hundred bytes compress alike under any filter: choosing costs more than it saves.
+        rows = _filtered(data, 2, image.dtype.itemsize)
+    else:
+        candidates = [_filtered(data, kind, image.dtype.itemsize) for kind in (0, 1, 2)]
+        rows = min(candidates, key=lambda rows: len(zlib.compress(rows[::4].tobytes(), 1)))
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return (struct.pack(">I", len(payload)) + kind + payload
@@ -405,21 +413,79 @@ def encode_explanation(
     input_size = tuple(encoded.shape[:2]) if input_size is None else tuple(input_size)
     if len(input_size) != 2 or min(input_size) < 1:
         raise ValueError(f"input_size must be (H, W) positive ints, not {input_size}.")
-    feature = tf.train.Feature
-    features = {
-        "schema_version": feature(int64_list=tf.train.Int64List(value=[SCHEMA_VERSION])),
-        "id": feature(bytes_list=tf.train.BytesList(value=[_bytes(id)])),
-        "units": feature(int64_list=tf.train.Int64List(value=units.tolist())),
-        "logits": feature(float_list=tf.train.FloatList(value=logits.tolist())),
-        "maps": feature(bytes_list=tf.train.BytesList(value=[encoded.data])),
-        "map_shape": feature(int64_list=tf.train.Int64List(value=list(encoded.shape))),
-        "map_encoding": feature(bytes_list=tf.train.BytesList(value=[encoding.encode()])),
-        "map_min": feature(float_list=tf.train.FloatList(value=encoded.map_min.tolist())),
-        "map_max": feature(float_list=tf.train.FloatList(value=encoded.map_max.tolist())),
-        "input_size": feature(int64_list=tf.train.Int64List(
-            value=[int(v) for v in input_size])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return serialize_example([
+        ("schema_version", "int64", [SCHEMA_VERSION]),
+        ("id", "bytes", [_bytes(id)]),
+        ("units", "int64", units),
+        ("logits", "float", logits),
+        ("maps", "bytes", [encoded.data]),
+        ("map_shape", "int64", encoded.shape),
+        ("map_encoding", "bytes", [encoding.encode()]),
+        ("map_min", "float", encoded.map_min),
+        ("map_max", "float", encoded.map_max),
+        ("input_size", "int64", input_size),
+    ])
+
+
+# --- tf.train.Example, serialized directly ------------------------------------------------------
+#
+# The job writes one record per explained input, so building a `tf.train.Example` message and
+# serializing it was a large share of its per-record Python work. The format is small enough
+# to write directly: an Example is field 1 (Features) holding, per feature, a map entry
+# (field 1) of the key (field 1) and the Feature (field 2), whose one field is a BytesList
+# (1), a FloatList (2) or an Int64List (3) of values (field 1; packed for numbers).
+# `tests/explain_lib/test_io.py` checks the bytes parse to the message protobuf builds.
+
+
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
+    value &= (1 << 64) - 1  # negative int64s as their two's complement, as protobuf does
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: its tag (one byte here), length and payload."""
+    return tag + _varint(len(payload)) + payload
+
+
+_VALUES, _ENTRY, _FEATURE = b"\x0a", b"\x0a", b"\x12"  # fields 1, 1 and 2, length-delimited
+_LISTS = {"bytes": b"\x0a", "float": b"\x12", "int64": b"\x1a"}  # BytesList, FloatList, ...
+_KEYS: Dict[str, bytes] = {}
+
+
+def serialize_example(features: Sequence[Tuple[str, str, Sequence]]) -> bytes:
+    """A `tf.train.Example` of `features`, (key, kind, values) with kind "bytes", "float" or
+    "int64", serialized: the bytes `tf.train.Example(...).SerializeToString()` parses back
+    from, written directly (see above).
+
+    Usage:
+
+        record = serialize_example([("id", "bytes", [b"a"]), ("label", "int64", [3])])
+    """
+    entries = []
+    for key, kind, values in features:
+        if kind == "bytes":
+            listed = b"".join([_field(_VALUES, value) for value in values])
+        elif kind == "float":
+            packed = np.asarray(values, "<f4").tobytes()
+            listed = _field(_VALUES, packed) if packed else b""
+        else:
+            packed = b"".join([_varint(int(v)) for v in values])
+            listed = _field(_VALUES, packed) if packed else b""
+        if key not in _KEYS:
+            _KEYS[key] = _field(_VALUES, key.encode())
+        entries.append(_field(_ENTRY, _KEYS[key] + _field(_FEATURE,
+                                                           _field(_LISTS[kind], listed))))
+    return _field(_ENTRY, b"".join(entries))
 
 
 def _check_version(version: int):

@@ -312,12 +312,17 @@ def test_each_map_gets_the_png_filter_that_suits_it_and_decodes_exactly(encoding
     top = 255 if encoding == "png8" else 65535
     step = 1 if encoding == "png8" else 257
 
-    def walks(axis):  # independent random walks along `axis`, from mid-range
-        steps = rng.integers(-1, 2, (24, 32, 1)) * step
+    # 48x64 maps: more than SMALL_PNG_BYTES, so that the filter is chosen; smaller maps all
+    # get Up (the last case).
+    assert 48 * 64 > explain_io.SMALL_PNG_BYTES >= 12 * 16 * 2
+
+    def walks(axis, shape=(48, 64, 1)):  # independent random walks along `axis`, mid-range
+        steps = rng.integers(-1, 2, shape) * step
         return (top // 2 + np.cumsum(steps, axis=axis)).astype(np.float64)
 
     cases = {1: walks(1), 2: walks(0),
-             None: rng.integers(0, top + 1, (24, 32, 1)).astype(np.float64)}
+             None: rng.integers(0, top + 1, (48, 64, 1)).astype(np.float64),
+             "small": walks(1, (12, 16, 1))}
     for expected_filter, levels in cases.items():
         levels[0, 0], levels[0, 1] = 0, top  # the full range: levels map to themselves
         maps = levels.astype(np.float32)
@@ -330,8 +335,37 @@ def test_each_map_gets_the_png_filter_that_suits_it_and_decodes_exactly(encoding
         length = struct.unpack(">I", encoded.data[33:37])[0]
         assert encoded.data[37:41] == b"IDAT"
         scanlines = zlib.decompress(encoded.data[41:41 + length])
-        stride = 1 + 32 * (1 if encoding == "png8" else 2)
-        filters = {scanlines[i * stride] for i in range(24)}
+        height, width = maps.shape[:2]
+        stride = 1 + width * (1 if encoding == "png8" else 2)
+        filters = {scanlines[i * stride] for i in range(height)}
         assert len(filters) == 1 and filters <= {0, 1, 2}
-        if expected_filter is not None:
+        if expected_filter == "small":
+            assert filters == {2}
+        elif expected_filter is not None:
             assert filters == {expected_filter}
+
+
+def test_examples_serialized_directly_parse_as_protobuf_builds_them():
+    features = [
+        ("id", "bytes", [b"r\x00\xffid", b""]),
+        ("units", "int64", np.array([0, 3, 999_999_999_999, -1, -2**63], np.int64)),
+        ("logits", "float", np.array([1.5, -2.25e-30, np.inf], np.float32)),
+        ("empty_floats", "float", []),
+        ("empty_ints", "int64", []),
+        ("empty_bytes", "bytes", []),
+        ("one", "int64", [1]),
+    ]
+    expected = tf.train.Example()
+    for key, kind, values in features:
+        feature = expected.features.feature[key]
+        field = {"bytes": feature.bytes_list, "float": feature.float_list,
+                 "int64": feature.int64_list}[kind]
+        field.SetInParent()
+        field.value.extend(list(values))
+    parsed = tf.train.Example.FromString(explain_io.serialize_example(features))
+    assert parsed == expected
+    # ... and TensorFlow's own parser reads it.
+    row = tf.io.parse_single_example(explain_io.serialize_example(features), {
+        "units": tf.io.VarLenFeature(tf.int64), "id": tf.io.VarLenFeature(tf.string)})
+    assert tf.sparse.to_dense(row["units"]).numpy().tolist() == [
+        0, 3, 999_999_999_999, -1, -2**63]
