@@ -108,7 +108,6 @@ def randomized_copy(model: keras.Model, layers: Sequence[str], seed: int = 0) ->
     return copy
 
 
-@tf.function(reduce_retracing=True)
 def map_similarity(maps: tf.Tensor, others: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """How alike two batches of maps (B, H, W, K) are, per sample and unit: (Spearman's
     rank correlation of their absolute values, SSIM of their min-max normalisations to
@@ -229,6 +228,8 @@ def model_randomization(
     explained_units = (np.arange(trained.shape[-1])[None].repeat(len(trained), 0)
                        if units is None else np.asarray(units).reshape(len(trained), -1))
     step = batch_size or 32
+    spec = tf.TensorSpec((None, *trained.shape[1:]), tf.float32)
+    similarity = tf.function(map_similarity, input_signature=[spec, spec])  # one trace
     frames = []
     for stop in stops:
         depth = order.index(stop) + 1
@@ -236,8 +237,8 @@ def model_randomization(
         _, randomized = maps_of(copy)
         ranks, structures = [], []
         for start in range(0, len(trained), step):  # bounded memory: one batch at a time
-            rank, structure = map_similarity(tf.constant(trained[start:start + step]),
-                                             tf.constant(randomized[start:start + step]))
+            rank, structure = similarity(tf.constant(trained[start:start + step], tf.float32),
+                                         tf.constant(randomized[start:start + step], tf.float32))
             ranks.append(rank.numpy())
             structures.append(structure.numpy())
         rank, structure = np.concatenate(ranks), np.concatenate(structures)
