@@ -77,30 +77,38 @@ def _metric_of(metric) -> Metric:
                   ground_truth="ground_truth" in inspect.signature(metric).parameters)
 
 
-def _check_needs(metric: Metric, model, maps, boxes, masks) -> None:
+def _check_needs(metric: Metric, model, given: set) -> None:
+    """Refuse a missing model, maps or ground truth, and ground truth or maps given to a
+    metric that does not use them; `given` names what came with the inputs (among "maps",
+    "boxes", "masks")."""
     name = metric.name
     if metric.needs_model and model is None:
         raise ValueError(f"{name} evaluates the model's scores: pass the model.")
-    if metric.needs_maps and maps is None and not metric.takes_method:
-        raise ValueError(f"{name} evaluates maps: pass maps (N, h, w, K), one per unit.")
-    if metric.takes_method and maps is not None:
+    if metric.takes_method and "maps" in given:
         raise ValueError(
             f"{name} explains with its `method` itself (on the model and on each "
             "re-initialised copy): pass method=..., not maps."
         )
-    if boxes is not None and masks is not None:
+    if metric.needs_maps and "maps" not in given and not metric.takes_method:
+        raise ValueError(f"{name} evaluates maps: pass maps (N, h, w, K), one per unit.")
+    if {"boxes", "masks"} <= given:
         raise ValueError("Pass the ground truth as boxes or as masks, not both.")
-    truth = boxes is not None or masks is not None
+    truth = bool(given & {"boxes", "masks"})
     if metric.ground_truth and not truth:
         raise ValueError(
             f"{name} needs ground truth: boxes (N, M, 4), (ymin, xmin, ymax, xmax) in [0, 1] "
             "padded with NaN rows (or a list of (m_i, 4) arrays), or masks (N, H, W)."
         )
     if truth and not metric.ground_truth:
+        users = ", ".join(m.name for m in registry.REGISTRY.values() if m.ground_truth)
         raise ValueError(
             f"{name} does not use ground truth: leave boxes and masks out (the localisation "
-            f"metrics take them: {', '.join(m.name for m in registry.REGISTRY.values() if m.ground_truth)})."
+            f"metrics take them: {users})."
         )
+
+
+def _given(**values) -> set:
+    return {key for key, value in values.items() if value is not None}
 
 
 def _compiled_step(model, metric: Metric, params, specs: Tuple[tf.TensorSpec, ...],
@@ -333,7 +341,8 @@ def evaluate(
         model: the model the maps explain (its strategy distributes the work); None for
             metrics that need none (the localisation metrics).
         x: images (N, H, W, C), an array or tensor; or a batched `tf.data.Dataset` (or a
-            generator) of dicts with keys among x, y, maps, boxes, masks.
+            generator) of dicts with keys among x, y, maps, boxes, masks (one dataset can
+            serve every metric: the ground truth is left out for metrics without use for it).
         y: the explained units, (N,) or (N, K), one map each; None: every unit of the
             model (or, without a model, one per map).
         maps: (N, h, w, K) one map per sample and unit, at any resolution (resized to the
@@ -364,7 +373,11 @@ def evaluate(
     """
     metric = _metric_of(metric)
     check_metric_params(metric, metric_params)
-    _check_needs(metric, model, maps, boxes, masks)
+    streaming = isinstance(x, tf.data.Dataset) or hasattr(x, "__next__")
+    if not streaming:  # a stream's batches are checked as they come
+        _check_needs(metric, model, _given(maps=maps, boxes=boxes, masks=masks))
+    elif model is None and metric.needs_model:
+        _check_needs(metric, model, set())
     if metric.takes_method:
         return metric.function(model, x, y, batch_size=batch_size,
                                verbose=0 if verbose == "auto" else verbose, **metric_params)
@@ -383,6 +396,11 @@ def evaluate(
     callbacks.on_predict_begin()
     for number, batch in enumerate(batches):
         callbacks.on_predict_batch_begin(number)
+        if streaming:
+            if not metric.ground_truth:  # one dataset may serve every metric
+                batch["boxes"] = batch["masks"] = None
+            _check_needs(metric, model, _given(maps=batch["maps"], boxes=batch["boxes"],
+                                               masks=batch["masks"]))
         tensors, truth = _batch_tensors(metric, model, batch)
         specs = tuple(tf.TensorSpec.from_tensor(t) for t in tensors)
         step = _compiled_step(model, metric, metric_params, specs, truth)
