@@ -36,7 +36,7 @@ _compiled_steps: "weakref.WeakKeyDictionary[keras.Model, collections.OrderedDict
     weakref.WeakKeyDictionary()
 )
 _steps_without_model: "collections.OrderedDict" = collections.OrderedDict()
-"""Steps of metrics that need no model (the localisation metrics), on the default strategy."""
+"""Steps of metrics evaluated without a model (the localisation metrics), on one device."""
 
 PER_SAMPLE_KEYS = ("x", "y", "maps", "boxes", "masks")
 """What a dataset given to `evaluate` yields in each batch (a dict with some of these)."""
@@ -158,10 +158,8 @@ def _make_step(model, metric: Metric, params, specs, truth) -> Callable:
     signature = [tf.TensorSpec((None, *s.shape[1:]), s.dtype) for s in specs]
     if model is not None:
         return explaining.compile_distributed(model, replica_step, signature)
-    strategy = tf.distribute.get_strategy()
-    return tf.function(lambda *tensors: explaining.run_on_replicas(strategy, replica_step,
-                                                                    tensors),
-                       input_signature=signature)
+    # Without a model there is no strategy to follow: one device, compiled all the same.
+    return tf.function(replica_step, input_signature=signature)
 
 
 def _as_array(value, name: str) -> np.ndarray:
