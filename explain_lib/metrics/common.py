@@ -54,7 +54,12 @@ def image_size(inputs: tf.Tensor, metric: str) -> Tuple[int, int]:
 def to_input_size(maps: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     """Maps (B, h, w, K) bilinearly resized to `size` (H, W) (`utils.resize`, as `explain`
     resizes), unchanged when they have it already: a 7x7 Grad-CAM is judged pixel by pixel
-    of the image it explains."""
+    of the image it explains.
+
+    Usage:
+
+        maps = to_input_size(maps, (224, 224))     # (B, 7, 7, K) -> (B, 224, 224, K)
+    """
     maps = tf.convert_to_tensor(maps)
     if tuple(maps.shape[1:3]) == tuple(size):
         return maps
@@ -65,7 +70,13 @@ def baseline_of(inputs: tf.Tensor, baseline: Union[float, str, tf.Tensor],
                 blur_sigma: float) -> tf.Tensor:
     """What removed pixels become, with the shape of `inputs`: a number (a constant image),
     "blur" (each input blurred by a Gaussian of `blur_sigma` pixels,
-    `gradient.gaussian_blur`) or a tensor broadcastable to the inputs (a mean image)."""
+    `gradient.gaussian_blur`) or a tensor broadcastable to the inputs (a mean image).
+
+    Usage:
+
+        substrate = baseline_of(images, "blur", blur_sigma=5.0)
+        substrate = baseline_of(images, images.mean((0, 1, 2)), blur_sigma=5.0)  # mean pixel
+    """
     if isinstance(baseline, str):
         if baseline != "blur":
             raise ValueError(
@@ -87,7 +98,12 @@ def flat_maps(maps: tf.Tensor) -> tf.Tensor:
 def average_ranks(values: tf.Tensor) -> tf.Tensor:
     """Ranks (1-based, float) of `values` along the last axis, ties sharing the mean of the
     ranks they span: what Spearman's correlation ranks by (`scipy.stats.rankdata`'s
-    "average"). One sort per row, so rows of 50,000 pixels are cheap."""
+    "average"). One sort per row, so rows of 50,000 pixels are cheap.
+
+    Usage:
+
+        average_ranks([[3.0, 1.0, 3.0]])   # [[2.5, 1.0, 2.5]]
+    """
     values = tf.convert_to_tensor(values)
     shape = tf.shape(values)
     length = shape[-1]
@@ -111,7 +127,12 @@ def average_ranks(values: tf.Tensor) -> tf.Tensor:
 
 def pearson(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """Pearson's correlation of `a` and `b` along the last axis; 0 where either is constant
-    (no variation to correlate: Xplique's MuFidelity takes 0 there too)."""
+    (no variation to correlate: Xplique's MuFidelity takes 0 there too).
+
+    Usage:
+
+        pearson(attributions, drops)        # (B, K, S), (B, K, S) -> (B, K)
+    """
     a = a - tf.reduce_mean(a, axis=-1, keepdims=True)
     b = b - tf.reduce_mean(b, axis=-1, keepdims=True)
     covariance = tf.reduce_sum(a * b, axis=-1)
@@ -121,7 +142,12 @@ def pearson(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 
 def spearman(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """Spearman's rank correlation of `a` and `b` along the last axis (Pearson's of their
-    average ranks, as `scipy.stats.spearmanr`); 0 where either is constant."""
+    average ranks, as `scipy.stats.spearmanr`); 0 where either is constant.
+
+    Usage:
+
+        spearman(flat_maps(maps), flat_maps(others))   # (B, K, H·W) -> (B, K)
+    """
     return pearson(average_ranks(a), average_ranks(b))
 
 

@@ -36,7 +36,12 @@ def pixel_counts(steps: tf.Tensor, n_steps: int, pixels: int) -> tf.Tensor:
     """How many pixels are changed after each of `steps` (of 0..n_steps): ⌈i·HW/n_steps⌉,
     so the curve's points are spread evenly from none to all. The official code changes
     `step` pixels per iteration: the same counts when n_steps divides H·W (its 224 steps of
-    224 pixels on 224x224 images are n_steps=224)."""
+    224 pixels on 224x224 images are n_steps=224).
+
+    Usage:
+
+        pixel_counts(tf.range(8), 7, 144)   # [0, 21, 42, 62, 83, 103, 124, 144]
+    """
     steps = tf.cast(steps, tf.int64)
     return (steps * pixels + n_steps - 1) // n_steps
 
@@ -44,7 +49,12 @@ def pixel_counts(steps: tf.Tensor, n_steps: int, pixels: int) -> tf.Tensor:
 def removal_ranks(maps: tf.Tensor) -> tf.Tensor:
     """Each pixel's place (B, K, H·W) in the order pixels are changed: most important
     first; on ties, the pixel that comes first in row-major order goes first (a stable sort,
-    so a constant map removes pixels row by row, the same on every run and device)."""
+    so a constant map removes pixels row by row, the same on every run and device).
+
+    Usage:
+
+        ranks = removal_ranks(maps)   # ranks[b, k, p] < count: pixel p is changed
+    """
     order = tf.argsort(-flat_maps(maps), axis=-1, stable=True)
     return tf.argsort(order, axis=-1)  # the inverse permutation: pixel -> place
 
@@ -76,12 +86,15 @@ def causal_auc(
     its area is the trapezoid rule over [0, 1], the official `auc`:
     (Σ s_i − s_0/2 − s_n/2) / n_steps. It is accumulated chunk by chunk as a weighted sum,
     so no curve is held in memory.
+
+    Usage (what `deletion` does):
+
+        scores = causal_auc(model, images, units, maps, images, zeros, 100, "probability", 16)
     """
     height, width = image_size(inputs, "causal_auc")
     pixels = height * width
     check_score(score)
     units = tf.convert_to_tensor(units)
-    count = units.shape[-1]
     ranks = tf.reshape(removal_ranks(to_input_size(maps, (height, width))),
                        tf.concat([tf.shape(units), [height, width]], 0))  # (B, K, H, W)
     ranks = tf.cast(ranks, tf.int64)
@@ -217,7 +230,12 @@ def subset_masks(first: tf.Tensor, count: int, grid: tuple, size: tuple,
     pixel is removed: each cell of a `grid` is removed when its uniform draw is at most
     `subset_percent` (Xplique's `mask > subset_percent` keeps the others), and the grid is
     resized to the image by nearest neighbour. Mask s is seeded by (seed, s): the same for
-    every sample and on every run."""
+    every sample and on every run.
+
+    Usage:
+
+        removed = subset_masks(tf.constant(0), 200, (9, 9), (224, 224), 0.2, seed=0)
+    """
 
     def draw(number):
         uniform = tf.random.stateless_uniform(grid, tf.stack([seed, number]),

@@ -39,7 +39,12 @@ def _unevaluated(ground_truth, scores):
 
 def peaks(maps: tf.Tensor) -> tf.Tensor:
     """The position (B, K) in row-major order of each map's maximum; on ties, the first (as
-    `np.argmax`, which the official code takes: `tf.argmax` does not promise which)."""
+    `np.argmax`, which the official code takes: `tf.argmax` does not promise which).
+
+    Usage:
+
+        peak = peaks(maps)        # row = peak // W, column = peak % W
+    """
     values = flat_maps(maps)
     pixels = tf.shape(values)[-1]
     first = tf.where(values >= tf.reduce_max(values, axis=-1, keepdims=True),

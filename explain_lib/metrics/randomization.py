@@ -29,7 +29,12 @@ from explain_lib.metrics.common import flat_maps, spearman
 def cascading_layers(model: keras.Model) -> List[str]:
     """The names of `model`'s layers that hold trainable weights, from the top (the logits
     layer first) down, nested models' layers included: the order the check re-initialises
-    them in."""
+    them in.
+
+    Usage:
+
+        cascading_layers(model)   # ['logits', 'features', 'conv2d_1', 'conv2d']
+    """
     return [layer.name for layer in reversed(_weighted(model))]
 
 
@@ -119,6 +124,10 @@ def map_similarity(maps: tf.Tensor, others: tf.Tensor) -> Tuple[tf.Tensor, tf.Te
     normalised to [0, 1], here with `tf.image.ssim` (data range 1, the normalised maps';
     the window shrinks to an odd size that fits smaller maps). A constant map normalises to
     zeros.
+
+    Usage:
+
+        rank, structure = map_similarity(trained_maps, randomized_maps)   # (B, K) each
     """
     maps, others = tf.cast(maps, tf.float32), tf.cast(others, tf.float32)
     rank = spearman(tf.abs(flat_maps(maps)), tf.abs(flat_maps(others)))
