@@ -276,7 +276,9 @@ def mufidelity(
     differs: the correlation is Pearson's, as the paper defines μF (Xplique used
     `np.corrcoef` until it switched to `spearmanr`; `correlation="spearman"` gives that);
     the subsets are seeded (stateless draws) and the maps are resized to the input's size
-    first; one score per sample and unit, where Xplique returns their mean.
+    first; one score per sample and unit, where Xplique returns their mean. (Under XLA, a
+    model compiled with `jit_compile`, the subsets are other draws of the same distribution,
+    as `common.RANDOM_ALGORITHM` says.)
 
     Usage:
 

@@ -189,6 +189,19 @@ def test_one_compiled_step_serves_every_batch_and_later_calls(data):
     assert all(vars(model)[k] is before[k] for k in before if k != "_jit_compile")
 
 
+def test_jit_compile_models_are_evaluated_under_xla_with_the_same_scores(data):
+    x, units, maps, _ = data
+    plain, xla = tiny_cnn(seed=5), tiny_cnn(seed=5)
+    xla.compile(jit_compile=True)
+    expected = explain_lib.evaluate("deletion", plain, x, units, maps, n_steps=5, verbose=0)
+    got = explain_lib.evaluate("deletion", xla, x, units, maps, n_steps=5, verbose=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # MuFidelity's subsets are other draws under XLA (as RISE's masks): valid, not equal.
+    correlations = explain_lib.evaluate("mufidelity", xla, x, units, maps, n_samples=8,
+                                        verbose=0)
+    assert np.all(np.abs(correlations) <= 1 + 1e-6)
+
+
 def test_a_dataset_of_dicts_gives_the_scores_of_arrays(model, data):
     x, units, maps, boxes = data
     padded = metrics.pad_boxes(boxes)
