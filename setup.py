@@ -32,6 +32,9 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",
+            # The figures of the benchmarks (benchmarks/quality.py), which run in this
+            # development environment.
+            "matplotlib>=3.8",
         ],
     },
     entry_points={

@@ -6,12 +6,14 @@ Usage:
     logits, maps = explain_lib.gradients(model, images, labels)
     logits, maps = explain_lib.explain(explain_lib.methods.gradient.gradients, model, images,
                                        labels, postprocessing=explain_lib.filters.normalize)
+    scores = explain_lib.evaluate("deletion", model, images, labels, maps)   # how faithful
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from explain_lib import filters, inspection, methods, utils
-from explain_lib.engine import explaining
+from explain_lib import filters, inspection, methods, metrics, utils
+from explain_lib.engine import evaluating, explaining
+from explain_lib.engine.evaluating import evaluate
 from explain_lib.engine.explaining import explain, explain_predicted, explain_step, partial_explain
 
 try:
@@ -40,6 +42,8 @@ from explain_lib.shortcuts import (  # noqa: E402
 )
 
 __all__ = [
+    "evaluate",
+    "evaluating",
     "explain",
     "explain_predicted",
     "explain_step",
@@ -48,6 +52,7 @@ __all__ = [
     "filters",
     "inspection",
     "methods",
+    "metrics",
     "shortcuts",
     "utils",
     "cam",

@@ -7,9 +7,13 @@ shape alone decides the class. A good map lights up the shape, wherever it is.
 
 Separation of concerns:
 
-- `make_shapes` draws images and labels (numpy only, seeded).
+- `make_shapes` draws images and labels (numpy only, seeded); `shape_boxes` gives each
+  shape's box.
 - `write_records` stores them as TFRecords of `tf.train.Example`s: `image` (JPEG bytes),
-  `label` (int64), `id` (bytes), the layout the pipeline reads by default.
+  `label` (int64), `id` (bytes), the layout the pipeline reads by default, and
+  `objects/bbox`, each shape's box as TFDS stores boxes (a float list of 4 values per box,
+  `ymin, xmin, ymax, xmax` in [0, 1]): the ground truth the localisation metrics need.
+  `read_shapes(..., with_boxes=True)` and `boxes_of` read them back.
 - `make_model` / `train_model` build and fit the CNN (logits out, a Rescaling layer in,
   so the pipeline's default pixels in [0, 255] need no `--preprocess`).
 - `ensure_demo` does all of the above once, cached in a directory (`demo/` by default).
@@ -22,13 +26,16 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 
 CLASSES = ("circle", "square", "triangle", "cross")
 IMAGE_SIZE = 64
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"  # 2: the records carry each shape's box (objects/bbox)
+BOX_KEY = "objects/bbox"
+"""The feature holding the boxes, as TFDS names it (`tfds.features.BBoxFeature` under
+`objects`): a float list, 4 values per box, `ymin, xmin, ymax, xmax` in [0, 1]."""
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -84,6 +91,56 @@ def make_shapes(
     return images, labels.astype(np.int64)
 
 
+def shape_boxes(masks: np.ndarray) -> np.ndarray:
+    """Each shape's box (N, 1, 4) float32 from its pixels (N, H, W) bool, in the TFDS
+    convention: `(ymin, xmin, ymax, xmax)` in [0, 1], the edges of the outermost pixels (a
+    pixel whose centre lies in the box is inside). A mask without pixels gets a NaN row.
+
+    Usage:
+
+        images, labels, masks = make_shapes(8, seed=1, return_masks=True)
+        boxes = shape_boxes(masks)      # boxes[i, 0] encloses shape i
+    """
+    masks = np.asarray(masks, bool)
+    height, width = masks.shape[1:3]
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (N, H), (N, W)
+
+    def edges(hits, length):
+        first = np.argmax(hits, axis=1)
+        last = length - np.argmax(hits[:, ::-1], axis=1)  # one past the last pixel
+        return first / length, last / length
+
+    (ymin, ymax), (xmin, xmax) = edges(rows, height), edges(cols, width)
+    boxes = np.stack([ymin, xmin, ymax, xmax], axis=-1).astype(np.float32)
+    boxes[~rows.any(axis=1)] = np.nan
+    return boxes[:, None, :]
+
+
+def boxes_of(example, key: str = BOX_KEY) -> np.ndarray:
+    """The boxes (m, 4) float32 of a `tf.train.Example` (or its serialized bytes), from the
+    float list `key` (4 values per box, TFDS's `objects/bbox`); (0, 4) when it has none.
+
+    Usage:
+
+        boxes = boxes_of(record)        # [[ymin, xmin, ymax, xmax], ...] in [0, 1]
+
+    In a `tf.data` pipeline: `tf.io.VarLenFeature(tf.float32)` for `objects/bbox`, then
+    `tf.reshape(tf.sparse.to_dense(feature), [-1, 4])`.
+    """
+    import tensorflow as tf
+
+    if isinstance(example, bytes):
+        example = tf.train.Example.FromString(example)
+    feature = example.features.feature
+    values = np.asarray(feature[key].float_list.value if key in feature else [], np.float32)
+    if values.size % 4:
+        raise ValueError(
+            f"Feature {key!r} holds {values.size} values: boxes are 4 values each "
+            "(ymin, xmin, ymax, xmax)."
+        )
+    return values.reshape(-1, 4)
+
+
 def encode_image(image: np.ndarray, image_format: str = "jpeg") -> bytes:
     """An image (H, W, C) uint8 as JPEG (quality 95) or PNG bytes."""
     from PIL import Image
@@ -130,12 +187,20 @@ def write_records(path: str, records: List[bytes], compression: Optional[str] = 
     return path
 
 
-def write_shapes(directory: str, name: str, images, labels, shards: int = 1) -> List[str]:
-    """The images as JPEG records `{name}-SSSSS-of-NNNNN.tfrecord` (ids `{name}-00042`)."""
-    records = [
-        make_example(encode_image(image), int(label), f"{name}-{i:05d}")
-        for i, (image, label) in enumerate(zip(images, labels))
-    ]
+def write_shapes(directory: str, name: str, images, labels, shards: int = 1,
+                 boxes=None) -> List[str]:
+    """The images as JPEG records `{name}-SSSSS-of-NNNNN.tfrecord` (ids `{name}-00042`),
+    with each image's `boxes` (N, M, 4) as `objects/bbox` when given (NaN rows left out)."""
+    records = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        features = {}
+        if boxes is not None:
+            kept = np.asarray(boxes[i], np.float32).reshape(-1, 4)
+            kept = kept[~np.isnan(kept).any(axis=1)]
+            if len(kept):  # an image without boxes has no objects/bbox feature
+                features[BOX_KEY] = kept.ravel().tolist()
+        records.append(make_example(encode_image(image), int(label), f"{name}-{i:05d}",
+                                    **features))
     return [
         write_records(os.path.join(directory, f"{name}-{s:05d}-of-{shards:05d}.tfrecord"),
                       records[s::shards])
@@ -143,17 +208,29 @@ def write_shapes(directory: str, name: str, images, labels, shards: int = 1) -> 
     ]
 
 
-def read_shapes(file_pattern: str) -> Tuple[np.ndarray, np.ndarray]:
-    """Images (decoded JPEG, uint8) and labels back from `write_shapes` files."""
+def read_shapes(file_pattern: str, with_boxes: bool = False):
+    """Images (decoded JPEG, uint8) and labels back from `write_shapes` files; with
+    `with_boxes`, also each image's boxes (a list of (m, 4) arrays, `boxes_of`), in the
+    same order.
+
+    Usage:
+
+        images, labels = read_shapes(demo.inputs)
+        images, labels, boxes = read_shapes(demo.inputs, with_boxes=True)
+    """
     import tensorflow as tf
 
     from explain_lib.io import iterate_records
 
-    images, labels = [], []
+    images, labels, boxes = [], [], []
     for record in iterate_records(file_pattern):
-        feature = tf.train.Example.FromString(record).features.feature
+        example = tf.train.Example.FromString(record)
+        feature = example.features.feature
         images.append(tf.io.decode_jpeg(feature["image"].bytes_list.value[0], channels=3).numpy())
         labels.append(feature["label"].int64_list.value[0])
+        boxes.append(boxes_of(example))
+    if with_boxes:
+        return np.stack(images), np.asarray(labels, np.int64), boxes
     return np.stack(images), np.asarray(labels, np.int64)
 
 
@@ -219,7 +296,8 @@ def ensure_demo(
     epochs: int = 8, log=print,
 ) -> Demo:
     """Generate the demo in `directory` unless it is there already: training records,
-    records to explain (2 shards) and the trained model. Returns its paths."""
+    records to explain (2 shards), each with its shape's box, and the trained model.
+    Returns its paths."""
     import glob
 
     demo = Demo.at(directory)
@@ -229,10 +307,12 @@ def ensure_demo(
         return demo
     start = time.time()
     log(f"Generating the demo in {directory}/ (once) ...")
-    images, labels = make_shapes(train_count, seed=0)
-    write_shapes(os.path.join(directory, "train"), "train", images, labels)
-    images, labels = make_shapes(explain_count, seed=1)
-    write_shapes(os.path.join(directory, "data"), "shapes", images, labels, shards=2)
+    images, labels, masks = make_shapes(train_count, seed=0, return_masks=True)
+    write_shapes(os.path.join(directory, "train"), "train", images, labels,
+                 boxes=shape_boxes(masks))
+    images, labels, masks = make_shapes(explain_count, seed=1, return_masks=True)
+    write_shapes(os.path.join(directory, "data"), "shapes", images, labels, shards=2,
+                 boxes=shape_boxes(masks))
 
     import keras
 

@@ -7,6 +7,7 @@ import tensorflow as tf
 from PIL import Image
 
 from explain_lib.io import read_explanations
+from explain_lib.metrics import boxes_to_masks
 from pipeline import demo, render
 
 from tests.pipeline.conftest import run_job, write
@@ -37,6 +38,40 @@ def test_the_shape_decides_the_class():
     assert np.ptp(np.array(centres), axis=0).min() > 10
 
 
+def test_each_shapes_box_encloses_its_pixels_tightly():
+    _, _, masks = demo.make_shapes(40, seed=12, size=32, return_masks=True)
+    boxes = demo.shape_boxes(masks)
+    assert boxes.shape == (40, 1, 4) and boxes.dtype == np.float32
+    assert np.all((boxes >= 0) & (boxes <= 1))
+    assert np.all(boxes[..., 0] < boxes[..., 2]) and np.all(boxes[..., 1] < boxes[..., 3])
+    inside = boxes_to_masks(boxes, (32, 32)).numpy().astype(bool)
+    for mask, box in zip(masks, inside):
+        assert np.all(box[mask])  # every pixel of the shape lies in its box ...
+        rows, cols = np.nonzero(mask)
+        tight = np.zeros_like(mask)
+        tight[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+        np.testing.assert_array_equal(box, tight)  # ... and the box is no larger
+    empty = demo.shape_boxes(np.zeros((1, 8, 8), bool))
+    assert np.isnan(empty).all()
+
+
+def test_records_carry_the_boxes_as_tfds_does(tmp_path):
+    images, labels, masks = demo.make_shapes(3, seed=13, size=32, return_masks=True)
+    boxes = demo.shape_boxes(masks)
+    boxes = np.concatenate([boxes, np.full_like(boxes, np.nan)], axis=1)  # padding is dropped
+    boxes[2, 1] = [0.0, 0.5, 0.25, 1.0]  # a second box on the last image
+    (path,) = demo.write_shapes(str(tmp_path), "boxed", images, labels, boxes=boxes)
+    read_images, read_labels, read_boxes = demo.read_shapes(path, with_boxes=True)
+    np.testing.assert_array_equal(read_labels, labels)
+    assert [len(b) for b in read_boxes] == [1, 1, 2]
+    for got, expected in zip(read_boxes, boxes):
+        np.testing.assert_array_equal(got, expected[~np.isnan(expected).any(-1)])
+    example = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(path))).numpy())
+    assert list(example.features.feature["objects/bbox"].float_list.value) == \
+        boxes[0, 0].tolist()
+    assert demo.boxes_of(demo.make_example(label=1)).shape == (0, 4)
+
+
 def test_ensure_demo_generates_once(tmp_path):
     directory = str(tmp_path / "demo")
     built = demo.ensure_demo(directory, train_count=96, explain_count=8, epochs=1,
@@ -44,6 +79,18 @@ def test_ensure_demo_generates_once(tmp_path):
     assert os.path.exists(built.model)
     records = demo.read_shapes(built.inputs)
     assert records[0].shape == (8, 64, 64, 3) and records[1].shape == (8,)
+    # Each record carries its shape's box: the records to explain are seed 1's shapes,
+    # numbered by their id (the shards hold images 0, 2, ... and 1, 3, ...).
+    _, _, masks = demo.make_shapes(8, seed=1, return_masks=True)
+    by_id = {}
+    for path in sorted(tf.io.gfile.glob(built.inputs)):
+        for record in tf.data.TFRecordDataset(path):
+            example = tf.train.Example.FromString(record.numpy())
+            number = int(example.features.feature["id"].bytes_list.value[0].decode()[-5:])
+            by_id[number] = demo.boxes_of(example)
+    assert sorted(by_id) == list(range(8))
+    for number, box in by_id.items():
+        np.testing.assert_array_equal(box, demo.shape_boxes(masks[number:number + 1])[0])
     stamp = os.path.getmtime(built.model)
     messages = []
     assert demo.ensure_demo(directory, log=messages.append) == built

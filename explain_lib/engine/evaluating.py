@@ -1,0 +1,414 @@
+"""The evaluating engine: `evaluate` is to a metric what `explain` is to a method.
+
+Separation of concerns:
+- `explain_lib.metrics` holds the metrics, each a function of one batch
+  `(model, inputs, units, maps, [ground_truth], **params) -> scores (B, K)`, and the
+  registry that declares what each needs (a model? maps? ground truth? a method?).
+- `_batches` slices what `evaluate` is given (images, units, maps and the ground truth, all
+  per sample) into aligned batches, or reads them from a dataset of dicts.
+- `_compiled_step` builds, once per model, metric, parameters and input signature, the
+  `tf.function` that splits a global batch across the replicas of the model's strategy
+  (`explaining.compile_distributed` and `run_on_replicas`, as `explain` does), turns boxes
+  into masks and runs the metric on each replica. Its batch dimension is unknown, so every
+  batch size reuses one trace. Steps live in a cache this module owns, keyed weakly by
+  model: nothing is written onto the user's model.
+- `evaluate` drives the loop: checks everything before any work (the metric's parameters,
+  what it needs, the shapes), callbacks and the progress bar, and gathers the scores.
+  A metric that explains by itself (`model_randomization`) gets the data and the loop's
+  batch size and runs `explain` inside.
+"""
+
+import collections
+import inspect
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from explain_lib.engine import explaining
+from explain_lib.engine.data import DEFAULT_BATCH_SIZE
+from explain_lib.metrics import common, registry
+from explain_lib.metrics.registry import Metric
+
+_compiled_steps: "weakref.WeakKeyDictionary[keras.Model, collections.OrderedDict]" = (
+    weakref.WeakKeyDictionary()
+)
+_steps_without_model: "collections.OrderedDict" = collections.OrderedDict()
+"""Steps of metrics evaluated without a model (the localisation metrics), on one device."""
+
+PER_SAMPLE_KEYS = ("x", "y", "maps", "boxes", "masks")
+"""What a dataset given to `evaluate` yields in each batch (a dict with some of these)."""
+
+
+def check_metric_params(metric: Metric, params: Dict[str, Any]) -> None:
+    """Refuse, before any work, parameters that would not reach the metric.
+
+    Raises a ValueError naming the metric's parameters when one of `params` is not among
+    them (unless the metric takes `**kwargs`), or when it is one the engine gives itself.
+    """
+    registry.check_parameter_names(metric)
+    given = sorted(set(params) & set(metric.given))
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} cannot be given as parameters of {metric.name}: evaluate "
+            "passes the model, each batch of inputs, units, maps and ground truth itself."
+        )
+    unknown = sorted(set(params) - set(metric.parameters))
+    if unknown and not metric.open_ended:
+        known = ", ".join(metric.parameters) or "none"
+        raise ValueError(
+            f"Unknown parameter(s) {', '.join(unknown)} for {metric.name}: it takes {known} "
+            "(and evaluate itself the arguments of model.evaluate's loop, maps, boxes and "
+            "masks)."
+        )
+
+
+def _metric_of(metric) -> Metric:
+    """The registry's entry for a name, entry or function; an unregistered function is a
+    per-batch metric that needs a model and maps (and ground truth if it takes it)."""
+    if isinstance(metric, (str, Metric)) or not callable(metric):
+        return registry.get(metric)
+    for entry in registry.REGISTRY.values():
+        if entry.function is metric:
+            return entry
+    return Metric(getattr(metric, "__name__", repr(metric)), metric,
+                  ground_truth="ground_truth" in inspect.signature(metric).parameters)
+
+
+def _check_needs(metric: Metric, model, given: set) -> None:
+    """Refuse a missing model, maps or ground truth, and ground truth or maps given to a
+    metric that does not use them; `given` names what came with the inputs (among "maps",
+    "boxes", "masks")."""
+    name = metric.name
+    if metric.needs_model and model is None:
+        raise ValueError(f"{name} evaluates the model's scores: pass the model.")
+    if metric.takes_method and "maps" in given:
+        raise ValueError(
+            f"{name} explains with its `method` itself (on the model and on each "
+            "re-initialised copy): pass method=..., not maps."
+        )
+    if metric.needs_maps and "maps" not in given and not metric.takes_method:
+        raise ValueError(f"{name} evaluates maps: pass maps (N, h, w, K), one per unit.")
+    if {"boxes", "masks"} <= given:
+        raise ValueError("Pass the ground truth as boxes or as masks, not both.")
+    truth = bool(given & {"boxes", "masks"})
+    if metric.ground_truth and not truth:
+        raise ValueError(
+            f"{name} needs ground truth: boxes (N, M, 4), (ymin, xmin, ymax, xmax) in [0, 1] "
+            "padded with NaN rows (or a list of (m_i, 4) arrays), or masks (N, H, W)."
+        )
+    if truth and not metric.ground_truth:
+        users = ", ".join(m.name for m in registry.REGISTRY.values() if m.ground_truth)
+        raise ValueError(
+            f"{name} does not use ground truth: leave boxes and masks out (the localisation "
+            f"metrics take them: {users})."
+        )
+
+
+def _given(**values) -> set:
+    return {key for key, value in values.items() if value is not None}
+
+
+def _compiled_step(model, metric: Metric, params, specs: Tuple[tf.TensorSpec, ...],
+                   truth: Optional[str]) -> Callable:
+    """The step for this model, metric, parameters and input signature: built and traced
+    on first use, then reused."""
+    key = (metric.function, explaining._freeze(params), truth,
+           tuple((tuple(s.shape[1:]), s.dtype) for s in specs))
+    steps = _steps_without_model if model is None else _compiled_steps.setdefault(
+        model, collections.OrderedDict())
+    if key in steps:
+        steps.move_to_end(key)
+        return steps[key][0]
+    step = _make_step(model, metric, params, specs, truth)
+    if hasattr(step, "get_concrete_function"):
+        # Trace now, so that a value the metric refuses raises its own message (tracing
+        # prefixes it with the frames it was raised in) before any batch runs.
+        try:
+            step.get_concrete_function()
+        except (ValueError, TypeError) as error:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            message = lines[-1] if lines else repr(error)
+            prefix = f"{type(error).__name__}: "
+            raise type(error)(message[len(prefix):] if message.startswith(prefix)
+                              else message) from error
+    # The params are kept with the step so that identity-keyed values stay alive.
+    steps[key] = (step, params)
+    while len(steps) > explaining.MAX_STEPS_PER_MODEL:
+        steps.popitem(last=False)
+    return step
+
+
+def _make_step(model, metric: Metric, params, specs, truth) -> Callable:
+    model_ref = (lambda: None) if model is None else weakref.ref(model)
+    function = metric.function
+    size = tuple(specs[0].shape[1:3])
+
+    def replica_step(inputs, units, maps, *ground_truth):
+        extra = {}
+        if truth == "boxes":
+            extra["ground_truth"] = common.boxes_to_masks(ground_truth[0], size)
+        elif truth == "masks":
+            extra["ground_truth"] = ground_truth[0]
+        return (tf.cast(function(model_ref(), inputs, units, maps, **extra, **params),
+                        tf.float32),)
+
+    signature = [tf.TensorSpec((None, *s.shape[1:]), s.dtype) for s in specs]
+    if model is not None:
+        return explaining.compile_distributed(model, replica_step, signature)
+    # Without a model there is no strategy to follow: one device, compiled all the same.
+    return tf.function(replica_step, input_signature=signature)
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise ValueError(f"{name} must be an array of numbers, got an array of objects.")
+    return array
+
+
+def _batches(x, y, maps, boxes, masks, batch_size, steps
+             ) -> Tuple[Iterator[Dict[str, Any]], Optional[int]]:
+    """Aligned batches {"x", "y", "maps", "boxes", "masks"} of what `evaluate` was given."""
+    if isinstance(x, tf.data.Dataset) or hasattr(x, "__next__"):
+        if any(v is not None for v in (y, maps, boxes, masks)):
+            raise ValueError(
+                "When x is a dataset or generator, it yields everything per sample: dicts "
+                f"with keys among {', '.join(PER_SAMPLE_KEYS)} (y, maps, boxes and masks "
+                "must then be None)."
+            )
+        stream = iter(x.take(steps) if isinstance(x, tf.data.Dataset) and steps else x)
+        count = None
+        if isinstance(x, tf.data.Dataset):
+            cardinality = int((x.take(steps) if steps else x).cardinality())
+            count = cardinality if cardinality >= 0 else None
+
+        def from_stream():
+            for number, batch in enumerate(stream):
+                if steps is not None and number >= steps:
+                    return
+                if not isinstance(batch, dict) or "x" not in batch:
+                    raise ValueError(
+                        "A dataset given to evaluate yields dicts with key x and some of "
+                        f"{', '.join(PER_SAMPLE_KEYS[1:])}; got {type(batch).__name__}."
+                    )
+                unknown = sorted(set(batch) - set(PER_SAMPLE_KEYS))
+                if unknown:
+                    raise ValueError(f"Unknown key(s) {', '.join(unknown)} in a batch: use "
+                                     f"{', '.join(PER_SAMPLE_KEYS)}.")
+                yield {key: batch.get(key) for key in PER_SAMPLE_KEYS}
+
+        return from_stream(), count
+
+    arrays = {"x": x if isinstance(x, tf.Tensor) else _as_array(x, "x"),
+              "y": _as_array(y, "y"), "maps": _as_array(maps, "maps"),
+              "boxes": None if boxes is None else common.pad_boxes(boxes),
+              "masks": _as_array(masks, "masks")}
+    count = int(arrays["x"].shape[0]) if len(arrays["x"].shape) else 0
+    if count == 0:
+        raise ValueError(f"x is empty (shape {tuple(arrays['x'].shape)}): nothing to evaluate.")
+    for key in PER_SAMPLE_KEYS[1:]:
+        if arrays[key] is not None and int(arrays[key].shape[0]) != count:
+            raise ValueError(
+                f"x and {key} have different lengths: x has {count} samples, {key} has "
+                f"{int(arrays[key].shape[0])}. Give one row of {key} per sample."
+            )
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    number = -(-count // batch_size)
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be a positive number of batches, got {steps}.")
+        number = min(number, steps)
+
+    def from_arrays():
+        for start in range(0, number * batch_size, batch_size):
+            yield {key: None if value is None else value[start:start + batch_size]
+                   for key, value in arrays.items()}
+
+    return from_arrays(), number
+
+
+def _batch_tensors(metric: Metric, model, batch) -> Tuple[List[tf.Tensor], Optional[str]]:
+    """The step's tensors (inputs, units (B, K), maps (B, h, w, K)[, ground truth]) from a
+    batch, each checked with an error that says what to fix."""
+    name = metric.name
+    inputs = tf.convert_to_tensor(batch["x"])
+    if not inputs.dtype.is_floating:
+        inputs = tf.cast(inputs, keras.config.floatx())
+    if inputs.shape.rank != 4:
+        raise ValueError(
+            f"{name} evaluates images (N, H, W, C); got x of shape {tuple(inputs.shape)}. "
+            "Add a batch axis (x[None]) for a single image."
+        )
+    count = int(inputs.shape[0])
+    maps = np.asarray(batch["maps"], np.float32)
+    if maps.ndim == 3:
+        maps = maps[..., None]  # one map per sample: one unit
+    if maps.ndim != 4:
+        raise ValueError(
+            f"maps of shape {maps.shape} for inputs of shape {tuple(inputs.shape)}: give one "
+            "map per explained unit, (N, h, w, K) (what explain returns), or (N, h, w)."
+        )
+    if not np.all(np.isfinite(maps)):
+        raise ValueError(f"maps hold non-finite values (NaN or inf): {name} cannot order or "
+                         "sum them. Check the method's output.")
+    if metric.nonnegative_maps and maps.size and maps.min() < 0:
+        raise ValueError(
+            f"{name} measures the share of each map's energy, so maps must not be negative "
+            f"(the smallest is {maps.min():.3g}): post-process them with "
+            "filters.positive_normalize or filters.absolute_normalize (the methods' "
+            "conventional post-processing does)."
+        )
+    units = _units(batch["y"], model, inputs, count, maps.shape[-1])
+    if units.shape[1] != maps.shape[-1]:
+        raise ValueError(
+            f"{units.shape[1]} unit(s) per sample but {maps.shape[-1]} map(s): maps "
+            "(N, h, w, K) hold one map per explained unit in y (N, K)."
+        )
+    tensors = [inputs, tf.constant(units), tf.constant(maps)]
+    truth = None
+    if batch["boxes"] is not None:
+        boxes = np.asarray(batch["boxes"], np.float32)
+        if boxes.ndim == 2 and boxes.shape[-1] == 4:
+            boxes = boxes[:, None]
+        if boxes.ndim != 3 or boxes.shape[-1] != 4:
+            raise ValueError(f"boxes of shape {boxes.shape}: give (N, M, 4) boxes per batch.")
+        tensors.append(tf.constant(boxes))
+        truth = "boxes"
+    elif batch["masks"] is not None:
+        masks = np.asarray(batch["masks"], np.float32)
+        if masks.ndim == 4 and masks.shape[-1] == 1:
+            masks = masks[..., 0]
+        if masks.shape[1:] != tuple(inputs.shape[1:3]):
+            raise ValueError(
+                f"masks of shape {masks.shape} for inputs of shape {tuple(inputs.shape)}: "
+                "give one (H, W) mask per sample, at the inputs' size."
+            )
+        tensors.append(tf.constant(masks))
+        truth = "masks"
+    return tensors, truth
+
+
+def _units(y, model, inputs, count: int, width: int) -> np.ndarray:
+    """The explained units (count, K): `y` checked against the model, or every unit (the
+    maps' units, when no model is needed)."""
+    if model is None:
+        if y is None:
+            return np.broadcast_to(np.arange(width, dtype=np.int32), (count, width))
+        y = np.asarray(y)
+        y = y[:, None] if y.ndim == 1 else y
+        if y.ndim != 2 or y.shape[0] != count:
+            raise ValueError(f"y of shape {y.shape} does not fit a batch of {count} inputs.")
+        return y.astype(np.int32)
+    return explaining._indices(y, count, explaining._units_of(model, inputs))
+
+
+def evaluate(
+    metric: Union[str, Callable, Metric],
+    model: Optional[keras.Model],
+    x,
+    y=None,
+    maps=None,
+    boxes=None,
+    masks=None,
+    batch_size: Optional[int] = None,
+    verbose: Union[str, int] = "auto",
+    steps: Optional[int] = None,
+    callbacks: Optional[List[keras.callbacks.Callback]] = None,
+    force: bool = False,
+    **metric_params,
+):
+    """Score how faithful `maps` of `model` for `x` are with a `metric`.
+
+    Usage:
+
+        logits, maps = explain_lib.gradcam(model, x, y)
+        scores = evaluate("deletion", model, x, y, maps, n_steps=100)       # (N, 1)
+        hits = evaluate("pointing_game", None, x, y, maps, boxes=boxes)      # (N, 1) of 0/1
+        table = evaluate("model_randomization", model, x, y, method="gradcam")
+
+    Args:
+        metric: a registered metric's name (`explain_lib.metrics.REGISTRY`), its entry, or a
+            metric function `(model, inputs, units, maps, **params) -> (B, K)`.
+        model: the model the maps explain (its strategy distributes the work); None for
+            metrics that need none (the localisation metrics).
+        x: images (N, H, W, C), an array or tensor; or a batched `tf.data.Dataset` (or a
+            generator) of dicts with keys among x, y, maps, boxes, masks (one dataset can
+            serve every metric: the ground truth is left out for metrics without use for it).
+        y: the explained units, (N,) or (N, K), one map each; None: every unit of the
+            model (or, without a model, one per map).
+        maps: (N, h, w, K) one map per sample and unit, at any resolution (resized to the
+            input's bilinearly), or (N, h, w) for one unit; what `explain` returns.
+        boxes: ground truth for the localisation metrics: (N, M, 4) boxes `(ymin, xmin,
+            ymax, xmax)` in [0, 1] (TFDS), padded with NaN rows or rows of zero area, or a
+            ragged set (a list of (m_i, 4) arrays, a `tf.RaggedTensor`, a numpy masked
+            array). Batched alongside x.
+        masks: ground truth as masks (N, H, W) at the inputs' size (instead of boxes).
+        batch_size: samples per step for arrays (default 32).
+        verbose: "auto" (a progress bar when there is more than one batch), 0 or 1.
+        steps: the number of batches to read.
+        callbacks: Keras callbacks, called as `predict` calls them (`on_predict_batch_end`
+            gets `logs={"outputs": scores}`).
+        force: rebuild the compiled steps of this model.
+        **metric_params: the metric's parameters (`n_steps=100`, `tolerance=0`, ...), which
+            it must take: checked before any work.
+
+    Returns:
+        numpy (N, K) float32 scores, one per sample and unit (NaN where a localisation
+        metric has no ground truth); for `model_randomization`, its table (a DataFrame).
+
+    Raises:
+        ValueError: with what is wrong and how to fix it, for a parameter the metric does
+            not take, a missing model, maps or ground truth (or one given to a metric that
+            does not use it), mismatched lengths or shapes, non-finite maps, negative maps
+            for the energy pointing game, empty inputs.
+    """
+    metric = _metric_of(metric)
+    check_metric_params(metric, metric_params)
+    streaming = isinstance(x, tf.data.Dataset) or hasattr(x, "__next__")
+    if not streaming:  # a stream's batches are checked as they come
+        _check_needs(metric, model, _given(maps=maps, boxes=boxes, masks=masks))
+    elif model is None and metric.needs_model:
+        _check_needs(metric, model, set())
+    if metric.takes_method:
+        return metric.function(model, x, y, batch_size=batch_size,
+                               verbose=0 if verbose == "auto" else verbose, **metric_params)
+    if force and model is not None:
+        _compiled_steps.pop(model, None)
+
+    batches, count = _batches(x, y, maps, boxes, masks, batch_size, steps)
+    if verbose == "auto":
+        verbose = 0 if count == 1 else 1
+    if not isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = keras.callbacks.CallbackList(
+            callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1, steps=count,
+            model=model,
+        )
+    scores = []
+    callbacks.on_predict_begin()
+    for number, batch in enumerate(batches):
+        callbacks.on_predict_batch_begin(number)
+        if streaming:
+            if not metric.ground_truth:  # one dataset may serve every metric
+                batch["boxes"] = batch["masks"] = None
+            _check_needs(metric, model, _given(maps=batch["maps"], boxes=batch["boxes"],
+                                               masks=batch["masks"]))
+        tensors, truth = _batch_tensors(metric, model, batch)
+        specs = tuple(tf.TensorSpec.from_tensor(t) for t in tensors)
+        step = _compiled_step(model, metric, metric_params, specs, truth)
+        (batch_scores,) = step(*tensors)
+        scores.append(batch_scores.numpy())
+        callbacks.on_predict_batch_end(number, {"outputs": scores[-1]})
+    if not scores:
+        raise ValueError("x is empty: the input yielded no batch, so there is nothing to "
+                         "evaluate.")
+    callbacks.on_predict_end()
+    return scores[0] if len(scores) == 1 else np.concatenate(scores)
+
+__all__ = ["check_metric_params", "evaluate"]
