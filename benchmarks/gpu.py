@@ -24,35 +24,18 @@ import tempfile
 import time
 
 import keras
-import numpy as np
 
 from benchmarks.common import application, machine
-from benchmarks.pipeline import read_job_inputs, run_job, write_dataset
-from explain_lib import explain, inspection, methods, utils
-from pipeline.options import with_map_size
+from benchmarks.pipeline import explain_seconds, read_job_inputs, run_job, write_dataset
+from explain_lib import utils
 
 
 def explain_rate(model, method_name, images, labels, batch, xla, precision, repeats):
-    """Records/s of one `explain` call over `images`, after a first call."""
+    """Records/s of one `explain` call over `images`, after a first call, with the model at
+    `precision` and under XLA if `xla`."""
     model = utils.with_dtype_policy(model, precision)
-    method = methods.get(method_name)
-    explained = inspection.expose(model) if method.exposed else model
-    if xla:
-        explained = keras.Model(explained.inputs, explained.outputs)
-        explained.jit_compile = True
-    params = {**method.explain_defaults, **with_map_size({}, None)}
-
-    def call():
-        explain(method.function, explained, images, labels, batch_size=batch, verbose=0,
-                **params)
-
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return len(images) / float(np.median(times))
+    return len(images) / explain_seconds(model, method_name, images, labels, batch, repeats,
+                                         xla)
 
 
 def main(argv=None):

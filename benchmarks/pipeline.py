@@ -97,10 +97,21 @@ def in_process_seconds(model_path: str, input_path: str, method_name: str, batch
                        repeats: int) -> float:
     """Median seconds of `explain` on the records' decoded images, after a first call."""
     model = keras.saving.load_model(model_path, compile=False)
+    images, labels = read_job_inputs(input_path, model.inputs[0].shape[1])
+    return explain_seconds(model, method_name, images, labels, batch, repeats)
+
+
+def explain_seconds(model, method_name: str, images, labels, batch: int, repeats: int,
+                    xla: bool = False) -> float:
+    """Median seconds of `explain` as the job calls it (the method's conventional parameters,
+    the job's default map size) on `images`, after a first call; CAM methods on the model
+    exposed as the job exposes it; under XLA with `xla`, as the job's `--jit_compile`."""
     method = methods.get(method_name)
     explained = inspection.expose(model) if method.exposed else model
-    images, labels = read_job_inputs(input_path, model.inputs[0].shape[1])
-    params = {**method.explain_defaults, **with_map_size({}, None)}  # the job's default size
+    if xla:
+        explained = keras.Model(explained.inputs, explained.outputs)
+        explained.jit_compile = True
+    params = {**method.explain_defaults, **with_map_size({}, None)}
 
     def call():
         explain(method.function, explained, images, labels, batch_size=batch, verbose=0,

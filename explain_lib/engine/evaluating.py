@@ -124,16 +124,7 @@ def _compiled_step(model, metric: Metric, params, specs: Tuple[tf.TensorSpec, ..
         return steps[key][0]
     step = _make_step(model, metric, params, specs, truth)
     if hasattr(step, "get_concrete_function"):
-        # Trace now, so that a value the metric refuses raises its own message (tracing
-        # prefixes it with the frames it was raised in) before any batch runs.
-        try:
-            step.get_concrete_function()
-        except (ValueError, TypeError) as error:
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            message = lines[-1] if lines else repr(error)
-            prefix = f"{type(error).__name__}: "
-            raise type(error)(message[len(prefix):] if message.startswith(prefix)
-                              else message) from error
+        explaining.trace(step)  # a value the metric refuses raises its own message now
     # The params are kept with the step so that identity-keyed values stay alive.
     steps[key] = (step, params)
     while len(steps) > explaining.MAX_STEPS_PER_MODEL:

@@ -508,12 +508,17 @@ def check_explain(method: Callable, model: keras.Model, input_shape: Sequence[Op
     if getattr(model, "run_eagerly", False):
         return  # an eager step has no trace: it is checked by its first batch
     width = units if top_k is None else int(top_k)
-    step = _compiled_step(model, method, method_params, step_params, spec, width,
-                          selecting=top_k is not None)
+    trace(_compiled_step(model, method, method_params, step_params, spec, width,
+                         selecting=top_k is not None))
+
+
+def trace(step: Callable) -> None:
+    """Trace a compiled step without running it, so that a value its method (or metric)
+    refuses raises the method's own error now. Tracing prefixes the method's message with
+    the frames it was raised in: the error raised here carries the message alone."""
     try:
         step.get_concrete_function()
     except (ValueError, TypeError) as error:
-        # Tracing prefixes the method's own message with the frames it was raised in.
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         message = lines[-1] if lines else repr(error)
         prefix = f"{type(error).__name__}: "

@@ -10,7 +10,7 @@ Usage:
 """
 
 import inspect
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -29,10 +29,12 @@ METHOD_ARGUMENTS = ("model", "inputs", "indices", "spatial_axis")
 """What every method takes from its caller, the engine: not parameters of the method."""
 
 
-def parameters_of(method: Callable) -> Tuple[Dict[str, Any], bool]:
+def parameters_of(method: Callable, given: Sequence[str] = METHOD_ARGUMENTS
+                  ) -> Tuple[Dict[str, Any], bool]:
     """A method's own parameters, read from its signature: `({name: default}, whether it
-    takes any other keyword too)`. The arguments every method takes (`METHOD_ARGUMENTS`) are
-    left out; a parameter without a default maps to `inspect.Parameter.empty`.
+    takes any other keyword too)`. The arguments its caller gives (`given`: for a method,
+    `METHOD_ARGUMENTS`) are left out; a parameter without a default maps to
+    `inspect.Parameter.empty`.
 
     Usage:
 
@@ -44,7 +46,7 @@ def parameters_of(method: Callable) -> Tuple[Dict[str, Any], bool]:
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:
             open_ended = True
         elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL and (
-            parameter.name not in METHOD_ARGUMENTS
+            parameter.name not in given
         ):
             parameters[parameter.name] = parameter.default
     return parameters, open_ended

@@ -9,13 +9,13 @@ Usage:
     masks = boxes_to_masks(boxes, (H, W))                    # (B, M, 4) -> (B, H, W)
 """
 
-import inspect
 from typing import Any, Dict, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from explain_lib import utils
+from explain_lib.methods.common import parameters_of as method_parameters
 from explain_lib.methods.gradient import gaussian_blur
 
 METRIC_ARGUMENTS = ("model", "inputs", "units", "maps", "ground_truth")
@@ -26,19 +26,12 @@ METHOD_METRIC_ARGUMENTS = METRIC_ARGUMENTS + ("batch_size", "verbose")
 loop's batch size and verbosity, which it passes on to `explain`."""
 
 
-def parameters_of(metric, given: Sequence[str] = METRIC_ARGUMENTS) -> Tuple[Dict[str, Any], bool]:
+def parameters_of(metric, given: Sequence[str] = METRIC_ARGUMENTS
+                  ) -> Tuple[Dict[str, Any], bool]:
     """A metric's own parameters, read from its signature: `({name: default}, whether it
-    takes any other keyword too)`. The arguments the engine gives (`given`) are left out; a
-    parameter without a default maps to `inspect.Parameter.empty`."""
-    parameters, open_ended = {}, False
-    for parameter in inspect.signature(metric).parameters.values():
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            open_ended = True
-        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL and (
-            parameter.name not in given
-        ):
-            parameters[parameter.name] = parameter.default
-    return parameters, open_ended
+    takes any other keyword too)`, the arguments the engine gives (`given`) left out (as
+    `methods.common.parameters_of` reads a method's)."""
+    return method_parameters(metric, given)
 
 
 def image_size(inputs: tf.Tensor, metric: str) -> Tuple[int, int]:
