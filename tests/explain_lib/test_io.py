@@ -299,7 +299,7 @@ README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
 
 
 def readme_dataset(encoding, directory):
-    """The README's plain-TensorFlow reader ("Output schema v1"), taken from the README and
+    """The README's plain-TensorFlow reader ("Output schema v2"), taken from the README and
     run as written, with the encoding and the file pattern filled in."""
     text = open(README, encoding="utf-8").read()
     block = text.split("Without explain_lib", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
