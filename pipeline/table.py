@@ -120,7 +120,8 @@ def to_arrow(rows: Sequence[AnalysisRow], schema) -> "pyarrow.Table":  # noqa: F
     import pyarrow as pa
 
     counts = np.array([len(row.units) for row in rows])
-    ranks = np.concatenate([np.arange(count, dtype=np.int32) for count in counts])
+    starts = np.cumsum(counts) - counts  # each record's first row
+    ranks = (np.arange(counts.sum()) - np.repeat(starts, counts)).astype(np.int32)
 
     def floats(values):
         values = np.asarray(values, np.float32)
