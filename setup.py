@@ -26,15 +26,15 @@ setup(
         "google-cloud-storage>=2.14,<4",
         "pillow>=10",
         "pandas>=2",
+        # Colormaps of the overlays and figures of the report (pipeline.render,
+        # pipeline.report) and of the benchmarks; drawn with the Agg backend, no display.
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",
-            # The figures of the benchmarks (benchmarks/quality.py), which run in this
-            # development environment.
-            "matplotlib>=3.8",
         ],
     },
     entry_points={
