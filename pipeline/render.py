@@ -125,7 +125,8 @@ def tile(pictures: Sequence[np.ndarray], columns: int, padding: int = 2) -> np.n
     return grid
 
 
-def _upscale(picture: np.ndarray, scale: int) -> np.ndarray:
+def upscale(picture: np.ndarray, scale: int) -> np.ndarray:
+    """`picture` (H, W, ...) repeated `scale` times along both axes (nearest neighbour)."""
     return np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1) if scale > 1 else picture
 
 
@@ -209,7 +210,7 @@ def render_grid(
             overlay(image, np.zeros(image.shape[:2]), alpha=0.0),
             overlay(image, row["maps"][..., 0], alpha=alpha, colormap=colormap),
         ], axis=1)
-        pictures.append(_caption(_upscale(pair, picture_scale),
+        pictures.append(_caption(upscale(pair, picture_scale),
                                  f"{name} {row['logits'][0]:.1f}"))
     if not pictures:
         raise ValueError(f"No explanation in {explanations} matched an image in {images} by id.")
