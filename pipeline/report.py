@@ -18,7 +18,8 @@ Separation of concerns:
   `pipeline.render.load_images_by_id`, which reads the job's inputs with the job's own record
   options (taken from the manifest) and keeps only the few records asked for. All of them go
   through `tf.io.gfile` or Beam's filesystems, so `gs://` paths work as they do for the job.
-- `compute_report` streams the explanations once and keeps what the page needs in memory
+- `compute_report` decodes the maps once, in a stream (the summary's count of units reads
+  the files too, but parses only the units), and keeps what the page needs in memory
   bounded by the units and the examples, not the records: a running sum per unit for the mean
   maps (at most `MEAN_MAP_SIZE` on a side), two bounded heaps for the best and the worst
   records, and one float per explained map and metric for the histograms. It returns a
@@ -304,19 +305,21 @@ def picture_scale(shape) -> int:
     return max(1, PICTURE_SIZE // max(int(shape[0]), int(shape[1])))
 
 
-def _fitted(picture: np.ndarray) -> np.ndarray:
-    """A picture at about PICTURE_SIZE: upscaled by `picture_scale`, or shrunk (bilinearly)
-    when larger than twice that."""
+def _fitted(picture: np.ndarray, shape) -> np.ndarray:
+    """`picture` (one or more images of `shape` side by side) with each image at about
+    PICTURE_SIZE: upscaled by `picture_scale`, or shrunk (bilinearly) when larger than twice
+    that."""
     from PIL import Image
 
     from pipeline.render import upscale
 
-    height, width = picture.shape[:2]
-    if max(height, width) > 2 * PICTURE_SIZE:
-        scale = 2 * PICTURE_SIZE / max(height, width)
+    longest = max(int(shape[0]), int(shape[1]))
+    if longest > 2 * PICTURE_SIZE:
+        scale = 2 * PICTURE_SIZE / longest
+        height, width = picture.shape[:2]
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return np.asarray(Image.fromarray(picture).resize(size, Image.BILINEAR))
-    return upscale(picture, picture_scale(picture.shape))
+    return upscale(picture, picture_scale(shape))
 
 
 def histogram_figure(values: Dict[str, np.ndarray], directions: Dict[str, bool]) -> str:
@@ -487,17 +490,17 @@ def _examples_section(data: ReportData, images: Dict[str, np.ndarray], labels,
         for example in chosen:
             image = images.get(example.id)
             if image is None:  # no input to draw on: the map alone
-                picture = _fitted(colorize(example.map, OVERLAY_COLORMAP))
+                picture = _fitted(colorize(example.map, OVERLAY_COLORMAP), example.map.shape)
             else:
                 pair = np.concatenate([overlay(image, np.zeros(image.shape[:2]), alpha=0.0),
                                        overlay(image, example.map, alpha, OVERLAY_COLORMAP)],
                                       axis=1)
-                picture = _fitted(pair)
+                picture = _fitted(pair, image.shape)
             figures.append(
                 f'<figure class="example" data-kind="{title.lower()}" data-id="{_e(example.id)}"'
                 f' data-score="{example.score!r}"><img alt="{_e(example.id)}" '
-                f'src="{_data_uri(picture, "jpeg")}"><figcaption>{_e(example.id)}<br>'
-                f"{_e(data.metric)} {example.score:.4g}, unit "
+                f'src="{_data_uri(picture, "jpeg")}"><figcaption><b>{_e(example.id)}</b><br>'
+                f"{_e(data.metric)} {example.score:.4g}<br>unit "
                 f"{_e(_unit_name(example.unit, labels))}, p {example.probability:.3g}"
                 "</figcaption></figure>")
         parts.append(f"<h3>{title}</h3><div class=\"figures\">{''.join(figures)}</div>")
