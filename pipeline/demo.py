@@ -17,7 +17,9 @@ Separation of concerns:
 - `make_model` / `train_model` build and fit the CNN (logits out, a Rescaling layer in,
   so the pipeline's default pixels in [0, 255] need no `--preprocess`).
 - `ensure_demo` does all of the above once, cached in a directory (`demo/` by default).
-- `main` runs the pipeline on the demo with Grad-CAM and renders a grid of overlays.
+- `main` runs the pipeline on the demo with Grad-CAM, scored by deletion and the pointing
+  game against the shapes' boxes, renders a grid of overlays and writes the run's report
+  (`pipeline.report`).
 """
 
 import argparse
@@ -331,16 +333,20 @@ def ensure_demo(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Generate the demo (once), explain it with Grad-CAM on DirectRunner, render a grid."""
+    """Generate the demo (once), explain it with Grad-CAM on DirectRunner (scored by
+    `--metrics`, the boxes as ground truth), render a grid and write the run's report."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--demo_dir", default="demo", help="Where the demo is cached.")
     parser.add_argument("--out_dir", default=os.path.join("out", "demo"),
                         help="Where the explanations and the grid go.")
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--limit", type=int, default=16, help="Records in the grid.")
+    parser.add_argument("--metrics", default="deletion,pointing_game",
+                        help="Metrics of the job (--metrics; the boxes are the ground truth); "
+                        "'' for none.")
     args = parser.parse_args(argv)
 
-    from pipeline import render
+    from pipeline import render, report
     from pipeline.__main__ import main as pipeline_main
 
     demo = ensure_demo(args.demo_dir)
@@ -349,6 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     status = pipeline_main([
         "--input", demo.inputs, "--output", output, "--model", demo.model,
         "--method", args.method, "--runner", "DirectRunner",
+        *(["--metrics", args.metrics, "--boxes_key", BOX_KEY] if args.metrics else []),
     ])
     if status:
         return status
@@ -356,6 +363,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     count = render.render_grid(f"{output}-*", demo.inputs, grid, limit=args.limit,
                                labels=list(CLASSES))
     print(f"grid of {count} overlays: {grid}")
+    page = report.build(output, demo.inputs, os.path.join(args.out_dir, "report.html"),
+                        labels=list(CLASSES))
+    print(f"report: {page}")
     return 0
 
 
