@@ -243,7 +243,7 @@ def read_inputs(
         try:
             example = tf.train.Example.FromString(serialized)
             row = {"id": explain_io.input_id(example, serialized, id_key)}
-        except Exception:  # noqa: BLE001: not a record the pipeline could have explained
+        except Exception:  # noqa: BLE001 - not a record the pipeline could have explained
             continue
         if features is not None:
             row.update({name: _feature_value(example, name) for name in features})

@@ -109,7 +109,7 @@ def _metric_values(result) -> Optional[Dict[str, Any]]:
     metrics."""
     try:
         metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    except Exception:  # noqa: BLE001: some runners do not support metrics queries
+    except Exception:  # noqa: BLE001 - some runners do not support metrics queries
         return None
     values: Dict[str, Any] = {}
     for counter in metrics["counters"]:
@@ -230,7 +230,7 @@ def _stop_and_clean(result, prefixes) -> None:
         if result is not None and not PipelineState.is_terminal(result.state):
             result.cancel()
         outputs.remove_temporary_files(prefixes)
-    except Exception as error:  # noqa: BLE001: see the docstring
+    except Exception as error:  # noqa: BLE001 - see the docstring
         logging.warning("Could not clean up after the job (%s: %s); the next run into the "
                         "same prefixes will.", type(error).__name__, error)
 
@@ -309,7 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _quiet_expected_stops()
     try:
         summary = execute(pipeline, options, started)
-    except BaseException as error:  # noqa: BLE001: reported in one line; Beam logged the rest
+    except BaseException as error:  # noqa: BLE001 - reported in one line; Beam logged the rest
         if _caused_by(error, KeyboardInterrupt):
             print("explain-pipeline: interrupted; its temporary files are removed, its "
                   "outputs are incomplete: run it again.", file=sys.stderr)

@@ -24,6 +24,7 @@ Separation of concerns:
 
 import argparse
 import io
+import json
 import os
 import sys
 import time
@@ -36,6 +37,9 @@ CLASSES = ("circle", "square", "triangle", "cross")
 IMAGE_SIZE = 64
 DEMO_VERSION = "2"  # 2: the records carry each shape's box (objects/bbox)
 BOX_KEY = "objects/bbox"
+DEMO_METRIC_PARAMS = {"deletion": {"n_steps": IMAGE_SIZE}, "insertion": {"n_steps": IMAGE_SIZE}}
+"""The demo's metric parameters: one row of pixels per step, as the RISE paper's 224 steps of
+224 pixels on 224x224 images."""
 """The feature holding the boxes, as TFDS names it (`tfds.features.BBoxFeature` under
 `objects`): a float list, 4 values per box, `ymin, xmin, ymax, xmax` in [0, 1]."""
 
@@ -343,7 +347,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=16, help="Records in the grid.")
     parser.add_argument("--metrics", default="deletion,pointing_game",
                         help="Metrics of the job (--metrics; the boxes are the ground truth); "
-                        "'' for none.")
+                        "'' for none. Deletion takes one row of pixels per step, the RISE "
+                        "paper's 224 steps of 224 pixels scaled to the demo's 64x64 images.")
     args = parser.parse_args(argv)
 
     from pipeline import render, report
@@ -352,10 +357,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo = ensure_demo(args.demo_dir)
     print(f"demo model: {demo.model}\ndemo records: {demo.inputs}")
     output = os.path.join(args.out_dir, "explanations")
+    table = output + ".table"
     status = pipeline_main([
         "--input", demo.inputs, "--output", output, "--model", demo.model,
         "--method", args.method, "--runner", "DirectRunner",
-        *(["--metrics", args.metrics, "--boxes_key", BOX_KEY] if args.metrics else []),
+        "--table", table, "--copy_features", "label",
+        *(["--metrics", args.metrics, "--boxes_key", BOX_KEY,
+            "--metric_params", json.dumps({
+                name: params for name, params in DEMO_METRIC_PARAMS.items()
+                if name in args.metrics.split(",")})] if args.metrics else []),
     ])
     if status:
         return status

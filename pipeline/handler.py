@@ -159,7 +159,7 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
             for i in range(chunk.start, chunk.stop):
                 try:
                     outcomes += explain(slice(i, i + 1))
-                except Exception as single:  # noqa: BLE001: becomes this record's dead letter
+                except Exception as single:  # noqa: BLE001 - becomes this record's dead letter
                     outcomes.append(StageError("explain", f"{type(single).__name__}: {single}",
                                                records[i].id))
             return outcomes
@@ -177,7 +177,7 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
                     record.id, outcome.units, outcome.logits, outcome.maps, self._map_encoding,
                     input_size=self._spec.image_size, probabilities=outcome.probabilities,
                     metrics=outcome.metrics)
-            except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+            except Exception as error:  # noqa: BLE001 - becomes this record's dead letter
                 return StageError("encode", str(error), record.id)
 
         pairs = list(zip(records, outcomes))

@@ -76,7 +76,7 @@ def check_writable(prefix: str, option: str) -> None:
         writer.write(b"probe")
         writer.close()
         FileSystems.delete([probe])
-    except Exception as error:  # noqa: BLE001: any failure means the job could not write there
+    except Exception as error:  # noqa: BLE001 - any failure means the job could not write there
         _abandon(writer)
         reason = " ".join(str(error).split())
         raise OSError(f"--{option} {prefix} cannot be written ({type(error).__name__}: "
@@ -92,7 +92,7 @@ def _abandon(writer) -> None:
             terminate()
         elif writer is not None and not writer.closed:
             writer.close()
-    except Exception:  # noqa: BLE001: the probe has failed already; this only tidies up
+    except Exception:  # noqa: BLE001 - the probe has failed already; this only tidies up
         pass
 
 

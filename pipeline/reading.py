@@ -70,7 +70,7 @@ def open_records_file(path: str, retry: Retry = Retry()) -> Iterator[BinaryIO]:
     try:
         raw = retry.call(lambda: FileSystems.open(path, compression_type=mode),
                          f"Opening {path}")
-    except Exception as error:  # noqa: BLE001: sorted below
+    except Exception as error:  # noqa: BLE001 - sorted below
         if is_transient(error):
             raise
         raise DamagedFile(0, f"cannot open it ({type(error).__name__}: {error})") from None

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 import tensorflow as tf
 
-from explain_lib.io import input_id, record_id  # noqa: F401: record_id is part of this API
+from explain_lib.io import input_id
 
 IMAGE_FORMATS = ("auto", "jpeg", "png", "raw")
 
@@ -351,7 +351,7 @@ def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
             except StageError as error:
                 error.record_id = records[i].id
                 errors[i] = error
-            except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+            except Exception as error:  # noqa: BLE001 - becomes this record's dead letter
                 errors[i] = StageError("decode", f"{type(error).__name__}: {error}",
                                        records[i].id)
     return images, errors
@@ -521,7 +521,7 @@ def feature_kinds(records, names: Sequence[str], limit: int = 1000) -> Dict[str,
             break
         try:
             example = tf.train.Example.FromString(serialized)
-        except Exception:  # noqa: BLE001: a record the job will dead-letter
+        except Exception:  # noqa: BLE001 - a record the job will dead-letter
             continue
         seen.update(example.features.feature)
         for name in names:
@@ -561,7 +561,7 @@ def decode_record(checked: CheckedRecord, spec: RecordSpec) -> ImageRecord:
     except StageError as error:
         error.record_id = checked.id
         raise
-    except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+    except Exception as error:  # noqa: BLE001 - becomes this record's dead letter
         raise StageError("decode", f"{type(error).__name__}: {error}", checked.id) from None
     return ImageRecord(checked.id, image, checked.units, checked.record)
 

@@ -307,7 +307,7 @@ def readme_dataset(encoding, directory):
     block = block.replace('ENCODING = "png8"', f"ENCODING = {encoding!r}").replace(
         '"out/expl-*.tfrecord.gz"', repr(str(directory / "expl-*.tfrecord.gz")))
     namespace = {}
-    exec(block, namespace)  # noqa: S102: the README's own code
+    exec(block, namespace)  # noqa: S102 - the README's own code
     return namespace["dataset"]
 
 

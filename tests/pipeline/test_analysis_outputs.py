@@ -261,7 +261,7 @@ def test_the_readmes_duckdb_queries_run_on_the_table(job, capsys):
     block = text.split("With DuckDB", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert "'out/expl.table-*.parquet'" in block
     namespace = {}
-    exec(block.replace("out/expl.table", table), namespace)  # noqa: S102: the README's code
+    exec(block.replace("out/expl.table", table), namespace)  # noqa: S102 - the README's code
     printed = capsys.readouterr().out
     assert "deletion" in printed and "hits" in printed
     rows = _duckdb_table(table)
