@@ -3,8 +3,9 @@
 #
 #   ./run_local.sh            creates .venv if missing (through setup.py), generates the demo
 #                             once (synthetic shapes as JPEG TFRecords + a small CNN, cached in
-#                             demo/), explains it into out/demo/, renders out/demo/grid.png and
-#                             prints the counts and paths.
+#                             demo/), explains it into out/demo/ (scored by deletion and the
+#                             pointing game), renders out/demo/grid.png, writes the run's
+#                             report out/demo/report.html and prints the counts and paths.
 #   ./run_local.sh ARGS...    runs the pipeline with your arguments instead:
 #                             ./run_local.sh --input 'data/*.tfrecord' --output out/expl \
 #                                 --model model.keras --method gradcam

@@ -26,15 +26,20 @@ setup(
         "google-cloud-storage>=2.14,<4",
         "pillow>=10",
         "pandas>=2",
+        # The Parquet table (pipeline.table) builds Arrow tables itself; Beam requires it too.
+        "pyarrow>=14",
+        # Colormaps of the overlays and figures of the report (pipeline.render,
+        # pipeline.report) and of the benchmarks; drawn with the Agg backend, no display.
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",
-            # The figures of the benchmarks (benchmarks/quality.py), which run in this
-            # development environment.
-            "matplotlib>=3.8",
+            # A real SQL client reads the job's Parquet table (tests/pipeline/
+            # test_analysis_outputs.py), as the README's queries do.
+            "duckdb>=1.1",
         ],
     },
     entry_points={

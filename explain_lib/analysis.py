@@ -38,18 +38,33 @@ Pattern = Union[str, Sequence[str]]
 def iterate_explanations(file_pattern: Pattern, size: explain_io.Size = "stored"
                          ) -> Iterator[Dict[str, object]]:
     """The explanation records in the files matching `file_pattern` as dicts of numpy values:
-    `id` (str), `units` int64 (K,), `logits` float32 (K,), `maps` float32 (H, W, K) at
-    `size` ("stored", "input" or (H, W), see `explain_lib.io.read_explanations`). Records are
-    decoded in parallel by `tf.data`, in file order.
+    `id` (str), `units` int64 (K,), `logits` float32 (K,), `probabilities` float32 (K,) (NaN
+    in schema-v1 records), `maps` float32 (H, W, K) at `size` ("stored", "input" or (H, W),
+    see `explain_lib.io.read_explanations`), and `metrics`, a dict of each metric's float32
+    (K,) scores (the metrics of the first record: a run computes the same for every record).
+    Records are decoded in parallel by `tf.data`, in file order.
 
     Usage:
 
         for row in iterate_explanations("out/expl-*", size="input"):
-            row["id"], row["units"], row["maps"].shape
+            row["id"], row["units"], row["maps"].shape, row["metrics"].get("deletion")
     """
-    for row in explain_io.read_explanations(file_pattern, size=size).as_numpy_iterator():
+    metrics = metric_names(file_pattern)
+    for row in explain_io.read_explanations(file_pattern, size=size,
+                                            metrics=metrics).as_numpy_iterator():
         row["id"] = row["id"].decode("utf-8", errors="replace")
+        row.setdefault("metrics", {})
         yield row
+
+
+def metric_names(file_pattern: Pattern) -> list:
+    """The metrics the explanation records matching `file_pattern` hold (`metrics/NAME`
+    features), read from the first record; [] when there is none."""
+    for record in explain_io.iterate_records(file_pattern):
+        features = tf.train.Example.FromString(record).features.feature
+        return sorted(name[len(explain_io.METRIC_PREFIX):] for name in features
+                      if name.startswith(explain_io.METRIC_PREFIX))
+    return []
 
 
 def map_statistics(maps: np.ndarray, top_fraction: float = 0.1) -> Dict[str, np.ndarray]:
@@ -65,7 +80,12 @@ def map_statistics(maps: np.ndarray, top_fraction: float = 0.1) -> Dict[str, np.
       for the unit); NaN for a map with no positive value;
     - `top{P}_mass` (`top10_mass` by default): the fraction of that positive mass held by the
       `top_fraction` of pixels with the most of it: 0.1 for mass spread evenly, near 1 for a
-      map concentrated on a small region; NaN for a map with no positive value.
+      map concentrated on a small region; NaN for a map with no positive value;
+    - `entropy`: the Shannon entropy of that positive mass as a distribution over the pixels,
+      divided by its largest possible value, log(H·W), so that it lies in [0, 1] at any
+      resolution: 1 for mass spread evenly, 0 for all of it on one pixel (0 for a one-pixel
+      map); NaN for a map with no positive value. Where `top10_mass` looks at the peak
+      region only, entropy sees how the whole map spreads.
 
     Usage:
 
@@ -91,6 +111,10 @@ def map_statistics(maps: np.ndarray, top_fraction: float = 0.1) -> Dict[str, np.
         count = max(1, math.ceil(top_fraction * height * width))
         top = -np.partition(-mass, count - 1, axis=-1)[..., :count]
         top_mass = np.where(total > 0, top.sum(axis=-1) / total, np.nan)
+        share = mass / total[..., None]
+        surprise = np.where(share > 0, -share * np.log(np.where(share > 0, share, 1.0)), 0.0)
+        spread = math.log(height * width) if height * width > 1 else 1.0
+        entropy = np.where(total > 0, surprise.sum(axis=-1) / spread, np.nan)
     return {
         "peak_y": ((peak // width + 0.5) / height).astype(np.float32),
         "peak_x": ((peak % width + 0.5) / width).astype(np.float32),
@@ -99,6 +123,7 @@ def map_statistics(maps: np.ndarray, top_fraction: float = 0.1) -> Dict[str, np.
         "centre_y": centre_y.astype(np.float32),
         "centre_x": centre_x.astype(np.float32),
         _top_name(top_fraction): top_mass.astype(np.float32),
+        "entropy": entropy.astype(np.float32),
     }
 
 
@@ -114,9 +139,11 @@ def explanations_frame(
     """A table of the explanations: one row per explained unit of every record.
 
     Columns: `id`, `rank` (the unit's position in the record: 0 for its first unit, which is
-    the top prediction when the job explained the top-K), `unit`, `logit`, `height` and
-    `width` of the maps the statistics were computed on, and the `map_statistics`
-    (`peak_y`, `peak_x`, `peak_value`, `mean`, `centre_y`, `centre_x`, `top10_mass`).
+    the top prediction when the job explained the top-K), `unit`, `logit`, `probability`
+    (NaN for schema-v1 records), `height` and `width` of the maps the statistics were
+    computed on, the `map_statistics` (`peak_y`, `peak_x`, `peak_value`, `mean`, `centre_y`,
+    `centre_x`, `top10_mass`, `entropy`), and one column per metric the records hold
+    (`deletion`, `pointing_game`, ...: `metrics/NAME` in schema v2).
 
     `source` is a file pattern of the pipeline's outputs, or rows as
     `iterate_explanations` yields them. Statistics are computed at `size`: maps stored at
@@ -140,19 +167,31 @@ def explanations_frame(
             "rank": np.tile(np.arange(units), count),
             "unit": np.concatenate([np.asarray(row["units"], np.int64) for row in group]),
             "logit": np.concatenate([np.asarray(row["logits"], np.float32) for row in group]),
+            "probability": np.concatenate([_per_unit(row.get("probabilities"), units)
+                                           for row in group]),
             "height": np.full(count * units, height),
             "width": np.full(count * units, width),
             **{name: value.reshape(-1) for name, value in stats.items()},
+            **{name: np.concatenate([_per_unit(row["metrics"].get(name), units)
+                                     for row in group])
+               for name in sorted(group[0].get("metrics") or {})},
         }
         for name, value in values.items():
             columns.setdefault(name, []).append(value)
     if not columns:
-        names = ["id", "rank", "unit", "logit", "height", "width"]
+        names = ["id", "rank", "unit", "logit", "probability", "height", "width"]
         names += list(map_statistics(np.zeros((1, 1, 1)), top_fraction))
         return pd.DataFrame({name: [] for name in names})
     frame = pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
     return frame.astype({"id": str, "rank": "int64", "unit": "int64", "height": "int64",
                          "width": "int64"})
+
+
+def _per_unit(values, units: int) -> np.ndarray:
+    """A record's (K,) float32 values, NaN when it has none (a schema-v1 record)."""
+    if values is None or len(values) == 0:
+        return np.full(units, np.nan, np.float32)
+    return np.asarray(values, np.float32)
 
 
 def _same_shape_groups(rows, limit: int = 256):
@@ -204,7 +243,7 @@ def read_inputs(
         try:
             example = tf.train.Example.FromString(serialized)
             row = {"id": explain_io.input_id(example, serialized, id_key)}
-        except Exception:  # noqa: BLE001: not a record the pipeline could have explained
+        except Exception:  # noqa: BLE001 - not a record the pipeline could have explained
             continue
         if features is not None:
             row.update({name: _feature_value(example, name) for name in features})
@@ -273,6 +312,7 @@ def join_inputs(
 
 __all__ = [
     "iterate_explanations",
+    "metric_names",
     "map_statistics",
     "explanations_frame",
     "read_inputs",

@@ -291,13 +291,55 @@ def gather_units(
     return tf.gather(tensor, indices, axis=axis, batch_dims=batch_dims)
 
 
-class TopUnits:
+def probabilities_of(logits: tf.Tensor) -> tf.Tensor:
+    """Each unit's probability from the logits (B, U): the softmax over the units, or the
+    sigmoid for a model with one output unit (whose softmax would be 1 whatever the input);
+    float32 for a model computing in half precision.
+
+    Usage:
+
+        probabilities = probabilities_of(model(images))      # (B, U), rows sum to 1
+    """
+    if logits.dtype in (tf.float16, tf.bfloat16):
+        logits = tf.cast(logits, tf.float32)
+    if logits.shape[-1] == 1:
+        return tf.sigmoid(logits)
+    return tf.nn.softmax(logits, axis=-1)
+
+
+class UnitSelector:
+    """What a method is given as `indices` when the engine wants more than the maps: the
+    method calls `select_units` on the logits (B, U) of its forward pass at the input, and
+    the selector returns the units to explain (B, K), recording them in `units` and their
+    probabilities (`probabilities_of` the full logits, gathered: (B, K)) in `probabilities`.
+
+    That forward pass is the only place the full logits exist, so this is how the engine
+    learns each explained unit's probability, and chooses the top units, without a
+    forward pass of its own. Subclasses say which units: `TopUnits(k)` the k best,
+    `GivenUnits(indices)` the given ones.
+    """
+
+    k: int
+    units: Optional[tf.Tensor] = None
+    probabilities: Optional[tf.Tensor] = None
+
+    def choose(self, logits: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def select(self, logits: tf.Tensor) -> tf.Tensor:
+        self.units = self.choose(logits)
+        self.probabilities = gather_units(probabilities_of(logits), self.units)
+        return self.units
+
+
+class TopUnits(UnitSelector):
     """Explain each input's `k` highest-scoring units, chosen from the scores of the
     method's own forward pass at the input: no separate prediction pass.
 
     Pass it to a method as `indices`; the method calls `select_units` on the logits of its
     forward pass at the (unperturbed) input, which chooses the units, records them in
-    `units` and returns them. `engine.explaining.explain_predicted` does all of this.
+    `units` (and their probabilities in `probabilities`) and returns them.
+    `engine.explaining.explain_predicted` does all of this.
 
     Usage:
 
@@ -310,26 +352,45 @@ class TopUnits:
         if int(k) < 1:
             raise ValueError(f"TopUnits needs k >= 1 units per input, got {k}.")
         self.k = int(k)
-        self.units: Optional[tf.Tensor] = None
 
-    def select(self, logits: tf.Tensor) -> tf.Tensor:
+    def choose(self, logits: tf.Tensor) -> tf.Tensor:
         if logits.shape[-1] is not None and logits.shape[-1] < self.k:
             raise ValueError(
                 f"Cannot explain the top {self.k} units of a model with {logits.shape[-1]} "
                 f"output units: ask for at most {logits.shape[-1]}."
             )
-        self.units = tf.math.top_k(logits, k=self.k).indices
-        return self.units
+        return tf.math.top_k(logits, k=self.k).indices
+
+
+class GivenUnits(UnitSelector):
+    """Explain the given units (B, K), and record their probabilities at the input from the
+    method's own forward pass (`UnitSelector`): what `explain(...,
+    return_probabilities=True)` passes to a method.
+
+    Usage:
+
+        selector = GivenUnits(tf.constant([[3], [7]]))
+        logits, maps = gradients(model, images, selector)
+        selector.probabilities  # (2, 1): softmax(model(images))[i, units[i]]
+    """
+
+    def __init__(self, indices: tf.Tensor):
+        self.indices = tf.convert_to_tensor(indices)
+        self.k = int(self.indices.shape[-1])
+
+    def choose(self, logits: tf.Tensor) -> tf.Tensor:
+        return self.indices
 
 
 def select_units(logits: tf.Tensor, indices):
     """The units to explain, given the logits (B, U) of the method's forward pass at the
-    input: `indices` itself, or the units a `TopUnits` selector chooses from `logits`.
+    input: `indices` itself, or the units a `UnitSelector` (`TopUnits`, `GivenUnits`)
+    chooses from `logits`, recording their probabilities.
 
     Every method calls it once, right after that forward pass, and uses what it returns
     from then on.
     """
-    if isinstance(indices, TopUnits):
+    if isinstance(indices, UnitSelector):
         return indices.select(logits)
     return indices
 
@@ -388,7 +449,10 @@ __all__ = [
     "get_global_pooling_layer",
     "get_nested_layer",
     "gather_units",
+    "probabilities_of",
+    "UnitSelector",
     "TopUnits",
+    "GivenUnits",
     "select_units",
     "layers_with_biases",
     "biases",

@@ -7,8 +7,10 @@ Separation of concerns:
   (`decode_maps`, for Python consumers) and in TensorFlow ops (for `tf.data` readers that
   should not leave the graph). Both decoders share the same layout, so they agree exactly.
 - The *record schema* (`encode_explanation` / `decode_explanation`, `FEATURES`) puts one
-  explained input into one `tf.train.Example`: id, units, logits, the encoded maps and the
-  size of the image they explain.
+  explained input into one `tf.train.Example`: id, units, logits, the units' probabilities,
+  the encoded maps, the size of the image they explain and the faithfulness metrics computed
+  with them. Readers read every version they know (`READABLE_VERSIONS`): v1 records have no
+  probabilities or metrics.
 - *Readers* (`read_explanations`) turn files of such records into a `tf.data.Dataset`, with
   the maps at the size the caller asks for (`size`: as stored, the explained image's size, or
   any (H, W)); resizing on read is what lets a 7x7 Grad-CAM map be stored at 7x7.
@@ -18,12 +20,14 @@ Separation of concerns:
 The Beam pipeline writes through `encode_explanation`; everything downstream reads through
 this module, so a new encoding is added in one place (an entry in `ENCODINGS`).
 
-Schema v1, one `tf.train.Example` per explained input:
+Schema v2, one `tf.train.Example` per explained input:
 
-    schema_version  int64 [1]      1
+    schema_version  int64 [1]      2
     id              bytes [1]      the input record's id
     units           int64 [K]      the explained units (class indices)
     logits          float [K]      the model's scores for those units
+    probabilities   float [K]      their probabilities at the input (the softmax of every
+                                   logit; optional: absent in v1, read as NaN)
     maps            bytes [1]      the K maps, encoded
     map_shape       int64 [3]      (H, W, K) as stored
     map_encoding    bytes [1]      "png8", "png16", "float16" or "raw32"
@@ -31,6 +35,10 @@ Schema v1, one `tf.train.Example` per explained input:
     map_max         float [K]      each map's maximum (png8/png16: the top level)
     input_size      int64 [2]      (H, W) of the image the maps explain (optional: a record
                                    without it explains an image of the maps' own size)
+    metrics/NAME    float [K]      one per metric computed with the maps
+                                   (`explain_lib.metrics`, e.g. metrics/deletion): each
+                                   unit's score, NaN where it could not be scored (a
+                                   localisation metric without ground truth); optional
 
 Usage:
 
@@ -45,14 +53,22 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-SCHEMA_VERSION = 1
-"""Version of the explanation record schema written by this module."""
+SCHEMA_VERSION = 2
+"""Version of the explanation record schema written by this module (2: probabilities and
+metrics/NAME features)."""
+
+READABLE_VERSIONS = (1, 2)
+"""Schema versions the readers accept: v1 records read with NaN probabilities and no
+metrics."""
+
+METRIC_PREFIX = "metrics/"
+"""Features `metrics/NAME` hold each unit's score by metric NAME (schema v2)."""
 
 DEFAULT_ENCODING = "png8"
 
@@ -61,6 +77,7 @@ FEATURES = {
     "id": tf.io.FixedLenFeature([], tf.string),
     "units": tf.io.VarLenFeature(tf.int64),
     "logits": tf.io.VarLenFeature(tf.float32),
+    "probabilities": tf.io.VarLenFeature(tf.float32),
     "maps": tf.io.FixedLenFeature([], tf.string),
     "map_shape": tf.io.FixedLenFeature([3], tf.int64),
     "map_encoding": tf.io.FixedLenFeature([], tf.string),
@@ -68,9 +85,21 @@ FEATURES = {
     "map_max": tf.io.VarLenFeature(tf.float32),
     "input_size": tf.io.FixedLenFeature([2], tf.int64, default_value=[0, 0]),
 }
-"""The feature spec of schema v1, for `tf.io.parse_single_example`. A missing
-`schema_version` parses as 0 so that readers can reject it; a missing `input_size` parses as
-(0, 0): the maps have the explained image's size."""
+"""The feature spec of schema v2 (and v1), for `tf.io.parse_single_example`, but for the
+`metrics/NAME` features (`metric_features`). A missing `schema_version` parses as 0 so that
+readers can reject it; a missing `input_size` parses as (0, 0): the maps have the explained
+image's size; missing `probabilities` (v1) parse as empty."""
+
+
+def metric_features(names: Sequence[str]) -> Dict[str, tf.io.VarLenFeature]:
+    """The feature spec of the `metrics/NAME` features of `names`, to add to `FEATURES`.
+
+    Usage:
+
+        spec = {**FEATURES, **metric_features(["deletion"])}
+        tf.sparse.to_dense(tf.io.parse_single_example(record, spec)["metrics/deletion"])
+    """
+    return {METRIC_PREFIX + name: tf.io.VarLenFeature(tf.float32) for name in names}
 
 Size = Union[str, Sequence[int]]
 """The size a reader returns maps at: "stored" (as written), "input" (the size of the image
@@ -383,8 +412,10 @@ def encode_explanation(
     maps: np.ndarray,
     encoding: str = DEFAULT_ENCODING,
     input_size: Optional[Sequence[int]] = None,
+    probabilities: Optional[Sequence[float]] = None,
+    metrics: Optional[Mapping[str, Sequence[float]]] = None,
 ) -> bytes:
-    """One explained input as a serialized schema-v1 `tf.train.Example`.
+    """One explained input as a serialized schema-v2 `tf.train.Example`.
 
     Args:
         id: the input record's id.
@@ -394,11 +425,14 @@ def encode_explanation(
         encoding: a name in `ENCODINGS`.
         input_size: (H, W) of the image the maps explain (default: the maps' own size);
             readers asked for `size="input"` resize the maps to it.
+        probabilities: the K units' probabilities at the input (left out when None).
+        metrics: each metric's K scores by metric name (`metrics/NAME` features).
 
     Usage:
 
         record = encode_explanation("img-1", [3], [7.2], maps)
-        record = encode_explanation("img-1", [3], [7.2], maps_7x7, input_size=(224, 224))
+        record = encode_explanation("img-1", [3], [7.2], maps_7x7, input_size=(224, 224),
+                                    probabilities=[0.91], metrics={"deletion": [0.12]})
         tf.io.TFRecordWriter(path).write(record)
     """
     units = np.asarray(units, np.int64).reshape(-1)
@@ -409,6 +443,13 @@ def encode_explanation(
             f"units ({len(units)}), logits ({len(logits)}) and maps {maps.shape} must describe "
             "the same K units: maps (H, W, K)."
         )
+    per_unit = {} if probabilities is None else {"probabilities": probabilities}
+    per_unit.update({METRIC_PREFIX + name: values for name, values in (metrics or {}).items()})
+    for name, values in per_unit.items():
+        per_unit[name] = np.asarray(values, np.float32).reshape(-1)
+        if len(per_unit[name]) != len(units):
+            raise ValueError(f"{name} holds {len(per_unit[name])} values for {len(units)} "
+                             "units: give one per explained unit.")
     encoded = encode_maps(maps, encoding)
     input_size = tuple(encoded.shape[:2]) if input_size is None else tuple(input_size)
     if len(input_size) != 2 or min(input_size) < 1:
@@ -424,6 +465,7 @@ def encode_explanation(
         ("map_min", "float", encoded.map_min),
         ("map_max", "float", encoded.map_max),
         ("input_size", "int64", input_size),
+        *((name, "float", values) for name, values in per_unit.items()),
     ])
 
 
@@ -488,20 +530,26 @@ def serialize_example(features: Sequence[Tuple[str, str, Sequence]]) -> bytes:
     return _field(_ENTRY, b"".join(entries))
 
 
+def _versions() -> str:
+    return " and ".join(map(str, READABLE_VERSIONS))
+
+
 def _check_version(version: int):
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ValueError(
             f"Explanation record has schema version {version}, but this explain_lib reads "
-            f"version {SCHEMA_VERSION}: upgrade explain_lib, or re-run the pipeline."
+            f"versions {_versions()}: upgrade explain_lib, or re-run the pipeline."
         )
 
 
 def decode_explanation(record: bytes, size: Size = "stored") -> Dict[str, np.ndarray]:
-    """A serialized schema-v1 record as numpy: `id` (str), `units` int64 (K,), `logits`
-    float32 (K,), `maps` float32 (H, W, K) at `size` ("stored", "input" or (H, W)),
-    `map_encoding` (str), `max_error` float32 (K,) (the codec's bound on each map's decoding
-    error, which resizing does not widen), `stored_shape` (H, W, K) as stored and
-    `input_size` (H, W) of the image the maps explain.
+    """A serialized schema-v2 (or v1) record as numpy: `id` (str), `units` int64 (K,),
+    `logits` float32 (K,), `probabilities` float32 (K,) (NaN in v1 records), `maps` float32
+    (H, W, K) at `size` ("stored", "input" or (H, W)), `metrics` (a dict: metric name ->
+    float32 (K,) scores; empty when none was computed), `map_encoding` (str), `max_error`
+    float32 (K,) (the codec's bound on each map's decoding error, which resizing does not
+    widen), `stored_shape` (H, W, K) as stored and `input_size` (H, W) of the image the
+    maps explain.
 
     Usage:
 
@@ -527,11 +575,17 @@ def decode_explanation(record: bytes, size: Size = "stored") -> Dict[str, np.nda
     input_size = tuple(values("input_size", "int64_list")) or (0, 0)
     input_size = input_size if min(input_size) > 0 else stored
     maps = resize_maps(decode_maps(encoded), _target_size(size, stored, input_size))
+    units = np.asarray(values("units", "int64_list"), np.int64)
+    probabilities = np.asarray(values("probabilities", "float_list"), np.float32)
     return {
         "id": values("id", "bytes_list")[0].decode("utf-8", errors="replace"),
-        "units": np.asarray(values("units", "int64_list"), np.int64),
+        "units": units,
         "logits": np.asarray(values("logits", "float_list"), np.float32),
+        "probabilities": probabilities if len(probabilities) else np.full(len(units), np.nan,
+                                                                          np.float32),
         "maps": maps,
+        "metrics": {name[len(METRIC_PREFIX):]: np.asarray(values(name, "float_list"), np.float32)
+                    for name in sorted(feature) if name.startswith(METRIC_PREFIX)},
         "map_encoding": encoded.encoding,
         "max_error": np.asarray(max_decode_error(encoded), np.float32),
         "stored_shape": np.asarray(encoded.shape, np.int64),
@@ -539,22 +593,26 @@ def decode_explanation(record: bytes, size: Size = "stored") -> Dict[str, np.nda
     }
 
 
-def parse_explanation(serialized: tf.Tensor, size: Size = "stored") -> Dict[str, tf.Tensor]:
+def parse_explanation(serialized: tf.Tensor, size: Size = "stored",
+                      metrics: Sequence[str] = ()) -> Dict[str, tf.Tensor]:
     """Parse and decode one serialized record in TensorFlow ops (for `tf.data.Dataset.map`).
 
-    Returns `id` (string), `units` int64 [K], `logits` float32 [K], `maps` float32 [H, W, K]
-    at `size`: "stored" (as written), "input" (the explained image's size) or (H, W).
-    Fails with a clear error on an unknown schema version or map encoding.
+    Returns `id` (string), `units` int64 [K], `logits` float32 [K], `probabilities` float32
+    [K] (NaN in v1 records), `maps` float32 [H, W, K] at `size`: "stored" (as written),
+    "input" (the explained image's size) or (H, W); and, when `metrics` names some,
+    `metrics`: a dict of their float32 [K] scores (NaN in a record without them). Fails with
+    a clear error on an unknown schema version or map encoding.
     """
     size = check_size(size)
-    parsed = tf.io.parse_single_example(serialized, FEATURES)
+    parsed = tf.io.parse_single_example(serialized, {**FEATURES, **metric_features(metrics)})
     # The checks run before anything is decoded (control dependencies), so that a record
     # of another version or encoding fails with their message, not a decoder's.
-    known_version = tf.debugging.assert_equal(
-        parsed["schema_version"],
-        tf.constant(SCHEMA_VERSION, tf.int64),
-        message=f"Explanation record has an unknown schema version (this explain_lib reads "
-        f"version {SCHEMA_VERSION}); a missing version reads as 0",
+    known_version = tf.debugging.Assert(
+        tf.reduce_any(tf.equal(parsed["schema_version"],
+                               tf.constant(READABLE_VERSIONS, tf.int64))),
+        [f"Explanation record has an unknown schema version (this explain_lib reads versions "
+         f"{_versions()}); a missing version reads as 0. Its version:",
+         parsed["schema_version"]],
     )
     with tf.control_dependencies([known_version]):
         shape = tf.cast(parsed["map_shape"], tf.int32)
@@ -589,12 +647,24 @@ def parse_explanation(serialized: tf.Tensor, size: Size = "stored") -> Dict[str,
         )
         if not isinstance(size, str):
             maps = tf.ensure_shape(maps, [size[0], size[1], None])
-    return {
+    units = tf.sparse.to_dense(parsed["units"])
+
+    def per_unit(name):
+        """A float [K] feature, NaN when the record does not have it."""
+        values = tf.sparse.to_dense(parsed[name])
+        return tf.cond(tf.size(values) > 0, lambda: values,
+                       lambda: tf.fill(tf.shape(units), float("nan")))
+
+    row = {
         "id": parsed["id"],
-        "units": tf.sparse.to_dense(parsed["units"]),
+        "units": units,
         "logits": tf.sparse.to_dense(parsed["logits"]),
+        "probabilities": per_unit("probabilities"),
         "maps": maps,
     }
+    if metrics:
+        row["metrics"] = {name: per_unit(METRIC_PREFIX + name) for name in metrics}
+    return row
 
 
 def compression_of(path: str) -> str:
@@ -621,10 +691,13 @@ def read_explanations(
     file_pattern: Union[str, Sequence[str]],
     size: Size = "stored",
     num_parallel_calls: Optional[int] = tf.data.AUTOTUNE,
+    metrics: Sequence[str] = (),
 ) -> tf.data.Dataset:
     """The explanation records in the files matching `file_pattern`, as a `tf.data.Dataset`
-    of dicts: `id` (string), `units` int64 [K], `logits` float32 [K], `maps` float32
-    [H, W, K]. Compression is taken from each file's name (the pipeline writes `.gz`).
+    of dicts: `id` (string), `units` int64 [K], `logits` float32 [K], `probabilities`
+    float32 [K] (NaN in v1 records), `maps` float32 [H, W, K], and with `metrics` (names,
+    as the run's manifest lists them) `metrics`, a dict of float32 [K] scores. Compression
+    is taken from each file's name (the pipeline writes `.gz`).
 
     `size` says at which size the maps come back:
     - "stored" (default): as written. That is the explained image's size, unless the job
@@ -644,7 +717,8 @@ def read_explanations(
     records = datasets[0]
     for dataset in datasets[1:]:
         records = records.concatenate(dataset)
-    return records.map(lambda record: parse_explanation(record, size),
+    metrics = tuple(metrics)
+    return records.map(lambda record: parse_explanation(record, size, metrics),
                        num_parallel_calls=num_parallel_calls, deterministic=True)
 
 
@@ -692,8 +766,11 @@ def input_id(example: tf.train.Example, serialized: bytes, id_key: Optional[str]
 
 __all__ = [
     "SCHEMA_VERSION",
+    "READABLE_VERSIONS",
+    "METRIC_PREFIX",
     "DEFAULT_ENCODING",
     "FEATURES",
+    "metric_features",
     "ENCODINGS",
     "EncodedMaps",
     "MapEncoding",

@@ -3,11 +3,13 @@
     python -m pipeline --input 'data/*.tfrecord*' --output out/expl --model model.keras \\
         --method gradcam [--units_key label | --top_k 3] [--runner DirectRunner ...]
 
-Writes out/expl-SSSSS-of-NNNNN.tfrecord.gz (schema v1, read them with
+Writes out/expl-SSSSS-of-NNNNN.tfrecord.gz (schema v2, read them with
 `explain_lib.io.read_explanations`) and out/expl.dead_letters-SSSSS-of-NNNNN.tfrecord.gz
-(records that could not be explained, with the stage and the error), then writes
-out/expl.manifest.json (what produced them: `pipeline.manifest`), prints the counts and checks
-that every record read was either explained or dead-lettered.
+(records that could not be explained, with the stage and the error), with `--table` a
+Parquet table (one row per explained unit), then writes out/expl.manifest.json (what
+produced them, and with `--metrics` each metric's count, mean and quantiles per unit:
+`pipeline.manifest`), prints the counts and checks that every record read was either
+explained or dead-lettered.
 
 Before anything runs, unknown arguments, bad options, unwritable output prefixes and missing
 or corrupt files fail with one line and exit status 2. A job that fails (exit 1) or is
@@ -32,7 +34,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineState
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipeline import manifest, outputs
+from pipeline import aggregates, manifest, outputs
 from pipeline.handler import METRICS_NAMESPACE
 from pipeline.ids import (
     DUPLICATE_EXAMPLES,
@@ -43,7 +45,14 @@ from pipeline.ids import (
 from pipeline.options import FILE_SUFFIX, ExplainOptions, check_arguments
 from pipeline.reading import DamagedFileError
 from pipeline.records import STAGES
-from pipeline.transforms import EXPLAINED_COUNTER, READ_COUNTER, build_pipeline, dead_letter_counter
+from pipeline.table import TABLE_SUFFIX
+from pipeline.transforms import (
+    EXPLAINED_COUNTER,
+    READ_COUNTER,
+    aggregates_prefix,
+    build_pipeline,
+    dead_letter_counter,
+)
 
 
 @dataclass
@@ -58,8 +67,10 @@ class RunSummary:
     duplicates: Duplicates = Duplicates()
     explanations_pattern: str = ""
     dead_letters_pattern: str = ""
+    table_pattern: str = ""
     counted: bool = True
     manifest: str = ""
+    aggregates: Optional[Dict[str, Any]] = None
 
     @property
     def dead_lettered(self) -> int:
@@ -81,6 +92,8 @@ class RunSummary:
             f"explanations: {self.explanations_pattern}",
             f"dead letters: {self.dead_letters_pattern}",
         ]
+        if self.table_pattern:
+            lines.append(f"table:        {self.table_pattern}")
         if self.duplicates.ids:
             lines.insert(3, f"duplicate ids:         {self.duplicates.describe()}")
         if self.manifest:
@@ -96,7 +109,7 @@ def _metric_values(result) -> Optional[Dict[str, Any]]:
     metrics."""
     try:
         metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    except Exception:  # noqa: BLE001: some runners do not support metrics queries
+    except Exception:  # noqa: BLE001 - some runners do not support metrics queries
         return None
     values: Dict[str, Any] = {}
     for counter in metrics["counters"]:
@@ -115,6 +128,7 @@ def summarize(result, options: ExplainOptions) -> RunSummary:
     summary = RunSummary(
         explanations_pattern=f"{options.output}-*{FILE_SUFFIX}",
         dead_letters_pattern=f"{options.dead_letters}-*{FILE_SUFFIX}",
+        table_pattern=f"{options.table}-*{TABLE_SUFFIX}" if options.table else "",
         counted=values is not None,
     )
     values = values or {}
@@ -154,6 +168,8 @@ def make_pipeline(argv: Optional[List[str]] = None):
     explain_options.check()
     outputs.check_writable(explain_options.output, "output")
     outputs.check_writable(explain_options.dead_letters, "dead_letter_prefix")
+    if explain_options.table:
+        outputs.check_writable(explain_options.table, "table")
     portable = options.view_as(PortableOptions)
     if portable.job_endpoint == "embed" and not portable.environment_type:
         # The embedded job service would otherwise start its workers in Docker containers;
@@ -167,8 +183,9 @@ def make_pipeline(argv: Optional[List[str]] = None):
 def execute(pipeline: beam.Pipeline, options: ExplainOptions, started) -> RunSummary:
     """Run a job `make_pipeline` built and wait for it; write its manifest, return its
     counts. Temporary files that killed runs left under the prefixes are removed first;
-    a job that fails or is interrupted removes its own before the error propagates."""
-    prefixes = (options.output, options.dead_letters)
+    a job that fails or is interrupted removes its own before the error propagates. The
+    metric aggregates the job wrote are moved into the manifest."""
+    prefixes = job_prefixes(options)
     outputs.remove_temporary_files(prefixes)
     result = None
     try:
@@ -180,7 +197,28 @@ def execute(pipeline: beam.Pipeline, options: ExplainOptions, started) -> RunSum
         _stop_and_clean(result, prefixes)
         raise
     summary = summarize(result, options)
+    summary.aggregates = _take_aggregates(options)
     summary.manifest = manifest.record_run(pipeline, options, summary, started)
+    return summary
+
+
+def job_prefixes(options: ExplainOptions) -> List[str]:
+    """Every prefix the job writes under (its temporary folders are removed by prefix)."""
+    prefixes = [options.output, options.dead_letters, aggregates_prefix(options.output)]
+    return prefixes + ([options.table] if options.table else [])
+
+
+def _take_aggregates(options: ExplainOptions) -> Optional[Dict[str, Any]]:
+    """The metric aggregates the job wrote (`pipeline.aggregates`), read and their file
+    removed: the manifest holds them from now on. None without metrics."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if not options.parsed_metrics():
+        return None  # (a file an earlier run with metrics left is not this run's)
+    prefix = aggregates_prefix(options.output)
+    summary = aggregates.read_aggregates(prefix)
+    if summary is not None:
+        FileSystems.delete([aggregates.aggregates_path(prefix)])
     return summary
 
 
@@ -192,7 +230,7 @@ def _stop_and_clean(result, prefixes) -> None:
         if result is not None and not PipelineState.is_terminal(result.state):
             result.cancel()
         outputs.remove_temporary_files(prefixes)
-    except Exception as error:  # noqa: BLE001: see the docstring
+    except Exception as error:  # noqa: BLE001 - see the docstring
         logging.warning("Could not clean up after the job (%s: %s); the next run into the "
                         "same prefixes will.", type(error).__name__, error)
 
@@ -271,7 +309,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _quiet_expected_stops()
     try:
         summary = execute(pipeline, options, started)
-    except BaseException as error:  # noqa: BLE001: reported in one line; Beam logged the rest
+    except BaseException as error:  # noqa: BLE001 - reported in one line; Beam logged the rest
         if _caused_by(error, KeyboardInterrupt):
             print("explain-pipeline: interrupted; its temporary files are removed, its "
                   "outputs are incomplete: run it again.", file=sys.stderr)

@@ -116,7 +116,7 @@ def _explain_range(records, start: int, stop: int, explain, limit: BatchLimit,
 def _explain_chunk(records, chunk: slice, explain, limit: BatchLimit, fallback) -> List:
     try:
         outcomes = explain(chunk)
-    except Exception as error:  # noqa: BLE001: out of memory, or the fallback's to handle
+    except Exception as error:  # noqa: BLE001 - out of memory, or the fallback's to handle
         if not is_out_of_memory(error):
             return fallback(chunk, error)
         count = chunk.stop - chunk.start

@@ -17,11 +17,14 @@ Separation of concerns:
 - `make_model` / `train_model` build and fit the CNN (logits out, a Rescaling layer in,
   so the pipeline's default pixels in [0, 255] need no `--preprocess`).
 - `ensure_demo` does all of the above once, cached in a directory (`demo/` by default).
-- `main` runs the pipeline on the demo with Grad-CAM and renders a grid of overlays.
+- `main` runs the pipeline on the demo with Grad-CAM, scored by deletion and the pointing
+  game against the shapes' boxes, renders a grid of overlays and writes the run's report
+  (`pipeline.report`).
 """
 
 import argparse
 import io
+import json
 import os
 import sys
 import time
@@ -34,6 +37,9 @@ CLASSES = ("circle", "square", "triangle", "cross")
 IMAGE_SIZE = 64
 DEMO_VERSION = "2"  # 2: the records carry each shape's box (objects/bbox)
 BOX_KEY = "objects/bbox"
+DEMO_METRIC_PARAMS = {"deletion": {"n_steps": IMAGE_SIZE}, "insertion": {"n_steps": IMAGE_SIZE}}
+"""The demo's metric parameters: one row of pixels per step, as the RISE paper's 224 steps of
+224 pixels on 224x224 images."""
 """The feature holding the boxes, as TFDS names it (`tfds.features.BBoxFeature` under
 `objects`): a float list, 4 values per box, `ymin, xmin, ymax, xmax` in [0, 1]."""
 
@@ -331,24 +337,35 @@ def ensure_demo(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Generate the demo (once), explain it with Grad-CAM on DirectRunner, render a grid."""
+    """Generate the demo (once), explain it with Grad-CAM on DirectRunner (scored by
+    `--metrics`, the boxes as ground truth), render a grid and write the run's report."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--demo_dir", default="demo", help="Where the demo is cached.")
     parser.add_argument("--out_dir", default=os.path.join("out", "demo"),
                         help="Where the explanations and the grid go.")
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--limit", type=int, default=16, help="Records in the grid.")
+    parser.add_argument("--metrics", default="deletion,pointing_game",
+                        help="Metrics of the job (--metrics; the boxes are the ground truth); "
+                        "'' for none. Deletion takes one row of pixels per step, the RISE "
+                        "paper's 224 steps of 224 pixels scaled to the demo's 64x64 images.")
     args = parser.parse_args(argv)
 
-    from pipeline import render
+    from pipeline import render, report
     from pipeline.__main__ import main as pipeline_main
 
     demo = ensure_demo(args.demo_dir)
     print(f"demo model: {demo.model}\ndemo records: {demo.inputs}")
     output = os.path.join(args.out_dir, "explanations")
+    table = output + ".table"
     status = pipeline_main([
         "--input", demo.inputs, "--output", output, "--model", demo.model,
         "--method", args.method, "--runner", "DirectRunner",
+        "--table", table, "--copy_features", "label",
+        *(["--metrics", args.metrics, "--boxes_key", BOX_KEY,
+            "--metric_params", json.dumps({
+                name: params for name, params in DEMO_METRIC_PARAMS.items()
+                if name in args.metrics.split(",")})] if args.metrics else []),
     ])
     if status:
         return status
@@ -356,6 +373,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     count = render.render_grid(f"{output}-*", demo.inputs, grid, limit=args.limit,
                                labels=list(CLASSES))
     print(f"grid of {count} overlays: {grid}")
+    page = report.build(output, demo.inputs, os.path.join(args.out_dir, "report.html"),
+                        labels=list(CLASSES))
+    print(f"report: {page}")
     return 0
 
 

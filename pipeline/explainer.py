@@ -17,7 +17,9 @@ Separation of concerns:
 - `Explainer` holds one loaded model and method; `Explainer.explain` explains a batch:
   given units with `explain_lib.explain`, and the top-K predicted units where none were
   given with `explain_lib.explain_predicted`, which chooses them from the method's own
-  forward pass (no separate prediction pass). `pipeline.handler` wraps it for Beam's
+  forward pass (no separate prediction pass), which also gives each unit's probability;
+  then it scores the batch's maps with the configured metrics (`explain_lib.evaluate`, one
+  call per metric on the whole batch). `pipeline.handler` wraps it for Beam's
   RunInference; the benchmark and tests can use it directly.
 
 Usage:
@@ -45,7 +47,8 @@ import tensorflow as tf
 
 import explain_lib
 from explain_lib import filters, inspection, methods
-from explain_lib.engine import explaining
+from explain_lib import metrics as explain_metrics
+from explain_lib.engine import evaluating, explaining
 from explain_lib.utils import with_dtype_policy
 from pipeline.retry import Retry
 
@@ -231,13 +234,18 @@ def inspect_model(
     method_params: Optional[Mapping[str, Any]] = None,
     image_size: Optional[Sequence[int]] = None,
     top_k: int = 1,
+    metrics: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    ground_truth: Optional[str] = None,
 ) -> ModelInfo:
     """Load the model once (in the launcher) to read its input shape and number of units,
     and check everything the workers would otherwise find out on every record: that the
     model takes one (H, W, C) image input and its first output is (batch, units); that
-    `top_k` does not exceed its units; and, given a `method`, that the method can expose
-    `activation_layer` and runs with `method_params` (`explaining.check_explain` traces it
-    on a symbolic batch of `image_size`, or the model's size, without computing anything).
+    `top_k` does not exceed its units; given a `method`, that the method can expose
+    `activation_layer` and runs with `method_params`, giving the units' probabilities
+    (`explaining.check_explain` traces it on a symbolic batch of `image_size`, or the
+    model's size, without computing anything); and that each of `metrics` (name ->
+    parameters) runs with its parameters and the `ground_truth` ("boxes", "masks" or None;
+    `evaluating.check_evaluate` traces it the same way).
 
     Raises:
         ValueError: one line saying what is wrong.
@@ -273,7 +281,11 @@ def inspect_model(
         size = shape[:2] if None not in shape[:2] or not image_size else tuple(image_size)
         if None not in size:
             explaining.check_explain(registered.function, explained, (*size, shape[2] or 3),
-                                     top_k=top_k, **params)
+                                     top_k=top_k, return_probabilities=True, **params)
+            for name, metric_params in (metrics or {}).items():
+                evaluating.check_evaluate(name, model, (*size, shape[2] or 3), size,
+                                          units=top_k, ground_truth=ground_truth,
+                                          **metric_params)
     return ModelInfo(shape, num_units)
 
 
@@ -299,6 +311,8 @@ class ExplainerConfig:
         jit_compile: explain under XLA (the engine compiles its step with XLA for a model
             that asks for it, as Keras' `predict` does).
         devices: devices of the worker's `MirroredStrategy` (default: its GPUs).
+        metrics: the metrics scoring each batch's maps, by name, with their parameters
+            (JSON values): `{"deletion": {"n_steps": 20}, "pointing_game": {}}`.
     """
 
     model_path: str
@@ -310,15 +324,20 @@ class ExplainerConfig:
     precision: str = "float32"
     jit_compile: bool = False
     devices: Optional[Tuple[str, ...]] = None
+    metrics: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class Explanation(NamedTuple):
-    """One input explained: `units` (K,) int64, `logits` (K,) float32 and `maps` (H, W, K)
-    float32."""
+    """One input explained: `units` (K,) int64, `logits` (K,) float32, `maps` (H, W, K)
+    float32, `probabilities` (K,) float32 (the units' probabilities at the input) and
+    `metrics`, each configured metric's (K,) float32 scores by name (NaN where a
+    localisation metric had no ground truth)."""
 
     units: np.ndarray
     logits: np.ndarray
     maps: np.ndarray
+    probabilities: Optional[np.ndarray] = None
+    metrics: Optional[Mapping[str, np.ndarray]] = None
 
 
 class Explainer:
@@ -338,12 +357,19 @@ class Explainer:
         if not 1 <= config.top_k <= self.num_units:
             raise ValueError(f"top_k must lie in [1, {self.num_units}], got {config.top_k}.")
         explained = exposed(model, config.activation_layer) if self.method.exposed else model
+        scoring = model
         if config.jit_compile:
-            # A model of its own sharing the layers, so that the flag stays off the shared
+            # Models of their own sharing the layers, so that the flag stays off the shared
             # model (`shared_model`) that other runs in this process may explain.
             explained = keras.Model(explained.inputs, explained.outputs)
             explained.jit_compile = True
+            scoring = keras.Model(model.inputs, model.outputs)
+            scoring.jit_compile = True
         self.explained_model = explained
+        # The metrics score the plain model (CAM methods explain an exposed one).
+        self.scoring_model = scoring
+        self.metrics = {name: (explain_metrics.get(name), dict(params))
+                        for name, params in config.metrics.items()}
 
     @classmethod
     def load(cls, config: ExplainerConfig) -> "Explainer":
@@ -355,34 +381,72 @@ class Explainer:
             return cls(with_dtype_policy(model, config.precision), config)
 
     def explain(
-        self, images: np.ndarray, units: Sequence[Optional[np.ndarray]]
+        self, images: np.ndarray, units: Sequence[Optional[np.ndarray]],
+        ground_truth: Optional[Mapping[str, Any]] = None,
     ) -> List[Explanation]:
         """Explain a batch: `images` (N, H, W, C) float32 in [0, 255], `units[i]` the units
         to explain for image i, or None for its top-K predictions (on ties, the lower unit
-        first). Returns one `Explanation` per image, in order."""
+        first); `ground_truth`, for the localisation metrics, `{"boxes": [(m_i, 4) float32
+        or None per image]}` or `{"masks": (N, H, W) of 0 and 1}`. Returns one
+        `Explanation` per image, in order, with each unit's probability and each metric's
+        scores."""
         x = self.preprocess(np.asarray(images, np.float32))
         # One call per group: the images without units, then those with K units for each K.
         groups: Dict[Optional[int], List[int]] = {}
         for i, u in enumerate(units):
             groups.setdefault(None if u is None else len(u), []).append(i)
         results: List[Optional[Explanation]] = [None] * len(x)
-        common = dict(batch_size=len(x), verbose=0, **self.params)
+        common = dict(batch_size=len(x), verbose=0, return_probabilities=True, **self.params)
         for k, indices in groups.items():
             if k is None:
-                chosen, logits, maps = explain_lib.explain_predicted(
+                chosen, logits, maps, probabilities = explain_lib.explain_predicted(
                     self.method.function, self.explained_model, x[indices],
                     top_k=self.config.top_k, **common,
                 )
             else:
                 chosen = np.stack([units[i] for i in indices]).astype(np.int32)
-                logits, maps = explain_lib.explain(
+                logits, maps, probabilities = explain_lib.explain(
                     self.method.function, self.explained_model, x[indices], chosen, **common
                 )
+            scores = self.score(x[indices], chosen, maps, _rows_of(ground_truth, indices))
             for row, i in enumerate(indices):
                 results[i] = Explanation(
-                    chosen[row].astype(np.int64), logits[row].astype(np.float32), maps[row]
+                    chosen[row].astype(np.int64), logits[row].astype(np.float32), maps[row],
+                    probabilities[row].astype(np.float32),
+                    {name: values[row] for name, values in scores.items()},
                 )
         return results
+
+    def score(self, x: np.ndarray, units: np.ndarray, maps: np.ndarray,
+              ground_truth: Optional[Mapping[str, Any]] = None) -> Dict[str, np.ndarray]:
+        """Each configured metric's scores (N, K) float32 for a batch's preprocessed images
+        `x`, explained `units` (N, K) and `maps` (N, h, w, K), through `explain_lib.evaluate`
+        (one compiled step per metric, the whole batch at once). Boxes are padded to a power
+        of two per image, so that batches with different box counts share a few traces."""
+        truth: Dict[str, Any] = {}
+        if ground_truth and "boxes" in ground_truth:
+            boxes = explain_metrics.pad_boxes([np.zeros((0, 4), np.float32) if b is None else b
+                                               for b in ground_truth["boxes"]])
+            width = 1 << (boxes.shape[1] - 1).bit_length()
+            truth["boxes"] = np.pad(boxes, ((0, 0), (0, width - boxes.shape[1]), (0, 0)),
+                                    constant_values=np.nan)
+        elif ground_truth and "masks" in ground_truth:
+            truth["masks"] = ground_truth["masks"]
+        scores = {}
+        for name, (metric, params) in self.metrics.items():
+            scores[name] = explain_lib.evaluate(
+                metric, self.scoring_model if metric.needs_model else None, x, units, maps,
+                batch_size=len(x), verbose=0, **(truth if metric.ground_truth else {}),
+                **params).astype(np.float32)
+        return scores
+
+
+def _rows_of(ground_truth: Optional[Mapping[str, Any]], indices: Sequence[int]):
+    """The ground truth of the images at `indices`."""
+    if not ground_truth:
+        return None
+    return {key: [values[i] for i in indices] if isinstance(values, list)
+            else np.asarray(values)[indices] for key, values in ground_truth.items()}
 
 
 # --- one model per process ----------------------------------------------------------------------

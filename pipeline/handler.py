@@ -7,10 +7,14 @@ takes a batch of checked records (`pipeline.records.CheckedRecord`: parsed and v
 images still compressed) through the three batched steps of a worker:
 
 - decode: every image of the batch in one compiled call, in parallel outside the GIL
-  (`records.decode_batch`);
-- explain: the batch through `explain_lib` (`Explainer.explain`);
-- encode: each explanation as a schema-v1 record (`explain_lib.io.encode_explanation`),
-  large maps on a pool of threads (PNG's zlib releases the GIL).
+  (`records.decode_batch`), and the ground-truth masks the same way (`records.decode_masks`);
+- explain: the batch through `explain_lib` (`Explainer.explain`): the maps, each unit's
+  probability, and the metrics scoring the maps (`explain_lib.evaluate`, the whole batch
+  at once);
+- encode: each explanation as a schema-v2 record (`explain_lib.io.encode_explanation`),
+  large maps on a pool of threads (PNG's zlib releases the GIL); with a table or metrics,
+  also each record's `pipeline.table.AnalysisRow` (map statistics computed for the whole
+  batch at once, before the maps are encoded).
 
 It never raises for one bad record: a record that cannot be decoded fails alone (stage
 "decode"); when explaining a batch fails, each of its records is retried on its own, so
@@ -27,12 +31,13 @@ Usage:
     handler = ExplainModelHandler(ExplainerConfig("gs://bucket/model.keras", "gradcam"),
                                   RecordSpec((224, 224), 3, 1000), batch_size=32)
     results = checked | RunInference(handler)   # PredictionResult(record, bytes | StageError)
+    # with analysis=True: PredictionResult(record, Explained(bytes, AnalysisRow) | StageError)
 """
 
 import concurrent.futures
 import logging
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -40,7 +45,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from explain_lib import io as explain_io
 from pipeline.adaptive_batches import explain_fitting, limit_for
 from pipeline.explainer import Explainer, ExplainerConfig, Explanation
-from pipeline.records import CheckedRecord, RecordSpec, StageError, decode_batch
+from pipeline.records import CheckedRecord, RecordSpec, StageError, decode_batch, decode_masks
+from pipeline.table import AnalysisRow, analysis_rows
 
 METRICS_NAMESPACE = "explain_pipeline"
 
@@ -60,15 +66,25 @@ def _encoder_pool() -> concurrent.futures.ThreadPoolExecutor:
     return _encoders
 
 
+class Explained(NamedTuple):
+    """An explained record, when the handler also makes its analysis row: the serialized
+    schema-v2 record and its `pipeline.table.AnalysisRow`."""
+
+    record: bytes
+    row: AnalysisRow
+
+
 class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explainer]):
     """Decodes, explains and encodes batches of checked records (see the module docstring).
 
     Args:
-        config: the model and method (`pipeline.explainer.ExplainerConfig`).
-        spec: how the records' images are decoded (size, channels).
+        config: the model, method and metrics (`pipeline.explainer.ExplainerConfig`).
+        spec: how the records' images (and ground truth) are decoded (size, channels).
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
         batch_size: records per explaining step; RunInference batches exactly this many
             (fewer only at the end of a bundle), so the compiled step is traced once.
+        analysis: also make each explained record's `AnalysisRow` (for the table and the
+            metric aggregates): results are then `Explained`.
         **kwargs: `ModelHandler` options, for instance `large_model=True` or
             `model_copies=1` (one model per machine, shared by its processes), `env_vars`.
     """
@@ -80,6 +96,7 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         map_encoding: str = explain_io.DEFAULT_ENCODING,
         *,
         batch_size: int = 32,
+        analysis: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("min_batch_size", batch_size)
@@ -88,6 +105,7 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         self._config = config
         self._spec = spec
         self._map_encoding = map_encoding
+        self._analysis = analysis
 
     def load_model(self) -> Explainer:
         """Load the model under the worker's strategy and prepare the method."""
@@ -100,24 +118,39 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         inference_args: Optional[Dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
         """Decode, explain and encode the batch; each result's inference is the serialized
-        schema-v1 record or the `StageError` the record failed with."""
+        schema-v2 record (with `analysis`, an `Explained`) or the `StageError` the record
+        failed with."""
         images, outcomes = decode_batch(batch, self._spec)
+        masks = None
+        if self._spec.mask_key:
+            masks, failures = decode_masks(batch, self._spec)
+            outcomes = [outcome or failure for outcome, failure in zip(outcomes, failures)]
         decoded = [i for i, error in enumerate(outcomes) if error is None]
         if decoded:
-            explained = self._explain([batch[i] for i in decoded], images[decoded], model)
+            explained = self._explain([batch[i] for i in decoded], images[decoded], model,
+                                      None if masks is None else masks[decoded])
             for i, outcome in zip(decoded, explained):
                 outcomes[i] = outcome
         encoded = self._encode(batch, outcomes)
+        if self._analysis:
+            encoded = self._with_rows(batch, outcomes, encoded)
         return [PredictionResult(record, outcome) for record, outcome in zip(batch, encoded)]
 
     def _explain(self, records: Sequence[CheckedRecord], images: np.ndarray,
-                 model: Explainer) -> List[Union[Explanation, StageError]]:
-        """Explain decoded images: out of memory, in smaller chunks that fit
-        (`adaptive_batches`); failing otherwise, one record at a time."""
+                 model: Explainer, masks: Optional[np.ndarray] = None
+                 ) -> List[Union[Explanation, StageError]]:
+        """Explain decoded images (and score their maps): out of memory, in smaller chunks
+        that fit (`adaptive_batches`); failing otherwise, one record at a time."""
 
         def explain(chunk: slice) -> List[Union[Explanation, StageError]]:
-            return _checked(records[chunk],
-                            model.explain(images[chunk], [r.units for r in records[chunk]]))
+            units = [r.units for r in records[chunk]]
+            if self._spec.boxes_key:
+                truth = {"ground_truth": {"boxes": [r.ground_truth for r in records[chunk]]}}
+            elif masks is not None:
+                truth = {"ground_truth": {"masks": masks[chunk]}}
+            else:
+                truth = {}  # (test doubles of the Explainer take images and units only)
+            return _checked(records[chunk], model.explain(images[chunk], units, **truth))
 
         def one_by_one(chunk: slice, error: Exception) -> List[Union[Explanation, StageError]]:
             logging.warning("Explaining a batch of %d records failed (%s); retrying them one "
@@ -126,7 +159,7 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
             for i in range(chunk.start, chunk.stop):
                 try:
                     outcomes += explain(slice(i, i + 1))
-                except Exception as single:  # noqa: BLE001: becomes this record's dead letter
+                except Exception as single:  # noqa: BLE001 - becomes this record's dead letter
                     outcomes.append(StageError("explain", f"{type(single).__name__}: {single}",
                                                records[i].id))
             return outcomes
@@ -142,8 +175,9 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
             try:
                 return explain_io.encode_explanation(
                     record.id, outcome.units, outcome.logits, outcome.maps, self._map_encoding,
-                    input_size=self._spec.image_size)
-            except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+                    input_size=self._spec.image_size, probabilities=outcome.probabilities,
+                    metrics=outcome.metrics)
+            except Exception as error:  # noqa: BLE001 - becomes this record's dead letter
                 return StageError("encode", str(error), record.id)
 
         pairs = list(zip(records, outcomes))
@@ -152,6 +186,18 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         if large and len(pairs) > 1:
             return list(_encoder_pool().map(encode, pairs))
         return [encode(pair) for pair in pairs]
+
+    def _with_rows(self, records: Sequence[CheckedRecord], outcomes: Sequence[Any],
+                   encoded: Sequence[Union[bytes, StageError]]) -> List[Any]:
+        """Each encoded record with its `AnalysisRow` (`Explained`), the rows of the whole
+        batch made at once (`pipeline.table.analysis_rows`)."""
+        kept = [i for i, record in enumerate(encoded) if isinstance(record, bytes)]
+        rows = analysis_rows([records[i].id for i in kept], [outcomes[i] for i in kept],
+                             list(self._config.metrics), [records[i].features for i in kept])
+        encoded = list(encoded)
+        for i, row in zip(kept, rows):
+            encoded[i] = Explained(encoded[i], row)
+        return encoded
 
     def get_num_bytes(self, batch: Sequence[CheckedRecord]) -> int:
         """Bytes of the input records in the batch (what RunInference reports as its input

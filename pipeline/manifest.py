@@ -2,10 +2,12 @@
 
 Every run of `python -m pipeline` writes one when the job has finished: the record schema
 version, the method and its parameters (as given; every parameter the method received, its
-defaults included; and `explain`'s post-processing and resizing), the model's path and
-content hash, the input, the files written (paths and sizes), the counts the job's counters
-report (read, explained, dead-lettered per stage, duplicated ids with a few examples), start
-and end time, library versions and the runner. A later reader can then tell which model and
+defaults included; and `explain`'s post-processing and resizing), the metrics with their
+parameters (as given, as received) and ground truth, and their count, mean and quantiles
+per unit (`pipeline.aggregates`), the model's path and content hash, the input, the files
+written (paths and sizes: explanations, dead letters, the Parquet table), the counts the
+job's counters report (read, explained, dead-lettered per stage, duplicated ids with a few
+examples), start and end time, library versions and the runner. A later reader can then tell which model and
 settings made a set of maps, and whether the files hold everything the job explained
 (`python -m pipeline.summary OUTPUT`).
 
@@ -27,6 +29,7 @@ from importlib import metadata
 from typing import Any, Dict, Optional
 
 from explain_lib import io as explain_io
+from explain_lib import metrics as explain_metrics
 from explain_lib.engine.explaining import STEP_PARAMS
 from pipeline.explainer import explain_params, received_params, resolve_method
 from pipeline.options import (
@@ -37,6 +40,7 @@ from pipeline.options import (
     with_map_size,
 )
 from pipeline.outputs import list_shards
+from pipeline.table import TABLE_SUFFIX
 
 MANIFEST_SUFFIX = ".manifest.json"
 """Appended to `--output`: out/expl -> out/expl.manifest.json (`out/expl-*` does not match
@@ -46,7 +50,8 @@ MANIFEST_VERSION = 1
 """Version of the manifest's layout (the explanation records have their own,
 `schema_version`)."""
 
-_LIBRARIES = ("explain-lib", "tensorflow", "keras", "apache-beam", "numpy", "pandas", "pillow")
+_LIBRARIES = ("explain-lib", "tensorflow", "keras", "apache-beam", "numpy", "pandas", "pillow",
+              "pyarrow")
 
 
 def manifest_path(output: str) -> str:
@@ -93,8 +98,11 @@ def library_versions() -> Dict[str, str]:
 def written_files(options: ExplainOptions) -> Dict[str, Any]:
     """The shards under the run's prefixes, with their sizes: after a run, exactly the files
     it wrote (`pipeline.outputs`)."""
-    return {"explanations": list_shards(options.output),
-            "dead_letters": list_shards(options.dead_letters)}
+    files = {"explanations": list_shards(options.output),
+             "dead_letters": list_shards(options.dead_letters)}
+    if options.table:
+        files["table"] = list_shards(options.table, TABLE_SUFFIX)
+    return files
 
 
 def _jsonable(value):
@@ -132,6 +140,7 @@ def build_manifest(
     given = options.parsed_method_params()
     method = resolve_method(options.method)
     params = explain_params(method, with_map_size(given, options.map_size))
+    metrics = options.parsed_metrics()
     return {
         "manifest_version": MANIFEST_VERSION,
         "schema_version": explain_io.SCHEMA_VERSION,
@@ -141,6 +150,15 @@ def build_manifest(
             "received": _jsonable(received_params(method, params)),
             "explain": _jsonable({k: params[k] for k in STEP_PARAMS if k in params}),
         },
+        "metrics": {
+            "names": list(metrics),
+            "params": json.loads(options.metric_params or "{}"),
+            "received": {name: _jsonable({**explain_metrics.get(name).parameters, **params})
+                         for name, params in metrics.items()},
+            "boxes_key": options.boxes_key,
+            "mask_key": options.mask_key,
+            "aggregates": getattr(summary, "aggregates", None),
+        } if metrics else None,
         "model": {"path": options.model, **(model_digest or file_sha256(options.model))},
         "input": {
             "pattern": options.input,
@@ -151,6 +169,7 @@ def build_manifest(
             "image_shape": parse_ints(options.image_shape, 3, "image_shape"),
             "id_key": options.id_key,
             "units_key": options.units_key,
+            "copy_features": list(options.parsed_copy_features()),
             "top_k": options.top_k,
             "image_size": parse_ints(options.image_size, 2, "image_size"),
             "preprocess": options.preprocess,
@@ -161,6 +180,7 @@ def build_manifest(
         "output": {
             "explanations": f"{options.output}-*{FILE_SUFFIX}",
             "dead_letters": f"{options.dead_letters}-*{FILE_SUFFIX}",
+            "table": f"{options.table}-*{TABLE_SUFFIX}" if options.table else None,
             "map_encoding": options.map_encoding,
             "map_size": _jsonable(stored_map_size(params.get("resizing"), method.upsampled)),
             "map_size_option": _jsonable(options.map_size or "auto"),

@@ -15,9 +15,12 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from explain_lib import methods
+from explain_lib import metrics as explain_metrics
+from explain_lib.engine.evaluating import check_metric_params
 from explain_lib.io import DEFAULT_ENCODING
 from explain_lib.utils import PRECISIONS
 from pipeline.records import IMAGE_FORMATS
+from pipeline.table import TABLE_COLUMNS, TABLE_SUFFIX
 
 DEAD_LETTER_SUFFIX = ".dead_letters"
 """Appended to `--output` for the default `--dead_letter_prefix`: `out/expl-*` matches the
@@ -103,6 +106,67 @@ def check_arguments(argv: Sequence[str]) -> None:
         raise ValueError("; ".join(problems) + " (python -m pipeline --help lists the options).")
 
 
+def per_batch_metrics() -> Tuple[str, ...]:
+    """The metrics the job can compute: every registered metric that scores a batch of maps
+    (`model_randomization`, which explains by itself, is a study of the method, not of a
+    record's maps)."""
+    return tuple(name for name, metric in explain_metrics.REGISTRY.items()
+                 if not metric.takes_method)
+
+
+def parse_names(text: Optional[str], option: str) -> Tuple[str, ...]:
+    """'a,b' -> ('a', 'b'): names separated by commas, each once."""
+    names = tuple(name.strip() for name in (text or "").split(",") if name.strip())
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--{option} names {', '.join(repeated)} more than once.")
+    return names
+
+
+def parse_metrics(metrics: Optional[str], metric_params: Optional[str]) -> Dict[str, Dict[str, Any]]:
+    """`--metrics` and `--metric_params` as {metric name: its parameters}, in the order
+    `--metrics` names them; checked against the metrics registry before any work.
+
+    Raises ValueError, one line, for a metric the job cannot compute (an unknown name, with
+    the closest known one), parameters of a metric `--metrics` does not name, and a
+    parameter the metric does not take (`explain_lib.evaluate`'s own check).
+
+    Usage:
+
+        parse_metrics("deletion,pointing_game", '{"deletion": {"n_steps": 20}}')
+        # {'deletion': {'n_steps': 20}, 'pointing_game': {}}
+    """
+    names = parse_names(metrics, "metrics")
+    known = per_batch_metrics()
+    for name in names:
+        if name not in known:
+            if name in explain_metrics.REGISTRY:
+                raise ValueError(f"--metrics {name} is not computed per record: it studies the "
+                                 "method on copies of the model (run explain_lib.evaluate "
+                                 f"{name!r} in a notebook); the job computes {', '.join(known)}.")
+            close = difflib.get_close_matches(name, known, n=1)
+            raise ValueError(f"Unknown metric {name!r} in --metrics"
+                             + (f" (did you mean {close[0]}?)" if close else "")
+                             + f"; the job computes {', '.join(known)}.")
+    try:
+        params = json.loads(metric_params or "{}")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--metric_params is not valid JSON: {error}") from None
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise ValueError("--metric_params is a JSON object of each metric's parameters, keyed "
+                         'by metric name, e.g. \'{"deletion": {"n_steps": 20}}\'.')
+    unused = sorted(set(params) - set(names))
+    if unused:
+        raise ValueError(f"--metric_params sets parameters of {', '.join(unused)}, which "
+                         "--metrics does not compute: add it to --metrics or leave them out.")
+    for name in names:
+        try:
+            check_metric_params(explain_metrics.get(name), params.get(name, {}))
+        except ValueError as error:
+            raise ValueError(f"--metric_params: {error}") from None
+    return {name: dict(params.get(name, {})) for name in names}
+
+
 def stored_map_size(resizing, upsampled: bool) -> Any:
     """The size maps are stored at, given `explain`'s `resizing` and whether the method's
     maps come at an inner layer's resolution (the registry's `upsampled`): "input",
@@ -185,6 +249,29 @@ class ExplainOptions(PipelineOptions):
         group.add_argument("--strict_read", action="store_true",
                            help="Fail the job on a damaged input file (naming it and the byte "
                            "offset) instead of dead-lettering its unreadable rest.")
+        group.add_argument("--metrics", default=None,
+                           help="Faithfulness metrics computed per record with its maps, "
+                           f"comma-separated: {', '.join(per_batch_metrics())} "
+                           "(explain_lib.metrics; stored in each record and summarised in "
+                           "the manifest).")
+        group.add_argument("--metric_params", default="{}",
+                           help="Each metric's parameters as JSON keyed by metric name, e.g. "
+                           '\'{"deletion": {"n_steps": 20}}\'; unknown names are refused '
+                           "before any work.")
+        group.add_argument("--boxes_key", default=None,
+                           help="Float-list feature holding each record's ground-truth boxes "
+                           "for the localisation metrics, 4 values per box (ymin, xmin, ymax, "
+                           "xmax in [0, 1], as TFDS stores them: objects/bbox).")
+        group.add_argument("--mask_key", default=None,
+                           help="Feature holding each record's ground-truth mask as PNG or "
+                           "JPEG bytes (nonzero pixels are the object), instead of boxes.")
+        group.add_argument("--table", default=None,
+                           help="Prefix of a Parquet table, one row per explained unit "
+                           f"(PREFIX-SSSSS-of-NNNNN{TABLE_SUFFIX}): ids, units, logits, "
+                           "probabilities, map statistics, metrics, copied features.")
+        group.add_argument("--copy_features", default=None,
+                           help="Input features copied into the table, comma-separated (e.g. "
+                           "label,filename): one int64, float or text value per record.")
 
     def check(self) -> None:
         """Fail early, with the option's name, on missing or malformed options."""
@@ -208,6 +295,48 @@ class ExplainOptions(PipelineOptions):
         with_map_size(self.parsed_method_params(), self.map_size)
         if self.dead_letters == self.output:
             raise ValueError("--dead_letter_prefix must differ from --output.")
+        self.check_analysis()
+
+    def check_analysis(self) -> None:
+        """The options of metrics, ground truth and the table: every one must reach
+        something, and nothing may be shadowed."""
+        metrics = self.parsed_metrics()
+        needing = [name for name in metrics if explain_metrics.get(name).ground_truth]
+        keys = [f"--{name}" for name in ("boxes_key", "mask_key") if getattr(self, name)]
+        if len(keys) == 2:
+            raise ValueError("Give the ground truth as --boxes_key or as --mask_key, not both.")
+        if needing and not keys:
+            raise ValueError(f"--metrics {', '.join(needing)} needs ground truth: name the "
+                             "feature holding each record's boxes (--boxes_key objects/bbox) "
+                             "or mask (--mask_key).")
+        if keys and not needing:
+            users = [name for name in per_batch_metrics()
+                     if explain_metrics.get(name).ground_truth]
+            raise ValueError(f"{keys[0]} is used by the localisation metrics only: add "
+                             f"{' or '.join(users)} to --metrics, or leave it out.")
+        copied = self.parsed_copy_features()
+        if copied and not self.table:
+            raise ValueError("--copy_features copies input features into the table: give "
+                             "--table PREFIX too, or leave it out.")
+        if self.table:
+            clashes = sorted(set(copied) & set(TABLE_COLUMNS + tuple(metrics)))
+            if clashes:
+                raise ValueError(f"--copy_features {', '.join(clashes)} would shadow the "
+                                 "table's own column(s) of that name: the table already has "
+                                 f"{', '.join(TABLE_COLUMNS + tuple(metrics))}.")
+            if self.table in (self.output, self.dead_letters) or self.table.startswith(
+                    self.output + "-"):
+                raise ValueError(f"--table {self.table} would mix its files with the "
+                                 f"explanations' ({self.output}-*): use another prefix, e.g. "
+                                 f"{self.output}.table.")
+
+    def parsed_metrics(self) -> Dict[str, Dict[str, Any]]:
+        """`--metrics` with `--metric_params`: {metric name: parameters} (`parse_metrics`)."""
+        return parse_metrics(self.metrics, self.metric_params)
+
+    def parsed_copy_features(self) -> Tuple[str, ...]:
+        """`--copy_features` as names."""
+        return parse_names(self.copy_features, "copy_features")
 
     def parsed_method_params(self) -> dict:
         """`--method_params` as a dict."""

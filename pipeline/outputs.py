@@ -41,11 +41,13 @@ _TEMPORARY = "beam-temp-{base}-"  # FileBasedSink's folder: beam-temp-BASENAME-U
 _PROBE = ".write-probe-"  # check_writable's file: PREFIX.write-probe-UUIDHEX
 
 
-def shard_number(path: str, prefix: str) -> Optional[Tuple[int, int]]:
+def shard_number(path: str, prefix: str, suffix: str = FILE_SUFFIX
+                 ) -> Optional[Tuple[int, int]]:
     """(shard, shards) when the name of `path` (a file in `prefix`'s folder) is a shard's of
-    `prefix` in the job's own naming, PREFIX-SSSSS-of-NNNNN.tfrecord.gz; else None."""
+    `prefix` in the job's own naming, PREFIX-SSSSS-of-NNNNN.tfrecord.gz (or another
+    `suffix`: the table's .parquet); else None."""
     base = re.escape(FileSystems.split(prefix)[1])
-    found = re.fullmatch(base + r"-(\d{5,})-of-(\d{5,})" + re.escape(FILE_SUFFIX),
+    found = re.fullmatch(base + r"-(\d{5,})-of-(\d{5,})" + re.escape(suffix),
                          FileSystems.split(path)[1])
     return (int(found.group(1)), int(found.group(2))) if found else None
 
@@ -55,11 +57,12 @@ def _matching(pattern: str) -> List[Tuple[str, int]]:
     return [(m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list]
 
 
-def list_shards(prefix: str) -> List[Dict[str, object]]:
-    """The job's shards under `prefix`, sorted: [{"path": ..., "bytes": ...}, ...]."""
+def list_shards(prefix: str, suffix: str = FILE_SUFFIX) -> List[Dict[str, object]]:
+    """The job's shards under `prefix` (ending in `suffix`), sorted:
+    [{"path": ..., "bytes": ...}, ...]."""
     return [{"path": path, "bytes": size}
-            for path, size in sorted(_matching(f"{prefix}-*-of-*{FILE_SUFFIX}"))
-            if shard_number(path, prefix)]
+            for path, size in sorted(_matching(f"{prefix}-*-of-*{suffix}"))
+            if shard_number(path, prefix, suffix)]
 
 
 def check_writable(prefix: str, option: str) -> None:
@@ -73,7 +76,7 @@ def check_writable(prefix: str, option: str) -> None:
         writer.write(b"probe")
         writer.close()
         FileSystems.delete([probe])
-    except Exception as error:  # noqa: BLE001: any failure means the job could not write there
+    except Exception as error:  # noqa: BLE001 - any failure means the job could not write there
         _abandon(writer)
         reason = " ".join(str(error).split())
         raise OSError(f"--{option} {prefix} cannot be written ({type(error).__name__}: "
@@ -89,7 +92,7 @@ def _abandon(writer) -> None:
             terminate()
         elif writer is not None and not writer.closed:
             writer.close()
-    except Exception:  # noqa: BLE001: the probe has failed already; this only tidies up
+    except Exception:  # noqa: BLE001 - the probe has failed already; this only tidies up
         pass
 
 
@@ -133,14 +136,40 @@ def remove_temporary_files(prefixes: Iterable[str]) -> List[str]:
     return removed
 
 
-def remove_shards(prefix: str, keep=lambda shards: False) -> List[str]:
-    """Delete `prefix`'s shards but those of the shard counts `keep(count)` keeps; returns
-    the deleted paths."""
-    doomed = [entry["path"] for entry in list_shards(prefix)
-              if not keep(shard_number(entry["path"], prefix)[1])]
+def remove_shards(prefix: str, keep=lambda shards: False, suffix: str = FILE_SUFFIX
+                  ) -> List[str]:
+    """Delete `prefix`'s shards (ending in `suffix`) but those of the shard counts
+    `keep(count)` keeps; returns the deleted paths."""
+    doomed = [entry["path"] for entry in list_shards(prefix, suffix)
+              if not keep(shard_number(entry["path"], prefix, suffix)[1])]
     if doomed:
         FileSystems.delete(doomed)
     return doomed
+
+
+class RemoveOlderShards(beam.PTransform):
+    """After a Beam file writer (whose output is the paths it wrote): delete the shards an
+    earlier run left under `prefix` (ending in `suffix`) with another shard count, once the
+    new ones are in place. For writers of Beam's own (the table's Parquet IO), which delete
+    only the files of their own shard count. Runs in the job, on every runner."""
+
+    def __init__(self, prefix: str, suffix: str, label=None):
+        super().__init__(label)
+        self._prefix, self._suffix = prefix, suffix
+
+    def expand(self, written):
+        prefix, suffix = self._prefix, self._suffix
+
+        def remove(paths):
+            counts = {shard_number(path, prefix, suffix)[1] for path in paths
+                      if shard_number(path, prefix, suffix)}
+            older = remove_shards(prefix, keep=lambda shards: shards in counts, suffix=suffix)
+            if older:
+                logging.info("Removed %d shards of an earlier run under %s: %s", len(older),
+                             prefix, ", ".join(older))
+            return older
+
+        return written | "Written" >> beam.combiners.ToList() | "Remove" >> beam.Map(remove)
 
 
 class _ShardSink(FileBasedSink):
@@ -189,6 +218,7 @@ class WriteShards(beam.PTransform):
 
 
 __all__ = [
+    "RemoveOlderShards",
     "WriteShards",
     "check_writable",
     "list_shards",

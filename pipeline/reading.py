@@ -70,7 +70,7 @@ def open_records_file(path: str, retry: Retry = Retry()) -> Iterator[BinaryIO]:
     try:
         raw = retry.call(lambda: FileSystems.open(path, compression_type=mode),
                          f"Opening {path}")
-    except Exception as error:  # noqa: BLE001: sorted below
+    except Exception as error:  # noqa: BLE001 - sorted below
         if is_transient(error):
             raise
         raise DamagedFile(0, f"cannot open it ({type(error).__name__}: {error})") from None
@@ -148,8 +148,27 @@ def check_input(pattern: str) -> None:
         raise FileNotFoundError(f"No files found matching --input {pattern}.")
 
 
+def first_records(patterns, limit: int = 1000) -> Iterator[bytes]:
+    """The first `limit` records of the files matching `patterns` (any Beam filesystem), in
+    file order, for what the launcher must learn from the data itself (the kinds of the
+    features `--copy_features` copies); the damaged rest of a file is skipped."""
+    count = 0
+    for match in FileSystems.match(list(patterns)):
+        for path in sorted(m.path for m in match.metadata_list):
+            try:
+                with open_records_file(path) as stream:
+                    for record in iterate_records(stream):
+                        yield record
+                        count += 1
+                        if count >= limit:
+                            return
+            except DamagedFile:
+                continue
+
+
 __all__ = [
     "DamagedFileError",
+    "first_records",
     "ReadFileRecords",
     "ReadResult",
     "ReadTFRecords",

@@ -7,7 +7,9 @@ that stage (a `StageError`), so the dead letters say where a record stopped:
 - parse: the bytes are a `tf.train.Example`.
 - validate: the features the job needs are present and sane: the image (present, a JPEG or
   PNG signature, or a raw tensor of the right size with finite values), the units (int64,
-  in range), the id.
+  in range), the id, the ground truth of the localisation metrics (boxes: 4 values each,
+  in [0, 1], ymin <= ymax, xmin <= xmax; a mask: PNG or JPEG bytes) and the features copied
+  into the table (one value of the kind found at launch).
 - decode: the JPEG or PNG bytes decode, and the image is resized to the model's input size.
 
 (Before them, stage "read" is the file's: the unreadable rest of a damaged input file,
@@ -36,7 +38,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 import tensorflow as tf
 
-from explain_lib.io import input_id, record_id  # noqa: F401: record_id is part of this API
+from explain_lib.io import input_id
 
 IMAGE_FORMATS = ("auto", "jpeg", "png", "raw")
 
@@ -73,6 +75,13 @@ class RecordSpec:
             a deterministic id, `record_id(serialized)`.
         units_key: the int64 feature holding the units to explain; records without it (or
             with it empty) get the model's top-K predictions.
+        boxes_key: the float feature holding the record's ground-truth boxes, 4 values per
+            box, (ymin, xmin, ymax, xmax) in [0, 1] (TFDS's `objects/bbox`); a record
+            without it has no boxes (its localisation metrics are NaN).
+        mask_key: the feature holding the record's ground-truth mask, PNG or JPEG bytes whose
+            nonzero pixels are the object (instead of boxes).
+        copy_features: (name, kind) of the input features copied into the table, kind
+            "int64", "float" or "bytes" (`pipeline.table.FEATURE_KINDS`).
     """
 
     image_size: Tuple[int, int]
@@ -83,6 +92,9 @@ class RecordSpec:
     image_shape: Optional[Tuple[int, int, int]] = None
     id_key: Optional[str] = "id"
     units_key: Optional[str] = None
+    boxes_key: Optional[str] = None
+    mask_key: Optional[str] = None
+    copy_features: Tuple[Tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if self.image_format not in IMAGE_FORMATS:
@@ -98,13 +110,18 @@ class CheckedRecord(NamedTuple):
     predictions), its original bytes (for a dead letter at a later stage), and its image as
     found in the record: `image_format` "jpeg" or "png" and the compressed bytes, or "raw"
     and the pixels. The record is parsed once, here; the pixels of compressed images only
-    exist on the worker that explains them, a batch at a time (`decode_batch`)."""
+    exist on the worker that explains them, a batch at a time (`decode_batch`). With the
+    localisation metrics, `ground_truth` holds its boxes (m, 4) float32, or its mask's
+    compressed bytes (None: the record has none); `features` the values of the features
+    copied into the table."""
 
     id: str
     units: Optional[np.ndarray]
     record: bytes
     image_format: str
     payload: Any
+    ground_truth: Any = None
+    features: Tuple[Any, ...] = ()
 
 
 class ImageRecord(NamedTuple):
@@ -334,10 +351,64 @@ def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
             except StageError as error:
                 error.record_id = records[i].id
                 errors[i] = error
-            except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+            except Exception as error:  # noqa: BLE001 - becomes this record's dead letter
                 errors[i] = StageError("decode", f"{type(error).__name__}: {error}",
                                        records[i].id)
     return images, errors
+
+
+_mask_decoders: Dict[Tuple, Callable] = {}
+
+
+def _mask_decoder(image_format: str, size: Tuple[int, int]) -> Callable:
+    """A compiled function decoding a batch of `image_format` masks to (N, H, W) float32 of
+    0 and 1 at the model's size: nonzero pixels are the object; a mask of another size is
+    resized bilinearly and thresholded at one half (nearest-like, without its shift)."""
+    key = (image_format, tuple(size))
+    with _batch_decoders_lock:
+        if key not in _mask_decoders:
+            decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
+            target = tf.constant(size, tf.int32)
+
+            def one(data):
+                mask = tf.cast(decoder(data, channels=1) > 0, tf.float32)
+                return tf.cast(tf.image.resize(mask, target)[..., 0] >= 0.5, tf.float32)
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def decode(strings):
+                return tf.map_fn(one, strings, parallel_iterations=16,
+                                 fn_output_signature=tf.TensorSpec(size, tf.float32))
+
+            _mask_decoders[key] = decode
+    return _mask_decoders[key]
+
+
+def decode_masks(records: Sequence["CheckedRecord"], spec: RecordSpec
+                 ) -> Tuple[np.ndarray, List[Optional[StageError]]]:
+    """Stage "decode" for the ground-truth masks of a batch (`spec.mask_key`): (N, H, W)
+    float32 masks of 0 and 1 at the model's size (zeros for a record without a mask, which
+    the localisation metrics score NaN), and per record None or its `StageError`. As for
+    images, one compiled call per format, and one record at a time to find a broken one."""
+    masks = np.zeros((len(records), *spec.image_size), np.float32)
+    errors: List[Optional[StageError]] = [None] * len(records)
+    groups: Dict[str, List[int]] = {}
+    for i, record in enumerate(records):
+        if record.ground_truth is not None:
+            groups.setdefault(detect_format(record.ground_truth), []).append(i)
+    for image_format, indices in groups.items():
+        decoder = _mask_decoder(image_format, spec.image_size)
+        try:
+            masks[indices] = decoder(tf.constant([records[i].ground_truth for i in indices])).numpy()
+            continue
+        except (tf.errors.OpError, ValueError):
+            pass  # find the bad ones below
+        for i in indices:
+            try:
+                masks[i] = decoder(tf.constant([records[i].ground_truth])).numpy()[0]
+            except (tf.errors.OpError, ValueError) as error:
+                errors[i] = StageError("decode", f"cannot decode the {image_format} mask of "
+                                       f"{spec.mask_key!r}: {_reason(error)}", records[i].id)
+    return masks, errors
 
 
 def read_id(example: tf.train.Example, serialized: bytes, spec: RecordSpec) -> str:
@@ -370,6 +441,100 @@ def read_units(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarr
     return units
 
 
+def read_boxes(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarray]:
+    """The record's ground-truth boxes (m, 4) float32 (stage "validate"), or None when it
+    has none: the `boxes_key` feature, 4 floats per box, (ymin, xmin, ymax, xmax) in [0, 1]
+    with ymin <= ymax and xmin <= xmax (TFDS's `BBoxFeature`)."""
+    key = spec.boxes_key
+    kind, values = _feature_values(example, key)
+    if kind is None or len(values) == 0:
+        return None
+    if kind != "float":
+        raise StageError("validate", f"boxes feature {key!r} must be a float list (4 values per "
+                         f"box: ymin, xmin, ymax, xmax in [0, 1]), not {kind}.")
+    boxes = np.asarray(values, np.float32)
+    if boxes.size % 4:
+        raise StageError("validate", f"boxes feature {key!r} holds {boxes.size} values, not a "
+                         "multiple of 4: each box is 4 values (ymin, xmin, ymax, xmax).")
+    boxes = boxes.reshape(-1, 4)
+    outside = ~((boxes >= 0) & (boxes <= 1))  # NaN too
+    if outside.any():
+        box, value = np.argwhere(outside)[0]
+        raise StageError("validate", f"box {box} of {key!r} has {'ymin xmin ymax xmax'.split()[value]} "
+                         f"{boxes[box, value]:g}, outside [0, 1]: boxes are fractions of the "
+                         "image's height and width (TFDS's normalised coordinates).")
+    inverted = (boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3])
+    if inverted.any():
+        box = int(np.argmax(inverted))
+        ymin, xmin, ymax, xmax = boxes[box].tolist()
+        raise StageError("validate", f"box {box} of {key!r} is inverted (ymin {ymin:g}, xmin "
+                         f"{xmin:g}, ymax {ymax:g}, xmax {xmax:g}): the order is ymin, xmin, "
+                         "ymax, xmax, with ymin <= ymax and xmin <= xmax.")
+    return boxes
+
+
+def read_mask(example: tf.train.Example, spec: RecordSpec) -> Optional[bytes]:
+    """The record's ground-truth mask as compressed bytes (stage "validate"), or None when it
+    has none: the `mask_key` feature, one PNG or JPEG image (decoded with the batch,
+    `decode_masks`)."""
+    key = spec.mask_key
+    kind, values = _feature_values(example, key)
+    if kind is None or len(values) == 0:
+        return None
+    if kind != "bytes" or len(values) != 1 or detect_format(values[0]) is None:
+        raise StageError("validate", f"mask feature {key!r} must hold one PNG or JPEG image "
+                         "(nonzero pixels are the object).")
+    return values[0]
+
+
+def read_copied(example: tf.train.Example, spec: RecordSpec) -> Tuple[Any, ...]:
+    """The values of the features copied into the table (stage "validate"): one value per
+    feature, of the kind found at launch (bytes as UTF-8 text), None where the record does
+    not have it."""
+    copied = []
+    for name, expected in spec.copy_features:
+        kind, values = _feature_values(example, name)
+        if kind is None or len(values) == 0:
+            copied.append(None)
+            continue
+        if kind != expected or len(values) != 1:
+            raise StageError("validate", f"copied feature {name!r} holds {len(values)} {kind} "
+                             f"value(s); --copy_features copies one {expected} value per "
+                             "record (the kind of the first records that have it).")
+        value = values[0]
+        copied.append(value.decode("utf-8", errors="replace") if kind == "bytes" else value)
+    return tuple(copied)
+
+
+def feature_kinds(records, names: Sequence[str], limit: int = 1000) -> Dict[str, str]:
+    """The kind ("int64", "float" or "bytes") of each feature in `names`, from the first of
+    `records` (serialized) that hold it, looking at `limit` records at most. The launcher
+    learns the table's column types this way, before any work.
+
+    Raises ValueError naming a feature none of those records holds, and the features they
+    do hold.
+    """
+    kinds: Dict[str, str] = {}
+    seen = set()
+    for number, serialized in enumerate(records):
+        if number >= limit or len(kinds) == len(names):
+            break
+        try:
+            example = tf.train.Example.FromString(serialized)
+        except Exception:  # noqa: BLE001 - a record the job will dead-letter
+            continue
+        seen.update(example.features.feature)
+        for name in names:
+            kind, values = _feature_values(example, name)
+            if name not in kinds and kind is not None and len(values):
+                kinds[name] = kind
+    missing = [name for name in names if name not in kinds]
+    if missing:
+        raise ValueError(f"--copy_features {', '.join(missing)}: no feature of that name in the "
+                         f"first {limit} input records (they hold {', '.join(sorted(seen))}).")
+    return {name: kinds[name] for name in names}
+
+
 def check_record(serialized: bytes, spec: RecordSpec) -> CheckedRecord:
     """Stages "parse" and "validate": everything that can be checked without decoding the
     image, parsing the record once. Raises StageError naming the stage that failed (and the
@@ -379,10 +544,13 @@ def check_record(serialized: bytes, spec: RecordSpec) -> CheckedRecord:
     try:
         image_format, payload = image_payload(example, spec)
         units = read_units(example, spec)
+        ground_truth = (read_boxes(example, spec) if spec.boxes_key
+                        else read_mask(example, spec) if spec.mask_key else None)
+        features = read_copied(example, spec) if spec.copy_features else ()
     except StageError as error:
         error.record_id = id_
         raise
-    return CheckedRecord(id_, units, serialized, image_format, payload)
+    return CheckedRecord(id_, units, serialized, image_format, payload, ground_truth, features)
 
 
 def decode_record(checked: CheckedRecord, spec: RecordSpec) -> ImageRecord:
@@ -393,7 +561,7 @@ def decode_record(checked: CheckedRecord, spec: RecordSpec) -> ImageRecord:
     except StageError as error:
         error.record_id = checked.id
         raise
-    except Exception as error:  # noqa: BLE001: becomes this record's dead letter
+    except Exception as error:  # noqa: BLE001 - becomes this record's dead letter
         raise StageError("decode", f"{type(error).__name__}: {error}", checked.id) from None
     return ImageRecord(checked.id, image, checked.units, checked.record)
 

@@ -6,10 +6,14 @@ and this module joins stored explanations back to their source images by id and 
 Usage:
 
     python -m pipeline.render --explanations 'out/expl-*' --images 'data/*.tfrecord' \\
-        --out grid.png [--limit 16] [--alpha 0.5] [--colormap heat|gray|coolwarm] \\
+        --out grid.png [--limit 16] [--alpha 0.5] [--colormap jet|inferno|coolwarm|gray|...] \\
         [--image_key image] [--image_format auto] [--image_shape H,W,C] [--id_key id]
 
     picture = overlay(image, maps[..., 0], alpha=0.5)   # (H, W, 3) uint8
+
+Colours come from matplotlib's colormaps (`matplotlib.colormaps`), as lookup tables of 256
+entries: the field's usual ones ("jet" for overlays, "inferno", "coolwarm") with no colours
+written here.
 
 The image options are the pipeline's, so the command reads any input the pipeline read,
 decodes it with the pipeline's own functions (`pipeline.records`) and finds each record by
@@ -18,46 +22,50 @@ resized over it.
 """
 
 import argparse
+import functools
 import sys
 from typing import Dict, List, Optional, Sequence, Union
 
+import matplotlib
 import numpy as np
 
-# Anchor colours of a perceptually ordered map (dark blue -> cyan -> yellow -> red),
-# interpolated to 256 entries: no plotting library needed.
-_ANCHORS = np.array(
-    [[0, 0, 64], [0, 64, 192], [0, 192, 224], [128, 240, 96], [255, 224, 0], [255, 96, 0],
-     [192, 0, 0]],
-    np.float32,
-)
+DEFAULT_COLORMAP = "jet"
+"""The colormap of overlays: matplotlib's "jet" (dark blue -> cyan -> yellow -> dark red), the
+convention of the Grad-CAM paper and most saliency figures since."""
+
+COLORMAPS = {"heat": "jet", "gray": "gray", "coolwarm": "coolwarm"}
+"""Short names kept from before the colours came from matplotlib ("heat" is "jet"). Any name
+in `matplotlib.colormaps` works as well: "inferno" and "viridis" (perceptually uniform),
+"coolwarm" or "RdBu_r" (diverging, for signed maps), "gray"."""
 
 
-def _interpolated(anchors: np.ndarray) -> np.ndarray:
-    return np.stack(
-        [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(anchors)), anchors[:, c])
-         for c in range(3)], axis=1).astype(np.uint8)
+@functools.lru_cache(maxsize=None)
+def colormap_table(name: str) -> np.ndarray:
+    """The (256, 3) uint8 lookup table of matplotlib's colormap `name` (or an alias in
+    `COLORMAPS`): entry i is the colormap at i / 255, rounded to 8 bits.
+
+    Usage:
+
+        colormap_table("inferno")[255]             # the colour of a map's maximum
+    """
+    resolved = COLORMAPS.get(name, name)
+    if resolved not in matplotlib.colormaps:
+        raise ValueError(f"Unknown colormap {name!r}: give a name in matplotlib.colormaps "
+                         "(e.g. jet, inferno, viridis, coolwarm, gray).")
+    rgba = matplotlib.colormaps[resolved](np.linspace(0.0, 1.0, 256))
+    table = np.rint(rgba[:, :3] * 255).astype(np.uint8)
+    table.flags.writeable = False  # shared by every caller (cached)
+    return table
 
 
-COLORMAP = _interpolated(_ANCHORS)
-"""(256, 3) uint8 lookup table from map level to colour (the default, "heat")."""
-
-COLORMAPS = {
-    "heat": COLORMAP,
-    "gray": _interpolated(np.array([[0, 0, 0], [255, 255, 255]], np.float32)),
-    "coolwarm": _interpolated(np.array(
-        [[59, 76, 192], [141, 176, 254], [221, 221, 221], [244, 154, 123], [180, 4, 38]],
-        np.float32)),
-}
-"""Colormaps by name (`overlay(..., colormap="gray")`, `--colormap`): "heat" (dark blue to
-red), "gray", "coolwarm" (blue to grey to red, for signed maps)."""
+COLORMAP = colormap_table(DEFAULT_COLORMAP)
+"""(256, 3) uint8 lookup table from map level to colour: the default colormap's."""
 
 
 def get_colormap(colormap: Union[str, np.ndarray]) -> np.ndarray:
-    """A (256, 3) uint8 lookup table: `colormap` itself, or the one it names in COLORMAPS."""
+    """A (256, 3) uint8 lookup table: `colormap` itself, or the matplotlib colormap it names."""
     if isinstance(colormap, str):
-        if colormap not in COLORMAPS:
-            raise ValueError(f"Unknown colormap {colormap!r}; known: {', '.join(COLORMAPS)}.")
-        return COLORMAPS[colormap]
+        return colormap_table(colormap)
     table = np.asarray(colormap)
     if table.shape != (256, 3):
         raise ValueError(f"A colormap is a (256, 3) table of colours, not {table.shape}.")
@@ -79,11 +87,11 @@ def overlay(image: np.ndarray, map2d: np.ndarray, alpha: float = 0.5,
     colours (0: the image alone, 1: the map alone). The map is scaled over its own range and
     resized (bilinearly) to the image if their sizes differ, so a map stored at its native
     7x7 lies over the whole image; grayscale images are shown in grey. `colormap` is a name
-    in `COLORMAPS` or a (256, 3) uint8 table.
+    in `matplotlib.colormaps` (or `COLORMAPS`) or a (256, 3) uint8 table.
 
     Usage:
 
-        picture = overlay(images[0], maps[0, ..., 0], alpha=0.4, colormap="heat")
+        picture = overlay(images[0], maps[0, ..., 0], alpha=0.4, colormap="jet")
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}.")
@@ -117,7 +125,8 @@ def tile(pictures: Sequence[np.ndarray], columns: int, padding: int = 2) -> np.n
     return grid
 
 
-def _upscale(picture: np.ndarray, scale: int) -> np.ndarray:
+def upscale(picture: np.ndarray, scale: int) -> np.ndarray:
+    """`picture` (H, W, ...) repeated `scale` times along both axes (nearest neighbour)."""
     return np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1) if scale > 1 else picture
 
 
@@ -167,7 +176,7 @@ def render_grid(
     explanations, images, out: str, limit: int = 16, columns: int = 4, alpha: float = 0.5,
     scale: Optional[int] = None, labels: Optional[List[str]] = None, image_key: str = "image",
     image_format: str = "auto", image_shape=None, id_key: Optional[str] = "id",
-    colormap: Union[str, np.ndarray] = "heat",
+    colormap: Union[str, np.ndarray] = DEFAULT_COLORMAP,
 ) -> int:
     """Render the first `limit` explanations as a PNG grid at `out`: for each record its
     image and the map of its first explained unit overlaid (`alpha`, `colormap`), captioned
@@ -201,7 +210,7 @@ def render_grid(
             overlay(image, np.zeros(image.shape[:2]), alpha=0.0),
             overlay(image, row["maps"][..., 0], alpha=alpha, colormap=colormap),
         ], axis=1)
-        pictures.append(_caption(_upscale(pair, picture_scale),
+        pictures.append(_caption(upscale(pair, picture_scale),
                                  f"{name} {row['logits'][0]:.1f}"))
     if not pictures:
         raise ValueError(f"No explanation in {explanations} matched an image in {images} by id.")
@@ -222,7 +231,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=16, help="Records to draw (the first N).")
     parser.add_argument("--columns", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=0.5, help="Weight of the map's colours.")
-    parser.add_argument("--colormap", default="heat", choices=sorted(COLORMAPS))
+    parser.add_argument("--colormap", default=DEFAULT_COLORMAP,
+                        help="A matplotlib colormap: jet (default), inferno, viridis, "
+                        "coolwarm (signed maps), gray, ...")
     parser.add_argument("--scale", type=int, default=None, help="Upscaling of each picture.")
     # The pipeline's options for reading its inputs, with the same meaning and defaults.
     parser.add_argument("--image_key", default="image", help="Feature holding the image.")

@@ -70,7 +70,7 @@ class Retry:
         while True:
             try:
                 return action()
-            except Exception as error:  # noqa: BLE001: sorted into transient and permanent
+            except Exception as error:  # noqa: BLE001 - sorted into transient and permanent
                 if attempt >= self.attempts or not is_transient(error):
                     raise
                 logging.warning("%s failed (attempt %d of %d, %s: %s); retrying in %.1f s.",

@@ -4,7 +4,8 @@
 
 Prints the run's manifest (`pipeline.manifest`: method, model, input, files, times,
 versions), its counts (and the ids held by more than one record, with examples), the dead
-letters broken down by stage and by error message, and how many explanations each unit has.
+letters broken down by stage and by error message, how many explanations each unit has,
+and with `--metrics` each metric's count, mean and quantiles, over all units and per unit.
 The breakdowns come from the files themselves (the dead letters, and the `units` of every
 explanation record, without decoding any map), so the summary also checks that the files
 hold as many explanations as the job counted.
@@ -118,12 +119,60 @@ def summarize_output(output: str, scan: bool = True) -> OutputReport:
 
 
 def _files_line(files: dict) -> str:
-    """'files:    4 explanation shards (120,000 bytes), 1 dead-letter shard (180 bytes)'."""
+    """'files:    4 explanation shards (120,000 bytes), 1 dead-letter shard (180 bytes)' (and
+    ', 2 table shards (...)' with a table)."""
     parts = [f"{_plural(len(files[kind]), name)} "
              f"({sum(f['bytes'] for f in files[kind]):,} bytes)"
              for kind, name in (("explanations", "explanation shard"),
-                                ("dead_letters", "dead-letter shard"))]
+                                ("dead_letters", "dead-letter shard"),
+                                ("table", "table shard")) if kind in files]
     return "files:    " + ", ".join(parts)
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def metric_lines(metrics: Optional[dict], top: int = 20) -> List[str]:
+    """The manifest's metric aggregates (`pipeline.aggregates`) as text: per metric, over all
+    units, how many scores, how many missing (no ground truth), the mean and the quantiles;
+    then each metric's mean for the `top` units with the most scores."""
+    aggregates = (metrics or {}).get("aggregates")
+    if not aggregates:
+        return []
+    names = [name for name in metrics["names"] if name in aggregates]
+    truth = (f" (boxes from {metrics['boxes_key']})" if metrics.get("boxes_key")
+             else f" (masks from {metrics['mask_key']})" if metrics.get("mask_key") else "")
+    levels = aggregates.get("quantile_levels", [])
+    labels = {0: "min", 0.5: "median", 1: "max"}
+    heads = [labels.get(level, f"q{round(100 * level)}") for level in levels]
+    width = max(len(name) for name in names + ["metric"])
+    lines = ["", f"metrics{truth}:",
+             f"  {'metric':<{width}} {'scored':>7} {'missing':>7} {'mean':>9} "
+             + " ".join(f"{head:>9}" for head in heads)]
+    for name in names:
+        overall = aggregates[name]["all"]
+        quantiles = list(overall.get("quantiles") or []) + [None] * len(levels)
+        lines.append(f"  {name:<{width}} {overall['count']:>7} {overall['missing']:>7} "
+                     f"{_number(overall['mean']):>9} "
+                     + " ".join(f"{_number(q):>9}" for q in quantiles[:len(levels)]))
+    units = {}
+    for name in names:
+        for unit, entry in aggregates[name]["per_unit"].items():
+            units[unit] = max(units.get(unit, 0), entry["count"] + entry["missing"])
+    if units:
+        ordered = sorted(units, key=lambda unit: (-units[unit], int(unit)))
+        lines.append(f"  mean per unit ({_plural(len(units), 'unit')}, most scored first):")
+        columns = [max(len(name), 9) for name in names]
+        lines.append(f"  {'unit':>8} {'scores':>7} "
+                     + " ".join(f"{name:>{w}}" for name, w in zip(names, columns)))
+        for unit in ordered[:top]:
+            means = [aggregates[name]["per_unit"].get(unit, {}).get("mean") for name in names]
+            lines.append(f"  {unit:>8} {units[unit]:>7} "
+                         + " ".join(f"{_number(m):>{w}}" for m, w in zip(means, columns)))
+        if len(ordered) > top:
+            lines.append(f"  ... {_plural(len(ordered) - top, 'more unit')}")
+    return lines
 
 
 def _plural(count: int, word: str) -> str:
@@ -146,6 +195,7 @@ def format_report(report: OutputReport, top: int = 20, messages: int = 3) -> str
         f"input:    {source}",
         f"output:   {output['explanations']} (schema v{m['schema_version']}, "
         f"{output['map_encoding']} maps, {size} size)",
+        *([f"table:    {output['table']}"] if output.get("table") else []),
         *([_files_line(output["files"])] if output.get("files") else []),
         "versions: " + ", ".join(f"{name} {version}" for name, version in m["versions"].items()),
         "",
@@ -185,6 +235,7 @@ def format_report(report: OutputReport, top: int = 20, messages: int = 3) -> str
                 lines.append(f"  {unit:>8} {count:>8} {report.first_unit_counts.get(unit, 0):>14}")
             if len(report.unit_counts) > top:
                 lines.append(f"  ... {_plural(len(report.unit_counts) - top, 'more unit')}")
+    lines += metric_lines(m.get("metrics"), top)
     lines += [f"warning: {note}" for note in report.notes]
     return "\n".join(lines)
 

@@ -60,7 +60,7 @@ def _read(stream: BinaryIO, size: int, offset: int, count: int) -> bytes:
                 break
             parts.append(chunk)
             remaining -= len(chunk)
-    except Exception as error:  # noqa: BLE001: sorted below
+    except Exception as error:  # noqa: BLE001 - sorted below
         if is_transient(error):
             raise
         raise DamagedFile(offset, f"{type(error).__name__}: {error}", count) from None

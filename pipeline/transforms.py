@@ -2,7 +2,10 @@
 
     records -> [Rebalance] -> CheckRecords -> RunInference(ExplainModelHandler) -> Outcomes
             -> explanations
-    (CheckRecords and Outcomes also emit dead letters, flattened into one output)
+    (CheckRecords and Outcomes also emit dead letters, flattened into one output; with a
+    table or metrics, Outcomes also emits each explained record's analysis row, which
+    `build_pipeline` writes as a Parquet table (`pipeline.table`) and summarises per metric
+    and unit (`pipeline.aggregates`))
 
 Per record, only the parse and the checks run alone (`CheckRecords`); decoding, explaining
 and encoding run a batch at a time in the handler. Everything after the read is one fused
@@ -27,6 +30,7 @@ Usage, inside any Beam pipeline:
 dead-letters the rest of a damaged file rather than failing.)
 """
 
+import json
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import apache_beam as beam
@@ -44,12 +48,14 @@ from pipeline.explainer import (
     resolve_preprocess,
 )
 from pipeline import tfds_input
-from pipeline.handler import METRICS_NAMESPACE, ExplainModelHandler
+from pipeline.aggregates import AggregateMetrics
+from pipeline.handler import METRICS_NAMESPACE, ExplainModelHandler, Explained
 from pipeline.ids import CountDuplicateIds
 from pipeline.outputs import WriteShards
 from pipeline.options import (
     ExplainOptions,
     parse_ints,
+    parse_metrics,
     stored_map_size,
     with_map_size,
 )
@@ -60,10 +66,15 @@ from pipeline.records import (
     StageError,
     check_record,
     encode_dead_letter,
+    feature_kinds,
 )
+from pipeline.table import WriteTable
 
 DEAD_LETTERS = "dead_letters"
 """Tag of every stage's dead-letter output."""
+
+ANALYSIS = "analysis"
+"""Tag of Outcomes' analysis rows (`pipeline.table.AnalysisRow`)."""
 
 READ_COUNTER = "records_read"
 EXPLAINED_COUNTER = "records_explained"
@@ -111,8 +122,9 @@ class CheckRecords(_StageDoFn):
 
 
 class Outcomes(_StageDoFn):
-    """What RunInference made of each record: its serialized schema-v1 record, counted as
-    explained, or a dead letter from the stage it failed at (decode, explain, encode)."""
+    """What RunInference made of each record: its serialized schema-v2 record, counted as
+    explained (and, when the handler made one, its analysis row, tagged `ANALYSIS`), or a
+    dead letter from the stage it failed at (decode, explain, encode)."""
 
     def setup(self):
         super().setup()
@@ -124,15 +136,20 @@ class Outcomes(_StageDoFn):
             yield self.dead_letter(record.record, outcome, record.id)
             return
         self._explained.inc()
+        if isinstance(outcome, Explained):
+            yield beam.pvalue.TaggedOutput(ANALYSIS, outcome.row)
+            outcome = outcome.record
         yield outcome
 
 
 class ExplainResult(NamedTuple):
-    """The outputs of `Explain`: serialized schema-v1 explanation records, and serialized
-    dead letters (see `pipeline.records.encode_dead_letter`)."""
+    """The outputs of `Explain`: serialized schema-v2 explanation records, serialized dead
+    letters (see `pipeline.records.encode_dead_letter`), and each explained record's
+    `pipeline.table.AnalysisRow` (empty unless `Explain` was asked for `analysis`)."""
 
     explanations: beam.PCollection
     dead_letters: beam.PCollection
+    analysis: Optional[beam.PCollection] = None
 
 
 class Explain(beam.PTransform):
@@ -142,9 +159,11 @@ class Explain(beam.PTransform):
                 -> Outcomes -> explanations (+ dead letters from CheckRecords and Outcomes)
 
     Parses and validates each record, then in batches decodes the images, explains them
-    through `explain_lib` and encodes each result as a schema-v1 record (`explain_lib.io`):
-    the handler's three batched steps, fused with reading and writing in one stage. Records
-    that fail at any stage become dead letters.
+    through `explain_lib` (with each unit's probability, and the `metrics`' scores) and
+    encodes each result as a schema-v2 record (`explain_lib.io`): the handler's three
+    batched steps, fused with reading and writing in one stage. Records that fail at any
+    stage become dead letters. With `analysis`, the result's third output holds each
+    explained record's `pipeline.table.AnalysisRow` (statistics, metrics, copied features).
 
     `rebalance` (a `Reshuffle` of the serialized records right after reading, so that the
     compressed records alone cross it) spreads the records of a few large files over a
@@ -173,6 +192,14 @@ class Explain(beam.PTransform):
         precision: the Keras dtype policy the model computes under
             (`explain_lib.utils.PRECISIONS`).
         jit_compile: explain under XLA.
+        metrics: metrics scoring each record's maps, by name, with their parameters:
+            `{"deletion": {"n_steps": 20}, "pointing_game": {}}` (`--metrics`,
+            `--metric_params`; checked before any work).
+        boxes_key, mask_key: the feature holding each record's ground truth for the
+            localisation metrics (see `pipeline.records.RecordSpec`).
+        copy_features: input features copied into the analysis rows, name -> kind
+            ("int64", "float" or "bytes"; `pipeline.records.feature_kinds` finds them).
+        analysis: make each explained record's analysis row (default: with metrics).
         devices: devices of each worker's `MirroredStrategy` (default: its GPUs).
         rebalance: reshuffle the records after reading (default: except on DirectRunner).
         model_info: the model's `ModelInfo`, when the caller knows it already.
@@ -204,6 +231,11 @@ class Explain(beam.PTransform):
         map_size: Union[None, str, Sequence[int]] = None,
         precision: str = "float32",
         jit_compile: bool = False,
+        metrics: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        boxes_key: Optional[str] = None,
+        mask_key: Optional[str] = None,
+        copy_features: Optional[Mapping[str, str]] = None,
+        analysis: Optional[bool] = None,
         devices: Optional[Sequence[str]] = None,
         rebalance: Optional[bool] = None,
         model_info: Optional[ModelInfo] = None,
@@ -221,8 +253,11 @@ class Explain(beam.PTransform):
         method_params = with_map_size(method_params, map_size)
         registered = resolve_method(method)
         explain_params(registered, method_params)
+        metrics = {name: dict(params) for name, params in (metrics or {}).items()}
+        parse_metrics(",".join(metrics), json.dumps(metrics))  # names and parameters
+        truth = "boxes" if boxes_key else "masks" if mask_key else None
         info = model_info or inspect_model(model_path, method, activation_layer, method_params,
-                                           image_size, top_k)
+                                           image_size, top_k, metrics, truth)
         if not 1 <= top_k <= info.num_units:
             raise ValueError(f"--top_k {top_k} does not fit the model's {info.num_units} output "
                              f"units: ask for 1 to {info.num_units}.")
@@ -235,14 +270,20 @@ class Explain(beam.PTransform):
             image_shape=tuple(image_shape) if image_shape else None,
             id_key=id_key,
             units_key=units_key,
+            boxes_key=boxes_key,
+            mask_key=mask_key,
+            copy_features=tuple((copy_features or {}).items()),
         )
         self.config = ExplainerConfig(
             model_path, method, method_params, activation_layer=activation_layer,
             preprocess=preprocess, top_k=top_k, precision=precision,
             jit_compile=jit_compile, devices=tuple(devices) if devices else None,
+            metrics=metrics,
         )
+        self.analysis = bool(metrics or copy_features) if analysis is None else analysis
         self.handler = ExplainModelHandler(self.config, self.spec, map_encoding,
-                                           batch_size=batch_size, **dict(handler_kwargs or {}))
+                                           batch_size=batch_size, analysis=self.analysis,
+                                           **dict(handler_kwargs or {}))
         self.map_encoding = map_encoding
         self.map_size = stored_map_size(method_params["resizing"], registered.upsampled)
         self.rebalance = rebalance
@@ -250,7 +291,8 @@ class Explain(beam.PTransform):
     @classmethod
     def from_options(cls, options: ExplainOptions, **overrides) -> "Explain":
         """The transform the command line's options describe; `overrides` replace any of
-        the keyword arguments."""
+        the keyword arguments (`copy_features`, whose kinds come from the input records,
+        is one: `build_pipeline` finds them)."""
         arguments = dict(
             image_key=options.image_key,
             image_format=options.image_format,
@@ -266,6 +308,10 @@ class Explain(beam.PTransform):
             map_size=options.map_size,
             precision=options.precision,
             jit_compile=options.jit_compile,
+            metrics=options.parsed_metrics(),
+            boxes_key=options.boxes_key or None,
+            mask_key=options.mask_key or None,
+            analysis=bool(options.table or options.parsed_metrics()),
         )
         arguments.update(overrides)
         return cls(options.model, options.method, options.parsed_method_params(), **arguments)
@@ -284,14 +330,14 @@ class Explain(beam.PTransform):
                 DEAD_LETTERS, main="records")
         )
         checked | "CountDuplicateIds" >> CountDuplicateIds()  # reported, still explained
-        explained, explain_failures = (
+        explained, explain_failures, analysis = (
             checked
             | "RunInference" >> RunInference(self.handler)
-            | "Outcomes" >> beam.ParDo(Outcomes()).with_outputs(DEAD_LETTERS,
+            | "Outcomes" >> beam.ParDo(Outcomes()).with_outputs(DEAD_LETTERS, ANALYSIS,
                                                                 main="explanations")
         )
         dead_letters = (check_failures, explain_failures) | "DeadLetters" >> beam.Flatten()
-        return ExplainResult(explained, dead_letters)
+        return ExplainResult(explained, dead_letters, analysis)
 
 
 def runs_in_process(pipeline: beam.Pipeline) -> bool:
@@ -329,7 +375,7 @@ def write_tfrecords(prefix: str, num_shards: int = 0) -> beam.PTransform:
 def build_pipeline(pipeline: beam.Pipeline, options: ExplainOptions) -> ExplainResult:
     """The whole job on `pipeline`: read -> Explain -> write results and dead letters (of
     damaged input files too)."""
-    from pipeline.reading import ReadTFRecords, check_input
+    from pipeline.reading import ReadTFRecords, check_input, first_records
 
     if options.tfds:
         source = tfds_input.resolve(options.tfds, options.tfds_data_dir, options.split)
@@ -339,13 +385,31 @@ def build_pipeline(pipeline: beam.Pipeline, options: ExplainOptions) -> ExplainR
     else:
         check_input(options.input)
         files, layout = [options.input], {}
+    copied = options.parsed_copy_features()
+    if copied:
+        layout["copy_features"] = feature_kinds(first_records(files), copied)
     read = (pipeline | "InputFiles" >> beam.Create(files)
             | "Read" >> ReadTFRecords(strict=options.strict_read))
-    explained = read.records | "Explain" >> Explain.from_options(options, **layout)
+    explain = Explain.from_options(options, **layout)
+    explained = read.records | "Explain" >> explain
     result = ExplainResult(
         explained.explanations,
         (read.dead_letters, explained.dead_letters) | "AllDeadLetters" >> beam.Flatten(),
+        explained.analysis,
     )
     result.explanations | "WriteExplanations" >> write_tfrecords(options.output, options.num_shards)
     result.dead_letters | "WriteDeadLetters" >> write_tfrecords(options.dead_letters, 1)
+    metrics = list(explain.config.metrics)
+    if options.table:
+        result.analysis | "WriteTable" >> WriteTable(
+            options.table, metrics, dict(explain.spec.copy_features), options.num_shards)
+    if metrics:
+        result.analysis | "AggregateMetrics" >> AggregateMetrics(
+            metrics, aggregates_prefix(options.output))
     return result
+
+
+def aggregates_prefix(output: str) -> str:
+    """Where a run writes its metric aggregates while it runs (`pipeline.aggregates`): the
+    launcher moves them into the manifest, and removes the file."""
+    return output + ".aggregates"

@@ -153,6 +153,42 @@ def _make_step(model, metric: Metric, params, specs, truth) -> Callable:
     return tf.function(replica_step, input_signature=signature)
 
 
+def check_evaluate(metric, model, input_shape, map_shape, units: int = 1,
+                   ground_truth: Optional[str] = None, **metric_params) -> None:
+    """Check, before any work, that `evaluate` can run `metric` with `metric_params` on
+    `model` for images of `input_shape` (H, W, C) and maps of `map_shape` (h, w), `units`
+    per image, with ground truth given as "boxes", "masks" or None: the parameters reach the
+    metric, it has what it needs, and its compiled step traces on a symbolic batch, which
+    runs the metric's own checks of its parameter values. Nothing is computed; the traced
+    step is cached for the calls that follow.
+
+    Usage:
+
+        check_evaluate("deletion", model, (224, 224, 3), (7, 7), n_steps=0)
+        # ValueError: deletion needs n_steps >= 1 ...
+
+    Raises:
+        ValueError: (or the TypeError of a malformed value) with what is wrong.
+    """
+    metric = _metric_of(metric)
+    check_metric_params(metric, metric_params)
+    if metric.takes_method:
+        raise ValueError(f"{metric.name} explains by itself: there is no per-batch step to "
+                         "check.")
+    if not metric.ground_truth:
+        ground_truth = None  # one set of options may serve every metric, as one dataset does
+    _check_needs(metric, model, {"maps"} | ({ground_truth} if ground_truth else set()))
+    floatx = keras.config.floatx()
+    specs = [tf.TensorSpec((None, *input_shape), floatx), tf.TensorSpec((None, units), tf.int32),
+             tf.TensorSpec((None, *map_shape, units), tf.float32)]
+    if ground_truth == "boxes":
+        specs.append(tf.TensorSpec((None, None, 4), tf.float32))
+    elif ground_truth == "masks":
+        specs.append(tf.TensorSpec((None, *input_shape[:2]), tf.float32))
+    _compiled_step(model if metric.needs_model else None, metric, metric_params, tuple(specs),
+                   ground_truth)
+
+
 def _as_array(value, name: str) -> np.ndarray:
     if value is None:
         return None
@@ -402,4 +438,4 @@ def evaluate(
     callbacks.on_predict_end()
     return scores[0] if len(scores) == 1 else np.concatenate(scores)
 
-__all__ = ["check_metric_params", "evaluate"]
+__all__ = ["check_evaluate", "check_metric_params", "evaluate"]

@@ -17,7 +17,9 @@ Separation of concerns:
   of `unit_chunk_size` so working memory stays bounded), callbacks and the progress bar,
   and gathering the outputs into numpy arrays. `explain_predicted` runs the same loop with
   steps that choose each input's top-K units from the method's own forward pass
-  (`inspection.TopUnits`) and return them with the maps.
+  (`inspection.TopUnits`) and return them with the maps. Either can return each explained
+  unit's probability at the input, recorded from that same forward pass by the selector
+  the method is given (`inspection.UnitSelector`): no forward pass of the engine's own.
 """
 
 import collections
@@ -42,6 +44,7 @@ method (`spatial_axis` to both)."""
 LOOP_ARGUMENTS = frozenset({
     "method", "model", "x", "y", "batch_size", "verbose", "steps", "callbacks",
     "max_queue_size", "workers", "use_multiprocessing", "force", "top_k", "unit_chunk_size",
+    "return_probabilities",
 })
 """The names `explain` and `explain_predicted` keep for their own loop: a method parameter of
 one of these names could never reach the method, so a method declaring one is refused."""
@@ -107,7 +110,8 @@ def explain_step(
         model: the model given to the method.
         method: an explaining function `(model, inputs, indices, ...) -> (logits, maps)`.
         data: `(inputs, indices)`, inputs (B, ..., H, W, C) and indices (B, K), or an
-            `inspection.TopUnits` selector, which holds the units chosen once this returns.
+            `inspection.UnitSelector` (`TopUnits`, `GivenUnits`), which holds the units
+            chosen and their probabilities once this returns.
         spatial_axis: the spatial axes of `inputs` (and of the maps).
         postprocessing: a filter `f(maps, axis=spatial_axis)` applied to the raw maps.
         resizing: True resizes the maps to the inputs' spatial size, a size resizes to that
@@ -137,13 +141,15 @@ def explain_step(
 
 def _check_method_outputs(method, inputs, indices, logits, maps) -> None:
     name = getattr(method, "__name__", repr(method))
-    if isinstance(indices, inspection.TopUnits):
+    if isinstance(indices, inspection.UnitSelector):
         if indices.units is None:
             raise ValueError(
                 f"Method {name} did not choose the units to explain: a method given a "
-                "TopUnits selector must call inspection.select_units on the logits of its "
-                "forward pass at the input. Give the units explicitly instead (explain(..., "
-                "y=units))."
+                f"{type(indices).__name__} selector must call inspection.select_units on the "
+                "logits of its forward pass at the input. "
+                + ("Give the units explicitly instead (explain(..., y=units))."
+                   if isinstance(indices, inspection.TopUnits)
+                   else "Leave return_probabilities off for this method.")
             )
         units = indices.k
     else:
@@ -193,13 +199,15 @@ def _compiled_step(
     input_spec: tf.TensorSpec,
     units: int,
     selecting: bool = False,
+    probabilities: bool = False,
 ) -> Callable:
     """The step for this model, method, parameters, input signature and unit count: built
     and traced on first use, then reused (see the module docstring). A selecting step takes
     only the inputs, explains each one's top `units` units and returns (units, logits,
-    maps)."""
+    maps); with `probabilities`, a step also returns the explained units' probabilities
+    last, recorded by the selector the method is given (`inspection.UnitSelector`)."""
     key = (method, _freeze(method_params), _freeze(step_params),
-           tuple(input_spec.shape[1:]), input_spec.dtype, units, selecting)
+           tuple(input_spec.shape[1:]), input_spec.dtype, units, selecting, probabilities)
     with _compiled_steps_lock:  # threads of one worker explain batches at once
         steps = _compiled_steps.setdefault(model, collections.OrderedDict())
         if key in steps:
@@ -207,26 +215,29 @@ def _compiled_step(
         else:
             # The params are kept with the step so that identity-keyed values stay alive.
             steps[key] = (_make_step(model, method, method_params, step_params, input_spec,
-                                     units, selecting), method_params)
+                                     units, selecting, probabilities), method_params)
             while len(steps) > MAX_STEPS_PER_MODEL:
                 steps.popitem(last=False)
         return steps[key][0]
 
 
 def _make_step(model, method, method_params, step_params, input_spec, units,
-               selecting) -> Callable:
+               selecting, probabilities=False) -> Callable:
     # The step refers to the model weakly, so that the cache entry does not keep it alive.
     model_ref = weakref.ref(model)
 
     def replica_step(inputs, *indices):
-        if not selecting:
+        if not selecting and not probabilities:
             return explain_step(model_ref(), method, (inputs, *indices), **step_params,
                                 **method_params)
-        # One selector per replica: each chooses the units of its own shard.
-        selector = inspection.TopUnits(units)
+        # One selector per replica: each chooses (or scores) the units of its own shard, in
+        # the method's own forward pass at the input.
+        selector = (inspection.TopUnits(units) if selecting
+                    else inspection.GivenUnits(indices[0]))
         logits, maps = explain_step(model_ref(), method, (inputs, selector), **step_params,
                                     **method_params)
-        return selector.units, logits, maps
+        outputs = (selector.units, logits, maps) if selecting else (logits, maps)
+        return (*outputs, selector.probabilities) if probabilities else outputs
 
     signature = [tf.TensorSpec((None, *input_spec.shape[1:]), input_spec.dtype)]
     if not selecting:
@@ -366,8 +377,9 @@ def explain(
     workers: int = 1,
     use_multiprocessing: bool = False,
     force: bool = False,
+    return_probabilities: bool = False,
     **method_params,
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, ...]:
     """Explain `model`'s outputs for `x` with an explaining `method`.
 
     Usage:
@@ -400,24 +412,31 @@ def explain(
         force: rebuild the compiled steps of this model. By default a step built for the
             same model, method, parameters, input signature and number of units is reused,
             as `model.predict` reuses its function: a second call traces nothing.
+        return_probabilities: also return each explained unit's probability at the input
+            (the softmax of the model's logits over its units; the sigmoid for one unit),
+            taken from the method's own forward pass at the input: the method is given an
+            `inspection.GivenUnits` selector, which records them when the method calls
+            `inspection.select_units` (every method of `explain_lib.methods` does). No
+            forward pass is added (but for meta methods, which make one at the input).
         **method_params: `spatial_axis`, `postprocessing` and `resizing` go to
             `explain_step`; `unit_chunk_size` (default 16) bounds how many units one step
             explains; everything else goes to `method`, which must take it (checked before
             any work: see `check_method_params`).
 
     Returns:
-        `logits` (N, K), the explained units' scores, and `maps` (N, H, W, K).
+        `logits` (N, K), the explained units' scores, and `maps` (N, H, W, K); with
+        `return_probabilities`, also `probabilities` (N, K) float32, last.
 
     Raises:
         ValueError: with what is wrong and how to fix it, for a parameter the method does
             not take, empty inputs, mismatched `x`/`y`, unit indices out of range, inputs
             that do not fit `spatial_axis`, or a method returning maps of an unexpected shape.
     """
-    _, logits, maps = _explain_batches(
+    _, logits, maps, probabilities = _explain_batches(
         method, model, x, y, None, batch_size, verbose, steps, callbacks, max_queue_size,
-        workers, use_multiprocessing, force, method_params,
+        workers, use_multiprocessing, force, method_params, return_probabilities,
     )
-    return logits, maps
+    return (logits, maps, probabilities) if return_probabilities else (logits, maps)
 
 
 def explain_predicted(
@@ -433,8 +452,9 @@ def explain_predicted(
     workers: int = 1,
     use_multiprocessing: bool = False,
     force: bool = False,
+    return_probabilities: bool = False,
     **method_params,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, ...]:
     """Explain each input's `top_k` highest-scoring units, as the model predicts them.
 
     The units are chosen from the method's own forward pass at the input (see
@@ -454,12 +474,15 @@ def explain_predicted(
             `inspection.select_units` (every method of `explain_lib.methods` does).
         top_k: units per input, best first (on ties, the lower unit first).
         x: inputs, as for `explain`, without labels (a dataset of `(x, y)` is refused).
+        return_probabilities: also return the chosen units' probabilities, from the same
+            forward pass that chose them.
         Every other argument: as for `explain` (`unit_chunk_size` does not apply: the
         `top_k` units are explained in one step).
 
     Returns:
         `units` (N, top_k) int32, `logits` (N, top_k), their scores, and `maps`
-        (N, H, W, top_k).
+        (N, H, W, top_k); with `return_probabilities`, also `probabilities` (N, top_k),
+        last.
 
     Raises:
         ValueError: as `explain`; also for `top_k` < 1 or above the model's number of
@@ -467,10 +490,11 @@ def explain_predicted(
     """
     if int(top_k) < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}.")
-    return _explain_batches(
+    units, logits, maps, probabilities = _explain_batches(
         method, model, x, None, int(top_k), batch_size, verbose, steps, callbacks,
-        max_queue_size, workers, use_multiprocessing, force, method_params,
+        max_queue_size, workers, use_multiprocessing, force, method_params, return_probabilities,
     )
+    return (units, logits, maps, probabilities) if return_probabilities else (units, logits, maps)
 
 
 def split_params(method: Callable, params: Dict[str, Any]
@@ -487,7 +511,8 @@ def split_params(method: Callable, params: Dict[str, Any]
 
 
 def check_explain(method: Callable, model: keras.Model, input_shape: Sequence[Optional[int]],
-                  units: int = 1, top_k: Optional[int] = None, **params) -> None:
+                  units: int = 1, top_k: Optional[int] = None,
+                  return_probabilities: bool = False, **params) -> None:
     """Check, before any work, that `explain` (or `explain_predicted`, with `top_k`) can run
     `method` with `params` on `model` for inputs of `input_shape` (without the batch axis):
     the parameters reach the method (`check_method_params`), and the compiled step traces on
@@ -509,7 +534,7 @@ def check_explain(method: Callable, model: keras.Model, input_shape: Sequence[Op
         return  # an eager step has no trace: it is checked by its first batch
     width = units if top_k is None else int(top_k)
     trace(_compiled_step(model, method, method_params, step_params, spec, width,
-                         selecting=top_k is not None))
+                         selecting=top_k is not None, probabilities=return_probabilities))
 
 
 def trace(step: Callable) -> None:
@@ -528,10 +553,11 @@ def trace(step: Callable) -> None:
 
 def _explain_batches(
     method, model, x, y, top_k, batch_size, verbose, steps, callbacks, max_queue_size,
-    workers, use_multiprocessing, force, method_params,
-) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray]:
-    """`explain`'s loop; with `top_k`, each batch's units are chosen by its step and
-    returned first, else they come from `y` (None: every unit, in chunks)."""
+    workers, use_multiprocessing, force, method_params, probabilities=False,
+) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """`explain`'s loop: (units, logits, maps, probabilities). With `top_k`, each batch's
+    units are chosen by its step and returned first, else they come from `y` (None: every
+    unit, in chunks) and come back None; probabilities are None unless asked for."""
     method_params, step_params, unit_chunk_size = split_params(method, method_params)
     spatial_axis = tuple(step_params.get("spatial_axis", SPATIAL_AXIS))
     if force:
@@ -549,7 +575,7 @@ def _explain_batches(
             steps=num_batches, model=model,
         )
 
-    all_units, all_logits, all_maps = [], [], []
+    all_units, all_logits, all_maps, all_probabilities = [], [], [], []
     units = None
     callbacks.on_predict_begin()
     for step, (x_batch, y_batch) in enumerate(batches):
@@ -562,19 +588,22 @@ def _explain_batches(
             units = _units_of(model, inputs)
         spec = tf.TensorSpec.from_tensor(inputs)
         if top_k is not None:
-            chosen, logits, maps = _selected(
-                model, method, method_params, step_params, spec, units, top_k, inputs, y_batch
-            )
+            chosen, logits, maps, *scored = _selected(
+                model, method, method_params, step_params, spec, units, top_k, inputs, y_batch,
+                probabilities)
             all_units.append(chosen)
         else:
-            logits, maps = _given(model, method, method_params, step_params, spec,
-                                  _indices(y_batch, int(inputs.shape[0]), units),
-                                  unit_chunk_size, inputs)
+            logits, maps, *scored = _given(model, method, method_params, step_params, spec,
+                                           _indices(y_batch, int(inputs.shape[0]), units),
+                                           unit_chunk_size, inputs, probabilities)
         all_logits.append(logits)
         all_maps.append(maps)
+        all_probabilities += scored
         logs = {"outputs": (logits, maps)}
         if top_k is not None:
             logs["units"] = all_units[-1]
+        if probabilities:
+            logs["probabilities"] = scored[0]
         callbacks.on_predict_batch_end(step, logs)
 
     if not all_logits:
@@ -582,25 +611,28 @@ def _explain_batches(
     callbacks.on_predict_end()
     return tuple(
         None if not parts else parts[0] if len(parts) == 1 else np.concatenate(parts)
-        for parts in (all_units, all_logits, all_maps)
+        for parts in (all_units, all_logits, all_maps, all_probabilities)
     )
 
 
-def _given(model, method, method_params, step_params, spec, indices, unit_chunk_size, inputs):
-    """Explain a batch's given units (B, K), `unit_chunk_size` units per step."""
-    logits, maps = [], []
+def _given(model, method, method_params, step_params, spec, indices, unit_chunk_size, inputs,
+           probabilities=False):
+    """Explain a batch's given units (B, K), `unit_chunk_size` units per step: (logits,
+    maps), and their probabilities if asked for."""
+    parts = []  # per chunk: logits, maps[, probabilities], each (B, ..., chunk)
     for chunk, real in _chunks(indices, unit_chunk_size):
-        fn = _compiled_step(model, method, method_params, step_params, spec, chunk.shape[1])
-        chunk_logits, chunk_maps = fn(inputs, tf.constant(chunk))
-        logits.append(chunk_logits.numpy()[:, :real])
-        maps.append(chunk_maps.numpy()[..., :real])
-    if len(logits) == 1:
-        return logits[0], maps[0]
-    return np.concatenate(logits, axis=-1), np.concatenate(maps, axis=-1)
+        fn = _compiled_step(model, method, method_params, step_params, spec, chunk.shape[1],
+                            probabilities=probabilities)
+        parts.append([output.numpy()[..., :real] for output in fn(inputs, tf.constant(chunk))])
+    if len(parts) == 1:
+        return tuple(parts[0])
+    return tuple(np.concatenate(outputs, axis=-1) for outputs in zip(*parts))
 
 
-def _selected(model, method, method_params, step_params, spec, units, top_k, inputs, y):
-    """Explain a batch's top `top_k` units, chosen by the step: (units, logits, maps)."""
+def _selected(model, method, method_params, step_params, spec, units, top_k, inputs, y,
+              probabilities=False):
+    """Explain a batch's top `top_k` units, chosen by the step: (units, logits, maps), and
+    their probabilities if asked for."""
     if y is not None:
         raise ValueError(
             "explain_predicted chooses the units itself, but the input carries labels (a "
@@ -610,7 +642,8 @@ def _selected(model, method, method_params, step_params, spec, units, top_k, inp
         raise ValueError(
             f"top_k={top_k} exceeds the model's {units} output units: ask for at most {units}."
         )
-    fn = _compiled_step(model, method, method_params, step_params, spec, top_k, selecting=True)
+    fn = _compiled_step(model, method, method_params, step_params, spec, top_k, selecting=True,
+                        probabilities=probabilities)
     return tuple(output.numpy() for output in fn(inputs))
 
 

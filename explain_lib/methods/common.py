@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from explain_lib import inspection
+
 RANDOM_ALGORITHM = "philox"
 """The stateless generator of noise and masks, named rather than "auto_select" (whose choice
 may differ between devices). Draws depend only on the seed, on CPU and GPU alike; under XLA
@@ -70,9 +72,7 @@ def scores_of(logits: tf.Tensor, score: str) -> tf.Tensor:
     logits = tf.cast(logits, tf.float32) if logits.dtype in (tf.float16, tf.bfloat16) else logits
     if check_score(score) == "logit":
         return logits
-    if logits.shape[-1] == 1:
-        return tf.sigmoid(logits)
-    return tf.nn.softmax(logits, axis=-1)
+    return inspection.probabilities_of(logits)
 
 
 def check_score(score: str) -> str:

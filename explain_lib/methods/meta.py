@@ -20,8 +20,10 @@ own names (`repetitions`, `noise`, `noise_chunk_size`, `noise_seed`; `scales`, `
 `resize_method`) are chosen not to meet a method's own (`chunk_size`, `seed`), so that
 `smooth(rise)` can set both; wrapping a method that has one of them is an error.
 
-Given a `TopUnits` selector as `indices`, a meta method chooses the units with one forward
-pass at the input (not at a noisy or augmented copy) and explains those.
+Given a selector as `indices` (`inspection.TopUnits`, or `inspection.GivenUnits` when the
+engine asks for probabilities), a meta method chooses the units, and scores them, with one
+forward pass at the input (not at a noisy or augmented copy) and explains those: for given
+units that pass is one more than the copies' (1 in `3 × repetitions` for SmoothGrad).
 
 Noise is reproducible and shared by the samples of a batch (copy r of every input gets the
 same draw, scaled to that input's range), so a sample's maps do not depend on the batch, or
@@ -71,9 +73,10 @@ def _merge_moments(a, b):
 
 
 def _units_at_input(model, inputs, indices):
-    """`indices`, or the units a `TopUnits` selector chooses from the model's scores at the
-    input itself."""
-    if isinstance(indices, inspection.TopUnits):
+    """`indices`, or the units a selector (`inspection.UnitSelector`) chooses from the
+    model's scores at the input itself (not at a noisy or augmented copy), where it also
+    records their probabilities."""
+    if isinstance(indices, inspection.UnitSelector):
         return indices.select(logits_of(model, inputs))
     return indices
 

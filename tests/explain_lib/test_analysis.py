@@ -43,7 +43,7 @@ def test_statistics_of_maps_with_known_answers():
     maps = np.concatenate([point, uniform, negative, halves], axis=-1)  # (8, 10, 4)
     stats = analysis.map_statistics(maps)
     assert set(stats) == {"peak_y", "peak_x", "peak_value", "mean", "centre_y", "centre_x",
-                          "top10_mass"}
+                          "top10_mass", "entropy"}
     assert all(value.shape == (4,) for value in stats.values())
     # The point: peak and centre at its pixel centre; all the mass in the top 10%.
     assert (stats["peak_y"][0], stats["peak_x"][0]) == (2.5 / 8, 5.5 / 10)
@@ -58,6 +58,17 @@ def test_statistics_of_maps_with_known_answers():
     # Left half: centre at a quarter of the width; 8 of 40 mass pixels in the top 8 pixels.
     np.testing.assert_allclose([stats["centre_y"][3], stats["centre_x"][3]], [0.5, 0.25])
     np.testing.assert_allclose(stats["top10_mass"][3], 8 / 40)
+    # Entropy over log(H·W): 0 for the point, 1 for uniform, half the pixels evenly:
+    # log(40) / log(80); none without positive mass.
+    np.testing.assert_allclose(stats["entropy"][[0, 1, 3]], [0.0, 1.0, math.log(40) / math.log(80)],
+                               atol=1e-6)
+    assert math.isnan(stats["entropy"][2])
+    # Against an independent computation, on a random map.
+    random = np.random.default_rng(3).uniform(-0.5, 1, (6, 5, 1)).astype(np.float32)
+    p = np.maximum(random.ravel(), 0) / np.maximum(random.ravel(), 0).sum()
+    expected = -sum(v * math.log(v) for v in p if v > 0) / math.log(30)
+    np.testing.assert_allclose(analysis.map_statistics(random)["entropy"][0], expected, rtol=1e-5)
+    assert analysis.map_statistics(np.ones((1, 1, 1)))["entropy"][0] == 0.0
     # Other fractions, and batches of maps.
     assert "top25_mass" in analysis.map_statistics(maps, top_fraction=0.25)
     batched = analysis.map_statistics(np.stack([maps, maps[..., ::-1]]))
@@ -108,7 +119,9 @@ def test_explanations_frame_has_a_row_per_explained_unit(stored):
     pattern, maps = stored
     frame = analysis.explanations_frame(pattern)
     assert len(frame) == 6
-    assert list(frame.columns[:6]) == ["id", "rank", "unit", "logit", "height", "width"]
+    assert list(frame.columns[:7]) == ["id", "rank", "unit", "logit", "probability", "height",
+                                       "width"]
+    assert frame.probability.isna().all()  # written without probabilities
     assert frame.id.tolist() == ["a", "a", "b", "b", "c", "c"]
     assert frame["rank"].tolist() == [0, 1] * 3 and frame.unit.tolist() == [0, 3, 1, 3, 2, 3]
     assert frame.logit.tolist() == [0.0, -1.0, 1.0, -1.0, 2.0, -1.0]
@@ -164,3 +177,19 @@ def test_join_inputs_by_the_pipelines_ids(tmp_path, stored):
     joined = analysis.join_inputs(analysis.explanations_frame(other), input_pattern)
     assert joined.path.tolist() == ["c.jpg"] and joined.label.tolist() == [7]
     assert isinstance(joined, pd.DataFrame)
+
+
+def test_explanations_frame_reads_probabilities_and_metrics_of_schema_v2(tmp_path):
+    maps = np.random.default_rng(4).uniform(0, 1, (2, 4, 4, 2)).astype(np.float32)
+    records = [explain_io.encode_explanation(
+        f"r{i}", [i, 2], [1.0, 0.5], maps[i], probabilities=[0.5 + i / 8, 0.25],
+        metrics={"insertion": [0.75, i / 4], "deletion": [0.125, 0.5 + i / 4]})
+        for i in range(2)]
+    pattern = _write(tmp_path / "v2.tfrecord", records)
+    assert analysis.metric_names(pattern) == ["deletion", "insertion"]
+    frame = analysis.explanations_frame(pattern)
+    assert frame.probability.tolist() == [0.5, 0.25, 0.625, 0.25]
+    assert frame.deletion.tolist() == [0.125, 0.5, 0.125, 0.75]
+    assert frame.insertion.tolist() == [0.75, 0.0, 0.75, 0.25]
+    np.testing.assert_allclose(frame.entropy, analysis.map_statistics(maps)["entropy"].ravel(),
+                               atol=0.01)  # of the decoded png8 maps

@@ -88,7 +88,7 @@ def test_record_round_trip_and_plain_tf_parsing():
 
     # The schema is readable with nothing but TensorFlow and the documented features.
     parsed = tf.io.parse_single_example(record, explain_io.FEATURES)
-    assert int(parsed["schema_version"]) == explain_io.SCHEMA_VERSION == 1
+    assert int(parsed["schema_version"]) == explain_io.SCHEMA_VERSION == 2
     assert parsed["map_encoding"].numpy() == b"png8"
     np.testing.assert_array_equal(parsed["map_shape"].numpy(), [9, 13, 3])
     stacked = tf.io.decode_png(parsed["maps"], channels=1).numpy()
@@ -120,13 +120,63 @@ def test_readers_reject_unknown_schema_version(tmp_path):
     example = tf.train.Example.FromString(
         explain_io.encode_explanation("a", [0], [1.0], np.ones((2, 2, 1)))
     )
-    example.features.feature["schema_version"].int64_list.value[0] = 2
+    example.features.feature["schema_version"].int64_list.value[0] = 3
     record = example.SerializeToString()
-    with pytest.raises(ValueError, match="schema version 2"):
+    with pytest.raises(ValueError, match="schema version 3.*reads versions 1 and 2"):
         explain_io.decode_explanation(record)
     path = _write(tmp_path / "future.tfrecord", [record])
     with pytest.raises(tf.errors.InvalidArgumentError, match="unknown schema version"):
         list(explain_io.read_explanations(path))
+
+
+def _v1_record(record_id, units, logits, maps) -> bytes:
+    """A record as schema v1 wrote it: version 1, no probabilities, no metrics (the v1
+    writer's features, in its order)."""
+    encoded = explain_io.encode_maps(maps)
+    return explain_io.serialize_example([
+        ("schema_version", "int64", [1]), ("id", "bytes", [record_id.encode()]),
+        ("units", "int64", units), ("logits", "float", logits),
+        ("maps", "bytes", [encoded.data]), ("map_shape", "int64", encoded.shape),
+        ("map_encoding", "bytes", [b"png8"]), ("map_min", "float", encoded.map_min),
+        ("map_max", "float", encoded.map_max), ("input_size", "int64", encoded.shape[:2]),
+    ])
+
+
+def test_schema_v2_probabilities_and_metrics_and_v1_records_still_read(tmp_path):
+    maps = _maps(3, (5, 6, 2))
+    v2 = explain_io.encode_explanation(
+        "new", [2, 0], [1.5, 0.5], maps, probabilities=[0.6, 0.25],
+        metrics={"deletion": [0.125, 0.5], "pointing_game": [1.0, np.nan]})
+    v1 = _v1_record("old", [1, 3], [2.0, -1.0], maps)
+    decoded = explain_io.decode_explanation(v2)
+    np.testing.assert_array_equal(decoded["probabilities"], np.float32([0.6, 0.25]))
+    assert sorted(decoded["metrics"]) == ["deletion", "pointing_game"]
+    np.testing.assert_array_equal(decoded["metrics"]["deletion"], [0.125, 0.5])
+    np.testing.assert_array_equal(decoded["metrics"]["pointing_game"], [1.0, np.nan])
+    old = explain_io.decode_explanation(v1)
+    assert old["id"] == "old" and old["metrics"] == {}
+    assert old["probabilities"].shape == (2,) and np.isnan(old["probabilities"]).all()
+    np.testing.assert_array_equal(old["maps"], decoded["maps"])
+
+    # The tf.data reader: both versions in one file; metrics asked for by name.
+    path = _write(tmp_path / "mixed.tfrecord", [v2, v1])
+    new_row, old_row = explain_io.read_explanations(
+        path, metrics=["deletion", "pointing_game"]).as_numpy_iterator()
+    np.testing.assert_array_equal(new_row["probabilities"], np.float32([0.6, 0.25]))
+    np.testing.assert_array_equal(new_row["metrics"]["deletion"], [0.125, 0.5])
+    assert np.isnan(old_row["probabilities"]).all()
+    assert np.isnan(old_row["metrics"]["deletion"]).all()
+    np.testing.assert_array_equal(old_row["units"], [1, 3])
+    assert "metrics" not in next(iter(explain_io.read_explanations(path)))
+
+    # With TensorFlow alone: the documented feature names.
+    parsed = tf.io.parse_single_example(v2, {**explain_io.FEATURES,
+                                             **explain_io.metric_features(["deletion"])})
+    assert int(parsed["schema_version"]) == 2
+    np.testing.assert_array_equal(tf.sparse.to_dense(parsed["metrics/deletion"]), [0.125, 0.5])
+    with pytest.raises(ValueError, match="deletion holds 1 values for 2 units"):
+        explain_io.encode_explanation("x", [1, 2], [0.5, 0.2], maps,
+                                      metrics={"deletion": [0.5]})
 
 
 def test_missing_files_and_compression_names(tmp_path):
@@ -249,7 +299,7 @@ README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
 
 
 def readme_dataset(encoding, directory):
-    """The README's plain-TensorFlow reader ("Output schema v1"), taken from the README and
+    """The README's plain-TensorFlow reader ("Output schema v2"), taken from the README and
     run as written, with the encoding and the file pattern filled in."""
     text = open(README, encoding="utf-8").read()
     block = text.split("Without explain_lib", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
@@ -257,7 +307,7 @@ def readme_dataset(encoding, directory):
     block = block.replace('ENCODING = "png8"', f"ENCODING = {encoding!r}").replace(
         '"out/expl-*.tfrecord.gz"', repr(str(directory / "expl-*.tfrecord.gz")))
     namespace = {}
-    exec(block, namespace)  # noqa: S102: the README's own code
+    exec(block, namespace)  # noqa: S102 - the README's own code
     return namespace["dataset"]
 
 

@@ -2,6 +2,7 @@
 
 import os
 
+import matplotlib
 import numpy as np
 import tensorflow as tf
 from PIL import Image
@@ -102,8 +103,12 @@ def test_overlay_blends_the_map_over_the_image():
     ramp = np.tile(np.linspace(0, 1, 8), (8, 1))
     assert np.array_equal(render.overlay(image, ramp, alpha=0.0), image)
     opaque = render.overlay(image, ramp, alpha=1.0)
-    np.testing.assert_array_equal(opaque[:, 0], np.broadcast_to(render.COLORMAP[0], (8, 3)))
-    np.testing.assert_array_equal(opaque[:, -1], np.broadcast_to(render.COLORMAP[255], (8, 3)))
+    # The default colormap is matplotlib's "jet": its lowest and highest colours at the ends.
+    jet = matplotlib.colormaps["jet"]
+    for column, level in ((0, 0.0), (-1, 1.0)):
+        np.testing.assert_allclose(opaque[:, column],
+                                   np.broadcast_to(np.asarray(jet(level)[:3]) * 255, (8, 3)),
+                                   atol=1)
     half = render.overlay(image, ramp, alpha=0.5)
     assert not np.array_equal(half, render.overlay(image, ramp[:, ::-1], alpha=0.5))
     # Maps of another size are resized to the image; grayscale images work.

@@ -73,6 +73,7 @@ def test_manifest_describes_the_run(job, model_path):
     assert described["output"] == {
         "explanations": ran.output + "-*.tfrecord.gz",
         "dead_letters": ran.output + ".dead_letters-*.tfrecord.gz",
+        "table": None,  # no --table
         "map_encoding": "png16",
         "map_size": "native",
         "map_size_option": "native",
@@ -80,6 +81,7 @@ def test_manifest_describes_the_run(job, model_path):
                   "dead_letters": shards(ran.output + ".dead_letters")},
     }
     assert len(described["output"]["files"]["dead_letters"]) == 1
+    assert described["metrics"] is None  # no --metrics
     assert described["duplicate_ids"] == {"ids": 0, "records": 0, "examples": []}
     started, finished = (datetime.datetime.fromisoformat(described[key].replace("Z", "+00:00"))
                          for key in ("started", "finished"))

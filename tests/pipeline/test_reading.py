@@ -128,7 +128,7 @@ def test_damaged_files_become_one_dead_letter_each_and_the_others_are_explained(
     good = records[:4]  # read through flakyfs, whose first open fails: retried
     write(tmp_path, "in-0", good)
     damaged = records[4:9]
-    path_1, kept_1 = str(tmp_path / "in-1.tfrecord"), damaged[:2]
+    path_1 = str(tmp_path / "in-1.tfrecord")  # its first 2 records are read
     data = bytearray(open(write(tmp_path, "whole", damaged), "rb").read())
     offset_1 = _offsets(damaged)[2]
     data[offset_1 + 20] ^= 0xFF

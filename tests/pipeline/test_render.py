@@ -1,6 +1,7 @@
 """`python -m pipeline.render` and `overlay`: a grid of the expected size whose overlay pixels
 follow the map, on inputs of any layout the pipeline reads (keys, formats, hashed ids)."""
 
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
@@ -66,8 +67,9 @@ def test_render_command_draws_a_grid_whose_overlays_follow_the_map(tmp_path, ima
         plain_moved, over_moved = _cell(grids["bottom_right"], index)
         np.testing.assert_array_equal(plain, plain_moved)  # the image does not change ...
         assert np.abs(over.astype(int) - over_moved).mean() > 20  # ... the overlay does
-        # Where the map peaks, the overlay is the top colour blended over the image.
-        top = render.COLORMAP[255].astype(np.float32)
+        # Where the map peaks, the overlay is the top colour of matplotlib's "jet" (the
+        # default colormap) blended over the image.
+        top = np.asarray(matplotlib.colormaps["jet"](1.0)[:3], np.float32) * 255
         for grid_over, (y, x) in ((over, (4, 4)), (over_moved, (123, 123))):
             expected = 0.4 * image[y // 8, x // 8] + 0.6 * top
             np.testing.assert_allclose(grid_over[y, x], expected, atol=6)
@@ -121,10 +123,24 @@ def test_overlay_colormaps_and_alpha():
     # A native map is stretched over the whole image, its peak where it lies.
     native = render.overlay(np.zeros((32, 32, 3), np.uint8), _peak_map(3, 0)[..., 0], 1.0)
     assert native.shape == (32, 32, 3)
-    assert native[30, 1].sum() > native[1, 30].sum()
-    with pytest.raises(ValueError, match="Unknown colormap 'jet'"):
-        render.overlay(image, ramp, colormap="jet")
+    # jet: red where the map peaks (bottom left), blue in the corner farthest from it.
+    assert native[30, 1, 0] > native[30, 1, 2] and native[1, 30, 2] > native[1, 30, 0]
+    with pytest.raises(ValueError, match="Unknown colormap 'no_such_map'"):
+        render.overlay(image, ramp, colormap="no_such_map")
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
         render.overlay(image, ramp, alpha=1.5)
     with pytest.raises(ValueError, match=r"\(256, 3\) table"):
         render.overlay(image, ramp, colormap=np.zeros((10, 3)))
+
+
+@pytest.mark.parametrize("name", ["jet", "inferno", "coolwarm", "heat"])
+def test_colours_are_matplotlibs_colormaps(name):
+    """Each level's colour is matplotlib's colormap at level / 255 ("heat" is "jet")."""
+    expected = matplotlib.colormaps["jet" if name == "heat" else name]
+    ramp = np.linspace(0, 1, 256, dtype=np.float32)[None, :]
+    colours = render.colorize(ramp, name)[0].astype(float)
+    for level in (0, 40, 128, 200, 255):
+        np.testing.assert_allclose(colours[level], np.asarray(expected(level / 255)[:3]) * 255,
+                                   atol=0.5 + 1e-9)
+    assert render.colorize(np.zeros((2, 2)), name)[0, 0].tolist() == \
+        np.rint(np.asarray(expected(0.0)[:3]) * 255).tolist()  # a flat map: the lowest colour

@@ -147,7 +147,6 @@ def test_a_meta_methods_own_parameter_reaches_it_through_the_job(tmp_path, model
         stored.append(np.stack([job.explanations[f"s{i}"]["maps"] for i in range(3)]))
         assert read_manifest(job.output)["method"]["received"]["repetitions"] == repetitions
     assert np.abs(stored[0] - stored[1]).max() > 0.05
-    assert explain_io.SCHEMA_VERSION == 1
 
 
 def test_the_jobs_own_options_reach_the_workers_config(model_path):

@@ -1,0 +1,227 @@
+"""`python -m pipeline.report`: the numbers of the page equal those computed from the run's own
+files, and the page loads in a real headless Chromium with every picture decoded and no
+console error."""
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from explain_lib import metrics as explain_metrics
+from pipeline import demo, render, report
+
+from tests.pipeline.conftest import SIZE, run_job, write
+
+TOP_K = 2
+EXAMPLES = 3
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, model_path):
+    """A real run: 8 shapes with their boxes and one record whose image does not decode
+    (a dead letter of stage decode), top-2 units explained with Grad-CAM, scored by deletion
+    and the pointing game (ground truth: the boxes)."""
+    tmp_path = tmp_path_factory.mktemp("report")
+    images, labels, masks = demo.make_shapes(8, seed=21, size=SIZE, return_masks=True)
+    boxes = demo.shape_boxes(masks)
+    records = [demo.make_example(demo.encode_image(image), int(label), f"s{i}",
+                                 **{demo.BOX_KEY: boxes[i].ravel().tolist()})
+               for i, (image, label) in enumerate(zip(images, labels))]
+    records.append(demo.make_example(b"not an image", 0, "broken",
+                                     **{demo.BOX_KEY: boxes[0].ravel().tolist()}))
+    pattern = write(tmp_path, "inputs", records)
+    run = run_job(tmp_path, pattern, model_path, "--method", "gradcam", "--top_k", str(TOP_K),
+                  "--metrics", "deletion,pointing_game", "--boxes_key", demo.BOX_KEY,
+                  "--metric_params", '{"deletion": {"n_steps": 4}}')
+    assert len(run.explanations) == 8 and len(run.dead_letters) == 1
+    return run, pattern
+
+
+@pytest.fixture(scope="module")
+def page(job, tmp_path_factory):
+    run, pattern = job
+    out = str(tmp_path_factory.mktemp("page") / "report.html")
+    assert report.main([run.output, "--images", pattern, "--out", out, "--examples",
+                        str(EXAMPLES), "--labels", ",".join(demo.CLASSES)]) == 0
+    return out
+
+
+def _embedded(page: str) -> dict:
+    text = open(page, encoding="utf-8").read()
+    found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>',
+                      text, re.S)
+    return json.loads(found.group(1).replace("<\\/", "</"))
+
+
+def _image(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def test_counts_and_units_are_the_runs(job, page):
+    run, _ = job
+    data = _embedded(page)
+    manifest = report.compute_report(run.output).summary.manifest
+    assert data["counts"] == manifest["counts"]
+    assert (data["counts"]["read"], data["counts"]["explained"]) == (9, 8)
+    assert data["records"] == len(run.explanations) == 8
+    assert data["dead_letters"] == {stage: n for stage, n in
+                                    manifest["counts"]["dead_letters"].items() if n}
+    assert data["dead_letters"] == {"decode": 1}
+    units = {}
+    for decoded in run.explanations.values():
+        for unit in decoded["units"].tolist():
+            units[str(unit)] = units.get(str(unit), 0) + 1
+    assert data["unit_counts"] == units
+    assert sum(units.values()) == 8 * TOP_K
+    # The stage's count and its message are on the page itself.
+    text = open(page, encoding="utf-8").read()
+    assert 'data-stage="decode">1<' in text
+    (letter,) = run.dead_letters
+    assert f"<td class=\"text\">{letter.error[:300]}</td><td>1</td>" in text
+
+
+def test_metric_values_best_and_worst_are_the_records(job, page):
+    run, _ = job
+    data = report.compute_report(run.output, examples=EXAMPLES)
+    # Default ranking: the first metric of --metrics, deletion, where lower is better.
+    assert data.metric == "deletion" and data.higher_is_better is False
+    assert explain_metrics.get("deletion").higher_is_better is False
+    every = {name: np.concatenate([d["metrics"][name] for d in run.explanations.values()])
+             for name in ("deletion", "pointing_game")}
+    for name, scores in every.items():
+        assert len(scores) == 8 * TOP_K
+        np.testing.assert_allclose(np.sort(data.values[name]),
+                                   np.sort(scores[np.isfinite(scores)]), rtol=1e-6)
+        assert data.missing[name] == int((~np.isfinite(scores)).sum())
+    first = {i: float(d["metrics"]["deletion"][0]) for i, d in run.explanations.items()}
+    ranked = sorted(first, key=lambda i: first[i])  # lowest deletion first: the best
+    assert [e.score for e in data.best] == pytest.approx([first[i] for i in ranked[:EXAMPLES]])
+    assert [e.score for e in data.worst] == pytest.approx(
+        [first[i] for i in ranked[::-1][:EXAMPLES]])
+    for example in data.best + data.worst:
+        decoded = run.explanations[example.id]
+        assert example.score == pytest.approx(first[example.id])
+        assert example.unit == int(decoded["units"][0])
+        np.testing.assert_array_equal(example.map, decoded["maps"][..., 0])
+    # The page shows those records, in that order, with their ids.
+    embedded = _embedded(page)
+    assert [e["id"] for e in embedded["best"]] == [e.id for e in data.best]
+    assert [e["id"] for e in embedded["worst"]] == [e.id for e in data.worst]
+    assert embedded["metric"] == "deletion"
+    # Another ranking asked for by name; an unknown one is refused with exit status 2.
+    by_probability = report.compute_report(run.output, metric="probability", examples=2)
+    probabilities = {i: float(d["probabilities"][0]) for i, d in run.explanations.items()}
+    assert [e.id for e in by_probability.best] == sorted(
+        probabilities, key=lambda i: -probabilities[i])[:2]
+    assert report.main([run.output, "--metric", "nope", "--out", os.devnull]) == 2
+
+
+def test_mean_maps_are_the_mean_of_the_decoded_maps(job, page):
+    run, _ = job
+    data = report.compute_report(run.output)
+    maps = {}
+    for decoded in run.explanations.values():
+        for k, unit in enumerate(decoded["units"].tolist()):
+            maps.setdefault(unit, []).append(decoded["maps"][..., k])
+    assert sorted(data.mean_maps) == sorted(maps)
+    for unit, stack in maps.items():
+        assert data.map_counts[unit] == len(stack)
+        np.testing.assert_allclose(data.mean_maps[unit], np.mean(stack, axis=0), rtol=1e-5,
+                                   atol=1e-7)
+    # The page's picture of each mean map is matplotlib's inferno over the mean's range.
+    text = open(page, encoding="utf-8").read()
+    shown = re.findall(r'class="mean-map" data-unit="(\d+)" data-scale="(\d+)" '
+                       r'alt="[^"]*" src="([^"]+)"', text)
+    assert len(shown) == len(maps)
+    for unit, scale, uri in shown:
+        picture = _image(uri)[:, :, :3]
+        expected = render.colorize(data.mean_maps[int(unit)], "inferno")
+        np.testing.assert_array_equal(picture[::int(scale), ::int(scale)], expected)
+
+
+def test_size_stays_bounded(job, page):
+    run, _ = job
+    assert os.path.getsize(page) < 1_000_000
+    text = open(page, encoding="utf-8").read()
+    # Every picture is embedded: no reference to a file or the network.
+    assert all(src.startswith("data:image/") for src in re.findall(r'src="([^"]+)"', text))
+    assert len(re.findall(r"<img ", text)) == 1 + len(_embedded(page)["unit_counts"]) + \
+        2 * EXAMPLES  # histograms, mean maps, best and worst
+
+
+# --- in a real browser -------------------------------------------------------------------------
+
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || e.type)), true);
+const consoleError = console.error;
+console.error = (...args) => { window.__errors.push(args.join(" ")); consoleError(...args); };
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+  const root = document.documentElement;
+  root.dataset.images = images.length;
+  root.dataset.broken = JSON.stringify(broken);
+  root.dataset.errors = JSON.stringify(window.__errors);
+  root.dataset.checked = "yes";
+});
+</script>"""
+
+
+def chromium_binary():
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _chromium(binary, *args, timeout=180):
+    return subprocess.run(
+        [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--no-first-run", "--disable-extensions", "--virtual-time-budget=5000",
+         "--enable-logging=stderr", "--v=0", *args],
+        capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_page_loads_in_headless_chromium(page, tmp_path):
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("No chromium binary found (run_tests.sh installs Debian's chromium when "
+                    "run as root with apt-get; it failed or was not possible here).")
+    # A copy of the page with a probe first in <head>: it records errors and console.error
+    # calls, and once loaded writes into the DOM how many images there are and which did
+    # not decode (the page itself carries no script but its data).
+    text = open(page, encoding="utf-8").read()
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    dumped = _chromium(binary, "--dump-dom", probed.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    root = re.search(r"<html[^>]*>", dumped.stdout).group(0)
+    attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', root))
+    assert attributes.get("checked") == "yes", root
+    assert int(attributes["images"]) == len(re.findall(r"<img ", text)) > 0
+    assert json.loads(attributes["broken"].replace("&quot;", '"')) == []
+    assert json.loads(attributes["errors"].replace("&quot;", '"')) == []
+    # Nothing the browser logged about the page itself is an error (uncaught exceptions and
+    # failed loads are logged as CONSOLE lines naming the page).
+    console = [line for line in dumped.stderr.splitlines()
+               if ":CONSOLE" in line and "probed.html" in line]
+    assert not [line for line in console if re.search(r"Uncaught|Error|Failed", line)], console
+
+    screenshot = tmp_path / "report.png"
+    shot = _chromium(binary, f"--screenshot={screenshot}", "--window-size=1200,2000",
+                     probed.as_uri())
+    assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-2000:]
+    picture = Image.open(screenshot)
+    picture.verify()  # a valid PNG ...
+    pixels = np.asarray(Image.open(screenshot).convert("RGB"), np.int16)
+    assert pixels.shape == (2000, 1200, 3)
+    assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # not blank
