@@ -11,7 +11,7 @@ from typing import Dict, Iterator, List
 
 # google-auth must never probe the GCE metadata server from tests.
 NO_CLOUD_ENV = {
-    "NO_GCE_CHECK": "True",
+    "NO_GCE_CHECK": "true",  # google-auth honours the lowercase value only
     "GCE_METADATA_HOST": "127.0.0.1:9",
     "GCE_METADATA_IP": "127.0.0.1:9",
 }

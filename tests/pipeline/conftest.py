@@ -78,6 +78,59 @@ def run_job(tmp_path, input_pattern: str, model_path: str, *flags: str, name="ou
     return Job(summary, explanations, letters, output)
 
 
+RUNNERS_FLAGS = ["--method", "gradcam", "--units_key", "label",
+                 "--method_params", '{"postprocessing": null}']
+"""The job the runner tests run on every runner: raw Grad-CAM maps (no post-processing),
+signed values, each map's own range."""
+
+
+@pytest.fixture(scope="session")
+def runners_input(tmp_path_factory, shapes):
+    """The input of the runner tests: six PNG records with ids (m0..m5) and labels, one that
+    is not a tf.train.Example and one whose unit is out of range, in two files. Returns
+    (file pattern, records)."""
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(im, "png"), int(label), f"m{i}")
+               for i, (im, label) in enumerate(zip(images[:6], labels[:6]))]
+    records += [b"\x00junk", demo.make_example(demo.encode_image(images[6], "png"), 7, "bad")]
+    directory = tmp_path_factory.mktemp("runners")
+    write(directory, "runners-0", records[:4])
+    write(directory, "runners-1", records[4:])
+    return str(directory / "runners-*"), records
+
+
+@pytest.fixture(scope="session")
+def direct_runners_job(tmp_path_factory, runners_input, model_path):
+    """`RUNNERS_FLAGS` on `runners_input` on plain DirectRunner: the output every other
+    runner must reproduce. Run once per session: every runner test compares with this run."""
+    job = run_job(tmp_path_factory.mktemp("direct"), runners_input[0], model_path,
+                  *RUNNERS_FLAGS, name="plain")
+    assert min(d["maps"].min() for d in job.explanations.values()) < 0  # raw, signed maps
+    return job
+
+
+def assert_same_output_as_direct(other: "Job", direct: "Job", records: List[bytes]):
+    """`other` (a runner test's job on `runners_input`) wrote what plain DirectRunner wrote:
+    the same six explanations (units equal, maps and logits within `assert_maps_match`),
+    the same two dead letters, the same counts."""
+
+    def output_set(job):
+        return {record_id: (decoded["units"].tolist(), decoded["maps"], decoded["logits"])
+                for record_id, decoded in job.explanations.items()}
+
+    expected, actual = output_set(direct), output_set(other)
+    assert sorted(actual) == sorted(expected) == [f"m{i}" for i in range(6)]
+    for record_id, (units, maps, logits) in expected.items():
+        assert actual[record_id][0] == units
+        assert_maps_match({"maps": actual[record_id][1], "logits": actual[record_id][2]},
+                          maps, logits)
+    assert sorted((d.stage, d.record) for d in other.dead_letters) == sorted(
+        (d.stage, d.record) for d in direct.dead_letters) == sorted(
+        [("parse", b"\x00junk"), ("validate", records[-1])])
+    for job in (direct, other):
+        assert (job.summary.read, job.summary.explained, job.summary.dead_lettered) == (8, 6, 2)
+
+
 def expected_explanations(model, images, units, method="gradcam", method_params=None,
                           map_size=None, **kwargs):
     """What in-process `explain_lib.explain` gives for the same images, units, method and

@@ -18,8 +18,10 @@ from pipeline import Explain, demo
 from pipeline.__main__ import local_runner
 
 from tests.pipeline.conftest import (
+    RUNNERS_FLAGS,
     SIZE,
     assert_maps_match,
+    assert_same_output_as_direct,
     expected_explanations,
     run_job,
     write,
@@ -210,13 +212,6 @@ def test_explain_checks_its_arguments_before_running(model_path):
     assert Explain(path, "gradcam", image_size=(20, 24)).spec.image_size == (20, 24)
 
 
-def _output_set(job):
-    return {
-        record_id: (decoded["units"].tolist(), decoded["maps"], decoded["logits"])
-        for record_id, decoded in job.explanations.items()
-    }
-
-
 @pytest.mark.parametrize(
     "runner_flags",
     [
@@ -227,29 +222,8 @@ def _output_set(job):
     ],
     ids=["multi_processing", "multi_threading", "portable_embed"],
 )
-def test_other_runners_give_the_same_output_set(tmp_path, model_path, shapes, runner_flags):
-    images, labels = shapes
-    records = [demo.make_example(demo.encode_image(im, "png"), int(label), f"m{i}")
-               for i, (im, label) in enumerate(zip(images[:6], labels[:6]))]
-    records += [b"\x00junk", demo.make_example(demo.encode_image(images[6], "png"), 7, "bad")]
-    pattern = str(tmp_path / "runners-*")
-    write(tmp_path, "runners-0", records[:4])
-    write(tmp_path, "runners-1", records[4:])
-
-    # Raw Grad-CAM maps (no post-processing): signed values, each map's own range.
-    flags = ["--method", "gradcam", "--units_key", "label",
-             "--method_params", '{"postprocessing": null}']
-    plain = run_job(tmp_path, pattern, model_path, *flags, name="plain")
-    other = run_job(tmp_path, pattern, model_path, *flags, *runner_flags, name="other")
-    assert min(d["maps"].min() for d in plain.explanations.values()) < 0
-
-    expected, actual = _output_set(plain), _output_set(other)
-    assert sorted(actual) == sorted(expected) == [f"m{i}" for i in range(6)]
-    for record_id, (units, maps, logits) in expected.items():
-        assert actual[record_id][0] == units
-        assert_maps_match({"maps": actual[record_id][1], "logits": actual[record_id][2]},
-                          maps, logits)
-    assert sorted((d.stage, d.record) for d in other.dead_letters) == sorted(
-        (d.stage, d.record) for d in plain.dead_letters) == sorted(
-        [("parse", b"\x00junk"), ("validate", records[-1])])
-    assert (other.summary.read, other.summary.explained, other.summary.dead_lettered) == (8, 6, 2)
+def test_other_runners_give_the_same_output_set(tmp_path, model_path, runners_input,
+                                                direct_runners_job, runner_flags):
+    pattern, records = runners_input
+    other = run_job(tmp_path, pattern, model_path, *RUNNERS_FLAGS, *runner_flags, name="other")
+    assert_same_output_as_direct(other, direct_runners_job, records)

@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import pytest
+from apache_beam.internal.gcp import auth
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -26,6 +27,12 @@ BUCKET = "explain-test"
 
 @pytest.fixture
 def gcs(tmp_path, monkeypatch):
+    # What Beam's credential lookup concludes here (no credentials: connect anonymously),
+    # told it up front: the lookup itself retries google-auth against the closed metadata
+    # port for over half a minute (backoff sleeps), once per process, before concluding so.
+    # The clients stay real: Beam builds them from this result as it would from its own.
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None)
     with gcs_emulator(BUCKET, str(tmp_path / "gcs")) as host:
         for name, value in {**NO_CLOUD_ENV, "STORAGE_EMULATOR_HOST": host}.items():
             monkeypatch.setenv(name, value)

@@ -2,13 +2,17 @@
 API path Flink and Dataflow use), Flink translation and a Dataflow dry run."""
 
 import apache_beam as beam
-import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import demo
 from pipeline.__main__ import make_pipeline
-from tests.pipeline.conftest import assert_maps_match, run_job, write
+from tests.pipeline.conftest import (
+    RUNNERS_FLAGS,
+    assert_same_output_as_direct,
+    run_job,
+    write,
+)
 from tests.services import NO_CLOUD_ENV, portable_services
 
 
@@ -24,23 +28,13 @@ def job_input(tmp_path, shapes):
 
 
 def test_job_service_with_an_external_worker_pool_equals_direct_runner(
-    tmp_path, model_path, job_input
+    tmp_path, model_path, runners_input, direct_runners_job
 ):
-    flags = ["--method", "gradcam", "--units_key", "label"]
-    direct = run_job(tmp_path, job_input, model_path, *flags, name="direct")
+    pattern, records = runners_input
     with portable_services() as portable_flags:
-        portable = run_job(tmp_path, job_input, model_path, *flags, *portable_flags,
+        portable = run_job(tmp_path, pattern, model_path, *RUNNERS_FLAGS, *portable_flags,
                            name="portable")
-    assert sorted(portable.explanations) == sorted(direct.explanations) == [
-        f"p{i}" for i in range(6)]
-    for record_id, expected in direct.explanations.items():
-        got = portable.explanations[record_id]
-        np.testing.assert_array_equal(got["units"], expected["units"])
-        assert_maps_match(got, expected["maps"], expected["logits"])
-    assert [(d.stage, d.record) for d in portable.dead_letters] == [
-        ("parse", b"not a tf.train.Example")]
-    assert (portable.summary.read, portable.summary.explained,
-            portable.summary.dead_lettered) == (7, 6, 1)
+    assert_same_output_as_direct(portable, direct_runners_job, records)
 
 
 def _transform_names(pipeline_proto):

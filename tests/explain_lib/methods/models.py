@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from explain_lib import inspection, methods
+from explain_lib.methods import cams, meta
 from tests.conftest import tiny_cnn
 
 
@@ -26,6 +27,14 @@ FAST_SETTINGS = {
     "rise": {"masks": 24, "cell_size": 4, "chunk_size": 10},
 }
 """Method parameters for 12x12 inputs, small enough for quick tests, uneven chunks included."""
+
+SMOOTH_TTA_GRADCAM = (meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 2, 0.2, 2), True)
+"""A meta method over a meta method over a CAM, as a `registered_methods` entry: SmoothGrad
+of TTA (the input, its mirror, 1.5x and its mirror) of Grad-CAM. Two noisy copies in one
+chunk, so SmoothGrad's copies are stacked into one batch and TTA rescales that batch;
+SmoothGrad's chunking (a loop and an uneven last chunk) is what the `smoothgrad` case's
+`FAST_SETTINGS` exercise. Each chunk traces Grad-CAM once per augmentation: one chunk keeps
+this, the costliest case to trace, at four."""
 
 
 ROUTING = {

@@ -9,10 +9,10 @@ import pytest
 from explain_lib import inspection
 from explain_lib.engine import explaining
 from explain_lib.engine.explaining import explain
-from explain_lib.methods import cams, meta
 from tests.conftest import tiny_cnn
 from tests.explain_lib.methods.models import (
     FAST_SETTINGS,
+    SMOOTH_TTA_GRADCAM,
     registered_methods,
     rounding_tolerance,
 )
@@ -20,7 +20,7 @@ from tests.explain_lib.methods.models import (
 RANDOM = {"smoothgrad", "rise", "smooth_tta_gradcam"}
 CASES = {
     **registered_methods(),
-    "smooth_tta_gradcam": (meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 3, 0.2, 2), True),
+    "smooth_tta_gradcam": SMOOTH_TTA_GRADCAM,
 }
 
 
