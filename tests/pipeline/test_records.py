@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from explain_lib.io import record_id
 from pipeline import demo
 from pipeline.records import (
     DeadLetter,
@@ -19,7 +20,6 @@ from pipeline.records import (
     decode_record,
     encode_dead_letter,
     parse_record,
-    record_id,
 )
 
 SPEC = RecordSpec(image_size=(16, 16), channels=3, num_units=5, units_key="label")
