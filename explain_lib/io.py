@@ -718,16 +718,28 @@ def read_explanations(
     for dataset in datasets[1:]:
         records = records.concatenate(dataset)
     metrics = tuple(metrics)
-    return records.map(lambda record: parse_explanation(record, size, metrics),
-                       num_parallel_calls=num_parallel_calls, deterministic=True)
+
+    # Plain TensorFlow ops, without Python control flow on tensors: traced as written, not
+    # converted by AutoGraph (whose first conversion in a process takes seconds).
+    @tf.autograph.experimental.do_not_convert
+    def parse(record):
+        return parse_explanation(record, size, metrics)
+
+    return records.map(parse, num_parallel_calls=num_parallel_calls, deterministic=True)
+
+
+ITERATE_BATCH = 256
+"""Records `iterate_records` takes from TensorFlow per step (one eager step costs about as
+much as parsing a record, so records come out of the dataset in batches)."""
 
 
 def iterate_records(file_pattern: Union[str, Sequence[str]]):
     """Yield the raw bytes of every record in the TFRecord files matching `file_pattern`,
     file by file (compression from each file's name)."""
     for path in list_files(file_pattern):
-        for record in tf.data.TFRecordDataset(path, compression_type=compression_of(path)):
-            yield record.numpy()
+        dataset = tf.data.TFRecordDataset(path, compression_type=compression_of(path))
+        for batch in dataset.batch(ITERATE_BATCH):
+            yield from batch.numpy().tolist()
 
 
 # --- input ids ---------------------------------------------------------------------------------

@@ -11,19 +11,22 @@ embedded as `data:` URIs (PNG, JPEG), so the one file can be mailed or opened an
 
 Separation of concerns:
 
-- *Readers* are the existing ones: the manifest, the counts, the dead-letter breakdown and the
-  per-unit counts come from `pipeline.summary.summarize_output`; the maps and the metrics from
+- *Readers* are the existing ones: the manifest, the counts and the dead-letter breakdown
+  come from `pipeline.summary.summarize_output`; the maps, the metrics and the per-unit counts
+  (handed to the summary, which checks them as it checks its own) from
   `explain_lib.io.read_explanations` (metric names from the manifest, else
   `explain_lib.analysis.metric_names`); the source images from
   `pipeline.render.load_images_by_id`, which reads the job's inputs with the job's own record
   options (taken from the manifest) and keeps only the few records asked for. All of them go
   through `tf.io.gfile` or Beam's filesystems, so `gs://` paths work as they do for the job.
-- `compute_report` decodes the maps once, in a stream (the summary's count of units reads
-  the files too, but parses only the units), and keeps what the page needs in memory
-  bounded by the units and the examples, not the records: a running sum per unit for the mean
-  maps (at most `MEAN_MAP_SIZE` on a side), two bounded heaps for the best and the worst
-  records, and one float per explained map and metric for the histograms. It returns a
-  `ReportData`, the numbers the page shows (tests compare them with the records).
+- `compute_report` reads the files once, in batches of up to `BATCH` records (decoded and
+  scaled to the mean maps' size in tf.data's parallel map, one Python step per batch, the
+  batch's numbers handled by numpy), and keeps what the page needs in memory bounded by the
+  units and the examples, not the records: the per-unit counts, a running sum per unit for
+  the mean maps (at most `MEAN_MAP_SIZE` on a side), two bounded heaps for the best and the
+  worst records (only the rows of a batch that can still enter one are looked at), and one
+  float per explained map and metric for the histograms. It returns a `ReportData`, the
+  numbers the page shows (tests compare them with the records).
 - `render_html` draws the pictures (matplotlib figures with the Agg backend, colours from
   matplotlib's colormaps through `pipeline.render`) and writes the page; `build` joins both
   and writes the file through Beam's filesystems.
@@ -44,7 +47,6 @@ Usage, from Python (e.g. a benchmark):
 """
 
 import argparse
-import array
 import base64
 import heapq
 import html
@@ -60,6 +62,14 @@ MEAN_MAP_SIZE = 64
 """Mean maps are summed at the stored size of the maps, or scaled down to fit in this many
 pixels on a side when stored larger (a gradient map at 224x224): a running sum per unit then
 stays small even for a thousand units."""
+
+BATCH = 512
+"""Explanation records decoded per step of the report's reader (fewer when the stored maps
+are large: about `BATCH_VALUES` map values per step)."""
+
+BATCH_VALUES = 1 << 22
+"""Stored map values per batch at most (a 224x224 map: 83 records), so that a batch of
+large maps stays a few tens of MB."""
 
 EXAMPLES = 6
 """Best and worst records shown by default (each)."""
@@ -147,9 +157,14 @@ def _direction(metric: str) -> bool:
     return explain_metrics.get(metric).higher_is_better
 
 
+def _batch_size(stored: tuple) -> int:
+    """Records per batch for maps stored at `stored` (h, w)."""
+    return max(1, min(BATCH, BATCH_VALUES // max(1, stored[0] * stored[1])))
+
+
 def _mean_map_size(pattern: str) -> Optional[tuple]:
-    """(h, w) the mean maps are summed at: the first record's stored map size, scaled down to
-    fit in MEAN_MAP_SIZE; None when there is no record."""
+    """((h, w) the mean maps are summed at, (h, w) of the first record's stored maps): the
+    former is the latter scaled down to fit in MEAN_MAP_SIZE; None when there is no record."""
     from explain_lib import io as explain_io
 
     try:
@@ -160,7 +175,49 @@ def _mean_map_size(pattern: str) -> Optional[tuple]:
         return None
     height, width = (int(v) for v in explain_io.decode_explanation(first)["stored_shape"][:2])
     scale = min(1.0, MEAN_MAP_SIZE / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    return (max(1, round(height * scale)), max(1, round(width * scale))), (height, width)
+
+
+def _batches(pattern: str, names: Sequence[str], size: tuple, batch_size: int):
+    """The explanation records as numpy batches of flat values: per record `id`, `k` (its
+    number of units), `first_shape` (its stored map's (H, W)) and `first_size`; per unit
+    `units`, `logits`, `probabilities`, `metrics[name]` and `small` (its map at `size`,
+    flattened); `first` the stored maps of every record's first unit, flattened one after the
+    other. Decoding and resizing run in tf.data's parallel map, one Python step per batch."""
+    import tensorflow as tf
+
+    from explain_lib import io as explain_io
+
+    pixels = size[0] * size[1]
+
+    @tf.autograph.experimental.do_not_convert  # plain ops: no AutoGraph conversion
+    def one(row):
+        maps = row["maps"]
+        shape = tf.shape(maps)
+        small = tf.cond(tf.reduce_all(tf.equal(shape[:2], size)), lambda: maps,
+                        lambda: tf.image.resize(maps, size))
+        first = tf.reshape(maps[..., :1], [-1])
+        return {"id": row["id"], "units": row["units"], "logits": row["logits"],
+                "probabilities": row["probabilities"], "metrics": row.get("metrics", {}),
+                "small": tf.reshape(tf.transpose(small, [2, 0, 1]), [-1, pixels]),
+                "first": first, "first_shape": shape[:2], "first_size": tf.size(first)}
+
+    @tf.autograph.experimental.do_not_convert
+    def flat(batch):
+        def values(ragged):
+            return ragged.flat_values
+
+        return {"id": batch["id"], "k": tf.cast(batch["units"].row_lengths(), tf.int64),
+                "first_shape": batch["first_shape"], "first_size": batch["first_size"],
+                "units": values(batch["units"]), "logits": values(batch["logits"]),
+                "probabilities": values(batch["probabilities"]),
+                "metrics": {name: values(batch["metrics"][name]) for name in names},
+                "small": values(batch["small"]), "first": values(batch["first"])}
+
+    dataset = explain_io.read_explanations(pattern, metrics=names)
+    dataset = dataset.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.ragged_batch(batch_size).map(flat).prefetch(1)
+    return dataset.as_numpy_iterator()
 
 
 def compute_report(output: str, metric: Optional[str] = None,
@@ -172,105 +229,163 @@ def compute_report(output: str, metric: Optional[str] = None,
     Raises FileNotFoundError without a manifest, ValueError for a `metric` the records do not
     hold.
     """
-    import tensorflow as tf
-
-    from explain_lib import io as explain_io
+    from pipeline.manifest import read_manifest
     from pipeline.summary import summarize_output
 
-    summary = summarize_output(output)
-    manifest = summary.manifest
+    manifest = read_manifest(output)
     pattern = manifest["output"]["explanations"]
     names = _metric_names(manifest, pattern)
     if metric is not None and metric not in names and metric not in RANK_KEYS:
         raise ValueError(f"--metric {metric}: the run's records hold "
                          f"{', '.join(names) or 'no metric'}; or rank by "
                          f"{' or '.join(RANK_KEYS)}.")
-    size = _mean_map_size(pattern)
-    sums: Dict[int, np.ndarray] = {}
-    counts: Dict[int, int] = {}
-    scores = {name: array.array("f") for name in names}
-    records = 0
+    sizes = _mean_map_size(pattern)
+    size = sizes[0] if sizes else None
     # Without a metric asked for, the first one with a finite score ranks; the probability
     # when the records have one, else the logit. Decided on the records themselves, as they
     # are read: a run's metric may be NaN everywhere (no ground truth in any record).
     candidates = [metric] if metric else [*names, *RANK_KEYS]
-    keys = {name: array.array("f") for name in RANK_KEYS}
-    firsts = {name: array.array("f") for name in candidates}
-    heaps = {name: ([], []) for name in candidates}
-    if size is not None:
-        dataset = explain_io.read_explanations(pattern, metrics=names)
-
-        def with_small_maps(row):
-            shape = tf.shape(row["maps"])[:2]
-            row["small"] = tf.cond(tf.reduce_all(tf.equal(shape, size)), lambda: row["maps"],
-                                   lambda: tf.image.resize(row["maps"], size))
-            return row
-
-        dataset = dataset.map(with_small_maps, num_parallel_calls=tf.data.AUTOTUNE,
-                              deterministic=True)
-        for seq, row in enumerate(dataset.as_numpy_iterator()):
-            records += 1
-            units = row["units"]
-            for k, unit in enumerate(units.tolist()):
-                if unit in sums:
-                    sums[unit] += row["small"][..., k]
-                else:
-                    sums[unit] = row["small"][..., k].astype(np.float64)
-                counts[unit] = counts.get(unit, 0) + 1
-            metrics = row.get("metrics", {})
-            for name in names:
-                scores[name].extend(metrics[name].tolist())
-            if not len(units):
-                continue
-            first = {"probability": float(row["probabilities"][0]),
-                     "logit": float(row["logits"][0]),
-                     **{name: float(metrics[name][0]) for name in names}}
-            for name in RANK_KEYS:
-                keys[name].append(first[name])
-            for name in candidates:
-                firsts[name].append(first[name])
-            _offer(heaps, seq, row, first, examples)
-    chosen = next((name for name in candidates
-                   if np.isfinite(np.asarray(firsts[name], np.float32)).any()), None)
+    tally = _Tally(names, candidates, examples)
+    if sizes is not None:
+        for batch in _batches(pattern, names, size, _batch_size(sizes[1])):
+            tally.add(batch)
+    summary = summarize_output(output, units=(tally.records, tally.unit_counts,
+                                              tally.first_unit_counts))
+    chosen = next((name for name in candidates if tally.finite[name]), None)
     higher = _direction(chosen) if chosen else True
-    best_examples, worst_examples = _ranked(heaps, chosen, higher)
+    best_examples, worst_examples = _ranked(tally.heaps, chosen, higher)
     values, missing = {}, {}
-    for name in names:
-        every = np.asarray(scores[name], np.float32)
+    for name in [*names, *([chosen] if chosen in RANK_KEYS else [])]:
+        parts = tally.scores[name] if name in names else tally.keys[name]
+        every = np.concatenate([np.zeros(0, np.float32), *parts]).astype(np.float32)
         values[name], missing[name] = every[np.isfinite(every)], int((~np.isfinite(every)).sum())
-    if chosen in RANK_KEYS:
-        every = np.asarray(keys[chosen], np.float32)
-        values[chosen], missing[chosen] = every[np.isfinite(every)], int(
-            (~np.isfinite(every)).sum())
     return ReportData(
         summary=summary, metric=chosen, higher_is_better=higher, values=values,
-        missing=missing,
-        mean_maps={unit: sums[unit] / counts[unit] for unit in sums}, map_counts=counts,
-        best=best_examples, worst=worst_examples, records=records,
+        missing=missing, mean_maps=tally.mean_maps(size),
+        map_counts=tally.map_counts(), best=best_examples, worst=worst_examples,
+        records=tally.records,
     )
 
 
-def _offer(heaps: Dict[str, tuple], seq: int, row: dict, first: Dict[str, float],
-           examples: int):
-    """Keep record `seq` in the bounded heaps of every candidate ranking key: per key, the
-    `examples` records with the highest (first heap) and the lowest (second) finite
-    first-unit score, ties going to the earlier record. A heap holds (key, -seq, Example), so
-    Examples are never compared, and an Example (with a copy of its map) is only made for a
-    record that enters a heap."""
-    for name, (high, low) in heaps.items():
-        score = first[name]
-        if not np.isfinite(score) or examples <= 0:
-            continue
-        for heap, key in ((high, score), (low, -score)):
-            if len(heap) < examples or (key, -seq) > heap[0][:2]:
-                item = (key, -seq, _example(row, first, name))
-                (heapq.heappush if len(heap) < examples else heapq.heapreplace)(heap, item)
+class _Tally:
+    """What `compute_report` keeps of the batches it reads, in memory bounded by the units
+    and the examples (plus one float per map and metric for the histograms): the records and
+    the per-unit counts (in the order units are first met, as `count_units` counts them),
+    a running float64 sum of the maps per unit, every metric score, every record's first
+    unit's probability and logit, per candidate ranking key whether some first-unit score
+    is finite, and its bounded heaps of the best and the worst records."""
+
+    def __init__(self, names: Sequence[str], candidates: Sequence[str], examples: int):
+        import collections
+
+        self.names, self.examples = list(names), examples
+        self.records = 0
+        self.unit_counts, self.first_unit_counts = collections.Counter(), collections.Counter()
+        self.rows: Dict[int, int] = {}  # unit -> its row in `sums` and `counts`
+        self.sums = np.zeros((0, 0), np.float64)
+        self.counts = np.zeros(0, np.int64)
+        self.scores = {name: [] for name in names}
+        self.keys = {name: [] for name in RANK_KEYS}
+        self.finite = {name: False for name in candidates}
+        self.heaps = {name: ([], []) for name in candidates}
+
+    def add(self, batch: dict):
+        units, k = batch["units"], batch["k"]
+        starts = np.concatenate([[0], np.cumsum(k)[:-1]]).astype(np.int64)
+        seqs = self.records + np.arange(len(k))
+        self.records += len(k)
+        self._sum(units, batch["small"])
+        for name in self.names:
+            self.scores[name].append(batch["metrics"][name])
+        explained = k > 0
+        if not explained.any():
+            return
+        at = starts[explained]  # each explained record's first unit among the batch's units
+        self.first_unit_counts.update(_in_order(units[at]))
+        first = {"probability": batch["probabilities"][at], "logit": batch["logits"][at],
+                 **{name: batch["metrics"][name][at] for name in self.names}}
+        for name in RANK_KEYS:
+            self.keys[name].append(first[name])
+        for name in self.finite:
+            self.finite[name] = self.finite[name] or bool(np.isfinite(first[name]).any())
+        self._offer(batch, np.flatnonzero(explained), seqs[explained], at, first)
+
+    def _sum(self, units: np.ndarray, small: np.ndarray):
+        if not len(units):
+            return
+        unique, first, inverse, counts = np.unique(units, return_index=True,
+                                                   return_inverse=True, return_counts=True)
+        order = np.argsort(first, kind="stable")  # the order the units first occur
+        self.unit_counts.update(dict(zip(unique[order].tolist(), counts[order].tolist())))
+        new = [unit for unit in unique[order].tolist() if unit not in self.rows]
+        if new:
+            for unit in new:
+                self.rows[unit] = len(self.rows)
+            grown = np.zeros((len(self.rows), small.shape[1]), np.float64)
+            if len(self.sums):
+                grown[:len(self.sums)] = self.sums
+            self.sums = grown
+            self.counts = np.concatenate([self.counts, np.zeros(len(new), np.int64)])
+        rows = np.array([self.rows[unit] for unit in unique.tolist()], np.int64)[inverse]
+        # Per unit, the maps in the records' order added one after the other to the running
+        # sum (`np.add.accumulate`, not a pairwise sum): the same float64 sums as before.
+        order = np.argsort(rows, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(rows[order])) + 1):
+            row = rows[group[0]]
+            self.sums[row] = np.add.accumulate(
+                np.concatenate([self.sums[row][None], small[group]]), axis=0)[-1]
+        self.counts += np.bincount(rows, minlength=len(self.counts))
+
+    def _offer(self, batch: dict, records: np.ndarray, seqs: np.ndarray, at: np.ndarray,
+               first: Dict[str, np.ndarray]):
+        """Keep the batch's records in the bounded heaps of every candidate ranking key: per
+        key, the `examples` records with the highest (first heap) and the lowest (second)
+        finite first-unit score, ties going to the earlier record. A heap holds (key, -seq,
+        Example), so Examples are never compared; only the batch's records that can still
+        enter a heap (above its lowest key, and among the batch's `examples` best) are looked
+        at, and an Example (with a copy of its map) is only made for one that enters."""
+        if self.examples <= 0:
+            return
+        ends = np.cumsum(batch["first_size"])
+        for name, (high, low) in self.heaps.items():
+            score = first[name].astype(np.float64)
+            finite = np.flatnonzero(np.isfinite(score))
+            for heap, keys in ((high, score), (low, -score)):
+                chosen = finite
+                if len(heap) >= self.examples:  # later records lose ties: strictly above
+                    chosen = chosen[keys[chosen] > heap[0][0]]
+                if len(chosen) > self.examples:
+                    chosen = chosen[np.lexsort((seqs[chosen], -keys[chosen]))[:self.examples]]
+                for i in sorted(chosen.tolist()):
+                    key, seq = float(keys[i]), int(seqs[i])
+                    if len(heap) < self.examples or (key, -seq) > heap[0][:2]:
+                        record = int(records[i])
+                        shape = tuple(int(v) for v in batch["first_shape"][record])
+                        start = ends[record] - batch["first_size"][record]
+                        example = Example(
+                            id=batch["id"][record].decode("utf-8", errors="replace"),
+                            unit=int(batch["units"][at[i]]), score=float(score[i]),
+                            logit=float(first["logit"][i]),
+                            probability=float(first["probability"][i]),
+                            map=np.array(batch["first"][start:start + shape[0] * shape[1]]
+                                         .reshape(shape)))
+                        (heapq.heappush if len(heap) < self.examples else heapq.heapreplace)(
+                            heap, (key, -seq, example))
+
+    def mean_maps(self, size: Optional[tuple]) -> Dict[int, np.ndarray]:
+        return {unit: (self.sums[row] / self.counts[row]).reshape(size)
+                for unit, row in self.rows.items()}
+
+    def map_counts(self) -> Dict[int, int]:
+        return {unit: int(self.counts[row]) for unit, row in self.rows.items()}
 
 
-def _example(row: dict, first: Dict[str, float], name: str) -> Example:
-    return Example(id=row["id"].decode("utf-8", errors="replace"), unit=int(row["units"][0]),
-                   score=first[name], logit=first["logit"], probability=first["probability"],
-                   map=np.array(row["maps"][..., 0]))
+def _in_order(units: np.ndarray) -> Dict[int, int]:
+    """{unit: how many times} in the order the units first occur (a Counter updated with it
+    lists its units as one updated with the units one by one does)."""
+    unique, first, counts = np.unique(units, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    return dict(zip(unique[order].tolist(), counts[order].tolist()))
 
 
 def _ranked(heaps: Dict[str, tuple], chosen: Optional[str], higher: bool):

@@ -94,15 +94,21 @@ def count_dead_letters(file_pattern: str) -> Dict[str, collections.Counter]:
     return breakdown
 
 
-def summarize_output(output: str, scan: bool = True) -> OutputReport:
+def summarize_output(output: str, scan: bool = True, units: Optional[tuple] = None
+                     ) -> OutputReport:
     """The manifest of the run writing `output` (its `--output` prefix or the manifest's
-    path) and, with `scan`, the breakdowns read from its files."""
+    path) and, with `scan`, the breakdowns read from its files.
+
+    `units`: (records, unit_counts, first_unit_counts) as `count_units` returns them, when
+    a reader that scanned the explanation files anyway counted them already (the report
+    does, while it decodes the maps): the files are then not read a second time, and the
+    counts are checked against the job's as they would be."""
     manifest = read_manifest(output)
     report = OutputReport(manifest)
     if not scan:
         return report
-    report.records, report.unit_counts, report.first_unit_counts = count_units(
-        manifest["output"]["explanations"])
+    report.records, report.unit_counts, report.first_unit_counts = (
+        units if units is not None else count_units(manifest["output"]["explanations"]))
     report.dead_letters = count_dead_letters(manifest["output"]["dead_letters"])
     counts = manifest["counts"]
     if counts.get("counted"):
