@@ -2,7 +2,7 @@
 
 For each model (ResNet50V2 with `weights=None`; the demo CNN, trained on the demo's shapes
 and rebuilt at 224x224 with the same weights; a CNN whose last convolution block is half the
-input's size, 112x112, random weights) and method (Grad-CAM, smooth maps at the
+input's size, 112x112, trained on the demo's shapes at 64x64) and method (Grad-CAM, smooth maps at the
 feature map's resolution; vanilla gradients, noisy maps at the input's resolution), explain
 N demo images with the method's conventional parameters (the registry's `explain_defaults`,
 as the pipeline does), then store every map with every encoding:
@@ -51,20 +51,33 @@ def demo_model_at(size: int, demo_dir: str):
     return model
 
 
-def half_cnn(size: int):
+def half_cnn(size: int, trained: bool = True):
     """A CNN whose last convolution block is half the input's size (one 2x pooling before
-    it), random weights: Grad-CAM maps of size/2 x size/2."""
+    it): Grad-CAM maps of size/2 x size/2. Trained on the demo's shapes at their 64x64 (it
+    is fully convolutional up to its global pooling, so the weights carry over to `size`),
+    unless `trained` is False (random weights, near-constant maps)."""
     import keras
 
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
-    x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="features")(x)
-    outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, outputs)
+    def build(side: int):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((side, side, 3))
+        x = keras.layers.Rescaling(1 / 255.0)(inputs)
+        x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="features")(x)
+        outputs = keras.layers.Dense(len(demo.CLASSES))(keras.layers.GlobalAveragePooling2D()(x))
+        return keras.Model(inputs, outputs)
+
+    model = build(size)
+    if trained:
+        small = build(demo.IMAGE_SIZE)
+        x, y = demo.make_shapes(4000, seed=1)
+        history = demo.train_model(small, x, y, epochs=10)
+        print(f"half CNN trained at {demo.IMAGE_SIZE}x{demo.IMAGE_SIZE}: validation accuracy "
+              f"{history.history['val_accuracy'][-1]:.3f}\n")
+        model.set_weights(small.get_weights())
+    return model
 
 
 def images(count: int) -> np.ndarray:
