@@ -17,8 +17,9 @@ Separation of concerns:
 - *Input ids* (`input_id`, `record_id`): how an input record is named, so that explanations
   join back to their inputs; the pipeline and the analysis helpers share it.
 
-The Beam pipeline writes through `encode_explanation`; everything downstream reads through
-this module, so a new encoding is added in one place (an entry in `ENCODINGS`).
+The Beam pipeline writes through `encode_explanations` (a batch at a time;
+`encode_explanation` for one input); everything downstream reads through this module, so a
+new encoding is added in one place (an entry in `ENCODINGS`).
 
 Schema v2, one `tf.train.Example` per explained input:
 
@@ -53,7 +54,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -121,8 +122,9 @@ class EncodedMaps:
 class MapEncoding:
     """One way of storing maps.
 
-    `encode(maps (H, W, K) float32) -> EncodedMaps`; `decode(EncodedMaps) -> (H, W, K)
-    float32` in numpy; `decode_tf(data, shape, map_min, map_max) -> (H, W, K) float32` in
+    `encode(maps (N, H, W, K) float32) -> [EncodedMaps] * N`, the maps of N inputs at once
+    (what can be is done for the whole batch in numpy; only the bytes are made per input);
+    `decode(EncodedMaps) -> (H, W, K) float32` in numpy; `decode_tf(data, shape, map_min, map_max) -> (H, W, K) float32` in
     TensorFlow ops, usable inside `tf.data`. `max_error(map_min, map_max)` bounds the
     absolute decoding error of each map.
     """
@@ -135,7 +137,8 @@ class MapEncoding:
 
 
 def _range(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    return maps.min(axis=(0, 1)).astype(np.float32), maps.max(axis=(0, 1)).astype(np.float32)
+    """Each map's minimum and maximum, (N, K) float32 for maps (N, H, W, K)."""
+    return maps.min(axis=(1, 2)).astype(np.float32), maps.max(axis=(1, 2)).astype(np.float32)
 
 
 # --- png8, png16: each map quantised over its own range, stored as a lossless PNG -----------
@@ -206,15 +209,17 @@ def _quantised_png(name: str, bits: int) -> MapEncoding:
     dtype = np.uint8 if bits == 8 else np.uint16
     tf_dtype = tf.uint8 if bits == 8 else tf.uint16
 
-    def encode(maps: np.ndarray) -> EncodedMaps:
-        height, width, count = maps.shape
+    def encode(maps: np.ndarray) -> List[EncodedMaps]:
+        inputs, height, width, count = maps.shape
         low, high = _range(maps)
         # Work in float64 so that quantising cannot round past a level boundary.
         span = high.astype(np.float64) - low.astype(np.float64)
         scale = np.divide(top, span, out=np.zeros_like(span), where=span > 0)
-        levels = np.clip(np.rint((maps.astype(np.float64) - low) * scale), 0, top).astype(dtype)
-        stacked = np.transpose(levels, (2, 0, 1)).reshape(count * height, width)
-        return EncodedMaps(_grayscale_png(stacked), (height, width, count), name, low, high)
+        levels = np.clip(np.rint((maps.astype(np.float64) - low[:, None, None])
+                                 * scale[:, None, None]), 0, top).astype(dtype)
+        stacked = np.transpose(levels, (0, 3, 1, 2)).reshape(inputs, count * height, width)
+        return [EncodedMaps(_grayscale_png(image), (height, width, count), name, lo, hi)
+                for image, lo, hi in zip(stacked, low, high)]
 
     def decode(encoded: EncodedMaps) -> np.ndarray:
         height, width, count = encoded.shape
@@ -254,7 +259,7 @@ def _quantised_png(name: str, bits: int) -> MapEncoding:
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def _float16_encode(maps: np.ndarray) -> EncodedMaps:
+def _float16_encode(maps: np.ndarray) -> List[EncodedMaps]:
     half = maps.astype("<f2")
     if not np.all(np.isfinite(half)):
         raise ValueError(
@@ -262,7 +267,8 @@ def _float16_encode(maps: np.ndarray) -> EncodedMaps:
             f"{float(np.abs(maps).max()):g}: use png8, png16 or raw32."
         )
     low, high = _range(maps)
-    return EncodedMaps(zlib.compress(half.tobytes(), 6), maps.shape, "float16", low, high)
+    return [EncodedMaps(zlib.compress(values.tobytes(), 6), maps.shape[1:], "float16", lo, hi)
+            for values, lo, hi in zip(half, low, high)]
 
 
 def _float16_decode(encoded: EncodedMaps) -> np.ndarray:
@@ -283,9 +289,10 @@ def _float16_max_error(low, high):
     return magnitude * 2.0**-11 + 2.0**-25
 
 
-def _raw32_encode(maps: np.ndarray) -> EncodedMaps:
+def _raw32_encode(maps: np.ndarray) -> List[EncodedMaps]:
     low, high = _range(maps)
-    return EncodedMaps(maps.astype("<f4").tobytes(), maps.shape, "raw32", low, high)
+    return [EncodedMaps(values.tobytes(), maps.shape[1:], "raw32", lo, hi)
+            for values, lo, hi in zip(maps.astype("<f4"), low, high)]
 
 
 def _raw32_decode(encoded: EncodedMaps) -> np.ndarray:
@@ -349,9 +356,16 @@ def encode_maps(maps: np.ndarray, encoding: str = DEFAULT_ENCODING) -> EncodedMa
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim != 3 or min(maps.shape) == 0:
         raise ValueError(f"Maps must be a non-empty (H, W, K) array, got shape {maps.shape}.")
-    if not np.all(np.isfinite(maps)):
-        bad = np.size(maps) - np.isfinite(maps).sum()
-        raise ValueError(f"Maps contain {bad} non-finite value(s).")
+    return _encode_batch(maps[None], encoding)[0]
+
+
+def _encode_batch(maps: np.ndarray, encoding: str) -> List[EncodedMaps]:
+    """`encode_maps` for the maps of N inputs at once, (N, H, W, K) float32."""
+    finite = np.isfinite(maps)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.all(axis=(1, 2, 3)))
+        where = f" (inputs {bad.tolist()} of the batch)" if len(maps) > 1 else ""
+        raise ValueError(f"Maps contain {maps.size - finite.sum()} non-finite value(s){where}.")
     return get_encoding(encoding).encode(maps)
 
 
@@ -443,30 +457,92 @@ def encode_explanation(
             f"units ({len(units)}), logits ({len(logits)}) and maps {maps.shape} must describe "
             "the same K units: maps (H, W, K)."
         )
+
+    def row(values):
+        return np.asarray(values, np.float32).reshape(1, -1)
+
+    return encode_explanations(
+        [id], units[None], logits[None], maps[None], encoding, input_size,
+        probabilities=None if probabilities is None else row(probabilities),
+        metrics={name: row(values) for name, values in (metrics or {}).items()})[0]
+
+
+def encode_explanations(
+    ids: Sequence[Union[str, bytes]],
+    units: np.ndarray,
+    logits: np.ndarray,
+    maps: np.ndarray,
+    encoding: str = DEFAULT_ENCODING,
+    input_size: Optional[Sequence[int]] = None,
+    probabilities: Optional[np.ndarray] = None,
+    metrics: Optional[Mapping[str, np.ndarray]] = None,
+) -> List[bytes]:
+    """`encode_explanation` for N inputs at once, each explaining K units: the same records,
+    byte for byte, with the batch's numbers handled together (the maps' ranges and
+    quantisation in one numpy pass each, the features every record shares serialized once)
+    and only each record's own bytes made per record.
+
+    Args:
+        ids: the N input records' ids.
+        units, logits: (N, K) int and float.
+        maps: (N, H, W, K) float maps.
+        encoding, input_size: as for `encode_explanation`, one for the batch.
+        probabilities: (N, K) floats, or None.
+        metrics: each metric's (N, K) scores by metric name.
+
+    Raises ValueError for arrays that do not describe N inputs of K units, or maps that
+    cannot be stored (non-finite values, naming the inputs): a caller that must keep the
+    other inputs encodes them one by one.
+
+    Usage:
+
+        records = encode_explanations(["a", "b"], [[3], [1]], [[7.2], [0.4]], maps,
+                                      input_size=(224, 224))     # maps (2, 7, 7, 1)
+    """
+    count = len(ids)
+    units = np.asarray(units, np.int64)
+    logits = np.asarray(logits, np.float32)
+    maps = np.asarray(maps, np.float32)
+    if (maps.ndim != 4 or min(maps.shape[1:], default=0) == 0 or len(maps) != count
+            or units.shape != (count, maps.shape[-1]) or logits.shape != units.shape):
+        raise ValueError(
+            f"ids ({count}), units {units.shape}, logits {logits.shape} and maps {maps.shape} "
+            "must describe the same N inputs and K units: units and logits (N, K), maps "
+            "(N, H, W, K)."
+        )
     per_unit = {} if probabilities is None else {"probabilities": probabilities}
     per_unit.update({METRIC_PREFIX + name: values for name, values in (metrics or {}).items()})
     for name, values in per_unit.items():
-        per_unit[name] = np.asarray(values, np.float32).reshape(-1)
-        if len(per_unit[name]) != len(units):
-            raise ValueError(f"{name} holds {len(per_unit[name])} values for {len(units)} "
-                             "units: give one per explained unit.")
-    encoded = encode_maps(maps, encoding)
-    input_size = tuple(encoded.shape[:2]) if input_size is None else tuple(input_size)
+        per_unit[name] = np.asarray(values, np.float32)
+        if per_unit[name].shape != units.shape:
+            raise ValueError(f"{name} holds {per_unit[name].size // max(count, 1)} values for "
+                             f"{units.shape[-1]} units: give one per explained unit.")
+    input_size = tuple(maps.shape[1:3]) if input_size is None else tuple(input_size)
     if len(input_size) != 2 or min(input_size) < 1:
         raise ValueError(f"input_size must be (H, W) positive ints, not {input_size}.")
-    return serialize_example([
-        ("schema_version", "int64", [SCHEMA_VERSION]),
-        ("id", "bytes", [_bytes(id)]),
-        ("units", "int64", units),
-        ("logits", "float", logits),
-        ("maps", "bytes", [encoded.data]),
-        ("map_shape", "int64", encoded.shape),
-        ("map_encoding", "bytes", [encoding.encode()]),
-        ("map_min", "float", encoded.map_min),
-        ("map_max", "float", encoded.map_max),
-        ("input_size", "int64", input_size),
-        *((name, "float", values) for name, values in per_unit.items()),
-    ])
+    if not count:
+        return []
+    encoded = _encode_batch(maps, encoding)
+    # The features every record of the batch shares, serialized once.
+    version = _entry("schema_version", "int64", [SCHEMA_VERSION])
+    layout = (_entry("map_shape", "int64", encoded[0].shape)
+              + _entry("map_encoding", "bytes", [encoding.encode()]))
+    size = _entry("input_size", "int64", input_size)
+    records = []
+    for i, (record_id, stored) in enumerate(zip(ids, encoded)):
+        records.append(_field(_ENTRY, b"".join([
+            version,
+            _entry("id", "bytes", [_bytes(record_id)]),
+            _entry("units", "int64", units[i]),
+            _entry("logits", "float", logits[i]),
+            _entry("maps", "bytes", [stored.data]),
+            layout,
+            _entry("map_min", "float", stored.map_min),
+            _entry("map_max", "float", stored.map_max),
+            size,
+            *[_entry(name, "float", values[i]) for name, values in per_unit.items()],
+        ])))
+    return records
 
 
 # --- tf.train.Example, serialized directly ------------------------------------------------------
@@ -513,21 +589,22 @@ def serialize_example(features: Sequence[Tuple[str, str, Sequence]]) -> bytes:
 
         record = serialize_example([("id", "bytes", [b"a"]), ("label", "int64", [3])])
     """
-    entries = []
-    for key, kind, values in features:
-        if kind == "bytes":
-            listed = b"".join([_field(_VALUES, value) for value in values])
-        elif kind == "float":
-            packed = np.asarray(values, "<f4").tobytes()
-            listed = _field(_VALUES, packed) if packed else b""
-        else:
-            packed = b"".join([_varint(int(v)) for v in values])
-            listed = _field(_VALUES, packed) if packed else b""
-        if key not in _KEYS:
-            _KEYS[key] = _field(_VALUES, key.encode())
-        entries.append(_field(_ENTRY, _KEYS[key] + _field(_FEATURE,
-                                                           _field(_LISTS[kind], listed))))
-    return _field(_ENTRY, b"".join(entries))
+    return _field(_ENTRY, b"".join([_entry(*feature) for feature in features]))
+
+
+def _entry(key: str, kind: str, values: Sequence) -> bytes:
+    """One feature of an Example, serialized: its map entry (see `serialize_example`)."""
+    if kind == "bytes":
+        listed = b"".join([_field(_VALUES, value) for value in values])
+    elif kind == "float":
+        packed = np.asarray(values, "<f4").tobytes()
+        listed = _field(_VALUES, packed) if packed else b""
+    else:
+        packed = b"".join([_varint(int(v)) for v in values])
+        listed = _field(_VALUES, packed) if packed else b""
+    if key not in _KEYS:
+        _KEYS[key] = _field(_VALUES, key.encode())
+    return _field(_ENTRY, _KEYS[key] + _field(_FEATURE, _field(_LISTS[kind], listed)))
 
 
 def _versions() -> str:

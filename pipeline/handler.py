@@ -11,10 +11,12 @@ images still compressed) through the three batched steps of a worker:
 - explain: the batch through `explain_lib` (`Explainer.explain`): the maps, each unit's
   probability, and the metrics scoring the maps (`explain_lib.evaluate`, the whole batch
   at once);
-- encode: each explanation as a schema-v2 record (`explain_lib.io.encode_explanation`),
-  large maps on a pool of threads (PNG's zlib releases the GIL); with a table or metrics,
-  also each record's `pipeline.table.AnalysisRow` (map statistics computed for the whole
-  batch at once, before the maps are encoded).
+- encode: the batch's explanations as schema-v2 records at once
+  (`explain_lib.io.encode_explanations`: ranges and quantisation in one numpy pass, only each
+  record's own bytes made per record), large maps in chunks on a pool of threads (PNG's zlib
+  releases the GIL); with a table or metrics, also each record's
+  `pipeline.table.AnalysisRow` (map statistics computed for the whole batch at once, before
+  the maps are encoded).
 
 It never raises for one bad record: a record that cannot be decoded fails alone (stage
 "decode"); when explaining a batch fails, each of its records is retried on its own, so
@@ -51,8 +53,12 @@ from pipeline.table import AnalysisRow, analysis_rows
 METRICS_NAMESPACE = "explain_pipeline"
 
 PARALLEL_ENCODING_VALUES = 16384
-"""Maps of at least this many values per record are encoded on the thread pool; smaller ones
-(a CAM stored at its own 7x7 resolution) cost less to encode than to hand to a thread."""
+"""Maps of at least this many values per record are encoded in chunks on the thread pool;
+smaller ones (a CAM stored at its own 7x7 resolution) cost less to encode than to hand to a
+thread."""
+
+ENCODING_THREADS = os.cpu_count() or 2
+"""Threads encoding large maps: one per core."""
 
 _encoders: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
@@ -62,7 +68,7 @@ def _encoder_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _encoders
     if _encoders is None:
         _encoders = concurrent.futures.ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 2, thread_name_prefix="encode_explanations")
+            max_workers=ENCODING_THREADS, thread_name_prefix="encode_explanations")
     return _encoders
 
 
@@ -168,24 +174,47 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
 
     def _encode(self, records: Sequence[CheckedRecord],
                 outcomes: Sequence[Any]) -> List[Union[bytes, StageError]]:
-        def encode(pair):
-            record, outcome = pair
-            if isinstance(outcome, StageError):
-                return outcome
-            try:
-                return explain_io.encode_explanation(
-                    record.id, outcome.units, outcome.logits, outcome.maps, self._map_encoding,
-                    input_size=self._spec.image_size, probabilities=outcome.probabilities,
-                    metrics=outcome.metrics)
-            except Exception as error:  # noqa: BLE001 - becomes this record's dead letter
-                return StageError("encode", str(error), record.id)
+        """Each explained record as a serialized schema-v2 record, the batch encoded at once
+        (`explain_io.encode_explanations`; large maps in chunks on the pool of threads). A
+        chunk that fails is encoded again one record at a time, so that only the records
+        that cannot be stored fail (stage "encode")."""
+        encoded: List[Any] = list(outcomes)
+        groups: Dict[Any, List[int]] = {}
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, Explanation):
+                key = (outcome.maps.shape, outcome.probabilities is None,
+                       tuple(outcome.metrics or ()))
+                groups.setdefault(key, []).append(i)
 
-        pairs = list(zip(records, outcomes))
-        large = any(isinstance(o, Explanation) and o.maps.size >= PARALLEL_ENCODING_VALUES
-                    for o in outcomes)
-        if large and len(pairs) > 1:
-            return list(_encoder_pool().map(encode, pairs))
-        return [encode(pair) for pair in pairs]
+        def encode(indices: Sequence[int]) -> List[Union[bytes, StageError]]:
+            chosen = [outcomes[i] for i in indices]
+            first = chosen[0]
+            try:
+                return explain_io.encode_explanations(
+                    [records[i].id for i in indices], np.stack([o.units for o in chosen]),
+                    np.stack([o.logits for o in chosen]), np.stack([o.maps for o in chosen]),
+                    self._map_encoding, input_size=self._spec.image_size,
+                    probabilities=(None if first.probabilities is None
+                                   else np.stack([o.probabilities for o in chosen])),
+                    metrics={name: np.stack([o.metrics[name] for o in chosen])
+                             for name in first.metrics or ()})
+            except Exception as error:  # noqa: BLE001 - retried one by one below
+                if len(indices) == 1:
+                    return [StageError("encode", str(error), records[indices[0]].id)]
+                return [one for i in indices for one in encode([i])]
+
+        for (shape, _, _), indices in groups.items():
+            chunks = [indices]
+            if int(np.prod(shape)) >= PARALLEL_ENCODING_VALUES and len(indices) > 1:
+                chunks = [chunk.tolist() for chunk in np.array_split(
+                    indices, min(len(indices), ENCODING_THREADS))]
+                results = list(_encoder_pool().map(encode, chunks))
+            else:
+                results = [encode(indices)]
+            for chunk, result in zip(chunks, results):
+                for i, record in zip(chunk, result):
+                    encoded[i] = record
+        return encoded
 
     def _with_rows(self, records: Sequence[CheckedRecord], outcomes: Sequence[Any],
                    encoded: Sequence[Union[bytes, StageError]]) -> List[Any]:

@@ -76,6 +76,40 @@ def test_encode_rejects_bad_maps():
         explain_io.encode_explanation("x", [1, 2], [0.5, 0.2], np.zeros((4, 4, 1)))
 
 
+@pytest.mark.parametrize("encoding", list(explain_io.ENCODINGS))
+def test_a_batch_encodes_to_the_records_each_input_makes_alone(encoding):
+    rng = np.random.default_rng(4)
+    maps = rng.normal(0, 2, (5, 6, 7, 2)).astype(np.float32)
+    maps[3] = 1.5  # a constant map pair among varied ones
+    units = rng.integers(0, 1000, (5, 2))
+    logits, probabilities = rng.normal(size=(2, 5, 2)).astype(np.float32)
+    deletion = rng.random((5, 2)).astype(np.float32)
+    ids = [f"r{i}" for i in range(4)] + [b"bytes-id"]
+    batch = explain_io.encode_explanations(ids, units, logits, maps, encoding, (24, 28),
+                                           probabilities, {"deletion": deletion})
+    assert batch == [
+        explain_io.encode_explanation(ids[i], units[i], logits[i], maps[i], encoding, (24, 28),
+                                      probabilities[i], {"deletion": deletion[i]})
+        for i in range(5)]
+    again = explain_io.decode_explanation(batch[2])
+    np.testing.assert_array_equal(again["units"], units[2])
+    np.testing.assert_array_equal(again["metrics"]["deletion"], deletion[2])
+    assert explain_io.encode_explanations([], np.zeros((0, 1)), np.zeros((0, 1)),
+                                          np.zeros((0, 4, 4, 1))) == []
+
+
+def test_a_batch_with_bad_maps_or_shapes_fails_naming_what():
+    maps = np.zeros((3, 4, 4, 1), np.float32)
+    maps[1, 2, 2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"1 non-finite value\(s\) \(inputs \[1\] of the batch\)"):
+        explain_io.encode_explanations(["a", "b", "c"], [[0]] * 3, [[0.0]] * 3, maps)
+    with pytest.raises(ValueError, match="same N inputs and K units"):
+        explain_io.encode_explanations(["a", "b"], [[0]] * 3, [[0.0]] * 3, np.zeros((3, 4, 4, 1)))
+    with pytest.raises(ValueError, match="probabilities holds 2 values for 1 units"):
+        explain_io.encode_explanations(["a"], [[0]], [[0.0]], np.zeros((1, 4, 4, 1)),
+                                       probabilities=[[0.5, 0.5]])
+
+
 def test_record_round_trip_and_plain_tf_parsing():
     maps = _maps(1)
     record = explain_io.encode_explanation("img-7", [3, 0, 4], [1.5, -2.0, 0.25], maps)

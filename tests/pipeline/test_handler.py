@@ -137,6 +137,27 @@ def test_large_maps_are_encoded_on_threads_as_they_would_be_one_by_one():
         assert result.inference == alone
 
 
+def test_a_record_that_cannot_be_stored_fails_alone_and_the_batch_is_still_encoded():
+    made = []
+
+    class Large:
+        def explain(self, images, units):
+            made.extend(Explanation(np.array([i]), np.array([0.5], np.float32),
+                                    np.full((3, 3, 1), 7e4 if i == 2 else float(i), np.float32))
+                        for i in range(len(images)))
+            return made
+
+    handler = ExplainModelHandler(CONFIG, SPEC, map_encoding="float16", batch_size=4)
+    results = handler.run_inference([_record(i) for i in range(4)], Large())
+    error = results[2].inference
+    assert error.stage == "encode" and error.record_id == results[2].example.id
+    assert "float16 holds values up to 65504" in str(error)
+    for i in (0, 1, 3):  # the others, as they would be alone
+        assert results[i].inference == explain_io.encode_explanation(
+            results[i].example.id, made[i].units, made[i].logits, made[i].maps, "float16",
+            input_size=(4, 4))
+
+
 def test_handler_batches_exactly_batch_size_and_reports_record_bytes():
     handler = ExplainModelHandler(CONFIG, SPEC, batch_size=16, model_copies=1)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 16, "max_batch_size": 16}
