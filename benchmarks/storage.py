@@ -2,10 +2,11 @@
 
 For each model (ResNet50V2 with `weights=None`; the demo CNN, trained on the demo's shapes
 and rebuilt at 224x224 with the same weights; a CNN whose last convolution block is half the
-input's size, 112x112, trained on the demo's shapes at 64x64) and method (Grad-CAM, smooth maps at the
-feature map's resolution; vanilla gradients, noisy maps at the input's resolution), explain
-N demo images with the method's conventional parameters (the registry's `explain_defaults`,
-as the pipeline does), then store every map with every encoding:
+input's size, 112x112, trained on the demo's shapes at 64x64 and rebuilt likewise) and
+method (Grad-CAM, smooth maps at the feature map's resolution; vanilla gradients, noisy
+maps at the input's resolution), explain N demo images with the method's conventional
+parameters (the registry's `explain_defaults`, as the pipeline does), then store every map
+with every encoding:
 
 - at the input size (`--map_size input`, the maps the engine returns with resizing);
 - at the method's native size (`--map_size native`, and `auto`, the job's default), read

@@ -123,14 +123,14 @@ class MapEncoding:
     """One way of storing maps.
 
     `encode(maps (N, H, W, K) float32) -> [EncodedMaps] * N`, the maps of N inputs at once
-    (what can be is done for the whole batch in numpy; only the bytes are made per input);
-    `decode(EncodedMaps) -> (H, W, K) float32` in numpy; `decode_tf(data, shape, map_min, map_max) -> (H, W, K) float32` in
-    TensorFlow ops, usable inside `tf.data`. `max_error(map_min, map_max)` bounds the
-    absolute decoding error of each map.
+    (the numbers in one numpy pass over the batch, only the bytes made per input);
+    `decode(EncodedMaps) -> (H, W, K) float32` in numpy; `decode_tf(data, shape, map_min,
+    map_max) -> (H, W, K) float32` in TensorFlow ops, usable inside `tf.data`.
+    `max_error(map_min, map_max)` bounds the absolute decoding error of each map.
     """
 
     name: str
-    encode: Callable[[np.ndarray], EncodedMaps]
+    encode: Callable[[np.ndarray], List[EncodedMaps]]
     decode: Callable[[EncodedMaps], np.ndarray]
     decode_tf: Callable[[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
     max_error: Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -160,8 +160,8 @@ def _grayscale_png(image: np.ndarray) -> bytes:
     Written here rather than through an imaging library because the whole of it is a few
     numpy passes and `zlib.compress`: every row gets the same PNG filter, the one of None,
     Sub and Up (applied byte by byte, as the format defines them for every bit depth) that
-    compresses every fourth row best at zlib's fastest level (Up for small maps). Upsampled CAM maps favour
-    Sub or Up, noisy gradient maps None. (Trying every row chose the same filters to within
+    compresses every fourth row best at zlib's fastest level (Up for small maps). Upsampled
+    CAM maps favour Sub or Up, noisy gradient maps None. (Trying every row chose the same filters to within
     0.5% of the size, at four times the cost; choosing by the smallest residuals, per row as
     libpng does or per image, made these maps up to 27% larger.)
     """
