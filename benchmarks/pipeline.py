@@ -4,11 +4,11 @@ Sections (`--sections`, all by default):
 
 - `overhead`: on the same records, model and method, in one run:
   - in-process: `explain_lib.explain` with the method's conventional parameters on the
-    decoded images (compiled on a first call, then timed: the median of `--repeats` calls);
+    decoded images (compiled on a first call, then timed);
   - the job: `python -m pipeline` in a fresh process, with default options (DirectRunner;
     `--units_key label`, so both explain the same units; the map size the job's default,
-    `auto`, implies, which the in-process call uses too), over N and over 2N records, in
-    turn, `--job-repeats` times each, the fastest of each counting.
+    `auto`, implies, which the in-process call uses too), over N and over 2N records;
+  the three in turn, `--repeats` rounds, the fastest of each counting.
   The difference of the two job runs is the job's steady-state cost of N records (its
   fixed start-up, imports, model load and tracing, cancels); the per-record overhead is
   that cost per record minus in-process `explain`'s, and the start-up is the N-record run
@@ -94,19 +94,19 @@ def read_job_inputs(input_path: str, size: int):
             np.stack([r.units for r in records]))
 
 
-def in_process_seconds(model_path: str, input_path: str, method_name: str, batch: int,
-                       repeats: int) -> float:
-    """Median seconds of `explain` on the records' decoded images, after a first call."""
+def in_process_timer(model_path: str, input_path: str, method_name: str, batch: int):
+    """A function timing one call of `explain` on the records' decoded images (seconds),
+    made after a first call."""
     model = keras.saving.load_model(model_path, compile=False)
     images, labels = read_job_inputs(input_path, model.inputs[0].shape[1])
-    return explain_seconds(model, method_name, images, labels, batch, repeats)
+    return explain_timer(model, method_name, images, labels, batch)
 
 
-def explain_seconds(model, method_name: str, images, labels, batch: int, repeats: int,
-                    xla: bool = False) -> float:
-    """Median seconds of `explain` as the job calls it (the method's conventional parameters,
-    the job's default map size) on `images`, after a first call; CAM methods on the model
-    exposed as the job exposes it; under XLA with `xla`, as the job's `--jit_compile`."""
+def explain_timer(model, method_name: str, images, labels, batch: int, xla: bool = False):
+    """A function timing one call (seconds) of `explain` as the job calls it (the method's
+    conventional parameters, the job's default map size) on `images`, made after a first
+    call; CAM methods on the model exposed as the job exposes it; under XLA with `xla`, as
+    the job's `--jit_compile`."""
     method = methods.get(method_name)
     explained = inspection.expose(model) if method.exposed else model
     if xla:
@@ -118,13 +118,20 @@ def explain_seconds(model, method_name: str, images, labels, batch: int, repeats
         explain(method.function, explained, images, labels, batch_size=batch, verbose=0,
                 **params)
 
-    call()
-    times = []
-    for _ in range(repeats):
+    def timed() -> float:
         start = time.perf_counter()
         call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        return time.perf_counter() - start
+
+    call()
+    return timed
+
+
+def explain_seconds(model, method_name: str, images, labels, batch: int, repeats: int,
+                    xla: bool = False) -> float:
+    """Median seconds of `explain` as the job calls it (see `explain_timer`)."""
+    timed = explain_timer(model, method_name, images, labels, batch, xla)
+    return float(np.median([timed() for _ in range(repeats)]))
 
 
 def overhead_section(args, directory):
@@ -140,15 +147,16 @@ def overhead_section(args, directory):
         model_path = build_model(model_name, size, directory)
         small = write_dataset(directory, count, size, image_format, seed=1)
         large = write_dataset(directory, 2 * count, size, image_format, seed=1_000_000)
-        explain_seconds = in_process_seconds(model_path, small, args.method, args.batch,
-                                             args.repeats)
+        timed_explain = in_process_timer(model_path, small, args.method, args.batch)
         run_job(write_dataset(directory, args.batch, size, image_format, seed=7), os.path.join(
             directory, f"{case}-warm", "expl"), model_path, args.method, args.job_args)
-        # The N and 2N runs in turn, the fastest of each: a change in the machine's load
-        # touches both alike, and start-up's variation (a few seconds) does not pass for a
-        # cost per record.
-        small_seconds = large_seconds = float("inf")
-        for _ in range(args.job_repeats):
+        # In-process explain and the N and 2N runs in turn, the fastest of each: a change in
+        # the machine's speed (this one's drifts by 20-30% over tens of minutes) touches
+        # all three alike, and start-up's variation (a few seconds) does not pass for a cost
+        # per record.
+        explain_seconds = small_seconds = large_seconds = float("inf")
+        for _ in range(args.repeats):
+            explain_seconds = min(explain_seconds, timed_explain())
             small_seconds = min(small_seconds, run_job(
                 small, os.path.join(directory, f"{case}-n", "expl"), model_path, args.method,
                 args.job_args))
@@ -208,10 +216,9 @@ def main(argv=None):
     parser.add_argument("--memory-records", type=int, nargs="+", default=[2000, 100000])
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--batch", type=int, default=32, help="the job's default batch size")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--job-repeats", type=int, default=3,
-                        help="runs of the job over N and over 2N records, alternated; the "
-                        "fastest of each counts")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of in-process explain, the job over N and the job over "
+                        "2N records, in turn; the fastest of each counts")
     parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
                         help="more arguments for the job (last), e.g. Beam runner options")
     args = parser.parse_args(argv)
