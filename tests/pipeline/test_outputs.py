@@ -139,7 +139,7 @@ def _start_and_stop(tmp_path, model_path, stop: signal.Signals):
 
 def test_an_interrupted_run_removes_its_temporary_files(tmp_path, model_path):
     status, stderr, _ = _start_and_stop(tmp_path, model_path, signal.SIGINT)
-    assert status == 130
+    assert status == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == (
         "explain-pipeline: interrupted; its temporary files are removed, its outputs are "
         "incomplete: run it again.")
