@@ -114,6 +114,15 @@ RECORDS = 1200
 """Enough for several seconds of explaining in batches of 4, once the job has started."""
 
 
+INTERRUPTIBLE = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('pipeline', run_name='__main__', alter_sys=True)"
+)
+"""`python -m pipeline` as a terminal starts it, Ctrl-C raising KeyboardInterrupt, whatever
+SIGINT disposition the tests inherited: a shell's background job ignores SIGINT, and so
+would the job started from it."""
+
+
 def _start_and_stop(tmp_path, model_path, stop: signal.Signals):
     """Start the job in a subprocess on enough records to take a while, send it `stop` once
     it writes its first temporary shard, wait for it; returns (exit status, stderr)."""
@@ -123,7 +132,7 @@ def _start_and_stop(tmp_path, model_path, stop: signal.Signals):
     pattern = write(tmp_path, "many", records)
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--input", pattern, "--output", str(out / "expl"),
+        [sys.executable, "-c", INTERRUPTIBLE, "--input", pattern, "--output", str(out / "expl"),
          "--model", model_path, "--batch_size", "4"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
