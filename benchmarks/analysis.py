@@ -11,9 +11,9 @@ in a fresh process, DirectRunner defaults, Grad-CAM, `--units_key label`):
 - `table`: the demo (its trained CNN, 64x64 JPEG shapes with their boxes) over
   `--table-records` records: the job without and with `--table` (`--copy_features label`),
   runs alternated, the fastest of `--repeats` each; the table's bytes per row.
-- `report`: `python -m pipeline.report` (a fresh process, as the README gives it, the
-  fastest of `--repeats`) on the output of a job over `--table-records` records, against
-  that job's wall time; the page's size. Cases (`--report-cases`): the demo job with
+- `report`: `python -m pipeline.report OUTPUT --out PAGE` (a fresh process, as the README
+  gives it, the fastest of `--repeats`) on the output of a job over `--table-records`
+  records, against that job's wall time; the page's size. Cases (`--report-cases`): the demo job with
   `--metrics pointing_game,energy_pointing_game --boxes_key objects/bbox` (metrics that make
   no forward pass, so that the job is hardly longer than without them), where the model
   explains a record in a fraction of a millisecond; and MobileNetV2 (`weights=None`) on
@@ -155,8 +155,8 @@ def report_section(args, directory):
         output = os.path.join(directory, f"report-{case}", "expl")
         seconds = job(records, output, model_path, *job_args)
         page = os.path.join(directory, f"report-{case}.html")
-        built = min(timed([sys.executable, "-m", "pipeline.report", output, "--images", records,
-                           "--out", page]) for _ in range(args.repeats))
+        built = min(timed([sys.executable, "-m", "pipeline.report", output, "--out", page])
+                    for _ in range(args.repeats))
         print(f"| {described} | {seconds:.1f} | {built:.1f} | {built / seconds:.3f} | "
               f"{os.path.getsize(page) / 2**20:.2f} |", flush=True)
 

@@ -16,24 +16,42 @@ or, inside your own Beam pipeline:
     result.explanations, result.dead_letters
 """
 
-from pipeline.explainer import (
-    Explainer,
-    ExplainerConfig,
-    Explanation,
-    inspect_model,
-    load_keras_model,
-)
-from pipeline.handler import ExplainModelHandler
-from pipeline.options import ExplainOptions
-from pipeline.reading import ReadTFRecords
-from pipeline.records import (
-    CheckedRecord,
-    DeadLetter,
-    ImageRecord,
-    RecordSpec,
-    read_dead_letters,
-)
-from pipeline.transforms import Explain, ExplainResult, build_pipeline
+import importlib
+
+# The names below are imported on first use (PEP 562), not with the package: the job's
+# modules load TensorFlow and Beam, which `python -m pipeline.report` and
+# `pipeline.overview` do without.
+_EXPORTS = {
+    "Explainer": "pipeline.explainer",
+    "ExplainerConfig": "pipeline.explainer",
+    "Explanation": "pipeline.explainer",
+    "inspect_model": "pipeline.explainer",
+    "load_keras_model": "pipeline.explainer",
+    "ExplainModelHandler": "pipeline.handler",
+    "ExplainOptions": "pipeline.options",
+    "ReadTFRecords": "pipeline.reading",
+    "CheckedRecord": "pipeline.records",
+    "DeadLetter": "pipeline.records",
+    "ImageRecord": "pipeline.records",
+    "RecordSpec": "pipeline.records",
+    "read_dead_letters": "pipeline.records",
+    "Explain": "pipeline.transforms",
+    "ExplainResult": "pipeline.transforms",
+    "build_pipeline": "pipeline.transforms",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Explain",

@@ -373,7 +373,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     count = render.render_grid(f"{output}-*", demo.inputs, grid, limit=args.limit,
                                labels=list(CLASSES))
     print(f"grid of {count} overlays: {grid}")
-    page = report.build(output, demo.inputs, os.path.join(args.out_dir, "report.html"),
+    page = report.build(output, out=os.path.join(args.out_dir, "report.html"),
                         labels=list(CLASSES))
     print(f"report: {page}")
     return 0

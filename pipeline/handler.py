@@ -16,7 +16,9 @@ images still compressed) through the three batched steps of a worker:
   record's own bytes made per record), large maps in chunks on a pool of threads (PNG's zlib
   releases the GIL); with a table or metrics, also each record's
   `pipeline.table.AnalysisRow` (map statistics computed for the whole batch at once, before
-  the maps are encoded).
+  the maps are encoded); with `overview`, the batch's `pipeline.overview.Overview` (what
+  the report shows: per-unit counts and map sums, score samples, the best and worst
+  records with their images), made from the batch's arrays at once.
 
 It never raises for one bad record: a record that cannot be decoded fails alone (stage
 "decode"); when explaining a batch fails, each of its records is retried on its own, so
@@ -34,6 +36,8 @@ Usage:
                                   RecordSpec((224, 224), 3, 1000), batch_size=32)
     results = checked | RunInference(handler)   # PredictionResult(record, bytes | StageError)
     # with analysis=True: PredictionResult(record, Explained(bytes, AnalysisRow) | StageError)
+    # with overview=True, the last explained record of each batch is an Explained whose
+    # `overview` is the batch's
 """
 
 import concurrent.futures
@@ -47,6 +51,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from explain_lib import io as explain_io
 from pipeline.adaptive_batches import explain_fitting, limit_for
 from pipeline.explainer import Explainer, ExplainerConfig, Explanation
+from pipeline.overview import Overview, batch_overview, summed_size
 from pipeline.records import CheckedRecord, RecordSpec, StageError, decode_batch, decode_masks
 from pipeline.table import AnalysisRow, analysis_rows
 
@@ -73,11 +78,14 @@ def _encoder_pool() -> concurrent.futures.ThreadPoolExecutor:
 
 
 class Explained(NamedTuple):
-    """An explained record, when the handler also makes its analysis row: the serialized
-    schema-v2 record and its `pipeline.table.AnalysisRow`."""
+    """An explained record, when the handler also makes its analysis row or the batch's
+    overview: the serialized schema-v2 record, its `pipeline.table.AnalysisRow` (None
+    without analysis) and, on one record of each batch, the batch's
+    `pipeline.overview.Overview` (None on the others)."""
 
     record: bytes
-    row: AnalysisRow
+    row: Optional[AnalysisRow]
+    overview: Optional[Overview] = None
 
 
 class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explainer]):
@@ -91,6 +99,8 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
             (fewer only at the end of a bundle), so the compiled step is traced once.
         analysis: also make each explained record's `AnalysisRow` (for the table and the
             metric aggregates): results are then `Explained`.
+        overview: also make each batch's `pipeline.overview.Overview` (for the report),
+            carried by the batch's last explained record (an `Explained`).
         **kwargs: `ModelHandler` options, for instance `large_model=True` or
             `model_copies=1` (one model per machine, shared by its processes), `env_vars`.
     """
@@ -103,6 +113,7 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         *,
         batch_size: int = 32,
         analysis: bool = False,
+        overview: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("min_batch_size", batch_size)
@@ -112,6 +123,7 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         self._spec = spec
         self._map_encoding = map_encoding
         self._analysis = analysis
+        self._overview = overview
 
     def load_model(self) -> Explainer:
         """Load the model under the worker's strategy and prepare the method."""
@@ -140,6 +152,8 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         encoded = self._encode(batch, outcomes)
         if self._analysis:
             encoded = self._with_rows(batch, outcomes, encoded)
+        if self._overview:
+            encoded = self._with_overview(batch, outcomes, encoded, images)
         return [PredictionResult(record, outcome) for record, outcome in zip(batch, encoded)]
 
     def _explain(self, records: Sequence[CheckedRecord], images: np.ndarray,
@@ -226,6 +240,46 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         encoded = list(encoded)
         for i, row in zip(kept, rows):
             encoded[i] = Explained(encoded[i], row)
+        return encoded
+
+    def _with_overview(self, records: Sequence[CheckedRecord], outcomes: Sequence[Any],
+                       encoded: Sequence[Any], images: np.ndarray) -> List[Any]:
+        """The encoded records, the last explained one carrying the batch's `Overview` (one
+        `batch_overview` per group of maps of one shape; maps stored larger than
+        `pipeline.overview.MEAN_MAP_SIZE` scaled down for the sums in one resize call)."""
+        from explain_lib import metrics as explain_metrics
+
+        kept = [i for i, record in enumerate(encoded)
+                if isinstance(record, (bytes, Explained))]
+        if not kept:
+            return list(encoded)
+        names = list(self._config.metrics)
+        directions = {name: explain_metrics.get(name).higher_is_better for name in names}
+        overview: Optional[Overview] = None
+        groups: Dict[Any, List[int]] = {}
+        for i in kept:
+            groups.setdefault((outcomes[i].maps.shape, outcomes[i].probabilities is None),
+                              []).append(i)
+        for (shape, no_probabilities), indices in groups.items():
+            chosen = [outcomes[i] for i in indices]
+            maps = np.stack([o.maps for o in chosen])
+            size = summed_size(shape[:2])
+            small = maps
+            if size != tuple(shape[:2]):
+                import tensorflow as tf
+
+                small = tf.image.resize(maps, size).numpy()
+            part = batch_overview(
+                [records[i].id for i in indices], np.stack([o.units for o in chosen]),
+                np.stack([o.logits for o in chosen]),
+                None if no_probabilities else np.stack([o.probabilities for o in chosen]),
+                {name: np.stack([o.metrics[name] for o in chosen]) for name in names},
+                maps, small, images[indices], directions)
+            overview = part if overview is None else overview.merge(part)
+        encoded = list(encoded)
+        last = encoded[kept[-1]]
+        encoded[kept[-1]] = (last._replace(overview=overview) if isinstance(last, Explained)
+                             else Explained(last, None, overview))
         return encoded
 
     def get_num_bytes(self, batch: Sequence[CheckedRecord]) -> int:

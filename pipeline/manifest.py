@@ -12,7 +12,8 @@ settings made a set of maps, and whether the files hold everything the job expla
 (`python -m pipeline.summary OUTPUT`).
 
 Separation of concerns: `build_manifest` only describes (a dict of JSON values);
-`write_manifest` / `read_manifest` move it through Beam's filesystems (local, `gs://`, ...);
+`write_manifest` / `read_manifest` move it (`pipeline.overview.write_bytes` / `read_bytes`:
+Beam's filesystems for `gs://` and the like, Python's `open` for local paths);
 `record_run` is what `pipeline.__main__` calls at the end of a run.
 
 Usage:
@@ -26,21 +27,15 @@ import hashlib
 import json
 import platform
 from importlib import metadata
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from explain_lib import io as explain_io
-from explain_lib import metrics as explain_metrics
-from explain_lib.engine.explaining import STEP_PARAMS
-from pipeline.explainer import explain_params, received_params, resolve_method
-from pipeline.options import (
-    FILE_SUFFIX,
-    ExplainOptions,
-    parse_ints,
-    stored_map_size,
-    with_map_size,
-)
-from pipeline.outputs import list_shards
-from pipeline.table import TABLE_SUFFIX
+from pipeline.overview import overview_path, read_bytes, write_bytes
+
+if TYPE_CHECKING:
+    from pipeline.options import ExplainOptions
+
+# Writing a manifest needs the job's modules (TensorFlow, Beam); reading one needs neither,
+# so that `python -m pipeline.report` starts in a second: the writers import them inside.
 
 MANIFEST_SUFFIX = ".manifest.json"
 """Appended to `--output`: out/expl -> out/expl.manifest.json (`out/expl-*` does not match
@@ -95,9 +90,12 @@ def library_versions() -> Dict[str, str]:
     return versions
 
 
-def written_files(options: ExplainOptions) -> Dict[str, Any]:
+def written_files(options: "ExplainOptions") -> Dict[str, Any]:
     """The shards under the run's prefixes, with their sizes: after a run, exactly the files
     it wrote (`pipeline.outputs`)."""
+    from pipeline.outputs import list_shards
+    from pipeline.table import TABLE_SUFFIX
+
     files = {"explanations": list_shards(options.output),
              "dead_letters": list_shards(options.dead_letters)}
     if options.table:
@@ -119,7 +117,7 @@ def _jsonable(value):
 
 
 def build_manifest(
-    options: ExplainOptions,
+    options: "ExplainOptions",
     summary,
     started: datetime.datetime,
     finished: datetime.datetime,
@@ -137,6 +135,13 @@ def build_manifest(
         model_digest: `file_sha256(options.model)`, computed here when not given.
         files: `written_files(options)`, listed here when not given.
     """
+    from explain_lib import io as explain_io
+    from explain_lib import metrics as explain_metrics
+    from explain_lib.engine.explaining import STEP_PARAMS
+    from pipeline.explainer import explain_params, received_params, resolve_method
+    from pipeline.options import FILE_SUFFIX, parse_ints, stored_map_size, with_map_size
+    from pipeline.table import TABLE_SUFFIX
+
     given = options.parsed_method_params()
     method = resolve_method(options.method)
     params = explain_params(method, with_map_size(given, options.map_size))
@@ -181,6 +186,7 @@ def build_manifest(
             "explanations": f"{options.output}-*{FILE_SUFFIX}",
             "dead_letters": f"{options.dead_letters}-*{FILE_SUFFIX}",
             "table": f"{options.table}-*{TABLE_SUFFIX}" if options.table else None,
+            "overview": overview_path(options.output),
             "map_encoding": options.map_encoding,
             "map_size": _jsonable(stored_map_size(params.get("resizing"), method.upsampled)),
             "map_size_option": _jsonable(options.map_size or "auto"),
@@ -208,26 +214,19 @@ def build_manifest(
 
 def write_manifest(manifest: Dict[str, Any], path: str) -> str:
     """Write `manifest` as indented JSON at `path` (any Beam filesystem); returns the path."""
-    from apache_beam.io.filesystems import FileSystems
-
     data = (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode("utf-8")
-    with FileSystems.create(path, mime_type="application/json",
-                            compression_type="uncompressed") as target:
-        target.write(data)
-    return path
+    return write_bytes(path, data, "application/json")
 
 
 def read_manifest(output: str) -> Dict[str, Any]:
     """The manifest of the run writing `output` (its `--output` prefix, or the manifest's
     own path). Raises FileNotFoundError when there is none and ValueError for a manifest
     of a newer layout."""
-    from apache_beam.io.filesystems import FileSystems
-
     path = manifest_path(output)
-    if not FileSystems.exists(path):
-        raise FileNotFoundError(f"No run manifest at {path}.")
-    with FileSystems.open(path, compression_type="uncompressed") as source:
-        manifest = json.loads(source.read().decode("utf-8"))
+    try:
+        manifest = json.loads(read_bytes(path).decode("utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No run manifest at {path}.") from None
     version = manifest.get("manifest_version")
     if version != MANIFEST_VERSION:
         raise ValueError(f"{path} has manifest version {version}; this pipeline reads version "
@@ -235,7 +234,7 @@ def read_manifest(output: str) -> Dict[str, Any]:
     return manifest
 
 
-def record_run(pipeline, options: ExplainOptions, summary,
+def record_run(pipeline, options: "ExplainOptions", summary,
                started: datetime.datetime) -> str:
     """Write the manifest of a run that has just finished; returns its path."""
     from apache_beam.options.pipeline_options import StandardOptions

@@ -103,9 +103,12 @@ def overlay(image: np.ndarray, map2d: np.ndarray, alpha: float = 0.5,
     image = np.clip(image[..., :3], 0, 255).astype(np.float32)
     map2d = np.asarray(map2d, np.float32)
     if map2d.shape != image.shape[:2]:
-        import tensorflow as tf
+        # Pillow's bilinear resize of a float image: for maps smaller than their image (the
+        # usual case) the same values as tf.image.resize's, within float32 rounding.
+        from PIL import Image
 
-        map2d = tf.image.resize(map2d[..., None], image.shape[:2]).numpy()[..., 0]
+        map2d = np.asarray(Image.fromarray(map2d).resize(  # float32: mode "F"
+            (image.shape[1], image.shape[0]), Image.BILINEAR))
     colors = colorize(map2d, colormap).astype(np.float32)
     return np.clip((1 - alpha) * image + alpha * colors, 0, 255).astype(np.uint8)
 

@@ -1,6 +1,6 @@
 """`python -m pipeline.report OUTPUT`: one self-contained HTML page about a run.
 
-    python -m pipeline.report out/expl --images 'data/*.tfrecord' --out report.html \\
+    python -m pipeline.report out/expl --out report.html [--images 'data/*.tfrecord'] \\
         [--metric deletion] [--examples 6] [--units 12] [--top 50] [--labels a,b,...]
 
 The page shows the run's counts and its dead letters per stage and message, how many
@@ -11,68 +11,54 @@ embedded as `data:` URIs (PNG, JPEG), so the one file can be mailed or opened an
 
 Separation of concerns:
 
-- *Readers* are the existing ones: the manifest, the counts and the dead-letter breakdown
-  come from `pipeline.summary.summarize_output`; the maps, the metrics and the per-unit counts
-  (handed to the summary, which checks them as it checks its own) from
-  `explain_lib.io.read_explanations` (metric names from the manifest, else
-  `explain_lib.analysis.metric_names`); the source images from
-  `pipeline.render.load_images_by_id`, which reads the job's inputs with the job's own record
-  options (taken from the manifest) and keeps only the few records asked for. All of them go
-  through `tf.io.gfile` or Beam's filesystems, so `gs://` paths work as they do for the job.
-- `compute_report` reads the files once, in batches of up to `BATCH` records (decoded and
-  scaled to the mean maps' size in tf.data's parallel map, one Python step per batch, the
-  batch's numbers handled by numpy), and keeps what the page needs in memory bounded by the
-  units and the examples, not the records: the per-unit counts, a running sum per unit for
-  the mean maps (at most `MEAN_MAP_SIZE` on a side), two bounded heaps for the best and the
-  worst records (only the rows of a batch that can still enter one are looked at), and one
-  float per explained map and metric for the histograms. It returns a `ReportData`, the
-  numbers the page shows (tests compare them with the records).
+- The numbers come from two small files the job wrote: its manifest (`pipeline.manifest`:
+  the counts, the settings) and its overview (`pipeline.overview`: per-unit counts and map
+  sums, every metric's scores or a uniform sample of them, the best and worst records of
+  each ranking key with their maps and images, the dead letters' messages per stage), kept
+  while the job explained, in memory bounded by the units and the examples. The report
+  reads no explanation record: it takes about as long for ten million records as for ten,
+  and needs neither TensorFlow nor (for local paths) Beam. `compute_report` returns them
+  as a `ReportData` (tests compare it with the records).
 - `render_html` draws the pictures (matplotlib figures with the Agg backend, colours from
   matplotlib's colormaps through `pipeline.render`) and writes the page; `build` joins both
-  and writes the file through Beam's filesystems.
+  and writes the file (local, or through Beam's filesystems for `gs://` and the like).
+- `--images PATTERN` draws the overlays on the images read again from the job's inputs
+  (`pipeline.render.load_images_by_id`, with the run's own record options; this imports
+  TensorFlow) instead of the copies the job kept.
 
 The ranking (`--metric`): each record is scored by its first explained unit (the top
 prediction when the job explained the top-K); records whose score is NaN (not scored, e.g.
 no ground truth) are left out. By default the ranking metric is the first metric the run
-computed (`--metrics`), best and worst as the metrics registry says (`higher_is_better`:
-deletion is better low); in a run without metrics it is the first unit's probability (or,
-for schema-v1 records without probabilities, its logit), "best" meaning most confident.
-`--metric probability` and `--metric logit` choose those explicitly.
+computed (`--metrics`) with a finite score, best and worst as the metrics registry says
+(`higher_is_better`: deletion is better low); in a run without metrics it is the first
+unit's probability, "best" meaning most confident. `--metric probability` and `--metric
+logit` choose those explicitly. Ties go to the smaller id.
 
 Usage, from Python (e.g. a benchmark):
 
-    path = build("out/expl", images="data/*.tfrecord", out="report.html", metric="deletion")
+    path = build("out/expl", out="report.html", metric="deletion")
     data = compute_report("out/expl", metric="deletion")
     [example.id for example in data.best], data.mean_maps[3].shape
 """
 
 import argparse
 import base64
-import heapq
+import collections
 import html
 import io
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-MEAN_MAP_SIZE = 64
-"""Mean maps are summed at the stored size of the maps, or scaled down to fit in this many
-pixels on a side when stored larger (a gradient map at 224x224): a running sum per unit then
-stays small even for a thousand units."""
-
-BATCH = 512
-"""Explanation records decoded per step of the report's reader (fewer when the stored maps
-are large: about `BATCH_VALUES` map values per step)."""
-
-BATCH_VALUES = 1 << 22
-"""Stored map values per batch at most (a 224x224 map: 83 records), so that a batch of
-large maps stays a few tens of MB."""
+from pipeline.manifest import MANIFEST_SUFFIX, read_manifest
+from pipeline.overview import EXAMPLES as KEPT_EXAMPLES
+from pipeline.overview import MEAN_MAP_SIZE, RANK_KEYS, Example, read_overview, write_bytes
 
 EXAMPLES = 6
-"""Best and worst records shown by default (each)."""
+"""Best and worst records shown by default (each; at most `pipeline.overview.EXAMPLES`)."""
 
 UNITS_SHOWN = 12
 """Mean maps shown by default: the most explained units'."""
@@ -90,312 +76,94 @@ upscaled by a whole factor (nearest neighbour, so pixels stay visible), large on
 OVERLAY_COLORMAP = "jet"
 MEAN_COLORMAP = "inferno"
 
-RANK_KEYS = ("probability", "logit")
-"""Ranking keys besides the metrics: the first unit's probability or logit."""
-
-
-@dataclass
-class Example:
-    """One record among the best or the worst: its id, its first unit, that unit's score by
-    the ranking metric, logit and probability, and its map (H, W) as stored."""
-
-    id: str
-    unit: int
-    score: float
-    logit: float
-    probability: float
-    map: np.ndarray = field(repr=False)
-
 
 @dataclass
 class ReportData:
     """What the page shows, as numbers.
 
-    `summary`: the `pipeline.summary.OutputReport` (manifest, counts, dead letters, per-unit
-    counts); `metric`: the ranking key (a metric name, "probability" or "logit", None when no
-    record has a finite score), `higher_is_better` its direction; `values[name]`: every
-    finite score of each metric (one per explained map), and of the ranking key when it is
-    not a metric (one per record); `missing[name]`: how many were NaN; `mean_maps[unit]`: the
-    mean (h, w) float64 of the maps explaining the unit, `map_counts[unit]` how many there
-    were; `best` and `worst`: `Example`s, best first and worst first; `records`: explanation
-    records read.
+    `manifest`: the run's manifest; `records`: explanation records the job's overview
+    counts; `unit_counts[u]`: maps explaining unit u, `first_unit_counts[u]`: records whose
+    first unit is u; `dead_letters[stage]`: a Counter of error messages (`other_messages`:
+    dead letters of a stage beyond its `pipeline.overview.MESSAGES` distinct messages);
+    `notes`: warnings about the run's files; `metric`: the ranking key (a metric name,
+    "probability" or "logit", None when no record has a finite score),
+    `higher_is_better`: its direction, `directions[name]` every metric's; `values[name]`:
+    the finite scores of each metric (one per explained map), and of the ranking key when
+    it is not a metric (one per record): all of them, or a uniform sample of
+    `pipeline.overview.SAMPLE` beyond that many; `scored[name]`: how many were finite,
+    `missing[name]` how many NaN; `mean_maps[unit]`: the mean (h, w) float64 of the maps
+    explaining the unit, `map_counts[unit]` how many there were; `best` and `worst`:
+    `pipeline.overview.Example`s (with their maps and images), best first and worst first.
     """
 
-    summary: object
+    manifest: dict
+    records: int
+    unit_counts: collections.Counter
+    first_unit_counts: collections.Counter
+    dead_letters: Dict[str, collections.Counter]
+    other_messages: collections.Counter
+    notes: List[str]
     metric: Optional[str]
     higher_is_better: bool
+    directions: Dict[str, bool]
     values: Dict[str, np.ndarray]
+    scored: Dict[str, int]
     missing: Dict[str, int]
     mean_maps: Dict[int, np.ndarray]
     map_counts: Dict[int, int]
     best: List[Example]
     worst: List[Example]
-    records: int
 
 
 # --- the numbers -----------------------------------------------------------------------------
 
 
-def _metric_names(manifest: dict, pattern: str) -> List[str]:
-    from explain_lib import analysis
-
-    described = manifest.get("metrics") or {}
-    if described.get("names"):
-        return list(described["names"])
-    try:
-        return analysis.metric_names(pattern)
-    except FileNotFoundError:
-        return []
-
-
-def _direction(metric: str) -> bool:
-    """Whether a higher score is better for the ranking key `metric`."""
-    if metric in RANK_KEYS:
-        return True  # the most confident first
-    from explain_lib import metrics as explain_metrics
-
-    return explain_metrics.get(metric).higher_is_better
-
-
-def _batch_size(stored: tuple) -> int:
-    """Records per batch for maps stored at `stored` (h, w)."""
-    return max(1, min(BATCH, BATCH_VALUES // max(1, stored[0] * stored[1])))
-
-
-def _mean_map_size(pattern: str) -> Optional[tuple]:
-    """((h, w) the mean maps are summed at, (h, w) of the first record's stored maps): the
-    former is the latter scaled down to fit in MEAN_MAP_SIZE; None when there is no record."""
-    from explain_lib import io as explain_io
-
-    try:
-        first = next(iter(explain_io.iterate_records(pattern)), None)
-    except FileNotFoundError:
-        return None
-    if first is None:
-        return None
-    height, width = (int(v) for v in explain_io.decode_explanation(first)["stored_shape"][:2])
-    scale = min(1.0, MEAN_MAP_SIZE / max(height, width))
-    return (max(1, round(height * scale)), max(1, round(width * scale))), (height, width)
-
-
-def _batches(pattern: str, names: Sequence[str], size: tuple, batch_size: int):
-    """The explanation records as numpy batches of flat values: per record `id`, `k` (its
-    number of units), `first_shape` (its stored map's (H, W)) and `first_size`; per unit
-    `units`, `logits`, `probabilities`, `metrics[name]` and `small` (its map at `size`,
-    flattened); `first` the stored maps of every record's first unit, flattened one after the
-    other. Decoding and resizing run in tf.data's parallel map, one Python step per batch."""
-    import tensorflow as tf
-
-    from explain_lib import io as explain_io
-
-    pixels = size[0] * size[1]
-
-    @tf.autograph.experimental.do_not_convert  # plain ops: no AutoGraph conversion
-    def one(row):
-        maps = row["maps"]
-        shape = tf.shape(maps)
-        small = tf.cond(tf.reduce_all(tf.equal(shape[:2], size)), lambda: maps,
-                        lambda: tf.image.resize(maps, size))
-        first = tf.reshape(maps[..., :1], [-1])
-        return {"id": row["id"], "units": row["units"], "logits": row["logits"],
-                "probabilities": row["probabilities"], "metrics": row.get("metrics", {}),
-                "small": tf.reshape(tf.transpose(small, [2, 0, 1]), [-1, pixels]),
-                "first": first, "first_shape": shape[:2], "first_size": tf.size(first)}
-
-    @tf.autograph.experimental.do_not_convert
-    def flat(batch):
-        def values(ragged):
-            return ragged.flat_values
-
-        return {"id": batch["id"], "k": tf.cast(batch["units"].row_lengths(), tf.int64),
-                "first_shape": batch["first_shape"], "first_size": batch["first_size"],
-                "units": values(batch["units"]), "logits": values(batch["logits"]),
-                "probabilities": values(batch["probabilities"]),
-                "metrics": {name: values(batch["metrics"][name]) for name in names},
-                "small": values(batch["small"]), "first": values(batch["first"])}
-
-    dataset = explain_io.read_explanations(pattern, metrics=names)
-    dataset = dataset.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.ragged_batch(batch_size).map(flat).prefetch(1)
-    return dataset.as_numpy_iterator()
-
-
 def compute_report(output: str, metric: Optional[str] = None,
                    examples: int = EXAMPLES) -> ReportData:
     """The numbers of the report on the run writing `output` (its `--output` prefix or its
-    manifest), the explanations read once (see the module docstring); `metric` ranks the
-    records (default: the first metric computed, else "probability", else "logit").
+    manifest), from its manifest and the overview the job kept (`pipeline.overview`);
+    `metric` ranks the records (default: the first metric computed with a finite score,
+    else "probability", else "logit").
 
-    Raises FileNotFoundError without a manifest, ValueError for a `metric` the records do not
-    hold.
+    Raises FileNotFoundError without a manifest or an overview, ValueError for a `metric`
+    the run did not compute or more `examples` than the job kept.
     """
-    from pipeline.manifest import read_manifest
-    from pipeline.summary import summarize_output
-
     manifest = read_manifest(output)
-    pattern = manifest["output"]["explanations"]
-    names = _metric_names(manifest, pattern)
-    if metric is not None and metric not in names and metric not in RANK_KEYS:
-        raise ValueError(f"--metric {metric}: the run's records hold "
+    prefix = output[:-len(MANIFEST_SUFFIX)] if output.endswith(MANIFEST_SUFFIX) else output
+    overview = read_overview(prefix)
+    names = overview.names
+    if metric is not None and metric not in overview.keys:
+        raise ValueError(f"--metric {metric}: the run computed "
                          f"{', '.join(names) or 'no metric'}; or rank by "
                          f"{' or '.join(RANK_KEYS)}.")
-    sizes = _mean_map_size(pattern)
-    size = sizes[0] if sizes else None
+    if not 0 <= examples <= KEPT_EXAMPLES:
+        raise ValueError(f"--examples {examples}: the job keeps the {KEPT_EXAMPLES} best and "
+                         "worst records of each ranking key; ask for at most that many.")
     # Without a metric asked for, the first one with a finite score ranks; the probability
-    # when the records have one, else the logit. Decided on the records themselves, as they
-    # are read: a run's metric may be NaN everywhere (no ground truth in any record).
-    candidates = [metric] if metric else [*names, *RANK_KEYS]
-    tally = _Tally(names, candidates, examples)
-    if sizes is not None:
-        for batch in _batches(pattern, names, size, _batch_size(sizes[1])):
-            tally.add(batch)
-    summary = summarize_output(output, units=(tally.records, tally.unit_counts,
-                                              tally.first_unit_counts))
-    chosen = next((name for name in candidates if tally.finite[name]), None)
-    higher = _direction(chosen) if chosen else True
-    best_examples, worst_examples = _ranked(tally.heaps, chosen, higher)
-    values, missing = {}, {}
-    for name in [*names, *([chosen] if chosen in RANK_KEYS else [])]:
-        parts = tally.scores[name] if name in names else tally.keys[name]
-        every = np.concatenate([np.zeros(0, np.float32), *parts]).astype(np.float32)
-        values[name], missing[name] = every[np.isfinite(every)], int((~np.isfinite(every)).sum())
+    # when the records have one, else the logit: a run's metric may be NaN everywhere (no
+    # ground truth in any record).
+    candidates = [metric] if metric else overview.keys
+    chosen = next((key for key in candidates if overview.examples[key][0]), None)
+    notes = []
+    counts = manifest["counts"]
+    if counts.get("counted") and counts["explained"] != overview.records:
+        notes.append(f"the job's counters report {counts['explained']} explained records, "
+                     f"its overview holds {overview.records}.")
+    shown = [*names, *([chosen] if chosen in RANK_KEYS else [])]
     return ReportData(
-        summary=summary, metric=chosen, higher_is_better=higher, values=values,
-        missing=missing, mean_maps=tally.mean_maps(size),
-        map_counts=tally.map_counts(), best=best_examples, worst=worst_examples,
-        records=tally.records,
+        manifest=manifest, records=overview.records, unit_counts=overview.unit_counts,
+        first_unit_counts=overview.first_unit_counts, dead_letters=overview.dead_letters,
+        other_messages=overview.other_messages, notes=notes, metric=chosen,
+        higher_is_better=overview.higher(chosen) if chosen else True,
+        directions={key: overview.higher(key) for key in overview.keys},
+        values={key: overview.samples[key].values for key in shown},
+        scored={key: overview.samples[key].scored for key in shown},
+        missing={key: overview.samples[key].missing for key in shown},
+        mean_maps=overview.mean_maps(),
+        map_counts={unit: int(overview.unit_counts[unit]) for unit in overview.sums},
+        best=overview.best(chosen, examples) if chosen else [],
+        worst=overview.worst(chosen, examples) if chosen else [],
     )
-
-
-class _Tally:
-    """What `compute_report` keeps of the batches it reads, in memory bounded by the units
-    and the examples (plus one float per map and metric for the histograms): the records and
-    the per-unit counts (in the order units are first met, as `count_units` counts them),
-    a running float64 sum of the maps per unit, every metric score, every record's first
-    unit's probability and logit, per candidate ranking key whether some first-unit score
-    is finite, and its bounded heaps of the best and the worst records."""
-
-    def __init__(self, names: Sequence[str], candidates: Sequence[str], examples: int):
-        import collections
-
-        self.names, self.examples = list(names), examples
-        self.records = 0
-        self.unit_counts, self.first_unit_counts = collections.Counter(), collections.Counter()
-        self.rows: Dict[int, int] = {}  # unit -> its row in `sums` and `counts`
-        self.sums = np.zeros((0, 0), np.float64)
-        self.counts = np.zeros(0, np.int64)
-        self.scores = {name: [] for name in names}
-        self.keys = {name: [] for name in RANK_KEYS}
-        self.finite = {name: False for name in candidates}
-        self.heaps = {name: ([], []) for name in candidates}
-
-    def add(self, batch: dict):
-        units, k = batch["units"], batch["k"]
-        starts = np.concatenate([[0], np.cumsum(k)[:-1]]).astype(np.int64)
-        seqs = self.records + np.arange(len(k))
-        self.records += len(k)
-        self._sum(units, batch["small"])
-        for name in self.names:
-            self.scores[name].append(batch["metrics"][name])
-        explained = k > 0
-        if not explained.any():
-            return
-        at = starts[explained]  # each explained record's first unit among the batch's units
-        self.first_unit_counts.update(_in_order(units[at]))
-        first = {"probability": batch["probabilities"][at], "logit": batch["logits"][at],
-                 **{name: batch["metrics"][name][at] for name in self.names}}
-        for name in RANK_KEYS:
-            self.keys[name].append(first[name])
-        for name in self.finite:
-            self.finite[name] = self.finite[name] or bool(np.isfinite(first[name]).any())
-        self._offer(batch, np.flatnonzero(explained), seqs[explained], at, first)
-
-    def _sum(self, units: np.ndarray, small: np.ndarray):
-        if not len(units):
-            return
-        unique, first, inverse, counts = np.unique(units, return_index=True,
-                                                   return_inverse=True, return_counts=True)
-        order = np.argsort(first, kind="stable")  # the order the units first occur
-        self.unit_counts.update(dict(zip(unique[order].tolist(), counts[order].tolist())))
-        new = [unit for unit in unique[order].tolist() if unit not in self.rows]
-        if new:
-            for unit in new:
-                self.rows[unit] = len(self.rows)
-            grown = np.zeros((len(self.rows), small.shape[1]), np.float64)
-            if len(self.sums):
-                grown[:len(self.sums)] = self.sums
-            self.sums = grown
-            self.counts = np.concatenate([self.counts, np.zeros(len(new), np.int64)])
-        rows = np.array([self.rows[unit] for unit in unique.tolist()], np.int64)[inverse]
-        # Per unit, the maps in the records' order added one after the other to the running
-        # sum (`np.add.accumulate`, not a pairwise sum): the same float64 sums as before.
-        order = np.argsort(rows, kind="stable")
-        for group in np.split(order, np.flatnonzero(np.diff(rows[order])) + 1):
-            row = rows[group[0]]
-            self.sums[row] = np.add.accumulate(
-                np.concatenate([self.sums[row][None], small[group]]), axis=0)[-1]
-        self.counts += np.bincount(rows, minlength=len(self.counts))
-
-    def _offer(self, batch: dict, records: np.ndarray, seqs: np.ndarray, at: np.ndarray,
-               first: Dict[str, np.ndarray]):
-        """Keep the batch's records in the bounded heaps of every candidate ranking key: per
-        key, the `examples` records with the highest (first heap) and the lowest (second)
-        finite first-unit score, ties going to the earlier record. A heap holds (key, -seq,
-        Example), so Examples are never compared; only the batch's records that can still
-        enter a heap (above its lowest key, and among the batch's `examples` best) are looked
-        at, and an Example (with a copy of its map) is only made for one that enters."""
-        if self.examples <= 0:
-            return
-        ends = np.cumsum(batch["first_size"])
-        for name, (high, low) in self.heaps.items():
-            score = first[name].astype(np.float64)
-            finite = np.flatnonzero(np.isfinite(score))
-            for heap, keys in ((high, score), (low, -score)):
-                chosen = finite
-                if len(heap) >= self.examples:  # later records lose ties: strictly above
-                    chosen = chosen[keys[chosen] > heap[0][0]]
-                if len(chosen) > self.examples:
-                    chosen = chosen[np.lexsort((seqs[chosen], -keys[chosen]))[:self.examples]]
-                for i in sorted(chosen.tolist()):
-                    key, seq = float(keys[i]), int(seqs[i])
-                    if len(heap) < self.examples or (key, -seq) > heap[0][:2]:
-                        record = int(records[i])
-                        shape = tuple(int(v) for v in batch["first_shape"][record])
-                        start = ends[record] - batch["first_size"][record]
-                        example = Example(
-                            id=batch["id"][record].decode("utf-8", errors="replace"),
-                            unit=int(batch["units"][at[i]]), score=float(score[i]),
-                            logit=float(first["logit"][i]),
-                            probability=float(first["probability"][i]),
-                            map=np.array(batch["first"][start:start + shape[0] * shape[1]]
-                                         .reshape(shape)))
-                        (heapq.heappush if len(heap) < self.examples else heapq.heapreplace)(
-                            heap, (key, -seq, example))
-
-    def mean_maps(self, size: Optional[tuple]) -> Dict[int, np.ndarray]:
-        return {unit: (self.sums[row] / self.counts[row]).reshape(size)
-                for unit, row in self.rows.items()}
-
-    def map_counts(self) -> Dict[int, int]:
-        return {unit: int(self.counts[row]) for unit, row in self.rows.items()}
-
-
-def _in_order(units: np.ndarray) -> Dict[int, int]:
-    """{unit: how many times} in the order the units first occur (a Counter updated with it
-    lists its units as one updated with the units one by one does)."""
-    unique, first, counts = np.unique(units, return_index=True, return_counts=True)
-    order = np.argsort(first, kind="stable")
-    return dict(zip(unique[order].tolist(), counts[order].tolist()))
-
-
-def _ranked(heaps: Dict[str, tuple], chosen: Optional[str], higher: bool):
-    """(best, worst) Examples of the ranking key `chosen`, best first and worst first."""
-    if chosen is None:
-        return [], []
-    high, low = (
-        [item[2] for item in sorted(heap, key=lambda item: item[:2], reverse=True)]
-        for heap in heaps[chosen])
-    return (high, low) if higher else (low, high)
 
 
 # --- the pictures ----------------------------------------------------------------------------
@@ -507,18 +275,17 @@ def _number(value) -> str:
 
 
 def _counts_section(data: ReportData) -> str:
-    summary = data.summary
-    counts = summary.manifest["counts"]
+    counts = data.manifest["counts"]
     rows = []
     if counts.get("counted"):
         rows += [("records read", counts["read"]), ("records explained", counts["explained"]),
                  ("records dead-lettered", counts["dead_lettered"])]
     else:
         rows.append(("job counters", "none reported: the run's counts are unknown"))
-    rows.append(("explanations in the files", summary.records))
-    notes = "".join(f'<p class="warning">warning: {_e(note)}</p>' for note in summary.notes)
+    rows.append(("explanations in the job's overview", data.records))
+    notes = "".join(f'<p class="warning">warning: {_e(note)}</p>' for note in data.notes)
     parts = [_table(("", "count"), rows), notes, "<h3>Dead letters</h3>"]
-    letters = summary.dead_letters or {}
+    letters = data.dead_letters
     counted = counts.get("dead_letters") or {}
     stages = [s for s in counted if counted.get(s)] + [s for s in letters if s not in counted]
     if not stages:
@@ -531,14 +298,16 @@ def _counts_section(data: ReportData) -> str:
             rows = [(message[:300], count) for message, count in found.most_common(MESSAGES)]
             if len(found) > MESSAGES:
                 rows.append((f"... {len(found) - MESSAGES} other messages", ""))
+            if data.other_messages.get(stage):
+                rows.append(("... messages beyond the first the job counted apart",
+                             data.other_messages[stage]))
             parts.append(_table(("message", "records"), rows))
     return "".join(parts)
 
 
 def _units_section(data: ReportData, labels, top: int) -> str:
-    summary = data.summary
-    units = summary.unit_counts or {}
-    described = summary.manifest.get("metrics") or {}
+    units = data.unit_counts
+    described = data.manifest.get("metrics") or {}
     aggregates = described.get("aggregates") or {}
     metrics = [name for name in described.get("names") or [] if name in aggregates]
     header = ["unit", "records", "as first unit", *[f"mean {m}" for m in metrics]]
@@ -546,7 +315,7 @@ def _units_section(data: ReportData, labels, top: int) -> str:
     for unit, count in units.most_common(top):
         means = [(aggregates[m].get("per_unit") or {}).get(str(unit), {}).get("mean")
                  for m in metrics]
-        rows.append((_unit_name(unit, labels), count, summary.first_unit_counts.get(unit, 0),
+        rows.append((_unit_name(unit, labels), count, data.first_unit_counts.get(unit, 0),
                      *map(_number, means)))
     more = f"<p>... {len(units) - top} more units</p>" if len(units) > top else ""
     return _table(header, rows) + more if rows else "<p>No explanation.</p>"
@@ -555,12 +324,11 @@ def _units_section(data: ReportData, labels, top: int) -> str:
 def _metrics_section(data: ReportData) -> str:
     if not data.values:
         return "<p>No metric in this run (run the job with --metrics).</p>"
-    directions = {name: _direction(name) for name in data.values}
-    parts = [f'<img alt="histograms" src="{histogram_figure(data.values, directions)}">']
+    parts = [f'<img alt="histograms" src="{histogram_figure(data.values, data.directions)}">']
     rows = []
     for name, scores in data.values.items():
         quantiles = np.quantile(scores, [0, 0.25, 0.5, 0.75, 1]) if len(scores) else [None] * 5
-        rows.append((name, len(scores), data.missing[name],
+        rows.append((name, data.scored[name], data.missing[name],
                      _number(float(np.mean(scores)) if len(scores) else None),
                      *(_number(None if q is None else float(q)) for q in quantiles)))
     parts.append(_table(("", "scored", "not scored (NaN)", "mean", "min", "25%", "median",
@@ -624,19 +392,18 @@ def _examples_section(data: ReportData, images: Dict[str, np.ndarray], labels,
 
 def _page_data(data: ReportData) -> dict:
     """The numbers behind the page, embedded as JSON (`<script id="report-data">`)."""
-    summary = data.summary
     return {
-        "output": summary.manifest["output"]["explanations"],
-        "counts": summary.manifest["counts"],
-        "records": summary.records,
-        "unit_counts": {str(u): c for u, c in sorted((summary.unit_counts or {}).items())},
+        "output": data.manifest["output"]["explanations"],
+        "counts": data.manifest["counts"],
+        "records": data.records,
+        "unit_counts": {str(u): c for u, c in sorted(data.unit_counts.items())},
         "dead_letters": {stage: sum(found.values())
-                         for stage, found in (summary.dead_letters or {}).items()},
+                         for stage, found in data.dead_letters.items()},
         "metric": data.metric,
         "higher_is_better": data.higher_is_better,
         "best": [{"id": e.id, "unit": e.unit, "score": e.score} for e in data.best],
         "worst": [{"id": e.id, "unit": e.unit, "score": e.score} for e in data.worst],
-        "metrics": {name: {"scored": len(v), "missing": data.missing[name],
+        "metrics": {name: {"scored": data.scored[name], "missing": data.missing[name],
                            "mean": float(np.mean(v)) if len(v) else None}
                     for name, v in data.values.items()},
     }
@@ -647,7 +414,7 @@ def render_html(data: ReportData, images: Dict[str, np.ndarray],
                 top: int = TOP_UNITS, alpha: float = 0.5) -> str:
     """The page of `data` as one HTML string; `images` maps the best and worst records' ids
     to their source images (H, W, C) (records without one are drawn as their map alone)."""
-    manifest = data.summary.manifest
+    manifest = data.manifest
     method, model = manifest["method"], manifest["model"]
     embedded = json.dumps(_page_data(data), sort_keys=True).replace("</", "<\\/")
     manifest_text = json.dumps(manifest, indent=2)
@@ -676,24 +443,26 @@ def render_html(data: ReportData, images: Dict[str, np.ndarray],
 
 
 def manifest_path_of(manifest: dict) -> str:
-    from pipeline.manifest import MANIFEST_SUFFIX
-
     pattern = manifest["output"]["explanations"]
     return pattern.split("-*")[0] + MANIFEST_SUFFIX
 
 
-def source_images(manifest: dict, images: Optional[str], ids: Sequence[str]
-                  ) -> Dict[str, np.ndarray]:
-    """The source images of `ids` from `images` (default: the run's input pattern), read with
-    the run's own record options (its manifest's `input`); {} when there is no pattern."""
+def source_images(data: ReportData, images: Optional[str] = None) -> Dict[str, np.ndarray]:
+    """The images of the best and worst records by id: those the job kept with them (as it
+    decoded them, at the model's input size), or with `images` (a pattern of the job's
+    inputs) read again from those files with the run's own record options (its manifest's
+    `input`; this imports TensorFlow to decode them)."""
+    chosen = data.best + data.worst
+    if not images:
+        return {example.id: example.image for example in chosen}
     from pipeline.render import load_images_by_id
 
-    source = manifest["input"]
-    pattern = images or source.get("pattern")
-    if not pattern or not ids:
+    source = data.manifest["input"]
+    ids = sorted({example.id for example in chosen})
+    if not ids:
         return {}
     shape = source.get("image_shape")
-    return load_images_by_id(pattern, ids, image_key=source.get("image_key") or "image",
+    return load_images_by_id(images, ids, image_key=source.get("image_key") or "image",
                              image_format=source.get("image_format") or "auto",
                              image_shape=tuple(shape) if shape else None,
                              id_key=source.get("id_key") or None)
@@ -705,25 +474,19 @@ def build(output: str, images: Optional[str] = None, out: Optional[str] = None,
           alpha: float = 0.5) -> str:
     """Write the report on the run writing `output` (its `--output` prefix) to `out`
     (default `OUTPUT.report.html`; any Beam filesystem, `gs://` included) and return its
-    path. `images` is the job's input pattern (default: the one in the manifest); `metric`
-    ranks the best and worst records (see the module docstring).
+    path. The overlays are drawn on the images the job kept, or with `images` on those of
+    the inputs matching that pattern (`source_images`); `metric` ranks the best and worst
+    records (see the module docstring).
 
     Usage:
 
-        build("out/expl", "data/*.tfrecord", "report.html", metric="deletion")
+        build("out/expl", out="report.html", metric="deletion")
     """
-    from apache_beam.io.filesystems import FileSystems
-
     data = compute_report(output, metric, examples)
-    ids = sorted({e.id for e in data.best + data.worst})
-    page = render_html(data, source_images(data.summary.manifest, images, ids), labels, units,
-                       top, alpha)
-    out = out or (output[:-len(".manifest.json")] if output.endswith(".manifest.json")
+    page = render_html(data, source_images(data, images), labels, units, top, alpha)
+    out = out or (output[:-len(MANIFEST_SUFFIX)] if output.endswith(MANIFEST_SUFFIX)
                   else output) + ".report.html"
-    with FileSystems.create(out, mime_type="text/html",
-                            compression_type="uncompressed") as target:
-        target.write(page.encode("utf-8"))
-    return out
+    return write_bytes(out, page.encode("utf-8"), "text/html")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -733,8 +496,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=main.__doc__)
     parser.add_argument("output", help="The run's --output prefix (or its .manifest.json).")
     parser.add_argument("--images", default=None,
-                        help="Pattern of the job's inputs, to draw the overlays on (default: "
-                        "the input pattern in the manifest).")
+                        help="Pattern of the job's inputs, to draw the overlays on their "
+                        "images read again (default: the images the job kept with the best "
+                        "and worst records, as it decoded them).")
     parser.add_argument("--out", default=None, help="HTML file to write "
                         "(default OUTPUT.report.html).")
     parser.add_argument("--metric", default=None,

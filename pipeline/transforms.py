@@ -5,7 +5,9 @@
     (CheckRecords and Outcomes also emit dead letters, flattened into one output; with a
     table or metrics, Outcomes also emits each explained record's analysis row, which
     `build_pipeline` writes as a Parquet table (`pipeline.table`) and summarises per metric
-    and unit (`pipeline.aggregates`))
+    and unit (`pipeline.aggregates`); and each batch's overview, which `KeepOverview`
+    merges with the dead letters' messages into the file the report reads
+    (`pipeline.overview`))
 
 Per record, only the parse and the checks run alone (`CheckRecords`); decoding, explaining
 and encoding run a batch at a time in the handler. Everything after the read is one fused
@@ -38,6 +40,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 
 from explain_lib import io as explain_io
+from explain_lib import metrics as explain_metrics
 from explain_lib.utils import PRECISIONS
 from pipeline.explainer import (
     ExplainerConfig,
@@ -52,6 +55,7 @@ from pipeline.aggregates import AggregateMetrics
 from pipeline.handler import METRICS_NAMESPACE, ExplainModelHandler, Explained
 from pipeline.ids import CountDuplicateIds
 from pipeline.outputs import WriteShards
+from pipeline.overview import Overview, overview_path, write_bytes
 from pipeline.options import (
     ExplainOptions,
     parse_ints,
@@ -65,6 +69,7 @@ from pipeline.records import (
     RecordSpec,
     StageError,
     check_record,
+    decode_dead_letter,
     encode_dead_letter,
     feature_kinds,
 )
@@ -75,6 +80,9 @@ DEAD_LETTERS = "dead_letters"
 
 ANALYSIS = "analysis"
 """Tag of Outcomes' analysis rows (`pipeline.table.AnalysisRow`)."""
+
+OVERVIEW = "overview"
+"""Tag of Outcomes' per-batch overviews (`pipeline.overview.Overview`)."""
 
 READ_COUNTER = "records_read"
 EXPLAINED_COUNTER = "records_explained"
@@ -137,19 +145,78 @@ class Outcomes(_StageDoFn):
             return
         self._explained.inc()
         if isinstance(outcome, Explained):
-            yield beam.pvalue.TaggedOutput(ANALYSIS, outcome.row)
+            if outcome.row is not None:
+                yield beam.pvalue.TaggedOutput(ANALYSIS, outcome.row)
+            if outcome.overview is not None:
+                yield beam.pvalue.TaggedOutput(OVERVIEW, outcome.overview)
             outcome = outcome.record
         yield outcome
 
 
 class ExplainResult(NamedTuple):
     """The outputs of `Explain`: serialized schema-v2 explanation records, serialized dead
-    letters (see `pipeline.records.encode_dead_letter`), and each explained record's
-    `pipeline.table.AnalysisRow` (empty unless `Explain` was asked for `analysis`)."""
+    letters (see `pipeline.records.encode_dead_letter`), each explained record's
+    `pipeline.table.AnalysisRow` (empty unless `Explain` was asked for `analysis`), and
+    each batch's `pipeline.overview.Overview` (empty unless asked for `overview`)."""
 
     explanations: beam.PCollection
     dead_letters: beam.PCollection
     analysis: Optional[beam.PCollection] = None
+    overview: Optional[beam.PCollection] = None
+
+
+class OverviewCombineFn(beam.CombineFn):
+    """Batch overviews and dead letters' (stage, message) -> one `Overview` of the run.
+    The accumulator is an `Overview`: bounded by the units and the examples, not the
+    records (`pipeline.overview`)."""
+
+    def __init__(self, names: Sequence[str], higher_is_better: Mapping[str, bool]):
+        self._names, self._higher = list(names), dict(higher_is_better)
+
+    def create_accumulator(self) -> Overview:
+        return Overview(self._names, self._higher)
+
+    def add_input(self, accumulator: Overview, item) -> Overview:
+        if isinstance(item, Overview):
+            return accumulator.merge(item)
+        stage, message = item
+        return accumulator.count_dead_letter(stage, message)
+
+    def merge_accumulators(self, accumulators) -> Overview:
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for accumulator in accumulators:
+            merged.merge(accumulator)
+        return merged
+
+    def extract_output(self, accumulator: Overview) -> Overview:
+        return accumulator
+
+
+def _stage_and_message(serialized: bytes) -> Tuple[str, str]:
+    letter = decode_dead_letter(serialized)
+    return letter.stage, letter.error
+
+
+class KeepOverview(beam.PTransform):
+    """(`Explain`'s overview, every dead letter) -> the run's overview, written once as
+    PREFIX.overview.npz (`pipeline.overview`) for `python -m pipeline.report`."""
+
+    def __init__(self, output: str, names: Sequence[str], higher_is_better: Mapping[str, bool],
+                 label=None):
+        super().__init__(label)
+        self.path = overview_path(output)
+        self.names, self.higher_is_better = list(names), dict(higher_is_better)
+
+    def expand(self, inputs):
+        overviews, dead_letters = inputs
+        messages = dead_letters | "Messages" >> beam.Map(_stage_and_message)
+        path = self.path
+        return ((overviews, messages)
+                | "Together" >> beam.Flatten()
+                | "Merge" >> beam.CombineGlobally(OverviewCombineFn(self.names,
+                                                                    self.higher_is_better))
+                | "Write" >> beam.Map(lambda overview: write_bytes(path, overview.to_bytes())))
 
 
 class Explain(beam.PTransform):
@@ -200,6 +267,7 @@ class Explain(beam.PTransform):
         copy_features: input features copied into the analysis rows, name -> kind
             ("int64", "float" or "bytes"; `pipeline.records.feature_kinds` finds them).
         analysis: make each explained record's analysis row (default: with metrics).
+        overview: make each batch's `pipeline.overview.Overview` (the report's numbers).
         devices: devices of each worker's `MirroredStrategy` (default: its GPUs).
         rebalance: reshuffle the records after reading (default: except on DirectRunner).
         model_info: the model's `ModelInfo`, when the caller knows it already.
@@ -236,6 +304,7 @@ class Explain(beam.PTransform):
         mask_key: Optional[str] = None,
         copy_features: Optional[Mapping[str, str]] = None,
         analysis: Optional[bool] = None,
+        overview: bool = True,
         devices: Optional[Sequence[str]] = None,
         rebalance: Optional[bool] = None,
         model_info: Optional[ModelInfo] = None,
@@ -283,6 +352,7 @@ class Explain(beam.PTransform):
         self.analysis = bool(metrics or copy_features) if analysis is None else analysis
         self.handler = ExplainModelHandler(self.config, self.spec, map_encoding,
                                            batch_size=batch_size, analysis=self.analysis,
+                                           overview=overview,
                                            **dict(handler_kwargs or {}))
         self.map_encoding = map_encoding
         self.map_size = stored_map_size(method_params["resizing"], registered.upsampled)
@@ -330,14 +400,14 @@ class Explain(beam.PTransform):
                 DEAD_LETTERS, main="records")
         )
         checked | "CountDuplicateIds" >> CountDuplicateIds()  # reported, still explained
-        explained, explain_failures, analysis = (
+        explained, explain_failures, analysis, overview = (
             checked
             | "RunInference" >> RunInference(self.handler)
             | "Outcomes" >> beam.ParDo(Outcomes()).with_outputs(DEAD_LETTERS, ANALYSIS,
-                                                                main="explanations")
+                                                                OVERVIEW, main="explanations")
         )
         dead_letters = (check_failures, explain_failures) | "DeadLetters" >> beam.Flatten()
-        return ExplainResult(explained, dead_letters, analysis)
+        return ExplainResult(explained, dead_letters, analysis, overview)
 
 
 def runs_in_process(pipeline: beam.Pipeline) -> bool:
@@ -396,10 +466,14 @@ def build_pipeline(pipeline: beam.Pipeline, options: ExplainOptions) -> ExplainR
         explained.explanations,
         (read.dead_letters, explained.dead_letters) | "AllDeadLetters" >> beam.Flatten(),
         explained.analysis,
+        explained.overview,
     )
     result.explanations | "WriteExplanations" >> write_tfrecords(options.output, options.num_shards)
     result.dead_letters | "WriteDeadLetters" >> write_tfrecords(options.dead_letters, 1)
     metrics = list(explain.config.metrics)
+    directions = {name: explain_metrics.get(name).higher_is_better for name in metrics}
+    (result.overview, result.dead_letters) | "KeepOverview" >> KeepOverview(
+        options.output, metrics, directions)
     if options.table:
         result.analysis | "WriteTable" >> WriteTable(
             options.table, metrics, dict(explain.spec.copy_features), options.num_shards)

@@ -129,6 +129,22 @@ def assert_same_output_as_direct(other: "Job", direct: "Job", records: List[byte
         [("parse", b"\x00junk"), ("validate", records[-1])])
     for job in (direct, other):
         assert (job.summary.read, job.summary.explained, job.summary.dead_lettered) == (8, 6, 2)
+    # The report's overview, merged from the batches and the workers in whatever order the
+    # runner chose, holds the same numbers.
+    from pipeline.overview import read_overview
+
+    mine, theirs = read_overview(direct.output), read_overview(other.output)
+    assert mine.records == theirs.records == 6
+    assert mine.unit_counts == theirs.unit_counts
+    assert mine.dead_letters == theirs.dead_letters and sum(
+        sum(c.values()) for c in mine.dead_letters.values()) == 2
+    for unit, mean in mine.mean_maps().items():
+        np.testing.assert_allclose(theirs.mean_maps()[unit], mean, rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(mean).max()))
+    for key in mine.keys:  # (all six records are kept: the ids alike, the scores in order)
+        assert sorted(e.id for e in theirs.best(key)) == sorted(e.id for e in mine.best(key))
+        assert [e.score for e in theirs.best(key)] == pytest.approx(
+            [e.score for e in mine.best(key)], rel=1e-4, abs=1e-6)
 
 
 def expected_explanations(model, images, units, method="gradcam", method_params=None,

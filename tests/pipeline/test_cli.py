@@ -35,8 +35,9 @@ def test_python_m_pipeline_runs_and_prints_the_counts(tmp_path, model_path, shap
     assert "records dead-lettered: 1 (parse 1)" in process.stdout
     assert f"explanations: {output}-*.tfrecord.gz" in process.stdout
     written = sorted(os.listdir(tmp_path / "out"))
-    assert "expl.manifest.json" in written
-    assert all(name.endswith(".tfrecord.gz") for name in written if name != "expl.manifest.json")
+    assert "expl.manifest.json" in written and "expl.overview.npz" in written
+    assert all(name.endswith(".tfrecord.gz") for name in written
+               if name not in ("expl.manifest.json", "expl.overview.npz"))
     assert f"manifest:     {output}.manifest.json" in process.stdout
     assert any(name.startswith("expl.dead_letters-") for name in written)
 

@@ -17,6 +17,7 @@ from explain_lib import io as explain_io
 from pipeline import demo
 from pipeline.__main__ import main, run
 from pipeline.explainer import load_keras_model
+from pipeline import report
 from pipeline.manifest import read_manifest
 from pipeline.records import decode_dead_letter
 from tests.pipeline.conftest import assert_maps_match, expected_explanations
@@ -109,12 +110,21 @@ def test_input_output_dead_letters_and_model_on_gcs(tmp_path, gcs, model_path, m
         f"{gcs}/out/expl-notes.txt",
         f"{gcs}/out/expl.dead_letters-00000-of-00001.tfrecord.gz",
         f"{gcs}/out/expl.manifest.json",
+        f"{gcs}/out/expl.overview.npz",
     ]
     files = read_manifest(f"{gcs}/out/expl")["output"]["files"]
     assert [f["path"] for f in files["explanations"]] == [
         f"{gcs}/out/expl-00000-of-00001.tfrecord.gz"]
     assert files["explanations"][0]["bytes"] == FileSystems.match(
         [f"{gcs}/out/expl-00000-of-00001.tfrecord.gz"])[0].metadata_list[0].size_in_bytes
+    # The report reads the manifest and the overview from the bucket and writes its page
+    # there.
+    page = report.build(f"{gcs}/out/expl", out=f"{gcs}/pages/report.html")
+    assert page == f"{gcs}/pages/report.html"
+    data = report.compute_report(f"{gcs}/out/expl")
+    assert data.records == summary.explained == 6
+    with FileSystems.open(page) as stored:
+        assert f'"records": {data.records}' in stored.read().decode("utf-8")
 
 
 def test_storage_errors_that_retrying_cannot_cure_fail_at_once(tmp_path, gcs, model_path,

@@ -40,7 +40,7 @@ def test_duplicate_ids_are_explained_and_reported_and_empty_ids_hashed(
         capsys.readouterr().out.splitlines())
     assert sorted(os.listdir(tmp_path / "out")) == [
         "expl-00000-of-00001.tfrecord.gz", "expl.dead_letters-00000-of-00001.tfrecord.gz",
-        "expl.manifest.json"]
+        "expl.manifest.json", "expl.overview.npz"]
 
 
 def test_examples_are_the_smallest_ids_and_few(tmp_path, model_path, shapes):

@@ -74,6 +74,7 @@ def test_manifest_describes_the_run(job, model_path):
         "explanations": ran.output + "-*.tfrecord.gz",
         "dead_letters": ran.output + ".dead_letters-*.tfrecord.gz",
         "table": None,  # no --table
+        "overview": ran.output + ".overview.npz",  # the report's numbers
         "map_encoding": "png16",
         "map_size": "native",
         "map_size_option": "native",

@@ -59,7 +59,7 @@ def test_a_rerun_leaves_only_its_own_shards_with_identical_records(tmp_path, mod
 
     assert sorted(os.listdir(out)) == sorted([
         "expl-00000-of-00001.tfrecord.gz", "expl.dead_letters-00000-of-00001.tfrecord.gz",
-        "expl.manifest.json", *others])
+        "expl.manifest.json", "expl.overview.npz", *others])
     shards = first.output + "-?????-of-?????.tfrecord.gz"
     # Through the README's reader: each record once.
     ids = [row["id"] for row in explain_io.read_explanations(shards).as_numpy_iterator()]
@@ -174,4 +174,4 @@ def test_what_a_killed_run_left_goes_with_the_next_run(tmp_path, model_path):
     assert job.summary.explained == len(job.explanations) == RECORDS
     assert sorted(os.listdir(out)) == sorted([
         "expl-00000-of-00001.tfrecord.gz", "expl.dead_letters-00000-of-00001.tfrecord.gz",
-        "expl.manifest.json", *others])
+        "expl.manifest.json", "expl.overview.npz", *others])

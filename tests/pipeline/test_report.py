@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def job(tmp_path_factory, model_path):
 def page(job, tmp_path_factory):
     run, pattern = job
     out = str(tmp_path_factory.mktemp("page") / "report.html")
-    assert report.main([run.output, "--images", pattern, "--out", out, "--examples",
+    assert report.main([run.output, "--out", out, "--examples",
                         str(EXAMPLES), "--labels", ",".join(demo.CLASSES)]) == 0
     return out
 
@@ -67,7 +68,7 @@ def _image(uri: str) -> np.ndarray:
 def test_counts_and_units_are_the_runs(job, page):
     run, _ = job
     data = _embedded(page)
-    manifest = report.compute_report(run.output).summary.manifest
+    manifest = report.compute_report(run.output).manifest
     assert data["counts"] == manifest["counts"]
     assert (data["counts"]["read"], data["counts"]["explained"]) == (9, 8)
     assert data["records"] == len(run.explanations) == 8
@@ -109,7 +110,11 @@ def test_metric_values_best_and_worst_are_the_records(job, page):
         decoded = run.explanations[example.id]
         assert example.score == pytest.approx(first[example.id])
         assert example.unit == int(decoded["units"][0])
-        np.testing.assert_array_equal(example.map, decoded["maps"][..., 0])
+        # The job keeps the map it explained, before the codec: within the codec's bound of
+        # the stored one.
+        np.testing.assert_allclose(example.map, decoded["maps"][..., 0], rtol=0,
+                                   atol=float(decoded["max_error"][0]))
+        assert example.image.dtype == np.uint8 and example.image.shape == (SIZE, SIZE, 3)
     # The page shows those records, in that order, with their ids.
     embedded = _embedded(page)
     assert [e["id"] for e in embedded["best"]] == [e.id for e in data.best]
@@ -126,15 +131,18 @@ def test_metric_values_best_and_worst_are_the_records(job, page):
 def test_mean_maps_are_the_mean_of_the_decoded_maps(job, page):
     run, _ = job
     data = report.compute_report(run.output)
-    maps = {}
+    maps, bounds = {}, {}
     for decoded in run.explanations.values():
         for k, unit in enumerate(decoded["units"].tolist()):
             maps.setdefault(unit, []).append(decoded["maps"][..., k])
+            bounds.setdefault(unit, []).append(decoded["max_error"][k])
     assert sorted(data.mean_maps) == sorted(maps)
     for unit, stack in maps.items():
         assert data.map_counts[unit] == len(stack)
-        np.testing.assert_allclose(data.mean_maps[unit], np.mean(stack, axis=0), rtol=1e-5,
-                                   atol=1e-7)
+        # The mean of the maps as explained, before the codec: within the mean of the
+        # codec's bounds of the mean of the stored maps.
+        np.testing.assert_allclose(data.mean_maps[unit], np.mean(stack, axis=0), rtol=0,
+                                   atol=float(np.mean(bounds[unit])) * (1 + 1e-6))
     # The page's picture of each mean map is matplotlib's inferno over the mean's range.
     text = open(page, encoding="utf-8").read()
     shown = re.findall(r'class="mean-map" data-unit="(\d+)" data-scale="(\d+)" '
@@ -144,6 +152,41 @@ def test_mean_maps_are_the_mean_of_the_decoded_maps(job, page):
         picture = _image(uri)[:, :, :3]
         expected = render.colorize(data.mean_maps[int(unit)], "inferno")
         np.testing.assert_array_equal(picture[::int(scale), ::int(scale)], expected)
+
+
+def test_a_fresh_process_reads_two_small_files_without_tensorflow_or_beam(job, page, tmp_path):
+    """The command as the README gives it, in a new process: the same page, built from the
+    manifest and the overview alone (neither TensorFlow nor Beam imported). Drawn again on
+    the inputs' images (`--images`), the page is the same: the job kept those pixels."""
+    run, pattern = job
+    out = str(tmp_path / "fresh.html")
+    script = ("import sys\n"
+              "from pipeline import report\n"
+              f"code = report.main({[run.output, '--out', out, '--examples', str(EXAMPLES), '--labels', ','.join(demo.CLASSES)]!r})\n"
+              "heavy = sorted({'tensorflow', 'keras', 'apache_beam'} & set(sys.modules))\n"
+              "assert not heavy, heavy\n"
+              "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert open(out, "rb").read() == open(page, "rb").read()
+    redrawn = str(tmp_path / "redrawn.html")
+    assert report.main([run.output, "--images", pattern, "--out", redrawn, "--examples",
+                        str(EXAMPLES), "--labels", ",".join(demo.CLASSES)]) == 0
+    assert open(redrawn, "rb").read() == open(page, "rb").read()
+
+
+def test_a_run_without_an_overview_is_refused_with_its_reason(job, tmp_path, capsys):
+    run, _ = job
+    for name in ("manifest.json", "overview.npz"):
+        shutil.copy(f"{run.output}.{name}", tmp_path / f"old.{name}")
+    moved = str(tmp_path / "old")
+    assert report.main([moved, "--out", str(tmp_path / "a.html")]) == 0
+    os.remove(f"{moved}.overview.npz")
+    assert report.main([moved, "--out", str(tmp_path / "b.html")]) == 2
+    assert "No overview at" in capsys.readouterr().err
+    assert report.main([run.output, "--examples", "13", "--out", os.devnull]) == 2
+    assert "keeps the 12 best and worst" in capsys.readouterr().err
 
 
 def test_size_stays_bounded(job, page):

@@ -69,7 +69,9 @@ def job_maps(model_path, name, params, records):
     transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
     worker = transform.handler.load_model()
     results = transform.handler.run_inference(records, worker)
-    return np.stack([explain_io.decode_explanation(result.inference)["maps"]
+    # (The batch's last record also carries the report's overview: `Explained`.)
+    return np.stack([explain_io.decode_explanation(getattr(result.inference, "record",
+                                                           result.inference))["maps"]
                      for result in results])
 
 
