@@ -210,12 +210,22 @@ class KeepOverview(beam.PTransform):
 
     def expand(self, inputs):
         overviews, dead_letters = inputs
-        messages = dead_letters | "Messages" >> beam.Map(_stage_and_message)
         path = self.path
-        return ((overviews, messages)
-                | "Together" >> beam.Flatten()
-                | "Merge" >> beam.CombineGlobally(OverviewCombineFn(self.names,
-                                                                    self.higher_is_better))
+
+        def merged():
+            return beam.CombineGlobally(OverviewCombineFn(self.names, self.higher_is_better))
+
+        # The batches' overviews are combined straight from the stage that makes them, so
+        # that Beam merges each into its accumulator as it comes (combiner lifting). Flattened
+        # with the dead letters first, they would be buffered, every one of them, until the
+        # flatten's consumer runs (DirectRunner: a pickled batch of images per batch).
+        explained = overviews | "Merge" >> merged()
+        messages = (dead_letters
+                    | "Messages" >> beam.Map(_stage_and_message)
+                    | "CountMessages" >> merged())
+        return ((explained, messages)
+                | "Both" >> beam.Flatten()
+                | "Join" >> merged()
                 | "Write" >> beam.Map(lambda overview: write_bytes(path, overview.to_bytes())))
 
 

@@ -174,3 +174,34 @@ def test_the_handler_keeps_one_overview_per_batch_with_large_maps_scaled_down():
     best = kept.best("probability")
     assert best[0].id == "r0" and best[0].map.shape == (80, 96)  # all tie: smallest id first
     np.testing.assert_array_equal(best[1].image, np.full((4, 4, 3), 10, np.uint8))
+
+
+def test_the_batches_overviews_are_combined_where_they_are_made(tmp_path, model_path):
+    """Beam merges each batch's overview into its accumulator as it comes only when the
+    combine reads them straight from the stage that makes them (combiner lifting). Behind a
+    Flatten, DirectRunner buffered every one (a batch of images each) until the end: memory
+    grew by the batch's images per batch."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import ExplainOptions
+    from pipeline.transforms import build_pipeline
+
+    data = tmp_path / "in.tfrecord"
+    data.write_bytes(b"")
+    options = PipelineOptions(["--input", str(data), "--output", str(tmp_path / "out" / "expl"),
+                               "--model", model_path]).view_as(ExplainOptions)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, options)
+    producers = {}
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node):
+            self.visit_transform(node)
+
+        def visit_transform(self, node):
+            producers[node.full_label] = [getattr(p.producer, "full_label", None)
+                                          for p in node.inputs]
+
+    pipeline.visit(Visitor())
+    assert producers["KeepOverview/Merge"] == ["Explain/Outcomes/ParDo(Outcomes)"]
