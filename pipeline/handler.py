@@ -49,6 +49,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from explain_lib import io as explain_io
+from explain_lib import metrics as explain_metrics
 from pipeline.adaptive_batches import explain_fitting, limit_for
 from pipeline.explainer import Explainer, ExplainerConfig, Explanation
 from pipeline.overview import Overview, batch_overview, summed_size
@@ -124,6 +125,8 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         self._map_encoding = map_encoding
         self._analysis = analysis
         self._overview = overview
+        self._directions = {name: explain_metrics.get(name).higher_is_better
+                            for name in config.metrics}
 
     def load_model(self) -> Explainer:
         """Load the model under the worker's strategy and prepare the method."""
@@ -247,14 +250,11 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         """The encoded records, the last explained one carrying the batch's `Overview` (one
         `batch_overview` per group of maps of one shape; maps stored larger than
         `pipeline.overview.MEAN_MAP_SIZE` scaled down for the sums in one resize call)."""
-        from explain_lib import metrics as explain_metrics
-
         kept = [i for i, record in enumerate(encoded)
                 if isinstance(record, (bytes, Explained))]
         if not kept:
             return list(encoded)
-        names = list(self._config.metrics)
-        directions = {name: explain_metrics.get(name).higher_is_better for name in names}
+        names, directions = list(self._directions), self._directions
         overview: Optional[Overview] = None
         groups: Dict[Any, List[int]] = {}
         for i in kept:
