@@ -274,7 +274,7 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
                 np.stack([o.logits for o in chosen]),
                 None if no_probabilities else np.stack([o.probabilities for o in chosen]),
                 {name: np.stack([o.metrics[name] for o in chosen]) for name in names},
-                maps, small, images[indices], directions)
+                maps, small, images, directions, image_rows=indices)
             overview = part if overview is None else overview.merge(part)
         encoded = list(encoded)
         last = encoded[kept[-1]]

@@ -198,10 +198,9 @@ class Overview:
 
     def merge(self, other: "Overview") -> "Overview":
         """This overview with `other`'s records and dead letters added (in place)."""
-        if other.names and not self.names:
-            self.names, self.higher_is_better = list(other.names), dict(other.higher_is_better)
-            self.samples = {key: self.samples.get(key, Sample()) for key in self.keys}
-            self.examples = {key: self.examples.get(key, ([], [])) for key in self.keys}
+        if other.names != self.names:
+            raise ValueError(f"overviews of different metrics ({self.names} and "
+                             f"{other.names}) cannot be merged.")
         self.records += other.records
         self.unit_counts.update(other.unit_counts)
         self.first_unit_counts.update(other.first_unit_counts)
@@ -344,11 +343,13 @@ def summed_size(stored: Tuple[int, int]) -> Tuple[int, int]:
 def batch_overview(ids: Sequence[str], units: np.ndarray, logits: np.ndarray,
                    probabilities: Optional[np.ndarray], scores: Dict[str, np.ndarray],
                    maps: np.ndarray, small: np.ndarray, images: np.ndarray,
-                   higher_is_better: Dict[str, bool]) -> Overview:
+                   higher_is_better: Dict[str, bool],
+                   image_rows: Optional[Sequence[int]] = None) -> Overview:
     """The overview of one batch of N explained records, each explaining K units: `units`,
     `logits`, `probabilities` (None: not kept) and each metric's `scores` (N, K); `maps`
     (N, h, w, K) as stored; `small` the same maps at `summed_size` (N, h', w', K); `images`
-    (N, H, W, C) as decoded. Numpy calls per batch; Python per record only for the few
+    (B, H, W, C) as decoded, record i's at row `image_rows[i]` (default i: the batch's
+    images are not copied). Numpy calls per batch; Python per record only for the few
     records that can be among the best or the worst."""
     names = list(scores)
     overview = Overview(names, higher_is_better)
@@ -376,6 +377,7 @@ def batch_overview(ids: Sequence[str], units: np.ndarray, logits: np.ndarray,
         overview.samples[name] = Sample.of(scores[name].reshape(-1))
     for key in RANK_KEYS:
         overview.samples[key] = Sample.of(first[key])
+    rows = np.arange(count) if image_rows is None else np.asarray(image_rows)
     order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
     for key in overview.keys:
         score = first[key].astype(np.float64)
@@ -385,7 +387,7 @@ def batch_overview(ids: Sequence[str], units: np.ndarray, logits: np.ndarray,
             keyed = keyed[np.argsort(sign * score[keyed], kind="stable")][:EXAMPLES]
             sides.append([Example(str(ids[i]), int(units[i, 0]), float(score[i]),
                                   float(logits[i, 0]), float(probability[i]),
-                                  maps[i, ..., 0], images[i])  # views: see `_owned`
+                                  maps[i, ..., 0], images[rows[i]])  # views: see `_owned`
                           for i in keyed.tolist()])
         overview.examples[key] = tuple(sides)
     return overview
