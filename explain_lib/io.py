@@ -528,19 +528,24 @@ def encode_explanations(
     layout = (_entry("map_shape", "int64", encoded[0].shape)
               + _entry("map_encoding", "bytes", [encoding.encode()]))
     size = _entry("input_size", "int64", input_size)
+    # Float features hold K values in every record, so their entries differ only in them.
+    floats = {name: _float_entries(name, values) for name, values in (
+        ("logits", logits), ("map_min", np.stack([stored.map_min for stored in encoded])),
+        ("map_max", np.stack([stored.map_max for stored in encoded])), *per_unit.items())}
+    per_unit_entries = [floats[name] for name in per_unit]
     records = []
     for i, (record_id, stored) in enumerate(zip(ids, encoded)):
         records.append(_field(_ENTRY, b"".join([
             version,
             _entry("id", "bytes", [_bytes(record_id)]),
             _entry("units", "int64", units[i]),
-            _entry("logits", "float", logits[i]),
+            floats["logits"][i],
             _entry("maps", "bytes", [stored.data]),
             layout,
-            _entry("map_min", "float", stored.map_min),
-            _entry("map_max", "float", stored.map_max),
+            floats["map_min"][i],
+            floats["map_max"][i],
             size,
-            *[_entry(name, "float", values[i]) for name, values in per_unit.items()],
+            *[entries[i] for entries in per_unit_entries],
         ])))
     return records
 
@@ -605,6 +610,14 @@ def _entry(key: str, kind: str, values: Sequence) -> bytes:
     if key not in _KEYS:
         _KEYS[key] = _field(_VALUES, key.encode())
     return _field(_ENTRY, _KEYS[key] + _field(_FEATURE, _field(_LISTS[kind], listed)))
+
+
+def _float_entries(key: str, values: np.ndarray) -> List[bytes]:
+    """`_entry(key, "float", row)` for each row of `values` (N, K), K >= 1: the entries of
+    K floats differ only in their last 4K bytes, the packed values."""
+    values = np.ascontiguousarray(values, "<f4")
+    prefix = _entry(key, "float", values[0])[:-values[0].nbytes]
+    return [prefix + row.tobytes() for row in values]
 
 
 def _versions() -> str:

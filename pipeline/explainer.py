@@ -398,21 +398,23 @@ class Explainer:
         results: List[Optional[Explanation]] = [None] * len(x)
         common = dict(batch_size=len(x), verbose=0, return_probabilities=True, **self.params)
         for k, indices in groups.items():
+            inputs = x if len(indices) == len(x) else x[indices]  # (the usual batch: no copy)
             if k is None:
                 chosen, logits, maps, probabilities = explain_lib.explain_predicted(
-                    self.method.function, self.explained_model, x[indices],
+                    self.method.function, self.explained_model, inputs,
                     top_k=self.config.top_k, **common,
                 )
             else:
                 chosen = np.stack([units[i] for i in indices]).astype(np.int32)
                 logits, maps, probabilities = explain_lib.explain(
-                    self.method.function, self.explained_model, x[indices], chosen, **common
+                    self.method.function, self.explained_model, inputs, chosen, **common
                 )
-            scores = self.score(x[indices], chosen, maps, _rows_of(ground_truth, indices))
+            scores = self.score(inputs, chosen, maps, _rows_of(ground_truth, indices))
+            chosen, logits = chosen.astype(np.int64), logits.astype(np.float32)
+            probabilities = probabilities.astype(np.float32)
             for row, i in enumerate(indices):
                 results[i] = Explanation(
-                    chosen[row].astype(np.int64), logits[row].astype(np.float32), maps[row],
-                    probabilities[row].astype(np.float32),
+                    chosen[row], logits[row], maps[row], probabilities[row],
                     {name: values[row] for name, values in scores.items()},
                 )
         return results

@@ -148,8 +148,10 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
             outcomes = [outcome or failure for outcome, failure in zip(outcomes, failures)]
         decoded = [i for i, error in enumerate(outcomes) if error is None]
         if decoded:
-            explained = self._explain([batch[i] for i in decoded], images[decoded], model,
-                                      None if masks is None else masks[decoded])
+            # The usual batch decodes whole, and is explained without a copy.
+            rows = slice(None) if len(decoded) == len(batch) else decoded
+            explained = self._explain([batch[i] for i in decoded], images[rows], model,
+                                      None if masks is None else masks[rows])
             for i, outcome in zip(decoded, explained):
                 outcomes[i] = outcome
         encoded = self._encode(batch, outcomes)

@@ -330,15 +330,22 @@ def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
     JPEG and PNG images are decoded by one compiled call per format (`_batch_decoder`); raw
     tensors are stacked. When a batched call fails (one corrupt image fails the whole op),
     its records are decoded one by one (`decode_payload`), so that only the bad ones fail,
-    each with its own message.
+    each with its own message. A batch of one format that decodes is returned as the
+    compiled call made it, without a copy.
     """
-    images = np.zeros((len(records), *spec.image_size, spec.channels), np.float32)
     errors: List[Optional[StageError]] = [None] * len(records)
     groups: Dict[str, List[int]] = {}
     for i, record in enumerate(records):
         groups.setdefault(record.image_format, []).append(i)
+    if len(groups) == 1 and "raw" not in groups:  # the usual batch: one compressed format
+        try:
+            strings = tf.constant([record.payload for record in records], tf.string)
+            return _batch_decoder(records[0].image_format, spec)(strings).numpy(), errors
+        except (tf.errors.OpError, ValueError):
+            pass  # find the bad ones below
+    images = np.zeros((len(records), *spec.image_size, spec.channels), np.float32)
     for image_format, indices in groups.items():
-        if image_format != "raw":
+        if image_format != "raw" and len(groups) > 1:  # (one format: tried above)
             try:
                 strings = tf.constant([records[i].payload for i in indices], tf.string)
                 images[indices] = _batch_decoder(image_format, spec)(strings).numpy()

@@ -569,7 +569,9 @@ def _explain_batches(
     )
     if verbose == "auto":
         verbose = 0 if num_batches == 1 else 1
-    if not isinstance(callbacks, keras.callbacks.CallbackList):
+    if not callbacks and verbose == 0:
+        callbacks = _NO_CALLBACKS  # (Keras' CallbackList converts each batch's logs)
+    elif not isinstance(callbacks, keras.callbacks.CallbackList):
         callbacks = keras.callbacks.CallbackList(
             callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1,
             steps=num_batches, model=model,
@@ -613,6 +615,25 @@ def _explain_batches(
         None if not parts else parts[0] if len(parts) == 1 else np.concatenate(parts)
         for parts in (all_units, all_logits, all_maps, all_probabilities)
     )
+
+
+class _NoCallbacks:
+    """The callbacks of a silent call that was given none: nothing to do per batch."""
+
+    def on_predict_begin(self):
+        pass
+
+    def on_predict_batch_begin(self, step):
+        pass
+
+    def on_predict_batch_end(self, step, logs):
+        pass
+
+    def on_predict_end(self):
+        pass
+
+
+_NO_CALLBACKS = _NoCallbacks()
 
 
 def _given(model, method, method_params, step_params, spec, indices, unit_chunk_size, inputs,

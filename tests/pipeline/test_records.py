@@ -176,3 +176,7 @@ def test_a_batch_decodes_as_each_record_alone(image):
         alone = decode_record(record, spec).image
         np.testing.assert_allclose(images[i], alone, rtol=0, atol=1e-4 * 255, err_msg=record.id)
     np.testing.assert_array_equal(images[2], image)  # PNG: exact pixels
+    # A batch of one format (one compiled call, its result returned as made) decodes alike.
+    pngs, errors = decode_batch([checked[i] for i in (1, 2, 5)], spec)
+    assert errors == [None] * 3 and pngs.dtype == np.float32 and pngs.shape == (3, 16, 16, 3)
+    np.testing.assert_array_equal(pngs, images[[1, 2, 5]])
