@@ -26,9 +26,11 @@ good records are kept and only the failing ones come back as failures (stage "ex
 each attributed to its own record. A batch that runs out of accelerator memory is split in
 halves instead, and the worker keeps the size that fits (`pipeline.adaptive_batches`).
 
-Several threads of one worker process may run batches at once on the one model RunInference
-shares between them (Dataflow's harness threads, DirectRunner's multi_threading mode): one
-batch's decoding and encoding then overlap another's explaining.
+Batches run at once on the one model RunInference shares: each call takes
+`batches_in_flight` batches (default 2) and runs them on threads, so that one batch's
+decoding and encoding (CPU) overlap another's explaining (the accelerator, or TensorFlow's
+threads) within one bundle, whatever the runner; the bundles a runner runs at once on its
+threads (Dataflow's harness threads, DirectRunner's multi_threading mode) add to that.
 
 Usage:
 
@@ -43,6 +45,7 @@ Usage:
 import concurrent.futures
 import logging
 import os
+import threading
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
@@ -66,16 +69,28 @@ thread."""
 ENCODING_THREADS = os.cpu_count() or 2
 """Threads encoding large maps: one per core."""
 
-_encoders: Optional[concurrent.futures.ThreadPoolExecutor] = None
+BATCHES_IN_FLIGHT = 2
+"""Default batches of `batch_size` records one `run_inference` call explains at once, on
+threads sharing the model: while one batch is explained (on the accelerator, or TensorFlow's
+threads), another is decoded and encoded."""
+
+STEP_THREADS = 64
+"""The most threads running batches in flight in a process (made as needed; every bundle
+the runner runs at once brings its own batches)."""
+
+_pools: Dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
-def _encoder_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The process's encoding threads, one per core (made on first use, not pickled)."""
-    global _encoders
-    if _encoders is None:
-        _encoders = concurrent.futures.ThreadPoolExecutor(
-            max_workers=ENCODING_THREADS, thread_name_prefix="encode_explanations")
-    return _encoders
+def _pool(name: str, threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The process's pool of `threads` threads called `name` (made on first use, not
+    pickled): "encode_explanations" for large maps, "explain_batches" for batches in
+    flight."""
+    with _pools_lock:
+        if name not in _pools:
+            _pools[name] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=threads, thread_name_prefix=name)
+        return _pools[name]
 
 
 class Explained(NamedTuple):
@@ -96,8 +111,11 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         config: the model, method and metrics (`pipeline.explainer.ExplainerConfig`).
         spec: how the records' images (and ground truth) are decoded (size, channels).
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
-        batch_size: records per explaining step; RunInference batches exactly this many
-            (fewer only at the end of a bundle), so the compiled step is traced once.
+        batch_size: records per explaining step, so the compiled step is traced once.
+        batches_in_flight: batches of `batch_size` explained at once, on threads sharing
+            the model, so that one's decoding and encoding overlap another's explaining:
+            RunInference hands the handler exactly `batch_size * batches_in_flight` records
+            (fewer only at the end of a bundle). 1: one batch at a time.
         analysis: also make each explained record's `AnalysisRow` (for the table and the
             metric aggregates): results are then `Explained`.
         overview: also make each batch's `pipeline.overview.Overview` (for the report),
@@ -113,13 +131,18 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         map_encoding: str = explain_io.DEFAULT_ENCODING,
         *,
         batch_size: int = 32,
+        batches_in_flight: int = BATCHES_IN_FLIGHT,
         analysis: bool = False,
         overview: bool = False,
         **kwargs,
     ):
-        kwargs.setdefault("min_batch_size", batch_size)
-        kwargs.setdefault("max_batch_size", batch_size)
+        if batch_size < 1 or batches_in_flight < 1:
+            raise ValueError(f"batch_size ({batch_size}) and batches_in_flight "
+                             f"({batches_in_flight}) must be at least 1.")
+        kwargs.setdefault("min_batch_size", batch_size * batches_in_flight)
+        kwargs.setdefault("max_batch_size", batch_size * batches_in_flight)
         super().__init__(**kwargs)
+        self._batch_size = batch_size
         self._config = config
         self._spec = spec
         self._map_encoding = map_encoding
@@ -138,9 +161,22 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         model: Explainer,
         inference_args: Optional[Dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
-        """Decode, explain and encode the batch; each result's inference is the serialized
-        schema-v2 record (with `analysis`, an `Explained`) or the `StageError` the record
-        failed with."""
+        """Decode, explain and encode the records, `batch_size` at a time, these batches
+        at once on threads sharing the model (`batches_in_flight`); each result's inference
+        is the serialized schema-v2 record (with `analysis`, an `Explained`) or the
+        `StageError` the record failed with, in the records' order."""
+        steps = [batch[i:i + self._batch_size] for i in range(0, len(batch), self._batch_size)]
+        if len(steps) == 1:
+            return self._run_step(batch, model)
+        # The calling thread runs the last batch itself, the pool's threads the others.
+        pool = _pool("explain_batches", STEP_THREADS)
+        others = [pool.submit(self._run_step, step, model) for step in steps[:-1]]
+        last = self._run_step(steps[-1], model)
+        return [result for future in others for result in future.result()] + last
+
+    def _run_step(self, batch: Sequence[CheckedRecord], model: Explainer
+                  ) -> List[PredictionResult]:
+        """Decode, explain and encode one batch of at most `batch_size` records."""
         images, outcomes = decode_batch(batch, self._spec)
         masks = None
         if self._spec.mask_key:
@@ -227,7 +263,8 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
             if int(np.prod(shape)) >= PARALLEL_ENCODING_VALUES and len(indices) > 1:
                 chunks = [chunk.tolist() for chunk in np.array_split(
                     indices, min(len(indices), ENCODING_THREADS))]
-                results = list(_encoder_pool().map(encode, chunks))
+                encoders = _pool("encode_explanations", ENCODING_THREADS)
+                results = list(encoders.map(encode, chunks))
             else:
                 results = [encode(indices)]
             for chunk, result in zip(chunks, results):

@@ -19,6 +19,7 @@ from explain_lib import metrics as explain_metrics
 from explain_lib.engine.evaluating import check_metric_params
 from explain_lib.io import DEFAULT_ENCODING
 from explain_lib.utils import PRECISIONS
+from pipeline.handler import BATCHES_IN_FLIGHT
 from pipeline.records import IMAGE_FORMATS
 from pipeline.table import TABLE_COLUMNS, TABLE_SUFFIX
 
@@ -228,6 +229,10 @@ class ExplainOptions(PipelineOptions):
                            "input of the last global pooling layer).")
         group.add_argument("--batch_size", type=int, default=32,
                            help="Records per explaining step.")
+        group.add_argument("--batches_in_flight", type=int, default=BATCHES_IN_FLIGHT,
+                           help="Batches each worker thread explains at once on threads "
+                           "sharing the model, so that one's decoding and encoding overlap "
+                           "another's explaining (1: one at a time).")
         group.add_argument("--map_encoding", default=DEFAULT_ENCODING,
                            help="How maps are stored: png8 (8 bits over each map's range), "
                            "png16, float16 (zlib) or raw32 (exact) "
@@ -292,6 +297,9 @@ class ExplainOptions(PipelineOptions):
             raise ValueError(f"--top_k must be at least 1, not {self.top_k}.")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, not {self.batch_size}.")
+        if self.batches_in_flight < 1:
+            raise ValueError("--batches_in_flight must be at least 1, not "
+                             f"{self.batches_in_flight}.")
         with_map_size(self.parsed_method_params(), self.map_size)
         if self.dead_letters == self.output:
             raise ValueError("--dead_letter_prefix must differ from --output.")

@@ -52,7 +52,12 @@ from pipeline.explainer import (
 )
 from pipeline import tfds_input
 from pipeline.aggregates import AggregateMetrics
-from pipeline.handler import METRICS_NAMESPACE, ExplainModelHandler, Explained
+from pipeline.handler import (
+    BATCHES_IN_FLIGHT,
+    METRICS_NAMESPACE,
+    ExplainModelHandler,
+    Explained,
+)
 from pipeline.ids import CountDuplicateIds
 from pipeline.outputs import WriteShards
 from pipeline.overview import Overview, overview_path, write_bytes
@@ -262,6 +267,9 @@ class Explain(beam.PTransform):
         preprocess: "none", "unit", "symmetric" or a `keras.applications` module name.
         activation_layer: the layer CAM methods weigh.
         batch_size: records per explaining step.
+        batches_in_flight: batches each worker thread explains at once on threads sharing
+            the model, one's decoding and encoding overlapping another's explaining (see
+            `pipeline.handler`); 1: one at a time.
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
         map_size: the size maps are stored at: "auto", "input", "native", (H, W) or "H,W"
             (default: `method_params`' resizing if given, else "auto"; see
@@ -305,6 +313,7 @@ class Explain(beam.PTransform):
         preprocess: str = "none",
         activation_layer: Optional[str] = None,
         batch_size: int = 32,
+        batches_in_flight: int = BATCHES_IN_FLIGHT,
         map_encoding: str = explain_io.DEFAULT_ENCODING,
         map_size: Union[None, str, Sequence[int]] = None,
         precision: str = "float32",
@@ -361,7 +370,9 @@ class Explain(beam.PTransform):
         )
         self.analysis = bool(metrics or copy_features) if analysis is None else analysis
         self.handler = ExplainModelHandler(self.config, self.spec, map_encoding,
-                                           batch_size=batch_size, analysis=self.analysis,
+                                           batch_size=batch_size,
+                                           batches_in_flight=batches_in_flight,
+                                           analysis=self.analysis,
                                            overview=overview,
                                            **dict(handler_kwargs or {}))
         self.map_encoding = map_encoding
@@ -384,6 +395,7 @@ class Explain(beam.PTransform):
             preprocess=options.preprocess,
             activation_layer=options.activation_layer,
             batch_size=options.batch_size,
+            batches_in_flight=options.batches_in_flight,
             map_encoding=options.map_encoding,
             map_size=options.map_size,
             precision=options.precision,

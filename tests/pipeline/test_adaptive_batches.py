@@ -130,7 +130,9 @@ def test_a_job_explains_in_the_batches_that_fit(model_path, model, shapes, caplo
     records = [demo.make_example(demo.encode_image(image, "png"), unit, f"b{i}")
                for i, (image, unit) in enumerate(zip(images, units))]
     transform = Explain(model_path, "gradcam", units_key="label", batch_size=8)
-    transform.handler = SmallMemoryHandler(transform.config, transform.spec, batch_size=8)
+    # One batch in flight, so that the order of the calls below is the order they learn in.
+    transform.handler = SmallMemoryHandler(transform.config, transform.spec, batch_size=8,
+                                           batches_in_flight=1)
     CALLS.clear()
     caplog.set_level(logging.WARNING)
 

@@ -48,7 +48,7 @@ def test_help_lists_the_job_options(capsys):
     for option in ("--input", "--output", "--model", "--method", "--method_params", "--image_key",
                    "--image_format", "--image_shape", "--id_key", "--units_key", "--top_k",
                    "--image_size", "--preprocess", "--activation_layer", "--batch_size",
-                   "--map_encoding", "--dead_letter_prefix"):
+                   "--batches_in_flight", "--map_encoding", "--dead_letter_prefix"):
         assert option in text
 
 
@@ -62,6 +62,7 @@ def test_help_lists_the_job_options(capsys):
         (None, ["--image_size", "32"], "--image_size takes 2 positive integers"),
         (None, ["--image_format", "raw"], "--image_format raw needs --image_shape"),
         (None, ["--top_k", "0"], "--top_k must be at least 1"),
+        (None, ["--batches_in_flight", "0"], "--batches_in_flight must be at least 1"),
         (None, ["--top_k", "5"], "--top_k 5 does not fit the model's 4 output units"),
         (None, ["--method", "integrated_gradients", "--method_params", '{"steps": 5000}'],
          "Unknown parameter(s) steps for integrated_gradients: it takes baseline, n_steps"),

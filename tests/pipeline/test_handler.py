@@ -4,6 +4,7 @@ model files on any Beam filesystem."""
 
 import os
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -160,10 +161,48 @@ def test_a_record_that_cannot_be_stored_fails_alone_and_the_batch_is_still_encod
 
 def test_handler_batches_exactly_batch_size_and_reports_record_bytes():
     handler = ExplainModelHandler(CONFIG, SPEC, batch_size=16, model_copies=1)
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 16, "max_batch_size": 16}
+    # The batches in flight (2 by default) come in one RunInference batch.
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 32}
+    one = ExplainModelHandler(CONFIG, SPEC, batch_size=16, batches_in_flight=1)
+    assert one.batch_elements_kwargs() == {"min_batch_size": 16, "max_batch_size": 16}
+    with pytest.raises(ValueError, match="batches_in_flight"):
+        ExplainModelHandler(CONFIG, SPEC, batch_size=16, batches_in_flight=0)
     assert handler.share_model_across_processes() and handler.model_copies() == 1
     assert handler.get_num_bytes([_record(0), _record(1)]) == len(b"rec0") + len(b"rec1")
     assert handler.get_metrics_namespace() == "explain_pipeline"
+
+
+class MeetingExplainer:
+    """Explains a batch only once `parties` batches are being explained at the same time
+    (each call waits for the others, at most 60 s); records its calls' sizes."""
+
+    def __init__(self, parties):
+        self.calls = []
+        self._together = threading.Barrier(parties, timeout=60)
+
+    def explain(self, images, units):
+        self.calls.append(len(images))
+        self._together.wait()  # BrokenBarrierError (a dead letter) if explained alone
+        return [Explanation(np.array([0]), np.array([image.mean()], np.float32),
+                            np.full((4, 4, 1), image.mean(), np.float32)) for image in images]
+
+
+def test_batches_in_flight_are_explained_at_once_and_come_back_in_order():
+    records = [_record(i, 1.0 + i) for i in range(6)]
+    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=3, batches_in_flight=2)
+    explainer = MeetingExplainer(2)
+    results = handler.run_inference(records, explainer)
+    assert explainer.calls == [3, 3]  # two batches of batch_size, explained together
+    one_at_a_time = ExplainModelHandler(CONFIG, SPEC, batch_size=3, batches_in_flight=1)
+    alone = [one_at_a_time.run_inference(records[i:i + 3], MeetingExplainer(1))
+             for i in (0, 3)]
+    assert [r.example.id for r in results] == [f"r{i}" for i in range(6)]
+    assert [r.inference for r in results] == [r.inference for part in alone for r in part]
+    assert all(isinstance(r.inference, bytes) for r in results)
+    # A bundle's last, shorter call: its batches are explained at once too.
+    explainer = MeetingExplainer(2)
+    results = handler.run_inference(records[:4], explainer)
+    assert sorted(explainer.calls) == [1, 3] and all(isinstance(r.inference, bytes) for r in results)
 
 
 def test_explainer_top_k_and_mixed_unit_counts(model_path, model, shapes):

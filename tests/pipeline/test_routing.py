@@ -156,8 +156,13 @@ def test_the_jobs_own_options_reach_the_workers_config(model_path):
         "--input", "unused", "--output", "unused", "--model", model_path, "--method", "rise",
         "--method_params", '{"masks": 10}', "--precision", "mixed_bfloat16", "--jit_compile",
         "--top_k", "2", "--preprocess", "unit", "--activation_layer", "features",
-        "--map_size", "input"]).view_as(ExplainOptions)
+        "--map_size", "input", "--batch_size", "8", "--batches_in_flight", "3"]
+    ).view_as(ExplainOptions)
     transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
+    # RunInference hands the handler 3 batches of 8 at a time, explained 8 at a time.
+    assert transform.handler.batch_elements_kwargs() == {"min_batch_size": 24,
+                                                         "max_batch_size": 24}
+    assert transform.handler._batch_size == 8
     assert transform.config == explainer.ExplainerConfig(
         model_path, "rise", {"masks": 10, "resizing": True}, activation_layer="features",
         preprocess="unit", top_k=2, precision="mixed_bfloat16", jit_compile=True)
