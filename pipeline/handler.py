@@ -26,11 +26,13 @@ good records are kept and only the failing ones come back as failures (stage "ex
 each attributed to its own record. A batch that runs out of accelerator memory is split in
 halves instead, and the worker keeps the size that fits (`pipeline.adaptive_batches`).
 
-Batches run at once on the one model RunInference shares: each call takes
+Batches are in flight at once on the one model RunInference shares: each call takes
 `batches_in_flight` batches (default 2) and runs them on threads, so that one batch's
 decoding and encoding (CPU) overlap another's explaining (the accelerator, or TensorFlow's
 threads) within one bundle, whatever the runner; the bundles a runner runs at once on its
-threads (Dataflow's harness threads, DirectRunner's multi_threading mode) add to that.
+threads (Dataflow's harness threads, DirectRunner's multi_threading mode) add to that. The
+model explains one batch at a time (`_explaining`), so its devices' memory holds one
+batch's work, as `batch_size` says.
 
 Usage:
 
@@ -46,6 +48,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import weakref
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
@@ -70,7 +73,7 @@ ENCODING_THREADS = os.cpu_count() or 2
 """Threads encoding large maps: one per core."""
 
 BATCHES_IN_FLIGHT = 2
-"""Default batches of `batch_size` records one `run_inference` call explains at once, on
+"""Default batches of `batch_size` records one `run_inference` call takes at once, on
 threads sharing the model: while one batch is explained (on the accelerator, or TensorFlow's
 threads), another is decoded and encoded."""
 
@@ -80,6 +83,17 @@ the runner runs at once brings its own batches)."""
 
 _pools: Dict[str, concurrent.futures.ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
+
+
+_locks: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _explaining(model: Any) -> threading.Lock:
+    """The lock a batch holds while `model` explains it: one batch at a time on the model's
+    devices, whose memory then holds one batch's work (`--batch_size` stays the knob that
+    sizes it), while the other batches in flight are decoded and encoded."""
+    with _pools_lock:
+        return _locks.setdefault(model, threading.Lock())
 
 
 def _pool(name: str, threads: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -112,10 +126,11 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         spec: how the records' images (and ground truth) are decoded (size, channels).
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
         batch_size: records per explaining step, so the compiled step is traced once.
-        batches_in_flight: batches of `batch_size` explained at once, on threads sharing
-            the model, so that one's decoding and encoding overlap another's explaining:
-            RunInference hands the handler exactly `batch_size * batches_in_flight` records
-            (fewer only at the end of a bundle). 1: one batch at a time.
+        batches_in_flight: batches of `batch_size` in flight at once, on threads sharing
+            the model, so that one's decoding and encoding overlap another's explaining
+            (the model explains one at a time): RunInference hands the handler exactly
+            `batch_size * batches_in_flight` records (fewer only at the end of a bundle).
+            1: one batch at a time.
         analysis: also make each explained record's `AnalysisRow` (for the table and the
             metric aggregates): results are then `Explained`.
         overview: also make each batch's `pipeline.overview.Overview` (for the report),
@@ -162,7 +177,8 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         inference_args: Optional[Dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
         """Decode, explain and encode the records, `batch_size` at a time, these batches
-        at once on threads sharing the model (`batches_in_flight`); each result's inference
+        in flight at once on threads sharing the model (`batches_in_flight`; the model
+        explains one at a time while the others decode and encode); each result's inference
         is the serialized schema-v2 record (with `analysis`, an `Explained`) or the
         `StageError` the record failed with, in the records' order."""
         steps = [batch[i:i + self._batch_size] for i in range(0, len(batch), self._batch_size)]
@@ -186,8 +202,9 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         if decoded:
             # The usual batch decodes whole, and is explained without a copy.
             rows = slice(None) if len(decoded) == len(batch) else decoded
-            explained = self._explain([batch[i] for i in decoded], images[rows], model,
-                                      None if masks is None else masks[rows])
+            with _explaining(model):
+                explained = self._explain([batch[i] for i in decoded], images[rows], model,
+                                          None if masks is None else masks[rows])
             for i, outcome in zip(decoded, explained):
                 outcomes[i] = outcome
         encoded = self._encode(batch, outcomes)

@@ -230,9 +230,10 @@ class ExplainOptions(PipelineOptions):
         group.add_argument("--batch_size", type=int, default=32,
                            help="Records per explaining step.")
         group.add_argument("--batches_in_flight", type=int, default=BATCHES_IN_FLIGHT,
-                           help="Batches each worker thread explains at once on threads "
+                           help="Batches each worker thread keeps in flight on threads "
                            "sharing the model, so that one's decoding and encoding overlap "
-                           "another's explaining (1: one at a time).")
+                           "another's explaining (the model explains one at a time; 1: one "
+                           "batch at a time).")
         group.add_argument("--map_encoding", default=DEFAULT_ENCODING,
                            help="How maps are stored: png8 (8 bits over each map's range), "
                            "png16, float16 (zlib) or raw32 (exact) "

@@ -267,9 +267,9 @@ class Explain(beam.PTransform):
         preprocess: "none", "unit", "symmetric" or a `keras.applications` module name.
         activation_layer: the layer CAM methods weigh.
         batch_size: records per explaining step.
-        batches_in_flight: batches each worker thread explains at once on threads sharing
-            the model, one's decoding and encoding overlapping another's explaining (see
-            `pipeline.handler`); 1: one at a time.
+        batches_in_flight: batches each worker thread keeps in flight on threads sharing
+            the model, one's decoding and encoding overlapping another's explaining (the
+            model explains one at a time; see `pipeline.handler`); 1: one at a time.
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
         map_size: the size maps are stored at: "auto", "input", "native", (H, W) or "H,W"
             (default: `method_params`' resizing if given, else "auto"; see

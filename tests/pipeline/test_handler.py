@@ -172,37 +172,70 @@ def test_handler_batches_exactly_batch_size_and_reports_record_bytes():
     assert handler.get_metrics_namespace() == "explain_pipeline"
 
 
-class MeetingExplainer:
-    """Explains a batch only once `parties` batches are being explained at the same time
-    (each call waits for the others, at most 60 s); records its calls' sizes."""
+class OverlapExplainer:
+    """Explains batches, checking that no two are explained at once; its first batch waits
+    (at most 60 s) until another batch has been decoded meanwhile (`decoded` is set by the
+    test's spy on the handler's decoding)."""
 
-    def __init__(self, parties):
-        self.calls = []
-        self._together = threading.Barrier(parties, timeout=60)
+    def __init__(self):
+        self.calls, self.most_at_once, self._at_once = [], 0, 0
+        self.decoded = threading.Event()
+        self._lock = threading.Lock()
 
     def explain(self, images, units):
-        self.calls.append(len(images))
-        self._together.wait()  # BrokenBarrierError (a dead letter) if explained alone
-        return [Explanation(np.array([0]), np.array([image.mean()], np.float32),
-                            np.full((4, 4, 1), image.mean(), np.float32)) for image in images]
+        with self._lock:
+            self._at_once += 1
+            self.most_at_once = max(self.most_at_once, self._at_once)
+            first = not self.calls
+            self.calls.append(len(images))
+        try:
+            if first and not self.decoded.wait(60):
+                raise RuntimeError("no other batch was decoded while this one was explained")
+            return [Explanation(np.array([0]), np.array([image.mean()], np.float32),
+                                np.full((4, 4, 1), image.mean(), np.float32))
+                    for image in images]
+        finally:
+            with self._lock:
+                self._at_once -= 1
 
 
-def test_batches_in_flight_are_explained_at_once_and_come_back_in_order():
+def _spy_on_decoding(monkeypatch, explainer):
+    """Sets `explainer.decoded` once the handler has decoded a second batch."""
+    decoded = []
+
+    def decode_batch(records, spec):
+        result = real(records, spec)
+        decoded.append(len(records))
+        if len(decoded) >= 2:
+            explainer.decoded.set()
+        return result
+
+    real = handler_module.decode_batch
+    monkeypatch.setattr(handler_module, "decode_batch", decode_batch)
+    return decoded
+
+
+def test_batches_in_flight_overlap_decoding_with_explaining_and_come_back_in_order(monkeypatch):
     records = [_record(i, 1.0 + i) for i in range(6)]
-    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=3, batches_in_flight=2)
-    explainer = MeetingExplainer(2)
-    results = handler.run_inference(records, explainer)
-    assert explainer.calls == [3, 3]  # two batches of batch_size, explained together
     one_at_a_time = ExplainModelHandler(CONFIG, SPEC, batch_size=3, batches_in_flight=1)
-    alone = [one_at_a_time.run_inference(records[i:i + 3], MeetingExplainer(1))
-             for i in (0, 3)]
+    alone = [one_at_a_time.run_inference(records[i:i + 3], FailingExplainer()) for i in (0, 3)]
+
+    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=3, batches_in_flight=2)
+    explainer = OverlapExplainer()
+    decoded = _spy_on_decoding(monkeypatch, explainer)
+    results = handler.run_inference(records, explainer)
+    # Two batches of batch_size: one decoded while the other was explained (else the first
+    # explaining would have failed), never two explained at once.
+    assert decoded == [3, 3] and explainer.calls == [3, 3] and explainer.most_at_once == 1
     assert [r.example.id for r in results] == [f"r{i}" for i in range(6)]
-    assert [r.inference for r in results] == [r.inference for part in alone for r in part]
     assert all(isinstance(r.inference, bytes) for r in results)
-    # A bundle's last, shorter call: its batches are explained at once too.
-    explainer = MeetingExplainer(2)
+    assert [r.inference for r in results] == [r.inference for part in alone for r in part]
+    # A bundle's last, shorter call: its batches are in flight together too.
+    explainer = OverlapExplainer()
+    _spy_on_decoding(monkeypatch, explainer)
     results = handler.run_inference(records[:4], explainer)
-    assert sorted(explainer.calls) == [1, 3] and all(isinstance(r.inference, bytes) for r in results)
+    assert sorted(explainer.calls) == [1, 3] and explainer.most_at_once == 1
+    assert all(isinstance(r.inference, bytes) for r in results)
 
 
 def test_explainer_top_k_and_mixed_unit_counts(model_path, model, shapes):
