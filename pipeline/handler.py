@@ -82,17 +82,15 @@ STEP_THREADS = 64
 the runner runs at once brings its own batches)."""
 
 _pools: Dict[str, concurrent.futures.ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
 _locks: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()  # guards both
 
 
 def _explaining(model: Any) -> threading.Lock:
     """The lock a batch holds while `model` explains it: one batch at a time on the model's
     devices, whose memory then holds one batch's work (`--batch_size` stays the knob that
     sizes it), while the other batches in flight are decoded and encoded."""
-    with _pools_lock:
+    with _registry_lock:
         return _locks.setdefault(model, threading.Lock())
 
 
@@ -100,7 +98,7 @@ def _pool(name: str, threads: int) -> concurrent.futures.ThreadPoolExecutor:
     """The process's pool of `threads` threads called `name` (made on first use, not
     pickled): "encode_explanations" for large maps, "explain_batches" for batches in
     flight."""
-    with _pools_lock:
+    with _registry_lock:
         if name not in _pools:
             _pools[name] = concurrent.futures.ThreadPoolExecutor(
                 max_workers=threads, thread_name_prefix=name)
