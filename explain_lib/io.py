@@ -154,52 +154,61 @@ SMALL_PNG_BYTES = 1024
 """Maps of at most this many bytes of samples (a 7x7 or 16x16 CAM) all get PNG's Up filter."""
 
 
-def _grayscale_png(image: np.ndarray) -> bytes:
-    """A (H, W) uint8 or uint16 array as a PNG file (8- or 16-bit grayscale).
+def _grayscale_pngs(images: np.ndarray) -> List[bytes]:
+    """(N, H, W) uint8 or uint16 arrays as N PNG files (8- or 16-bit grayscale).
 
     Written here rather than through an imaging library because the whole of it is a few
-    numpy passes and `zlib.compress`: every row gets the same PNG filter, the one of None,
-    Sub and Up (applied byte by byte, as the format defines them for every bit depth) that
-    compresses every fourth row best at zlib's fastest level (Up for small maps). Upsampled
-    CAM maps favour Sub or Up, noisy gradient maps None. (Trying every row chose the same filters to within
-    0.5% of the size, at four times the cost; choosing by the smallest residuals, per row as
-    libpng does or per image, made these maps up to 27% larger.)
+    numpy passes and `zlib.compress`: every row of an image gets the same PNG filter, the one
+    of None, Sub and Up (applied byte by byte, as the format defines them for every bit
+    depth) that compresses every fourth row best at zlib's fastest level (Up for small maps,
+    filtered for the whole batch in one pass). Upsampled CAM maps favour Sub or Up, noisy
+    gradient maps None. (Trying every row chose the same filters to within 0.5% of the size,
+    at four times the cost; choosing by the smallest residuals, per row as libpng does or per
+    image, made these maps up to 27% larger.) Per image, only its compression and its
+    chunks' framing are left.
     """
-    height, width = image.shape
-    depth = 8 * image.dtype.itemsize
+    count, height, width = images.shape
+    itemsize = images.dtype.itemsize
     # PNG stores 16-bit samples big-endian.
-    data = image.astype(f">u{image.dtype.itemsize}").view(np.uint8).reshape(height, -1)
-    if data.size <= SMALL_PNG_BYTES:
+    data = images.astype(f">u{itemsize}").view(np.uint8).reshape(count, height, -1)
+    if height * data.shape[2] <= SMALL_PNG_BYTES:
         # A few hundred bytes compress alike under any filter: choosing costs more than it saves.
-        rows = _filtered(data, 2, image.dtype.itemsize)
+        filtered = list(_filtered(data, 2, itemsize))
     else:
-        candidates = [_filtered(data, kind, image.dtype.itemsize) for kind in (0, 1, 2)]
-        rows = min(candidates, key=lambda rows: len(zlib.compress(rows[::4].tobytes(), 1)))
+        filtered = [min((_filtered(image, kind, itemsize) for kind in (0, 1, 2)),
+                        key=lambda rows: len(zlib.compress(rows[::4].tobytes(), 1)))
+                    for image in data]
+    header = struct.pack(">IIBBBBB", width, height, 8 * itemsize, 0, 0, 0, 0)  # grayscale
+    start = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+    return [start + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _PNG_END
+            for rows in filtered]
 
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
 
-    header = struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)  # grayscale
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """A PNG chunk: length, type, payload and the CRC of type and payload."""
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(payload, zlib.crc32(kind))))
+
+
+_PNG_END = _png_chunk(b"IEND", b"")
 
 
 def _filtered(data: np.ndarray, kind: int, bpp: int) -> np.ndarray:
-    """PNG scanlines (H, 1 + B) of `data` (H, B) uint8, `bpp` bytes per pixel, every row
-    filtered with filter type `kind`: 0 None, 1 Sub (minus the byte `bpp` to the left), 2 Up
-    (minus the byte above); residuals modulo 256, each row prefixed by its filter type."""
-    rows = np.empty((data.shape[0], data.shape[1] + 1), np.uint8)
-    rows[:, 0] = kind
-    residuals = rows[:, 1:]
+    """PNG scanlines (..., H, 1 + B) of `data` (..., H, B) uint8 (images of H rows of B
+    bytes), `bpp` bytes per pixel, every row filtered with filter type `kind`: 0 None, 1 Sub
+    (minus the byte `bpp` to the left), 2 Up (minus the byte above); residuals modulo 256,
+    each row prefixed by its filter type."""
+    rows = np.empty((*data.shape[:-1], data.shape[-1] + 1), np.uint8)
+    rows[..., 0] = kind
+    residuals = rows[..., 1:]
     if kind == 1:
-        residuals[:, :bpp] = data[:, :bpp]
-        np.subtract(data[:, bpp:], data[:, :-bpp], out=residuals[:, bpp:])  # modulo 256
+        residuals[..., :bpp] = data[..., :bpp]
+        np.subtract(data[..., bpp:], data[..., :-bpp], out=residuals[..., bpp:])  # modulo 256
     elif kind == 2:
-        residuals[0] = data[0]
-        np.subtract(data[1:], data[:-1], out=residuals[1:])
+        residuals[..., 0, :] = data[..., 0, :]
+        np.subtract(data[..., 1:, :], data[..., :-1, :], out=residuals[..., 1:, :])
     else:
-        residuals[:] = data
+        residuals[...] = data
     return rows
 
 
@@ -218,8 +227,8 @@ def _quantised_png(name: str, bits: int) -> MapEncoding:
         levels = np.clip(np.rint((maps.astype(np.float64) - low[:, None, None])
                                  * scale[:, None, None]), 0, top).astype(dtype)
         stacked = np.transpose(levels, (0, 3, 1, 2)).reshape(inputs, count * height, width)
-        return [EncodedMaps(_grayscale_png(image), (height, width, count), name, lo, hi)
-                for image, lo, hi in zip(stacked, low, high)]
+        return [EncodedMaps(png, (height, width, count), name, lo, hi)
+                for png, lo, hi in zip(_grayscale_pngs(stacked), low, high)]
 
     def decode(encoded: EncodedMaps) -> np.ndarray:
         height, width, count = encoded.shape
@@ -533,12 +542,16 @@ def encode_explanations(
         ("logits", logits), ("map_min", np.stack([stored.map_min for stored in encoded])),
         ("map_max", np.stack([stored.map_max for stored in encoded])), *per_unit.items())}
     per_unit_entries = [floats[name] for name in per_unit]
+    unit_entries: Dict[bytes, bytes] = {}  # a batch explains few distinct unit lists
     records = []
     for i, (record_id, stored) in enumerate(zip(ids, encoded)):
+        unit_key = units[i].tobytes()
+        if unit_key not in unit_entries:
+            unit_entries[unit_key] = _entry("units", "int64", units[i])
         records.append(_field(_ENTRY, b"".join([
             version,
             _entry("id", "bytes", [_bytes(record_id)]),
-            _entry("units", "int64", units[i]),
+            unit_entries[unit_key],
             floats["logits"][i],
             _entry("maps", "bytes", [stored.data]),
             layout,
@@ -598,18 +611,24 @@ def serialize_example(features: Sequence[Tuple[str, str, Sequence]]) -> bytes:
 
 
 def _entry(key: str, kind: str, values: Sequence) -> bytes:
-    """One feature of an Example, serialized: its map entry (see `serialize_example`)."""
+    """One feature of an Example, serialized: its map entry (see `serialize_example`),
+    framed in one join (the lengths of the nested fields are added up, not the fields
+    copied into each other)."""
     if kind == "bytes":
-        listed = b"".join([_field(_VALUES, value) for value in values])
-    elif kind == "float":
-        packed = np.asarray(values, "<f4").tobytes()
-        listed = _field(_VALUES, packed) if packed else b""
+        parts = [part for value in values for part in (_VALUES, _varint(len(value)), value)]
     else:
-        packed = b"".join([_varint(int(v)) for v in values])
-        listed = _field(_VALUES, packed) if packed else b""
+        packed = (np.asarray(values, "<f4").tobytes() if kind == "float"
+                  else b"".join([_varint(int(v)) for v in values]))
+        parts = [_VALUES, _varint(len(packed)), packed] if packed else []
+    listed = sum(len(part) for part in parts)
+    value_list = [_LISTS[kind], _varint(listed)]  # the Feature's one field
+    feature = listed + len(value_list[0]) + len(value_list[1])
     if key not in _KEYS:
         _KEYS[key] = _field(_VALUES, key.encode())
-    return _field(_ENTRY, _KEYS[key] + _field(_FEATURE, _field(_LISTS[kind], listed)))
+    keyed = _KEYS[key]
+    head = [_FEATURE, _varint(feature)]
+    size = len(keyed) + len(head[1]) + 1 + feature
+    return b"".join([_ENTRY, _varint(size), keyed, *head, *value_list, *parts])
 
 
 def _float_entries(key: str, values: np.ndarray) -> List[bytes]:

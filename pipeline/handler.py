@@ -373,11 +373,20 @@ def _checked(records: Sequence[CheckedRecord], explanations: Sequence[Explanatio
              ) -> List[Union[Explanation, StageError]]:
     """Each explanation, or a StageError when the method produced non-finite values (a map
     with NaNs is a failed explanation, not a result)."""
+    finite = {name: _finite_rows([getattr(e, name) for e in explanations])
+              for name in ("logits", "maps")}
     outcomes: List[Union[Explanation, StageError]] = []
-    for record, explanation in zip(records, explanations):
-        bad = [name for name in ("logits", "maps")
-               if not np.all(np.isfinite(getattr(explanation, name)))]
+    for i, (record, explanation) in enumerate(zip(records, explanations)):
+        bad = [name for name in ("logits", "maps") if not finite[name][i]]
         outcomes.append(explanation if not bad else StageError(
             "explain", f"the method returned non-finite {bad[0]} for units "
             f"{explanation.units.tolist()}", record.id))
     return outcomes
+
+
+def _finite_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Whether each array holds only finite values: one numpy pass over the batch when the
+    arrays share a shape (as a batch's do), else one per array."""
+    if len({array.shape for array in arrays}) == 1:
+        return np.isfinite(np.stack(arrays)).reshape(len(arrays), -1).all(axis=1)
+    return np.array([np.isfinite(array).all() for array in arrays], bool)

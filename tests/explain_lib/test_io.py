@@ -428,6 +428,12 @@ def test_each_map_gets_the_png_filter_that_suits_it_and_decodes_exactly(encoding
         elif expected_filter is not None:
             assert filters == {expected_filter}
 
+    # Encoded as one batch, each map still gets its own filter: the same bytes as alone.
+    large = np.stack([cases[1], cases[2], cases[None]]).astype(np.float32)
+    batch = explain_io.get_encoding(encoding).encode(large)
+    assert [stored.data for stored in batch] == [
+        explain_io.encode_maps(maps, encoding).data for maps in large]
+
 
 def test_examples_serialized_directly_parse_as_protobuf_builds_them():
     features = [

@@ -79,6 +79,38 @@ def test_a_failing_batch_is_retried_record_by_record():
     assert "non-finite maps" in str(failures["r3"])
 
 
+class NonFiniteExplainer:
+    """Explains each record's units (one or two of them), with NaN logits for images
+    holding 5 and infinite maps for images holding 6."""
+
+    def explain(self, images, units):
+        return [
+            Explanation(np.asarray(u), np.full(len(u), np.nan if image.mean() == 5 else 1.0,
+                                               np.float32),
+                        np.full((4, 4, len(u)), np.inf if image.mean() == 6 else 0.5,
+                                np.float32))
+            for image, u in zip(images, units)
+        ]
+
+
+@pytest.mark.parametrize("unit_counts", [[1, 1, 1, 1], [1, 2, 1, 2]])
+def test_non_finite_logits_or_maps_fail_only_their_records(unit_counts):
+    """Checked for the batch at once when its explanations share a shape, one by one when
+    they explain different numbers of units: the same records fail either way."""
+    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=8)
+    values = [1.0, 5.0, 6.0, 2.0]
+    batch = [_record(i, value, np.arange(k)) for i, (value, k)
+             in enumerate(zip(values, unit_counts))]
+    results = list(handler.run_inference(batch, NonFiniteExplainer()))
+    assert [r.example.id for r in results] == ["r0", "r1", "r2", "r3"]
+    assert [isinstance(r.inference, bytes) for r in results] == [True, False, False, True]
+    assert "non-finite logits" in str(results[1].inference)
+    assert "non-finite maps" in str(results[2].inference)
+    assert all(r.inference.stage == "explain" for r in results[1:3])
+    np.testing.assert_array_equal(
+        explain_io.decode_explanation(results[3].inference)["units"], np.arange(unit_counts[3]))
+
+
 def test_a_good_batch_is_explained_in_one_call_and_encoded():
     handler = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=3)
     explainer = FailingExplainer()
