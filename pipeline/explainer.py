@@ -236,6 +236,7 @@ def inspect_model(
     top_k: int = 1,
     metrics: Optional[Mapping[str, Mapping[str, Any]]] = None,
     ground_truth: Optional[str] = None,
+    named_units: bool = False,
 ) -> ModelInfo:
     """Load the model once (in the launcher) to read its input shape and number of units,
     and check everything the workers would otherwise find out on every record: that the
@@ -245,7 +246,10 @@ def inspect_model(
     (`explaining.check_explain` traces it on a symbolic batch of `image_size`, or the
     model's size, without computing anything); and that each of `metrics` (name ->
     parameters) runs with its parameters and the `ground_truth` ("boxes", "masks" or None;
-    `evaluating.check_evaluate` traces it the same way).
+    `evaluating.check_evaluate` traces it the same way). The step traced is the one the
+    workers will run, and an in-process runner's worker reuses it: with `named_units` (the
+    records name their units, `--units_key`), the step explaining one given unit per record
+    (a label); else the step explaining each record's top `top_k` units.
 
     Raises:
         ValueError: one line saying what is wrong.
@@ -281,7 +285,8 @@ def inspect_model(
         size = shape[:2] if None not in shape[:2] or not image_size else tuple(image_size)
         if None not in size:
             explaining.check_explain(registered.function, explained, (*size, shape[2] or 3),
-                                     top_k=top_k, return_probabilities=True, **params)
+                                     top_k=None if named_units else top_k,
+                                     return_probabilities=True, **params)
             for name, metric_params in (metrics or {}).items():
                 evaluating.check_evaluate(name, model, (*size, shape[2] or 3), size,
                                           units=top_k, ground_truth=ground_truth,

@@ -345,7 +345,8 @@ class Explain(beam.PTransform):
         parse_metrics(",".join(metrics), json.dumps(metrics))  # names and parameters
         truth = "boxes" if boxes_key else "masks" if mask_key else None
         info = model_info or inspect_model(model_path, method, activation_layer, method_params,
-                                           image_size, top_k, metrics, truth)
+                                           image_size, top_k, metrics, truth,
+                                           named_units=bool(units_key))
         if not 1 <= top_k <= info.num_units:
             raise ValueError(f"--top_k {top_k} does not fit the model's {info.num_units} output "
                              f"units: ask for 1 to {info.num_units}.")

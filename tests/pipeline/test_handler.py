@@ -351,12 +351,22 @@ def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model
     original = load_keras_model
     monkeypatch.setattr("pipeline.explainer.load_keras_model",
                         lambda path: loads.append(path) or original(path))
+    made = []  # (units, selecting) of each compiled explain step built
+    make_step = explaining._make_step
+    monkeypatch.setattr(explaining, "_make_step",
+                        lambda *args: made.append(args[5:7]) or make_step(*args))
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(image, "png"), int(label), f"o{i}")
                for i, (image, label) in enumerate(zip(images[:4], labels[:4]))]
-    job = run_job(tmp_path, write(tmp_path, "once", records), copy, "--units_key", "label")
+    path = write(tmp_path, "once", records)
+    job = run_job(tmp_path, path, copy, "--units_key", "label")
     assert job.summary.explained == 4
     assert loads == [copy]  # the launcher's load, shared by the DirectRunner worker
+    # The step the launcher traced to check the method is the one the worker ran: one
+    # given unit (the label) per record; without --units_key, each record's top unit.
+    assert made == [(1, False)]
+    assert run_job(tmp_path, path, copy).summary.explained == 4
+    assert made == [(1, False), (1, True)]
     # The same file is not loaded again; a changed one is.
     before = shared_model(copy)
     assert loads == [copy]
