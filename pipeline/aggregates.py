@@ -161,13 +161,12 @@ def aggregates_path(prefix: str) -> str:
 def read_aggregates(prefix: str) -> Optional[Dict[str, Any]]:
     """The document `AggregateMetrics` wrote under `prefix` (any Beam filesystem); None when
     there is none."""
-    from apache_beam.io.filesystems import FileSystems
+    from pipeline.overview import read_bytes
 
-    path = aggregates_path(prefix)
-    if not FileSystems.exists(path):
+    try:
+        return json.loads(read_bytes(aggregates_path(prefix)).decode("utf-8"))
+    except FileNotFoundError:
         return None
-    with FileSystems.open(path, compression_type="uncompressed") as source:
-        return json.loads(source.read().decode("utf-8"))
 
 
 __all__ = [
