@@ -8,11 +8,12 @@ Sections (`--sections`, all by default):
   - the job: `python -m pipeline` in a fresh process, with default options (DirectRunner;
     `--units_key label`, so both explain the same units; the map size the job's default,
     `auto`, implies, which the in-process call uses too), over N and over 2N records;
-  the three in turn, `--repeats` rounds, the fastest of each counting.
+  the three in turn, `--repeats` rounds (5), each round's figures from its own three runs.
   The difference of the two job runs is the job's steady-state cost of N records (its
   fixed start-up, imports, model load and tracing, cancels); the per-record overhead is
   that cost per record minus in-process `explain`'s, and the start-up is the N-record run
-  less N records at the steady-state cost. Two cases: `tiny` (32x32 PNG records, the demo
+  less N records at the steady-state cost. The round of median overhead is reported, with
+  the range over the rounds. Two cases: `tiny` (32x32 PNG records, the demo
   CNN) and `mobilenet` (224x224 JPEG records, MobileNetV2 with `weights=None`).
 - `memory`: the peak resident memory of `python -m pipeline` (a fresh process, default
   options) over 32x32 PNG records with the demo CNN, at each of `--memory-records`.
@@ -43,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
     # name: (model, image size, record format, N records)
     "tiny": ("demo", 32, "png", 20000),
-    "mobilenet": ("MobileNetV2", 224, "jpeg", 512),
+    "mobilenet": ("MobileNetV2", 224, "jpeg", 1024),
 }
 
 
@@ -136,11 +137,12 @@ def explain_seconds(model, method_name: str, images, labels, batch: int, repeats
 
 def overhead_section(args, directory):
     print(f"\n### Per-record overhead of the job ({args.method}, batch {args.batch}, "
-          f"DirectRunner {' '.join(args.job_args) or 'defaults'})\n")
+          f"DirectRunner {' '.join(args.job_args) or 'defaults'}; median of {args.repeats} "
+          "rounds)\n")
     print("| case | records N | in-process ms/record | job steady-state ms/record | "
-          "overhead ms/record | in-process / job throughput | job start-up s | "
-          "job N s | job 2N s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "overhead ms/record | overhead range ms/record | in-process / job throughput | "
+          "job start-up s | job N s | job 2N s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
         model_name, size, image_format, count = CASES[case]
         count = args.records or count
@@ -150,26 +152,29 @@ def overhead_section(args, directory):
         timed_explain = in_process_timer(model_path, small, args.method, args.batch)
         run_job(write_dataset(directory, args.batch, size, image_format, seed=7), os.path.join(
             directory, f"{case}-warm", "expl"), model_path, args.method, args.job_args)
-        # In-process explain and the N and 2N runs in turn, the fastest of each: a change in
-        # the machine's speed (this one's drifts by 20-30% over tens of minutes) touches
-        # all three alike, and start-up's variation (a few seconds) does not pass for a cost
-        # per record.
-        explain_seconds = small_seconds = large_seconds = float("inf")
+        # Each round runs the N-record job, in-process explain and the 2N-record job in
+        # turn, and its figures pair those three: this machine's speed drifts by 20-50%
+        # over tens of minutes, which a round (a minute or two) barely sees, so each
+        # round's overhead compares runs made at one speed. The median round counts.
+        rounds = []
         for _ in range(args.repeats):
-            explain_seconds = min(explain_seconds, timed_explain())
-            small_seconds = min(small_seconds, run_job(
-                small, os.path.join(directory, f"{case}-n", "expl"), model_path, args.method,
-                args.job_args))
-            large_seconds = min(large_seconds, run_job(
-                large, os.path.join(directory, f"{case}-2n", "expl"), model_path, args.method,
-                args.job_args))
-        per_record = (large_seconds - small_seconds) / count
-        in_process = explain_seconds / count
-        startup = small_seconds - count * per_record
+            small_seconds = run_job(small, os.path.join(directory, f"{case}-n", "expl"),
+                                    model_path, args.method, args.job_args)
+            explain_seconds = timed_explain()
+            large_seconds = run_job(large, os.path.join(directory, f"{case}-2n", "expl"),
+                                    model_path, args.method, args.job_args)
+            per_record = (large_seconds - small_seconds) / count
+            in_process = explain_seconds / count
+            rounds.append((per_record - in_process, in_process, per_record,
+                           small_seconds - count * per_record, small_seconds, large_seconds))
+        overheads = [r[0] for r in rounds]
+        overhead, in_process, per_record, startup, small_seconds, large_seconds = sorted(
+            rounds)[len(rounds) // 2]
         print(f"| {case}: {model_name} {size}x{size} {image_format.upper()} | {count} | "
-              f"{1e3 * in_process:.3f} | {1e3 * per_record:.3f} | "
-              f"{1e3 * (per_record - in_process):.3f} | {in_process / per_record:.2f} | "
-              f"{startup:.1f} | {small_seconds:.1f} | {large_seconds:.1f} |", flush=True)
+              f"{1e3 * in_process:.3f} | {1e3 * per_record:.3f} | {1e3 * overhead:.3f} | "
+              f"{1e3 * min(overheads):.3f} to {1e3 * max(overheads):.3f} | "
+              f"{in_process / per_record:.2f} | {startup:.1f} | {small_seconds:.1f} | "
+              f"{large_seconds:.1f} |", flush=True)
 
 
 def peak_memory_mb(input_path: str, output: str, model_path: str, method: str, job_args
@@ -216,9 +221,9 @@ def main(argv=None):
     parser.add_argument("--memory-records", type=int, nargs="+", default=[2000, 100000])
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--batch", type=int, default=32, help="the job's default batch size")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="rounds of in-process explain, the job over N and the job over "
-                        "2N records, in turn; the fastest of each counts")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds of the job over N records, in-process explain and the "
+                        "job over 2N records, in turn; the round of median overhead counts")
     parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
                         help="more arguments for the job (last), e.g. Beam runner options")
     args = parser.parse_args(argv)

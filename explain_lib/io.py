@@ -621,14 +621,13 @@ def _entry(key: str, kind: str, values: Sequence) -> bytes:
                   else b"".join([_varint(int(v)) for v in values]))
         parts = [_VALUES, _varint(len(packed)), packed] if packed else []
     listed = sum(len(part) for part in parts)
-    value_list = [_LISTS[kind], _varint(listed)]  # the Feature's one field
-    feature = listed + len(value_list[0]) + len(value_list[1])
+    value_list = _LISTS[kind] + _varint(listed)  # the head of the Feature's one field
+    feature = _FEATURE + _varint(len(value_list) + listed)  # the head of the Feature
     if key not in _KEYS:
         _KEYS[key] = _field(_VALUES, key.encode())
     keyed = _KEYS[key]
-    head = [_FEATURE, _varint(feature)]
-    size = len(keyed) + len(head[1]) + 1 + feature
-    return b"".join([_ENTRY, _varint(size), keyed, *head, *value_list, *parts])
+    size = len(keyed) + len(feature) + len(value_list) + listed
+    return b"".join([_ENTRY, _varint(size), keyed, feature, value_list, *parts])
 
 
 def _float_entries(key: str, values: np.ndarray) -> List[bytes]:
