@@ -4,8 +4,8 @@ N small records (32x32 PNG shapes with ids and labels, in 8 files) go through th
 `python -m pipeline` (the tiny demo CNN, Grad-CAM, `--units_key label`) on DirectRunner in
 this process. A sampler thread reads, every `--interval` seconds, the resident memory of this
 process and of its children (/proc: VmRSS) and how many records the handler has explained so
-far (it counts the batches `ExplainModelHandler.run_inference` returns, in this process: run
-without --direct_running_mode=multi_processing). The summary gives the start (loading the
+far (it counts the records of the lists `ExplainModelHandler.run_inference` takes, in this
+process: run without --direct_running_mode=multi_processing). The summary gives the start (loading the
 model, matching the files, tracing the step: until the first batch is explained) on its
 own, then splits the explaining into tenths of the records and gives, for each, the time per
 record and the memory at its end; then memory and time per record after warm-up (the first
@@ -80,7 +80,7 @@ class Progress:
         def counting(handler, batch, model, inference_args=None):
             results = explain(handler, batch, model, inference_args)
             with progress._lock:
-                progress.explained += len(batch)
+                progress.explained += sum(len(records) for records in batch)
             return results
 
         ExplainModelHandler.run_inference = counting

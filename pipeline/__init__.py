@@ -1,8 +1,9 @@
 """pipeline: the Beam batch job that explains a whole dataset with `explain_lib`.
 
-read TFRecords (file by file) -> parse and validate -> Reshuffle -> RunInference(
-ExplainModelHandler) -> encode -> write TFRecords, plus a dead-letter branch for records that
-fail any stage (and for the unreadable rest of damaged files).
+read TFRecords (file by file, in lists of records) -> [Reshuffle] -> RunInference(
+ExplainModelHandler: parse, validate, decode, explain, encode) -> write TFRecords, plus a
+dead-letter branch for records that fail any stage (and for the unreadable rest of damaged
+files).
 
 Usage:
 
@@ -12,8 +13,9 @@ Usage:
 or, inside your own Beam pipeline:
 
     import pipeline
-    result = records | pipeline.Explain("model.keras", "gradcam")
-    result.explanations, result.dead_letters
+    read = p | beam.Create(["data/*.tfrecord"]) | pipeline.ReadTFRecords()
+    result = read.records | pipeline.Explain("model.keras", "gradcam")
+    result.explanations, result.dead_letters   # lists of serialized records
 """
 
 import importlib

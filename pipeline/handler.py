@@ -3,8 +3,11 @@
 `ExplainModelHandler` is a `ModelHandler` like Beam's own: `load_model` loads the model once
 per worker process (through `Explainer.load`: any Beam filesystem, the worker's
 `MirroredStrategy`, the precision, the exposed model the method needs), and `run_inference`
-takes a batch of checked records (`pipeline.records.CheckedRecord`: parsed and validated,
-images still compressed) through the three batched steps of a worker:
+takes lists of serialized records (the job's elements: a list per Beam element, so that
+Beam's own work is paid per list, not per record), parses and checks each record once
+(`pipeline.records.check_record`: stages "parse" and "validate", the images still
+compressed), and takes the records that passed through the three batched steps of a worker
+(`explain_checked`):
 
 - decode: every image of the batch in one compiled call, in parallel outside the GIL
   (`records.decode_batch`), and the ground-truth masks the same way (`records.decode_masks`);
@@ -27,7 +30,8 @@ each attributed to its own record. A batch that runs out of accelerator memory i
 halves instead, and the worker keeps the size that fits (`pipeline.adaptive_batches`).
 
 Batches are in flight at once on the one model RunInference shares: each call takes
-`batches_in_flight` batches (default 2) and runs them on threads, so that one batch's
+`batches_in_flight` batches (default 2; RunInference gathers lists until they hold
+`records_per_call` records) and runs them on threads, so that one batch's
 decoding and encoding (CPU) overlap another's explaining (the accelerator, or TensorFlow's
 threads) within one bundle, whatever the runner; the bundles a runner runs at once on its
 threads (Dataflow's harness threads, DirectRunner's multi_threading mode) add to that. The
@@ -38,10 +42,10 @@ Usage:
 
     handler = ExplainModelHandler(ExplainerConfig("gs://bucket/model.keras", "gradcam"),
                                   RecordSpec((224, 224), 3, 1000), batch_size=32)
-    results = checked | RunInference(handler)   # PredictionResult(record, bytes | StageError)
-    # with analysis=True: PredictionResult(record, Explained(bytes, AnalysisRow) | StageError)
-    # with overview=True, the last explained record of each batch is an Explained whose
-    # `overview` is the batch's
+    results = lists | RunInference(handler)
+    # one Results per list of records: per record bytes | StageError; with analysis=True,
+    # Explained(bytes, AnalysisRow) | StageError; with overview=True, the last explained
+    # record of each batch is an Explained whose `overview` is the batch's
 """
 
 import concurrent.futures
@@ -49,7 +53,7 @@ import logging
 import os
 import threading
 import weakref
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -59,7 +63,14 @@ from explain_lib import metrics as explain_metrics
 from pipeline.adaptive_batches import explain_fitting, limit_for
 from pipeline.explainer import Explainer, ExplainerConfig, Explanation
 from pipeline.overview import Overview, batch_overview, summed_size
-from pipeline.records import CheckedRecord, RecordSpec, StageError, decode_batch, decode_masks
+from pipeline.records import (
+    CheckedRecord,
+    RecordSpec,
+    StageError,
+    check_record,
+    decode_batch,
+    decode_masks,
+)
 from pipeline.table import AnalysisRow, analysis_rows
 
 METRICS_NAMESPACE = "explain_pipeline"
@@ -116,8 +127,20 @@ class Explained(NamedTuple):
     overview: Optional[Overview] = None
 
 
-class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explainer]):
-    """Decodes, explains and encodes batches of checked records (see the module docstring).
+class Results(NamedTuple):
+    """What the handler made of one list of serialized records: per record, in order, the
+    serialized schema-v2 record (an `Explained` with `analysis` or `overview`) or the
+    `StageError` it failed with; and the ids of the records that passed the checks (for
+    `pipeline.ids.CountDuplicateIds`)."""
+
+    records: Sequence[bytes]
+    outcomes: List[Union[bytes, Explained, StageError]]
+    ids: List[str]
+
+
+class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
+    """Parses, checks, decodes, explains and encodes lists of serialized records (see the
+    module docstring).
 
     Args:
         config: the model, method and metrics (`pipeline.explainer.ExplainerConfig`).
@@ -126,9 +149,10 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         batch_size: records per explaining step, so the compiled step is traced once.
         batches_in_flight: batches of `batch_size` in flight at once, on threads sharing
             the model, so that one's decoding and encoding overlap another's explaining
-            (the model explains one at a time): RunInference hands the handler exactly
-            `batch_size * batches_in_flight` records (fewer only at the end of a bundle).
-            1: one batch at a time.
+            (the model explains one at a time): RunInference hands the handler lists
+            holding `records_per_call = batch_size * batches_in_flight` records (fewer only
+            at the end of a bundle; a larger list runs `batches_in_flight` batches at a
+            time). 1: one batch at a time.
         analysis: also make each explained record's `AnalysisRow` (for the table and the
             metric aggregates): results are then `Explained`.
         overview: also make each batch's `pipeline.overview.Overview` (for the report),
@@ -152,10 +176,13 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         if batch_size < 1 or batches_in_flight < 1:
             raise ValueError(f"batch_size ({batch_size}) and batches_in_flight "
                              f"({batches_in_flight}) must be at least 1.")
+        # RunInference's batches are counted in records, its elements being lists of them.
         kwargs.setdefault("min_batch_size", batch_size * batches_in_flight)
         kwargs.setdefault("max_batch_size", batch_size * batches_in_flight)
+        kwargs.setdefault("element_size_fn", len)
         super().__init__(**kwargs)
         self._batch_size = batch_size
+        self._batches_in_flight = batches_in_flight
         self._config = config
         self._spec = spec
         self._map_encoding = map_encoding
@@ -168,25 +195,57 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
         """Load the model under the worker's strategy and prepare the method."""
         return Explainer.load(self._config)
 
+    @property
+    def records_per_call(self) -> int:
+        """Records one `run_inference` call takes (`batch_size * batches_in_flight`): the
+        size of the lists of records `pipeline.reading.ReadTFRecords` hands the job."""
+        return self._batch_size * self._batches_in_flight
+
     def run_inference(
         self,
-        batch: Sequence[CheckedRecord],
+        batch: Sequence[Sequence[bytes]],
         model: Explainer,
         inference_args: Optional[Dict[str, Any]] = None,
-    ) -> Iterable[PredictionResult]:
-        """Decode, explain and encode the records, `batch_size` at a time, these batches
-        in flight at once on threads sharing the model (`batches_in_flight`; the model
-        explains one at a time while the others decode and encode); each result's inference
-        is the serialized schema-v2 record (with `analysis`, an `Explained`) or the
-        `StageError` the record failed with, in the records' order."""
-        steps = [batch[i:i + self._batch_size] for i in range(0, len(batch), self._batch_size)]
-        if len(steps) == 1:
-            return self._run_step(batch, model)
-        # The calling thread runs the last batch itself, the pool's threads the others.
-        pool = _pool("explain_batches", STEP_THREADS)
-        others = [pool.submit(self._run_step, step, model) for step in steps[:-1]]
-        last = self._run_step(steps[-1], model)
-        return [result for future in others for result in future.result()] + last
+    ) -> List[Results]:
+        """Lists of serialized records -> one `Results` per list: each record parsed and
+        checked (stages "parse", "validate"), then the records that passed explained
+        (`explain_checked`)."""
+        parsed: List[Union[CheckedRecord, StageError]] = []
+        for serialized in (record for records in batch for record in records):
+            try:
+                parsed.append(check_record(serialized, self._spec))
+            except StageError as error:
+                parsed.append(error)
+        checked = [record for record in parsed if isinstance(record, CheckedRecord)]
+        explained = iter(self.explain_checked(checked, model))
+        outcomes = [next(explained).inference if isinstance(record, CheckedRecord) else record
+                    for record in parsed]
+        results, start = [], 0
+        for records in batch:
+            mine = parsed[start:start + len(records)]
+            results.append(Results(records, outcomes[start:start + len(records)],
+                                    [r.id for r in mine if isinstance(r, CheckedRecord)]))
+            start += len(records)
+        return results
+
+    def explain_checked(self, records: Sequence[CheckedRecord], model: Explainer
+                        ) -> List[PredictionResult]:
+        """Decode, explain and encode checked records, `batch_size` at a time, up to
+        `batches_in_flight` of these batches at once on threads sharing the model (the
+        model explains one at a time while the others decode and encode); each result's
+        inference is the serialized schema-v2 record (with `analysis` or `overview`, an
+        `Explained`) or the `StageError` the record failed with, in the records' order."""
+        steps = [records[i:i + self._batch_size]
+                 for i in range(0, len(records), self._batch_size)]
+        results: List[PredictionResult] = []
+        for start in range(0, len(steps), self._batches_in_flight):
+            wave = steps[start:start + self._batches_in_flight]
+            # The calling thread runs the last batch itself, the pool's threads the others.
+            pool = _pool("explain_batches", STEP_THREADS)
+            others = [pool.submit(self._run_step, step, model) for step in wave[:-1]]
+            last = self._run_step(wave[-1], model)
+            results += [result for future in others for result in future.result()] + last
+        return results
 
     def _run_step(self, batch: Sequence[CheckedRecord], model: Explainer
                   ) -> List[PredictionResult]:
@@ -336,10 +395,10 @@ class ExplainModelHandler(ModelHandler[CheckedRecord, PredictionResult, Explaine
                              else Explained(last, None, overview))
         return encoded
 
-    def get_num_bytes(self, batch: Sequence[CheckedRecord]) -> int:
+    def get_num_bytes(self, batch: Sequence[Sequence[bytes]]) -> int:
         """Bytes of the input records in the batch (what RunInference reports as its input
         size)."""
-        return sum(len(record.record) for record in batch)
+        return sum(len(record) for records in batch for record in records)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE

@@ -2,10 +2,11 @@
 
 Two input records with one id are both explained (nothing is lost), but their explanations
 can no longer be told apart by id, nor joined back to their inputs. The job counts them with
-Beam (`Count.PerElement` over the ids, then one global combine that keeps the counts and the
-few smallest duplicated ids as examples: memory per id, not per record, and a handful of
-examples however many duplicates) and reports them as metrics, which the launcher prints and
-the run manifest records:
+Beam (each list of ids split by a stable hash of the id into `SHARDS` keys, a count per id
+combined per key, so that the ids are spread over the workers; then one global combine that
+keeps the counts and the few smallest duplicated ids as examples: memory per id, not per
+record, and a handful of examples however many duplicates) and reports them as metrics,
+which the launcher prints and the run manifest records:
 
 - `duplicate_ids` (counter): ids carried by more than one record;
 - `duplicate_id_records` (counter): records beyond the first of each such id;
@@ -13,11 +14,13 @@ the run manifest records:
 
 Usage, inside `pipeline.Explain`:
 
-    checked | "CountDuplicateIds" >> CountDuplicateIds()
+    ids | "CountDuplicateIds" >> CountDuplicateIds()   # lists of ids
 """
 
+import collections
 import heapq
-from typing import NamedTuple, Tuple
+import zlib
+from typing import Dict, Iterable, List, NamedTuple, Tuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -29,6 +32,10 @@ DUPLICATE_RECORDS_COUNTER = "duplicate_id_records"
 DUPLICATE_EXAMPLES = "duplicate_id_examples"
 EXAMPLES = 5
 """Duplicated ids kept as examples: the smallest, so that reruns report the same ones."""
+
+SHARDS = 16
+"""Keys the ids are counted under (a stable hash of the id picks one): each list of ids
+becomes at most this many elements, and each key's counts can sit on its own worker."""
 
 
 class Duplicates(NamedTuple):
@@ -45,16 +52,51 @@ class Duplicates(NamedTuple):
                 f"(e.g. {', '.join(self.examples)}); all explained")
 
 
+def _by_shard(ids: Iterable[str]) -> Iterable[Tuple[int, List[str]]]:
+    """A list of ids -> (shard, its ids) pairs, the shard a stable hash of the id (the
+    same on every worker, unlike Python's `hash`)."""
+    shards: Dict[int, List[str]] = {}
+    for record_id in ids:
+        shards.setdefault(zlib.crc32(record_id.encode()) % SHARDS, []).append(record_id)
+    return shards.items()
+
+
+class _CountIdsFn(beam.CombineFn):
+    """Lists of ids -> how many records hold each (a `Counter`)."""
+
+    def create_accumulator(self) -> collections.Counter:
+        return collections.Counter()
+
+    def add_input(self, accumulator: collections.Counter, ids: List[str]):
+        accumulator.update(ids)
+        return accumulator
+
+    def merge_accumulators(self, accumulators) -> collections.Counter:
+        accumulators = iter(accumulators)
+        merged = next(accumulators)
+        for accumulator in accumulators:
+            merged.update(accumulator)
+        return merged
+
+    def extract_output(self, accumulator: collections.Counter) -> collections.Counter:
+        return accumulator
+
+
+def _duplicates(counts: collections.Counter) -> Duplicates:
+    """One shard's counts -> its `Duplicates`."""
+    duplicated = {record_id: n for record_id, n in counts.items() if n > 1}
+    return Duplicates(len(duplicated), sum(duplicated.values()) - len(duplicated),
+                      tuple(heapq.nsmallest(EXAMPLES, duplicated)))
+
+
 class _DuplicatesFn(beam.CombineFn):
-    """(id, records holding it) pairs of duplicated ids -> `Duplicates`."""
+    """The shards' `Duplicates` -> one `Duplicates`."""
 
     def create_accumulator(self) -> Duplicates:
         return Duplicates()
 
-    def add_input(self, accumulator: Duplicates, element) -> Duplicates:
-        record_id, count = element
-        return Duplicates(accumulator.ids + 1, accumulator.records + count - 1,
-                          tuple(heapq.nsmallest(EXAMPLES, [*accumulator.examples, record_id])))
+    def add_input(self, accumulator: Duplicates, element: Duplicates) -> Duplicates:
+        return self.merge_accumulators([accumulator, element])
 
     def merge_accumulators(self, accumulators) -> Duplicates:
         accumulators = list(accumulators)
@@ -77,16 +119,16 @@ class _ReportDuplicates(beam.DoFn):
 
 
 class CountDuplicateIds(beam.PTransform):
-    """Records with an `id` attribute (`CheckedRecord`s) -> their duplicated ids, reported as
-    metrics (see the module docstring); returns the one `Duplicates` (none when no id is
-    duplicated)."""
+    """Lists of record ids -> the duplicated ones, reported as metrics (see the module
+    docstring); returns the one `Duplicates` (none when no id is duplicated)."""
 
-    def expand(self, records):
+    def expand(self, ids):
         return (
-            records
-            | "Ids" >> beam.Map(lambda record: record.id)
-            | "CountEach" >> beam.combiners.Count.PerElement()
-            | "Duplicated" >> beam.Filter(lambda id_count: id_count[1] > 1)
+            ids
+            | "Shard" >> beam.FlatMap(_by_shard)
+            | "CountEach" >> beam.CombinePerKey(_CountIdsFn())
+            | "Duplicated" >> beam.MapTuple(lambda shard, counts: _duplicates(counts))
+            | "Keep" >> beam.Filter(lambda duplicates: duplicates.ids > 0)
             | "Summarize" >> beam.CombineGlobally(_DuplicatesFn()).without_defaults()
             | "Report" >> beam.ParDo(_ReportDuplicates())
         )

@@ -7,7 +7,8 @@ Separation of concerns:
   the only kind of file this module ever deletes, besides Beam's own temporary folders.
 - `check_writable` writes and deletes a probe file under a prefix, through Beam's
   `FileSystems`, so that an unwritable prefix fails at launch rather than after the work.
-- `WriteShards` is the job's writer: a Beam `FileBasedSink` of TFRecord frames which, once
+- `WriteShards` is the job's writer: a Beam `FileBasedSink` of TFRecord frames (its elements
+  are lists of serialized records, as the rest of the job's are) which, once
   its shards are in place, deletes those an earlier run left under the same prefix with
   another shard count, and never a file outside the naming (Beam's own TFRecord writer
   deletes whatever matches PREFIX-*-of-NNNNN.tfrecord.gz). It runs in the job, so it works
@@ -185,8 +186,9 @@ class _ShardSink(FileBasedSink):
                          num_shards=num_shards, compression_type=CompressionTypes.GZIP)
         self._prefix = prefix
 
-    def write_encoded_record(self, file_handle, value):
-        file_handle.write(frame(value))
+    def write_record(self, file_handle, value):
+        # An element is a list of serialized records, written in one call.
+        file_handle.write(b"".join(map(frame, value)))
 
     def pre_finalize(self, init_result, writer_results):
         count = len(list(writer_results))
@@ -204,7 +206,8 @@ class _ShardSink(FileBasedSink):
 
 
 class WriteShards(beam.PTransform):
-    """Writes serialized records as GZIP-compressed TFRecord shards
+    """Writes lists of serialized records (the job's elements) as GZIP-compressed TFRecord
+    shards
     PREFIX-SSSSS-of-NNNNN.tfrecord.gz (`num_shards` of them, 0: as the runner decides),
     then deletes the shards an earlier run left under `prefix` with another shard count
     (see `_ShardSink`). Returns the paths written."""

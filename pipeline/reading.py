@@ -15,7 +15,8 @@ Separation of concerns:
   (`pipeline.retry`), and decompresses it by its suffix with the standard library's
   streaming readers, which notice a truncated or corrupt gzip, bzip2 or xz stream (Beam's
   own decompressing reader ends quietly where a truncated stream ends).
-- `ReadFileRecords`, the DoFn of stage "read": a file's records, then at most one dead
+- `ReadFileRecords`, the DoFn of stage "read": a file's records, in lists (the job's
+  elements, so that Beam's per-element work is paid per list), then at most one dead
   letter for the unreadable rest, naming the file and the offset; with `strict`, a
   `DamagedFileError` that fails the job instead.
 - `ReadTFRecords`, the PTransform: file patterns -> `fileio.MatchAll` -> Reshuffle (the files,
@@ -24,7 +25,7 @@ Separation of concerns:
 Usage, inside any Beam pipeline:
 
     read = p | beam.Create(["data/*.tfrecord*"]) | ReadTFRecords()
-    read.records, read.dead_letters
+    read.records, read.dead_letters    # lists of serialized records, of dead letters
 """
 
 import bz2
@@ -38,6 +39,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from pipeline.handler import METRICS_NAMESPACE
 from pipeline.records import StageError
@@ -78,25 +80,43 @@ def open_records_file(path: str, retry: Retry = Retry()) -> Iterator[BinaryIO]:
         yield stream
 
 
-class ReadFileRecords(_StageDoFn):
-    """Stage read: a file (`FileMetadata` or path) -> its serialized records. The unreadable
-    rest of a damaged file becomes one dead letter (counted as one record read), whose error
-    names the file, the byte offset and the records kept before it; with `strict`, the job
-    fails with a `DamagedFileError` naming the same."""
+RECORDS_PER_LIST = 64
+"""Records per list `ReadTFRecords` emits by default: what one call of the job's model
+handler takes with its default options (`ExplainModelHandler.records_per_call`)."""
 
-    def __init__(self, strict: bool = False, retry: Retry = Retry()):
+
+class ReadFileRecords(_StageDoFn):
+    """Stage read: files (`FileMetadata` or paths) -> lists of `records_per_list` of their
+    serialized records (the last list of a bundle may hold fewer; records of several files
+    share lists, so that small files still make full ones). The unreadable rest of a
+    damaged file becomes one dead letter (counted as one record read, emitted as a list of
+    one), whose error names the file, the byte offset and the records kept before it; with
+    `strict`, the job fails with a `DamagedFileError` naming the same."""
+
+    def __init__(self, strict: bool = False, retry: Retry = Retry(),
+                 records_per_list: int = RECORDS_PER_LIST):
+        if records_per_list < 1:
+            raise ValueError(f"records_per_list must be at least 1, got {records_per_list}.")
         self._strict = strict
         self._retry = retry
+        self._records_per_list = records_per_list
 
     def setup(self):
         super().setup()
         self._read = Metrics.counter(METRICS_NAMESPACE, READ_COUNTER)
 
+    def start_bundle(self):
+        self._records = []
+
     def process(self, file):
         path = getattr(file, "path", file)
         try:
             with open_records_file(path, self._retry) as stream:
-                yield from iterate_records(stream)
+                for record in iterate_records(stream):
+                    self._records.append(record)
+                    if len(self._records) == self._records_per_list:
+                        yield self._records
+                        self._records = []
         except DamagedFile as damage:
             where = (" of the decompressed stream"
                      if CompressionTypes.detect_compression_type(path)
@@ -106,38 +126,46 @@ class ReadFileRecords(_StageDoFn):
             if self._strict:
                 raise DamagedFileError(message) from None
             self._read.inc()
-            yield self.dead_letter(b"", StageError("read", message))
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, [self.dead_letter(b"", StageError("read", message))])
+
+    def finish_bundle(self):
+        if self._records:
+            yield GlobalWindows.windowed_value_at_end_of_window(self._records)
+            self._records = []
 
 
 class ReadResult(NamedTuple):
-    """The outputs of `ReadTFRecords`: serialized records, and the dead letters of damaged
-    files."""
+    """The outputs of `ReadTFRecords`: lists of serialized records, and lists of the dead
+    letters of damaged files."""
 
     records: beam.PCollection
     dead_letters: beam.PCollection
 
 
 class ReadTFRecords(beam.PTransform):
-    """File patterns (or paths) -> the records of every matching TFRecord file, each file read
-    whole by one worker (see the module docstring), and dead letters for damaged files.
+    """File patterns (or paths) -> the records of every matching TFRecord file, in lists of
+    `records_per_list` (what `pipeline.Explain` takes), each file read whole by one worker
+    (see the module docstring), and dead letters for damaged files.
 
     Args:
         strict: fail the job on a damaged file instead of dead-lettering its rest.
         retry: how opening a file is retried on transient errors.
+        records_per_list: records per emitted list (the job passes its model handler's
+            `records_per_call`).
     """
 
-    def __init__(self, strict: bool = False, retry: Retry = Retry(), label=None):
+    def __init__(self, strict: bool = False, retry: Retry = Retry(),
+                 records_per_list: int = RECORDS_PER_LIST, label=None):
         super().__init__(label)
-        self._strict = strict
-        self._retry = retry
+        self._read = ReadFileRecords(strict, retry, records_per_list)
 
     def expand(self, patterns):
         records, dead_letters = (
             patterns
             | "MatchFiles" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW_IF_WILDCARD)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadFiles" >> beam.ParDo(ReadFileRecords(self._strict, self._retry))
-            .with_outputs(DEAD_LETTERS, main="records")
+            | "ReadFiles" >> beam.ParDo(self._read).with_outputs(DEAD_LETTERS, main="records")
         )
         return ReadResult(records, dead_letters)
 
@@ -172,6 +200,7 @@ __all__ = [
     "ReadFileRecords",
     "ReadResult",
     "ReadTFRecords",
+    "RECORDS_PER_LIST",
     "check_input",
     "open_records_file",
 ]

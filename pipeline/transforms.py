@@ -1,19 +1,22 @@
 """The job's stages, and `Explain`, the PTransform that chains them.
 
-    records -> [Rebalance] -> CheckRecords -> RunInference(ExplainModelHandler) -> Outcomes
-            -> explanations
-    (CheckRecords and Outcomes also emit dead letters, flattened into one output; with a
-    table or metrics, Outcomes also emits each explained record's analysis row, which
-    `build_pipeline` writes as a Parquet table (`pipeline.table`) and summarises per metric
-    and unit (`pipeline.aggregates`); and each batch's overview, which `KeepOverview`
-    merges with the dead letters' messages into the file the report reads
-    (`pipeline.overview`))
+    lists of records -> [Rebalance] -> RunInference(ExplainModelHandler) -> Outcomes
+                     -> lists of explanations
+    (Outcomes also emits the lists of dead letters; with a table or metrics, each explained
+    record's analysis row, which `build_pipeline` writes as a Parquet table
+    (`pipeline.table`) and summarises per metric and unit (`pipeline.aggregates`); each
+    batch's overview, which `KeepOverview` merges with the dead letters' messages into the
+    file the report reads (`pipeline.overview`); and the lists of the records' ids, whose
+    duplicates `pipeline.ids.CountDuplicateIds` reports)
 
-Per record, only the parse and the checks run alone (`CheckRecords`); decoding, explaining
-and encoding run a batch at a time in the handler. Everything after the read is one fused
-stage, so a record is gone once written and memory does not grow with the record count.
-Only the serialized records cross the optional shuffle (`Rebalance`, for distributed
-runners): decoded pixels never travel between workers.
+The job's elements are lists of serialized records (`pipeline.reading.ReadTFRecords` reads
+them so, `write_tfrecords` writes them so), sized to what one call of the model handler
+takes, so that Beam's own work (each stage's dispatch, coding, windowing) is paid once per
+list rather than once per record. Parsing, checking, decoding, explaining and encoding all
+run in the handler, a batch at a time; everything after the read is one fused stage, so a
+record is gone once written and memory does not grow with the record count. Only the
+serialized records cross the optional shuffle (`Rebalance`, for distributed runners):
+decoded pixels never travel between workers.
 
 Each stage is a small DoFn with a main output and a "dead_letters" output; the dead letters
 of every stage are flattened into one PCollection. Counters (namespace
@@ -23,13 +26,12 @@ read = explained + dead-lettered can be checked when the job ends.
 
 Usage, inside any Beam pipeline:
 
-    records = p | beam.io.ReadFromTFRecord("data/*.tfrecord")
-    result = records | Explain("model.keras", "gradcam", units_key="label")
+    read = p | beam.Create(["data/*.tfrecord"]) | ReadTFRecords()
+    result = read.records | Explain("model.keras", "gradcam", units_key="label")
     result.explanations | write_tfrecords("out/expl")
     result.dead_letters | write_tfrecords("out/expl.dead_letters")
 
-(`build_pipeline`, the whole job, reads with `pipeline.reading.ReadTFRecords` instead, which
-dead-letters the rest of a damaged file rather than failing.)
+(records from elsewhere, one per element, become lists with `beam.BatchElements()`.)
 """
 
 import json
@@ -57,6 +59,7 @@ from pipeline.handler import (
     METRICS_NAMESPACE,
     ExplainModelHandler,
     Explained,
+    Results,
 )
 from pipeline.ids import CountDuplicateIds
 from pipeline.outputs import WriteShards
@@ -73,7 +76,6 @@ from pipeline.records import (
     DeadLetter,
     RecordSpec,
     StageError,
-    check_record,
     decode_dead_letter,
     encode_dead_letter,
     feature_kinds,
@@ -88,6 +90,9 @@ ANALYSIS = "analysis"
 
 OVERVIEW = "overview"
 """Tag of Outcomes' per-batch overviews (`pipeline.overview.Overview`)."""
+
+IDS = "ids"
+"""Tag of Outcomes' lists of the ids of the records that passed the checks."""
 
 READ_COUNTER = "records_read"
 EXPLAINED_COUNTER = "records_explained"
@@ -107,60 +112,52 @@ class _StageDoFn(beam.DoFn):
             for stage in STAGES
         }
 
-    def dead_letter(self, record: bytes, error: StageError, record_id: str = ""):
+    def dead_letter(self, record: bytes, error: StageError) -> bytes:
+        """`record`'s serialized dead letter, counted under its stage."""
         self._dead_letters[error.stage].inc()
-        return beam.pvalue.TaggedOutput(
-            DEAD_LETTERS,
-            encode_dead_letter(DeadLetter(record, error.stage, str(error),
-                                          error.record_id or record_id)),
-        )
+        return encode_dead_letter(DeadLetter(record, error.stage, str(error), error.record_id))
 
 
-class CheckRecords(_StageDoFn):
-    """Stages parse and validate: serialized record -> `CheckedRecord`."""
-
-    def __init__(self, spec: RecordSpec):
-        self._spec = spec
+class Outcomes(_StageDoFn):
+    """What RunInference made of each list of records (`pipeline.handler.Results`), counted
+    (read, explained, dead letters per stage): the list of the serialized schema-v2 records
+    explained, the list of dead letters (tagged `DEAD_LETTERS`) of the records that failed
+    (parse, validate, decode, explain, encode), the ids of the records that passed the
+    checks (tagged `IDS`), and, when the handler made them, each explained record's
+    analysis row (tagged `ANALYSIS`) and each batch's overview (tagged `OVERVIEW`)."""
 
     def setup(self):
         super().setup()
         self._read = Metrics.counter(METRICS_NAMESPACE, READ_COUNTER)
-
-    def process(self, serialized: bytes):
-        self._read.inc()
-        try:
-            yield check_record(serialized, self._spec)
-        except StageError as error:
-            yield self.dead_letter(serialized, error)
-
-
-class Outcomes(_StageDoFn):
-    """What RunInference made of each record: its serialized schema-v2 record, counted as
-    explained (and, when the handler made one, its analysis row, tagged `ANALYSIS`), or a
-    dead letter from the stage it failed at (decode, explain, encode)."""
-
-    def setup(self):
-        super().setup()
         self._explained = Metrics.counter(METRICS_NAMESPACE, EXPLAINED_COUNTER)
 
-    def process(self, result):
-        record, outcome = result.example, result.inference
-        if isinstance(outcome, StageError):
-            yield self.dead_letter(record.record, outcome, record.id)
-            return
-        self._explained.inc()
-        if isinstance(outcome, Explained):
-            if outcome.row is not None:
-                yield beam.pvalue.TaggedOutput(ANALYSIS, outcome.row)
-            if outcome.overview is not None:
-                yield beam.pvalue.TaggedOutput(OVERVIEW, outcome.overview)
-            outcome = outcome.record
-        yield outcome
+    def process(self, results: Results):
+        self._read.inc(len(results.records))
+        explained, dead_letters = [], []
+        for record, outcome in zip(results.records, results.outcomes):
+            if isinstance(outcome, StageError):
+                dead_letters.append(self.dead_letter(record, outcome))
+                continue
+            if isinstance(outcome, Explained):
+                if outcome.row is not None:
+                    yield beam.pvalue.TaggedOutput(ANALYSIS, outcome.row)
+                if outcome.overview is not None:
+                    yield beam.pvalue.TaggedOutput(OVERVIEW, outcome.overview)
+                outcome = outcome.record
+            explained.append(outcome)
+        self._explained.inc(len(explained))
+        if explained:
+            yield explained
+        if dead_letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, dead_letters)
+        if results.ids:
+            yield beam.pvalue.TaggedOutput(IDS, results.ids)
 
 
 class ExplainResult(NamedTuple):
-    """The outputs of `Explain`: serialized schema-v2 explanation records, serialized dead
-    letters (see `pipeline.records.encode_dead_letter`), each explained record's
+    """The outputs of `Explain`: lists of serialized schema-v2 explanation records, lists of
+    serialized dead letters (see `pipeline.records.encode_dead_letter`), each explained
+    record's
     `pipeline.table.AnalysisRow` (empty unless `Explain` was asked for `analysis`), and
     each batch's `pipeline.overview.Overview` (empty unless asked for `overview`)."""
 
@@ -226,7 +223,8 @@ class KeepOverview(beam.PTransform):
         # flatten's consumer runs (DirectRunner: a pickled batch of images per batch).
         explained = overviews | "Merge" >> merged()
         messages = (dead_letters
-                    | "Messages" >> beam.Map(_stage_and_message)
+                    | "Messages" >> beam.FlatMap(lambda letters: map(_stage_and_message,
+                                                                     letters))
                     | "CountMessages" >> merged())
         return ((explained, messages)
                 | "Both" >> beam.Flatten()
@@ -235,10 +233,11 @@ class KeepOverview(beam.PTransform):
 
 
 class Explain(beam.PTransform):
-    """Explain a PCollection of serialized `tf.train.Example`s holding images.
+    """Explain a PCollection of lists of serialized `tf.train.Example`s holding images (as
+    `pipeline.reading.ReadTFRecords` emits them, or `beam.BatchElements()` makes them).
 
-        records -> [Rebalance] -> CheckRecords -> RunInference(ExplainModelHandler)
-                -> Outcomes -> explanations (+ dead letters from CheckRecords and Outcomes)
+        lists of records -> [Rebalance] -> RunInference(ExplainModelHandler)
+                         -> Outcomes -> lists of explanations (+ lists of dead letters)
 
     Parses and validates each record, then in batches decodes the images, explains them
     through `explain_lib` (with each unit's probability, and the `metrics`' scores) and
@@ -247,8 +246,8 @@ class Explain(beam.PTransform):
     stage become dead letters. With `analysis`, the result's third output holds each
     explained record's `pipeline.table.AnalysisRow` (statistics, metrics, copied features).
 
-    `rebalance` (a `Reshuffle` of the serialized records right after reading, so that the
-    compressed records alone cross it) spreads the records of a few large files over a
+    `rebalance` (a `Reshuffle` of the lists of serialized records right after reading, so
+    that the compressed records alone cross it) spreads the records of a few large files over a
     fleet's workers. On Beam's local in-process runner (DirectRunner) it would only hold
     every record in memory at once, so by default it is left out there and used elsewhere.
 
@@ -293,7 +292,7 @@ class Explain(beam.PTransform):
 
     Usage:
 
-        result = records | Explain("model.keras", "gradcam", top_k=3)
+        result = read.records | Explain("model.keras", "gradcam", top_k=3)
         result.explanations, result.dead_letters
     """
 
@@ -417,19 +416,13 @@ class Explain(beam.PTransform):
             rebalance = not runs_in_process(records.pipeline)
         if rebalance:
             records = records | "Rebalance" >> beam.Reshuffle()
-        checked, check_failures = (
+        explained, dead_letters, analysis, overview, ids = (
             records
-            | "CheckRecords" >> beam.ParDo(CheckRecords(self.spec)).with_outputs(
-                DEAD_LETTERS, main="records")
-        )
-        checked | "CountDuplicateIds" >> CountDuplicateIds()  # reported, still explained
-        explained, explain_failures, analysis, overview = (
-            checked
             | "RunInference" >> RunInference(self.handler)
-            | "Outcomes" >> beam.ParDo(Outcomes()).with_outputs(DEAD_LETTERS, ANALYSIS,
-                                                                OVERVIEW, main="explanations")
+            | "Outcomes" >> beam.ParDo(Outcomes()).with_outputs(
+                DEAD_LETTERS, ANALYSIS, OVERVIEW, IDS, main="explanations")
         )
-        dead_letters = (check_failures, explain_failures) | "DeadLetters" >> beam.Flatten()
+        ids | "CountDuplicateIds" >> CountDuplicateIds()  # reported, still explained
         return ExplainResult(explained, dead_letters, analysis, overview)
 
 
@@ -459,7 +452,8 @@ def _image_size(info: ModelInfo, image_size: Optional[Sequence[int]]) -> Tuple[i
 
 
 def write_tfrecords(prefix: str, num_shards: int = 0) -> beam.PTransform:
-    """The job's writer: GZIP-compressed, sharded TFRecord files
+    """The job's writer, of lists of serialized records: GZIP-compressed, sharded TFRecord
+    files
     PREFIX-SSSSS-of-NNNNN.tfrecord.gz; once they are in place, the shards an earlier run
     left under the same prefix are deleted (`pipeline.outputs.WriteShards`)."""
     return WriteShards(prefix, num_shards)
@@ -481,9 +475,10 @@ def build_pipeline(pipeline: beam.Pipeline, options: ExplainOptions) -> ExplainR
     copied = options.parsed_copy_features()
     if copied:
         layout["copy_features"] = feature_kinds(first_records(files), copied)
-    read = (pipeline | "InputFiles" >> beam.Create(files)
-            | "Read" >> ReadTFRecords(strict=options.strict_read))
     explain = Explain.from_options(options, **layout)
+    read = (pipeline | "InputFiles" >> beam.Create(files)
+            | "Read" >> ReadTFRecords(strict=options.strict_read,
+                                      records_per_list=explain.handler.records_per_call))
     explained = read.records | "Explain" >> explain
     result = ExplainResult(
         explained.explanations,

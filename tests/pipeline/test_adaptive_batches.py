@@ -90,7 +90,7 @@ def test_the_handler_halves_batches_keeps_the_size_and_dead_letters_what_never_f
     batch[6] = _record(6, 13.0)  # fails for another reason: retried on its own
     caplog.set_level(logging.WARNING)
 
-    results = list(handler.run_inference(batch, explainer))
+    results = list(handler.explain_checked(batch, explainer))
 
     assert [r.example.id for r in results] == [f"r{i}" for i in range(8)]
     # 8 and 4 do not fit; 2 does; the pair holding r5 is split without lowering the size
@@ -114,12 +114,12 @@ def test_the_handler_halves_batches_keeps_the_size_and_dead_letters_what_never_f
 
     # The next batches of this worker (same model) come in pairs, at once.
     CALLS.clear()
-    results = list(handler.run_inference([_record(i) for i in range(7)], explainer))
+    results = list(handler.explain_checked([_record(i) for i in range(7)], explainer))
     assert CALLS == [2, 2, 2, 1]
     assert all(isinstance(r.inference, bytes) for r in results)
     # Another model (another worker's) starts without a limit.
     CALLS.clear()
-    list(handler.run_inference([_record(i) for i in range(2)], SmallMemory(Arithmetic(), 8)))
+    list(handler.explain_checked([_record(i) for i in range(2)], SmallMemory(Arithmetic(), 8)))
     assert CALLS == [2]
 
 
@@ -146,9 +146,11 @@ def test_a_job_explains_in_the_batches_that_fit(model_path, model, shapes, caplo
             assert_maps_match(decoded[f"b{i}"], maps[row], logits[row])
 
     with beam.Pipeline(runner=local_runner(PipelineOptions())) as p:
-        result = p | beam.Create(records) | transform
-        assert_that(result.explanations, explained_as_in_process, label="explanations")
-        assert_that(result.dead_letters | beam.Map(
+        result = p | beam.Create([records]) | transform  # one list of 12 records
+        assert_that(result.explanations | "Records" >> beam.FlatMap(lambda records: records),
+                    explained_as_in_process, label="explanations")
+        assert_that(result.dead_letters | "Letters" >> beam.FlatMap(lambda letters: letters)
+                    | beam.Map(
             lambda r: (decode_dead_letter(r).id, decode_dead_letter(r).stage,
                        decode_dead_letter(r).error.split(":")[0])),
             equal_to([("b4", "explain", "out of memory even alone")]), label="dead_letters")

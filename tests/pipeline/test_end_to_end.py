@@ -180,12 +180,15 @@ def test_explain_transform_inside_another_pipeline(model_path, model, shapes):
         return decoded["id"], decoded["units"].tolist(), bool(error <= np.ptp(maps[i]) / 200)
 
     with beam.Pipeline(runner=local_runner(PipelineOptions())) as p:
-        result = (p | beam.Create(records)
+        # Records one per element, from elsewhere, become the lists Explain takes.
+        result = (p | beam.Create(records) | beam.BatchElements()
                   | Explain(model_path, "gradcam", units_key="label", batch_size=2))
-        assert_that(result.explanations | beam.Map(summarize),
+        assert_that(result.explanations | beam.FlatMap(lambda records: records)
+                    | beam.Map(summarize),
                     equal_to([(f"p{i}", [int(labels[i])], True) for i in range(4)]),
                     label="explanations")
-        assert_that(result.dead_letters | beam.Map(lambda r: tf.train.Example.FromString(r)
+        assert_that(result.dead_letters | "Letters" >> beam.FlatMap(lambda letters: letters)
+                    | "Stages" >> beam.Map(lambda r: tf.train.Example.FromString(r)
                                                     .features.feature["stage"].bytes_list.value[0]),
                     equal_to([b"parse"]), label="dead_letters")
 

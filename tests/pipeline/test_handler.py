@@ -5,9 +5,11 @@ model files on any Beam filesystem."""
 import os
 import tempfile
 import threading
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import explain_lib
 
@@ -64,7 +66,7 @@ def test_a_failing_batch_is_retried_record_by_record():
     handler = ExplainModelHandler(CONFIG, SPEC, batch_size=8)
     batch = [_record(0, 1.0), _record(1, 13.0), _record(2, 2.0), _record(3, 7.0), _record(4, 13.0)]
     explainer = FailingExplainer()
-    results = list(handler.run_inference(batch, explainer))
+    results = list(handler.explain_checked(batch, explainer))
 
     assert [r.example.id for r in results] == ["r0", "r1", "r2", "r3", "r4"]
     assert explainer.calls == [5, 1, 1, 1, 1, 1]  # the batch, then each record alone
@@ -101,7 +103,7 @@ def test_non_finite_logits_or_maps_fail_only_their_records(unit_counts):
     values = [1.0, 5.0, 6.0, 2.0]
     batch = [_record(i, value, np.arange(k)) for i, (value, k)
              in enumerate(zip(values, unit_counts))]
-    results = list(handler.run_inference(batch, NonFiniteExplainer()))
+    results = list(handler.explain_checked(batch, NonFiniteExplainer()))
     assert [r.example.id for r in results] == ["r0", "r1", "r2", "r3"]
     assert [isinstance(r.inference, bytes) for r in results] == [True, False, False, True]
     assert "non-finite logits" in str(results[1].inference)
@@ -114,7 +116,7 @@ def test_non_finite_logits_or_maps_fail_only_their_records(unit_counts):
 def test_a_good_batch_is_explained_in_one_call_and_encoded():
     handler = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=3)
     explainer = FailingExplainer()
-    results = list(handler.run_inference([_record(i, 1.0 + i) for i in range(3)], explainer))
+    results = list(handler.explain_checked([_record(i, 1.0 + i) for i in range(3)], explainer))
     assert explainer.calls == [3]
     decoded = [explain_io.decode_explanation(r.inference) for r in results]
     assert [float(d["logits"][0]) for d in decoded] == [1.0, 2.0, 3.0]
@@ -138,7 +140,7 @@ def test_an_undecodable_image_fails_alone_at_decode(shapes):
                                 np.ones((32, 32, 1), np.float32)) for _ in images]
 
     explainer = Recording()
-    results = ExplainModelHandler(CONFIG, spec, batch_size=3).run_inference(
+    results = ExplainModelHandler(CONFIG, spec, batch_size=3).explain_checked(
         [good[0], broken, good[2]], explainer)
     assert len(explainer.calls) == 1  # the two good images, in one call, decoded exactly
     np.testing.assert_array_equal(explainer.calls[0], np.stack(
@@ -162,7 +164,7 @@ def test_large_maps_are_encoded_on_threads_as_they_would_be_one_by_one():
 
     assert 128 * 128 * 2 >= handler_module.PARALLEL_ENCODING_VALUES  # the threads' path
     handler = ExplainModelHandler(CONFIG, SPEC, batch_size=6)
-    results = handler.run_inference([_record(i) for i in range(6)], Noisy())
+    results = handler.explain_checked([_record(i) for i in range(6)], Noisy())
     for result, explanation in zip(results, made):
         alone = explain_io.encode_explanation(result.example.id, explanation.units,
                                               explanation.logits, explanation.maps, "png8",
@@ -181,7 +183,7 @@ def test_a_record_that_cannot_be_stored_fails_alone_and_the_batch_is_still_encod
             return made
 
     handler = ExplainModelHandler(CONFIG, SPEC, map_encoding="float16", batch_size=4)
-    results = handler.run_inference([_record(i) for i in range(4)], Large())
+    results = handler.explain_checked([_record(i) for i in range(4)], Large())
     error = results[2].inference
     assert error.stage == "encode" and error.record_id == results[2].example.id
     assert "float16 holds values up to 65504" in str(error)
@@ -193,15 +195,85 @@ def test_a_record_that_cannot_be_stored_fails_alone_and_the_batch_is_still_encod
 
 def test_handler_batches_exactly_batch_size_and_reports_record_bytes():
     handler = ExplainModelHandler(CONFIG, SPEC, batch_size=16, model_copies=1)
-    # The batches in flight (2 by default) come in one RunInference batch.
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 32}
+    # The batches in flight (2 by default) come in one RunInference batch, counted in
+    # records, the elements being lists of records.
+    assert handler.records_per_call == 32
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 32,
+                                               "element_size_fn": len}
     one = ExplainModelHandler(CONFIG, SPEC, batch_size=16, batches_in_flight=1)
-    assert one.batch_elements_kwargs() == {"min_batch_size": 16, "max_batch_size": 16}
+    assert one.records_per_call == 16
+    assert one.batch_elements_kwargs()["max_batch_size"] == 16
     with pytest.raises(ValueError, match="batches_in_flight"):
         ExplainModelHandler(CONFIG, SPEC, batch_size=16, batches_in_flight=0)
     assert handler.share_model_across_processes() and handler.model_copies() == 1
-    assert handler.get_num_bytes([_record(0), _record(1)]) == len(b"rec0") + len(b"rec1")
+    assert handler.get_num_bytes([[b"rec0", b"rec1"], [b"record2"]]) == 4 + 4 + 7
     assert handler.get_metrics_namespace() == "explain_pipeline"
+
+
+def _serialized(i, value=1.0):
+    """A serialized record with id r{i} whose image is a raw 4x4x3 float32 tensor of
+    `value`."""
+    example = tf.train.Example()
+    example.features.feature["image"].bytes_list.value.append(
+        np.full((4, 4, 3), value, np.float32).tobytes())
+    example.features.feature["id"].bytes_list.value.append(b"r%d" % i)
+    return example.SerializeToString()
+
+
+def _summary(outcome):
+    """An outcome as a comparable value: the bytes, or a StageError's stage, message, id."""
+    return ((outcome.stage, str(outcome), outcome.record_id)
+            if isinstance(outcome, StageError) else outcome)
+
+
+def test_run_inference_parses_lists_of_records_and_keeps_each_list_whole():
+    handler = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=2)
+    lists = [[_serialized(0, 1.0), b"not an Example", _serialized(1, 13.0)], [],
+             [_serialized(2, 2.0), _serialized(3, 7.0), _serialized(4, 3.0)]]
+    results = handler.run_inference(lists, FailingExplainer())
+
+    assert [r.records for r in results] == lists  # one result per list, each whole
+    assert [r.ids for r in results] == [["r0", "r1"], [], ["r2", "r3", "r4"]]
+    outcomes = [o for r in results for o in r.outcomes]
+    parse = outcomes[1]
+    assert isinstance(parse, StageError) and parse.stage == "parse" and parse.record_id == ""
+    # The records that passed the checks are explained as explain_checked explains them:
+    # 13 fails its batch alone, 7's NaN maps fail at explain; the others are kept.
+    checked = [check_record(r, SPEC) for records in lists for r in records if r[:1] != b"n"]
+    expected = [r.inference for r in handler.explain_checked(checked, FailingExplainer())]
+    summary = _summary
+    assert [summary(o) for i, o in enumerate(outcomes) if i != 1] == list(map(summary, expected))
+    assert [summary(o) if isinstance(o, StageError) else type(o) for o in outcomes] == [
+        bytes, summary(parse), ("explain", "RuntimeError: step failed", "r1"), bytes,
+        ("explain", "the method returned non-finite maps for units [0]", "r3"), bytes]
+
+
+def test_a_list_longer_than_a_call_runs_batches_in_flight_at_a_time(monkeypatch):
+    handler = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=2, batches_in_flight=2)
+    running, most = [0], [0]
+    lock = threading.Lock()
+    step = handler._run_step
+
+    def counting(batch, model):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)  # the batches of a wave overlap here
+            return step(batch, model)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(handler, "_run_step", counting)
+    records = [_record(i, 1.0 + i) for i in range(9)]  # five batches
+    results = handler.explain_checked(records, FailingExplainer())
+    assert most[0] == 2  # never more than batches_in_flight at once
+    assert [r.example.id for r in results] == [f"r{i}" for i in range(9)]
+    alone = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=2, batches_in_flight=1)
+    assert [_summary(r.inference) for r in results] == [
+        _summary(r.inference) for r in alone.explain_checked(records, FailingExplainer())]
+    assert _summary(results[6].inference)[0] == "explain"  # the NaN maps of 7
 
 
 class OverlapExplainer:
@@ -250,12 +322,12 @@ def _spy_on_decoding(monkeypatch, explainer):
 def test_batches_in_flight_overlap_decoding_with_explaining_and_come_back_in_order(monkeypatch):
     records = [_record(i, 1.0 + i) for i in range(6)]
     one_at_a_time = ExplainModelHandler(CONFIG, SPEC, batch_size=3, batches_in_flight=1)
-    alone = [one_at_a_time.run_inference(records[i:i + 3], FailingExplainer()) for i in (0, 3)]
+    alone = [one_at_a_time.explain_checked(records[i:i + 3], FailingExplainer()) for i in (0, 3)]
 
     handler = ExplainModelHandler(CONFIG, SPEC, batch_size=3, batches_in_flight=2)
     explainer = OverlapExplainer()
     decoded = _spy_on_decoding(monkeypatch, explainer)
-    results = handler.run_inference(records, explainer)
+    results = handler.explain_checked(records, explainer)
     # Two batches of batch_size: one decoded while the other was explained (else the first
     # explaining would have failed), never two explained at once.
     assert decoded == [3, 3] and explainer.calls == [3, 3] and explainer.most_at_once == 1
@@ -265,7 +337,7 @@ def test_batches_in_flight_overlap_decoding_with_explaining_and_come_back_in_ord
     # A bundle's last, shorter call: its batches are in flight together too.
     explainer = OverlapExplainer()
     _spy_on_decoding(monkeypatch, explainer)
-    results = handler.run_inference(records[:4], explainer)
+    results = handler.explain_checked(records[:4], explainer)
     assert sorted(explainer.calls) == [1, 3] and explainer.most_at_once == 1
     assert all(isinstance(r.inference, bytes) for r in results)
 
@@ -373,3 +445,27 @@ def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model
     os.utime(copy, ns=(0, 0))
     assert shared_model(copy) is not before
     assert loads == [copy, copy]
+
+
+def test_a_job_hands_the_handler_lists_of_records_per_call(tmp_path, model_path, shapes,
+                                                            monkeypatch):
+    from tests.pipeline.conftest import run_job, write
+
+    calls = []  # the sizes of the lists of each run_inference call
+    original = ExplainModelHandler.run_inference
+    monkeypatch.setattr(ExplainModelHandler, "run_inference",
+                        lambda self, batch, model, args=None: calls.append(
+                            [len(records) for records in batch]) or original(self, batch, model))
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(images[i % 12], "png"), int(labels[i % 12]),
+                                 f"l{i}") for i in range(20)]
+    records[5] = b"not an Example"
+    paths = [write(tmp_path, "lists-0", records[:12]), write(tmp_path, "lists-1", records[12:])]
+    job = run_job(tmp_path, str(tmp_path / "lists-*"), model_path, "--batch_size", "4",
+                  "--batches_in_flight", "2")
+    assert len(paths) == 2 and job.summary.read == 20 and job.summary.explained == 19
+    # Each call takes one list of records_per_call = 4 * 2 records, the reader's; only the
+    # last list of a file's bundle may hold fewer.
+    assert all(len(sizes) == 1 and sizes[0] <= 8 for sizes in calls), calls
+    assert sum(s for sizes in calls for s in sizes) == 20
+    assert sum(sizes[0] < 8 for sizes in calls) <= 2, calls

@@ -164,7 +164,7 @@ def test_the_handler_keeps_one_overview_per_batch_with_large_maps_scaled_down():
                              np.full((4, 4, 3), 10.0 * i, np.float32)) for i in range(5)]
     handler = ExplainModelHandler(ExplainerConfig("unused.keras", "gradients"), spec,
                                   batch_size=5, overview=True)
-    results = handler.run_inference(records, Large())
+    results = handler.explain_checked(records, Large())
     carried = [r.inference for r in results if isinstance(r.inference, Explained)]
     assert len(carried) == 1 and results[-1].inference is carried[0]
     assert [type(r.inference).__name__ for r in results[:-1]] == [

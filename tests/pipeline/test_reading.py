@@ -18,7 +18,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import demo
 from pipeline.__main__ import local_runner
-from pipeline.reading import ReadTFRecords, open_records_file
+from pipeline.reading import ReadFileRecords, ReadTFRecords, open_records_file
 from pipeline.records import decode_dead_letter
 from pipeline.retry import Retry
 from pipeline.tfrecords import DamagedFile, iterate_records
@@ -201,8 +201,10 @@ def test_opening_is_retried_on_transient_errors_only(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     with beam.Pipeline(runner=local_runner(PipelineOptions())) as p:
         read = p | beam.Create([slow, locked]) | ReadTFRecords(retry=retry)
-        assert_that(read.records, equal_to(records), label="records")
-        assert_that(read.dead_letters | beam.Map(lambda r: decode_dead_letter(r).error),
+        assert_that(read.records | "Records" >> beam.FlatMap(lambda records: records),
+                    equal_to(records), label="records")
+        assert_that(read.dead_letters | "Letters" >> beam.FlatMap(lambda letters: letters)
+                    | beam.Map(lambda r: decode_dead_letter(r).error),
                     equal_to([f"{locked}: unreadable from byte 0 (cannot open it "
                               "(PermissionError: [Errno 13] Permission denied)); the 0 "
                               "records before it were read"]), label="dead_letters")
@@ -219,3 +221,25 @@ def test_opening_is_retried_on_transient_errors_only(tmp_path, caplog):
         with beam.Pipeline(runner=local_runner(PipelineOptions())) as p:
             p | beam.Create([down]) | ReadTFRecords(retry=retry)
     assert FlakyFileSystem.OPENS[down] == 3
+
+
+def test_files_are_read_into_lists_of_records_that_small_files_share(tmp_path):
+    files = [write(tmp_path, f"part-{n}", _records(count, f"f{n}-"))
+             for n, count in enumerate([4, 3, 2])]
+    damaged = tmp_path / "damaged.tfrecord"
+    damaged.write_bytes(open(files[2], "rb").read()[:-3])  # its second record cut
+    read = ReadFileRecords(records_per_list=3)
+    read.setup()
+    read.start_bundle()
+    emitted = [list(read.process(path)) for path in [*files, str(damaged)]]
+    emitted.append([wv.value for wv in read.finish_bundle()])
+    records = [_records(count, f"f{n}-") for n, count in enumerate([4, 3, 2])]
+    # Full lists as soon as they fill, across files; the bundle's rest at its end.
+    assert emitted[:3] == [[records[0][:3]], [[records[0][3], *records[1][:2]]],
+                           [[records[1][2], *records[2]]]]
+    letters = [e for e in emitted[3] if isinstance(e, beam.pvalue.TaggedOutput)]
+    assert len(letters) == 1 and letters[0].tag == "dead_letters"
+    assert [decode_dead_letter(r).stage for r in letters[0].value] == ["read"]
+    assert emitted[4] == [[records[2][0]]]  # the damaged file's first record
+    with pytest.raises(ValueError, match="records_per_list must be at least 1"):
+        ReadFileRecords(records_per_list=0)

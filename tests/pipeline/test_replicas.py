@@ -45,8 +45,9 @@ def test_the_job_with_a_two_replica_handler_equals_one_device(model_path, shapes
         return decoded["id"]
 
     with beam.Pipeline(runner=local_runner(PipelineOptions())) as p:
-        result = (p | beam.Create(records)
+        result = (p | beam.Create([records])
                   | Explain(model_path, "gradcam", units_key="label", batch_size=5,
                             map_size="input", devices=DEVICES))
-        assert_that(result.explanations | beam.Map(matches),
+        assert_that(result.explanations | beam.FlatMap(lambda records: records)
+                    | beam.Map(matches),
                     equal_to([f"r{i}" for i in range(len(records))]))

@@ -68,7 +68,7 @@ def job_maps(model_path, name, params, records):
     options.check()
     transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
     worker = transform.handler.load_model()
-    results = transform.handler.run_inference(records, worker)
+    results = transform.handler.explain_checked(records, worker)
     # (The batch's last record also carries the report's overview: `Explained`.)
     return np.stack([explain_io.decode_explanation(getattr(result.inference, "record",
                                                            result.inference))["maps"]
@@ -161,8 +161,9 @@ def test_the_jobs_own_options_reach_the_workers_config(model_path):
     transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
     # RunInference hands the handler 3 batches of 8 at a time, explained 8 at a time.
     assert transform.handler.batch_elements_kwargs() == {"min_batch_size": 24,
-                                                         "max_batch_size": 24}
-    assert transform.handler._batch_size == 8
+                                                         "max_batch_size": 24,
+                                                         "element_size_fn": len}
+    assert transform.handler.records_per_call == 24 and transform.handler._batch_size == 8
     assert transform.config == explainer.ExplainerConfig(
         model_path, "rise", {"masks": 10, "resizing": True}, activation_layer="features",
         preprocess="unit", top_k=2, precision="mixed_bfloat16", jit_compile=True)

@@ -53,7 +53,7 @@ def test_flink_options_parse_and_the_job_translates_to_its_portable_form(
         "localhost:8081")
     proto = pipeline.to_runner_api()
     names = _transform_names(proto)
-    for stage in ("Read", "Explain/CheckRecords", "Explain/Rebalance", "Explain/RunInference",
+    for stage in ("Read", "Explain/Rebalance", "Explain/RunInference",
                   "Explain/Outcomes", "WriteExplanations", "WriteDeadLetters"):
         assert stage in names, stage
     # The translated pipeline round-trips: what a job server would receive is complete.
