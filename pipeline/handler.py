@@ -9,7 +9,7 @@ Beam's own work is paid per list, not per record), parses and checks each record
 compressed), and takes the records that passed through the three batched steps of a worker
 (`explain_checked`):
 
-- decode: every image of the batch in one compiled call, in parallel outside the GIL
+- decode: the batch's images in compiled calls of up to 32, in parallel outside the GIL
   (`records.decode_batch`), and the ground-truth masks the same way (`records.decode_masks`);
 - explain: the batch through `explain_lib` (`Explainer.explain`): the maps, each unit's
   probability, and the metrics scoring the maps (`explain_lib.evaluate`, the whole batch
@@ -31,7 +31,8 @@ halves instead, and the worker keeps the size that fits (`pipeline.adaptive_batc
 
 Batches are in flight at once on the one model RunInference shares: each call takes
 `batches_in_flight` batches (default 2; RunInference gathers lists until they hold
-`records_per_call` records) and runs them on threads, so that one batch's
+`records_per_call` records). The calling thread parses and decodes them in turn, and hands
+each decoded batch to a thread that explains and encodes it, so that one batch's parsing,
 decoding and encoding (CPU) overlap another's explaining (the accelerator, or TensorFlow's
 threads) within one bundle, whatever the runner; the bundles a runner runs at once on its
 threads (Dataflow's harness threads, DirectRunner's multi_threading mode) add to that. The
@@ -48,12 +49,16 @@ Usage:
     # record of each batch is an Explained whose `overview` is the batch's
 """
 
+import collections
 import concurrent.futures
+import itertools
 import logging
 import os
 import threading
+import time
 import weakref
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import (Any, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -147,12 +152,12 @@ class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
         spec: how the records' images (and ground truth) are decoded (size, channels).
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
         batch_size: records per explaining step, so the compiled step is traced once.
-        batches_in_flight: batches of `batch_size` in flight at once, on threads sharing
-            the model, so that one's decoding and encoding overlap another's explaining
-            (the model explains one at a time): RunInference hands the handler lists
-            holding `records_per_call = batch_size * batches_in_flight` records (fewer only
-            at the end of a bundle; a larger list runs `batches_in_flight` batches at a
-            time). 1: one batch at a time.
+        batches_in_flight: batches of `batch_size` in flight at once (decoded and not yet
+            encoded), on threads sharing the model, so that one's parsing, decoding and
+            encoding overlap another's explaining (the model explains one at a time):
+            RunInference hands the handler lists holding `records_per_call = batch_size *
+            batches_in_flight` records (fewer only at the end of a bundle; a larger list
+            runs `batches_in_flight` batches at a time). 1: one batch at a time.
         analysis: also make each explained record's `AnalysisRow` (for the table and the
             metric aggregates): results are then `Explained`.
         overview: also make each batch's `pipeline.overview.Overview` (for the report),
@@ -208,16 +213,22 @@ class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
         inference_args: Optional[Dict[str, Any]] = None,
     ) -> List[Results]:
         """Lists of serialized records -> one `Results` per list: each record parsed and
-        checked (stages "parse", "validate"), then the records that passed explained
-        (`explain_checked`)."""
+        checked (stages "parse", "validate"), and the records that passed explained
+        (`explain_checked`). Records are parsed as `explain_checked` takes them, so that
+        a batch's parsing overlaps the explaining of the batch before it."""
         parsed: List[Union[CheckedRecord, StageError]] = []
-        for serialized in (record for records in batch for record in records):
-            try:
-                parsed.append(check_record(serialized, self._spec))
-            except StageError as error:
-                parsed.append(error)
-        checked = [record for record in parsed if isinstance(record, CheckedRecord)]
-        explained = iter(self.explain_checked(checked, model))
+
+        def checked() -> Iterator[CheckedRecord]:
+            for serialized in (record for records in batch for record in records):
+                try:
+                    record = check_record(serialized, self._spec)
+                except StageError as error:
+                    parsed.append(error)
+                    continue
+                parsed.append(record)
+                yield record
+
+        explained = iter(self.explain_checked(checked(), model))
         outcomes = [next(explained).inference if isinstance(record, CheckedRecord) else record
                     for record in parsed]
         results, start = [], 0
@@ -228,33 +239,51 @@ class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
             start += len(records)
         return results
 
-    def explain_checked(self, records: Sequence[CheckedRecord], model: Explainer
+    def explain_checked(self, records: Iterable[CheckedRecord], model: Explainer
                         ) -> List[PredictionResult]:
-        """Decode, explain and encode checked records, `batch_size` at a time, up to
-        `batches_in_flight` of these batches at once on threads sharing the model (the
-        model explains one at a time while the others decode and encode); each result's
-        inference is the serialized schema-v2 record (with `analysis` or `overview`, an
-        `Explained`) or the `StageError` the record failed with, in the records' order."""
-        steps = [records[i:i + self._batch_size]
-                 for i in range(0, len(records), self._batch_size)]
+        """Decode, explain and encode checked records, `batch_size` at a time; each
+        result's inference is the serialized schema-v2 record (with `analysis` or
+        `overview`, an `Explained`) or the `StageError` the record failed with, in the
+        records' order.
+
+        The calling thread takes the records and decodes them a batch at a time
+        (`_decode`); each decoded batch goes to a thread of the pool, which explains it (the
+        model explains one batch at a time, `_explaining`) and encodes it (`_finish`).
+        So the next batch is taken (parsed, from `run_inference`) and decoded while one is
+        explained, and a batch is encoded while the next one is explained. At most
+        `batches_in_flight` batches are in flight (decoded and not yet encoded): the calling
+        thread waits for the oldest before it decodes another."""
+        pool = _pool("explain_batches", STEP_THREADS)
+        records = iter(records)
+        in_flight: Deque[concurrent.futures.Future] = collections.deque()
         results: List[PredictionResult] = []
-        for start in range(0, len(steps), self._batches_in_flight):
-            wave = steps[start:start + self._batches_in_flight]
-            # The calling thread runs the last batch itself, the pool's threads the others.
-            pool = _pool("explain_batches", STEP_THREADS)
-            others = [pool.submit(self._run_step, step, model) for step in wave[:-1]]
-            last = self._run_step(wave[-1], model)
-            results += [result for future in others for result in future.result()] + last
+        while True:
+            step = list(itertools.islice(records, self._batch_size))
+            if not step:
+                break
+            if len(in_flight) == self._batches_in_flight:
+                results += in_flight.popleft().result()
+            in_flight.append(pool.submit(self._finish, step, *self._decode(step), model))
+            time.sleep(0)  # yields the GIL, so the thread taking the batch starts at once
+        for future in in_flight:
+            results += future.result()
         return results
 
-    def _run_step(self, batch: Sequence[CheckedRecord], model: Explainer
-                  ) -> List[PredictionResult]:
-        """Decode, explain and encode one batch of at most `batch_size` records."""
+    def _decode(self, batch: Sequence[CheckedRecord]
+                ) -> Tuple[np.ndarray, Optional[np.ndarray], List[Optional[StageError]]]:
+        """Stage "decode" for one batch: its images, its masks (with `mask_key`) and each
+        record's decoding error (None where it decoded)."""
         images, outcomes = decode_batch(batch, self._spec)
         masks = None
         if self._spec.mask_key:
             masks, failures = decode_masks(batch, self._spec)
             outcomes = [outcome or failure for outcome, failure in zip(outcomes, failures)]
+        return images, masks, outcomes
+
+    def _finish(self, batch: Sequence[CheckedRecord], images: np.ndarray,
+                masks: Optional[np.ndarray], outcomes: List[Any], model: Explainer
+                ) -> List[PredictionResult]:
+        """Explain and encode one decoded batch (`_decode`'s images, masks and errors)."""
         decoded = [i for i, error in enumerate(outcomes) if error is None]
         if decoded:
             # The usual batch decodes whole, and is explained without a copy.
@@ -262,6 +291,7 @@ class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
             with _explaining(model):
                 explained = self._explain([batch[i] for i in decoded], images[rows], model,
                                           None if masks is None else masks[rows])
+            time.sleep(0)  # yields the GIL to the batch waiting to be explained
             for i, outcome in zip(decoded, explained):
                 outcomes[i] = outcome
         encoded = self._encode(batch, outcomes)

@@ -17,7 +17,8 @@ that stage (a `StageError`), so the dead letters say where a record stopped:
 
 `check_record` runs parse and validate, parsing each record once and keeping its image as
 found (compressed bytes, or raw pixels); `decode_batch` decodes and resizes a whole batch
-of them in one compiled call, in parallel outside the GIL, on the worker that explains
+of them in compiled calls of up to `DECODE_CHUNK` images, in parallel outside the GIL,
+on the worker that explains
 them (`pipeline.handler`), falling back to one record at a time (`decode_payload`) only to
 find which records of a failed batch are bad.
 
@@ -291,35 +292,64 @@ def decode_image(
     return decode_payload(*image_payload(example, spec), spec, resize=resize)
 
 
+DECODE_CHUNK = 32
+"""Images one compiled decoding call takes at most: a batch decodes in chunks of this many
+(a shorter one padded to the next power of two), each chunk one call whose graph decodes
+and resizes its images side by side."""
+
 _batch_decoders: Dict[Tuple, Callable] = {}
 _batch_decoders_lock = threading.Lock()
 
 
-def _batch_decoder(image_format: str, spec: RecordSpec) -> Callable:
-    """A compiled function decoding a batch of `image_format` strings to (N, H, W, C)
-    float32 at the model's size, one per format, size and channel count, built once per
-    process. Its images decode and resize in parallel on TensorFlow's threads (`map_fn`
-    iterations run concurrently in a graph), outside the GIL; each is `decode_payload`'s
-    result for that image, as float32."""
-    key = (image_format, tuple(spec.image_size), spec.channels)
+def _batch_decoder(image_format: str, spec: RecordSpec, chunk: int) -> Callable:
+    """A compiled function decoding exactly `chunk` `image_format` strings to (chunk, H, W,
+    C) float32 at the model's size, one per format, size, channel count and chunk, built
+    once per process. Its graph holds one decoding and one resizing per image, with no
+    loop, so TensorFlow runs them in parallel on its threads, outside the GIL; each is
+    `decode_payload`'s result for that image, as float32. The function is the traced
+    (concrete) one, whose calls skip `tf.function`'s matching of arguments."""
+    key = (image_format, tuple(spec.image_size), spec.channels, chunk)
     with _batch_decoders_lock:
         if key not in _batch_decoders:
             decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
             size = tf.constant(spec.image_size, tf.int32)
-            shape = (*spec.image_size, spec.channels)
 
-            def one(data):
+            @tf.function(input_signature=[tf.TensorSpec([chunk], tf.string)])
+            def decode(strings):
                 # Bilinear resizing to the image's own size gives its pixels exactly, so
                 # every image goes through it (cheaper than a branch per image).
-                return tf.image.resize(decoder(data, channels=spec.channels), size)
+                return tf.stack([tf.image.resize(decoder(data, channels=spec.channels), size)
+                                 for data in tf.unstack(strings, chunk)])
 
-            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-            def decode(strings):
-                return tf.map_fn(one, strings, fn_output_signature=tf.TensorSpec(shape, tf.float32),
-                                 parallel_iterations=16)
-
-            _batch_decoders[key] = decode
+            _batch_decoders[key] = decode.get_concrete_function()
     return _batch_decoders[key]
+
+
+_fillers: Dict[str, bytes] = {}
+
+
+def _filler(image_format: str) -> bytes:
+    """A 1x1 black image in `image_format`: what pads a chunk of compressed images (the
+    cheapest image to decode)."""
+    if image_format not in _fillers:
+        encode = tf.io.encode_jpeg if image_format == "jpeg" else tf.io.encode_png
+        _fillers[image_format] = encode(tf.zeros((1, 1, 1), tf.uint8)).numpy()
+    return _fillers[image_format]
+
+
+def _decode_compressed(image_format: str, payloads: Sequence[bytes], spec: RecordSpec
+                       ) -> np.ndarray:
+    """(N, H, W, C) float32: JPEG or PNG images decoded and resized to the model's size by
+    compiled calls of `DECODE_CHUNK` images (`_batch_decoder`); the last chunk is padded
+    with `_filler` images to the next power of two, so that a process traces a handful of
+    chunk sizes. Raises TensorFlow's error when one image cannot be decoded."""
+    parts = []
+    for start in range(0, len(payloads), DECODE_CHUNK):
+        part = list(payloads[start:start + DECODE_CHUNK])
+        chunk = min(DECODE_CHUNK, 1 << (len(part) - 1).bit_length())
+        strings = tf.constant(part + [_filler(image_format)] * (chunk - len(part)), tf.string)
+        parts.append(_batch_decoder(image_format, spec, chunk)(strings).numpy()[:len(part)])
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
@@ -327,11 +357,11 @@ def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
     """Stage "decode" for a batch: `images` (N, H, W, C) float32 at the model's size, and
     per record None or the `StageError` that record failed with (its image is then zeros).
 
-    JPEG and PNG images are decoded by one compiled call per format (`_batch_decoder`); raw
+    JPEG and PNG images are decoded by compiled calls per format (`_decode_compressed`); raw
     tensors are stacked. When a batched call fails (one corrupt image fails the whole op),
     its records are decoded one by one (`decode_payload`), so that only the bad ones fail,
-    each with its own message. A batch of one format that decodes is returned as the
-    compiled call made it, without a copy.
+    each with its own message. A batch of one format that decodes in one chunk is returned
+    as the compiled call made it, without a copy.
     """
     errors: List[Optional[StageError]] = [None] * len(records)
     groups: Dict[str, List[int]] = {}
@@ -339,16 +369,16 @@ def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
         groups.setdefault(record.image_format, []).append(i)
     if len(groups) == 1 and "raw" not in groups:  # the usual batch: one compressed format
         try:
-            strings = tf.constant([record.payload for record in records], tf.string)
-            return _batch_decoder(records[0].image_format, spec)(strings).numpy(), errors
+            return _decode_compressed(records[0].image_format,
+                                      [record.payload for record in records], spec), errors
         except (tf.errors.OpError, ValueError):
             pass  # find the bad ones below
     images = np.zeros((len(records), *spec.image_size, spec.channels), np.float32)
     for image_format, indices in groups.items():
         if image_format != "raw" and len(groups) > 1:  # (one format: tried above)
             try:
-                strings = tf.constant([records[i].payload for i in indices], tf.string)
-                images[indices] = _batch_decoder(image_format, spec)(strings).numpy()
+                images[indices] = _decode_compressed(
+                    image_format, [records[i].payload for i in indices], spec)
                 continue
             except (tf.errors.OpError, ValueError):
                 pass  # find the bad ones below
@@ -394,8 +424,8 @@ def decode_masks(records: Sequence["CheckedRecord"], spec: RecordSpec
                  ) -> Tuple[np.ndarray, List[Optional[StageError]]]:
     """Stage "decode" for the ground-truth masks of a batch (`spec.mask_key`): (N, H, W)
     float32 masks of 0 and 1 at the model's size (zeros for a record without a mask, which
-    the localisation metrics score NaN), and per record None or its `StageError`. As for
-    images, one compiled call per format, and one record at a time to find a broken one."""
+    the localisation metrics score NaN), and per record None or its `StageError`: one
+    compiled call per format, and one record at a time to find a broken one."""
     masks = np.zeros((len(records), *spec.image_size), np.float32)
     errors: List[Optional[StageError]] = [None] * len(records)
     groups: Dict[str, List[int]] = {}

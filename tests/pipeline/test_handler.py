@@ -250,25 +250,31 @@ def test_run_inference_parses_lists_of_records_and_keeps_each_list_whole():
 
 def test_a_list_longer_than_a_call_runs_batches_in_flight_at_a_time(monkeypatch):
     handler = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=2, batches_in_flight=2)
+    # A batch is in flight from the start of its decoding to the end of its encoding.
     running, most = [0], [0]
     lock = threading.Lock()
-    step = handler._run_step
+    decode, finish = handler._decode, handler._finish
 
-    def counting(batch, model):
+    def decoding(batch):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
+        return decode(batch)
+
+    def finishing(*args):
         try:
-            time.sleep(0.2)  # the batches of a wave overlap here
-            return step(batch, model)
+            time.sleep(0.2)  # the batches in flight overlap here
+            return finish(*args)
         finally:
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(handler, "_run_step", counting)
+    monkeypatch.setattr(handler, "_decode", decoding)
+    monkeypatch.setattr(handler, "_finish", finishing)
     records = [_record(i, 1.0 + i) for i in range(9)]  # five batches
     results = handler.explain_checked(records, FailingExplainer())
     assert most[0] == 2  # never more than batches_in_flight at once
+    assert running[0] == 0
     assert [r.example.id for r in results] == [f"r{i}" for i in range(9)]
     alone = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=2, batches_in_flight=1)
     assert [_summary(r.inference) for r in results] == [

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from explain_lib.io import record_id
 from pipeline import demo
+from pipeline import records as records_module
 from pipeline.records import (
     DeadLetter,
     RecordSpec,
@@ -124,6 +125,33 @@ def test_bad_records_fail_at_their_stage(image, make, stage, message, found_by):
         assert errors[0] is None and errors[2] is None
         assert errors[1].stage == stage and errors[1].record_id == "x"
         assert re.search(message, str(errors[1]))
+
+
+def test_a_batch_longer_than_a_chunk_decodes_in_padded_chunks(image, monkeypatch):
+    """A batch decodes in compiled calls of at most `DECODE_CHUNK` images, the last one
+    padded to a power of two: each image comes back as it decodes alone, in order, and a
+    corrupt one still fails alone."""
+    monkeypatch.setattr(records_module, "DECODE_CHUNK", 4)
+    monkeypatch.setattr(records_module, "_batch_decoders", {})
+    spec = RecordSpec(image_size=(16, 16), channels=3, num_units=5)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (8 + i % 3 * 4, 12, 3), np.uint8) for i in range(11)]
+    for image_format in ("png", "jpeg"):
+        checked = [check_record(demo.make_example(demo.encode_image(img, image_format), 1,
+                                                  f"{image_format}-{i}"), spec)
+                   for i, img in enumerate(images)]
+        decoded, errors = decode_batch(checked, spec)  # chunks of 4, 4 and 3 (padded)
+        assert errors == [None] * 11 and decoded.shape == (11, 16, 16, 3)
+        for i, record in enumerate(checked):
+            np.testing.assert_allclose(decoded[i], decode_record(record, spec).image, rtol=0,
+                                       atol=1e-4 * 255, err_msg=record.id)
+        assert {key[3] for key in records_module._batch_decoders if key[0] == image_format
+                } == {4}  # one traced chunk size for the 11 images
+        broken = check_record(demo.make_example(demo.encode_image(images[0], image_format)[:60],
+                                                1, "broken"), spec)
+        _, errors = decode_batch(checked[:5] + [broken] + checked[5:], spec)
+        assert [i for i, error in enumerate(errors) if error] == [5]
+        assert errors[5].stage == "decode" and errors[5].record_id == "broken"
 
 
 def test_bad_raw_tensors_fail_validation(image):
