@@ -127,7 +127,7 @@ def test_bad_records_fail_at_their_stage(image, make, stage, message, found_by):
         assert re.search(message, str(errors[1]))
 
 
-def test_a_batch_longer_than_a_chunk_decodes_in_padded_chunks(image, monkeypatch):
+def test_a_batch_longer_than_a_chunk_decodes_in_padded_chunks(monkeypatch):
     """A batch decodes in compiled calls of at most `DECODE_CHUNK` images, the last one
     padded to a power of two: each image comes back as it decodes alone, in order, and a
     corrupt one still fails alone."""
