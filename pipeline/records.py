@@ -18,8 +18,8 @@ that stage (a `StageError`), so the dead letters say where a record stopped:
 `check_record` runs parse and validate, parsing each record once and keeping its image as
 found (compressed bytes, or raw pixels); `decode_batch` decodes and resizes a whole batch
 of them in compiled calls of up to `DECODE_CHUNK` images, in parallel outside the GIL, on
-the worker that explains them (`pipeline.handler`), falling back to one record at a time (`decode_payload`) only to
-find which records of a failed batch are bad.
+the worker that explains them (`pipeline.handler`), falling back to one record at a time
+(`decode_payload`) only to find which records of a failed batch are bad.
 
 Everything here is plain Python and numpy (TensorFlow ops only for decoding and resizing),
 so the same functions serve the Beam stages, the tests and the rendering tools.
