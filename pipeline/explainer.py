@@ -389,12 +389,12 @@ class Explainer:
         self, images: np.ndarray, units: Sequence[Optional[np.ndarray]],
         ground_truth: Optional[Mapping[str, Any]] = None,
     ) -> List[Explanation]:
-        """Explain a batch: `images` (N, H, W, C) float32 in [0, 255], `units[i]` the units
-        to explain for image i, or None for its top-K predictions (on ties, the lower unit
-        first); `ground_truth`, for the localisation metrics, `{"boxes": [(m_i, 4) float32
-        or None per image]}` or `{"masks": (N, H, W) of 0 and 1}`. Returns one
-        `Explanation` per image, in order, with each unit's probability and each metric's
-        scores."""
+        """Explain a batch: `images` (N, H, W, C) uint8 or float32 in [0, 255] (preprocessed
+        as float32), `units[i]` the units to explain for image i, or None for its top-K
+        predictions (on ties, the lower unit first); `ground_truth`, for the localisation
+        metrics, `{"boxes": [(m_i, 4) float32 or None per image]}` or `{"masks": (N, H, W)
+        of 0 and 1}`. Returns one `Explanation` per image, in order, with each unit's
+        probability and each metric's scores."""
         x = self.preprocess(np.asarray(images, np.float32))
         # One call per group: the images without units, then those with K units for each K.
         groups: Dict[Optional[int], List[int]] = {}

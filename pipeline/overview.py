@@ -379,6 +379,10 @@ def batch_overview(ids: Sequence[str], units: np.ndarray, logits: np.ndarray,
         overview.samples[key] = Sample.of(first[key])
     rows = np.arange(count) if image_rows is None else np.asarray(image_rows)
     order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
+    # Views of the batch's arrays (see `_owned`), one per record whichever keys keep it, so
+    # that a pickled overview (Beam sizes some of the elements it passes on by pickling
+    # them) holds each record's image once.
+    views: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
     for key in overview.keys:
         score = first[key].astype(np.float64)
         sides = []
@@ -387,7 +391,7 @@ def batch_overview(ids: Sequence[str], units: np.ndarray, logits: np.ndarray,
             keyed = keyed[np.argsort(sign * score[keyed], kind="stable")][:EXAMPLES]
             sides.append([Example(str(ids[i]), int(units[i, 0]), float(score[i]),
                                   float(logits[i, 0]), float(probability[i]),
-                                  maps[i, ..., 0], images[rows[i]])  # views: see `_owned`
+                                  *views.setdefault(i, (maps[i, ..., 0], images[rows[i]])))
                           for i in keyed.tolist()])
         overview.examples[key] = tuple(sides)
     return overview

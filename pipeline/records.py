@@ -294,67 +294,86 @@ def decode_image(
 DECODE_CHUNK = 32
 """Images one compiled decoding call takes at most: a batch decodes in chunks of this many
 (a shorter one padded to the next power of two), each chunk one call whose graph decodes
-and resizes its images side by side."""
+(and, where needed, resizes) its images side by side."""
 
 _batch_decoders: Dict[Tuple, Callable] = {}
 _batch_decoders_lock = threading.Lock()
 
 
 def _batch_decoder(image_format: str, spec: RecordSpec, chunk: int) -> Callable:
-    """A compiled function decoding exactly `chunk` `image_format` strings to (chunk, H, W,
-    C) float32 at the model's size, one per format, size, channel count and chunk, built
-    once per process. Its graph holds one decoding and one resizing per image, with no
-    loop, so TensorFlow runs them in parallel on its threads, outside the GIL; each is
-    `decode_payload`'s result for that image, as float32. The function is the traced
-    (concrete) one, whose calls skip `tf.function`'s matching of arguments."""
+    """A compiled function decoding exactly `chunk` `image_format` strings at the model's
+    size, one per format, size, channel count and chunk, built once per process. It returns
+    `(pixels, resized)`, one of them empty (0, H, W, C): `pixels` (chunk, H, W, C) uint8
+    when every image decodes at the model's size (nothing to resize: exact pixels, a
+    quarter of float32's bytes), else `resized` (chunk, H, W, C) float32, every image
+    resized bilinearly (which gives an image already at the size its own pixels). Each
+    image is `decode_payload`'s result for it. The graph holds one decoding (and resizing)
+    per image, with no loop, so TensorFlow runs them in parallel on its threads, outside
+    the GIL. The function is the traced (concrete) one, whose calls skip `tf.function`'s
+    matching of arguments."""
     key = (image_format, tuple(spec.image_size), spec.channels, chunk)
     with _batch_decoders_lock:
         if key not in _batch_decoders:
             decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
             size = tf.constant(spec.image_size, tf.int32)
+            empty = (0, *spec.image_size, spec.channels)
 
             @tf.function(input_signature=[tf.TensorSpec([chunk], tf.string)])
             def decode(strings):
-                # Bilinear resizing to the image's own size gives its pixels exactly, so
-                # every image goes through it (cheaper than a branch per image).
-                return tf.stack([tf.image.resize(decoder(data, channels=spec.channels), size)
-                                 for data in tf.unstack(strings, chunk)])
+                images = [decoder(data, channels=spec.channels)
+                          for data in tf.unstack(strings, chunk)]
+                at_size = tf.reduce_all(
+                    [tf.reduce_all(tf.shape(image)[:2] == size) for image in images])
+                pixels = tf.cond(at_size, lambda: tf.stack(images),
+                                 lambda: tf.zeros(empty, tf.uint8))
+                resized = tf.cond(
+                    at_size, lambda: tf.zeros(empty, tf.float32),
+                    lambda: tf.stack([tf.image.resize(image, size) for image in images]))
+                return pixels, resized
 
             _batch_decoders[key] = decode.get_concrete_function()
     return _batch_decoders[key]
 
 
-_fillers: Dict[str, bytes] = {}
+_fillers: Dict[Tuple, bytes] = {}
 
 
-def _filler(image_format: str) -> bytes:
-    """A 1x1 black image in `image_format`: what pads a chunk of compressed images (the
-    cheapest image to decode)."""
-    if image_format not in _fillers:
+def _filler(image_format: str, spec: RecordSpec) -> bytes:
+    """A black image at the model's size in `image_format`: what pads a chunk of compressed
+    images (at the model's size, so that it keeps a chunk of such images in uint8)."""
+    key = (image_format, tuple(spec.image_size), spec.channels)
+    if key not in _fillers:
         encode = tf.io.encode_jpeg if image_format == "jpeg" else tf.io.encode_png
-        _fillers[image_format] = encode(tf.zeros((1, 1, 1), tf.uint8)).numpy()
-    return _fillers[image_format]
+        channels = min(spec.channels, 3) if image_format == "jpeg" else spec.channels
+        _fillers[key] = encode(tf.zeros((*spec.image_size, channels), tf.uint8)).numpy()
+    return _fillers[key]
 
 
 def _decode_compressed(image_format: str, payloads: Sequence[bytes], spec: RecordSpec
                        ) -> np.ndarray:
-    """(N, H, W, C) float32: JPEG or PNG images decoded and resized to the model's size by
-    compiled calls of `DECODE_CHUNK` images (`_batch_decoder`); the last chunk is padded
-    with `_filler` images to the next power of two, so that a process traces a handful of
-    chunk sizes. Raises TensorFlow's error when one image cannot be decoded."""
+    """(N, H, W, C): JPEG or PNG images decoded at the model's size by compiled calls of
+    `DECODE_CHUNK` images (`_batch_decoder`): uint8 when every image was at that size,
+    float32 when any was resized. The last chunk is padded with `_filler` images to the
+    next power of two, so that a process traces a handful of chunk sizes. Raises
+    TensorFlow's error when one image cannot be decoded."""
     parts = []
     for start in range(0, len(payloads), DECODE_CHUNK):
         part = list(payloads[start:start + DECODE_CHUNK])
         chunk = min(DECODE_CHUNK, 1 << (len(part) - 1).bit_length())
-        strings = tf.constant(part + [_filler(image_format)] * (chunk - len(part)), tf.string)
-        parts.append(_batch_decoder(image_format, spec, chunk)(strings).numpy()[:len(part)])
+        strings = tf.constant(part + [_filler(image_format, spec)] * (chunk - len(part)),
+                              tf.string)
+        pixels, resized = _batch_decoder(image_format, spec, chunk)(strings)
+        parts.append((pixels if pixels.shape[0] else resized).numpy()[:len(part)])
+    # (uint8 and float32 chunks concatenate to float32, exactly.)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
                  ) -> Tuple[np.ndarray, List[Optional[StageError]]]:
-    """Stage "decode" for a batch: `images` (N, H, W, C) float32 at the model's size, and
-    per record None or the `StageError` that record failed with (its image is then zeros).
+    """Stage "decode" for a batch: `images` (N, H, W, C) at the model's size, uint8 when the
+    batch is JPEG or PNG images all stored at that size (exact pixels), float32 otherwise;
+    and per record None or the `StageError` that record failed with (its image is then
+    zeros).
 
     JPEG and PNG images are decoded by compiled calls per format (`_decode_compressed`); raw
     tensors are stacked. When a batched call fails (one corrupt image fails the whole op),

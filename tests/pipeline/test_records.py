@@ -154,6 +154,38 @@ def test_a_batch_longer_than_a_chunk_decodes_in_padded_chunks(monkeypatch):
         assert errors[5].stage == "decode" and errors[5].record_id == "broken"
 
 
+def test_images_at_the_models_size_decode_to_exact_uint8_pixels(monkeypatch):
+    """A batch whose images are all stored at the model's size decodes to uint8, exactly
+    the pixels each decodes to alone, padded chunk included (its filler images are at that
+    size too); one image of another size in a chunk makes that chunk's images resized
+    float32, the batch float32, and every image still its decoding alone."""
+    monkeypatch.setattr(records_module, "DECODE_CHUNK", 4)
+    monkeypatch.setattr(records_module, "_batch_decoders", {})
+    spec = RecordSpec(image_size=(16, 12), channels=3, num_units=5)
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (16, 12, 3), np.uint8) for _ in range(7)]
+    for image_format in ("png", "jpeg"):
+        checked = [check_record(demo.make_example(demo.encode_image(img, image_format), 1,
+                                                  f"{image_format}-{i}"), spec)
+                   for i, img in enumerate(images)]
+        decoded, errors = decode_batch(checked, spec)  # chunks of 4 and 3 (one filler)
+        assert errors == [None] * 7 and decoded.dtype == np.uint8
+        for i, record in enumerate(checked):
+            np.testing.assert_array_equal(decoded[i], decode_record(record, spec).image,
+                                          err_msg=record.id)
+        if image_format == "png":
+            np.testing.assert_array_equal(decoded, np.stack(images))
+        other = rng.integers(0, 256, (10, 12, 3), np.uint8)
+        checked[5] = check_record(demo.make_example(demo.encode_image(other, image_format), 1,
+                                                    "other"), spec)
+        mixed, errors = decode_batch(checked, spec)
+        assert errors == [None] * 7 and mixed.dtype == np.float32
+        np.testing.assert_array_equal(mixed[:4], decoded[:4])  # the first chunk, exact
+        for i, record in enumerate(checked):
+            np.testing.assert_allclose(mixed[i], decode_record(record, spec).image, rtol=0,
+                                       atol=1e-4 * 255, err_msg=record.id)
+
+
 def test_bad_raw_tensors_fail_validation(image):
     spec = RecordSpec(image_size=(16, 16), channels=3, num_units=5, image_format="raw",
                       image_shape=(16, 16, 3))
