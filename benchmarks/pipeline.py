@@ -8,12 +8,15 @@ Sections (`--sections`, all by default):
   - the job: `python -m pipeline` in a fresh process, with default options (DirectRunner;
     `--units_key label`, so both explain the same units; the map size the job's default,
     `auto`, implies, which the in-process call uses too), over N and over 2N records;
-  the three in turn, `--repeats` rounds (5), each round's figures from its own three runs.
-  The difference of the two job runs is the job's steady-state cost of N records (its
-  fixed start-up, imports, model load and tracing, cancels); the per-record overhead is
-  that cost per record minus in-process `explain`'s, and the start-up is the N-record run
-  less N records at the steady-state cost. The round of median overhead is reported, with
-  the range over the rounds. Two cases: `tiny` (32x32 PNG records, the demo
+  `--repeats` rounds (5), each round's figures from its own five runs, in the order
+  N-record job, in-process, 2N-record job, in-process, N-record job: symmetric about the
+  2N-record job, so that a drift of the machine's speed during the round, linear in time,
+  cancels. The difference of the 2N-record job and the mean of the N-record ones is the
+  job's steady-state cost of N records (its fixed start-up, imports, model load and
+  tracing, cancels); the per-record overhead is that cost per record minus in-process
+  `explain`'s (the mean of its two runs), and the start-up is the N-record runs' mean
+  less N records at the steady-state cost. The round of median overhead is reported,
+  with the range over the rounds. Two cases: `tiny` (32x32 PNG records, the demo
   CNN) and `mobilenet` (224x224 JPEG records, MobileNetV2 with `weights=None`).
 - `memory`: the peak resident memory of `python -m pipeline` (a fresh process, default
   options) over 32x32 PNG records with the demo CNN, at each of `--memory-records`.
@@ -152,17 +155,23 @@ def overhead_section(args, directory):
         timed_explain = in_process_timer(model_path, small, args.method, args.batch)
         run_job(write_dataset(directory, args.batch, size, image_format, seed=7), os.path.join(
             directory, f"{case}-warm", "expl"), model_path, args.method, args.job_args)
-        # Each round runs the N-record job, in-process explain and the 2N-record job in
-        # turn, and its figures pair those three: this machine's speed drifts by 20-50%
-        # over tens of minutes, which a round (a minute or two) barely sees, so each
-        # round's overhead compares runs made at one speed. The median round counts.
+        # This machine's speed drifts by 20-50% over tens of minutes, and by several
+        # percent within a round (a few minutes), as much as the overhead measured. So
+        # each round's figures come from its own runs only, made symmetric about the
+        # 2N-record job (see the module docstring), and the median round counts.
         rounds = []
         for _ in range(args.repeats):
-            small_seconds = run_job(small, os.path.join(directory, f"{case}-n", "expl"),
-                                    model_path, args.method, args.job_args)
-            explain_seconds = timed_explain()
-            large_seconds = run_job(large, os.path.join(directory, f"{case}-2n", "expl"),
-                                    model_path, args.method, args.job_args)
+            times = []
+            for run in ("n", "explain", "2n", "explain", "n"):
+                if run == "explain":
+                    times.append(timed_explain())
+                else:
+                    times.append(run_job(small if run == "n" else large,
+                                         os.path.join(directory, f"{case}-{run}", "expl"),
+                                         model_path, args.method, args.job_args))
+            small_seconds = (times[0] + times[4]) / 2
+            explain_seconds = (times[1] + times[3]) / 2
+            large_seconds = times[2]
             per_record = (large_seconds - small_seconds) / count
             in_process = explain_seconds / count
             rounds.append((per_record - in_process, in_process, per_record,
@@ -222,8 +231,9 @@ def main(argv=None):
     parser.add_argument("--method", default="gradcam")
     parser.add_argument("--batch", type=int, default=32, help="the job's default batch size")
     parser.add_argument("--repeats", type=int, default=5,
-                        help="rounds of the job over N records, in-process explain and the "
-                        "job over 2N records, in turn; the round of median overhead counts")
+                        help="rounds of the job over N records, in-process explain, the job "
+                        "over 2N records, in-process explain and the job over N records, in "
+                        "turn; the round of median overhead counts")
     parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
                         help="more arguments for the job (last), e.g. Beam runner options")
     args = parser.parse_args(argv)

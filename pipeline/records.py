@@ -306,8 +306,8 @@ def _batch_decoder(image_format: str, spec: RecordSpec, chunk: int) -> Callable:
     `(pixels, resized)`, one of them empty (0, H, W, C): `pixels` (chunk, H, W, C) uint8
     when every image decodes at the model's size (nothing to resize: exact pixels, a
     quarter of float32's bytes), else `resized` (chunk, H, W, C) float32, every image
-    resized bilinearly (which gives an image already at the size its own pixels). Each
-    image is `decode_payload`'s result for it. The graph holds one decoding (and resizing)
+    resized bilinearly (an image already at the model's size comes out as its own pixels).
+    Each image is `decode_payload`'s result for it. The graph holds one decoding (and resizing)
     per image, with no loop, so TensorFlow runs them in parallel on its threads, outside
     the GIL. The function is the traced (concrete) one, whose calls skip `tf.function`'s
     matching of arguments."""
