@@ -3,16 +3,18 @@ after it.
 
 Separation of concerns:
 
-- `shard_number` knows the job's own shard naming, PREFIX-SSSSS-of-NNNNN.tfrecord.gz: it is
-  the only kind of file this module ever deletes, besides Beam's own temporary folders.
+- `shard_number` knows the job's own shard naming, PREFIX-SSSSS-of-NNNNN.tfrecord.gz (and
+  .parquet for the table): it is the only kind of file this module ever deletes, besides
+  Beam's own temporary folders.
 - `check_writable` writes and deletes a probe file under a prefix, through Beam's
   `FileSystems`, so that an unwritable prefix fails at launch rather than after the work.
-- `WriteShards` is the job's writer: a Beam `FileBasedSink` of TFRecord frames (its elements
-  are lists of serialized records, as the rest of the job's are) which, once
-  its shards are in place, deletes those an earlier run left under the same prefix with
-  another shard count, and never a file outside the naming (Beam's own TFRecord writer
-  deletes whatever matches PREFIX-*-of-NNNNN.tfrecord.gz). It runs in the job, so it works
-  on every runner and every filesystem Beam knows.
+- `WriteShards` (TFRecord frames; its elements are lists of serialized records, as the rest
+  of the job's are) and `WriteParquet` (the table's `pyarrow.Table`s) are the job's writers:
+  Beam `FileBasedSink`s which, once their shards are in place, delete those an earlier run
+  left under the same prefix with another shard count, and never a file outside the naming
+  (Beam's own writers delete whatever matches PREFIX-*-of-NNNNN.tfrecord.gz, a sibling
+  prefix's files too). They run in the job, so they work on every runner and every
+  filesystem Beam knows.
 - `remove_temporary_files` deletes the `beam-temp-*` folders Beam's writers keep next to a
   prefix while they run (and a probe file a killed launcher left): called when a run fails
   or is interrupted, and before each run (a run that was killed could not clean up after
@@ -27,7 +29,7 @@ import logging
 import os
 import re
 import uuid
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam import coders
@@ -148,80 +150,105 @@ def remove_shards(prefix: str, keep=lambda shards: False, suffix: str = FILE_SUF
     return doomed
 
 
-class RemoveOlderShards(beam.PTransform):
-    """After a Beam file writer (whose output is the paths it wrote): delete the shards an
-    earlier run left under `prefix` (ending in `suffix`) with another shard count, once the
-    new ones are in place. For writers of Beam's own (the table's Parquet IO), which delete
-    only the files of their own shard count. Runs in the job, on every runner."""
+class _OwnShardsSink(FileBasedSink):
+    """Beam's file sink, writing PREFIX-SSSSS-of-NNNNN`suffix` and deleting only the prefix's
+    own shards: those of its shard count before its shards are renamed into place (Beam's
+    `FileBasedSink.pre_finalize` deletes whatever matches PREFIX-*-of-NNNNN`suffix`: a
+    sibling prefix's out/run-2-00000-of-00001.tfrecord.gz for out/run, out/a.table-v2-...
+    for out/a.table), and those of any other count once they are in place (an earlier
+    run's). Subclasses say how a file is written (`open`, `write_record`, `close`)."""
 
-    def __init__(self, prefix: str, suffix: str, label=None):
-        super().__init__(label)
+    def __init__(self, prefix: str, suffix: str, num_shards: int, **kwargs):
+        super().__init__(prefix, file_name_suffix=suffix, num_shards=num_shards, **kwargs)
         self._prefix, self._suffix = prefix, suffix
-
-    def expand(self, written):
-        prefix, suffix = self._prefix, self._suffix
-
-        def remove(paths):
-            counts = {shard_number(path, prefix, suffix)[1] for path in paths
-                      if shard_number(path, prefix, suffix)}
-            older = remove_shards(prefix, keep=lambda shards: shards in counts, suffix=suffix)
-            if older:
-                logging.info("Removed %d shards of an earlier run under %s: %s", len(older),
-                             prefix, ", ".join(older))
-            return older
-
-        return written | "Written" >> beam.combiners.ToList() | "Remove" >> beam.Map(remove)
-
-
-class _ShardSink(FileBasedSink):
-    """Beam's file sink, writing GZIP-compressed TFRecord frames as
-    PREFIX-SSSSS-of-NNNNN.tfrecord.gz and deleting only the prefix's own shards: those of
-    its shard count before its shards are renamed into place (as Beam's TFRecord writer
-    does, except that it deletes whatever matches PREFIX-*-of-NNNNN.tfrecord.gz, a sibling
-    prefix's out/run-2-00000-of-00001.tfrecord.gz for out/run too), and those of any other
-    count once they are in place (an earlier run's)."""
-
-    def __init__(self, prefix: str, num_shards: int):
-        super().__init__(prefix, coders.BytesCoder(), file_name_suffix=FILE_SUFFIX,
-                         num_shards=num_shards, compression_type=CompressionTypes.GZIP)
-        self._prefix = prefix
-
-    def write_record(self, file_handle, value):
-        # An element is a list of serialized records, written in one call.
-        file_handle.write(b"".join(map(frame, value)))
 
     def pre_finalize(self, init_result, writer_results):
         count = len(list(writer_results))
-        remove_shards(self._prefix, keep=lambda shards: shards != count)
+        remove_shards(self._prefix, keep=lambda shards: shards != count, suffix=self._suffix)
 
     def finalize_write(self, init_result, writer_results, pre_finalize_results):
         writer_results = list(writer_results)
         written = list(super().finalize_write(init_result, writer_results,
                                               pre_finalize_results))
-        older = remove_shards(self._prefix, keep=lambda shards: shards == len(writer_results))
+        older = remove_shards(self._prefix, keep=lambda shards: shards == len(writer_results),
+                              suffix=self._suffix)
         if older:
             logging.info("Removed %d shards of an earlier run under %s: %s", len(older),
                          self._prefix, ", ".join(older))
         yield from written
 
 
+class _TFRecordSink(_OwnShardsSink):
+    """GZIP-compressed TFRecord shards PREFIX-SSSSS-of-NNNNN.tfrecord.gz, of lists of
+    serialized records (the job's elements), each list written in one call."""
+
+    def __init__(self, prefix: str, num_shards: int):
+        super().__init__(prefix, FILE_SUFFIX, num_shards, coder=coders.BytesCoder(),
+                         compression_type=CompressionTypes.GZIP)
+
+    def write_record(self, file_handle, value):
+        file_handle.write(b"".join(map(frame, value)))
+
+
+class _ParquetFile(NamedTuple):
+    handle: Any
+    writer: Any
+
+
+class _ParquetSink(_OwnShardsSink):
+    """Parquet shards PREFIX-SSSSS-of-NNNNN.parquet of `pyarrow.Table`s of one `schema`
+    (compressed per column chunk with `codec`, as Beam's own Parquet sink writes them)."""
+
+    def __init__(self, prefix: str, suffix: str, num_shards: int, schema, codec: str):
+        super().__init__(prefix, suffix, num_shards, coder=None, mime_type="application/x-parquet",
+                         compression_type=CompressionTypes.UNCOMPRESSED)
+        self._schema, self._codec = schema, codec
+
+    def open(self, temp_path):
+        import pyarrow.parquet as pq
+
+        handle = super().open(temp_path)
+        return _ParquetFile(handle, pq.ParquetWriter(handle, self._schema,
+                                                     compression=self._codec))
+
+    def write_record(self, file_handle, value):
+        file_handle.writer.write_table(value)
+
+    def close(self, file_handle):
+        file_handle.writer.close()
+        super().close(file_handle.handle)
+
+
 class WriteShards(beam.PTransform):
     """Writes lists of serialized records (the job's elements) as GZIP-compressed TFRecord
-    shards
-    PREFIX-SSSSS-of-NNNNN.tfrecord.gz (`num_shards` of them, 0: as the runner decides),
-    then deletes the shards an earlier run left under `prefix` with another shard count
-    (see `_ShardSink`). Returns the paths written."""
+    shards PREFIX-SSSSS-of-NNNNN.tfrecord.gz (`num_shards` of them, 0: as the runner
+    decides), deleting no file but the prefix's own earlier shards (see `_OwnShardsSink`).
+    Returns the paths written."""
 
     def __init__(self, prefix: str, num_shards: int = 0, label=None):
         super().__init__(label)
-        self._sink = _ShardSink(prefix, num_shards)
+        self._sink = _TFRecordSink(prefix, num_shards)
 
     def expand(self, records):
         return records | "Write" >> beam.io.Write(self._sink)
 
 
+class WriteParquet(beam.PTransform):
+    """Writes `pyarrow.Table`s of `schema` as Parquet shards PREFIX-SSSSS-of-NNNNN`suffix`
+    (`codec`-compressed, `num_shards` of them, 0: as the runner decides), deleting no file
+    but the prefix's own earlier shards (see `_OwnShardsSink`). Returns the paths written."""
+
+    def __init__(self, prefix: str, schema, suffix: str, num_shards: int = 0,
+                 codec: str = "snappy", label=None):
+        super().__init__(label)
+        self._sink = _ParquetSink(prefix, suffix, num_shards, schema, codec)
+
+    def expand(self, tables):
+        return tables | "Write" >> beam.io.Write(self._sink)
+
+
 __all__ = [
-    "RemoveOlderShards",
+    "WriteParquet",
     "WriteShards",
     "check_writable",
     "list_shards",

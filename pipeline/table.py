@@ -13,9 +13,9 @@ Separation of concerns:
   work per row); NaN becomes null, so that SQL's `AVG` skips a score that does not exist
   (a pointing game without ground truth, a map without positive mass).
 - `WriteTable` batches the rows (Beam's `BatchElements`), converts them and writes them
-  with Beam's own Parquet IO (`WriteToParquetBatched`) as PREFIX-SSSSS-of-NNNNN.parquet,
-  then deletes the table shards an earlier run left with another shard count
-  (`pipeline.outputs.RemoveOlderShards`).
+  as PREFIX-SSSSS-of-NNNNN.parquet with the job's Parquet writer
+  (`pipeline.outputs.WriteParquet`), which deletes no file but the table's own earlier
+  shards.
 
 Usage:
 
@@ -157,8 +157,8 @@ class _ToArrow(beam.DoFn):
 
 class WriteTable(beam.PTransform):
     """Write `AnalysisRow`s as a Parquet table PREFIX-SSSSS-of-NNNNN.parquet (`num_shards`
-    files, 0: as the runner decides), `ROWS_PER_TABLE` records per `pyarrow.Table`, with
-    Beam's `WriteToParquetBatched` (snappy-compressed, which every SQL engine reads).
+    files, 0: as the runner decides), `ROWS_PER_TABLE` records per `pyarrow.Table`,
+    snappy-compressed (which every SQL engine reads), with `pipeline.outputs.WriteParquet`.
 
     Usage:
 
@@ -173,18 +173,14 @@ class WriteTable(beam.PTransform):
         self.num_shards = num_shards
 
     def expand(self, rows):
-        from apache_beam.io.parquetio import WriteToParquetBatched
-
-        from pipeline.outputs import RemoveOlderShards
+        from pipeline.outputs import WriteParquet
 
         return (rows
                 | "Batch" >> beam.BatchElements(min_batch_size=ROWS_PER_TABLE,
                                                 max_batch_size=ROWS_PER_TABLE)
                 | "ToArrow" >> beam.ParDo(_ToArrow(self.schema))
-                | "WriteParquet" >> WriteToParquetBatched(
-                    self.prefix, self.schema, codec="snappy", file_name_suffix=TABLE_SUFFIX,
-                    num_shards=self.num_shards)
-                | "RemoveOlderShards" >> RemoveOlderShards(self.prefix, TABLE_SUFFIX))
+                | "WriteParquet" >> WriteParquet(self.prefix, self.schema, TABLE_SUFFIX,
+                                                self.num_shards))
 
 
 __all__ = [

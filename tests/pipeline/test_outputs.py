@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from explain_lib import io as explain_io
-from pipeline import demo, manifest
+from pipeline import demo, manifest, summary
 from pipeline.__main__ import main, run
 from pipeline.records import read_dead_letters
 
@@ -77,6 +77,53 @@ def test_a_rerun_leaves_only_its_own_shards_with_identical_records(tmp_path, mod
                           "bytes": os.path.getsize(
                               out / "expl.dead_letters-00000-of-00001.tfrecord.gz")}],
     }
+
+
+def _contents(directory) -> dict:
+    """Every file under `directory`: relative path -> bytes."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as source:
+                found[os.path.relpath(path, directory)] = source.read()
+    return found
+
+
+def test_a_rerun_never_touches_a_sibling_prefixs_files(tmp_path, model_path, inputs, capsys):
+    """Run A (out/a, its table out/a.table) and run B (out/a.b, its table out/a.table-v2),
+    each with metrics, so that every kind of output exists; rerunning A with another shard
+    count must leave every file of B as it was (Beam's own sinks delete PREFIX-*-of-NNNNN
+    at finalisation: out/a.table-v2-00000-of-00001.parquet for out/a.table)."""
+    out = tmp_path / "out"
+    common = ["--input", inputs, "--model", model_path, "--units_key", "label",
+              "--metrics", "deletion", "--metric_params", '{"deletion": {"n_steps": 4}}',
+              *BATCH]
+    a = ["--output", str(out / "a"), "--table", str(out / "a.table"), *common]
+    run([*a, "--num_shards", "1"])
+    run(["--output", str(out / "a.b"), "--table", str(out / "a.table-v2"), *common,
+         "--num_shards", "1"])
+    theirs = {name: data for name, data in _contents(out).items()
+              if name.startswith(("a.b", "a.table-v2"))}
+    assert sorted(theirs) == [
+        "a.b-00000-of-00001.tfrecord.gz", "a.b.dead_letters-00000-of-00001.tfrecord.gz",
+        "a.b.manifest.json", "a.b.overview.npz", "a.table-v2-00000-of-00001.parquet"]
+
+    # The same count as B's (Beam's sinks would delete out/a.table-*-of-00001.parquet), then
+    # another (A's older shards go, nothing else).
+    run([*a, "--num_shards", "1"])
+    assert {name: _contents(out).get(name) for name in theirs} == theirs
+    run([*a, "--num_shards", "2"])
+
+    after = _contents(out)
+    assert {name: after.get(name) for name in theirs} == theirs
+    assert sorted(name for name in after if name.startswith("a-")) == [
+        "a-00000-of-00002.tfrecord.gz", "a-00001-of-00002.tfrecord.gz"]
+    assert sorted(name for name in after if name.startswith("a.table-0")) == [
+        "a.table-00000-of-00002.parquet", "a.table-00001-of-00002.parquet"]
+    capsys.readouterr()
+    assert summary.main([str(out / "a.b")]) == 0
+    assert summary.main([str(out / "a")]) == 0
 
 
 def test_a_random_method_is_reproducible_with_its_seed(tmp_path, model_path, inputs):
