@@ -24,7 +24,10 @@ new encoding is added in one place (an entry in `ENCODINGS`).
 Schema v2, one `tf.train.Example` per explained input:
 
     schema_version  int64 [1]      2
-    id              bytes [1]      the input record's id
+    id              bytes [1]      the input record's id, as text (`input_id`: UTF-8; an
+                                   id of bytes that are not UTF-8 as "bytes:" and their
+                                   hex, a text id starting with "bytes:" escaped as
+                                   "bytes:bytes:...", so that no two ids meet)
     units           int64 [K]      the explained units (class indices)
     logits          float [K]      the model's scores for those units
     probabilities   float [K]      their probabilities at the input (the softmax of every
@@ -51,10 +54,11 @@ Usage:
 
 import hashlib
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -638,11 +642,30 @@ def _float_entries(key: str, values: np.ndarray) -> List[bytes]:
     return [prefix + row.tobytes() for row in values]
 
 
+def _example(serialized: bytes, what: str) -> tf.train.Example:
+    """`serialized` parsed as a `tf.train.Example`; ValueError, one line, when it is not one."""
+    try:
+        return tf.train.Example.FromString(serialized)
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError, or a TypeError
+        raise ValueError(f"{what} that is not a tf.train.Example ({len(serialized)} bytes, "
+                         f"{type(error).__name__}).") from None
+
+
 def _versions() -> str:
     return " and ".join(map(str, READABLE_VERSIONS))
 
 
+def _version(example: tf.train.Example) -> int:
+    """A record's `schema_version`, 0 when it has none."""
+    feature = example.features.feature
+    values = feature["schema_version"].int64_list.value if "schema_version" in feature else []
+    return values[0] if values else 0
+
+
 def _check_version(version: int):
+    if version == 0:
+        raise ValueError("Not an explanation record: it has no schema_version (the job's "
+                         "inputs and dead letters have none).")
     if version not in READABLE_VERSIONS:
         raise ValueError(
             f"Explanation record has schema version {version}, but this explain_lib reads "
@@ -665,13 +688,13 @@ def decode_explanation(record: bytes, size: Size = "stored") -> Dict[str, np.nda
         decoded["maps"].shape                      # (224, 224, K), even if stored at 7x7
     """
     size = check_size(size)
-    example = tf.train.Example.FromString(record)
+    example = _example(record, "An explanation record")
     feature = example.features.feature
 
     def values(name, kind):
         return list(getattr(feature[name], kind).value) if name in feature else []
 
-    _check_version((values("schema_version", "int64_list") or [0])[0])
+    _check_version(_version(example))
     encoded = EncodedMaps(
         data=values("maps", "bytes_list")[0],
         shape=tuple(values("map_shape", "int64_list")),
@@ -814,6 +837,12 @@ def read_explanations(
       bilinearly where the stored maps are smaller;
     - (H, W): that size, for every record (batchable).
 
+    The first record of each file is read here (`check_explanation_files`), so that a file
+    that is not TFRecords of explanations of a readable schema version (another file, the
+    dead letters, an older explain_lib's) fails at once, with a ValueError naming it.
+    Damage further into a file surfaces while iterating, as TensorFlow's
+    `tf.errors.DataLossError`, which does not name the file; `iterate_records` does.
+
     Usage:
 
         for row in read_explanations("out/expl-*.tfrecord.gz", size="input").take(4):
@@ -821,6 +850,7 @@ def read_explanations(
     """
     size = check_size(size)
     files = list_files(file_pattern)
+    check_explanation_files(files)
     datasets = [tf.data.TFRecordDataset(f, compression_type=compression_of(f)) for f in files]
     records = datasets[0]
     for dataset in datasets[1:]:
@@ -836,6 +866,38 @@ def read_explanations(
     return records.map(parse, num_parallel_calls=num_parallel_calls, deterministic=True)
 
 
+def check_explanation_files(files: Sequence[str]) -> None:
+    """Read the first record of each of `files` (in parallel) and check that it is an
+    explanation record of a readable schema version; raises ValueError, one line naming
+    the file, when one is not (or cannot be read as TFRecords)."""
+    names = tf.constant(list(files))
+
+    def first(path):
+        return tf.data.TFRecordDataset(path, compression_type=compression_type(path)).take(
+            1).map(lambda record: (path, record))
+
+    firsts = tf.data.Dataset.from_tensor_slices(names).interleave(
+        first, cycle_length=min(len(files), 16), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+    try:
+        found = list(firsts.as_numpy_iterator())
+    except tf.errors.OpError as error:
+        for path in files:  # which one: read them again, one by one
+            next(iterate_records(path), None)  # raises, naming the file
+        raise file_error(", ".join(files), error) from None
+    for path, record in found:
+        try:
+            _check_version(_version(_example(record, "A record")))
+        except ValueError as error:
+            raise ValueError(f"{path.decode()}: {error}") from None
+
+
+def compression_type(path: tf.Tensor) -> tf.Tensor:
+    """`compression_of` in TensorFlow ops, for a path inside a `tf.data` pipeline."""
+    return tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP",
+                    tf.where(tf.strings.regex_full_match(path, r".*\.(zz|zlib)"), "ZLIB", ""))
+
+
 ITERATE_BATCH = 256
 """Records `iterate_records` takes from TensorFlow per step (one eager step costs about as
 much as parsing a record, so records come out of the dataset in batches)."""
@@ -843,11 +905,46 @@ much as parsing a record, so records come out of the dataset in batches)."""
 
 def iterate_records(file_pattern: Union[str, Sequence[str]]):
     """Yield the raw bytes of every record in the TFRecord files matching `file_pattern`,
-    file by file (compression from each file's name)."""
+    file by file (compression from each file's name). A file that cannot be read as
+    TFRecords (damaged, cut short, not TFRecords at all) raises ValueError, one line naming
+    it, once the records before the damage are yielded."""
     for path in list_files(file_pattern):
         dataset = tf.data.TFRecordDataset(path, compression_type=compression_of(path))
-        for batch in dataset.batch(ITERATE_BATCH):
-            yield from batch.numpy().tolist()
+        try:
+            for batch in dataset.batch(ITERATE_BATCH):
+                yield from batch.numpy().tolist()
+        except tf.errors.OpError as error:
+            raise file_error(path, error) from None
+
+
+def iterate_decoded(file_pattern: Union[str, Sequence[str]], decode: Callable[[bytes], Any]):
+    """Yield `decode(record)` for every record of the files matching `file_pattern` (as
+    `iterate_records` reads them); a record `decode` refuses with a ValueError raises a
+    ValueError naming its file and its number in the file.
+
+    Usage:
+
+        for row in iterate_decoded("out/expl-*", decode_explanation):
+            row["id"], row["maps"]
+    """
+    for path in list_files(file_pattern):
+        for number, record in enumerate(iterate_records(path)):
+            try:
+                decoded = decode(record)
+            except ValueError as error:
+                raise ValueError(f"{path}: record {number}: {error}") from None
+            yield decoded
+
+
+def file_error(path: str, error: Exception) -> ValueError:
+    """One line naming `path` for an error met reading it (TensorFlow's errors do not name
+    the file, and carry the op's name and a node stack after their first line)."""
+    message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+    message = message.strip().splitlines()[0] if message.strip() else ""
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+    message = re.sub(r"\s*\[Op:\w+\].*$", "", message)
+    return ValueError(f"{path} cannot be read as TFRecords: {type(error).__name__}: "
+                      f"{message[:200]}.")
 
 
 # --- input ids ---------------------------------------------------------------------------------
@@ -859,12 +956,42 @@ def record_id(serialized: bytes) -> str:
     return hashlib.sha256(serialized).hexdigest()[:32]
 
 
+BYTES_ID_PREFIX = "bytes:"
+"""Starts the text form of an id whose bytes are not UTF-8 (`text_id`)."""
+
+
+def text_id(value: bytes) -> str:
+    """The text form of a bytes id, reversible (`id_bytes`) and unambiguous: UTF-8 bytes are
+    their text, but that a text starting with `BYTES_ID_PREFIX` gets the prefix once more;
+    other bytes are the prefix and their hex. So b"\\xff\\xfeid" is "bytes:fffe6964", which
+    no UTF-8 id is (hex has no "y": "bytes:" itself is "bytes:bytes:").
+
+    Usage:
+
+        text_id(b"img-1") == "img-1"; text_id(b"\\xff\\xfe") == "bytes:fffe"
+    """
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return BYTES_ID_PREFIX + value.hex()
+    return BYTES_ID_PREFIX + text if text.startswith(BYTES_ID_PREFIX) else text
+
+
+def id_bytes(text: str) -> bytes:
+    """The bytes id whose text form (`text_id`) is `text`."""
+    if text.startswith(BYTES_ID_PREFIX * 2):
+        return text[len(BYTES_ID_PREFIX):].encode("utf-8")
+    if text.startswith(BYTES_ID_PREFIX):
+        return bytes.fromhex(text[len(BYTES_ID_PREFIX):])
+    return text.encode("utf-8")
+
+
 def input_id(example: tf.train.Example, serialized: bytes, id_key: Optional[str] = "id") -> str:
     """The id an input record gets, which its explanation carries: its `id_key` feature (one
-    bytes value, decoded as UTF-8 with undecodable bytes escaped, or one int64 value, as
-    decimal), else `record_id(serialized)`. An empty bytes id counts as no id: `''` would be
-    one id shared by every such record. Raises ValueError for an id feature of another kind
-    or with several values.
+    bytes value, as `text_id` gives it, or one int64 value, as decimal), else
+    `record_id(serialized)`. An empty bytes id counts as no id: `''` would be one id shared
+    by every such record. Raises ValueError for an id feature of another kind or with
+    several values.
 
     Usage:
 
@@ -880,7 +1007,7 @@ def input_id(example: tf.train.Example, serialized: bytes, id_key: Optional[str]
             if kind == "int64_list":
                 return str(values[0])
             if values[0]:
-                return values[0].decode("utf-8", errors="backslashreplace")
+                return text_id(values[0])
     return record_id(serialized)
 
 
@@ -905,8 +1032,14 @@ __all__ = [
     "parse_explanation",
     "read_explanations",
     "iterate_records",
+    "iterate_decoded",
     "list_files",
     "compression_of",
     "record_id",
     "input_id",
+    "text_id",
+    "id_bytes",
+    "BYTES_ID_PREFIX",
+    "check_explanation_files",
+    "file_error",
 ]

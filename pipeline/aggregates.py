@@ -26,6 +26,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
+from pipeline.files import read_bytes
+
 QUANTILES = 5
 """Quantiles kept per metric and unit: the minimum, the quartiles and the maximum."""
 
@@ -161,8 +163,6 @@ def aggregates_path(prefix: str) -> str:
 def read_aggregates(prefix: str) -> Optional[Dict[str, Any]]:
     """The document `AggregateMetrics` wrote under `prefix` (any Beam filesystem); None when
     there is none."""
-    from pipeline.overview import read_bytes
-
     try:
         return json.loads(read_bytes(aggregates_path(prefix)).decode("utf-8"))
     except FileNotFoundError:

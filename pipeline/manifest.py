@@ -12,8 +12,10 @@ settings made a set of maps, and whether the files hold everything the job expla
 (`python -m pipeline.summary OUTPUT`).
 
 Separation of concerns: `build_manifest` only describes (a dict of JSON values);
-`write_manifest` / `read_manifest` move it (`pipeline.overview.write_bytes` / `read_bytes`:
-Beam's filesystems for `gs://` and the like, Python's `open` for local paths);
+`write_manifest` / `read_manifest` move it (`pipeline.files`: Beam's filesystems for `gs://`
+and the like, Python's `open` for local paths), and `read_manifest` checks what it reads
+against `LAYOUT`, so that a damaged or foreign file fails with one line naming it;
+`missing_files` compares the files a manifest lists with those in place;
 `record_run` is what `pipeline.__main__` calls at the end of a run.
 
 Usage:
@@ -27,9 +29,10 @@ import hashlib
 import json
 import platform
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from pipeline.overview import overview_path, read_bytes, write_bytes
+from pipeline.files import RUN_AGAIN, check_layout, file_size, nullable, read_bytes, write_bytes
+from pipeline.overview import overview_path
 
 if TYPE_CHECKING:
     from pipeline.options import ExplainOptions
@@ -44,6 +47,34 @@ it, so the explanations' pattern stays clean)."""
 MANIFEST_VERSION = 1
 """Version of the manifest's layout (the explanation records have their own,
 `schema_version`)."""
+
+_FILES = [{"path": str, "bytes": int}]
+_SUMMARY = {"count": int, "missing": int, "mean": nullable(float), "quantiles": [float]}
+
+LAYOUT = {
+    "manifest_version": int,
+    "schema_version": int,
+    "method": {"name": str, "params": dict, "received": dict, "explain": dict},
+    "metrics": nullable({
+        "names": [str], "params": dict, "received": dict, "boxes_key": nullable(str),
+        "mask_key": nullable(str),
+        "aggregates": nullable({"quantile_levels": [float],
+                                str: {"all": _SUMMARY, "per_unit": {str: _SUMMARY}}}),
+    }),
+    "model": {"path": str, "sha256": str, "bytes": int},
+    "input": {"pattern": nullable(str), "tfds": nullable(str), "image_key": str,
+              "id_key": nullable(str), "units_key": nullable(str), "image_shape": nullable([int])},
+    "output": {"explanations": str, "dead_letters": str, "table": nullable(str),
+               "overview": str, "map_encoding": str, "map_size": object,
+               "files": {"explanations": _FILES, "dead_letters": _FILES,
+                         "table": nullable(_FILES)}},
+    "counts": {"counted": bool, "read": nullable(int), "explained": nullable(int),
+               "dead_lettered": nullable(int), "dead_letters": nullable({str: int})},
+    "duplicate_ids": nullable({"ids": int, "records": int, "examples": [str]}),
+    "started": str, "finished": str, "seconds": float, "versions": {str: str}, "runner": str,
+}
+"""What `read_manifest` requires of a manifest (`pipeline.files.check_layout`): the fields
+the summary and the report read, with their kinds."""
 
 _LIBRARIES = ("explain-lib", "tensorflow", "keras", "apache-beam", "numpy", "pandas", "pillow",
               "pyarrow")
@@ -220,18 +251,50 @@ def write_manifest(manifest: Dict[str, Any], path: str) -> str:
 
 def read_manifest(output: str) -> Dict[str, Any]:
     """The manifest of the run writing `output` (its `--output` prefix, or the manifest's
-    own path). Raises FileNotFoundError when there is none and ValueError for a manifest
-    of a newer layout."""
+    own path). Raises FileNotFoundError when there is none, and ValueError, one line naming
+    the file, for a manifest of another layout version, or one that is not JSON or lacks
+    a field `LAYOUT` requires."""
     path = manifest_path(output)
     try:
-        manifest = json.loads(read_bytes(path).decode("utf-8"))
+        data = read_bytes(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"No run manifest at {path}.") from None
-    version = manifest.get("manifest_version")
-    if version != MANIFEST_VERSION:
+    except IsADirectoryError:
+        raise FileNotFoundError(f"No run manifest at {path}: it is a folder.") from None
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a run manifest: it is not UTF-8 JSON "
+                         f"({type(error).__name__}: {error}); {RUN_AGAIN}.") from None
+    version = manifest.get("manifest_version") if isinstance(manifest, dict) else None
+    if isinstance(manifest, dict) and version != MANIFEST_VERSION:
         raise ValueError(f"{path} has manifest version {version}; this pipeline reads version "
-                         f"{MANIFEST_VERSION}.")
+                         f"{MANIFEST_VERSION}: read it with the explain-lib that wrote it, or "
+                         "run the job again.")
+    check_layout(manifest, LAYOUT, path, "a run manifest", RUN_AGAIN)
+    counts = manifest["counts"]
+    unknown = [key for key in ("read", "explained", "dead_lettered", "dead_letters")
+               if counts["counted"] and counts.get(key) is None]
+    if unknown:
+        raise ValueError(f"{path} is not a run manifest this pipeline can read: "
+                         f"counts.{unknown[0]} is null, but counts.counted is true; "
+                         f"{RUN_AGAIN}.")
     return manifest
+
+
+def missing_files(manifest: Dict[str, Any]) -> List[str]:
+    """The files `manifest` lists that are no longer as the run wrote them, one line each:
+    missing, or of another size."""
+    problems = []
+    for kind, files in manifest["output"]["files"].items():
+        for entry in files or []:
+            size = file_size(entry["path"])
+            if size is None:
+                problems.append(f"{entry['path']} ({kind}) is missing.")
+            elif size != entry["bytes"]:
+                problems.append(f"{entry['path']} ({kind}) holds {size:,} bytes; the run wrote "
+                                f"{entry['bytes']:,}.")
+    return problems
 
 
 def record_run(pipeline, options: "ExplainOptions", summary,
@@ -252,7 +315,9 @@ __all__ = [
     "build_manifest",
     "file_sha256",
     "library_versions",
+    "LAYOUT",
     "manifest_path",
+    "missing_files",
     "read_manifest",
     "record_run",
     "write_manifest",

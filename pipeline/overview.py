@@ -21,9 +21,10 @@ Separation of concerns:
   per batch, not per record; its examples are views of the batch's arrays); `Overview.merge`
   joins two (Beam's combiner, `pipeline.transforms.KeepOverview`, merges the batches' and
   the workers'), copying only the examples that stay among the best or the worst.
-- `to_bytes` / `from_bytes` store it as one `.npz` (no pickle); `read_bytes` /
-  `write_bytes` move files through Beam's filesystems for remote paths (`gs://`) and
-  Python's own `open` for local ones, so that reading a local run needs no Beam import.
+- `to_bytes` / `from_bytes` store it as one `.npz` (no pickle); `from_bytes` checks what it
+  reads against `LAYOUT` and the arrays against it, so that a damaged or foreign file fails
+  with one line; `read_overview` reads it through `pipeline.files` (no Beam import for a
+  local path).
 
 The ranking keys are the run's metrics (one score per explained map; a record is ranked by
 its first unit's) and "probability" and "logit" (the first unit's). Ties between records of
@@ -40,11 +41,14 @@ Usage:
 import collections
 import io
 import json
-import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from pipeline.files import RUN_AGAIN, check_layout, nullable, read_bytes
 
 OVERVIEW_SUFFIX = ".overview.npz"
 """Appended to `--output`: out/expl -> out/expl.overview.npz."""
@@ -70,45 +74,22 @@ RANK_KEYS = ("probability", "logit")
 
 _FORMAT = 1
 
+_EXAMPLE = {"id": str, "unit": int, "score": float, "logit": float, "probability": float}
+
+LAYOUT = {
+    "format": int, "names": [str], "higher_is_better": {str: bool}, "records": int,
+    "unit_counts": [[int]], "first_unit_counts": [[int]], "size": nullable([int]),
+    "sum_units": [int], "samples": {str: [int]}, "examples": {str: [[_EXAMPLE]]},
+    "dead_letters": {str: [list]}, "other_messages": {str: int},
+}
+"""What `Overview.from_bytes` requires of the JSON entry of an overview file."""
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a .npz archive: a zip, with entries or empty
+
 
 def overview_path(output: str) -> str:
     """The overview of the run writing `output` (its `--output` prefix)."""
     return output + OVERVIEW_SUFFIX
-
-
-def _local(path: str) -> bool:
-    return "://" not in path
-
-
-def read_bytes(path: str) -> bytes:
-    """The file at `path`: local with `open`, any other Beam filesystem (`gs://`) through
-    Beam. Raises FileNotFoundError when there is none."""
-    if _local(path):
-        with open(path, "rb") as source:
-            return source.read()
-    from apache_beam.io.filesystems import FileSystems
-
-    if not FileSystems.exists(path):
-        raise FileNotFoundError(path)
-    with FileSystems.open(path, compression_type="uncompressed") as source:
-        return source.read()
-
-
-def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> str:
-    """Write `data` at `path` (local with `open`, else through Beam's filesystems)."""
-    if _local(path):
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        with open(path, "wb") as target:
-            target.write(data)
-        return path
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.create(path, mime_type=mime_type,
-                            compression_type="uncompressed") as target:
-        target.write(data)
-    return path
 
 
 @dataclass
@@ -290,31 +271,69 @@ class Overview:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Overview":
-        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
-        meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"overview format {meta.get('format')}; this pipeline reads "
-                             f"format {_FORMAT}.")
+    def from_bytes(cls, data: bytes, path: str = "the overview") -> "Overview":
+        """The overview `to_bytes` stored. Raises ValueError, one line naming `path`, for
+        bytes that are not such an overview (damaged, cut short, of another format), and
+        never loads pickled data."""
+        if not data.startswith(_ZIP_MAGIC):
+            raise ValueError(f"{path} is not an overview this pipeline can read: it is not a "
+                             f".npz (zip) archive; {RUN_AGAIN}.")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+            meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, ValueError) as error:
+            reason = ("it holds Python objects" if "pickle" in str(error) or "Object arrays"
+                      in str(error) else f"{type(error).__name__}: {' '.join(str(error).split())}")
+            raise ValueError(f"{path} is not an overview this pipeline can read, or it is "
+                             f"damaged ({reason[:200]}); {RUN_AGAIN}.") from None
+        if isinstance(meta, dict) and meta.get("format") != _FORMAT:
+            raise ValueError(f"{path} has overview format {meta.get('format')}; this pipeline "
+                             f"reads format {_FORMAT}: {RUN_AGAIN}.")
+        check_layout(meta, LAYOUT, path, "an overview", RUN_AGAIN)
+        try:
+            return cls._from_arrays(meta, arrays)
+        except (KeyError, ValueError, TypeError, IndexError) as error:
+            raise ValueError(f"{path} is not an overview this pipeline can read: its arrays "
+                             f"do not fit its entries ({type(error).__name__}: "
+                             f"{' '.join(str(error).split())[:200]}); {RUN_AGAIN}.") from None
+
+    @classmethod
+    def _from_arrays(cls, meta: dict, arrays: Dict[str, np.ndarray]) -> "Overview":
         overview = cls(meta["names"], meta["higher_is_better"])
         overview.records = meta["records"]
         overview.unit_counts.update(dict(meta["unit_counts"]))
         overview.first_unit_counts.update(dict(meta["first_unit_counts"]))
         overview.size = tuple(meta["size"]) if meta["size"] else None
-        overview.sums = {unit: arrays["sums"][i] for i, unit in enumerate(meta["sum_units"])}
-        for key, (scored, missing) in meta["samples"].items():
-            overview.samples[key] = Sample(arrays[f"{key}/sample"], scored, missing)
-        for key, sides in meta["examples"].items():
+        units = meta["sum_units"]
+        if units:
+            sums = arrays["sums"].astype(np.float64, copy=False)
+            if overview.size is None or sums.shape != (len(units), int(np.prod(overview.size))):
+                raise ValueError(f"sums of shape {sums.shape} for {len(units)} units of "
+                                 f"{overview.size}")
+            overview.sums = {unit: sums[i] for i, unit in enumerate(units)}
+        for key in overview.keys:
+            scored, missing = meta["samples"][key]
+            overview.samples[key] = Sample(arrays[f"{key}/sample"].astype(np.float32),
+                                           scored, missing)
             overview.examples[key] = tuple(
-                [Example(**described, map=arrays[f"{key}/{side}/{i}/map"],
-                         image=arrays[f"{key}/{side}/{i}/image"])
+                [Example(**described, map=_shaped(arrays[f"{key}/{side}/{i}/map"], 2),
+                         image=_shaped(arrays[f"{key}/{side}/{i}/image"], 3, np.uint8))
                  for i, described in enumerate(chosen)]
-                for side, chosen in zip(("high", "low"), sides))
-        overview.dead_letters = {stage: collections.Counter(dict(pairs))
+                for side, chosen in zip(("high", "low"), meta["examples"][key]))
+        overview.dead_letters = {stage: collections.Counter({str(m): int(n) for m, n in pairs})
                                  for stage, pairs in meta["dead_letters"].items()}
         overview.other_messages.update(meta["other_messages"])
         return overview
+
+
+def _shaped(array: np.ndarray, rank: int, dtype=None) -> np.ndarray:
+    """`array` checked to have `rank` axes (and `dtype`)."""
+    if array.ndim != rank or (dtype is not None and array.dtype != dtype):
+        raise ValueError(f"an array of shape {array.shape} and type {array.dtype} where one "
+                         f"of {rank} axes{' of ' + np.dtype(dtype).name if dtype else ''} "
+                         "belongs")
+    return array
 
 
 def _owned(example: Example) -> Example:
@@ -406,15 +425,16 @@ def _picture(image: np.ndarray) -> np.ndarray:
 
 def read_overview(output: str) -> Overview:
     """The overview of the run writing `output` (its `--output` prefix). Raises
-    FileNotFoundError when there is none."""
+    FileNotFoundError when there is none, ValueError (one line naming the file) for a file
+    that is not one (`Overview.from_bytes`)."""
     path = overview_path(output)
     try:
         data = read_bytes(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise FileNotFoundError(
             f"No overview at {path}: the job writes one next to its outputs (a run made "
             "before it did has none; run the job again).") from None
-    return Overview.from_bytes(data)
+    return Overview.from_bytes(data, path)
 
 
 __all__ = [
@@ -427,9 +447,8 @@ __all__ = [
     "Overview",
     "Sample",
     "batch_overview",
+    "LAYOUT",
     "overview_path",
-    "read_bytes",
     "read_overview",
     "summed_size",
-    "write_bytes",
 ]

@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 import tensorflow as tf
 
-from explain_lib.io import input_id
+from explain_lib.io import input_id, iterate_decoded
 
 IMAGE_FORMATS = ("auto", "jpeg", "png", "raw")
 
@@ -49,11 +49,26 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+MESSAGE_LIMIT = 300
+"""Characters of a dead letter's error at most: it is one line, for a table or a log."""
+
+
+def one_line(message: str) -> str:
+    """`message` as a dead letter's error: its first non-empty line, without the op's
+    location and node stack TensorFlow adds to its errors, at most `MESSAGE_LIMIT`
+    characters."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", lines[0] if lines else "")
+    text = re.sub(r"\s*(\[\[.*|\[Op:.*)$", "", text)  # a graph's node, an op's name
+    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 3] + "..."
+
+
 class StageError(Exception):
-    """A record failed at `stage` (one of `STAGES`) for the reason in the message."""
+    """A record failed at `stage` (one of `STAGES`) for the reason in the message (made one
+    line, `one_line`)."""
 
     def __init__(self, stage: str, message: str, record_id: str = ""):
-        super().__init__(message)
+        super().__init__(one_line(message))
         self.stage = stage
         self.record_id = record_id
 
@@ -252,8 +267,8 @@ def image_payload(example: tf.train.Example, spec: RecordSpec) -> Tuple[str, Any
 
 
 def _reason(error: Exception) -> str:
-    """TensorFlow's message without the op's location, which it prefixes."""
-    return re.sub(r"\{\{.*?\}\}\s*", "", getattr(error, "message", None) or str(error)).strip()
+    """An error's message (TensorFlow's own, without the op's location it prefixes)."""
+    return one_line(getattr(error, "message", None) or str(error))
 
 
 def decode_payload(image_format: str, payload, spec: RecordSpec, resize: bool = True
@@ -460,10 +475,23 @@ def decode_masks(records: Sequence["CheckedRecord"], spec: RecordSpec
         for i in indices:
             try:
                 masks[i] = decoder(tf.constant([records[i].ground_truth])).numpy()[0]
-            except (tf.errors.OpError, ValueError) as error:
+            except (tf.errors.OpError, ValueError):
+                # The compiled decoder's error is its graph's: decoding the mask alone, op by
+                # op, says what is wrong with it in the decoder's own words.
+                reason = _mask_reason(records[i].ground_truth, image_format)
                 errors[i] = StageError("decode", f"cannot decode the {image_format} mask of "
-                                       f"{spec.mask_key!r}: {_reason(error)}", records[i].id)
+                                       f"{spec.mask_key!r}: {reason}", records[i].id)
     return masks, errors
+
+
+def _mask_reason(data: bytes, image_format: str) -> str:
+    """Why the `image_format` mask `data` does not decode, as the decoding op says it."""
+    decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
+    try:
+        decoder(data, channels=1)
+    except Exception as error:  # noqa: BLE001 - its message is the reason
+        return _reason(error)
+    return "it decodes alone, but not with the batch's decoder"
 
 
 def read_id(example: tf.train.Example, serialized: bytes, spec: RecordSpec) -> str:
@@ -499,7 +527,8 @@ def read_units(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarr
 def read_boxes(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarray]:
     """The record's ground-truth boxes (m, 4) float32 (stage "validate"), or None when it
     has none: the `boxes_key` feature, 4 floats per box, (ymin, xmin, ymax, xmax) in [0, 1]
-    with ymin <= ymax and xmin <= xmax (TFDS's `BBoxFeature`)."""
+    with ymin < ymax and xmin < xmax (TFDS's `BBoxFeature`; a zero-area box is refused, as
+    `explain_lib.metrics` would read it as padding)."""
     key = spec.boxes_key
     kind, values = _feature_values(example, key)
     if kind is None or len(values) == 0:
@@ -525,6 +554,15 @@ def read_boxes(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarr
         raise StageError("validate", f"box {box} of {key!r} is inverted (ymin {ymin:g}, xmin "
                          f"{xmin:g}, ymax {ymax:g}, xmax {xmax:g}): the order is ymin, xmin, "
                          "ymax, xmax, with ymin <= ymax and xmin <= xmax.")
+    flat = (boxes[:, 0] == boxes[:, 2]) | (boxes[:, 1] == boxes[:, 3])
+    if flat.any():
+        # explain_lib.metrics reads a zero-area row as padding (padded_batch's zeros): kept,
+        # the box would vanish and its record score NaN without a word.
+        box = int(np.argmax(flat))
+        ymin, xmin, ymax, xmax = boxes[box].tolist()
+        raise StageError("validate", f"box {box} of {key!r} has zero area (ymin {ymin:g}, "
+                         f"xmin {xmin:g}, ymax {ymax:g}, xmax {xmax:g}): a box needs "
+                         "ymin < ymax and xmin < xmax.")
     return boxes
 
 
@@ -544,8 +582,8 @@ def read_mask(example: tf.train.Example, spec: RecordSpec) -> Optional[bytes]:
 
 def read_copied(example: tf.train.Example, spec: RecordSpec) -> Tuple[Any, ...]:
     """The values of the features copied into the table (stage "validate"): one value per
-    feature, of the kind found at launch (bytes as UTF-8 text), None where the record does
-    not have it."""
+    feature, of the kind found at launch (bytes as UTF-8 text: other bytes fail the record),
+    None where the record does not have it."""
     copied = []
     for name, expected in spec.copy_features:
         kind, values = _feature_values(example, name)
@@ -557,7 +595,14 @@ def read_copied(example: tf.train.Example, spec: RecordSpec) -> Tuple[Any, ...]:
                              f"value(s); --copy_features copies one {expected} value per "
                              "record (the kind of the first records that have it).")
         value = values[0]
-        copied.append(value.decode("utf-8", errors="replace") if kind == "bytes" else value)
+        if kind == "bytes":
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise StageError("validate", f"copied feature {name!r} is not UTF-8 text "
+                                 f"(byte {error.start} is {value[error.start]:#04x}): the table "
+                                 "copies bytes features as text.") from None
+        copied.append(value)
     return tuple(copied)
 
 
@@ -663,28 +708,37 @@ def encode_dead_letter(letter: DeadLetter) -> bytes:
 
 
 def decode_dead_letter(serialized: bytes) -> DeadLetter:
-    """A serialized dead letter back as a `DeadLetter`."""
-    feature = tf.train.Example.FromString(serialized).features.feature
+    """A serialized dead letter back as a `DeadLetter`; ValueError for bytes that are not
+    one (not a `tf.train.Example`, or without a known `stage`)."""
+    try:
+        feature = tf.train.Example.FromString(serialized).features.feature
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError
+        raise ValueError(f"Not a tf.train.Example ({type(error).__name__}).") from None
 
     def value(key: str) -> bytes:
-        return feature[key].bytes_list.value[0] if key in feature else b""
+        values = feature[key].bytes_list.value if key in feature else []
+        return values[0] if values else b""
 
+    stage = value("stage").decode("utf-8", errors="replace")
+    if stage not in STAGES:
+        raise ValueError(f"Not a dead letter: its stage is {stage!r} (its features: "
+                         f"{', '.join(sorted(feature)) or 'none'}).")
     return DeadLetter(
         record=value("record"),
-        stage=value("stage").decode(),
+        stage=stage,
         error=value("error").decode("utf-8", errors="replace"),
         id=value("id").decode("utf-8", errors="replace"),
     )
 
 
-def read_dead_letters(file_pattern):
+def read_dead_letters(file_pattern) -> List[DeadLetter]:
     """Every dead letter in the TFRecord files matching `file_pattern`, as `DeadLetter`s.
+    Raises ValueError, one line naming the file, for a file that cannot be read or holds
+    something else.
 
     Usage:
 
         for letter in read_dead_letters("out/expl.dead_letters-*"):
             print(letter.stage, letter.error)
     """
-    from explain_lib.io import iterate_records
-
-    return [decode_dead_letter(record) for record in iterate_records(file_pattern)]
+    return list(iterate_decoded(file_pattern, decode_dead_letter))

@@ -23,6 +23,7 @@ resized over it.
 
 import argparse
 import functools
+import itertools
 import sys
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -193,13 +194,10 @@ def render_grid(
     """
     from PIL import Image
 
-    from explain_lib.io import read_explanations
+    from explain_lib.io import decode_explanation, iterate_decoded
 
-    rows = [
-        {key: value.numpy() for key, value in row.items()}
-        for row in read_explanations(explanations).take(limit)
-    ]
-    ids = [row["id"].decode("utf-8", errors="backslashreplace") for row in rows]
+    rows = list(itertools.islice(iterate_decoded(explanations, decode_explanation), limit))
+    ids = [row["id"] for row in rows]
     sources = load_images_by_id(images, ids, image_key, image_format, image_shape, id_key)
     pictures = []
     for record_id, row in zip(ids, rows):
@@ -224,6 +222,7 @@ def render_grid(
 def main(argv: Optional[List[str]] = None) -> int:
     """Render a grid PNG of explanations overlaid on their source images (exit 2 when nothing
     matches or an option is wrong)."""
+    from pipeline.commands import BAD_INPUT, count, fail, positive
     from pipeline.options import parse_ints
     from pipeline.records import IMAGE_FORMATS
 
@@ -231,13 +230,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--explanations", required=True, help="Pattern of the pipeline's outputs.")
     parser.add_argument("--images", required=True, help="Pattern of the pipeline's inputs.")
     parser.add_argument("--out", required=True, help="PNG file to write.")
-    parser.add_argument("--limit", type=int, default=16, help="Records to draw (the first N).")
-    parser.add_argument("--columns", type=int, default=4)
+    parser.add_argument("--limit", type=count, default=16,
+                        help="Records to draw (the first N).")
+    parser.add_argument("--columns", type=positive, default=4)
     parser.add_argument("--alpha", type=float, default=0.5, help="Weight of the map's colours.")
     parser.add_argument("--colormap", default=DEFAULT_COLORMAP,
                         help="A matplotlib colormap: jet (default), inferno, viridis, "
                         "coolwarm (signed maps), gray, ...")
-    parser.add_argument("--scale", type=int, default=None, help="Upscaling of each picture.")
+    parser.add_argument("--scale", type=positive, default=None,
+                        help="Upscaling of each picture.")
     # The pipeline's options for reading its inputs, with the same meaning and defaults.
     parser.add_argument("--image_key", default="image", help="Feature holding the image.")
     parser.add_argument("--image_format", default="auto", choices=IMAGE_FORMATS)
@@ -245,16 +246,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--id_key", default="id", help="Feature holding the record id.")
     args = parser.parse_args(argv)
     try:
-        count = render_grid(
+        drawn = render_grid(
             args.explanations, args.images, args.out, args.limit, args.columns, args.alpha,
             scale=args.scale, image_key=args.image_key, image_format=args.image_format,
             image_shape=parse_ints(args.image_shape, 3, "image_shape"),
             id_key=args.id_key or None, colormap=args.colormap,
         )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"pipeline.render: {error}", file=sys.stderr)
-        return 2
-    print(f"{count} records rendered to {args.out}")
+    except BAD_INPUT as error:
+        return fail("pipeline.render", error)
+    print(f"{drawn} records rendered to {args.out}")
     return 0
 
 

@@ -47,6 +47,7 @@ import collections
 import html
 import io
 import json
+import re
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -55,7 +56,9 @@ import numpy as np
 
 from pipeline.manifest import MANIFEST_SUFFIX, read_manifest
 from pipeline.overview import EXAMPLES as KEPT_EXAMPLES
-from pipeline.overview import MEAN_MAP_SIZE, RANK_KEYS, Example, read_overview, write_bytes
+from pipeline.commands import BAD_INPUT, count, fail
+from pipeline.files import write_bytes
+from pipeline.overview import MEAN_MAP_SIZE, RANK_KEYS, Example, read_overview
 
 EXAMPLES = 6
 """Best and worst records shown by default (each; at most `pipeline.overview.EXAMPLES`)."""
@@ -312,10 +315,10 @@ def _units_section(data: ReportData, labels, top: int) -> str:
     metrics = [name for name in described.get("names") or [] if name in aggregates]
     header = ["unit", "records", "as first unit", *[f"mean {m}" for m in metrics]]
     rows = []
-    for unit, count in units.most_common(top):
+    for unit, explained in units.most_common(top):
         means = [(aggregates[m].get("per_unit") or {}).get(str(unit), {}).get("mean")
                  for m in metrics]
-        rows.append((_unit_name(unit, labels), count, data.first_unit_counts.get(unit, 0),
+        rows.append((_unit_name(unit, labels), explained, data.first_unit_counts.get(unit, 0),
                      *map(_number, means)))
     more = f"<p>... {len(units) - top} more units</p>" if len(units) > top else ""
     return _table(header, rows) + more if rows else "<p>No explanation.</p>"
@@ -390,6 +393,19 @@ def _examples_section(data: ReportData, images: Dict[str, np.ndarray], labels,
     return "".join(parts)
 
 
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                   "\u2029": "\\u2029"}
+
+
+def script_json(value) -> str:
+    """`value` as JSON that is safe inside a `<script>` element: `<`, `>` and `&` (which could
+    end the element, or open a comment that swallows the rest of the page) and the line
+    separators U+2028 and U+2029 written as JSON escapes, which `JSON.parse` reads back as
+    the same characters."""
+    text = json.dumps(value, sort_keys=True)
+    return re.sub("[<>&\u2028\u2029]", lambda match: _SCRIPT_ESCAPES[match.group()], text)
+
+
 def _page_data(data: ReportData) -> dict:
     """The numbers behind the page, embedded as JSON (`<script id="report-data">`)."""
     return {
@@ -416,7 +432,7 @@ def render_html(data: ReportData, images: Dict[str, np.ndarray],
     to their source images (H, W, C) (records without one are drawn as their map alone)."""
     manifest = data.manifest
     method, model = manifest["method"], manifest["model"]
-    embedded = json.dumps(_page_data(data), sort_keys=True).replace("</", "<\\/")
+    embedded = script_json(_page_data(data))
     manifest_text = json.dumps(manifest, indent=2)
     sections = [
         ("Counts", _counts_section(data)),
@@ -492,7 +508,8 @@ def build(output: str, images: Optional[str] = None, out: Optional[str] = None,
 def main(argv: Optional[List[str]] = None) -> int:
     """Write one self-contained HTML page about a run: counts, dead letters, per-unit counts,
     metric histograms, mean maps, the best and worst records as overlays, the manifest
-    (exit 2 without a manifest or for an unknown --metric)."""
+    (exit 2, one line, for a missing or unreadable manifest or overview, or an unknown
+    --metric)."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=main.__doc__)
     parser.add_argument("output", help="The run's --output prefix (or its .manifest.json).")
     parser.add_argument("--images", default=None,
@@ -505,10 +522,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Ranks the best and worst records: a metric of the run, "
                         "probability or logit (default: the first metric, else probability, "
                         "else logit).")
-    parser.add_argument("--examples", type=int, default=EXAMPLES,
+    parser.add_argument("--examples", type=count, default=EXAMPLES,
                         help="Best and worst records shown (each).")
-    parser.add_argument("--units", type=int, default=UNITS_SHOWN, help="Mean maps shown.")
-    parser.add_argument("--top", type=int, default=TOP_UNITS, help="Rows of the unit table.")
+    parser.add_argument("--units", type=count, default=UNITS_SHOWN, help="Mean maps shown.")
+    parser.add_argument("--top", type=count, default=TOP_UNITS, help="Rows of the unit table.")
     parser.add_argument("--labels", default=None, help="Unit names, comma-separated.")
     parser.add_argument("--alpha", type=float, default=0.5, help="Weight of the map's colours.")
     args = parser.parse_args(argv)
@@ -516,9 +533,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         path = build(args.output, args.images, args.out, args.metric, args.examples,
                      args.units, args.top, args.labels.split(",") if args.labels else None,
                      args.alpha)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"pipeline.report: {error}", file=sys.stderr)
-        return 2
+    except BAD_INPUT as error:
+        return fail("pipeline.report", error)
     print(f"report: {path}")
     return 0
 

@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from explain_lib import io as explain_io
 from pipeline.ids import Duplicates
-from pipeline.manifest import manifest_path, read_manifest
+from pipeline.commands import BAD_INPUT, count, fail
+from pipeline.manifest import manifest_path, missing_files, read_manifest
 from pipeline.records import STAGES, read_dead_letters
 
 
@@ -53,7 +54,8 @@ class OutputReport:
 
 def count_units(file_pattern: str):
     """(records, unit_counts, first_unit_counts) of the explanation files matching
-    `file_pattern`, from each record's `units` feature alone."""
+    `file_pattern`, from each record's `units` feature alone. A file that cannot be read
+    raises ValueError naming it."""
     units_only = {"units": tf.io.VarLenFeature(tf.int64)}
     counts, first = collections.Counter(), collections.Counter()
     records = 0
@@ -61,25 +63,20 @@ def count_units(file_pattern: str):
         files = explain_io.list_files(file_pattern)
     except FileNotFoundError:
         return 0, counts, first
-    dataset = _concatenate(files)
-    parsed = dataset.map(lambda r: tf.io.parse_single_example(r, units_only)["units"].values,
-                         num_parallel_calls=tf.data.AUTOTUNE)
-    for units in parsed.as_numpy_iterator():
-        records += 1
-        counts.update(units.tolist())
-        if len(units):
-            first[int(units[0])] += 1
+    for path in files:
+        dataset = tf.data.TFRecordDataset(path, compression_type=explain_io.compression_of(path))
+        parsed = dataset.map(
+            lambda r: tf.io.parse_single_example(r, units_only)["units"].values,
+            num_parallel_calls=tf.data.AUTOTUNE)
+        try:
+            for units in parsed.as_numpy_iterator():
+                records += 1
+                counts.update(units.tolist())
+                if len(units):
+                    first[int(units[0])] += 1
+        except tf.errors.OpError as error:
+            raise explain_io.file_error(path, error) from None
     return records, counts, first
-
-
-def _concatenate(files):
-    """The records of `files` in order, each file read with the compression its name implies."""
-    datasets = [tf.data.TFRecordDataset(f, compression_type=explain_io.compression_of(f))
-                for f in files]
-    dataset = datasets[0]
-    for more in datasets[1:]:
-        dataset = dataset.concatenate(more)
-    return dataset
 
 
 def count_dead_letters(file_pattern: str) -> Dict[str, collections.Counter]:
@@ -97,14 +94,15 @@ def count_dead_letters(file_pattern: str) -> Dict[str, collections.Counter]:
 def summarize_output(output: str, scan: bool = True, units: Optional[tuple] = None
                      ) -> OutputReport:
     """The manifest of the run writing `output` (its `--output` prefix or the manifest's
-    path) and, with `scan`, the breakdowns read from its files.
+    path), the files it lists that are gone or changed (`notes`) and, with `scan`, the
+    breakdowns read from its files.
 
     `units`: (records, unit_counts, first_unit_counts) as `count_units` returns them, when
     a reader that scanned the explanation files anyway counted them already (the report
     does, while it decodes the maps): the files are then not read a second time, and the
     counts are checked against the job's as they would be."""
     manifest = read_manifest(output)
-    report = OutputReport(manifest)
+    report = OutputReport(manifest, notes=missing_files(manifest))
     if not scan:
         return report
     report.records, report.unit_counts, report.first_unit_counts = (
@@ -248,22 +246,23 @@ def format_report(report: OutputReport, top: int = 20, messages: int = 3) -> str
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Print a run's manifest, counts, dead-letter breakdown and per-unit counts; exit 1 if
-    the files disagree with the job's counts, 2 if there is no manifest."""
+    the files are not those the run wrote or disagree with the job's counts, 2 if there is
+    no manifest or a file cannot be read."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.summary", description=main.__doc__)
     parser.add_argument("output", help="The run's --output prefix (or its .manifest.json).")
-    parser.add_argument("--top", type=int, default=20, help="Units to list.")
+    parser.add_argument("--top", type=count, default=20, help="Units to list.")
     parser.add_argument("--no_scan", action="store_true",
-                        help="Print the manifest's counts only; do not read the files.")
+                        help="Print the manifest's counts only (and check its files are in "
+                        "place); do not read the files.")
     parser.add_argument("--json", action="store_true", help="Print the manifest as JSON.")
     args = parser.parse_args(argv)
     try:
-        report = summarize_output(args.output, scan=not args.no_scan and not args.json)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"pipeline.summary: {error}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report.manifest, indent=2))
-        return 0
+        if args.json:
+            print(json.dumps(read_manifest(args.output), indent=2))
+            return 0
+        report = summarize_output(args.output, scan=not args.no_scan)
+    except BAD_INPUT as error:
+        return fail("pipeline.summary", error)
     print(f"manifest: {manifest_path(args.output)}")
     print(format_report(report, top=args.top))
     return 1 if report.notes else 0

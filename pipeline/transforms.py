@@ -63,7 +63,8 @@ from pipeline.handler import (
 )
 from pipeline.ids import CountDuplicateIds
 from pipeline.outputs import WriteShards
-from pipeline.overview import Overview, overview_path, write_bytes
+from pipeline.files import write_bytes
+from pipeline.overview import Overview, overview_path
 from pipeline.options import (
     ExplainOptions,
     parse_ints,

@@ -159,8 +159,14 @@ def test_readers_reject_unknown_schema_version(tmp_path):
     with pytest.raises(ValueError, match="schema version 3.*reads versions 1 and 2"):
         explain_io.decode_explanation(record)
     path = _write(tmp_path / "future.tfrecord", [record])
+    with pytest.raises(ValueError, match=r"future\.tfrecord: Explanation record has schema "
+                       "version 3.*reads versions 1 and 2"):
+        explain_io.read_explanations(path)  # the first record, read at once
+    # Further into a file, the graph's own check stops the dataset.
+    good = explain_io.encode_explanation("b", [0], [1.0], np.ones((2, 2, 1)))
+    mixed = _write(tmp_path / "mixed.tfrecord", [good, record])
     with pytest.raises(tf.errors.InvalidArgumentError, match="unknown schema version"):
-        list(explain_io.read_explanations(path))
+        list(explain_io.read_explanations(mixed))
 
 
 def _v1_record(record_id, units, logits, maps) -> bytes:
@@ -383,6 +389,31 @@ def test_input_ids_are_the_pipelines():
     bad = demo.make_example(b"x", 1, [1.5])
     with pytest.raises(ValueError, match="must hold one bytes or int64 value"):
         explain_io.input_id(tf.train.Example.FromString(bad), bad)
+
+
+def test_bytes_ids_have_one_text_form_each():
+    """UTF-8 ids read as themselves; other bytes as "bytes:" and their hex, which no UTF-8 id
+    reads as (one starting with "bytes:" gets the prefix twice); the bytes come back."""
+    cases = {
+        b"img-1": "img-1",
+        "caf\u00e9".encode(): "caf\u00e9",
+        b"\xff\xfeid": "bytes:fffe6964",
+        b"\\xff\\xfeid": "\\xff\\xfeid",  # the 8 characters \xff\xfeid, as they are
+        b"bytes:fffe6964": "bytes:bytes:fffe6964",
+        b"bytes:": "bytes:bytes:",
+        b"bytes:bytes:": "bytes:bytes:bytes:",
+        b"bytes": "bytes",
+        b"\x80": "bytes:80",
+    }
+    for value, text in cases.items():
+        assert explain_io.text_id(value) == text
+        assert explain_io.id_bytes(text) == value
+    assert len(set(cases.values())) == len(cases)
+    # Through the records, as the job names them.
+    for value, text in cases.items():
+        record = tf.train.Example(features=tf.train.Features(feature={"id": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[value]))})).SerializeToString()
+        assert explain_io.input_id(tf.train.Example.FromString(record), record) == text
 
 
 @pytest.mark.parametrize("encoding", ["png8", "png16"])

@@ -3,6 +3,7 @@ files, and the page loads in a real headless Chromium with every picture decoded
 console error."""
 
 import base64
+import html
 import io
 import json
 import os
@@ -268,3 +269,54 @@ def test_the_page_loads_in_headless_chromium(page, tmp_path):
     pixels = np.asarray(Image.open(screenshot).convert("RGB"), np.int16)
     assert pixels.shape == (2000, 1200, 3)
     assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # not blank
+
+
+HOSTILE_IDS = ["<!--<script", "</script><script>document.documentElement.dataset.pwned='1'"
+               "</script>", "quote\"s and 'apostrophes' & <b>tags</b>", "line\u2028separator",
+               "para\u2029graph", "plain"]
+
+
+def test_hostile_ids_neither_break_the_page_nor_run(tmp_path, model_path, shapes):
+    """Ids are data: in the embedded JSON, the attributes and the captions they must stay
+    text. The page's JSON parses back to the same ids, and no script of theirs runs."""
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("No chromium binary found (run_tests.sh installs Debian's chromium when "
+                    "run as root with apt-get; it failed or was not possible here).")
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(images[i], "png"), int(labels[i]), id_)
+               for i, id_ in enumerate(HOSTILE_IDS)]
+    run = run_job(tmp_path, write(tmp_path, "hostile", records), model_path, "--units_key",
+                  "label")
+    assert sorted(run.explanations) == sorted(HOSTILE_IDS)
+    out = str(tmp_path / "report.html")
+    assert report.main([run.output, "--out", out, "--examples", str(len(HOSTILE_IDS))]) == 0
+    text = open(out, encoding="utf-8").read()
+    found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>',
+                      text, re.S)
+    shown = {e["id"] for e in json.loads(found.group(1))["best"]}
+    assert shown == set(HOSTILE_IDS)  # every record is among the best
+    probe = """<script>
+window.addEventListener("load", () => {
+  const root = document.documentElement;
+  try {
+    const data = JSON.parse(document.getElementById("report-data").textContent);
+    root.dataset.ids = JSON.stringify(data.best.map(e => e.id).sort());
+  } catch (error) { root.dataset.ids = "unparsed: " + error; }
+  root.dataset.captions = JSON.stringify(
+    Array.from(document.querySelectorAll("figure.example")).map(f => f.dataset.id).sort());
+  root.dataset.checked = "yes";
+});
+</script>"""
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("<head>", "<head>" + probe, 1), encoding="utf-8")
+    dumped = _chromium(binary, "--dump-dom", probed.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    root = re.search(r"<html[^>]*>", dumped.stdout).group(0)
+    attributes = {name: html.unescape(value)
+                  for name, value in re.findall(r'data-(\w+)="([^"]*)"', root)}
+    assert attributes.get("checked") == "yes", root
+    assert "pwned" not in attributes, root
+    assert json.loads(attributes["ids"]) == sorted(HOSTILE_IDS)
+    # The best and the worst, each id once on each side.
+    assert json.loads(attributes["captions"]) == sorted(HOSTILE_IDS * 2)
