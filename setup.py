@@ -8,7 +8,9 @@ setup(
     description="Explain Keras models' predictions, from one image to a whole dataset on Beam.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.13",
+    # The launcher's Python minor version must be the workers' (docker/Dockerfile builds
+    # them on Beam's Python 3.11 SDK harness): Beam pickles the job's code between them.
+    python_requires=">=3.11,<3.12",
     packages=find_packages(include=["explain_lib", "explain_lib.*", "pipeline", "pipeline.*"]),
     install_requires=[
         "tensorflow>=2.21,<2.22",

@@ -247,9 +247,9 @@ def failure_line(error: BaseException) -> str:
     (runners pass a worker's error on as text, traceback included), else its first line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     named = [line for line in lines if re.match(r"([\w.]+\.)?\w+(Error|Exception): ", line)]
-    if named:
-        return re.sub(r"^(\w+\.)+", "", named[-1])  # without the module path
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    line = (re.sub(r"^(\w+\.)+", "", named[-1]) if named  # without the module path
+            else f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": "))
+    return re.sub(r"\s*\[while running .*\]$", "", line)  # which step: Beam's log says
 
 
 def _caused_by(error: BaseException, kind: type) -> bool:

@@ -9,10 +9,11 @@ Usage:
 """
 
 import difflib
+import importlib
 import json
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from explain_lib import methods
 from explain_lib import metrics as explain_metrics
@@ -89,7 +90,10 @@ def check_arguments(argv: Sequence[str]) -> None:
     so a misspelt `--methd scorecam` would run the default method.
 
     The options are those every `PipelineOptions` subclass declares (Beam's and
-    `ExplainOptions`), parsed by Beam's own parser (no abbreviations)."""
+    `ExplainOptions`), parsed by Beam's own parser (no abbreviations). A runner given as a
+    module path (`--runner apache_beam.runners.dask.dask_runner.DaskRunner`) is imported
+    first (`import_runner`): an add-on runner declares its options in its module."""
+    import_runner(_runner_argument(argv))
     parsers = []
     known = PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
     _, unknown = parsers[0].parse_known_args(list(argv))
@@ -105,6 +109,32 @@ def check_arguments(argv: Sequence[str]) -> None:
             problems.append(f"unexpected argument {token!r}")  # not an unknown option's value
     if problems:
         raise ValueError("; ".join(problems) + " (python -m pipeline --help lists the options).")
+
+
+def _runner_argument(argv: Sequence[str]) -> Optional[str]:
+    """The value of `--runner` in `argv`, None without one."""
+    for i, token in enumerate(argv):
+        if token == "--runner" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--runner="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def import_runner(runner: Optional[str]) -> None:
+    """Import the module of a runner that Beam does not know by name, given as a module path
+    (`package.module.RunnerClass`), so that the options its module declares (its
+    `PipelineOptions` subclasses) are known before the options are parsed; raises
+    ValueError, one line, when the module cannot be imported. Beam's own runners declare
+    theirs in Beam's core and are left alone."""
+    if not runner or "." not in runner or runner in StandardOptions.ALL_KNOWN_RUNNERS:
+        return
+    module = runner.rsplit(".", 1)[0]
+    try:
+        importlib.import_module(module)
+    except Exception as error:  # noqa: BLE001 - ImportError, or what importing it raised
+        raise ValueError(f"--runner {runner}: cannot import {module} "
+                         f"({type(error).__name__}: {error}).") from None
 
 
 def per_batch_metrics() -> Tuple[str, ...]:
@@ -298,6 +328,9 @@ class ExplainOptions(PipelineOptions):
             raise ValueError(f"--top_k must be at least 1, not {self.top_k}.")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, not {self.batch_size}.")
+        if self.num_shards < 0:
+            raise ValueError(f"--num_shards must be 0 (as the runner decides) or more, not "
+                             f"{self.num_shards}.")
         if self.batches_in_flight < 1:
             raise ValueError("--batches_in_flight must be at least 1, not "
                              f"{self.batches_in_flight}.")

@@ -32,6 +32,7 @@ import bz2
 import contextlib
 import gzip
 import lzma
+import os
 from typing import BinaryIO, Iterator, NamedTuple
 
 import apache_beam as beam
@@ -171,9 +172,17 @@ class ReadTFRecords(beam.PTransform):
 
 
 def check_input(pattern: str) -> None:
-    """Fail at launch, naming the pattern, when `--input` matches no file."""
-    if not FileSystems.match([pattern])[0].metadata_list:
-        raise FileNotFoundError(f"No files found matching --input {pattern}.")
+    """Fail at launch, naming the pattern, when `--input` matches no file (a folder is not
+    one: Beam's local filesystem matches a folder's path as if it were a file)."""
+    matched = FileSystems.match([pattern])[0].metadata_list
+    if not any(not _is_folder(m.path) for m in matched):
+        folder = " (it is a folder: give a pattern of its files, e.g. FOLDER/*)" if any(
+            _is_folder(m.path) for m in matched) else ""
+        raise FileNotFoundError(f"No files found matching --input {pattern}{folder}.")
+
+
+def _is_folder(path: str) -> bool:
+    return FileSystems.get_scheme(path) is None and os.path.isdir(path)
 
 
 def first_records(patterns, limit: int = 1000) -> Iterator[bytes]:

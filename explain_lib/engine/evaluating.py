@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from explain_lib.engine import explaining
 from explain_lib.engine.data import DEFAULT_BATCH_SIZE
+from explain_lib.methods.common import check_parameter_kinds
 from explain_lib.metrics import common, registry
 from explain_lib.metrics.registry import Metric
 
@@ -46,7 +47,8 @@ def check_metric_params(metric: Metric, params: Dict[str, Any]) -> None:
     """Refuse, before any work, parameters that would not reach the metric.
 
     Raises a ValueError naming the metric's parameters when one of `params` is not among
-    them (unless the metric takes `**kwargs`), or when it is one the engine gives itself.
+    them (unless the metric takes `**kwargs`), when it is one the engine gives itself, or
+    when its value is of a kind the parameter does not take (`check_parameter_kinds`).
     """
     registry.check_parameter_names(metric)
     given = sorted(set(params) & set(metric.given))
@@ -63,6 +65,7 @@ def check_metric_params(metric: Metric, params: Dict[str, Any]) -> None:
             "(and evaluate itself the arguments of model.evaluate's loop, maps, boxes and "
             "masks)."
         )
+    check_parameter_kinds(metric.name, metric.function, params, metric.given)
 
 
 def _metric_of(metric) -> Metric:

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from explain_lib import inspection, utils
 from explain_lib.engine import data as data_adapter
-from explain_lib.methods.common import METHOD_ARGUMENTS, parameters_of
+from explain_lib.methods.common import METHOD_ARGUMENTS, check_parameter_kinds, parameters_of
 from explain_lib.utils import SPATIAL_AXIS
 
 STEP_PARAMS = ("spatial_axis", "postprocessing", "resizing")
@@ -68,7 +68,8 @@ def check_method_params(method: Callable, params: Dict[str, Any]) -> None:
     taken out). Raises a ValueError naming the method's parameters when one of `params` is
     not among them (unless the method takes `**kwargs`), or when one of the method's
     parameters has the name of an argument the loop keeps for itself (`steps`,
-    `batch_size`, ...; see `LOOP_ARGUMENTS`), which would take it first.
+    `batch_size`, ...; see `LOOP_ARGUMENTS`), which would take it first; and a value of a
+    kind the parameter does not take (`check_parameter_kinds`: `n_steps="many"`).
     """
     name = getattr(method, "__name__", repr(method))
     accepted, open_ended = parameters_of(method)
@@ -93,6 +94,7 @@ def check_method_params(method: Callable, params: Dict[str, Any]) -> None:
             "(and explain itself spatial_axis, postprocessing, resizing, unit_chunk_size and "
             "the arguments of model.predict's loop)."
         )
+    check_parameter_kinds(name, method, params)
 
 
 def explain_step(

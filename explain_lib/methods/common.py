@@ -9,8 +9,11 @@ Usage:
     maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_sum(grad * inputs, -1))
 """
 
+import collections.abc
 import inspect
-from typing import Any, Callable, Dict, Sequence, Tuple
+import types
+import typing
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -52,6 +55,58 @@ def parameters_of(method: Callable, given: Sequence[str] = METHOD_ARGUMENTS
         ):
             parameters[parameter.name] = parameter.default
     return parameters, open_ended
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text",
+               list: "a list", type(None): "null"}
+"""The kinds of JSON values (what the job's `--method_params` and `--metric_params` hold)."""
+
+
+def _accepted_kinds(annotation, default) -> Optional[Tuple[type, ...]]:
+    """The JSON kinds a parameter takes, from its annotation, else from its default's kind;
+    None when that cannot be told (an array, a function, anything else: left to the
+    function to judge)."""
+    if annotation is inspect.Parameter.empty:
+        kind = type(default)
+        return (kind,) if kind in (bool, int, float, str) else None
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [_accepted_kinds(member, None) for member in typing.get_args(annotation)]
+        return None if None in kinds else tuple(k for found in kinds for k in found)
+    if annotation in _KIND_NAMES:
+        return (annotation,)
+    if annotation in (tuple, list) or typing.get_origin(annotation) in (
+            tuple, list, collections.abc.Sequence):
+        return (list,)
+    return None
+
+
+def _fits(value, kind: type) -> bool:
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def check_parameter_kinds(owner: str, function: Callable, params: Dict[str, Any],
+                          given: Sequence[str] = METHOD_ARGUMENTS) -> None:
+    """Refuse a parameter value of a JSON kind (a number, text, true or false, null, a list)
+    that the parameter does not take, by its annotation (or its default's kind when it has
+    none): a ValueError naming `owner`, the parameter and the value, before any work. Other
+    values (arrays, tensors, functions) are left to `function`.
+
+    Usage:
+
+        check_parameter_kinds("deletion", deletion, {"n_steps": "many"}, given)
+        # ValueError: deletion's parameter n_steps takes an integer, not 'many'.
+    """
+    signature = inspect.signature(function).parameters
+    for name, value in params.items():
+        parameter = signature.get(name)
+        if parameter is None or name in given or type(value) not in _KIND_NAMES:
+            continue
+        kinds = _accepted_kinds(parameter.annotation, parameter.default)
+        if kinds and not any(_fits(value, kind) for kind in kinds):
+            expected = " or ".join(dict.fromkeys(_KIND_NAMES[kind] for kind in kinds))
+            raise ValueError(f"{owner}'s parameter {name} takes {expected}, not {value!r}.")
 
 
 def logits_of(model: keras.Model, inputs: tf.Tensor) -> tf.Tensor:
@@ -110,6 +165,7 @@ def unit_maps(tape: tf.GradientTape, logits: tf.Tensor, sources, to_map: Callabl
 
 __all__ = [
     "METHOD_ARGUMENTS",
+    "check_parameter_kinds",
     "RANDOM_ALGORITHM",
     "SCORES",
     "check_score",

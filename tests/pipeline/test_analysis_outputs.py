@@ -55,12 +55,19 @@ def _record(image, label, id_, **features):
     return demo.make_example(demo.encode_image(image, "png"), int(label), id_, **features)
 
 
-BAD_BOXES = {
-    # id: (the boxes feature, what the dead letter says)
-    "short-box": ([0.1, 0.1, 0.5], "holds 3 values, not a multiple of 4"),
-    "inverted-box": ([0.6, 0.1, 0.2, 0.5], "is inverted (ymin 0.6, xmin 0.1, ymax 0.2"),
-    "outside-box": ([0.1, 0.1, 1.5, 0.5], "has ymax 1.5, outside [0, 1]"),
-    "int-box": ([0, 0, 1, 1], "must be a float list"),
+BAD_RECORDS = {
+    # id: (the record's boxes feature and more, what the dead letter says)
+    "short-box": ({demo.BOX_KEY: [0.1, 0.1, 0.5]}, "holds 3 values, not a multiple of 4"),
+    "inverted-box": ({demo.BOX_KEY: [0.6, 0.1, 0.2, 0.5]},
+                     f"box 0 of {demo.BOX_KEY!r} is inverted (ymin 0.6, xmin 0.1, ymax 0.2"),
+    "outside-box": ({demo.BOX_KEY: [0.1, 0.1, 1.5, 0.5]}, "has ymax 1.5, outside [0, 1]"),
+    "int-box": ({demo.BOX_KEY: [0, 0, 1, 1]}, "must be a float list"),
+    # The metrics read a zero-area box as padding: kept, it would score NaN silently.
+    "flat-box": ({demo.BOX_KEY: [0.1, 0.1, 0.5, 0.5, 0.2, 0.1, 0.2, 0.5]},
+                 f"box 1 of {demo.BOX_KEY!r} has zero area (ymin 0.2, xmin 0.1, ymax 0.2"),
+    # A copied text feature whose bytes are not UTF-8 is not replaced by U+FFFD.
+    "latin-1-name": ({demo.BOX_KEY: [0.1, 0.1, 0.5, 0.5], "filename": b"caf\xe9.png"},
+                     "copied feature 'filename' is not UTF-8 text (byte 3 is 0xe9)"),
 }
 
 
@@ -73,8 +80,8 @@ def job(tmp_path_factory, model_path, data):
                for i in range(GOOD)]
     # A record without boxes (its localisation metrics are NaN) and without a filename.
     records.append(_record(images[GOOD], labels[GOOD], "nobox"))
-    bad = [_record(images[0], labels[0], id_, **{demo.BOX_KEY: values})
-           for id_, (values, _) in BAD_BOXES.items()]
+    bad = [_record(images[0], labels[0], id_, **features)
+           for id_, (features, _) in BAD_RECORDS.items()]
     pattern = write(directory, "in", records[:3] + bad + records[3:])
     table = os.path.join(str(directory), "out", "table")
     ran = run_job(directory, pattern, model_path, "--method", "gradcam", "--top_k", str(TOP_K),
@@ -91,22 +98,22 @@ EXPLAINED = [f"r{i}" for i in range(GOOD)] + ["nobox"]
 # --- the records -------------------------------------------------------------------------------
 
 
-def test_counts_add_up_and_malformed_boxes_are_validate_dead_letters(job):
+def test_counts_add_up_and_malformed_ground_truth_is_a_validate_dead_letter(job):
     ran, _ = job
     assert (ran.summary.read, ran.summary.explained, ran.summary.dead_lettered) == (
-        GOOD + 1 + len(BAD_BOXES), GOOD + 1, len(BAD_BOXES))
+        GOOD + 1 + len(BAD_RECORDS), GOOD + 1, len(BAD_RECORDS))
     assert ran.summary.balanced
     assert sorted(ran.explanations) == sorted(EXPLAINED)
     letters = {letter.id: letter for letter in ran.dead_letters}
-    assert sorted(letters) == sorted(BAD_BOXES)
-    for id_, (_, message) in BAD_BOXES.items():
+    assert sorted(letters) == sorted(BAD_RECORDS)
+    for id_, (_, message) in BAD_RECORDS.items():
         assert letters[id_].stage == "validate"
-        assert message in letters[id_].error and repr(demo.BOX_KEY) in letters[id_].error, (
-            letters[id_].error)
+        assert message in letters[id_].error, letters[id_].error
+        assert "\n" not in letters[id_].error and len(letters[id_].error) < 300
     counts = manifest.read_manifest(ran.output)["counts"]
     assert counts["read"] == counts["explained"] + counts["dead_lettered"]
     assert {stage: n for stage, n in counts["dead_letters"].items() if n} == {
-        "validate": len(BAD_BOXES)}
+        "validate": len(BAD_RECORDS)}
 
 
 def test_records_hold_probabilities_and_metrics_equal_to_in_process_evaluate(job, model, data):
@@ -394,6 +401,27 @@ def test_masks_are_validated_decoded_and_resized():
     assert errors[1].stage == "decode" and "cannot decode the png mask of 'mask'" in str(errors[1])
 
 
+def test_a_mask_that_does_not_decode_is_a_one_line_dead_letter(tmp_path, model_path, data):
+    """The decoder's own words, never the compiled decoder's node stack (56 lines once)."""
+    images, labels, masks, _ = data
+    encoded = [demo.encode_image((masks[i][..., None] * 255).astype(np.uint8), "png")
+               for i in range(3)]
+    records = [_record(images[i], labels[i], f"m{i}", mask=encoded[i]) for i in range(3)]
+    records.append(_record(images[3], labels[3], "cut-mask", mask=encoded[3 % 3][:45]))
+    records.append(_record(images[4], labels[4], "jpeg-mask",
+                           mask=b"\xff\xd8\xff" + b"\x00" * 40))
+    ran = run_job(tmp_path, write(tmp_path, "masks", records), model_path, "--units_key",
+                  "label", "--metrics", "pointing_game", "--mask_key", "mask")
+    assert sorted(ran.explanations) == ["m0", "m1", "m2"]
+    letters = {letter.id: letter for letter in ran.dead_letters}
+    assert sorted(letters) == ["cut-mask", "jpeg-mask"]
+    for id_, kind in (("cut-mask", "png"), ("jpeg-mask", "jpeg")):
+        error = letters[id_].error
+        assert letters[id_].stage == "decode"
+        assert error.startswith(f"cannot decode the {kind} mask of 'mask': "), error
+        assert "\n" not in error and len(error) < 300 and "node" not in error, error
+
+
 def test_metrics_with_masks_equal_in_process_evaluate(model_path, model, data):
     images, labels, masks, _ = data
     metrics = {"pointing_game": {"tolerance": 0}, "energy_pointing_game": {}}
@@ -441,6 +469,11 @@ def test_help_lists_the_analysis_options(capsys):
      "--metric_params is a JSON object of each metric's parameters, keyed by metric name"),
     (["--metrics", "deletion", "--metric_params", '{"deletion": {"n_steps": 0}}'],
      "deletion needs n_steps >= 1"),  # a value the metric refuses, found by tracing it
+    (["--metrics", "deletion", "--metric_params", '{"deletion": {"n_steps": "many"}}'],
+     "--metric_params: deletion's parameter n_steps takes an integer, not 'many'."),
+    (["--metrics", "pointing_game", "--boxes_key", "b", "--metric_params",
+      '{"pointing_game": {"tolerance": [15]}}'],
+     "--metric_params: pointing_game's parameter tolerance takes a number, not [15]."),
     (["--copy_features", "label"], "--copy_features copies input features into the table"),
     (["--table", "TMP/t", "--copy_features", "label,shoe_size"],
      "--copy_features shoe_size: no feature of that name in the first 1000 input records "

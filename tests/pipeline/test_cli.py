@@ -70,6 +70,12 @@ def test_help_lists_the_job_options(capsys):
          "smooth needs repetitions >= 1"),
         (None, ["--method", "integrated_gradients", "--method_params", '{"n_steps": 0}'],
          "integrated_gradients needs n_steps >= 1"),
+        (None, ["--method", "integrated_gradients", "--method_params", '{"n_steps": "many"}'],
+         "integrated_gradients's parameter n_steps takes an integer, not 'many'."),
+        (None, ["--method", "rise", "--method_params", '{"keep_probability": "half"}'],
+         "rise's parameter keep_probability takes a number, not 'half'."),
+        (None, ["--num_shards", "-1"], "--num_shards must be 0 (as the runner decides) or "
+         "more, not -1."),
         (None, ["--method", "occlusion", "--method_params", '{"score": "prob"}'],
          "score must be one of probability, logit, not 'prob'"),
         (None, ["--method_params", '{"postprocessing": "blur"}'], "Unknown filter 'blur'"),
@@ -91,6 +97,22 @@ def test_bad_options_exit_2_before_running(tmp_path, model_path, capsys, drop, f
     said = [line for line in err.splitlines() if line.startswith("explain-pipeline:")]
     assert len(said) == 1 and message in said[0], err  # one line, no traceback
     assert "Traceback" not in err
+    assert not any(name.startswith("o") for name in os.listdir(tmp_path))
+
+
+def test_a_folder_as_input_is_refused_like_a_pattern_that_matches_nothing(tmp_path, model_path,
+                                                                         capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write(folder, "in", [demo.make_example(b"x", 1, "x")])
+    for pattern in (str(folder), str(tmp_path / "dat*")):
+        assert main(["--input", pattern, "--output", str(tmp_path / "o"), "--model",
+                     model_path]) == 2
+        said = capsys.readouterr().err.strip().splitlines()
+        assert said[-1].startswith(f"explain-pipeline: No files found matching --input "
+                                   f"{pattern}"), said
+        assert len(said) == 1
+    assert said == [f"explain-pipeline: No files found matching --input {tmp_path / 'dat*'}."]
     assert not any(name.startswith("o") for name in os.listdir(tmp_path))
 
 
@@ -198,3 +220,24 @@ def test_model_files_say_what_is_wrong_with_them(tmp_path, model_path, capsys, d
     assert main(["--input", input_path, "--output", str(tmp_path / "o"), "--model",
                  str(path)]) == 2
     assert capsys.readouterr().err.strip() == f"explain-pipeline: {message}"
+
+
+def test_an_add_on_runners_options_are_known_when_it_is_named_by_module(tmp_path, model_path,
+                                                                        shapes, capsys):
+    """A runner outside Beam's core (Dask's, say) declares its options in its own module,
+    which Beam imports only to run the job: the option check imports it first."""
+    module = "tests.pipeline.addon_runner"
+    assert module not in sys.modules  # else this test could not fail
+    images, labels = shapes
+    records = [demo.make_example(demo.encode_image(images[i], "png"), int(labels[i]), f"a{i}")
+               for i in range(3)]
+    assert main(["--input", write(tmp_path, "in", records), "--output", str(tmp_path / "o"),
+                 "--model", model_path, "--runner", f"{module}.AddonRunner",
+                 "--addon_label=seen"]) == 0
+    assert sys.modules[module].AddonRunner.LABELS == ["seen"]
+    assert "records explained:     3" in capsys.readouterr().out
+    assert main(["--input", str(tmp_path / "none"), "--output", str(tmp_path / "o"),
+                 "--model", model_path, "--runner", "no_such_package.Runner"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "explain-pipeline: --runner no_such_package.Runner: cannot import no_such_package "
+        "(ModuleNotFoundError: No module named 'no_such_package')."]

@@ -52,3 +52,20 @@ def test_examples_are_the_smallest_ids_and_few(tmp_path, model_path, shapes):
                str(tmp_path / "out" / "expl"), "--model", model_path, "--batch_size", "8"])
     assert ran.duplicates == Duplicates(7, 7, ("id-0", "id-1", "id-2", "id-3", "id-4"))
     assert ran.explained == 14
+
+
+def test_bytes_ids_that_are_not_utf8_collide_with_no_text_id(tmp_path, model_path, shapes):
+    """b"\\xff\\xfeid" and the 8-character text \\xff\\xfeid are two ids: both explained
+    under ids that tell them apart, no duplicate reported."""
+    images, labels = shapes
+    ids = [b"\xff\xfeid", b"\\xff\\xfeid", b"bytes:fffe6964"]
+    records = [demo.make_example(demo.encode_image(images[i], "png"), int(labels[i]), value)
+               for i, value in enumerate(ids)]
+    ran = run(["--input", write(tmp_path, "in", records), "--output",
+               str(tmp_path / "out" / "expl"), "--model", model_path, "--units_key", "label"])
+    written = sorted(explain_io.decode_explanation(record)["id"] for record in
+                     explain_io.iterate_records(str(tmp_path / "out" / "expl-*")))
+    assert written == sorted(["bytes:fffe6964", "\\xff\\xfeid", "bytes:bytes:fffe6964"])
+    assert [explain_io.id_bytes(text) for text in written] == sorted(
+        ids, key=lambda value: explain_io.text_id(value))
+    assert ran.duplicates == Duplicates() and ran.explained == 3

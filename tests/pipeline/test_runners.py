@@ -44,13 +44,14 @@ def _transform_names(pipeline_proto):
 def test_flink_options_parse_and_the_job_translates_to_its_portable_form(
     tmp_path, model_path, job_input
 ):
-    flink = ["--runner=FlinkRunner", "--flink_master=localhost:8081",
+    flink = ["--runner=FlinkRunner", "--flink_master=localhost:8081", "--flink_version=1.19",
              "--environment_type=LOOPBACK", "--parallelism=2"]
     pipeline, options = make_pipeline(["--input", job_input, "--output",
                                        str(tmp_path / "flink" / "expl"), "--model", model_path,
                                        *flink])
-    assert options.view_as(beam.options.pipeline_options.FlinkRunnerOptions).flink_master == (
-        "localhost:8081")
+    flink_options = options.view_as(beam.options.pipeline_options.FlinkRunnerOptions)
+    assert (flink_options.flink_master, flink_options.flink_version) == ("localhost:8081",
+                                                                          "1.19")
     proto = pipeline.to_runner_api()
     names = _transform_names(proto)
     for stage in ("Read", "Explain/Rebalance", "Explain/RunInference",

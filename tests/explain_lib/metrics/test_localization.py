@@ -137,3 +137,13 @@ def test_the_energy_game_refuses_negative_maps(x):
     with pytest.raises(ValueError, match="pointing_game needs tolerance >= 0"):
         explain_lib.evaluate("pointing_game", None, x, None, maps, boxes=[[BOX]] * 4,
                              tolerance=-1)
+
+
+def test_the_energy_share_never_exceeds_one():
+    """All of a map's energy inside the object is a share of exactly 1: the two float32 sums
+    (inside, everywhere) are taken in different orders, and their ratio came out 1.0000001."""
+    maps = np.random.default_rng(0).uniform(0, 1, (1, 64, 64, 1)).astype("float32")
+    images = np.zeros((1, 64, 64, 3), "float32")
+    shares = explain_lib.evaluate("energy_pointing_game", None, images, [0], maps,
+                                  masks=np.ones((1, 64, 64), "float32"), verbose=0)
+    assert shares.tolist() == [[1.0]]
