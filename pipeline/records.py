@@ -547,22 +547,18 @@ def read_boxes(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarr
         raise StageError("validate", f"box {box} of {key!r} has {'ymin xmin ymax xmax'.split()[value]} "
                          f"{boxes[box, value]:g}, outside [0, 1]: boxes are fractions of the "
                          "image's height and width (TFDS's normalised coordinates).")
-    inverted = (boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3])
-    if inverted.any():
-        box = int(np.argmax(inverted))
-        ymin, xmin, ymax, xmax = boxes[box].tolist()
-        raise StageError("validate", f"box {box} of {key!r} is inverted (ymin {ymin:g}, xmin "
-                         f"{xmin:g}, ymax {ymax:g}, xmax {xmax:g}): the order is ymin, xmin, "
-                         "ymax, xmax, with ymin <= ymax and xmin <= xmax.")
-    flat = (boxes[:, 0] == boxes[:, 2]) | (boxes[:, 1] == boxes[:, 3])
-    if flat.any():
-        # explain_lib.metrics reads a zero-area row as padding (padded_batch's zeros): kept,
-        # the box would vanish and its record score NaN without a word.
-        box = int(np.argmax(flat))
-        ymin, xmin, ymax, xmax = boxes[box].tolist()
-        raise StageError("validate", f"box {box} of {key!r} has zero area (ymin {ymin:g}, "
-                         f"xmin {xmin:g}, ymax {ymax:g}, xmax {xmax:g}): a box needs "
-                         "ymin < ymax and xmin < xmax.")
+    # A zero-area box is refused too: explain_lib.metrics reads one as padding (padded_batch's
+    # zeros), so kept, it would vanish and its record score NaN without a word.
+    for wrong, problem in (((boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3]),
+                            "is inverted"),
+                           ((boxes[:, 0] == boxes[:, 2]) | (boxes[:, 1] == boxes[:, 3]),
+                            "has zero area")):
+        if wrong.any():
+            box = int(np.argmax(wrong))
+            ymin, xmin, ymax, xmax = boxes[box].tolist()
+            raise StageError("validate", f"box {box} of {key!r} {problem} (ymin {ymin:g}, xmin "
+                             f"{xmin:g}, ymax {ymax:g}, xmax {xmax:g}): the order is ymin, "
+                             "xmin, ymax, xmax, with ymin < ymax and xmin < xmax.")
     return boxes
 
 

@@ -46,6 +46,15 @@ def _copy_run(output: str, target) -> str:
     return copy
 
 
+def _with_bad_file(output: str, target, suffix: str, make) -> tuple:
+    """A copy of the run (`_copy_run`) whose file ending in `suffix` holds `make(output)`;
+    returns (the copy's output prefix, that file's path)."""
+    copy = _copy_run(output, target)
+    with open(copy + suffix, "wb") as bad:
+        bad.write(make(output))
+    return copy, copy + suffix
+
+
 def _manifest_text(output: str) -> str:
     with open(output + manifest.MANIFEST_SUFFIX, encoding="utf-8") as source:
         return source.read()
@@ -143,10 +152,7 @@ def _assert_one_line(text: str, path: str):
 @pytest.mark.parametrize("kind", sorted(BAD_MANIFESTS))
 def test_a_bad_manifest_is_one_line_naming_it(run, tmp_path, capsys, kind):
     output, _ = run
-    copy = _copy_run(output, tmp_path)
-    path = copy + manifest.MANIFEST_SUFFIX
-    with open(path, "wb") as target:
-        target.write(BAD_MANIFESTS[kind](output))
+    copy, path = _with_bad_file(output, tmp_path, manifest.MANIFEST_SUFFIX, BAD_MANIFESTS[kind])
     with pytest.raises(ValueError) as error:
         manifest.read_manifest(copy)
     _assert_one_line(str(error.value), path)
@@ -162,10 +168,7 @@ def test_a_bad_manifest_is_one_line_naming_it(run, tmp_path, capsys, kind):
 @pytest.mark.parametrize("kind", sorted(BAD_OVERVIEWS))
 def test_a_bad_overview_is_one_line_naming_it(run, tmp_path, capsys, kind):
     output, _ = run
-    copy = _copy_run(output, tmp_path)
-    path = copy + overview.OVERVIEW_SUFFIX
-    with open(path, "wb") as target:
-        target.write(BAD_OVERVIEWS[kind](output))
+    copy, path = _with_bad_file(output, tmp_path, overview.OVERVIEW_SUFFIX, BAD_OVERVIEWS[kind])
     with pytest.raises(ValueError) as error:
         overview.read_overview(copy)
     _assert_one_line(str(error.value), path)
