@@ -35,7 +35,11 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
+        # KerasHub's vision models (ViT, DeiT, Swin, MiT, CSPNet, ...): the job loads
+        # .keras files of them once keras_hub is importable (pipeline.explainer).
+        "hub": ["keras-hub>=0.32,<0.33"],
         "test": [
+            "keras-hub>=0.32,<0.33",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "gcp-storage-emulator>=2024.8",

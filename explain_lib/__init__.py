@@ -25,6 +25,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # (`methods.get(name).explain_defaults`): explain_lib.gradcam(model, x, y).
 from explain_lib import shortcuts  # noqa: E402
 from explain_lib.shortcuts import (  # noqa: E402
+    attention_rollout,
     cam,
     full_gradients,
     gradcam,
@@ -55,6 +56,7 @@ __all__ = [
     "metrics",
     "shortcuts",
     "utils",
+    "attention_rollout",
     "cam",
     "full_gradients",
     "gradcam",

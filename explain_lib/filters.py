@@ -10,7 +10,7 @@ Usage:
                                        postprocessing=filters.positive_normalize)
 """
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import tensorflow as tf
 
@@ -67,12 +67,15 @@ FILTERS = {
 """Every filter by name: how configurations (the job's `--method_params`) name them."""
 
 
-def get(name: str) -> Callable:
-    """The filter called `name`.
+def get(name: Union[str, Callable]) -> Callable:
+    """The filter called `name` (a function is its own filter), so that everything that
+    takes a filter takes its name too.
 
     Raises:
         ValueError: for an unknown name, listing the known ones.
     """
+    if callable(name):
+        return name
     try:
         return FILTERS[name]
     except (KeyError, TypeError):

@@ -6,16 +6,27 @@ Sequential Keras 3 model, including the transfer-learning shape where the backbo
 nested model (`Sequential([base, GlobalAveragePooling2D(), Dense(n)])`): the graph is
 re-traced with the same layer objects (weights are shared, nothing is copied), and nested
 models that hold a requested layer are re-traced in turn so their inner tensors surface in
-the outer graph.
+the outer graph. The user's model is never changed, called or compiled: a compiled model is
+re-traced through an uncompiled functional view of its graph.
+
+A classifier's scores are its output before a final softmax or sigmoid (`find_head`): an
+`Activation` or `Softmax` layer ending the model, or the activation fused in its last
+`Dense` or convolution, whose output before the activation is computed from the layer's own
+variables (`PreActivation`). `scores_model` is the model returning those scores, what every
+method explains by default (keras.applications' heads end in a softmax); `expose` takes them
+as its default logits.
 
 Usage:
 
     exposed = inspection.expose(model)              # [logits, input of the last pooling]
     logits, activations = exposed(images)
     exposed = inspection.expose(model, ("resnet50v2", "post_relu"), "predictions")
+    scores = inspection.scores_model(model)         # logits before a final softmax
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+import inspect
+import math
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 import keras
 import tensorflow as tf
@@ -36,9 +47,16 @@ POOLING_LAYERS = (
 
 Endpoint = Union[str, int, Tuple[str, ...], keras.layers.Layer, Dict[str, Any]]
 """How an endpoint is named: a layer name, a path of names into nested models
-(`("resnet50v2", "post_relu")`), an index into `model.layers`, the layer itself, or a dict
-`{"name" | "layer": ..., "link": "output" | "input", "node": "last" | int}` where `node`
-picks one call of a layer that is called several times."""
+(`("resnet50v2", "post_relu")`), an index into `model.layers`, the layer itself, a dict
+`{"name" | "layer": ..., "link": "output" | "input" | "pre_activation", "node": "last" |
+int}` where `node` picks one call of a layer that is called several times and
+"pre_activation" is a Dense's or convolution's output before its fused activation, or
+`MODEL_OUTPUT`, the model's own first output."""
+
+LINKS = ("output", "input", "pre_activation", "last_block_input", "attentions")
+"""How an endpoint takes a tensor of its layer: its output, its input, a Dense's or
+convolution's output before its activation, and of a `block_encoder`, the tokens entering
+its last block or every block's attention probabilities (B, blocks, heads, T, T)."""
 
 
 def flatten_layers(model: keras.Model) -> List[keras.layers.Layer]:
@@ -126,13 +144,177 @@ def get_logits_layer(model: keras.Model, name: Optional[str] = None) -> keras.la
 
 
 def get_global_pooling_layer(model: keras.Model, name: Optional[str] = None) -> keras.layers.Layer:
-    """The last global pooling (or Flatten) layer, or `name`: its input is the spatial
-    activation CAM methods weigh."""
-    return find_layer_with(model, name, klass=POOLING_LAYERS)
+    """The last global pooling (or Flatten) layer that pools a spatial input, or `name`: its
+    input is the spatial activation CAM methods weigh. A Flatten of a 1x1 map (MobileNetV3's
+    logits, after its global pooling) pools nothing and is passed over."""
+    if name is not None:
+        return get_nested_layer(model, name)
+    pooling = [layer for layer in flatten_layers(model) if isinstance(layer, POOLING_LAYERS)]
+    for layer in reversed(pooling):
+        try:
+            shape = layer.input.shape
+        except (AttributeError, ValueError, RuntimeError):  # called several times
+            return layer
+        if len(shape) >= 3 and any(size is None or size > 1 for size in shape[1:-1]):
+            return layer
+    return find_layer_with(model, klass=POOLING_LAYERS)
+
+
+class _ModelOutput:
+    """The endpoint of a model's own first output (`MODEL_OUTPUT`)."""
+
+    def __repr__(self) -> str:
+        return "inspection.MODEL_OUTPUT"
+
+
+MODEL_OUTPUT = _ModelOutput()
+"""An endpoint: the model's (first) output itself."""
+
+FINAL_ACTIVATIONS = ("softmax", "sigmoid")
+"""Activations that turn a classifier's scores into probabilities, and end its model."""
+
+SCORES = ("logits", "output")
+"""What a method explains (`scores_model`): "logits", the scores before a final softmax or
+sigmoid (the default), or "output", the model's output as it is."""
+
+
+class Head(NamedTuple):
+    """Where a model's scores are (`find_head`): `endpoint`, the tensor before its final
+    softmax or sigmoid (an `Endpoint`, or `MODEL_OUTPUT` when the output is the scores),
+    and `activation`, that activation ("softmax", "sigmoid", or None). `unreachable` says
+    why a final softmax or sigmoid was found whose scores cannot be reached (the output is
+    then explained as it is)."""
+
+    endpoint: Any
+    activation: Optional[str]
+    unreachable: Optional[str] = None
+
+
+def _activation_name(layer) -> Optional[str]:
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if activation is None or not callable(activation):
+        return None
+    try:
+        return keras.activations.serialize(activation)
+    except (ValueError, TypeError):  # a function Keras does not know
+        return getattr(activation, "__name__", None)
+
+
+def _producer(model: keras.Model, tensor):
+    """The operation of `model` whose output is `tensor`: a layer, or an operation that is
+    not one (`x[:, 0]`, `keras.ops.softmax`); None without a graph."""
+    for operation in reversed(getattr(model, "operations", None) or model.layers):
+        try:
+            output = operation.output
+        except (AttributeError, ValueError, RuntimeError):  # called several times, or never
+            continue
+        if any(t is tensor for t in keras.tree.flatten(output)):
+            return operation
+    return None
+
+
+def find_head(model: keras.Model) -> Head:
+    """Where `model`'s scores are: before the softmax or sigmoid that ends it, found through
+    its graph (a nested model ending the outer one is looked into): an `Activation` or
+    `Softmax` layer (the scores are its input; MobileNetV3's head), or a `Dense` or
+    convolution with the activation fused (the scores are its output before the activation:
+    keras.applications' `classifier_activation`, KerasHub's classifier `activation`).
+    Otherwise the model's output is its scores (`Head(MODEL_OUTPUT, None)`): a linear head,
+    or a model without a graph (subclassed); a final softmax or sigmoid that is an operation
+    outside any layer (`keras.ops.softmax`), or fused in another kind of layer, is named in
+    `unreachable`.
+
+    Usage:
+
+        find_head(keras.applications.ResNet50V2(weights=None))
+        # Head(endpoint={'layer': <Dense name=predictions>, 'link': 'pre_activation'},
+        #      activation='softmax')
+    """
+    outputs = keras.tree.flatten(getattr(model, "outputs", None) or [])
+    layer = _producer(model, outputs[0]) if outputs else None
+    if isinstance(layer, keras.Model):
+        # A nested model ending this one (its first output is this one's) ends in its head.
+        nested_first = keras.tree.flatten(layer.output)[0] is outputs[0]
+        inner = find_head(layer) if nested_first else Head(MODEL_OUTPUT, None)
+        return inner if inner.activation else Head(MODEL_OUTPUT, None)
+    if layer is not None and not isinstance(layer, keras.layers.Layer):
+        name = type(layer).__name__.lower()  # an operation: keras.ops.softmax's is Softmax
+        return Head(MODEL_OUTPUT, None, None if name not in FINAL_ACTIVATIONS else (
+            f"{model.name!r} ends in keras.ops.{name}, an operation outside any layer, whose "
+            "input cannot be reached through the model's layers"))
+    name = _activation_name(layer) if layer is not None else None
+    if name not in FINAL_ACTIVATIONS:
+        return Head(MODEL_OUTPUT, None)
+    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)):
+        return Head({"layer": layer, "link": "input"}, name)
+    if not PreActivation.supports(layer):
+        return Head(MODEL_OUTPUT, None, (
+            f"{model.name!r} ends in {layer.name!r} ({type(layer).__name__}) with a fused "
+            f"{name}, whose output before it explain_lib does not compute"))
+    return Head({"layer": layer, "link": "pre_activation"}, name)
+
+
+class PreActivation(keras.layers.Layer):
+    """The output of `layer` (a `Dense`, or a `Conv1D`, `Conv2D` or `Conv3D`) before its
+    fused activation, computed from the layer's own variables (shared, not copied): the
+    scores a softmax head turns into probabilities. Under a mixed dtype policy it computes
+    in the layer's compute dtype, as the layer does."""
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs):
+        super().__init__(name=f"{layer.name}_scores", dtype=layer.dtype_policy, **kwargs)
+        self.head = layer
+
+    @staticmethod
+    def supports(layer: keras.layers.Layer) -> bool:
+        """Whether the scores before `layer`'s activation can be computed: a plain
+        (unquantized) Dense or convolution."""
+        kinds = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
+                 keras.layers.Conv3D)
+        return (type(layer) in kinds and not getattr(layer, "quantization_mode", None)
+                and getattr(layer, "groups", 1) == 1)
+
+    def call(self, inputs):
+        layer = self.head
+        if isinstance(layer, keras.layers.Dense):
+            outputs = keras.ops.matmul(inputs, layer.kernel)
+        else:
+            outputs = keras.ops.conv(inputs, layer.kernel, strides=layer.strides,
+                                     padding=layer.padding, data_format=layer.data_format,
+                                     dilation_rate=layer.dilation_rate)
+        if layer.bias is None:
+            return outputs
+        bias = layer.bias
+        if getattr(layer, "data_format", "channels_last") == "channels_first":
+            bias = keras.ops.reshape(bias, (1, -1) + (1,) * (len(outputs.shape) - 2))
+        return keras.ops.add(outputs, bias)
+
+
+def scores_model(model: keras.Model, scores: str = "logits") -> keras.Model:
+    """A model returning `model`'s scores (`scores="logits"`: before a final softmax or
+    sigmoid, see `find_head`), built from the same layers; `model` itself when its output
+    is its scores, or with `scores="output"`.
+
+    Usage:
+
+        scores = scores_model(keras.applications.MobileNetV3Small(weights=None))
+        scores(images)            # the logits the softmax turns into the model's output
+    """
+    if scores not in SCORES:
+        raise ValueError(f"scores must be one of {', '.join(SCORES)}, not {scores!r}.")
+    head = find_head(model) if scores == "logits" else Head(MODEL_OUTPUT, None)
+    if head.endpoint is MODEL_OUTPUT:
+        return model
+    inputs = _symbolic_inputs(model)
+    return keras.Model(inputs, endpoints(model, [head.endpoint], inputs)[0],
+                       name=f"{model.name}_scores")
 
 
 def _resolve(model: keras.Model, endpoint: Endpoint) -> Tuple[keras.layers.Layer, str, Any]:
-    """An endpoint description as (layer, link, node)."""
+    """An endpoint description as (layer, link, node); `MODEL_OUTPUT` stays itself."""
+    if endpoint is MODEL_OUTPUT:
+        return endpoint
     if isinstance(endpoint, int):
         endpoint = {"layer": model.layers[endpoint]}
     elif isinstance(endpoint, keras.layers.Layer):
@@ -146,8 +328,15 @@ def _resolve(model: keras.Model, endpoint: Endpoint) -> Tuple[keras.layers.Layer
         )
     layer = endpoint.get("layer") or get_nested_layer(model, endpoint["name"])
     link = endpoint.get("link", "output")
-    if link not in ("input", "output"):
-        raise ValueError(f"Endpoint link must be 'input' or 'output', not {link!r}.")
+    if link not in LINKS:
+        raise ValueError(f"Endpoint link must be one of {', '.join(LINKS)}, not {link!r}.")
+    if link == "pre_activation" and not PreActivation.supports(layer):
+        raise ValueError(f"Endpoint link 'pre_activation' needs a Dense or convolution "
+                         f"layer, not {layer.name!r} ({type(layer).__name__}).")
+    if link in ("last_block_input", "attentions") and not block_encoder(layer):
+        raise ValueError(f"Endpoint link {link!r} needs a transformer encoder holding its "
+                         f"blocks (inspection.block_encoder), not {layer.name!r} "
+                         f"({type(layer).__name__}).")
     return layer, link, endpoint.get("node", "last")
 
 
@@ -174,28 +363,65 @@ def _symbolic_inputs(model: keras.Model):
     return inputs[0] if len(inputs) == 1 else inputs
 
 
-def _with_endpoints(model: keras.Model, targets: List[Tuple]) -> keras.Model:
+def _with_endpoints(model: keras.Model, targets: List[Tuple],
+                    grids: Optional[Dict[Tuple, Tuple]] = None) -> keras.Model:
     """A Functional model computing `model`'s outputs followed by each target's tensor.
 
     The layers are re-called (not cloned) on new inputs; a nested model holding a target is
-    replaced, for this call only, by its own `_with_endpoints` version.
+    replaced, for this call only, by its own `_with_endpoints` version. A target in `grids`
+    (target -> (grid, prefix tokens, image size), see `token_grid`) whose tensor is tokens
+    comes back as a map of its patch tokens, spliced into the graph (the tokens downstream
+    are rebuilt from it), so that what depends on the tokens depends on the map: a gradient
+    taken with respect to it is the tokens' own.
     """
+    grids = grids or {}
     calls = {target: [] for target in targets}
 
+    def capture(target, tensor):
+        """Record `tensor` for `target`; returns what the graph goes on with."""
+        if target not in grids or len(tensor.shape) != 3:
+            calls[target].append(tensor)
+            return tensor
+        prefix, (rows, cols) = token_grid(tensor.shape, grids[target][2], *grids[target][:2])
+        channels = tensor.shape[-1]
+        grid = keras.ops.reshape(tensor[:, prefix:], (-1, rows, cols, channels))
+        calls[target].append(grid)
+        patches = keras.ops.reshape(grid, (-1, rows * cols, channels))
+        return keras.ops.concatenate([tensor[:, :prefix], patches], axis=1) if prefix else patches
+
     def call(layer, *args, **kwargs):
+        mine = [t for t in targets if t[0] is layer]
+        for target in (t for t in mine if t[1] == "input"):
+            args = (capture(target, args[0]), *args[1:])
         inner = [t for t in targets if t[0] is not layer and _contains(layer, t[0])]
+        encoded = [t for t in mine if t[1] in ("last_block_input", "attentions")]
         if inner:
-            extended = _with_endpoints(layer, inner)
+            extended = _with_endpoints(layer, inner, {t: grids[t] for t in inner if t in grids})
             flat = keras.tree.flatten(extended(*args, **kwargs))
             count = len(keras.tree.flatten(layer.output))
             for target, tensor in zip(inner, flat[count:]):
                 calls[target].append(tensor)
             result = keras.tree.pack_sequence_as(layer.output, flat[:count])
+        elif encoded:
+            gridded = [t for t in encoded if t[1] == "last_block_input" and t in grids]
+            grid = (token_grid(args[0].shape, grids[gridded[0]][2], *grids[gridded[0]][:2])
+                    if gridded and len(args[0].shape) == 3 else None)
+            unrolled = UnrolledEncoder(layer, attention=any(t[1] == "attentions"
+                                                            for t in encoded),
+                                       grid=grid)(args[0])
+            for target in encoded:
+                calls[target].append(unrolled[1 if target[1] == "last_block_input" else 2])
+            # The encoder's own outputs besides its tokens (DeiT's optional states) are
+            # unused by the graph: the tokens stand in for them.
+            count = len(keras.tree.flatten(layer.output))
+            result = keras.tree.pack_sequence_as(layer.output, [unrolled[0]] * count)
         else:
             result = layer(*args, **kwargs)
-        for target in targets:
-            if target[0] is layer:
-                calls[target].append(args[0] if target[1] == "input" else result)
+        for target in mine:
+            if target[1] == "pre_activation":
+                calls[target].append(PreActivation(layer)(args[0]))
+            elif target[1] == "output":
+                result = capture(target, result)
         return result
 
     if isinstance(model, keras.Sequential):
@@ -204,8 +430,11 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple]) -> keras.Model:
             outputs = call(layer, outputs)
     else:
         _symbolic_inputs(model)  # checks that the model has a graph
+        # Re-traced through an uncompiled view of its graph: cloning a compiled model would
+        # copy its compile config, whose optimizer needs eager execution (inside a step).
+        view = keras.Model(model.inputs, model.outputs, name=model.name)
         clone = keras.models.clone_model(
-            model, clone_function=lambda layer: layer, call_function=call
+            view, clone_function=lambda layer: layer, call_function=call
         )
         inputs, outputs = clone.inputs, clone.outputs
 
@@ -227,9 +456,13 @@ def _endpoint_list(endpoints) -> list:
 
 
 def endpoints(
-    model: keras.Model, endpoints: Sequence[Endpoint], inputs: Optional[Any] = None
+    model: keras.Model, endpoints: Sequence[Endpoint], inputs: Optional[Any] = None,
+    on_grid: Sequence[Endpoint] = (), grid: Union[str, Sequence[int]] = "auto",
+    prefix_tokens: Optional[int] = None,
 ) -> List[keras.KerasTensor]:
-    """The symbolic tensors named by `endpoints`, computed from `inputs`.
+    """The symbolic tensors named by `endpoints`, computed from `inputs`; those also in
+    `on_grid` that are tokens (B, prefix + h·w, C) come back as maps of their patch tokens
+    (B, h, w, C) (`token_grid` with `grid` and `prefix_tokens`), spliced into the graph.
 
     `inputs` are symbolic tensors of the caller's graph (default: new `keras.Input`s shaped
     like the model's, reachable as `keras.Model(...).inputs` of what you build from them).
@@ -241,12 +474,17 @@ def endpoints(
         exposed = keras.Model(inputs, [logits, features])
     """
     targets = [_resolve(model, e) for e in _endpoint_list(endpoints)]
-    unique = list(dict.fromkeys(targets))  # an endpoint named twice is traced once
-    extended = _with_endpoints(model, unique)
+    # An endpoint named twice is traced once; the model's output is the extended model's.
+    unique = list(dict.fromkeys(t for t in targets if t is not MODEL_OUTPUT))
+    image_size = tuple(keras.tree.flatten(model.inputs)[0].shape[1:3]) if getattr(
+        model, "inputs", None) else (None, None)
+    grids = {_resolve(model, e): (grid, prefix_tokens, image_size) for e in on_grid}
+    extended = _with_endpoints(model, unique, grids)
     if inputs is None:
         inputs = _symbolic_inputs(model)
     flat = keras.tree.flatten(extended(inputs))
     tensors = dict(zip(unique, flat[len(flat) - len(unique):]))
+    tensors[MODEL_OUTPUT] = flat[0]
     return [tensors[target] for target in targets]
 
 
@@ -254,28 +492,202 @@ def expose(
     model: keras.Model,
     arguments: Optional[Union[Endpoint, List[Endpoint]]] = None,
     outputs: Optional[Union[Endpoint, List[Endpoint]]] = None,
+    scores: str = "logits",
+    grid: Union[str, Sequence[int], None] = "auto",
+    prefix_tokens: Optional[int] = None,
 ) -> keras.Model:
     """A model returning `[*outputs, *arguments]`: the logits, then the inner signals the
     maps are computed against.
 
     Args:
         model: a Functional or Sequential Keras model (nested backbones included).
-        arguments: the inner signal(s). Default: the *input* of the last global pooling
-            layer, the spatial activation of CAM methods.
-        outputs: the logits. Default: the output of the last layer with a kernel.
+        arguments: the inner signal(s). Default: the activation CAM methods weigh
+            (`default_activation`: the input of the last global pooling layer; a
+            transformer's tokens before its last block).
+        outputs: the logits. Default: the model's scores, its own output before a final
+            softmax or sigmoid (`find_head`; with `scores="output"`, the output as it is).
+        scores: "logits" or "output", for the default `outputs` (see `SCORES`).
+        grid: how token arguments (B, prefix + h·w, C) of an image model come back: "auto"
+            puts the patch tokens back on their (h, w) grid, dropping the prefix tokens
+            (class, distillation, registers), when the model's input size makes the grid
+            unambiguous (`token_grid`); an (h, w) says the grid; None keeps tokens as they are.
+        prefix_tokens: the number of tokens before the patch tokens, when the grid needs it.
 
     Usage:
 
         exposed = expose(model)                      # [logits, activations (B, h, w, C)]
         exposed = expose(model, "conv5_block3_out")  # another layer's output
+        exposed = expose(vit_classifier)             # [logits, tokens on their 14x14 grid]
     """
+    if scores not in SCORES:
+        raise ValueError(f"scores must be one of {', '.join(SCORES)}, not {scores!r}.")
     if outputs is None:
-        outputs = get_logits_layer(model)
+        outputs = find_head(model).endpoint if scores == "logits" else MODEL_OUTPUT
     if arguments is None:
-        arguments = {"layer": get_global_pooling_layer(model), "link": "input"}
-    wanted = _endpoint_list(outputs) + _endpoint_list(arguments)
+        arguments = default_activation(model)
+    outputs, arguments = _endpoint_list(outputs), _endpoint_list(arguments)
     inputs = _symbolic_inputs(model)
-    return keras.Model(inputs, endpoints(model, wanted, inputs), name=f"{model.name}_exposed")
+    image = len(keras.tree.flatten(inputs)[0].shape) == 4
+    tensors = endpoints(model, outputs + arguments, inputs,
+                        on_grid=arguments if grid is not None and image else (),
+                        grid=grid, prefix_tokens=prefix_tokens)
+    return keras.Model(inputs, tensors, name=f"{model.name}_exposed")
+
+
+def default_activation(model: keras.Model) -> Endpoint:
+    """The activation CAM methods weigh by default (`expose`'s `arguments`):
+
+    - the input of the last global pooling (or Flatten) layer that pools a spatial input
+      (`get_global_pooling_layer`): a CNN's last feature map, MiT's;
+    - for a transformer whose blocks one encoder layer holds (KerasHub's ViT and DeiT,
+      `block_encoder`), the tokens entering its last block, as pytorch-grad-cam weighs
+      `blocks[-1].norm1`: a class-token head reads the patch tokens only through the last
+      block's attention, so the encoder's output tokens get no gradient from it;
+    - else the output of the last layer whose output is a spatial map or tokens (Swin's
+      final tokens, which its head averages).
+    """
+    pooling = [layer for layer in flatten_layers(model) if isinstance(layer, POOLING_LAYERS)]
+    if pooling:
+        layer = get_global_pooling_layer(model)
+        if _spatial(layer, "input"):
+            return {"layer": layer, "link": "input"}
+    encoders = [layer for layer in flatten_layers(model) if block_encoder(layer)]
+    if encoders:
+        return {"layer": encoders[-1], "link": "last_block_input"}
+    for layer in reversed(flatten_layers(model)):
+        if not isinstance(layer, keras.Model) and _spatial(layer, "output"):
+            return {"layer": layer, "link": "output"}
+    raise ValueError(
+        f"No spatial activation found in {model.name!r} for CAM methods to weigh: no global "
+        "pooling layer, transformer encoder or layer with a spatial or token output. Its "
+        f"layers are: {_describe(model)}. Name one (expose(model, 'layer_name'), or the "
+        "job's --activation_layer)."
+    )
+
+
+def _spatial(layer: keras.layers.Layer, link: str) -> bool:
+    """Whether `layer`'s input (or output) is a map with more than one position, or tokens."""
+    try:
+        shape = getattr(layer, link).shape
+    except (AttributeError, ValueError, RuntimeError):  # called several times, or never
+        return False
+    return len(shape) >= 3 and any(size is None or size > 1 for size in shape[1:-1])
+
+
+MAX_PREFIX_TOKENS = 8
+"""Tokens a transformer may put before its patch tokens (class, distillation, registers)."""
+
+
+def token_grid(shape: Sequence[Optional[int]], image_size: Sequence[Optional[int]],
+               grid: Union[str, Sequence[int]] = "auto", prefix_tokens: Optional[int] = None
+               ) -> Tuple[int, Tuple[int, int]]:
+    """(prefix tokens, (h, w)) of tokens of `shape` (B, T, C) computed from an image of
+    `image_size` (H, W): with `grid="auto"`, the one split T = prefix + h·w (prefix up to
+    `MAX_PREFIX_TOKENS`, or `prefix_tokens`) whose grid has the image's proportions and
+    divides it into whole patches; raises ValueError, asking for `grid` and
+    `prefix_tokens`, when there is none or several.
+
+    Usage:
+
+        token_grid((None, 197, 768), (224, 224))     # (1, (14, 14)): ViT-B/16's
+    """
+    tokens = shape[1]
+    height, width = image_size
+    if grid != "auto":
+        rows, cols = (int(v) for v in grid)
+        prefix = tokens - rows * cols if prefix_tokens is None else int(prefix_tokens)
+        if tokens is not None and (prefix < 0 or prefix + rows * cols != tokens):
+            raise ValueError(f"{tokens} tokens are not {prefix_tokens} prefix tokens and a "
+                             f"{rows}x{cols} grid.")
+        return prefix, (rows, cols)
+    candidates = []
+    prefixes = range(MAX_PREFIX_TOKENS + 1) if prefix_tokens is None else [int(prefix_tokens)]
+    for prefix in prefixes if None not in (tokens, height, width) else []:
+        count = tokens - prefix
+        rows = round(math.sqrt(max(count, 0) * height / width))
+        if rows < 1 or count % rows:
+            continue
+        cols = count // rows
+        if rows * width == cols * height and height % rows == 0 and width % cols == 0:
+            candidates.append((prefix, (rows, cols)))
+    if len(candidates) != 1:
+        found = ", ".join(f"{p} + {r}x{c}" for p, (r, c) in candidates) or "none"
+        raise ValueError(
+            f"Cannot tell how tokens of shape {tuple(shape)} lie on the grid of a "
+            f"{height}x{width} image (prefix + grid: {found}): pass grid=(h, w) and "
+            "prefix_tokens to expose.")
+    return candidates[0]
+
+
+def block_encoder(layer: keras.layers.Layer) -> bool:
+    """Whether `layer` is a transformer encoder that runs its blocks in its own call, as
+    KerasHub's ViT and DeiT encoders do: a layer (not a model) holding them in
+    `encoder_layers`, then a final `layer_norm` (and, for ViT, a `dropout` first). Its
+    blocks are not in the model's graph: `UnrolledEncoder` runs them one by one."""
+    blocks = getattr(layer, "encoder_layers", None)
+    return (not isinstance(layer, keras.Model) and isinstance(blocks, (list, tuple))
+            and len(blocks) > 0 and all(isinstance(b, keras.layers.Layer) for b in blocks)
+            and isinstance(getattr(layer, "layer_norm", None), keras.layers.Layer))
+
+
+class UnrolledEncoder(keras.layers.Layer):
+    """A `block_encoder` run block by block as its own call runs them, returning
+    `[its output, the tokens entering its last block]`, and with `attention`, also every
+    block's attention probabilities stacked, (B, blocks, heads, T, T) (`block_attention`).
+    With `grid` (prefix tokens, (h, w)), the last block's input comes back as the map of
+    its patch tokens (B, h, w, C), which the last block's tokens are rebuilt from."""
+
+    def __init__(self, encoder: keras.layers.Layer, attention: bool = False,
+                 grid: Optional[Tuple[int, Tuple[int, int]]] = None, **kwargs):
+        super().__init__(name=f"{encoder.name}_unrolled", dtype=encoder.dtype_policy, **kwargs)
+        self.encoder, self.attention, self.grid = encoder, attention, grid
+
+    def call(self, tokens):
+        encoder = self.encoder
+        dropout = getattr(encoder, "dropout", None)
+        x = dropout(tokens) if isinstance(dropout, keras.layers.Layer) else tokens
+        attentions = []
+        blocks = encoder.encoder_layers
+        for index, block in enumerate(blocks):
+            if index == len(blocks) - 1:
+                x, last = self._split(x)
+            if self.attention:
+                attentions.append(block_attention(block, x))
+            x = block(x)
+            if isinstance(x, (list, tuple)):  # DeiT's blocks return (tokens, scores or None)
+                x = x[0]
+        outputs = [encoder.layer_norm(x), last]
+        return outputs + [keras.ops.stack(attentions, axis=1)] if self.attention else outputs
+
+    def _split(self, tokens):
+        """(the tokens the last block takes, what is exposed of them)."""
+        if self.grid is None:
+            return tokens, tokens
+        prefix, (rows, cols) = self.grid
+        channels = tokens.shape[-1]
+        grid = keras.ops.reshape(tokens[:, prefix:], (-1, rows, cols, channels))
+        patches = keras.ops.reshape(grid, (-1, rows * cols, channels))
+        rebuilt = keras.ops.concatenate([tokens[:, :prefix], patches], axis=1) if prefix else (
+            patches)
+        return rebuilt, grid
+
+
+def block_attention(block: keras.layers.Layer, tokens) -> Any:
+    """A transformer block's attention probabilities (B, heads, T, T) for its input
+    `tokens`: from the block itself when it returns them (DeiT's
+    `block(x, return_attention_scores=True)`), else from its `MultiHeadAttention` on its
+    first `LayerNormalization` (ViT's `mha(ln_1(x), ln_1(x))`). Raises ValueError for a
+    block that has neither."""
+    if "return_attention_scores" in inspect.signature(block.call).parameters:
+        return block(tokens, return_attention_scores=True)[1]
+    attention = getattr(block, "mha", None)
+    norm = getattr(block, "layer_norm_1", None)
+    if isinstance(attention, keras.layers.MultiHeadAttention) and norm is not None:
+        normed = norm(tokens)
+        return attention(normed, normed, return_attention_scores=True)[1]
+    raise ValueError(f"Cannot reach the attention of {block.name!r} ({type(block).__name__}): "
+                     "it neither returns its attention scores nor holds a MultiHeadAttention "
+                     "`mha` after a `layer_norm_1`.")
 
 
 def gather_units(
@@ -291,18 +703,27 @@ def gather_units(
     return tf.gather(tensor, indices, axis=axis, batch_dims=batch_dims)
 
 
-def probabilities_of(logits: tf.Tensor) -> tf.Tensor:
-    """Each unit's probability from the logits (B, U): the softmax over the units, or the
-    sigmoid for a model with one output unit (whose softmax would be 1 whatever the input);
-    float32 for a model computing in half precision.
+PROBABILITIES = ("softmax", "sigmoid", "identity")
+"""How explained scores become the model's probabilities (`probabilities_of`): the model's
+final activation, or "identity" for scores that are its probabilities already."""
+
+
+def probabilities_of(logits: tf.Tensor, activation: Optional[str] = None) -> tf.Tensor:
+    """Each unit's probability from the logits (B, U), as the model's `activation` makes
+    them (`PROBABILITIES`; the final activation `find_head` finds); without one, the softmax
+    over the units, or the sigmoid for a model with one output unit (whose softmax would be
+    1 whatever the input). Float32 for a model computing in half precision.
 
     Usage:
 
         probabilities = probabilities_of(model(images))      # (B, U), rows sum to 1
+        probabilities_of(scores, "sigmoid")                  # a multi-label head's
     """
     if logits.dtype in (tf.float16, tf.bfloat16):
         logits = tf.cast(logits, tf.float32)
-    if logits.shape[-1] == 1:
+    if activation == "identity":
+        return logits
+    if activation == "sigmoid" or (activation is None and logits.shape[-1] == 1):
         return tf.sigmoid(logits)
     return tf.nn.softmax(logits, axis=-1)
 
@@ -322,13 +743,17 @@ class UnitSelector:
     k: int
     units: Optional[tf.Tensor] = None
     probabilities: Optional[tf.Tensor] = None
+    activation: Optional[str] = None
+    """How the scores become probabilities (`probabilities_of`), as the engine knows it of
+    the model (`find_head`)."""
 
     def choose(self, logits: tf.Tensor) -> tf.Tensor:
         raise NotImplementedError
 
     def select(self, logits: tf.Tensor) -> tf.Tensor:
         self.units = self.choose(logits)
-        self.probabilities = gather_units(probabilities_of(logits), self.units)
+        self.probabilities = gather_units(probabilities_of(logits, self.activation),
+                                          self.units)
         return self.units
 
 
@@ -348,10 +773,11 @@ class TopUnits(UnitSelector):
         selector.units  # (B, 2) int32, best first; on ties the lower unit first
     """
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, activation: Optional[str] = None):
         if int(k) < 1:
             raise ValueError(f"TopUnits needs k >= 1 units per input, got {k}.")
         self.k = int(k)
+        self.activation = activation
 
     def choose(self, logits: tf.Tensor) -> tf.Tensor:
         if logits.shape[-1] is not None and logits.shape[-1] < self.k:
@@ -374,9 +800,10 @@ class GivenUnits(UnitSelector):
         selector.probabilities  # (2, 1): softmax(model(images))[i, units[i]]
     """
 
-    def __init__(self, indices: tf.Tensor):
+    def __init__(self, indices: tf.Tensor, activation: Optional[str] = None):
         self.indices = tf.convert_to_tensor(indices)
         self.k = int(self.indices.shape[-1])
+        self.activation = activation
 
     def choose(self, logits: tf.Tensor) -> tf.Tensor:
         return self.indices
@@ -441,8 +868,22 @@ def biases(layers: Sequence[keras.layers.Layer]) -> List[tf.Tensor]:
 
 
 __all__ = [
+    "FINAL_ACTIVATIONS",
+    "Head",
+    "MODEL_OUTPUT",
+    "PROBABILITIES",
+    "PreActivation",
+    "SCORES",
+    "MAX_PREFIX_TOKENS",
+    "UnrolledEncoder",
+    "block_attention",
+    "block_encoder",
+    "default_activation",
     "expose",
     "endpoints",
+    "find_head",
+    "token_grid",
+    "scores_model",
     "flatten_layers",
     "find_layer_with",
     "get_logits_layer",

@@ -35,6 +35,7 @@ gradcam = SHORTCUTS["gradcam"]
 gradcampp = SHORTCUTS["gradcampp"]
 scorecam = SHORTCUTS["scorecam"]
 layercam = SHORTCUTS["layercam"]
+attention_rollout = SHORTCUTS["attention_rollout"]
 occlusion = SHORTCUTS["occlusion"]
 rise = SHORTCUTS["rise"]
 

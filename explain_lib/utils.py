@@ -8,6 +8,22 @@ import tensorflow as tf
 SPATIAL_AXIS = (-3, -2)
 """Default positions of the spatial axes: inputs are (batch, H, W, channels)."""
 
+REFERENCE_SIDE = 224
+"""The image side at which the papers give their lengths in pixels (ImageNet's 224x224
+crops): a default length scales with the input (`at_input_size`)."""
+
+
+def at_input_size(pixels: float, size: Sequence[int]) -> float:
+    """A length of `pixels` on a 224-pixel image, on an image of spatial `size`: scaled by
+    its longer side over `REFERENCE_SIDE`, so that a default keeps its proportion to the
+    image (RISE's cells of 32 pixels, a 7x7 grid at 224, are a 7x7 grid at 32 too).
+
+    Usage:
+
+        at_input_size(15, (64, 64))          # 4.29: the pointing game's tolerance at 64
+    """
+    return pixels * max(int(side) for side in size) / REFERENCE_SIDE
+
 
 def tolist(item) -> list:
     """`item` as a list: lists pass through, tuples and sets are converted, anything else

@@ -115,17 +115,17 @@ def _given(**values) -> set:
 
 
 def _compiled_step(model, metric: Metric, params, specs: Tuple[tf.TensorSpec, ...],
-                   truth: Optional[str]) -> Callable:
-    """The step for this model, metric, parameters and input signature: built and traced
-    on first use, then reused."""
+                   truth: Optional[str], scores: str = "logits") -> Callable:
+    """The step for this model, metric, parameters, input signature and `scores` (see
+    `explaining.explained_model`): built and traced on first use, then reused."""
     key = (metric.function, explaining._freeze(params), truth,
-           tuple((tuple(s.shape[1:]), s.dtype) for s in specs))
+           tuple((tuple(s.shape[1:]), s.dtype) for s in specs), scores)
     steps = _steps_without_model if model is None else _compiled_steps.setdefault(
         model, collections.OrderedDict())
     if key in steps:
         steps.move_to_end(key)
         return steps[key][0]
-    step = _make_step(model, metric, params, specs, truth)
+    step = _make_step(model, metric, params, specs, truth, scores)
     if hasattr(step, "get_concrete_function"):
         explaining.trace(step)  # a value the metric refuses raises its own message now
     # The params are kept with the step so that identity-keyed values stay alive.
@@ -135,8 +135,11 @@ def _compiled_step(model, metric: Metric, params, specs: Tuple[tf.TensorSpec, ..
     return step
 
 
-def _make_step(model, metric: Metric, params, specs, truth) -> Callable:
-    model_ref = (lambda: None) if model is None else weakref.ref(model)
+def _make_step(model, metric: Metric, params, specs, truth, scores: str) -> Callable:
+    # The metric scores what `explain` explains: a softmax head's scores before it, by
+    # default (the model and its explained one are referred to weakly, see explaining).
+    model_ref = (lambda: None) if model is None else weakref.ref(
+        explaining.explained_model(model, scores)[0])
     function = metric.function
     size = tuple(specs[0].shape[1:3])
 
@@ -157,7 +160,8 @@ def _make_step(model, metric: Metric, params, specs, truth) -> Callable:
 
 
 def check_evaluate(metric, model, input_shape, map_shape, units: int = 1,
-                   ground_truth: Optional[str] = None, **metric_params) -> None:
+                   ground_truth: Optional[str] = None, scores: str = "logits",
+                   **metric_params) -> None:
     """Check, before any work, that `evaluate` can run `metric` with `metric_params` on
     `model` for images of `input_shape` (H, W, C) and maps of `map_shape` (h, w), `units`
     per image, with ground truth given as "boxes", "masks" or None: the parameters reach the
@@ -189,7 +193,7 @@ def check_evaluate(metric, model, input_shape, map_shape, units: int = 1,
     elif ground_truth == "masks":
         specs.append(tf.TensorSpec((None, *input_shape[:2]), tf.float32))
     _compiled_step(model if metric.needs_model else None, metric, metric_params, tuple(specs),
-                   ground_truth)
+                   ground_truth, scores)
 
 
 def _as_array(value, name: str) -> np.ndarray:
@@ -352,6 +356,7 @@ def evaluate(
     steps: Optional[int] = None,
     callbacks: Optional[List[keras.callbacks.Callback]] = None,
     force: bool = False,
+    scores: str = "logits",
     **metric_params,
 ):
     """Score how faithful `maps` of `model` for `x` are with a `metric`.
@@ -386,6 +391,9 @@ def evaluate(
         callbacks: Keras callbacks, called as `predict` calls them (`on_predict_batch_end`
             gets `logs={"outputs": scores}`).
         force: rebuild the compiled steps of this model.
+        scores: what the metric scores, as for `explain`: "logits" (the default: a model
+            ending in a softmax or sigmoid is scored on its scores before it, by a
+            probability that is the model's own) or "output" (its output as it is).
         **metric_params: the metric's parameters (`n_steps=100`, `tolerance=0`, ...), which
             it must take: checked before any work.
 
@@ -420,7 +428,7 @@ def evaluate(
             callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1, steps=count,
             model=model,
         )
-    scores = []
+    results = []
     callbacks.on_predict_begin()
     for number, batch in enumerate(batches):
         callbacks.on_predict_batch_begin(number)
@@ -431,14 +439,14 @@ def evaluate(
                                                masks=batch["masks"]))
         tensors, truth = _batch_tensors(metric, model, batch)
         specs = tuple(tf.TensorSpec.from_tensor(t) for t in tensors)
-        step = _compiled_step(model, metric, metric_params, specs, truth)
+        step = _compiled_step(model, metric, metric_params, specs, truth, scores)
         (batch_scores,) = step(*tensors)
-        scores.append(batch_scores.numpy())
-        callbacks.on_predict_batch_end(number, {"outputs": scores[-1]})
-    if not scores:
+        results.append(batch_scores.numpy())
+        callbacks.on_predict_batch_end(number, {"outputs": results[-1]})
+    if not results:
         raise ValueError("x is empty: the input yielded no batch, so there is nothing to "
                          "evaluate.")
     callbacks.on_predict_end()
-    return scores[0] if len(scores) == 1 else np.concatenate(scores)
+    return results[0] if len(results) == 1 else np.concatenate(results)
 
 __all__ = ["check_evaluate", "check_metric_params", "evaluate"]

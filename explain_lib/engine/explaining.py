@@ -25,6 +25,7 @@ Separation of concerns:
 import collections
 import hashlib
 import threading
+import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -32,13 +33,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from explain_lib import inspection, utils
+from explain_lib import filters, inspection, utils
 from explain_lib.engine import data as data_adapter
 from explain_lib.methods.common import METHOD_ARGUMENTS, check_parameter_kinds, parameters_of
 from explain_lib.utils import SPATIAL_AXIS
 
-STEP_PARAMS = ("spatial_axis", "postprocessing", "resizing")
-"""Keyword arguments of `explain` that go to `explain_step`; every other one goes to the
+STEP_PARAMS = ("spatial_axis", "postprocessing", "resizing", "scores")
+"""Keyword arguments of `explain` for its steps: `scores` chooses the model the method is
+given (`explained_model`), the others go to `explain_step`; every other one goes to the
 method (`spatial_axis` to both)."""
 
 LOOP_ARGUMENTS = frozenset({
@@ -73,7 +75,7 @@ def check_method_params(method: Callable, params: Dict[str, Any]) -> None:
     """
     name = getattr(method, "__name__", repr(method))
     accepted, open_ended = parameters_of(method)
-    shadowed = sorted(set(accepted) & (LOOP_ARGUMENTS | {"postprocessing", "resizing"}))
+    shadowed = sorted(set(accepted) & (LOOP_ARGUMENTS | set(STEP_PARAMS) - {"spatial_axis"}))
     if shadowed:
         raise ValueError(
             f"{name} has parameter(s) {', '.join(shadowed)} named like explain's own "
@@ -115,7 +117,8 @@ def explain_step(
             `inspection.UnitSelector` (`TopUnits`, `GivenUnits`), which holds the units
             chosen and their probabilities once this returns.
         spatial_axis: the spatial axes of `inputs` (and of the maps).
-        postprocessing: a filter `f(maps, axis=spatial_axis)` applied to the raw maps.
+        postprocessing: a filter `f(maps, axis=spatial_axis)` applied to the raw maps, or
+            its name in `explain_lib.filters` ("positive_normalize").
         resizing: True resizes the maps to the inputs' spatial size, a size resizes to that
             size, False or None keeps the method's resolution.
         **params: passed on to `method`.
@@ -132,7 +135,7 @@ def explain_step(
     # inputs' precision, and post-processes them in it.
     logits, maps = tf.cast(logits, inputs.dtype), tf.cast(maps, inputs.dtype)
     if postprocessing is not None:
-        maps = postprocessing(maps, axis=spatial_axis)
+        maps = filters.get(postprocessing)(maps, axis=spatial_axis)
     if resizing is not None and resizing is not False:
         if resizing is True:
             shape = tf.shape(inputs)
@@ -223,20 +226,76 @@ def _compiled_step(
         return steps[key][0]
 
 
+_explained_models: "weakref.WeakKeyDictionary[keras.Model, Dict[str, Tuple]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def explained_model(model: keras.Model, scores: str = "logits"
+                    ) -> Tuple[keras.Model, Optional[str]]:
+    """The model a method is given to explain `model`, and how its scores become the
+    model's probabilities (`inspection.probabilities_of`'s `activation`), built once per
+    model and kept here, not on the model.
+
+    With `scores="logits"` (the default), a model ending in a softmax or sigmoid
+    (`inspection.find_head`) is explained on its scores before it (`inspection.
+    scores_model`, the same layers and weights), as a linear head would be; with
+    `scores="output"`, on its output as it is (its probabilities). A final softmax or
+    sigmoid whose scores cannot be reached (`keras.ops.softmax` outside any layer) gets a
+    warning, and its output is explained as it is; so is the first output of a model with
+    several (an exposed one: `inspection.expose` takes the scores by default). A model
+    without a graph (subclassed) is explained on its output.
+    """
+    with _compiled_steps_lock:
+        per_model = _explained_models.setdefault(model, {})
+        if scores not in per_model:
+            per_model[scores] = _explained(model, scores)
+        return per_model[scores]
+
+
+def _explained(model: keras.Model, scores: str) -> Tuple[keras.Model, Optional[str]]:
+    if scores not in inspection.SCORES:
+        raise ValueError(f"scores must be one of {', '.join(inspection.SCORES)}, not "
+                         f"{scores!r}.")
+    head = inspection.find_head(model)
+    outputs = getattr(model, "outputs", None) or []
+    if head.activation and len(outputs) > 1:
+        warnings.warn(f"{model.name!r} ends in a {head.activation} but has {len(outputs)} "
+                      "outputs: its first output is explained as it is (inspection.expose "
+                      "exposes a model on its scores).", stacklevel=3)
+        return model, "identity"
+    if head.activation:
+        if scores == "output":
+            return model, "identity"
+        with model.distribute_strategy.scope():
+            return inspection.scores_model(model), head.activation
+    if head.unreachable and scores == "logits":
+        warnings.warn(
+            f"{head.unreachable}: its maps explain the probabilities, not the scores before "
+            "them. End the model in an Activation or Softmax layer, or in a Dense or "
+            "convolution with the activation fused, to explain its scores; pass "
+            "scores='output' to explain its output as it is.", stacklevel=3)
+        return model, "identity"
+    return model, None
+
+
 def _make_step(model, method, method_params, step_params, input_spec, units,
                selecting, probabilities=False) -> Callable:
-    # The step refers to the model weakly, so that the cache entry does not keep it alive.
-    model_ref = weakref.ref(model)
+    step_params = dict(step_params)
+    explained, activation = explained_model(model, step_params.pop("scores", "logits"))
+    # The step refers to the models weakly, so that the cache entry does not keep them
+    # alive (`_explained_models` keeps the explained one while the model lives).
+    explained_ref = weakref.ref(explained)
 
     def replica_step(inputs, *indices):
         if not selecting and not probabilities:
-            return explain_step(model_ref(), method, (inputs, *indices), **step_params,
+            return explain_step(explained_ref(), method, (inputs, *indices), **step_params,
                                 **method_params)
         # One selector per replica: each chooses (or scores) the units of its own shard, in
         # the method's own forward pass at the input.
-        selector = (inspection.TopUnits(units) if selecting
-                    else inspection.GivenUnits(indices[0]))
-        logits, maps = explain_step(model_ref(), method, (inputs, selector), **step_params,
+        selector = (inspection.TopUnits(units, activation) if selecting
+                    else inspection.GivenUnits(indices[0], activation))
+        logits, maps = explain_step(explained_ref(), method, (inputs, selector), **step_params,
                                     **method_params)
         outputs = (selector.units, logits, maps) if selecting else (logits, maps)
         return (*outputs, selector.probabilities) if probabilities else outputs
@@ -505,6 +564,8 @@ def split_params(method: Callable, params: Dict[str, Any]
     the unit chunk size), the method's checked by `check_method_params`."""
     method_params = dict(params)
     step_params = {k: method_params.pop(k) for k in STEP_PARAMS if k in method_params}
+    if step_params.get("postprocessing") is not None:  # a name: its filter, or the error now
+        step_params["postprocessing"] = filters.get(step_params["postprocessing"])
     unit_chunk_size = int(method_params.pop("unit_chunk_size", DEFAULT_UNIT_CHUNK_SIZE))
     if unit_chunk_size < 1:
         raise ValueError(f"unit_chunk_size must be at least 1, got {unit_chunk_size}.")
@@ -565,6 +626,7 @@ def _explain_batches(
     if force:
         with _compiled_steps_lock:
             _compiled_steps.pop(model, None)
+            _explained_models.pop(model, None)
 
     batches, num_batches = data_adapter.adapt(
         x, y, batch_size, steps, max_queue_size, workers, use_multiprocessing

@@ -5,6 +5,7 @@ the registry that declares them.
 - `cams`: CAM, Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM (exposed model, see
   `inspection.expose`; a plain model is exposed with the defaults).
 - `perturbation`: occlusion, RISE (plain model, forward passes only).
+- `attention`: attention rollout (a vision transformer whose attention can be reached).
 - `meta`: smooth (SmoothGrad), vargrad, squaregrad, tta: a method in, a method out.
 - `chunking`: the bounded-memory loop the multi-pass methods share; `common`: the other
   helpers several modules share.
@@ -27,7 +28,17 @@ Usage:
     logits, maps = explain_lib.explain(methods.gradcam, exposed, x, y)   # the function itself
 """
 
-from explain_lib.methods import cams, chunking, common, gradient, meta, perturbation, registry
+from explain_lib.methods import (
+    attention,
+    cams,
+    chunking,
+    common,
+    gradient,
+    meta,
+    perturbation,
+    registry,
+)
+from explain_lib.methods.attention import attention_rollout
 from explain_lib.methods.cams import cam, gradcam, gradcampp, layercam, scorecam
 from explain_lib.methods.gradient import (
     full_gradients,
@@ -43,6 +54,8 @@ vargrad = REGISTRY["vargrad"].function
 squaregrad = REGISTRY["squaregrad"].function
 
 __all__ = [
+    "attention",
+    "attention_rollout",
     "cams",
     "chunking",
     "common",

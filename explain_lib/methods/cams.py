@@ -45,13 +45,21 @@ def exposed_outputs(model: keras.Model, inputs: tf.Tensor) -> Tuple[tf.Tensor, t
             _default_exposures[model] = inspection.expose(model)
         model = _default_exposures[model]
     outputs = model(inputs, training=False)
-    if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 2:
+        return outputs[0], outputs[1]
+    count = len(outputs) if isinstance(outputs, (list, tuple)) else 1
+    if not getattr(model, "outputs", None):
         raise ValueError(
-            f"CAM methods need a model returning [logits, activations]; {model.name!r} returns "
-            f"{len(outputs) if isinstance(outputs, (list, tuple)) else 1} output(s). Build one "
-            "with explain_lib.inspection.expose(model)."
+            f"{model.name!r} is a subclassed model ({type(model).__name__}): CAM methods weigh "
+            "an inner activation, which only a Functional or Sequential model's graph lets "
+            "explain_lib reach. Explain it with a gradient or perturbation method (gradients, "
+            "integrated_gradients, smoothgrad, occlusion, rise), build it functionally, or "
+            f"make its call() return [logits, activations] (it returns {count} output(s))."
         )
-    return outputs[0], outputs[1]
+    raise ValueError(
+        f"CAM methods need a model returning [logits, activations]; {model.name!r} returns "
+        f"{count} output(s). Build one with explain_lib.inspection.expose(model)."
+    )
 
 
 def cam(

@@ -44,7 +44,7 @@ def parameters_of(method: Callable, given: Sequence[str] = METHOD_ARGUMENTS
     Usage:
 
         parameters_of(integrated_gradients)[0]
-        # {'baseline': 0.0, 'n_steps': 32, 'chunk_size': 8, 'blur_sigma': 5.0}
+        # {'baseline': 0.0, 'n_steps': 32, 'chunk_size': 8, 'blur_sigma': None}
     """
     parameters, open_ended = {}, False
     for parameter in inspect.signature(method).parameters.values():

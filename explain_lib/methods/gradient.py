@@ -137,7 +137,7 @@ def integrated_gradients(
     baseline: Union[float, str, tf.Tensor] = 0.0,
     n_steps: int = 32,
     chunk_size: int = 8,
-    blur_sigma: float = 5.0,
+    blur_sigma: Optional[float] = None,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Integrated Gradients: (x - x') ⊙ ∫₀¹ ∂f_u(x' + α(x - x'))/∂x dα, summed over channels.
 
@@ -174,7 +174,8 @@ def integrated_gradients(
             (such as one (H, W, C) reference image).
         n_steps: points of the Riemann sum.
         chunk_size: path points per forward pass.
-        blur_sigma: standard deviation, in pixels, of the "blur" baseline.
+        blur_sigma: standard deviation, in pixels, of the "blur" baseline; default: 5
+            pixels at 224, scaled with the image (`utils.at_input_size`).
 
     Returns:
         logits (B, K) at `inputs` and signed maps (B, H, W, K).
@@ -222,6 +223,8 @@ def _baseline_of(inputs, baseline, blur_sigma, spatial_axis) -> tf.Tensor:
                 f"Unknown baseline {baseline!r}: pass a number, 'blur' or a tensor "
                 "broadcastable to the inputs."
             )
+        if blur_sigma is None:
+            blur_sigma = utils.at_input_size(5.0, [inputs.shape[a] for a in spatial_axis])
         return gaussian_blur(inputs, blur_sigma, spatial_axis)
     return tf.broadcast_to(tf.cast(baseline, inputs.dtype), tf.shape(inputs))
 
@@ -396,7 +399,7 @@ def full_gradients(
     Returns:
         logits (B, K) and maps (B, H, W, K).
     """
-    psi = filters.get(psi) if isinstance(psi, str) else psi
+    psi = filters.get(psi)
     inputs = tf.convert_to_tensor(inputs)
     axis = (*spatial_axis, -1)
     shape = tf.shape(inputs)

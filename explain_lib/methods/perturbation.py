@@ -60,8 +60,8 @@ def occlusion(
     inputs: tf.Tensor,
     indices: Optional[tf.Tensor] = None,
     spatial_axis: Sequence[int] = SPATIAL_AXIS,
-    patch_size: Union[int, Sequence[int]] = 16,
-    stride: Union[int, Sequence[int]] = 8,
+    patch_size: Union[int, Sequence[int], None] = None,
+    stride: Union[int, Sequence[int], None] = None,
     baseline: Union[float, tf.Tensor] = 0.0,
     score: str = "probability",
     chunk_size: int = 16,
@@ -94,8 +94,11 @@ def occlusion(
         indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
             U units.
         spatial_axis: must be the image axes (-3, -2).
-        patch_size: window height and width (one int for both).
-        stride: step between window positions (one int for both).
+        patch_size: window height and width (one int for both); default: 1/14 of the
+            image's longer side (16 pixels at 224, `utils.at_input_size`).
+        stride: step between window positions (one int for both); default: 1/28 of the
+            image's longer side (8 pixels at 224), so the number of windows does not grow
+            with the image.
         baseline: the value hidden pixels take: a number or a tensor broadcastable to the
             inputs (such as a mean image).
         score: "probability" (softmax over the units; sigmoid for a one-unit model) or
@@ -107,6 +110,10 @@ def occlusion(
     """
     inputs = tf.convert_to_tensor(inputs)
     height, width = _image_size(inputs, spatial_axis, "occlusion")
+    if patch_size is None:
+        patch_size = max(1, round(utils.at_input_size(16, (height, width))))
+    if stride is None:
+        stride = max(1, round(utils.at_input_size(8, (height, width))))
     (patch_h, patch_w), (stride_h, stride_w) = _pair(patch_size), _pair(stride)
     rows = _window_starts(height, patch_h, stride_h)
     cols = _window_starts(width, patch_w, stride_w)
@@ -150,7 +157,7 @@ def rise(
     indices: Optional[tf.Tensor] = None,
     spatial_axis: Sequence[int] = SPATIAL_AXIS,
     masks: int = 4000,
-    cell_size: int = 32,
+    cell_size: Optional[int] = None,
     keep_probability: float = 0.5,
     seed: int = 0,
     score: str = "probability",
@@ -184,7 +191,8 @@ def rise(
             U units.
         spatial_axis: must be the image axes (-3, -2).
         masks: N, the number of random masks.
-        cell_size: side of a grid cell, in pixels.
+        cell_size: side of a grid cell, in pixels; default: 1/7 of the image's longer side
+            (32 pixels at 224: the paper's 7x7 grid, `utils.at_input_size`).
         keep_probability: probability that a cell is kept.
         seed: seed of the masks.
         score: "probability" (softmax over the units; sigmoid for a one-unit model) or
@@ -196,6 +204,8 @@ def rise(
     """
     inputs = tf.convert_to_tensor(inputs)
     height, width = _image_size(inputs, spatial_axis, "rise")
+    if cell_size is None:
+        cell_size = math.ceil(utils.at_input_size(32, (height, width)))
     check_score(score)
     if masks < 1 or cell_size < 1 or not 0 < keep_probability <= 1:
         raise ValueError(

@@ -9,6 +9,8 @@ the tests need to know of a method, so that none of them guesses it from a modul
 - `upsampled`: whether its maps come at that activation's resolution, which `explain`
   resizes to the input's (`resizing=True` by default); the others return input-sized maps;
 - `random`: whether it draws random numbers (its seed parameters make it reproducible);
+- `attention`: whether it reads the model's attention, so explains only transformers whose
+  attention can be reached (`inspection.block_encoder`);
 - `postprocessing`: its conventional filter (what the shortcuts and the job apply);
 - `parameters`: its own parameters and their defaults, read from its signature (a meta
   method's signature lists its own, then its base method's);
@@ -18,7 +20,7 @@ the tests need to know of a method, so that none of them guesses it from a modul
 Usage:
 
     method = get("integrated_gradients")
-    method.parameters      # {'baseline': 0.0, 'n_steps': 32, 'chunk_size': 8, 'blur_sigma': 5.0}
+    method.parameters      # {'baseline': 0.0, 'n_steps': 32, 'chunk_size': 8, 'blur_sigma': None}
     logits, maps = explain_lib.explain(method.function, model, x, y, **method.explain_defaults)
 
     register("my_saliency", my_saliency, summary="...", reference="...")   # your own
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from explain_lib import filters
-from explain_lib.methods import cams, gradient, meta, perturbation
+from explain_lib.methods import attention, cams, gradient, meta, perturbation
 from explain_lib.methods.common import parameters_of
 
 
@@ -47,6 +49,7 @@ class Method:
     upsampled: bool = False
     random: bool = False
     base: Optional[str] = None
+    attention: bool = False
 
     @property
     def parameters(self) -> Dict[str, Any]:
@@ -82,6 +85,7 @@ def register(
     upsampled: bool = False,
     random: bool = False,
     base: Optional[str] = None,
+    attention: bool = False,
 ) -> Method:
     """Declare a method under `name` (see `Method`); returns its entry.
 
@@ -91,7 +95,7 @@ def register(
     if name in REGISTRY:
         raise ValueError(f"A method is already registered as {name!r}.")
     method = Method(name, function, family, summary, reference, postprocessing, exposed,
-                    upsampled, random, base)
+                    upsampled, random, base, attention)
     if random and not method.seeds:
         raise ValueError(
             f"{name} is declared random but has no seed parameter (`seed` or `*_seed`): "
@@ -220,6 +224,13 @@ register(
     upsampled=True,
     summary="ReLU(∂f_u/∂A) ⊙ A per position",
     reference="Jiang et al., 2021, IEEE TIP 30",
+)
+register(
+    "attention_rollout", attention.attention_rollout, family="attention",
+    postprocessing=filters.normalize, upsampled=True, attention=True,
+    summary="the class token's row of the attention, mixed with the identity for the "
+    "residual and multiplied through the blocks (heads fused by their mean)",
+    reference="Abnar & Zuidema, 2020, arXiv:2005.00928",
 )
 register(
     "occlusion", perturbation.occlusion, family="perturbation", postprocessing=_POSITIVE,

@@ -9,7 +9,7 @@ Usage:
     masks = boxes_to_masks(boxes, (H, W))                    # (B, M, 4) -> (B, H, W)
 """
 
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -60,10 +60,11 @@ def to_input_size(maps: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
 
 
 def baseline_of(inputs: tf.Tensor, baseline: Union[float, str, tf.Tensor],
-                blur_sigma: float) -> tf.Tensor:
+                blur_sigma: Optional[float]) -> tf.Tensor:
     """What removed pixels become, with the shape of `inputs`: a number (a constant image),
     "blur" (each input blurred by a Gaussian of `blur_sigma` pixels,
-    `gradient.gaussian_blur`) or a tensor broadcastable to the inputs (a mean image).
+    `gradient.gaussian_blur`; None: 5 pixels at 224, `utils.at_input_size`) or a tensor
+    broadcastable to the inputs (a mean image).
 
     Usage:
 
@@ -76,6 +77,8 @@ def baseline_of(inputs: tf.Tensor, baseline: Union[float, str, tf.Tensor],
                 f"Unknown baseline {baseline!r}: pass a number, 'blur' or a tensor "
                 "broadcastable to the inputs."
             )
+        if blur_sigma is None:
+            blur_sigma = utils.at_input_size(5.0, inputs.shape[1:3])
         if not blur_sigma > 0:
             raise ValueError(f"blur_sigma must be positive, got blur_sigma={blur_sigma}.")
         return gaussian_blur(inputs, blur_sigma)

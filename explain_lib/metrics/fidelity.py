@@ -127,7 +127,7 @@ def deletion(
     maps: tf.Tensor,
     n_steps: int = 224,
     baseline: Union[float, str, tf.Tensor] = 0.0,
-    blur_sigma: float = 5.0,
+    blur_sigma: Optional[float] = None,
     score: str = "probability",
     chunk_size: int = 16,
 ) -> tf.Tensor:
@@ -166,7 +166,8 @@ def deletion(
             one forward pass each).
         baseline: what removed pixels become: a number, "blur" (the input blurred by a
             Gaussian of `blur_sigma` pixels) or a tensor broadcastable to the inputs.
-        blur_sigma: the Gaussian's standard deviation, in pixels, for `baseline="blur"`.
+        blur_sigma: the Gaussian's standard deviation, in pixels, for `baseline="blur"`
+            (default: 5 pixels at 224, scaled with the image).
         score: "probability" (softmax over the units; sigmoid for a one-unit model) or
             "logit".
         chunk_size: steps per forward pass (`chunk_size × B × K` images).
@@ -188,7 +189,7 @@ def insertion(
     maps: tf.Tensor,
     n_steps: int = 224,
     baseline: Union[float, str, tf.Tensor] = "blur",
-    blur_sigma: float = 5.0,
+    blur_sigma: Optional[float] = None,
     score: str = "probability",
     chunk_size: int = 16,
 ) -> tf.Tensor:
@@ -199,8 +200,9 @@ def insertion(
 
     Follows the official code as `deletion` does (`CausalMetric` with mode "ins"), whose
     insertion substrate is the image blurred by a Gaussian of σ = 5 (`gkern(11, 5)`, an
-    11x11 kernel with zero padding); here `gradient.gaussian_blur` with `blur_sigma` = 5,
-    whose kernel reaches 3σ and reflects at the borders.
+    11x11 kernel with zero padding) at 224x224; here `gradient.gaussian_blur` with
+    `blur_sigma` = 5 pixels at 224, scaled with the image (`utils.at_input_size`), whose
+    kernel reaches 3σ and reflects at the borders.
 
     Usage:
 
@@ -256,7 +258,7 @@ def mufidelity(
     subset_percent: float = 0.2,
     n_samples: int = 200,
     baseline: Union[float, str, tf.Tensor] = 0.0,
-    blur_sigma: float = 5.0,
+    blur_sigma: Optional[float] = None,
     score: str = "logit",
     correlation: str = "pearson",
     seed: int = 0,
@@ -299,7 +301,8 @@ def mufidelity(
         n_samples: number of random subsets (one forward pass of the batch each).
         baseline: what removed pixels become: a number, "blur" or a tensor broadcastable to
             the inputs.
-        blur_sigma: the Gaussian's standard deviation, in pixels, for `baseline="blur"`.
+        blur_sigma: the Gaussian's standard deviation, in pixels, for `baseline="blur"`
+            (default: 5 pixels at 224, scaled with the image).
         score: "logit" (the raw output, Xplique's default) or "probability".
         correlation: "pearson" (the paper's) or "spearman" (Xplique's today).
         seed: seed of the subsets.

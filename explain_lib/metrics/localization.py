@@ -1,7 +1,7 @@
 """Localisation metrics: does the map point at the object, against ground-truth regions?
 
 - `pointing_game` (Zhang et al., 2016): whether the map's maximum falls on the object,
-  within a tolerance of 15 pixels.
+  within a tolerance of 15 pixels at 224 (scaled with the image).
 - `energy_pointing_game` (Wang et al., 2020): the share of the map's energy inside the
   object's boxes.
 
@@ -13,9 +13,12 @@ against the sample's ground truth; a sample without any ground truth scores NaN 
 evaluated: average with `np.nanmean`), as benchmarks skip images without the class.
 """
 
+from typing import Optional
+
 import keras
 import tensorflow as tf
 
+from explain_lib import utils
 from explain_lib.metrics.common import flat_maps, image_size, to_input_size
 
 
@@ -58,7 +61,7 @@ def pointing_game(
     units: tf.Tensor,
     maps: tf.Tensor,
     ground_truth: tf.Tensor,
-    tolerance: float = 15,
+    tolerance: Optional[float] = None,
 ) -> tf.Tensor:
     """Pointing game: 1 (a hit) when the map's maximum lies on the object, or within
     `tolerance` pixels of one of its pixels, else 0 (a miss). The mean over samples is the
@@ -86,15 +89,18 @@ def pointing_game(
         units: (B, K) the explained units (one map each).
         maps: (B, h, w, K) one map per unit.
         ground_truth: (B, H, W) 1 on the object's pixels.
-        tolerance: radius, in pixels, around the maximum (15 in the paper; 0: the maximum
-            itself must lie on the object).
+        tolerance: radius, in pixels, around the maximum (0: the maximum itself must lie
+            on the object); default: the paper's 15 pixels at 224, scaled with the image
+            (`utils.at_input_size`: 4.3 at 64).
 
     Returns:
         (B, K) 1.0 for a hit, 0.0 for a miss, NaN for a sample without ground truth.
     """
+    size = image_size(inputs, "pointing_game")
+    if tolerance is None:
+        tolerance = utils.at_input_size(15, size)
     if not tolerance >= 0:
         raise ValueError(f"pointing_game needs tolerance >= 0 pixels, got {tolerance}.")
-    size = image_size(inputs, "pointing_game")
     ground_truth = _ground_truth(ground_truth, size, "pointing_game")
     peak = peaks(to_input_size(maps, size))  # (B, K)
     rows = tf.cast(tf.range(size[0]), tf.float32)[None, None, :, None]

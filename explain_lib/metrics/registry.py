@@ -17,7 +17,7 @@ metric, so that none of them guesses it:
 Usage:
 
     metric = get("deletion")
-    metric.parameters   # {'n_steps': 224, 'baseline': 0.0, 'blur_sigma': 5.0, ...}
+    metric.parameters   # {'n_steps': 224, 'baseline': 0.0, 'blur_sigma': None, ...}
     register("my_metric", my_metric, summary="...", reference="...")   # your own
 """
 
@@ -34,7 +34,7 @@ from explain_lib.metrics.common import (
 
 LOOP_ARGUMENTS = frozenset({
     "metric", "model", "x", "y", "maps", "boxes", "masks", "batch_size", "verbose", "steps",
-    "callbacks", "force",
+    "callbacks", "force", "scores",
 })
 """The names `evaluate` keeps for its own loop: a metric parameter of one of these names
 could never reach the metric, so a metric declaring one is refused."""

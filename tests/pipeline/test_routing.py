@@ -130,7 +130,7 @@ def test_n_steps_changes_the_stored_maps_and_the_manifest_records_it(tmp_path, m
         method = read_manifest(job.output)["method"]
         assert method["params"] == params
         assert method["received"] == {"baseline": "blur", "n_steps": n_steps, "chunk_size": 8,
-                                      "blur_sigma": 5.0}
+                                      "blur_sigma": None}
         assert method["explain"] == {"postprocessing": "absolute_normalize", "resizing": False}
     assert np.abs(maps[1] - maps[64]).max() > 0.05  # normalised maps in [0, 1]
 

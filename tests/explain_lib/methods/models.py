@@ -12,9 +12,11 @@ from tests.conftest import tiny_cnn
 
 
 def registered_methods() -> Dict[str, Tuple[Callable, bool]]:
-    """Every registered method by name: (its function, whether it takes the exposed model),
-    as the registry declares them."""
-    return {name: (method.function, method.exposed) for name, method in methods.REGISTRY.items()}
+    """Every registered method that explains any model by name: (its function, whether it
+    takes the exposed model), as the registry declares them. The methods that read a
+    transformer's attention are tested on one (`tests/explain_lib/methods/test_attention.py`)."""
+    return {name: (method.function, method.exposed) for name, method in methods.REGISTRY.items()
+            if not method.attention}
 
 
 FAST_SETTINGS = {

@@ -130,11 +130,15 @@ def test_occlusion_rejects_windows_larger_than_the_image(model, x):
 def test_probability_scores_are_the_logit_scores_of_the_model_with_a_softmax(model, x, units,
                                                                              name, params):
     # The published methods score a masked input by the unit's probability: on the logits
-    # model that must equal scoring by the output of the same model ending in a softmax.
+    # model that must equal scoring by the output of the same model ending in a softmax,
+    # explained on that output as it is (scores="output"; by default, on its logits).
     method = getattr(perturbation, name)
     with_softmax = keras.Sequential([model, keras.layers.Softmax()])
     _, maps = explain(method, model, x, units, verbose=0, **params)
-    _, expected = explain(method, with_softmax, x, units, verbose=0, score="logit", **params)
+    _, expected = explain(method, with_softmax, x, units, verbose=0, score="logit",
+                          scores="output", **params)
+    _, by_default = explain(method, with_softmax, x, units, verbose=0, **params)
+    np.testing.assert_allclose(by_default, maps, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
     _, by_logit = explain(method, model, x, units, verbose=0, score="logit", **params)
     assert np.abs(by_logit - maps).max() > 0.1 * np.abs(maps).max()
@@ -147,7 +151,7 @@ def test_one_unit_models_are_scored_by_the_sigmoid(x):
     _, maps = explain(perturbation.occlusion, model, x, units, verbose=0, patch_size=4,
                       stride=2)
     _, expected = explain(perturbation.occlusion, with_sigmoid, x, units, verbose=0,
-                          patch_size=4, stride=2, score="logit")
+                          patch_size=4, stride=2, score="logit", scores="output")
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
     assert np.abs(maps).max() > 1e-4
 

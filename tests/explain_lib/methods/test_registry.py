@@ -11,13 +11,14 @@ import pytest
 import explain_lib
 from explain_lib import filters, inspection, methods, shortcuts
 from explain_lib.engine.explaining import check_explain, explain
-from explain_lib.methods import cams, common, gradient, meta, perturbation
+from explain_lib.methods import attention, cams, common, gradient, meta, perturbation
 from tests.conftest import tiny_cnn
 from tests.explain_lib.methods.models import (
     FAST_SETTINGS,
     ROUTING,
     ROUTING_REFUSED,
     ROUTING_SAME,
+    registered_methods,
     rounding_tolerance,
 )
 
@@ -27,7 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 
 def test_the_registry_declares_every_method_of_the_method_modules():
     functions = {m.function for m in methods.REGISTRY.values()}
-    for module in (gradient, cams, perturbation):
+    for module in (gradient, cams, perturbation, attention):
         for function in module.METHODS:
             assert function in functions, function.__name__
     for name, method in methods.REGISTRY.items():
@@ -35,7 +36,11 @@ def test_the_registry_declares_every_method_of_the_method_modules():
         assert getattr(methods, name) is method.function  # methods holds the methods
         assert shortcuts.SHORTCUTS[name] is getattr(explain_lib, name)  # shortcuts: explain
         assert method.exposed == (method.family == "cams")
-        assert method.upsampled == method.exposed == method.explain_defaults["resizing"]
+        assert method.attention == (method.family == "attention")
+        # The methods whose maps come at an inner resolution (a CAM's activation, a
+        # transformer's patch grid) are resized to the input's by default.
+        assert method.upsampled == (method.exposed or method.attention)
+        assert method.upsampled == method.explain_defaults["resizing"]
         assert method.random == bool(method.seeds), name  # a random method has a seed
         assert callable(method.postprocessing) and method.summary and method.reference
     assert methods.get("smoothgrad").base == "gradients"
@@ -45,7 +50,7 @@ def test_the_registry_declares_every_method_of_the_method_modules():
 
 def test_parameters_are_read_from_the_signature_meta_methods_listing_their_base_methods():
     assert methods.get("integrated_gradients").parameters == {
-        "baseline": 0.0, "n_steps": 32, "chunk_size": 8, "blur_sigma": 5.0}
+        "baseline": 0.0, "n_steps": 32, "chunk_size": 8, "blur_sigma": None}
     assert methods.get("gradcam").parameters == {}
     assert list(methods.get("smoothgrad").parameters) == [
         "repetitions", "noise", "noise_chunk_size", "noise_seed", "gradient_filter"]
@@ -71,7 +76,7 @@ def test_methods_know_no_engine():
 
 @pytest.mark.parametrize("name", ["gradcam++", "", None])
 def test_an_unknown_name_lists_the_valid_ones(name):
-    with pytest.raises(ValueError, match="Valid names: cam, full_gradients, gradcam, gradcampp"):
+    with pytest.raises(ValueError, match="Valid names: attention_rollout, cam, full_gradients, gradcam, gradcampp"):
         methods.get(name)
 
 
@@ -130,7 +135,8 @@ def test_a_method_parameter_named_like_an_explain_argument_is_refused(models, im
 
 
 def test_every_registered_method_passes_the_engine_check(models):
-    for name, method in methods.REGISTRY.items():
+    for name in registered_methods():
+        method = methods.get(name)
         check_explain(method.function, models[0], (12, 12, 3), top_k=1,
                       **FAST_SETTINGS.get(name, {}))
 
@@ -152,14 +158,15 @@ def test_steps_is_explains_and_n_steps_is_integrated_gradients(models, images):
 
 
 def routing_cases():
-    """(method, parameter) for every parameter the registry declares (the table in
-    tests/explain_lib/methods/models.py must cover them all: checked below)."""
-    return [(name, parameter) for name, method in methods.REGISTRY.items()
-            for parameter in method.parameters]
+    """(method, parameter) for every parameter the registry declares of the methods that
+    explain any model (the table in tests/explain_lib/methods/models.py must cover them
+    all: checked below; test_attention routes the attention methods')."""
+    return [(name, parameter) for name in registered_methods()
+            for parameter in methods.get(name).parameters]
 
 
 def test_the_routing_table_covers_every_declared_parameter():
-    declared = {name: set(method.parameters) for name, method in methods.REGISTRY.items()}
+    declared = {name: set(methods.get(name).parameters) for name in registered_methods()}
     assert {name: set(values) for name, values in ROUTING.items()} == declared
 
 
@@ -220,7 +227,7 @@ def test_each_parameter_reaches_its_method_through_explain_and_the_shortcut(mode
 # --- the shortcuts ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(methods.REGISTRY))
+@pytest.mark.parametrize("name", list(registered_methods()))
 def test_shortcuts_give_normalised_maps_of_the_input_size(models, images, name):
     model = models[1] if methods.get(name).exposed else models[0]
     units = np.random.default_rng(5).integers(0, 5, len(images))

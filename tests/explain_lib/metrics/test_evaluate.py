@@ -36,7 +36,7 @@ ROUTING = {
     "mufidelity": {"grid_size": 4, "subset_percent": 0.5, "n_samples": 8, "baseline": 0.5,
                    "blur_sigma": 3.0, "score": "probability", "correlation": "spearman",
                    "seed": 1, "chunk_size": 0},
-    "pointing_game": {"tolerance": 0},
+    "pointing_game": {"tolerance": 5},  # the default at 12x12 is 15 * 12 / 224 = 0.8
     "energy_pointing_game": {},
     "model_randomization": {"method": "gradcam", "layers": ["logits"], "seed": 1,
                             "method_params": {"gradient_filter": "square"}},

@@ -69,11 +69,18 @@ def test_a_map_peaking_inside_the_box_is_a_hit_and_outside_a_miss(x):
     maps = peaked([12, 25, 30, 0], [8, 8, 30, 0])
     maps[3] = 0.0
     maps[3, 31, 31, 0] = maps[3, 12, 8, 0] = 1.0  # two maxima: the first in row-major wins
-    hits = explain_lib.evaluate("pointing_game", None, x, None, maps, boxes=boxes, verbose=0)
+    hits = explain_lib.evaluate("pointing_game", None, x, None, maps, boxes=boxes,
+                                tolerance=15, verbose=0)
     np.testing.assert_array_equal(hits[:, 0], [1, 1, 0, 1])
     strict = explain_lib.evaluate("pointing_game", None, x, None, maps, boxes=boxes,
                                   tolerance=0, verbose=0)
     np.testing.assert_array_equal(strict[:, 0], [1, 0, 0, 1])
+    # By default the paper's 15 pixels at 224 keep their proportion: 15 * 32 / 224 = 2.1
+    # pixels at 32, so a peak 2 pixels below the box hits and one 3 pixels below misses.
+    below = peaked([17, 18], [8, 8])
+    default = explain_lib.evaluate("pointing_game", None, x[:2], None, below, boxes=boxes[:2],
+                                   verbose=0)
+    np.testing.assert_array_equal(default[:, 0], [1, 0])
     # The official disc is closed: 10 pixels below the box, hit at tolerance 10, not 9.
     assert explain_lib.evaluate("pointing_game", None, x[1:2], None, maps[1:2], boxes=boxes[:1],
                                 tolerance=10, verbose=0)[0, 0] == 1
