@@ -29,6 +29,7 @@ import math
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from explain_lib.utils import SPATIAL_AXIS, tolist  # noqa: F401  (SPATIAL_AXIS re-exported)
@@ -144,18 +145,14 @@ def get_logits_layer(model: keras.Model, name: Optional[str] = None) -> keras.la
 
 
 def get_global_pooling_layer(model: keras.Model, name: Optional[str] = None) -> keras.layers.Layer:
-    """The last global pooling (or Flatten) layer that pools a spatial input, or `name`: its
-    input is the spatial activation CAM methods weigh. A Flatten of a 1x1 map (MobileNetV3's
-    logits, after its global pooling) pools nothing and is passed over."""
+    """The last global pooling (or Flatten) layer, or `name`: its input is the spatial
+    activation CAM methods weigh. A Flatten of a 1x1 map pools nothing (MobileNetV3's, of its
+    logits after its global pooling) and is passed over."""
     if name is not None:
         return get_nested_layer(model, name)
-    pooling = [layer for layer in flatten_layers(model) if isinstance(layer, POOLING_LAYERS)]
-    for layer in reversed(pooling):
-        try:
-            shape = layer.input.shape
-        except (AttributeError, ValueError, RuntimeError):  # called several times
-            return layer
-        if len(shape) >= 3 and any(size is None or size > 1 for size in shape[1:-1]):
+    for layer in reversed(flatten_layers(model)):
+        if isinstance(layer, POOLING_LAYERS) and not (
+                isinstance(layer, keras.layers.Flatten) and _extent(layer, "input") == 1):
             return layer
     return find_layer_with(model, klass=POOLING_LAYERS)
 
@@ -205,14 +202,20 @@ def _activation_name(layer) -> Optional[str]:
 def _producer(model: keras.Model, tensor):
     """The operation of `model` whose output is `tensor`: a layer, or an operation that is
     not one (`x[:, 0]`, `keras.ops.softmax`); None without a graph."""
-    for operation in reversed(getattr(model, "operations", None) or model.layers):
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1] if model.layers else None
+    operations = getattr(model, "operations", None) or model.layers
+    for operation in reversed(operations):
         try:
             output = operation.output
         except (AttributeError, ValueError, RuntimeError):  # called several times, or never
             continue
         if any(t is tensor for t in keras.tree.flatten(output)):
             return operation
-    return None
+    # A nested model's `output` is its own graph's, not its call's in this one: a model
+    # called last is taken to make the output.
+    last = operations[-1] if operations else None
+    return last if isinstance(last, keras.Model) else None
 
 
 def find_head(model: keras.Model) -> Head:
@@ -235,9 +238,9 @@ def find_head(model: keras.Model) -> Head:
     outputs = keras.tree.flatten(getattr(model, "outputs", None) or [])
     layer = _producer(model, outputs[0]) if outputs else None
     if isinstance(layer, keras.Model):
-        # A nested model ending this one (its first output is this one's) ends in its head.
-        nested_first = keras.tree.flatten(layer.output)[0] is outputs[0]
-        inner = find_head(layer) if nested_first else Head(MODEL_OUTPUT, None)
+        # A nested model ending this one, with one output, ends in its head.
+        single = len(keras.tree.flatten(layer.outputs or [])) == 1
+        inner = find_head(layer) if single else Head(MODEL_OUTPUT, None)
         return inner if inner.activation else Head(MODEL_OUTPUT, None)
     if layer is not None and not isinstance(layer, keras.layers.Layer):
         name = type(layer).__name__.lower()  # an operation: keras.ops.softmax's is Softmax
@@ -262,9 +265,21 @@ class PreActivation(keras.layers.Layer):
     scores a softmax head turns into probabilities. Under a mixed dtype policy it computes
     in the layer's compute dtype, as the layer does."""
 
+    activation = None  # (what the methods that weigh a layer's activation look for)
+
     def __init__(self, layer: keras.layers.Layer, **kwargs):
         super().__init__(name=f"{layer.name}_scores", dtype=layer.dtype_policy, **kwargs)
         self.head = layer
+
+    @property
+    def kernel(self):
+        """The head's kernel: CAM weighs by it (`get_logits_layer`)."""
+        return self.head.kernel
+
+    @property
+    def bias(self):
+        """The head's bias: Full-Gradient counts it (`layers_with_biases`)."""
+        return self.head.bias
 
     @staticmethod
     def supports(layer: keras.layers.Layer) -> bool:
@@ -306,8 +321,18 @@ def scores_model(model: keras.Model, scores: str = "logits") -> keras.Model:
     head = find_head(model) if scores == "logits" else Head(MODEL_OUTPUT, None)
     if head.endpoint is MODEL_OUTPUT:
         return model
+    # The head's layer is not called in the new graph: in its place, its input (an
+    # Activation or Softmax layer) or its output before the activation (`PreActivation`).
+    layer = head.endpoint["layer"]
+    if head.endpoint["link"] == "input":
+        def instead(tensor):
+            return tensor
+    else:
+        def instead(tensor):
+            return PreActivation(layer)(tensor)
     inputs = _symbolic_inputs(model)
-    return keras.Model(inputs, endpoints(model, [head.endpoint], inputs)[0],
+    extended = _with_endpoints(model, [], replaced={layer: instead})
+    return keras.Model(inputs, keras.tree.flatten(extended(inputs))[0],
                        name=f"{model.name}_scores")
 
 
@@ -364,17 +389,20 @@ def _symbolic_inputs(model: keras.Model):
 
 
 def _with_endpoints(model: keras.Model, targets: List[Tuple],
-                    grids: Optional[Dict[Tuple, Tuple]] = None) -> keras.Model:
+                    grids: Optional[Dict[Tuple, Tuple]] = None,
+                    replaced: Optional[Dict[keras.layers.Layer, Any]] = None) -> keras.Model:
     """A Functional model computing `model`'s outputs followed by each target's tensor.
 
-    The layers are re-called (not cloned) on new inputs; a nested model holding a target is
-    replaced, for this call only, by its own `_with_endpoints` version. A target in `grids`
+    The layers are re-called (not cloned) on new inputs, but a layer in `replaced`, whose
+    call is `replaced[layer](its input)` instead; a nested model holding a target (or a
+    replaced layer) is replaced, for this call only, by its own `_with_endpoints` version.
+    A target in `grids`
     (target -> (grid, prefix tokens, image size), see `token_grid`) whose tensor is tokens
     comes back as a map of its patch tokens, spliced into the graph (the tokens downstream
     are rebuilt from it), so that what depends on the tokens depends on the map: a gradient
     taken with respect to it is the tokens' own.
     """
-    grids = grids or {}
+    grids, replaced = grids or {}, replaced or {}
     calls = {target: [] for target in targets}
 
     def capture(target, tensor):
@@ -394,9 +422,12 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
         for target in (t for t in mine if t[1] == "input"):
             args = (capture(target, args[0]), *args[1:])
         inner = [t for t in targets if t[0] is not layer and _contains(layer, t[0])]
+        inner_replaced = {other: instead for other, instead in replaced.items()
+                          if other is not layer and _contains(layer, other)}
         encoded = [t for t in mine if t[1] in ("last_block_input", "attentions")]
-        if inner:
-            extended = _with_endpoints(layer, inner, {t: grids[t] for t in inner if t in grids})
+        if inner or inner_replaced:
+            extended = _with_endpoints(layer, inner, {t: grids[t] for t in inner if t in grids},
+                                       inner_replaced)
             flat = keras.tree.flatten(extended(*args, **kwargs))
             count = len(keras.tree.flatten(layer.output))
             for target, tensor in zip(inner, flat[count:]):
@@ -415,6 +446,9 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
             # unused by the graph: the tokens stand in for them.
             count = len(keras.tree.flatten(layer.output))
             result = keras.tree.pack_sequence_as(layer.output, [unrolled[0]] * count)
+        elif any(other is layer for other in replaced):
+            result = next(instead for other, instead in replaced.items()
+                          if other is layer)(args[0])
         else:
             result = layer(*args, **kwargs)
         for target in mine:
@@ -519,10 +553,8 @@ def expose(
         exposed = expose(model, "conv5_block3_out")  # another layer's output
         exposed = expose(vit_classifier)             # [logits, tokens on their 14x14 grid]
     """
-    if scores not in SCORES:
-        raise ValueError(f"scores must be one of {', '.join(SCORES)}, not {scores!r}.")
-    if outputs is None:
-        outputs = find_head(model).endpoint if scores == "logits" else MODEL_OUTPUT
+    if outputs is None:  # the scores: the output of the model without its softmax
+        model, outputs = scores_model(model, scores), MODEL_OUTPUT
     if arguments is None:
         arguments = default_activation(model)
     outputs, arguments = _endpoint_list(outputs), _endpoint_list(arguments)
@@ -537,26 +569,32 @@ def expose(
 def default_activation(model: keras.Model) -> Endpoint:
     """The activation CAM methods weigh by default (`expose`'s `arguments`):
 
-    - the input of the last global pooling (or Flatten) layer that pools a spatial input
-      (`get_global_pooling_layer`): a CNN's last feature map, MiT's;
+    - the input of the last global pooling (or Flatten) layer (`get_global_pooling_layer`)
+      when it has more than one position: a CNN's last feature map, MiT's;
     - for a transformer whose blocks one encoder layer holds (KerasHub's ViT and DeiT,
       `block_encoder`), the tokens entering its last block, as pytorch-grad-cam weighs
       `blocks[-1].norm1`: a class-token head reads the patch tokens only through the last
       block's attention, so the encoder's output tokens get no gradient from it;
-    - else the output of the last layer whose output is a spatial map or tokens (Swin's
-      final tokens, which its head averages).
+    - else the output of the last layer whose output is a map of more than one position,
+      or tokens (Swin's final tokens, which its head averages; KerasHub VGG's last map,
+      before its head's 7x7 convolution);
+    - else the 1x1 input of the last pooling (a map of one position: a constant map).
     """
-    pooling = [layer for layer in flatten_layers(model) if isinstance(layer, POOLING_LAYERS)]
-    if pooling:
-        layer = get_global_pooling_layer(model)
-        if _spatial(layer, "input"):
-            return {"layer": layer, "link": "input"}
-    encoders = [layer for layer in flatten_layers(model) if block_encoder(layer)]
+    layers = flatten_layers(model)
+    pooling = (get_global_pooling_layer(model)
+               if any(isinstance(layer, POOLING_LAYERS) for layer in layers) else None)
+    if pooling is not None and _extent(pooling, "input") > 1:
+        return {"layer": pooling, "link": "input"}
+    encoders = [layer for layer in layers if block_encoder(layer)]
     if encoders:
         return {"layer": encoders[-1], "link": "last_block_input"}
-    for layer in reversed(flatten_layers(model)):
-        if not isinstance(layer, keras.Model) and _spatial(layer, "output"):
+    padding = (keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D,
+               keras.layers.ZeroPadding3D)
+    for layer in reversed(layers):
+        if not isinstance(layer, (keras.Model, *padding)) and _extent(layer, "output") > 1:
             return {"layer": layer, "link": "output"}
+    if pooling is not None and _extent(pooling, "input"):  # 1x1: the model has no larger map
+        return {"layer": pooling, "link": "input"}
     raise ValueError(
         f"No spatial activation found in {model.name!r} for CAM methods to weigh: no global "
         "pooling layer, transformer encoder or layer with a spatial or token output. Its "
@@ -565,13 +603,16 @@ def default_activation(model: keras.Model) -> Endpoint:
     )
 
 
-def _spatial(layer: keras.layers.Layer, link: str) -> bool:
-    """Whether `layer`'s input (or output) is a map with more than one position, or tokens."""
+def _extent(layer: keras.layers.Layer, link: str) -> int:
+    """How many positions `layer`'s input (or output) has, a map's or tokens' (unknown sizes
+    count as large); 0 for a tensor without spatial axes, or a layer called several times."""
     try:
         shape = getattr(layer, link).shape
     except (AttributeError, ValueError, RuntimeError):  # called several times, or never
-        return False
-    return len(shape) >= 3 and any(size is None or size > 1 for size in shape[1:-1])
+        return 0
+    if len(shape) < 3:
+        return 0
+    return int(np.prod([1 << 30 if size is None else size for size in shape[1:-1]]))
 
 
 MAX_PREFIX_TOKENS = 8
@@ -582,10 +623,12 @@ def token_grid(shape: Sequence[Optional[int]], image_size: Sequence[Optional[int
                grid: Union[str, Sequence[int]] = "auto", prefix_tokens: Optional[int] = None
                ) -> Tuple[int, Tuple[int, int]]:
     """(prefix tokens, (h, w)) of tokens of `shape` (B, T, C) computed from an image of
-    `image_size` (H, W): with `grid="auto"`, the one split T = prefix + h·w (prefix up to
+    `image_size` (H, W): with `grid="auto"`, a split T = prefix + h·w (prefix up to
     `MAX_PREFIX_TOKENS`, or `prefix_tokens`) whose grid has the image's proportions and
-    divides it into whole patches; raises ValueError, asking for `grid` and
-    `prefix_tokens`, when there is none or several.
+    divides it into whole patches; where several do (a small grid: 17 tokens are 1 + 4x4
+    or 8 + 3x3), the one with the fewest prefix tokens, which transformers keep few
+    (class, distillation, a few registers). Raises ValueError, asking for `grid` and
+    `prefix_tokens`, when none does.
 
     Usage:
 
@@ -595,12 +638,14 @@ def token_grid(shape: Sequence[Optional[int]], image_size: Sequence[Optional[int
     height, width = image_size
     if grid != "auto":
         rows, cols = (int(v) for v in grid)
+        if tokens is None and prefix_tokens is None:
+            raise ValueError(f"Tokens of shape {tuple(shape)} have no known count: pass "
+                             "prefix_tokens with the grid.")
         prefix = tokens - rows * cols if prefix_tokens is None else int(prefix_tokens)
         if tokens is not None and (prefix < 0 or prefix + rows * cols != tokens):
-            raise ValueError(f"{tokens} tokens are not {prefix_tokens} prefix tokens and a "
+            raise ValueError(f"{tokens} tokens are not {prefix} prefix tokens and a "
                              f"{rows}x{cols} grid.")
         return prefix, (rows, cols)
-    candidates = []
     prefixes = range(MAX_PREFIX_TOKENS + 1) if prefix_tokens is None else [int(prefix_tokens)]
     for prefix in prefixes if None not in (tokens, height, width) else []:
         count = tokens - prefix
@@ -609,14 +654,10 @@ def token_grid(shape: Sequence[Optional[int]], image_size: Sequence[Optional[int
             continue
         cols = count // rows
         if rows * width == cols * height and height % rows == 0 and width % cols == 0:
-            candidates.append((prefix, (rows, cols)))
-    if len(candidates) != 1:
-        found = ", ".join(f"{p} + {r}x{c}" for p, (r, c) in candidates) or "none"
-        raise ValueError(
-            f"Cannot tell how tokens of shape {tuple(shape)} lie on the grid of a "
-            f"{height}x{width} image (prefix + grid: {found}): pass grid=(h, w) and "
-            "prefix_tokens to expose.")
-    return candidates[0]
+            return prefix, (rows, cols)
+    raise ValueError(
+        f"Cannot tell how tokens of shape {tuple(shape)} lie on a grid of the proportions of a "
+        f"{height}x{width} image: pass grid=(h, w) and prefix_tokens to expose.")
 
 
 def block_encoder(layer: keras.layers.Layer) -> bool:
@@ -651,6 +692,12 @@ class UnrolledEncoder(keras.layers.Layer):
         for index, block in enumerate(blocks):
             if index == len(blocks) - 1:
                 x, last = self._split(x)
+            if self.attention and _returns_attention(block):
+                # (Its tokens then come from the attention kernel that returns the scores,
+                # which may round differently in the last bits from the fused one.)
+                x, scores = block(x, return_attention_scores=True)
+                attentions.append(scores)
+                continue
             if self.attention:
                 attentions.append(block_attention(block, x))
             x = block(x)
@@ -672,13 +719,18 @@ class UnrolledEncoder(keras.layers.Layer):
         return rebuilt, grid
 
 
+def _returns_attention(block: keras.layers.Layer) -> bool:
+    """Whether `block` returns its attention scores when asked (DeiT's blocks)."""
+    return "return_attention_scores" in inspect.signature(block.call).parameters
+
+
 def block_attention(block: keras.layers.Layer, tokens) -> Any:
     """A transformer block's attention probabilities (B, heads, T, T) for its input
     `tokens`: from the block itself when it returns them (DeiT's
     `block(x, return_attention_scores=True)`), else from its `MultiHeadAttention` on its
     first `LayerNormalization` (ViT's `mha(ln_1(x), ln_1(x))`). Raises ValueError for a
     block that has neither."""
-    if "return_attention_scores" in inspect.signature(block.call).parameters:
+    if _returns_attention(block):
         return block(tokens, return_attention_scores=True)[1]
     attention = getattr(block, "mha", None)
     norm = getattr(block, "layer_norm_1", None)

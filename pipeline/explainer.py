@@ -281,7 +281,8 @@ def inspect_model(
     if method is not None:
         registered = resolve_method(method)
         params = explain_params(registered, method_params)
-        explained = exposed(model, activation_layer) if registered.exposed else model
+        explained = (exposed(model, activation_layer, params["scores"]) if registered.exposed
+                     else model)
         size = shape[:2] if None not in shape[:2] or not image_size else tuple(image_size)
         if None not in size:
             explaining.check_explain(registered.function, explained, (*size, shape[2] or 3),
@@ -290,7 +291,7 @@ def inspect_model(
             for name, metric_params in (metrics or {}).items():
                 evaluating.check_evaluate(name, model, (*size, shape[2] or 3), size,
                                           units=top_k, ground_truth=ground_truth,
-                                          **metric_params)
+                                          scores=params["scores"], **metric_params)
     return ModelInfo(shape, num_units)
 
 
@@ -361,7 +362,9 @@ class Explainer:
         self.num_units = int(keras.tree.flatten(model.outputs)[0].shape[-1])
         if not 1 <= config.top_k <= self.num_units:
             raise ValueError(f"top_k must lie in [1, {self.num_units}], got {config.top_k}.")
-        explained = exposed(model, config.activation_layer) if self.method.exposed else model
+        self.scores = self.params["scores"]
+        explained = (exposed(model, config.activation_layer, self.scores) if self.method.exposed
+                     else model)
         scoring = model
         if config.jit_compile:
             # Models of their own sharing the layers, so that the flag stays off the shared
@@ -443,8 +446,8 @@ class Explainer:
         for name, (metric, params) in self.metrics.items():
             scores[name] = explain_lib.evaluate(
                 metric, self.scoring_model if metric.needs_model else None, x, units, maps,
-                batch_size=len(x), verbose=0, **(truth if metric.ground_truth else {}),
-                **params).astype(np.float32)
+                batch_size=len(x), verbose=0, scores=self.scores,
+                **(truth if metric.ground_truth else {}), **params).astype(np.float32)
         return scores
 
 
@@ -488,12 +491,15 @@ def shared_model(path: str) -> keras.Model:
         return _SHARED_MODELS[key]
 
 
-def exposed(model: keras.Model, activation_layer: Optional[str] = None) -> keras.Model:
-    """`inspection.expose(model, activation_layer)`, built once per model and layer and kept
-    here (not on the model), built in the model's strategy scope so that it runs under it."""
+def exposed(model: keras.Model, activation_layer: Optional[str] = None,
+            scores: str = "logits") -> keras.Model:
+    """`inspection.expose(model, activation_layer, scores=scores)`, built once per model,
+    layer and scores and kept here (not on the model), built in the model's strategy scope
+    so that it runs under it."""
     with _SHARED_MODELS_LOCK:
         per_model = _exposures.setdefault(model, {})
-        if activation_layer not in per_model:
+        if (activation_layer, scores) not in per_model:
             with model.distribute_strategy.scope():
-                per_model[activation_layer] = inspection.expose(model, activation_layer)
-        return per_model[activation_layer]
+                per_model[activation_layer, scores] = inspection.expose(
+                    model, activation_layer, scores=scores)
+        return per_model[activation_layer, scores]

@@ -97,6 +97,12 @@ def cam(
     Returns:
         logits (B, K) and maps (B, h, w, K).
     """
+    if len(getattr(model, "outputs", None) or ()) == 1 and (
+            inspection.default_activation(model).get("link") == "last_block_input"):
+        raise ValueError(
+            f"CAM weighs activations that a global-average-pooling + Dense head pools; "
+            f"{model.name!r} is a transformer whose head reads its class token: explain it "
+            "with gradcam (or another CAM method), or attention_rollout.")
     logits, activations = exposed_outputs(model, inputs)
     activations = tf.cast(activations, inputs.dtype)  # float32 under a mixed dtype policy
     indices = inspection.select_units(logits, indices)

@@ -64,9 +64,11 @@ class Method:
 
     @property
     def explain_defaults(self) -> Dict[str, Any]:
-        """Its conventional `explain` parameters: the post-processing, and resizing to the
-        input's size only where the maps come smaller."""
-        return {"postprocessing": self.postprocessing, "resizing": self.upsampled}
+        """Its conventional `explain` parameters: the post-processing, resizing to the
+        input's size only where the maps come smaller, and the scores before a final softmax
+        or sigmoid (`explain`'s `scores`)."""
+        return {"postprocessing": self.postprocessing, "resizing": self.upsampled,
+                "scores": "logits"}
 
 
 REGISTRY: Dict[str, Method] = {}

@@ -473,7 +473,7 @@ def test_help_lists_the_analysis_options(capsys):
      "--metric_params: deletion's parameter n_steps takes an integer, not 'many'."),
     (["--metrics", "pointing_game", "--boxes_key", "b", "--metric_params",
       '{"pointing_game": {"tolerance": [15]}}'],
-     "--metric_params: pointing_game's parameter tolerance takes a number, not [15]."),
+     "--metric_params: pointing_game's parameter tolerance takes a number or null, not [15]."),
     (["--copy_features", "label"], "--copy_features copies input features into the table"),
     (["--table", "TMP/t", "--copy_features", "label,shoe_size"],
      "--copy_features shoe_size: no feature of that name in the first 1000 input records "

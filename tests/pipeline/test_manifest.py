@@ -55,7 +55,8 @@ def test_manifest_describes_the_run(job, model_path):
         "name": "gradcam",
         "params": {},  # as given: --map_size native set the resizing below
         "received": {},  # Grad-CAM has no parameter of its own
-        "explain": {"postprocessing": "positive_normalize", "resizing": False},
+        "explain": {"postprocessing": "positive_normalize", "resizing": False,
+                    "scores": "logits"},
     }
     content = open(model_path, "rb").read()
     assert described["model"] == {"path": model_path,

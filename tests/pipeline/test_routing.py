@@ -19,7 +19,7 @@ from pipeline.manifest import read_manifest
 from pipeline.options import ExplainOptions
 from pipeline.records import CheckedRecord
 from pipeline.transforms import Explain
-from tests.explain_lib.methods.models import ROUTING, ROUTING_SAME
+from tests.explain_lib.methods.models import ROUTING, ROUTING_SAME, registered_methods
 from tests.pipeline.conftest import SIZE, run_job, write
 
 JOB_FAST = {
@@ -76,8 +76,10 @@ def job_maps(model_path, name, params, records):
 
 
 def routing_cases():
-    return [(name, parameter) for name, method in methods.REGISTRY.items()
-            for parameter in method.parameters
+    """Every parameter of every method that explains any model (the demo CNN): the
+    attention methods' reach the job in tests/pipeline/test_zoo.py, on a transformer."""
+    return [(name, parameter) for name in registered_methods()
+            for parameter in methods.get(name).parameters
             if (name, parameter) not in REFUSED and parameter not in ROUTING_SAME]
 
 
@@ -93,7 +95,7 @@ def test_each_parameter_reaches_its_method_through_the_job(loaded, model_path, r
 
 
 @pytest.mark.parametrize("name, parameter", [
-    *[(name, p) for name, method in methods.REGISTRY.items() for p in method.parameters
+    *[(name, p) for name in registered_methods() for p in methods.get(name).parameters
       if p in ROUTING_SAME],
     *REFUSED,
 ])
@@ -131,7 +133,8 @@ def test_n_steps_changes_the_stored_maps_and_the_manifest_records_it(tmp_path, m
         assert method["params"] == params
         assert method["received"] == {"baseline": "blur", "n_steps": n_steps, "chunk_size": 8,
                                       "blur_sigma": None}
-        assert method["explain"] == {"postprocessing": "absolute_normalize", "resizing": False}
+        assert method["explain"] == {"postprocessing": "absolute_normalize", "resizing": False,
+                                     "scores": "logits"}
     assert np.abs(maps[1] - maps[64]).max() > 0.05  # normalised maps in [0, 1]
 
 

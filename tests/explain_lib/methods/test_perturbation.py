@@ -159,3 +159,29 @@ def test_one_unit_models_are_scored_by_the_sigmoid(x):
 def test_an_unknown_score_is_refused(model, x):
     with pytest.raises(ValueError, match="score must be one of probability, logit, not 'prob'"):
         perturbation.rise(model, x, None, score="prob")
+
+
+@pytest.mark.parametrize("size", [32, 64, 224])
+def test_size_like_defaults_follow_the_image(size):
+    """RISE's cells (a 7x7 grid: 32 pixels at 224) and occlusion's window (16 pixels sliding
+    by 8 at 224) keep their proportion to the image: on a model that reads one region, the
+    maps are not constant at 32, 64 or 224 (RISE's 32-pixel cells made one cell of a 32x32
+    image, whose masks are all on or all off: a constant map)."""
+    region = (size // 4, size // 2)
+    model = region_model(input_shape=(size, size, 1), rows=region, cols=region, units=2)
+    x = np.random.default_rng(size).uniform(0.5, 1, (2, size, size, 1)).astype("float32")
+    units = np.zeros((2, 1), "int32")
+    _, rise_maps = explain(perturbation.rise, model, x, units, verbose=0, masks=48,
+                           chunk_size=16)
+    window = max(1, round(16 * size / 224))
+    stride = max(1, round(8 * size / 224))
+    _, occluded = explain(perturbation.occlusion, model, x, units, verbose=0, chunk_size=256)
+    _, expected = explain(perturbation.occlusion, model, x, units, verbose=0, chunk_size=256,
+                          patch_size=window, stride=stride)
+    np.testing.assert_array_equal(occluded, expected)
+    for maps in (rise_maps, occluded):
+        spread = maps.max(axis=(1, 2)) - maps.min(axis=(1, 2))
+        assert np.all(spread > 1e-3 * np.abs(maps).max()), spread
+    # Occlusion's drops sit on the region the model reads.
+    inside = occluded[:, region[0]:region[1], region[0]:region[1]]
+    assert np.abs(inside).mean() > 10 * np.abs(occluded[:, -window:, -window:]).mean()
