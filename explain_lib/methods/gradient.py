@@ -270,15 +270,13 @@ _bias_exposures: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakK
 
 
 def _bias_exposure(model: keras.Model):
-    """(a model returning [logits, *inner biased layers' outputs], the biased layers (the
-    inner ones, then the logits layer if it has a bias), whether each applies a fused ReLU),
-    built once per model and cached here, not on the model."""
+    """(a model returning [logits, *biased layers' outputs], the biased layers, whether each
+    applies a fused ReLU), built once per model and cached here, not on the model. The
+    logits are the model's output (its scores: `explain` gives the model without a final
+    softmax); the last layer with a bias is among the biased layers, its output the logits
+    or (MobileNetV3's 1x1 convolution before a Flatten) what they are made of."""
     if model not in _bias_exposures:
-        logits_layer = inspection.get_logits_layer(model)
         layers = inspection.layers_with_biases(model, return_biases=False)
-        # The logits layer's output is the exposed model's first output already.
-        inner = [layer for layer in layers if layer is not logits_layer]
-        layers = inner + [logits_layer] if len(inner) < len(layers) else inner
         rectified = []
         for layer in layers:
             activation = getattr(layer, "activation", None)
@@ -292,11 +290,11 @@ def _bias_exposure(model: keras.Model):
                     f"{getattr(activation, '__name__', activation)} activation. Full-Gradient "
                     "needs the signal where the bias is added: build the layer with "
                     "activation=None followed by an Activation layer (a fused ReLU is "
-                    "handled), and explain logits, not probabilities."
+                    "handled)."
                 )
         exposed = inspection.expose(
-            model, [{"layer": layer, "link": "output"} for layer in inner], logits_layer
-        )
+            model, [{"layer": layer, "link": "output"} for layer in layers],
+            inspection.MODEL_OUTPUT, grid=None)
         _bias_exposures[model] = (exposed, layers, rectified)
     return _bias_exposures[model]
 
@@ -310,7 +308,6 @@ def _full_gradient_pass(model, inputs, indices, reduce):
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         tape.watch(inputs)
         logits, *signals = exposed(inputs, training=False)
-        signals = signals + [logits] if len(signals) < len(layers) else signals
         logits = inspection.gather_units(logits, inspection.select_units(logits, indices))
 
     def terms(grads):
