@@ -10,17 +10,34 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+def _vit_b16(size: int, head):
+    """KerasHub's ViT-B/16 (12 blocks of 768 channels, 12 heads, MLP 3072), 1000 classes."""
+    import keras_hub
+
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(size, size, 3), patch_size=16, num_layers=12, num_heads=12,
+        hidden_dim=768, mlp_dim=3072)
+    return keras_hub.models.ViTImageClassifier(backbone=backbone, num_classes=1000,
+                                               activation=head)
+
+
 APPLICATIONS = {
     "ResNet50V2": keras.applications.ResNet50V2,
     "MobileNetV2": keras.applications.MobileNetV2,
+    "ConvNeXtTiny": keras.applications.ConvNeXtTiny,
 }
+"""keras.applications models the benchmarks build by name; "ViT-B/16" is KerasHub's."""
 
 
-def application(name: str, size: int = 224) -> keras.Model:
-    """A keras.applications model with random weights and a logits head."""
+def application(name: str, size: int = 224, head=None) -> keras.Model:
+    """A model with random weights and a logits head (`head=None`) or another
+    (`head="softmax"`, keras.applications' default): a keras.applications model of
+    `APPLICATIONS`, or "ViT-B/16"."""
     keras.utils.set_random_seed(0)
+    if name == "ViT-B/16":
+        return _vit_b16(size, head)
     return APPLICATIONS[name](weights=None, input_shape=(size, size, 3),
-                              classifier_activation=None)
+                              classifier_activation=head)
 
 
 def images(batch: int, size: int = 224) -> np.ndarray:

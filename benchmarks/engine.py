@@ -16,7 +16,9 @@ when the units are known) and against predicting first (`model.predict_on_batch`
 `explain` with the predicted units: one more forward pass).
 
 Run: .venv/bin/python -m benchmarks.engine [--models ResNet50V2 MobileNetV2] [--repeats 3]
-     [--sections overhead predicted]
+     [--sections overhead predicted] [--head softmax] [--batch 32]
+     (--models ConvNeXtTiny ViT-B/16 --head softmax: the models users bring, with the head
+     they have; the references compute on the same model without its softmax)
 """
 
 import argparse
@@ -24,7 +26,7 @@ import argparse
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import application, images, machine, median_seconds
+from benchmarks.common import APPLICATIONS, application, images, machine, median_seconds
 from explain_lib import explain, explain_predicted, inspection
 from explain_lib import methods
 from explain_lib.methods import cams
@@ -58,25 +60,30 @@ def bare_references(model, exposed, size):
 
 
 def overhead_section(args, x):
-    print("| model | method | predict s | bare compiled function s | explain, default "
+    print("| model | head | method | predict s | bare compiled function s | explain, default "
           "arguments s | explain / bare | explain throughput / predict |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     units = tf.constant([[i % 1000] for i in range(args.batch)])
     for name in args.models:
-        model = application(name, args.size)
+        model = application(name, args.size, args.head)
+        # The bare references compute on the scores explain explains: the model without
+        # its softmax (the same layers), exposed as explain exposes it by default.
+        scores = inspection.scores_model(model)
         exposed = inspection.expose(model)
         predict = median_seconds(lambda: model.predict(x, batch_size=args.batch, verbose=0),
                                  args.repeats)
-        references = bare_references(model, exposed, args.size)
-        for method, explained in ((gradients, model), (cams.gradcam, exposed)):
+        references = bare_references(scores, exposed, args.size)
+        # The user's call: the plain model, for Grad-CAM too (explain exposes it itself).
+        for method in (gradients, cams.gradcam):
             reference = references[method.__name__]
             bare = median_seconds(lambda: [t.numpy() for t in reference(tf.constant(x), units)],
                                   args.repeats)
             # Default arguments, as a user calls it; timed after a first call.
-            engine = median_seconds(lambda: explain(method, explained, x, units.numpy(),
+            engine = median_seconds(lambda: explain(method, model, x, units.numpy(),
                                                     verbose=0), args.repeats)
-            print(f"| {name} | {method.__name__} | {predict:.2f} | {bare:.2f} | {engine:.2f} | "
-                  f"{engine / bare:.3f} | {predict / engine:.3f} |", flush=True)
+            print(f"| {name} | {args.head or 'linear'} | {method.__name__} | {predict:.2f} | "
+                  f"{bare:.2f} | {engine:.2f} | {engine / bare:.3f} | "
+                  f"{predict / engine:.3f} |", flush=True)
 
 
 def predicted_section(args, x):
@@ -85,7 +92,7 @@ def predicted_section(args, x):
           "explain_predicted |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
-        model = application(name, args.size)
+        model = application(name, args.size, args.head)
         exposed = inspection.expose(model)
         top1 = np.argmax(model.predict_on_batch(x), axis=1)[:, None].astype("int32")
         for method, explained in ((gradients, model), (cams.gradcam, exposed)):
@@ -113,7 +120,11 @@ def predicted_section(args, x):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["ResNet50V2", "MobileNetV2"])
+    parser.add_argument("--models", nargs="+", default=["ResNet50V2", "MobileNetV2"],
+                        help=f"{', '.join(APPLICATIONS)} or ViT-B/16.")
+    parser.add_argument("--head", default=None, choices=[None, "softmax"],
+                        help="The models' head: linear (default) or softmax "
+                        "(keras.applications' default, which explain explains on its logits).")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)

@@ -16,8 +16,11 @@ Sections (`--sections`, all by default):
   tracing, cancels); the per-record overhead is that cost per record minus in-process
   `explain`'s (the mean of its two runs), and the start-up is the N-record runs' mean
   less N records at the steady-state cost. The round of median overhead is reported,
-  with the range over the rounds. Two cases: `tiny` (32x32 PNG records, the demo
-  CNN) and `mobilenet` (224x224 JPEG records, MobileNetV2 with `weights=None`).
+  with the range over the rounds. The cases: `tiny` (32x32 PNG records, the demo
+  CNN), `mobilenet` (224x224 JPEG records, MobileNetV2 with `weights=None`), and the
+  models users bring with their softmax heads, `convnext` (ConvNeXtTiny) and `vit`
+  (KerasHub's ViT-B/16), 224x224 JPEG records (`--cases` chooses; the default is the
+  first two).
 - `memory`: the peak resident memory of `python -m pipeline` (a fresh process, default
   options) over 32x32 PNG records with the demo CNN, at each of `--memory-records`.
 
@@ -45,9 +48,12 @@ from pipeline.records import RecordSpec, check_record, decode_record
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CASES = {
-    # name: (model, image size, record format, N records)
-    "tiny": ("demo", 32, "png", 20000),
-    "mobilenet": ("MobileNetV2", 224, "jpeg", 1024),
+    # name: (model, image size, record format, N records, head)
+    "tiny": ("demo", 32, "png", 20000, None),
+    "mobilenet": ("MobileNetV2", 224, "jpeg", 1024, None),
+    # The models users bring, with the softmax head they have (explained on its logits).
+    "convnext": ("ConvNeXtTiny", 224, "jpeg", 128, "softmax"),
+    "vit": ("ViT-B/16", 224, "jpeg", 64, "softmax"),
 }
 
 
@@ -67,10 +73,10 @@ def write_dataset(directory: str, count: int, size: int, image_format: str, seed
     return path
 
 
-def build_model(name: str, size: int, directory: str) -> str:
+def build_model(name: str, size: int, directory: str, head=None) -> str:
     model = (demo.make_model((size, size, 3), 4) if name == "demo"
-             else application(name, size))
-    path = os.path.join(directory, f"{name}-{size}.keras")
+             else application(name, size, head))
+    path = os.path.join(directory, f"{name.replace('/', '-')}-{size}-{head}.keras")
     keras.saving.save_model(model, path)
     return path
 
@@ -147,9 +153,9 @@ def overhead_section(args, directory):
           "job start-up s | job N s | job 2N s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for case in args.cases:
-        model_name, size, image_format, count = CASES[case]
+        model_name, size, image_format, count, head = CASES[case]
         count = args.records or count
-        model_path = build_model(model_name, size, directory)
+        model_path = build_model(model_name, size, directory, head)
         small = write_dataset(directory, count, size, image_format, seed=1)
         large = write_dataset(directory, 2 * count, size, image_format, seed=1_000_000)
         timed_explain = in_process_timer(model_path, small, args.method, args.batch)
@@ -224,7 +230,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", default=["overhead", "memory"],
                         choices=["overhead", "memory"])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=["tiny", "mobilenet"],
+                        choices=list(CASES))
     parser.add_argument("--records", type=int, default=0,
                         help="N records per case (default: the case's own)")
     parser.add_argument("--memory-records", type=int, nargs="+", default=[2000, 100000])

@@ -236,8 +236,9 @@ class ExplainOptions(PipelineOptions):
                            help="The method's parameters as JSON, e.g. "
                            '\'{"n_steps": 64}\' for integrated_gradients (README: the table '
                            "of methods lists each one's), plus explain's "
-                           '"postprocessing" (a filter name or null) and "resizing". '
-                           "Unknown names are refused before any work.")
+                           '"postprocessing" (a filter name or null), "resizing" and '
+                           '"scores" ("logits", the default: the scores before a final '
+                           'softmax; "output"). Unknown names are refused before any work.')
         group.add_argument("--image_key", default="image", help="Feature holding the image.")
         group.add_argument("--image_format", default="auto", choices=IMAGE_FORMATS,
                            help="auto (JPEG/PNG detected, raw otherwise), jpeg, png or raw.")
