@@ -12,12 +12,20 @@ model's call took (its first: tracing included). A method that refuses a family 
 the head is not global average pooling + Dense, attention rollout on a model without
 reachable attention) is listed with its reason.
 
+Section `job`: each family's softmax model saved as a `.keras` file, as users save it, and
+explained by the job (`python -m pipeline`'s `run`, DirectRunner, two PNG records): Grad-CAM,
+attention rollout on the transformers whose attention is reached.
+
 Run: .venv/bin/python -m benchmarks.zoo [--families ResNetV2 hub:ViT] [--methods gradcam]
+     [--sections explain job]
 """
 
 import argparse
+import os
+import tempfile
 import time
 
+import keras
 import numpy as np
 
 from benchmarks.common import machine
@@ -43,21 +51,57 @@ def check(family: str, name: str, models, x) -> str:
     return f"{'yes' if shaped else 'NO'} | {'yes' if same else 'NO'} | {seconds:.1f} |"
 
 
+def job_row(family: str, method: str, directory: str) -> str:
+    """The family's softmax model saved as a `.keras` file and explained by the job (two
+    PNG records, in-process DirectRunner): whether every record was explained and its maps
+    are finite, and the job's wall seconds."""
+    from explain_lib import io as explain_io
+    from pipeline import demo
+    from pipeline.__main__ import run
+
+    path = os.path.join(directory, f"{family.replace(':', '-')}.keras")
+    keras.saving.save_model(zoo.build(family, "softmax"), path)
+    side = zoo.input_size(family)
+    images = np.random.default_rng(1).integers(0, 256, (2, side, side, 3), dtype=np.uint8)
+    records = [demo.make_example(demo.encode_image(image, "png"), unit, f"z{i}")
+               for i, (image, unit) in enumerate(zip(images, [1, 3]))]
+    inputs = demo.write_records(os.path.join(directory, f"{family}.tfrecord"), records)
+    output = os.path.join(directory, family.replace(":", "-"), "expl")
+    start = time.perf_counter()
+    summary = run(["--input", inputs, "--output", output, "--model", path, "--method", method,
+                   "--units_key", "label"])
+    seconds = time.perf_counter() - start
+    maps = [row["maps"] for row in explain_io.iterate_decoded(output + "-*",
+                                                            explain_io.decode_explanation)]
+    good = summary.explained == 2 and all(np.isfinite(m).all() for m in maps)
+    return f"| {family} | {method} | {'yes' if good else 'NO'} | {seconds:.1f} |"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=list(zoo.FAMILIES))
     parser.add_argument("--methods", nargs="+", default=list(methods.REGISTRY))
+    parser.add_argument("--sections", nargs="+", default=["explain", "job"],
+                        choices=["explain", "job"])
     args = parser.parse_args(argv)
     print(f"Machine: {machine()}\n")
-    print("| family | method | finite, input-sized | softmax = linear head | s (first call) "
-          "| refused because |")
-    print("|---|---|---|---|---|---|")
-    for family in args.families:
-        models = {head: zoo.build(family, head) for head in ("softmax", None)}
-        side = zoo.input_size(family)
-        x = np.random.default_rng(0).uniform(0, 255, (2, side, side, 3)).astype("float32")
-        for name in args.methods:
-            print(f"| {family} | {name} | {check(family, name, models, x)}", flush=True)
+    if "explain" in args.sections:
+        print("| family | method | finite, input-sized | softmax = linear head | "
+              "s (first call) | refused because |")
+        print("|---|---|---|---|---|---|")
+        for family in args.families:
+            models = {head: zoo.build(family, head) for head in ("softmax", None)}
+            side = zoo.input_size(family)
+            x = np.random.default_rng(0).uniform(0, 255, (2, side, side, 3)).astype("float32")
+            for name in args.methods:
+                print(f"| {family} | {name} | {check(family, name, models, x)}", flush=True)
+    if "job" in args.sections:
+        print("\n| family | method | explained by the job, finite maps | job s |")
+        print("|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as directory:
+            for family in args.families:
+                method = "attention_rollout" if family in zoo.TRANSFORMERS else "gradcam"
+                print(job_row(family, method, directory), flush=True)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def make_example(image=None, label=None, id=None, **features) -> bytes:
     named = {"image": image, "label": label, "id": id, **features}
     return tf.train.Example(features=tf.train.Features(feature={
         key: feature(value) for key, value in named.items() if value is not None
-    })).SerializeToString()
+    })).SerializeToString(deterministic=True)
 
 
 def write_records(path: str, records: List[bytes], compression: Optional[str] = None) -> str:

@@ -686,7 +686,7 @@ DEAD_LETTER_FEATURES = {
 
 def encode_dead_letter(letter: DeadLetter) -> bytes:
     """A dead letter as a serialized `tf.train.Example` with bytes features `record` (the
-    original input record), `stage`, `error` and `id`."""
+    original input record), `stage`, `error` and `id`; the same bytes on every run."""
 
     def feature(value: bytes) -> tf.train.Feature:
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
@@ -700,7 +700,7 @@ def encode_dead_letter(letter: DeadLetter) -> bytes:
                 "id": feature(letter.id.encode("utf-8", errors="replace")),
             }
         )
-    ).SerializeToString()
+    ).SerializeToString(deterministic=True)  # (a map's order is otherwise arbitrary)
 
 
 def decode_dead_letter(serialized: bytes) -> DeadLetter:
