@@ -22,13 +22,13 @@ setup(
         "tensorflow-datasets>=4.9,<5",
         # TFDS resolves a builder's code path with it; it is not among TFDS's own requirements.
         "importlib_resources>=6",
-        # TFRecord checksums: pipeline.tfrecords reads and writes the framing with it (and
+        # TFRecord checksums: pipeline.io.framing reads and writes the framing with it (and
         # Beam's TFRecord IO prefers it to crcmod).
         "google-crc32c>=1.5",
         "google-cloud-storage>=2.14,<4",
         "pillow>=10",
         "pandas>=2",
-        # The Parquet table (pipeline.table) builds Arrow tables itself; Beam requires it too.
+        # The Parquet table (pipeline.results.table) builds Arrow tables itself; Beam requires it too.
         "pyarrow>=14",
         # Colormaps of the overlays and figures of the report (pipeline.render,
         # pipeline.report) and of the benchmarks; drawn with the Agg backend, no display.
@@ -36,7 +36,7 @@ setup(
     ],
     extras_require={
         # KerasHub's vision models (ViT, DeiT, Swin, MiT, CSPNet, ...): the job loads
-        # .keras files of them once keras_hub is importable (pipeline.explainer).
+        # .keras files of them once keras_hub is importable (pipeline.worker.explainer).
         "hub": ["keras-hub>=0.32,<0.33"],
         "test": [
             "keras-hub>=0.32,<0.33",

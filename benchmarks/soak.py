@@ -30,7 +30,7 @@ import tensorflow as tf
 from benchmarks.common import machine
 from pipeline import demo
 from pipeline.__main__ import run
-from pipeline.handler import ExplainModelHandler
+from pipeline.worker.handler import ExplainModelHandler
 
 SIZE = 32
 

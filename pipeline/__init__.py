@@ -22,24 +22,24 @@ import importlib
 
 # The names below are imported on first use (PEP 562), not with the package: the job's
 # modules load TensorFlow and Beam, which `python -m pipeline.report` and
-# `pipeline.overview` do without.
+# `pipeline.results.overview` do without.
 _EXPORTS = {
-    "Explainer": "pipeline.explainer",
-    "ExplainerConfig": "pipeline.explainer",
-    "Explanation": "pipeline.explainer",
-    "inspect_model": "pipeline.explainer",
-    "load_keras_model": "pipeline.explainer",
-    "ExplainModelHandler": "pipeline.handler",
-    "ExplainOptions": "pipeline.options",
-    "ReadTFRecords": "pipeline.reading",
-    "CheckedRecord": "pipeline.records",
-    "DeadLetter": "pipeline.records",
-    "ImageRecord": "pipeline.records",
-    "RecordSpec": "pipeline.records",
-    "read_dead_letters": "pipeline.records",
-    "Explain": "pipeline.transforms",
-    "ExplainResult": "pipeline.transforms",
-    "build_pipeline": "pipeline.transforms",
+    "Explainer": "pipeline.worker.explainer",
+    "ExplainerConfig": "pipeline.worker.explainer",
+    "Explanation": "pipeline.worker.explainer",
+    "inspect_model": "pipeline.worker.explainer",
+    "load_keras_model": "pipeline.worker.explainer",
+    "ExplainModelHandler": "pipeline.worker.handler",
+    "ExplainOptions": "pipeline.job.options",
+    "ReadTFRecords": "pipeline.io.reading",
+    "CheckedRecord": "pipeline.worker.records",
+    "DeadLetter": "pipeline.io.dead_letters",
+    "ImageRecord": "pipeline.worker.records",
+    "RecordSpec": "pipeline.worker.records",
+    "read_dead_letters": "pipeline.io.dead_letters",
+    "Explain": "pipeline.job.transforms",
+    "ExplainResult": "pipeline.job.transforms",
+    "build_pipeline": "pipeline.job.transforms",
 }
 
 

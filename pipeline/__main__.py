@@ -8,13 +8,13 @@ Writes out/expl-SSSSS-of-NNNNN.tfrecord.gz (schema v2, read them with
 (records that could not be explained, with the stage and the error), with `--table` a
 Parquet table (one row per explained unit), then writes out/expl.manifest.json (what
 produced them, and with `--metrics` each metric's count, mean and quantiles per unit:
-`pipeline.manifest`), prints the counts and checks that every record read was either
+`pipeline.results.manifest`), prints the counts and checks that every record read was either
 explained or dead-lettered.
 
 Before anything runs, unknown arguments, bad options, unwritable output prefixes and missing
 or corrupt files fail with one line and exit status 2. A job that fails (exit 1) or is
 interrupted (exit 130) leaves no temporary files; a run that succeeds leaves exactly its own
-shards under its prefixes (`pipeline.outputs`).
+shards under its prefixes (`pipeline.io.writing`).
 """
 
 import argparse
@@ -31,34 +31,35 @@ from apache_beam.options.pipeline_options import (
     PortableOptions,
     StandardOptions,
 )
-from apache_beam.runners.runner import PipelineState
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.runner import PipelineState
 
-from pipeline import aggregates, manifest, outputs
-from pipeline.handler import METRICS_NAMESPACE
-from pipeline.ids import (
+from pipeline.counters import (
+    EXPLAINED_COUNTER,
+    METRICS_NAMESPACE,
+    READ_COUNTER,
+    dead_letter_counter,
+)
+from pipeline.io import writing as outputs
+from pipeline.io.dead_letters import STAGES
+from pipeline.io.reading import DamagedFileError
+from pipeline.io.writing import FILE_SUFFIX
+from pipeline.job.options import ExplainOptions, check_arguments
+from pipeline.job.transforms import aggregates_prefix, build_pipeline
+from pipeline.results import aggregates, manifest
+from pipeline.results.ids import (
     DUPLICATE_EXAMPLES,
     DUPLICATE_IDS_COUNTER,
     DUPLICATE_RECORDS_COUNTER,
     Duplicates,
 )
-from pipeline.options import FILE_SUFFIX, ExplainOptions, check_arguments
-from pipeline.reading import DamagedFileError
-from pipeline.records import STAGES
-from pipeline.table import TABLE_SUFFIX
-from pipeline.transforms import (
-    EXPLAINED_COUNTER,
-    READ_COUNTER,
-    aggregates_prefix,
-    build_pipeline,
-    dead_letter_counter,
-)
+from pipeline.results.table import TABLE_SUFFIX
 
 
 @dataclass
 class RunSummary:
     """What a run did: records read, explained and dead-lettered per stage, the ids held by
-    more than one record (`pipeline.ids`), and where the outputs are. `counted` is False
+    more than one record (`pipeline.results.ids`), and where the outputs are. `counted` is False
     when the runner reported no counters."""
 
     read: int = 0
@@ -209,7 +210,7 @@ def job_prefixes(options: ExplainOptions) -> List[str]:
 
 
 def _take_aggregates(options: ExplainOptions) -> Optional[Dict[str, Any]]:
-    """The metric aggregates the job wrote (`pipeline.aggregates`), read and their file
+    """The metric aggregates the job wrote (`pipeline.results.aggregates`), read and their file
     removed: the manifest holds them from now on. None without metrics."""
     from apache_beam.io.filesystems import FileSystems
 

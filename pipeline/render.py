@@ -16,7 +16,7 @@ entries: the field's usual ones ("jet" for overlays, "inferno", "coolwarm") with
 written here.
 
 The image options are the pipeline's, so the command reads any input the pipeline read,
-decodes it with the pipeline's own functions (`pipeline.records`) and finds each record by
+decodes it with the pipeline's own functions (`pipeline.worker.records`) and finds each record by
 the id the pipeline gave it. Maps stored smaller than their image (`--map_size native`) are
 resized over it.
 """
@@ -152,7 +152,7 @@ def load_images_by_id(
     pipeline does (`id_key`, else the hash of the record). JPEG and PNG are decoded to
     `channels` (default 3; a raw tensor keeps its own)."""
     from explain_lib.io import iterate_records
-    from pipeline import records as input_records
+    from pipeline.worker import records as input_records
 
     wanted = set(ids)
     found: Dict[str, np.ndarray] = {}
@@ -223,8 +223,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Render a grid PNG of explanations overlaid on their source images (exit 2 when nothing
     matches or an option is wrong)."""
     from pipeline.commands import BAD_INPUT, count, fail, positive
-    from pipeline.options import parse_ints
-    from pipeline.records import IMAGE_FORMATS
+    from pipeline.job.options import parse_ints
+    from pipeline.worker.records import IMAGE_FORMATS
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.render", description=main.__doc__)
     parser.add_argument("--explanations", required=True, help="Pattern of the pipeline's outputs.")

@@ -11,8 +11,8 @@ embedded as `data:` URIs (PNG, JPEG), so the one file can be mailed or opened an
 
 Separation of concerns:
 
-- The numbers come from two small files the job wrote: its manifest (`pipeline.manifest`:
-  the counts, the settings) and its overview (`pipeline.overview`: per-unit counts and map
+- The numbers come from two small files the job wrote: its manifest (`pipeline.results.manifest`:
+  the counts, the settings) and its overview (`pipeline.results.overview`: per-unit counts and map
   sums, every metric's scores or a uniform sample of them, the best and worst records of
   each ranking key with their maps and images, the dead letters' messages per stage), kept
   while the job explained, in memory bounded by the units and the examples. The report
@@ -54,14 +54,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline.manifest import MANIFEST_SUFFIX, read_manifest
-from pipeline.overview import EXAMPLES as KEPT_EXAMPLES
 from pipeline.commands import BAD_INPUT, count, fail
-from pipeline.files import write_bytes
-from pipeline.overview import MEAN_MAP_SIZE, RANK_KEYS, Example, read_overview
+from pipeline.io.files import write_bytes
+from pipeline.results.manifest import MANIFEST_SUFFIX, read_manifest
+from pipeline.results.overview import EXAMPLES as KEPT_EXAMPLES
+from pipeline.results.overview import MEAN_MAP_SIZE, RANK_KEYS, Example, read_overview
 
 EXAMPLES = 6
-"""Best and worst records shown by default (each; at most `pipeline.overview.EXAMPLES`)."""
+"""Best and worst records shown by default (each; at most `pipeline.results.overview.EXAMPLES`)."""
 
 UNITS_SHOWN = 12
 """Mean maps shown by default: the most explained units'."""
@@ -87,16 +87,16 @@ class ReportData:
     `manifest`: the run's manifest; `records`: explanation records the job's overview
     counts; `unit_counts[u]`: maps explaining unit u, `first_unit_counts[u]`: records whose
     first unit is u; `dead_letters[stage]`: a Counter of error messages (`other_messages`:
-    dead letters of a stage beyond its `pipeline.overview.MESSAGES` distinct messages);
+    dead letters of a stage beyond its `pipeline.results.overview.MESSAGES` distinct messages);
     `notes`: warnings about the run's files; `metric`: the ranking key (a metric name,
     "probability" or "logit", None when no record has a finite score),
     `higher_is_better`: its direction, `directions[name]` every metric's; `values[name]`:
     the finite scores of each metric (one per explained map), and of the ranking key when
     it is not a metric (one per record): all of them, or a uniform sample of
-    `pipeline.overview.SAMPLE` beyond that many; `scored[name]`: how many were finite,
+    `pipeline.results.overview.SAMPLE` beyond that many; `scored[name]`: how many were finite,
     `missing[name]` how many NaN; `mean_maps[unit]`: the mean (h, w) float64 of the maps
     explaining the unit, `map_counts[unit]` how many there were; `best` and `worst`:
-    `pipeline.overview.Example`s (with their maps and images), best first and worst first.
+    `pipeline.results.overview.Example`s (with their maps and images), best first and worst first.
     """
 
     manifest: dict
@@ -124,7 +124,7 @@ class ReportData:
 def compute_report(output: str, metric: Optional[str] = None,
                    examples: int = EXAMPLES) -> ReportData:
     """The numbers of the report on the run writing `output` (its `--output` prefix or its
-    manifest), from its manifest and the overview the job kept (`pipeline.overview`);
+    manifest), from its manifest and the overview the job kept (`pipeline.results.overview`);
     `metric` ranks the records (default: the first metric computed with a finite score,
     else "probability", else "logit").
 

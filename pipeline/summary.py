@@ -2,7 +2,7 @@
 
     python -m pipeline.summary out/expl [--top 20] [--no_scan] [--json]
 
-Prints the run's manifest (`pipeline.manifest`: method, model, input, files, times,
+Prints the run's manifest (`pipeline.results.manifest`: method, model, input, files, times,
 versions), its counts (and the ids held by more than one record, with examples), the dead
 letters broken down by stage and by error message, how many explanations each unit has,
 and with `--metrics` each metric's count, mean and quantiles, over all units and per unit.
@@ -27,10 +27,10 @@ from typing import Dict, List, Optional
 import tensorflow as tf
 
 from explain_lib import io as explain_io
-from pipeline.ids import Duplicates
 from pipeline.commands import BAD_INPUT, count, fail
-from pipeline.manifest import manifest_path, missing_files, read_manifest
-from pipeline.records import STAGES, read_dead_letters
+from pipeline.io.dead_letters import STAGES, read_dead_letters
+from pipeline.results.ids import Duplicates
+from pipeline.results.manifest import manifest_path, missing_files, read_manifest
 
 
 @dataclass
@@ -138,7 +138,7 @@ def _number(value) -> str:
 
 
 def metric_lines(metrics: Optional[dict], top: int = 20) -> List[str]:
-    """The manifest's metric aggregates (`pipeline.aggregates`) as text: per metric, over all
+    """The manifest's metric aggregates (`pipeline.results.aggregates`) as text: per metric, over all
     units, how many scores, how many missing (no ground truth), the mean and the quantiles;
     then each metric's mean for the `top` units with the most scores."""
     aggregates = (metrics or {}).get("aggregates")

@@ -35,7 +35,7 @@ def test_sdist_holds_both_packages_and_everything_they_import(tmp_path):
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     modules = set(source_modules())
     assert {"explain_lib/__init__.py", "explain_lib/engine/explaining.py",
-            "pipeline/__init__.py", "pipeline/handler.py", "setup.py"} <= names
+            "pipeline/__init__.py", "pipeline/worker/handler.py", "setup.py"} <= names
     assert modules <= names, sorted(modules - names)
     # Every project module any module imports is shipped too.
     for module in modules:

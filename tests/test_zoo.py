@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 import explain_lib
-from explain_lib import inspection, io as explain_io, methods
+from explain_lib import inspection, methods
+from explain_lib import io as explain_io
 from explain_lib.engine.explaining import explain
 from pipeline import demo
 from pipeline.__main__ import run

@@ -4,11 +4,10 @@ a linear head are, whatever the method; its probabilities stay the model's; `sco
 explains the output as it is; a model loaded with Keras' defaults (compiled) and a
 subclassed model work where they can, and a CAM method says why it cannot."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-import keras
 
 import explain_lib
 from explain_lib import filters, inspection, methods

@@ -6,21 +6,20 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List
 
-from apache_beam.io.filesystem import FileMetadata, MatchResult
-from apache_beam.io.localfilesystem import LocalFileSystem
-
 import keras
 import numpy as np
 import pytest
+from apache_beam.io.filesystem import FileMetadata, MatchResult
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 import explain_lib
 from explain_lib import inspection
 from explain_lib import io as explain_io
 from pipeline import demo
 from pipeline.__main__ import run
-from pipeline.explainer import explain_params, resolve_method
-from pipeline.options import with_map_size
-from pipeline.records import DeadLetter, read_dead_letters
+from pipeline.io.dead_letters import DeadLetter, read_dead_letters
+from pipeline.job.options import with_map_size
+from pipeline.worker.explainer import explain_params, resolve_method
 
 SIZE = 32
 UNITS = 4
@@ -131,7 +130,7 @@ def assert_same_output_as_direct(other: "Job", direct: "Job", records: List[byte
         assert (job.summary.read, job.summary.explained, job.summary.dead_lettered) == (8, 6, 2)
     # The report's overview, merged from the batches and the workers in whatever order the
     # runner chose, holds the same numbers.
-    from pipeline.overview import read_overview
+    from pipeline.results.overview import read_overview
 
     mine, theirs = read_overview(direct.output), read_overview(other.output)
     assert mine.records == theirs.records == 6

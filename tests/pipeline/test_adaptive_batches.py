@@ -1,4 +1,4 @@
-"""Out-of-memory-adaptive batches (`pipeline.adaptive_batches`): a batch that runs out of
+"""Out-of-memory-adaptive batches (`pipeline.worker.adaptive_batches`): a batch that runs out of
 memory is split in halves down to single records, the size that fits is kept for the
 worker's next batches, only a record that does not fit alone is dead-lettered; through the
 real handler and in a real Beam job."""
@@ -13,13 +13,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from explain_lib import io as explain_io
-from pipeline import Explain, demo
+from pipeline import demo
 from pipeline.__main__ import local_runner
-from pipeline.adaptive_batches import is_out_of_memory
-from pipeline.explainer import ExplainerConfig, Explanation
-from pipeline.handler import ExplainModelHandler
-from pipeline.records import CheckedRecord, RecordSpec, decode_dead_letter
-
+from pipeline.io.dead_letters import decode_dead_letter
+from pipeline.job.transforms import Explain
+from pipeline.worker.adaptive_batches import is_out_of_memory
+from pipeline.worker.explainer import ExplainerConfig, Explanation
+from pipeline.worker.handler import ExplainModelHandler
+from pipeline.worker.records import CheckedRecord, RecordSpec
 from tests.pipeline.conftest import assert_maps_match, expected_explanations
 
 CALLS = []

@@ -24,18 +24,19 @@ import pytest
 
 import explain_lib
 from explain_lib import analysis
-from pipeline import demo, manifest, summary
+from pipeline import demo, summary
 from pipeline.__main__ import main
-from pipeline.aggregates import (
+from pipeline.io.dead_letters import StageError
+from pipeline.results import manifest
+from pipeline.results.aggregates import (
     QUANTILE_EPSILON,
     QUANTILE_LEVELS,
     AggregateMetrics,
     read_aggregates,
 )
-from pipeline.explainer import Explainer, ExplainerConfig
-from pipeline.records import RecordSpec, StageError, check_record, decode_masks
-from pipeline.table import AnalysisRow
-
+from pipeline.results.table import AnalysisRow
+from pipeline.worker.explainer import Explainer, ExplainerConfig
+from pipeline.worker.records import RecordSpec, check_record, decode_masks
 from tests.pipeline.conftest import SIZE, UNITS, run_job, write
 
 METRICS = ("deletion", "insertion", "pointing_game", "energy_pointing_game")
@@ -164,7 +165,7 @@ def test_records_hold_probabilities_and_metrics_equal_to_in_process_evaluate(job
 
 def _independent_statistics(maps2d):
     """The table's map statistics of one (H, W) map, computed directly from their
-    definitions (`pipeline.table.STATISTICS`)."""
+    definitions (`pipeline.results.table.STATISTICS`)."""
     height, width = maps2d.shape
     peak = np.unravel_index(np.argmax(maps2d), maps2d.shape)  # the first maximum, row-major
     mass = np.maximum(maps2d.astype(np.float64), 0)

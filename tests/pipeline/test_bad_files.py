@@ -1,7 +1,7 @@
 """Bad files get one line naming them, and exit status 2, from every command that reads a
 run (`pipeline.summary`, `pipeline.report`, `pipeline.render`), and a one-line ValueError
-naming them from the readers (`explain_lib.io`, `pipeline.manifest`, `pipeline.overview`,
-`pipeline.records`): truncated, garbage, wrong-typed and other-version manifests, overviews
+naming them from the readers (`explain_lib.io`, `pipeline.results.manifest`, `pipeline.results.overview`,
+`pipeline.worker.records`): truncated, garbage, wrong-typed and other-version manifests, overviews
 and record files. No message suggests loading the file unsafely (numpy's own error for a
 non-archive tells its reader to unpickle it)."""
 
@@ -17,8 +17,9 @@ import pytest
 import tensorflow as tf
 
 from explain_lib import io as explain_io
-from pipeline import demo, manifest, overview, records, render, report, summary
-
+from pipeline import demo, render, report, summary
+from pipeline.io import dead_letters
+from pipeline.results import manifest, overview
 from tests.pipeline.conftest import run_job, write
 
 
@@ -244,7 +245,7 @@ def test_files_of_another_kind_are_named(run, tmp_path, capsys):
             reader()
         _assert_one_line(str(error.value), letters)
     with pytest.raises(ValueError, match="Not a dead letter") as error:
-        records.read_dead_letters(explanations)
+        dead_letters.read_dead_letters(explanations)
     _assert_one_line(str(error.value), explanations)
     assert render.main(["--explanations", letters, "--images", inputs, "--out",
                         str(tmp_path / "grid.png")]) == 2

@@ -11,7 +11,6 @@ import pytest
 import pipeline.__main__ as cli
 from pipeline import demo
 from pipeline.__main__ import RunSummary, main
-
 from tests.pipeline.conftest import write
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -192,7 +191,7 @@ def test_unknown_arguments_are_named_with_the_closest_option(tmp_path, model_pat
     assert capsys.readouterr().err.strip() == (
         "explain-pipeline: unknown option --zzzz (python -m pipeline --help lists the options).")
     # Beam's own options and ours, in both spellings, are known.
-    from pipeline.options import check_arguments
+    from pipeline.job.options import check_arguments
 
     check_arguments([*base, "--runner=DirectRunner", "--direct_num_workers", "2",
                      "--experiments=a", "--experiments", "b", "--strict_read",

@@ -10,7 +10,6 @@ from PIL import Image
 from explain_lib.io import read_explanations
 from explain_lib.metrics import boxes_to_masks
 from pipeline import demo, render
-
 from tests.pipeline.conftest import run_job, write
 
 

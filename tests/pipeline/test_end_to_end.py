@@ -9,14 +9,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from explain_lib import io as explain_io
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from pipeline import Explain, demo
+from pipeline import demo
 from pipeline.__main__ import local_runner
-
+from pipeline.job.transforms import Explain
 from tests.pipeline.conftest import (
     RUNNERS_FLAGS,
     SIZE,

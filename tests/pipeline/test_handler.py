@@ -12,12 +12,12 @@ import pytest
 import tensorflow as tf
 
 import explain_lib
-
 from explain_lib import io as explain_io
 from explain_lib.engine import explaining
 from pipeline import demo
-from pipeline import handler as handler_module
-from pipeline.explainer import (
+from pipeline.io.dead_letters import StageError
+from pipeline.worker import handler as handler_module
+from pipeline.worker.explainer import (
     Explainer,
     ExplainerConfig,
     Explanation,
@@ -27,11 +27,14 @@ from pipeline.explainer import (
     resolve_preprocess,
     shared_model,
 )
-from pipeline.handler import ExplainModelHandler
-from pipeline.records import CheckedRecord, RecordSpec, StageError, check_record, decode_record
-
+from pipeline.worker.handler import ExplainModelHandler
+from pipeline.worker.records import (
+    CheckedRecord,
+    RecordSpec,
+    check_record,
+    decode_record,
+)
 from tests.pipeline.conftest import expected_explanations
-
 
 SPEC = RecordSpec(image_size=(4, 4), channels=3, num_units=5, image_shape=(4, 4, 3))
 CONFIG = ExplainerConfig("unused.keras", "gradcam")
@@ -427,7 +430,7 @@ def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model
         target.write(source.read())
     loads = []
     original = load_keras_model
-    monkeypatch.setattr("pipeline.explainer.load_keras_model",
+    monkeypatch.setattr("pipeline.worker.explainer.load_keras_model",
                         lambda path: loads.append(path) or original(path))
     made = []  # (units, selecting) of each compiled explain step built
     make_step = explaining._make_step

@@ -1,4 +1,4 @@
-"""Record ids (`pipeline.ids`): duplicated ids explained, counted and reported with examples
+"""Record ids (`pipeline.results.ids`): duplicated ids explained, counted and reported with examples
 (the command's counts, the manifest, `python -m pipeline.summary`), an empty id treated like
 a missing one."""
 
@@ -6,10 +6,10 @@ import collections
 import os
 
 from explain_lib import io as explain_io
-from pipeline import demo, manifest, summary
+from pipeline import demo, summary
 from pipeline.__main__ import run
-from pipeline.ids import Duplicates
-
+from pipeline.results import manifest
+from pipeline.results.ids import Duplicates
 from tests.pipeline.conftest import write
 
 

@@ -14,9 +14,15 @@ import pytest
 import tensorflow as tf
 
 from explain_lib import io as explain_io
-from pipeline import demo, manifest, summary
-
-from tests.pipeline.conftest import SIZE, assert_maps_match, expected_explanations, run_job, write
+from pipeline import demo, summary
+from pipeline.results import manifest
+from tests.pipeline.conftest import (
+    SIZE,
+    assert_maps_match,
+    expected_explanations,
+    run_job,
+    write,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pytest
 from explain_lib import io as explain_io
 from pipeline import demo
 from pipeline.__main__ import main
-from pipeline.manifest import read_manifest
-
+from pipeline.results.manifest import read_manifest
 from tests.pipeline.conftest import (
     SIZE,
     assert_maps_match,

@@ -1,4 +1,4 @@
-"""A run leaves exactly its own outputs (`pipeline.outputs`): a rerun with another shard count
+"""A run leaves exactly its own outputs (`pipeline.io.writing`): a rerun with another shard count
 removes the older shards and nothing else, its records are byte-identical (and a random
 method's, with the same seed), an unwritable prefix fails before anything runs, and neither
 an interrupted nor a killed run leaves temporary files behind for long."""
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from explain_lib import io as explain_io
-from pipeline import demo, manifest, summary
+from pipeline import demo, summary
 from pipeline.__main__ import main, run
-from pipeline.records import read_dead_letters
-
+from pipeline.io.dead_letters import read_dead_letters
+from pipeline.results import manifest
 from tests.pipeline.conftest import run_job, write
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

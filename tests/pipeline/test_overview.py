@@ -1,4 +1,4 @@
-"""`pipeline.overview`: what the job keeps for the report equals the same numbers computed
+"""`pipeline.results.overview`: what the job keeps for the report equals the same numbers computed
 from all the records at once, however the records are split into batches and merged; the
 score samples stay bounded and uniform; the file round-trips; the handler makes one per
 batch, with large maps scaled down for the sums."""
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import overview as overview_module
-from pipeline.explainer import ExplainerConfig, Explanation
-from pipeline.handler import ExplainModelHandler, Explained
-from pipeline.overview import Overview, Sample, batch_overview
-from pipeline.records import CheckedRecord, RecordSpec
+from pipeline.results import overview as overview_module
+from pipeline.results.overview import Overview, Sample, batch_overview
+from pipeline.worker.explainer import ExplainerConfig, Explanation
+from pipeline.worker.handler import Explained, ExplainModelHandler
+from pipeline.worker.records import CheckedRecord, RecordSpec
 
 DIRECTIONS = {"deletion": False, "pointing_game": True}
 
@@ -214,8 +214,8 @@ def test_the_batches_overviews_are_combined_where_they_are_made(tmp_path, model_
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import ExplainOptions
-    from pipeline.transforms import build_pipeline
+    from pipeline.job.options import ExplainOptions
+    from pipeline.job.transforms import build_pipeline
 
     data = tmp_path / "in.tfrecord"
     data.write_bytes(b"")

@@ -1,4 +1,4 @@
-"""Reading input files one at a time (`pipeline.reading`): every kind of damage to a TFRecord
+"""Reading input files one at a time (`pipeline.io.reading`): every kind of damage to a TFRecord
 file or its gzip stream found at the right record and byte offset; in a real job, the records
 before the damage explained, the rest one dead letter naming the file and the offset, the
 other files read whole; --strict_read failing with one line; opening files retried on
@@ -18,11 +18,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import demo
 from pipeline.__main__ import local_runner
-from pipeline.reading import ReadFileRecords, ReadTFRecords, open_records_file
-from pipeline.records import decode_dead_letter
-from pipeline.retry import Retry
-from pipeline.tfrecords import DamagedFile, iterate_records
-
+from pipeline.io.dead_letters import decode_dead_letter
+from pipeline.io.framing import DamagedFile, iterate_records
+from pipeline.io.reading import ReadFileRecords, ReadTFRecords, open_records_file
+from pipeline.io.retry import Retry
 from tests.pipeline.conftest import FlakyFileSystem, run_job, write
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

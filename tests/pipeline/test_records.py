@@ -10,16 +10,18 @@ import tensorflow as tf
 
 from explain_lib.io import record_id
 from pipeline import demo
-from pipeline import records as records_module
-from pipeline.records import (
+from pipeline.io.dead_letters import (
     DeadLetter,
-    RecordSpec,
     StageError,
+    decode_dead_letter,
+    encode_dead_letter,
+)
+from pipeline.worker import records as records_module
+from pipeline.worker.records import (
+    RecordSpec,
     check_record,
     decode_batch,
-    decode_dead_letter,
     decode_record,
-    encode_dead_letter,
     parse_record,
 )
 

@@ -8,7 +8,6 @@ from PIL import Image
 
 from explain_lib import io as explain_io
 from pipeline import demo, render
-
 from tests.pipeline.conftest import write
 
 IMAGE = 16

@@ -7,8 +7,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from explain_lib import io as explain_io
-from pipeline import Explain, Explainer, ExplainerConfig, demo
+from pipeline import demo
 from pipeline.__main__ import local_runner
+from pipeline.job.transforms import Explain
+from pipeline.worker.explainer import Explainer, ExplainerConfig
 from tests.pipeline.conftest import assert_maps_match
 
 DEVICES = ["/cpu:0", "/cpu:1"]

@@ -18,7 +18,6 @@ from PIL import Image
 
 from explain_lib import metrics as explain_metrics
 from pipeline import demo, render, report
-
 from tests.pipeline.conftest import SIZE, run_job, write
 
 TOP_K = 2

@@ -1,4 +1,4 @@
-"""Bounded retries (`pipeline.retry`): transient storage errors retried with exponential
+"""Bounded retries (`pipeline.io.retry`): transient storage errors retried with exponential
 backoff, each retry logged, permanent ones (not found, permission denied, corrupt) not;
 loading a model through a Beam filesystem whose first opens fail. Opening input files is
 tested in test_reading.py, Cloud Storage's permanent errors in test_gcs.py."""
@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from apache_beam.io.filesystem import BeamIOError
 
-from pipeline import retry as retry_module
-from pipeline.explainer import load_keras_model
-from pipeline.retry import Retry, is_transient
-
+from pipeline.io import retry as retry_module
+from pipeline.io.retry import Retry, is_transient
+from pipeline.worker.explainer import load_keras_model
 from tests.pipeline.conftest import FlakyFileSystem
 
 

@@ -13,12 +13,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from explain_lib import io as explain_io
 from explain_lib import methods
-from pipeline import demo, explainer
+from pipeline import demo
 from pipeline.__main__ import main
-from pipeline.manifest import read_manifest
-from pipeline.options import ExplainOptions
-from pipeline.records import CheckedRecord
-from pipeline.transforms import Explain
+from pipeline.job.options import ExplainOptions
+from pipeline.job.transforms import Explain
+from pipeline.results.manifest import read_manifest
+from pipeline.worker import explainer
+from pipeline.worker.records import CheckedRecord
 from tests.explain_lib.methods.models import ROUTING, ROUTING_SAME, registered_methods
 from tests.pipeline.conftest import SIZE, run_job, write
 

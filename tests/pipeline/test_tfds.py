@@ -6,8 +6,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from explain_lib import io as explain_io
-from pipeline import demo, tfds_input
-from tests.pipeline.conftest import SIZE, assert_maps_match, expected_explanations, run_job
+from pipeline import demo
+from pipeline.io import tfds as tfds_input
+from tests.pipeline.conftest import (
+    SIZE,
+    assert_maps_match,
+    expected_explanations,
+    run_job,
+)
 
 
 class TinyShapes(tfds.core.GeneratorBasedBuilder):

@@ -19,11 +19,11 @@ Separation of concerns:
   distinct ones per stage, the rest counted together).
 - `batch_overview` makes one from a batch the handler has just explained (a few numpy calls
   per batch, not per record; its examples are views of the batch's arrays); `Overview.merge`
-  joins two (Beam's combiner, `pipeline.transforms.KeepOverview`, merges the batches' and
+  joins two (Beam's combiner, `pipeline.job.transforms.KeepOverview`, merges the batches' and
   the workers'), copying only the examples that stay among the best or the worst.
 - `to_bytes` / `from_bytes` store it as one `.npz` (no pickle); `from_bytes` checks what it
   reads against `LAYOUT` and the arrays against it, so that a damaged or foreign file fails
-  with one line; `read_overview` reads it through `pipeline.files` (no Beam import for a
+  with one line; `read_overview` reads it through `pipeline.io.files` (no Beam import for a
   local path).
 
 The ranking keys are the run's metrics (one score per explained map; a record is ranked by
@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.files import RUN_AGAIN, check_layout, nullable, read_bytes
+from pipeline.io.files import RUN_AGAIN, check_layout, nullable, read_bytes
 
 OVERVIEW_SUFFIX = ".overview.npz"
 """Appended to `--output`: out/expl -> out/expl.overview.npz."""

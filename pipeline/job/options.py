@@ -20,17 +20,14 @@ from explain_lib import metrics as explain_metrics
 from explain_lib.engine.evaluating import check_metric_params
 from explain_lib.io import DEFAULT_ENCODING
 from explain_lib.utils import PRECISIONS
-from pipeline.handler import BATCHES_IN_FLIGHT
-from pipeline.records import IMAGE_FORMATS
-from pipeline.table import TABLE_COLUMNS, TABLE_SUFFIX
+from pipeline.io.writing import FILE_SUFFIX
+from pipeline.results.table import TABLE_COLUMNS, TABLE_SUFFIX
+from pipeline.worker.handler import BATCHES_IN_FLIGHT
+from pipeline.worker.records import IMAGE_FORMATS
 
 DEAD_LETTER_SUFFIX = ".dead_letters"
 """Appended to `--output` for the default `--dead_letter_prefix`: `out/expl-*` matches the
 results only, `out/expl.dead_letters-*` the dead letters."""
-
-FILE_SUFFIX = ".tfrecord.gz"
-"""Suffix of every file the job writes (GZIP-compressed TFRecords)."""
-
 
 def parse_ints(text: Optional[str], count: int, name: str) -> Optional[Tuple[int, ...]]:
     """'224,224' -> (224, 224), checking there are `count` positive integers."""

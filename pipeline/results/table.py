@@ -14,7 +14,7 @@ Separation of concerns:
   (a pointing game without ground truth, a map without positive mass).
 - `WriteTable` batches the rows (Beam's `BatchElements`), converts them and writes them
   as PREFIX-SSSSS-of-NNNNN.parquet with the job's Parquet writer
-  (`pipeline.outputs.WriteParquet`), which deletes no file but the table's own earlier
+  (`pipeline.io.writing.WriteParquet`), which deletes no file but the table's own earlier
   shards.
 
 Usage:
@@ -65,7 +65,7 @@ class AnalysisRow(NamedTuple):
 
 def analysis_rows(ids: Sequence[str], explanations: Sequence, metric_names: Sequence[str],
                   features: Sequence[Tuple[Any, ...]]) -> List[AnalysisRow]:
-    """One `AnalysisRow` per explanation (`pipeline.explainer.Explanation`, maps at their
+    """One `AnalysisRow` per explanation (`pipeline.worker.explainer.Explanation`, maps at their
     stored resolution, not yet encoded). Statistics are computed with one
     `map_statistics` call per group of maps of one shape (a batch is one group unless its
     records explain different numbers of units).
@@ -158,7 +158,7 @@ class _ToArrow(beam.DoFn):
 class WriteTable(beam.PTransform):
     """Write `AnalysisRow`s as a Parquet table PREFIX-SSSSS-of-NNNNN.parquet (`num_shards`
     files, 0: as the runner decides), `ROWS_PER_TABLE` records per `pyarrow.Table`,
-    snappy-compressed (which every SQL engine reads), with `pipeline.outputs.WriteParquet`.
+    snappy-compressed (which every SQL engine reads), with `pipeline.io.writing.WriteParquet`.
 
     Usage:
 
@@ -173,7 +173,7 @@ class WriteTable(beam.PTransform):
         self.num_shards = num_shards
 
     def expand(self, rows):
-        from pipeline.outputs import WriteParquet
+        from pipeline.io.writing import WriteParquet
 
         return (rows
                 | "Batch" >> beam.BatchElements(min_batch_size=ROWS_PER_TABLE,

@@ -3,14 +3,14 @@ quantiles, computed with Beam's combiners in bounded memory whatever the record 
 
 Separation of concerns:
 
-- `metric_batches` turns a batch of `pipeline.table.AnalysisRow`s into one array of scores
+- `metric_batches` turns a batch of `pipeline.results.table.AnalysisRow`s into one array of scores
   per (metric, unit) and per (metric, every unit): the combiners take whole arrays, not one
   score at a time.
 - `MeanCombineFn` (count, scores missing, sum: a few numbers per key) and Beam's
   `ApproximateQuantilesCombineFn` (a bounded sketch per key, exact for small inputs, within
   `QUANTILE_EPSILON` in rank otherwise) combine them; `AggregateMetrics` joins both into one JSON document, written next to the outputs
   while the job runs, which the launcher moves into the run manifest
-  (`pipeline.manifest`, `python -m pipeline.summary`).
+  (`pipeline.results.manifest`, `python -m pipeline.summary`).
 
 Usage:
 
@@ -26,7 +26,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
-from pipeline.files import read_bytes
+from pipeline.io.files import read_bytes
 
 QUANTILES = 5
 """Quantiles kept per metric and unit: the minimum, the quartiles and the maximum."""

@@ -8,11 +8,11 @@ keep every record before the damage and say exactly where the damage is.
 
 Separation of concerns:
 
-- `pipeline.tfrecords.iterate_records` parses the TFRecord framing of an open stream, one
+- `pipeline.io.framing.iterate_records` parses the TFRecord framing of an open stream, one
   record in memory at a time, and raises `DamagedFile`, with the byte offset of the first
   record it cannot read, on a bad checksum, a truncated record or a decompression error.
 - `open_records_file` opens a file on any Beam filesystem, retrying transient errors
-  (`pipeline.retry`), and decompresses it by its suffix with the standard library's
+  (`pipeline.io.retry`), and decompresses it by its suffix with the standard library's
   streaming readers, which notice a truncated or corrupt gzip, bzip2 or xz stream (Beam's
   own decompressing reader ends quietly where a truncated stream ends).
 - `ReadFileRecords`, the DoFn of stage "read": a file's records, in lists (the job's
@@ -42,11 +42,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.handler import METRICS_NAMESPACE
-from pipeline.records import StageError
-from pipeline.retry import Retry, is_transient
-from pipeline.tfrecords import DamagedFile, iterate_records
-from pipeline.transforms import DEAD_LETTERS, READ_COUNTER, _StageDoFn
+from pipeline.counters import METRICS_NAMESPACE, READ_COUNTER
+from pipeline.io.dead_letters import DEAD_LETTERS, CountedStage, StageError
+from pipeline.io.framing import DamagedFile, iterate_records
+from pipeline.io.retry import Retry, is_transient
 
 _STREAMING = {
     CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
@@ -86,7 +85,7 @@ RECORDS_PER_LIST = 64
 handler takes with its default options (`ExplainModelHandler.records_per_call`)."""
 
 
-class ReadFileRecords(_StageDoFn):
+class ReadFileRecords(CountedStage):
     """Stage read: files (`FileMetadata` or paths) -> lists of `records_per_list` of their
     serialized records (the last list of a bundle may hold fewer; records of several files
     share lists, so that small files still make full ones). The unreadable rest of a

@@ -4,7 +4,7 @@ Every run of `python -m pipeline` writes one when the job has finished: the reco
 version, the method and its parameters (as given; every parameter the method received, its
 defaults included; and `explain`'s post-processing and resizing), the metrics with their
 parameters (as given, as received) and ground truth, and their count, mean and quantiles
-per unit (`pipeline.aggregates`), the model's path and content hash, the input, the files
+per unit (`pipeline.results.aggregates`), the model's path and content hash, the input, the files
 written (paths and sizes: explanations, dead letters, the Parquet table), the counts the
 job's counters report (read, explained, dead-lettered per stage, duplicated ids with a few
 examples), start and end time, library versions and the runner. A later reader can then tell which model and
@@ -12,7 +12,7 @@ settings made a set of maps, and whether the files hold everything the job expla
 (`python -m pipeline.summary OUTPUT`).
 
 Separation of concerns: `build_manifest` only describes (a dict of JSON values);
-`write_manifest` / `read_manifest` move it (`pipeline.files`: Beam's filesystems for `gs://`
+`write_manifest` / `read_manifest` move it (`pipeline.io.files`: Beam's filesystems for `gs://`
 and the like, Python's `open` for local paths), and `read_manifest` checks what it reads
 against `LAYOUT`, so that a damaged or foreign file fails with one line naming it;
 `missing_files` compares the files a manifest lists with those in place;
@@ -31,11 +31,18 @@ import platform
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from pipeline.files import RUN_AGAIN, check_layout, file_size, nullable, read_bytes, write_bytes
-from pipeline.overview import overview_path
+from pipeline.io.files import (
+    RUN_AGAIN,
+    check_layout,
+    file_size,
+    nullable,
+    read_bytes,
+    write_bytes,
+)
+from pipeline.results.overview import overview_path
 
 if TYPE_CHECKING:
-    from pipeline.options import ExplainOptions
+    from pipeline.job.options import ExplainOptions
 
 # Writing a manifest needs the job's modules (TensorFlow, Beam); reading one needs neither,
 # so that `python -m pipeline.report` starts in a second: the writers import them inside.
@@ -73,7 +80,7 @@ LAYOUT = {
     "duplicate_ids": nullable({"ids": int, "records": int, "examples": [str]}),
     "started": str, "finished": str, "seconds": float, "versions": {str: str}, "runner": str,
 }
-"""What `read_manifest` requires of a manifest (`pipeline.files.check_layout`): the fields
+"""What `read_manifest` requires of a manifest (`pipeline.io.files.check_layout`): the fields
 the summary and the report read, with their kinds."""
 
 _LIBRARIES = ("explain-lib", "tensorflow", "keras", "apache-beam", "numpy", "pandas", "pillow",
@@ -123,9 +130,9 @@ def library_versions() -> Dict[str, str]:
 
 def written_files(options: "ExplainOptions") -> Dict[str, Any]:
     """The shards under the run's prefixes, with their sizes: after a run, exactly the files
-    it wrote (`pipeline.outputs`)."""
-    from pipeline.outputs import list_shards
-    from pipeline.table import TABLE_SUFFIX
+    it wrote (`pipeline.io.writing`)."""
+    from pipeline.io.writing import list_shards
+    from pipeline.results.table import TABLE_SUFFIX
 
     files = {"explanations": list_shards(options.output),
              "dead_letters": list_shards(options.dead_letters)}
@@ -169,9 +176,14 @@ def build_manifest(
     from explain_lib import io as explain_io
     from explain_lib import metrics as explain_metrics
     from explain_lib.engine.explaining import STEP_PARAMS
-    from pipeline.explainer import explain_params, received_params, resolve_method
-    from pipeline.options import FILE_SUFFIX, parse_ints, stored_map_size, with_map_size
-    from pipeline.table import TABLE_SUFFIX
+    from pipeline.io.writing import FILE_SUFFIX
+    from pipeline.job.options import parse_ints, stored_map_size, with_map_size
+    from pipeline.results.table import TABLE_SUFFIX
+    from pipeline.worker.explainer import (
+        explain_params,
+        received_params,
+        resolve_method,
+    )
 
     given = options.parsed_method_params()
     method = resolve_method(options.method)

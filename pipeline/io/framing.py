@@ -3,8 +3,8 @@ from a stream with every check the format allows, saying where a damaged stream 
 
 A TFRecord file is a sequence of frames: the record's length as a little-endian uint64, the
 masked CRC-32C of those 8 bytes, the record, the masked CRC-32C of the record. `frame` makes
-one (what `pipeline.outputs` writes); `iterate_records` reads them one at a time from any
-binary stream (what `pipeline.reading` reads), so a file is never held in memory.
+one (what `pipeline.io.writing` writes); `iterate_records` reads them one at a time from any
+binary stream (what `pipeline.io.reading` reads), so a file is never held in memory.
 
 Usage:
 
@@ -17,7 +17,7 @@ from typing import BinaryIO, Iterator
 
 import google_crc32c
 
-from pipeline.retry import is_transient
+from pipeline.io.retry import is_transient
 
 _HEADER = struct.Struct("<QI")  # length, masked CRC-32C of the length
 _CHECKSUM = struct.Struct("<I")

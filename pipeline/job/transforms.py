@@ -4,12 +4,12 @@
                      -> lists of explanations
     (Outcomes also emits the lists of dead letters; with a table or metrics, each explained
     record's analysis row, which `build_pipeline` writes as a Parquet table
-    (`pipeline.table`) and summarises per metric and unit (`pipeline.aggregates`); each
+    (`pipeline.results.table`) and summarises per metric and unit (`pipeline.results.aggregates`); each
     batch's overview, which `KeepOverview` merges with the dead letters' messages into the
-    file the report reads (`pipeline.overview`); and the lists of the records' ids, whose
-    duplicates `pipeline.ids.CountDuplicateIds` reports)
+    file the report reads (`pipeline.results.overview`); and the lists of the records' ids, whose
+    duplicates `pipeline.results.ids.CountDuplicateIds` reports)
 
-The job's elements are lists of serialized records (`pipeline.reading.ReadTFRecords` reads
+The job's elements are lists of serialized records (`pipeline.io.reading.ReadTFRecords` reads
 them so, `write_tfrecords` writes them so), sized to what one call of the model handler
 takes, so that Beam's own work (each stage's dispatch, coding, windowing) is paid once per
 list rather than once per record. Parsing, checking, decoding, explaining and encoding all
@@ -44,7 +44,28 @@ from apache_beam.ml.inference.base import RunInference
 from explain_lib import io as explain_io
 from explain_lib import metrics as explain_metrics
 from explain_lib.utils import PRECISIONS
-from pipeline.explainer import (
+from pipeline.counters import EXPLAINED_COUNTER, METRICS_NAMESPACE, READ_COUNTER
+from pipeline.io import tfds as tfds_input
+from pipeline.io.dead_letters import (
+    DEAD_LETTERS,
+    CountedStage,
+    StageError,
+    decode_dead_letter,
+)
+from pipeline.io.files import write_bytes
+from pipeline.io.writing import WriteShards
+from pipeline.job.options import (
+    ExplainOptions,
+    parse_ints,
+    parse_metrics,
+    stored_map_size,
+    with_map_size,
+)
+from pipeline.results.aggregates import AggregateMetrics
+from pipeline.results.ids import CountDuplicateIds
+from pipeline.results.overview import Overview, overview_path
+from pipeline.results.table import WriteTable
+from pipeline.worker.explainer import (
     ExplainerConfig,
     ModelInfo,
     explain_params,
@@ -52,75 +73,25 @@ from pipeline.explainer import (
     resolve_method,
     resolve_preprocess,
 )
-from pipeline import tfds_input
-from pipeline.aggregates import AggregateMetrics
-from pipeline.handler import (
+from pipeline.worker.handler import (
     BATCHES_IN_FLIGHT,
-    METRICS_NAMESPACE,
-    ExplainModelHandler,
     Explained,
+    ExplainModelHandler,
     Results,
 )
-from pipeline.ids import CountDuplicateIds
-from pipeline.outputs import WriteShards
-from pipeline.files import write_bytes
-from pipeline.overview import Overview, overview_path
-from pipeline.options import (
-    ExplainOptions,
-    parse_ints,
-    parse_metrics,
-    stored_map_size,
-    with_map_size,
-)
-from pipeline.records import (
-    STAGES,
-    DeadLetter,
-    RecordSpec,
-    StageError,
-    decode_dead_letter,
-    encode_dead_letter,
-    feature_kinds,
-)
-from pipeline.table import WriteTable
-
-DEAD_LETTERS = "dead_letters"
-"""Tag of every stage's dead-letter output."""
+from pipeline.worker.records import RecordSpec, feature_kinds
 
 ANALYSIS = "analysis"
-"""Tag of Outcomes' analysis rows (`pipeline.table.AnalysisRow`)."""
+"""Tag of Outcomes' analysis rows (`pipeline.results.table.AnalysisRow`)."""
 
 OVERVIEW = "overview"
-"""Tag of Outcomes' per-batch overviews (`pipeline.overview.Overview`)."""
+"""Tag of Outcomes' per-batch overviews (`pipeline.results.overview.Overview`)."""
 
 IDS = "ids"
 """Tag of Outcomes' lists of the ids of the records that passed the checks."""
 
-READ_COUNTER = "records_read"
-EXPLAINED_COUNTER = "records_explained"
-
-
-def dead_letter_counter(stage: str) -> str:
-    """Name of the counter of dead letters from `stage`."""
-    return f"dead_letters_{stage}"
-
-
-class _StageDoFn(beam.DoFn):
-    """A stage: a main output, and dead letters counted per stage."""
-
-    def setup(self):
-        self._dead_letters = {
-            stage: Metrics.counter(METRICS_NAMESPACE, dead_letter_counter(stage))
-            for stage in STAGES
-        }
-
-    def dead_letter(self, record: bytes, error: StageError) -> bytes:
-        """`record`'s serialized dead letter, counted under its stage."""
-        self._dead_letters[error.stage].inc()
-        return encode_dead_letter(DeadLetter(record, error.stage, str(error), error.record_id))
-
-
-class Outcomes(_StageDoFn):
-    """What RunInference made of each list of records (`pipeline.handler.Results`), counted
+class Outcomes(CountedStage):
+    """What RunInference made of each list of records (`pipeline.worker.handler.Results`), counted
     (read, explained, dead letters per stage): the list of the serialized schema-v2 records
     explained, the list of dead letters (tagged `DEAD_LETTERS`) of the records that failed
     (parse, validate, decode, explain, encode), the ids of the records that passed the
@@ -157,10 +128,10 @@ class Outcomes(_StageDoFn):
 
 class ExplainResult(NamedTuple):
     """The outputs of `Explain`: lists of serialized schema-v2 explanation records, lists of
-    serialized dead letters (see `pipeline.records.encode_dead_letter`), each explained
+    serialized dead letters (see `pipeline.worker.records.encode_dead_letter`), each explained
     record's
-    `pipeline.table.AnalysisRow` (empty unless `Explain` was asked for `analysis`), and
-    each batch's `pipeline.overview.Overview` (empty unless asked for `overview`)."""
+    `pipeline.results.table.AnalysisRow` (empty unless `Explain` was asked for `analysis`), and
+    each batch's `pipeline.results.overview.Overview` (empty unless asked for `overview`)."""
 
     explanations: beam.PCollection
     dead_letters: beam.PCollection
@@ -171,7 +142,7 @@ class ExplainResult(NamedTuple):
 class OverviewCombineFn(beam.CombineFn):
     """Batch overviews and dead letters' (stage, message) -> one `Overview` of the run.
     The accumulator is an `Overview`: bounded by the units and the examples, not the
-    records (`pipeline.overview`)."""
+    records (`pipeline.results.overview`)."""
 
     def __init__(self, names: Sequence[str], higher_is_better: Mapping[str, bool]):
         self._names, self._higher = list(names), dict(higher_is_better)
@@ -203,7 +174,7 @@ def _stage_and_message(serialized: bytes) -> Tuple[str, str]:
 
 class KeepOverview(beam.PTransform):
     """(`Explain`'s overview, every dead letter) -> the run's overview, written once as
-    PREFIX.overview.npz (`pipeline.overview`) for `python -m pipeline.report`."""
+    PREFIX.overview.npz (`pipeline.results.overview`) for `python -m pipeline.report`."""
 
     def __init__(self, output: str, names: Sequence[str], higher_is_better: Mapping[str, bool],
                  label=None):
@@ -235,7 +206,7 @@ class KeepOverview(beam.PTransform):
 
 class Explain(beam.PTransform):
     """Explain a PCollection of lists of serialized `tf.train.Example`s holding images (as
-    `pipeline.reading.ReadTFRecords` emits them, or `beam.BatchElements()` makes them).
+    `pipeline.io.reading.ReadTFRecords` emits them, or `beam.BatchElements()` makes them).
 
         lists of records -> [Rebalance] -> RunInference(ExplainModelHandler)
                          -> Outcomes -> lists of explanations (+ lists of dead letters)
@@ -245,7 +216,7 @@ class Explain(beam.PTransform):
     encodes each result as a schema-v2 record (`explain_lib.io`): the handler's three
     batched steps, fused with reading and writing in one stage. Records that fail at any
     stage become dead letters. With `analysis`, the result's third output holds each
-    explained record's `pipeline.table.AnalysisRow` (statistics, metrics, copied features).
+    explained record's `pipeline.results.table.AnalysisRow` (statistics, metrics, copied features).
 
     `rebalance` (a `Reshuffle` of the lists of serialized records right after reading, so
     that the compressed records alone cross it) spreads the records of a few large files over a
@@ -261,7 +232,7 @@ class Explain(beam.PTransform):
         method: method name, for instance "gradcam".
         method_params: the method's parameters (JSON values, see `--method_params`).
         image_key, image_format, image_shape, id_key, units_key: how to read the records
-            (see `pipeline.records.RecordSpec`).
+            (see `pipeline.worker.records.RecordSpec`).
         top_k: units to explain per record when the record has none.
         image_size: (H, W) to resize images to (default: the model's input size).
         preprocess: "none", "unit", "symmetric" or a `keras.applications` module name.
@@ -269,7 +240,7 @@ class Explain(beam.PTransform):
         batch_size: records per explaining step.
         batches_in_flight: batches each worker thread keeps in flight on threads sharing
             the model, one's decoding and encoding overlapping another's explaining (the
-            model explains one at a time; see `pipeline.handler`); 1: one at a time.
+            model explains one at a time; see `pipeline.worker.handler`); 1: one at a time.
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
         map_size: the size maps are stored at: "auto", "input", "native", (H, W) or "H,W"
             (default: `method_params`' resizing if given, else "auto"; see
@@ -281,11 +252,11 @@ class Explain(beam.PTransform):
             `{"deletion": {"n_steps": 20}, "pointing_game": {}}` (`--metrics`,
             `--metric_params`; checked before any work).
         boxes_key, mask_key: the feature holding each record's ground truth for the
-            localisation metrics (see `pipeline.records.RecordSpec`).
+            localisation metrics (see `pipeline.worker.records.RecordSpec`).
         copy_features: input features copied into the analysis rows, name -> kind
-            ("int64", "float" or "bytes"; `pipeline.records.feature_kinds` finds them).
+            ("int64", "float" or "bytes"; `pipeline.worker.records.feature_kinds` finds them).
         analysis: make each explained record's analysis row (default: with metrics).
-        overview: make each batch's `pipeline.overview.Overview` (the report's numbers).
+        overview: make each batch's `pipeline.results.overview.Overview` (the report's numbers).
         devices: devices of each worker's `MirroredStrategy` (default: its GPUs).
         rebalance: reshuffle the records after reading (default: except on DirectRunner).
         model_info: the model's `ModelInfo`, when the caller knows it already.
@@ -456,14 +427,14 @@ def write_tfrecords(prefix: str, num_shards: int = 0) -> beam.PTransform:
     """The job's writer, of lists of serialized records: GZIP-compressed, sharded TFRecord
     files
     PREFIX-SSSSS-of-NNNNN.tfrecord.gz; once they are in place, the shards an earlier run
-    left under the same prefix are deleted (`pipeline.outputs.WriteShards`)."""
+    left under the same prefix are deleted (`pipeline.io.writing.WriteShards`)."""
     return WriteShards(prefix, num_shards)
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: ExplainOptions) -> ExplainResult:
     """The whole job on `pipeline`: read -> Explain -> write results and dead letters (of
     damaged input files too)."""
-    from pipeline.reading import ReadTFRecords, check_input, first_records
+    from pipeline.io.reading import ReadTFRecords, check_input, first_records
 
     if options.tfds:
         source = tfds_input.resolve(options.tfds, options.tfds_data_dir, options.split)
@@ -503,6 +474,6 @@ def build_pipeline(pipeline: beam.Pipeline, options: ExplainOptions) -> ExplainR
 
 
 def aggregates_prefix(output: str) -> str:
-    """Where a run writes its metric aggregates while it runs (`pipeline.aggregates`): the
+    """Where a run writes its metric aggregates while it runs (`pipeline.results.aggregates`): the
     launcher moves them into the manifest, and removes the file."""
     return output + ".aggregates"

@@ -19,7 +19,7 @@ Separation of concerns:
   given with `explain_lib.explain_predicted`, which chooses them from the method's own
   forward pass (no separate prediction pass), which also gives each unit's probability;
   then it scores the batch's maps with the configured metrics (`explain_lib.evaluate`, one
-  call per metric on the whole batch). `pipeline.handler` wraps it for Beam's
+  call per metric on the whole batch). `pipeline.worker.handler` wraps it for Beam's
   RunInference; the benchmark and tests can use it directly.
 
 Usage:
@@ -39,7 +39,17 @@ import weakref
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import keras
 import numpy as np
@@ -50,7 +60,7 @@ from explain_lib import filters, inspection, methods
 from explain_lib import metrics as explain_metrics
 from explain_lib.engine import evaluating, explaining
 from explain_lib.utils import with_dtype_policy
-from pipeline.retry import Retry
+from pipeline.io.retry import Retry
 
 PREPROCESSING = ("none", "unit", "symmetric")
 """Built-in `--preprocess` names; any `keras.applications` module name also works."""
@@ -64,7 +74,7 @@ def load_keras_model(path: str, compile: bool = False, retry: Retry = Retry()) -
 
     Keras reads local files only, so a remote file is first copied to a local temporary
     file (keeping its suffix, which tells Keras the format); looking for it and copying it
-    are retried on transient errors (`pipeline.retry`). Raises FileNotFoundError for a
+    are retried on transient errors (`pipeline.io.retry`). Raises FileNotFoundError for a
     missing file, and ValueError naming the file for one that is corrupt or truncated.
     """
     if os.path.exists(path):

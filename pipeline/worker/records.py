@@ -13,12 +13,12 @@ that stage (a `StageError`), so the dead letters say where a record stopped:
 - decode: the JPEG or PNG bytes decode, and the image is resized to the model's input size.
 
 (Before them, stage "read" is the file's: the unreadable rest of a damaged input file,
-`pipeline.reading`.)
+`pipeline.io.reading`.)
 
 `check_record` runs parse and validate, parsing each record once and keeping its image as
 found (compressed bytes, or raw pixels); `decode_batch` decodes and resizes a whole batch
 of them in compiled calls of up to `DECODE_CHUNK` images, in parallel outside the GIL, on
-the worker that explains them (`pipeline.handler`), falling back to one record at a time
+the worker that explains them (`pipeline.worker.handler`), falling back to one record at a time
 (`decode_payload`) only to find which records of a failed batch are bad.
 
 Everything here is plain Python and numpy (TensorFlow ops only for decoding and resizing),
@@ -30,7 +30,6 @@ Usage:
     record = parse_record(serialized, spec)    # ImageRecord, or raises StageError
 """
 
-import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -38,39 +37,13 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 import tensorflow as tf
 
-from explain_lib.io import input_id, iterate_decoded
+from explain_lib.io import input_id
+from pipeline.io.dead_letters import StageError, one_line
 
 IMAGE_FORMATS = ("auto", "jpeg", "png", "raw")
 
-STAGES = ("read", "parse", "validate", "decode", "explain", "encode")
-"""Where a record can fail, in pipeline order; the dead letters' `stage` is one of these."""
-
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-MESSAGE_LIMIT = 300
-"""Characters of a dead letter's error at most: it is one line, for a table or a log."""
-
-
-def one_line(message: str) -> str:
-    """`message` as a dead letter's error: its first non-empty line, without the op's
-    location and node stack TensorFlow adds to its errors, at most `MESSAGE_LIMIT`
-    characters."""
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", lines[0] if lines else "")
-    text = re.sub(r"\s*(\[\[.*|\[Op:.*)$", "", text)  # a graph's node, an op's name
-    return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 3] + "..."
-
-
-class StageError(Exception):
-    """A record failed at `stage` (one of `STAGES`) for the reason in the message (made one
-    line, `one_line`)."""
-
-    def __init__(self, stage: str, message: str, record_id: str = ""):
-        super().__init__(one_line(message))
-        self.stage = stage
-        self.record_id = record_id
 
 
 @dataclass(frozen=True)
@@ -96,7 +69,7 @@ class RecordSpec:
         mask_key: the feature holding the record's ground-truth mask, PNG or JPEG bytes whose
             nonzero pixels are the object (instead of boxes).
         copy_features: (name, kind) of the input features copied into the table, kind
-            "int64", "float" or "bytes" (`pipeline.table.FEATURE_KINDS`).
+            "int64", "float" or "bytes" (`pipeline.results.table.FEATURE_KINDS`).
     """
 
     image_size: Tuple[int, int]
@@ -148,16 +121,6 @@ class ImageRecord(NamedTuple):
     image: np.ndarray
     units: Optional[np.ndarray]
     record: bytes
-
-
-class DeadLetter(NamedTuple):
-    """A record that could not be explained: its original bytes, the stage it failed at, the
-    error message, and its id when it was known."""
-
-    record: bytes
-    stage: str
-    error: str
-    id: str = ""
 
 
 def parse_example(serialized: bytes) -> tf.train.Example:
@@ -673,68 +636,3 @@ def parse_record(serialized: bytes, spec: RecordSpec) -> ImageRecord:
     return decode_record(check_record(serialized, spec), spec)
 
 
-# --- dead letters -----------------------------------------------------------------------------
-
-DEAD_LETTER_FEATURES = {
-    "record": tf.io.FixedLenFeature([], tf.string),
-    "stage": tf.io.FixedLenFeature([], tf.string),
-    "error": tf.io.FixedLenFeature([], tf.string),
-    "id": tf.io.FixedLenFeature([], tf.string, default_value=""),
-}
-"""Feature spec of a dead-letter record, for `tf.io.parse_single_example`."""
-
-
-def encode_dead_letter(letter: DeadLetter) -> bytes:
-    """A dead letter as a serialized `tf.train.Example` with bytes features `record` (the
-    original input record), `stage`, `error` and `id`; the same bytes on every run."""
-
-    def feature(value: bytes) -> tf.train.Feature:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-    return tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                "record": feature(bytes(letter.record)),
-                "stage": feature(letter.stage.encode()),
-                "error": feature(letter.error.encode("utf-8", errors="replace")),
-                "id": feature(letter.id.encode("utf-8", errors="replace")),
-            }
-        )
-    ).SerializeToString(deterministic=True)  # (a map's order is otherwise arbitrary)
-
-
-def decode_dead_letter(serialized: bytes) -> DeadLetter:
-    """A serialized dead letter back as a `DeadLetter`; ValueError for bytes that are not
-    one (not a `tf.train.Example`, or without a known `stage`)."""
-    try:
-        feature = tf.train.Example.FromString(serialized).features.feature
-    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError
-        raise ValueError(f"Not a tf.train.Example ({type(error).__name__}).") from None
-
-    def value(key: str) -> bytes:
-        values = feature[key].bytes_list.value if key in feature else []
-        return values[0] if values else b""
-
-    stage = value("stage").decode("utf-8", errors="replace")
-    if stage not in STAGES:
-        raise ValueError(f"Not a dead letter: its stage is {stage!r} (its features: "
-                         f"{', '.join(sorted(feature)) or 'none'}).")
-    return DeadLetter(
-        record=value("record"),
-        stage=stage,
-        error=value("error").decode("utf-8", errors="replace"),
-        id=value("id").decode("utf-8", errors="replace"),
-    )
-
-
-def read_dead_letters(file_pattern) -> List[DeadLetter]:
-    """Every dead letter in the TFRecord files matching `file_pattern`, as `DeadLetter`s.
-    Raises ValueError, one line naming the file, for a file that cannot be read or holds
-    something else.
-
-    Usage:
-
-        for letter in read_dead_letters("out/expl.dead_letters-*"):
-            print(letter.stage, letter.error)
-    """
-    return list(iterate_decoded(file_pattern, decode_dead_letter))

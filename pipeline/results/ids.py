@@ -25,7 +25,7 @@ from typing import Dict, Iterable, List, NamedTuple, Tuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.handler import METRICS_NAMESPACE
+from pipeline.counters import METRICS_NAMESPACE
 
 DUPLICATE_IDS_COUNTER = "duplicate_ids"
 DUPLICATE_RECORDS_COUNTER = "duplicate_id_records"

@@ -5,7 +5,7 @@ per worker process (through `Explainer.load`: any Beam filesystem, the worker's
 `MirroredStrategy`, the precision, the exposed model the method needs), and `run_inference`
 takes lists of serialized records (the job's elements: a list per Beam element, so that
 Beam's own work is paid per list, not per record), parses and checks each record once
-(`pipeline.records.check_record`: stages "parse" and "validate", the images still
+(`pipeline.worker.records.check_record`: stages "parse" and "validate", the images still
 compressed), and takes the records that passed through the three batched steps of a worker
 (`explain_checked`):
 
@@ -18,8 +18,8 @@ compressed), and takes the records that passed through the three batched steps o
   (`explain_lib.io.encode_explanations`: ranges and quantisation in one numpy pass, only each
   record's own bytes made per record), large maps in chunks on a pool of threads (PNG's zlib
   releases the GIL); with a table or metrics, also each record's
-  `pipeline.table.AnalysisRow` (map statistics computed for the whole batch at once, before
-  the maps are encoded); with `overview`, the batch's `pipeline.overview.Overview` (what
+  `pipeline.results.table.AnalysisRow` (map statistics computed for the whole batch at once, before
+  the maps are encoded); with `overview`, the batch's `pipeline.results.overview.Overview` (what
   the report shows: per-unit counts and map sums, score samples, the best and worst
   records with their images), made from the batch's arrays at once.
 
@@ -27,7 +27,7 @@ It never raises for one bad record: a record that cannot be decoded fails alone 
 "decode"); when explaining a batch fails, each of its records is retried on its own, so
 good records are kept and only the failing ones come back as failures (stage "explain"),
 each attributed to its own record. A batch that runs out of accelerator memory is split in
-halves instead, and the worker keeps the size that fits (`pipeline.adaptive_batches`).
+halves instead, and the worker keeps the size that fits (`pipeline.worker.adaptive_batches`).
 
 Batches are in flight at once on the one model RunInference shares: each call takes
 `batches_in_flight` batches (default 2; RunInference gathers lists until they hold
@@ -57,28 +57,38 @@ import os
 import threading
 import time
 import weakref
-from typing import (Any, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional,
-                    Sequence, Tuple, Union)
+from typing import (
+    Any,
+    Deque,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from explain_lib import io as explain_io
 from explain_lib import metrics as explain_metrics
-from pipeline.adaptive_batches import explain_fitting, limit_for
-from pipeline.explainer import Explainer, ExplainerConfig, Explanation
-from pipeline.overview import Overview, batch_overview, summed_size
-from pipeline.records import (
+from pipeline.counters import METRICS_NAMESPACE
+from pipeline.io.dead_letters import StageError
+from pipeline.results.overview import Overview, batch_overview, summed_size
+from pipeline.results.table import AnalysisRow, analysis_rows
+from pipeline.worker.adaptive_batches import explain_fitting, limit_for
+from pipeline.worker.explainer import Explainer, ExplainerConfig, Explanation
+from pipeline.worker.records import (
     CheckedRecord,
     RecordSpec,
-    StageError,
     check_record,
     decode_batch,
     decode_masks,
 )
-from pipeline.table import AnalysisRow, analysis_rows
-
-METRICS_NAMESPACE = "explain_pipeline"
 
 PARALLEL_ENCODING_VALUES = 16384
 """Maps of at least this many values per record are encoded in chunks on the thread pool;
@@ -123,9 +133,9 @@ def _pool(name: str, threads: int) -> concurrent.futures.ThreadPoolExecutor:
 
 class Explained(NamedTuple):
     """An explained record, when the handler also makes its analysis row or the batch's
-    overview: the serialized schema-v2 record, its `pipeline.table.AnalysisRow` (None
+    overview: the serialized schema-v2 record, its `pipeline.results.table.AnalysisRow` (None
     without analysis) and, on one record of each batch, the batch's
-    `pipeline.overview.Overview` (None on the others)."""
+    `pipeline.results.overview.Overview` (None on the others)."""
 
     record: bytes
     row: Optional[AnalysisRow]
@@ -136,7 +146,7 @@ class Results(NamedTuple):
     """What the handler made of one list of serialized records: per record, in order, the
     serialized schema-v2 record (an `Explained` with `analysis` or `overview`) or the
     `StageError` it failed with; and the ids of the records that passed the checks (for
-    `pipeline.ids.CountDuplicateIds`)."""
+    `pipeline.results.ids.CountDuplicateIds`)."""
 
     records: Sequence[bytes]
     outcomes: List[Union[bytes, Explained, StageError]]
@@ -148,7 +158,7 @@ class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
     module docstring).
 
     Args:
-        config: the model, method and metrics (`pipeline.explainer.ExplainerConfig`).
+        config: the model, method and metrics (`pipeline.worker.explainer.ExplainerConfig`).
         spec: how the records' images (and ground truth) are decoded (size, channels).
         map_encoding: how maps are stored (`explain_lib.io.ENCODINGS`).
         batch_size: records per explaining step, so the compiled step is traced once.
@@ -160,7 +170,7 @@ class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
             runs `batches_in_flight` batches at a time). 1: one batch at a time.
         analysis: also make each explained record's `AnalysisRow` (for the table and the
             metric aggregates): results are then `Explained`.
-        overview: also make each batch's `pipeline.overview.Overview` (for the report),
+        overview: also make each batch's `pipeline.results.overview.Overview` (for the report),
             carried by the batch's last explained record (an `Explained`).
         **kwargs: `ModelHandler` options, for instance `large_model=True` or
             `model_copies=1` (one model per machine, shared by its processes), `env_vars`.
@@ -203,7 +213,7 @@ class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
     @property
     def records_per_call(self) -> int:
         """Records one `run_inference` call takes (`batch_size * batches_in_flight`): the
-        size of the lists of records `pipeline.reading.ReadTFRecords` hands the job."""
+        size of the lists of records `pipeline.io.reading.ReadTFRecords` hands the job."""
         return self._batch_size * self._batches_in_flight
 
     def run_inference(
@@ -379,7 +389,7 @@ class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
     def _with_rows(self, records: Sequence[CheckedRecord], outcomes: Sequence[Any],
                    encoded: Sequence[Union[bytes, StageError]]) -> List[Any]:
         """Each encoded record with its `AnalysisRow` (`Explained`), the rows of the whole
-        batch made at once (`pipeline.table.analysis_rows`)."""
+        batch made at once (`pipeline.results.table.analysis_rows`)."""
         kept = [i for i, record in enumerate(encoded) if isinstance(record, bytes)]
         rows = analysis_rows([records[i].id for i in kept], [outcomes[i] for i in kept],
                              list(self._config.metrics), [records[i].features for i in kept])
@@ -392,7 +402,7 @@ class ExplainModelHandler(ModelHandler[Sequence[bytes], Results, Explainer]):
                        encoded: Sequence[Any], images: np.ndarray) -> List[Any]:
         """The encoded records, the last explained one carrying the batch's `Overview` (one
         `batch_overview` per group of maps of one shape; maps stored larger than
-        `pipeline.overview.MEAN_MAP_SIZE` scaled down for the sums in one resize call)."""
+        `pipeline.results.overview.MEAN_MAP_SIZE` scaled down for the sums in one resize call)."""
         kept = [i for i, record in enumerate(encoded)
                 if isinstance(record, (bytes, Explained))]
         if not kept:

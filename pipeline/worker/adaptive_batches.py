@@ -35,7 +35,7 @@ from typing import Callable, List, Optional, Sequence
 
 import tensorflow as tf
 
-from pipeline.records import StageError
+from pipeline.io.dead_letters import StageError
 
 _OUT_OF_MEMORY = re.compile(r"\bOOM\b|resource[ _]exhausted|out of memory", re.IGNORECASE)
 

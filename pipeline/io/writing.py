@@ -37,11 +37,13 @@ from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.options import FILE_SUFFIX
-from pipeline.tfrecords import frame
+from pipeline.io.framing import frame
 
 _TEMPORARY = "beam-temp-{base}-"  # FileBasedSink's folder: beam-temp-BASENAME-UUIDHEX
 _PROBE = ".write-probe-"  # check_writable's file: PREFIX.write-probe-UUIDHEX
+
+FILE_SUFFIX = ".tfrecord.gz"
+"""Suffix of every file the job writes (GZIP-compressed TFRecords)."""
 
 
 def shard_number(path: str, prefix: str, suffix: str = FILE_SUFFIX
