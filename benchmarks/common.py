@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+
 def _vit_b16(size: int, head):
     """KerasHub's ViT-B/16 (12 blocks of 768 channels, 12 heads, MLP 3072), 1000 classes."""
     import keras_hub

@@ -27,8 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import APPLICATIONS, application, images, machine, median_seconds
-from explain_lib import explain, explain_predicted, inspection
-from explain_lib import methods
+from explain_lib import explain, explain_predicted, inspection, methods
 from explain_lib.methods import cams
 from explain_lib.methods.gradient import gradients
 

@@ -62,9 +62,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.common import application, images, machine  # noqa: E402
-from explain_lib import inspection  # noqa: E402
+from explain_lib import (
+    inspection,  # noqa: E402
+    methods,  # noqa: E402
+)
 from explain_lib.engine.explaining import explain  # noqa: E402
-from explain_lib import methods  # noqa: E402
 from explain_lib.methods import cams, gradient, perturbation  # noqa: E402
 
 NOISE = 0.1

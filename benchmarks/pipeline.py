@@ -42,8 +42,9 @@ from benchmarks.common import application, machine
 from explain_lib import explain, inspection, methods
 from explain_lib.io import iterate_records
 from pipeline import demo
-from pipeline.job.options import with_map_size
-from pipeline.worker.records import RecordSpec, check_record, decode_record
+from pipeline.settings import with_map_size
+from pipeline.worker.decoding import decode_record
+from pipeline.worker.parsing import RecordSpec, check_record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,7 +4,7 @@ N small records (32x32 PNG shapes with ids and labels, in 8 files) go through th
 `python -m pipeline` (the tiny demo CNN, Grad-CAM, `--units_key label`) on DirectRunner in
 this process. A sampler thread reads, every `--interval` seconds, the resident memory of this
 process and of its children (/proc: VmRSS) and how many records the handler has explained so
-far (it counts the records of the lists `ExplainModelHandler.run_inference` takes, in this
+far (it counts the records of the lists `RecordsHandler.run_inference` takes, in this
 process: run without --direct_running_mode=multi_processing). The summary gives the start (loading the
 model, matching the files, tracing the step: until the first batch is explained) on its
 own, then splits the explaining into tenths of the records and gives, for each, the time per
@@ -29,8 +29,8 @@ import tensorflow as tf
 
 from benchmarks.common import machine
 from pipeline import demo
-from pipeline.__main__ import run
-from pipeline.worker.handler import ExplainModelHandler
+from pipeline.job.launcher import run
+from pipeline.worker.handler import RecordsHandler
 
 SIZE = 32
 
@@ -75,7 +75,7 @@ class Progress:
         self._lock = threading.Lock()
 
     def install(self) -> None:
-        progress, explain = self, ExplainModelHandler.run_inference
+        progress, explain = self, RecordsHandler.run_inference
 
         def counting(handler, batch, model, inference_args=None):
             results = explain(handler, batch, model, inference_args)
@@ -83,7 +83,7 @@ class Progress:
                 progress.explained += sum(len(records) for records in batch)
             return results
 
-        ExplainModelHandler.run_inference = counting
+        RecordsHandler.run_inference = counting
 
 
 def sample(progress: Progress, interval: float, done: threading.Event,

@@ -31,9 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import application, machine
-from explain_lib import explain, inspection
+from explain_lib import explain, inspection, methods
 from explain_lib import io as explain_io
-from explain_lib import methods
 from pipeline import demo
 
 SIZE = 224

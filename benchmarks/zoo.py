@@ -57,7 +57,7 @@ def job_row(family: str, method: str, directory: str) -> str:
     are finite, and the job's wall seconds."""
     from explain_lib import io as explain_io
     from pipeline import demo
-    from pipeline.__main__ import run
+    from pipeline.job.launcher import run
 
     path = os.path.join(directory, f"{family.replace(':', '-')}.keras")
     keras.saving.save_model(zoo.build(family, "softmax"), path)

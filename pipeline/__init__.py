@@ -1,9 +1,16 @@
 """pipeline: the Beam batch job that explains a whole dataset with `explain_lib`.
 
 read TFRecords (file by file, in lists of records) -> [Reshuffle] -> RunInference(
-ExplainModelHandler: parse, validate, decode, explain, encode) -> write TFRecords, plus a
+RecordsHandler: parse, validate, decode, explain, encode) -> write TFRecords, plus a
 dead-letter branch for records that fail any stage (and for the unreadable rest of damaged
-files).
+files). Its layers, each importing only those below it (`tests/pipeline/test_layering.py`):
+
+    commands   __main__ (the job), summary, report, render, demo
+    job/       settings to a Beam pipeline: options, checks, transforms, launcher, recording
+    worker/    one worker's stages: parsing, decoding, explaining, encoding; the handler
+    results/   what the job keeps: table, aggregates, ids, overview, manifest
+    io/        files on any filesystem: reading, framing, writing, dead letters, retries
+    settings, counters, commands   declared once, used by all
 
 Usage:
 
@@ -14,7 +21,7 @@ or, inside your own Beam pipeline:
 
     import pipeline
     read = p | beam.Create(["data/*.tfrecord"]) | pipeline.ReadTFRecords()
-    result = read.records | pipeline.Explain("model.keras", "gradcam")
+    result = read.records | pipeline.Explain(pipeline.Settings(model="model.keras"))
     result.explanations, result.dead_letters   # lists of serialized records
 """
 
@@ -24,22 +31,24 @@ import importlib
 # modules load TensorFlow and Beam, which `python -m pipeline.report` and
 # `pipeline.results.overview` do without.
 _EXPORTS = {
-    "Explainer": "pipeline.worker.explainer",
-    "ExplainerConfig": "pipeline.worker.explainer",
-    "Explanation": "pipeline.worker.explainer",
-    "inspect_model": "pipeline.worker.explainer",
-    "load_keras_model": "pipeline.worker.explainer",
-    "ExplainModelHandler": "pipeline.worker.handler",
-    "ExplainOptions": "pipeline.job.options",
-    "ReadTFRecords": "pipeline.io.reading",
-    "CheckedRecord": "pipeline.worker.records",
-    "DeadLetter": "pipeline.io.dead_letters",
-    "ImageRecord": "pipeline.worker.records",
-    "RecordSpec": "pipeline.worker.records",
-    "read_dead_letters": "pipeline.io.dead_letters",
+    "Settings": "pipeline.settings",
+    "JobOptions": "pipeline.job.options",
     "Explain": "pipeline.job.transforms",
-    "ExplainResult": "pipeline.job.transforms",
+    "Outputs": "pipeline.job.transforms",
     "build_pipeline": "pipeline.job.transforms",
+    "inspect_model": "pipeline.job.checks",
+    "ReadTFRecords": "pipeline.io.reading",
+    "WriteShards": "pipeline.io.writing",
+    "DeadLetter": "pipeline.io.dead_letters",
+    "read_dead_letters": "pipeline.io.dead_letters",
+    "RecordsHandler": "pipeline.worker.handler",
+    "Worker": "pipeline.worker.explaining",
+    "RecordMaps": "pipeline.worker.explaining",
+    "load_keras_model": "pipeline.worker.models",
+    "RecordSpec": "pipeline.worker.parsing",
+    "CheckedRecord": "pipeline.worker.parsing",
+    "ImageRecord": "pipeline.worker.decoding",
+    "feature_kinds": "pipeline.worker.parsing",
 }
 
 
@@ -55,21 +64,4 @@ def __getattr__(name):
     return value
 
 
-__all__ = [
-    "Explain",
-    "ExplainResult",
-    "ExplainModelHandler",
-    "ExplainOptions",
-    "Explainer",
-    "ExplainerConfig",
-    "Explanation",
-    "CheckedRecord",
-    "ImageRecord",
-    "ReadTFRecords",
-    "RecordSpec",
-    "DeadLetter",
-    "build_pipeline",
-    "inspect_model",
-    "load_keras_model",
-    "read_dead_letters",
-]
+__all__ = sorted(_EXPORTS)

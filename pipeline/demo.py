@@ -23,6 +23,7 @@ Separation of concerns:
 """
 
 import argparse
+import glob
 import io
 import json
 import os
@@ -31,7 +32,14 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
+import keras
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from explain_lib.io import iterate_records
+from pipeline import render, report
+from pipeline.job.launcher import main as pipeline_main
 
 CLASSES = ("circle", "square", "triangle", "cross")
 IMAGE_SIZE = 64
@@ -133,8 +141,6 @@ def boxes_of(example, key: str = BOX_KEY) -> np.ndarray:
     In a `tf.data` pipeline: `tf.io.VarLenFeature(tf.float32)` for `objects/bbox`, then
     `tf.reshape(tf.sparse.to_dense(feature), [-1, 4])`.
     """
-    import tensorflow as tf
-
     if isinstance(example, bytes):
         example = tf.train.Example.FromString(example)
     feature = example.features.feature
@@ -149,8 +155,6 @@ def boxes_of(example, key: str = BOX_KEY) -> np.ndarray:
 
 def encode_image(image: np.ndarray, image_format: str = "jpeg") -> bytes:
     """An image (H, W, C) uint8 as JPEG (quality 95) or PNG bytes."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     array = image[..., 0] if image.shape[-1] == 1 else image
     if image_format == "jpeg":
@@ -165,8 +169,6 @@ def make_example(image=None, label=None, id=None, **features) -> bytes:
     when None; `features` adds more. A value is bytes or str (a bytes feature), ints (int64)
     or floats (float), one or a list or array: `make_example(jpeg_bytes, 3, "img-1")`,
     `make_example(pixels.ravel())` for a raw float image."""
-    import tensorflow as tf
-
     def feature(value) -> tf.train.Feature:
         values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
         if all(isinstance(v, (bytes, str)) for v in values):
@@ -184,8 +186,6 @@ def make_example(image=None, label=None, id=None, **features) -> bytes:
 
 def write_records(path: str, records: List[bytes], compression: Optional[str] = None) -> str:
     """Write serialized records to one TFRecord file; returns its path."""
-    import tensorflow as tf
-
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with tf.io.TFRecordWriter(path, compression) as writer:
         for record in records:
@@ -224,10 +224,6 @@ def read_shapes(file_pattern: str, with_boxes: bool = False):
         images, labels = read_shapes(demo.inputs)
         images, labels, boxes = read_shapes(demo.inputs, with_boxes=True)
     """
-    import tensorflow as tf
-
-    from explain_lib.io import iterate_records
-
     images, labels, boxes = [], [], []
     for record in iterate_records(file_pattern):
         example = tf.train.Example.FromString(record)
@@ -250,8 +246,6 @@ def make_model(
     """A small CNN: pixels in [0, 255] -> Rescaling (unless `rescale` is False) -> 3 conv
     blocks -> global average pooling -> Dense logits. Its last conv layer is named
     "features" (the layer Grad-CAM weighs by default, as the input of the pooling layer)."""
-    import keras
-
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Rescaling(1 / 255.0)(inputs) if rescale else inputs
     x = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(x)
@@ -266,8 +260,6 @@ def make_model(
 
 def train_model(model, images, labels, epochs: int = 8, seed: int = 0, verbose: int = 0):
     """Fit `model` on images (uint8 or float, [0, 255]) and labels; returns the history."""
-    import keras
-
     keras.utils.set_random_seed(seed)
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3),
@@ -304,8 +296,6 @@ def ensure_demo(
     """Generate the demo in `directory` unless it is there already: training records,
     records to explain (2 shards), each with its shape's box, and the trained model.
     Returns its paths."""
-    import glob
-
     demo = Demo.at(directory)
     stamp = os.path.join(directory, "VERSION")
     if (os.path.exists(stamp) and open(stamp).read() == DEMO_VERSION
@@ -319,8 +309,6 @@ def ensure_demo(
     images, labels, masks = make_shapes(explain_count, seed=1, return_masks=True)
     write_shapes(os.path.join(directory, "data"), "shapes", images, labels, shards=2,
                  boxes=shape_boxes(masks))
-
-    import keras
 
     train_images, train_labels = read_shapes(demo.train)
     model = make_model()
@@ -350,9 +338,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "'' for none. Deletion takes one row of pixels per step, the RISE "
                         "paper's 224 steps of 224 pixels scaled to the demo's 64x64 images.")
     args = parser.parse_args(argv)
-
-    from pipeline import render, report
-    from pipeline.__main__ import main as pipeline_main
 
     demo = ensure_demo(args.demo_dir)
     print(f"demo model: {demo.model}\ndemo records: {demo.inputs}")

@@ -53,9 +53,13 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
 
 from pipeline.commands import BAD_INPUT, count, fail
 from pipeline.io.files import write_bytes
+from pipeline.pictures import colorize, overlay, upscale
 from pipeline.results.manifest import MANIFEST_SUFFIX, read_manifest
 from pipeline.results.overview import EXAMPLES as KEPT_EXAMPLES
 from pipeline.results.overview import MEAN_MAP_SIZE, RANK_KEYS, Example, read_overview
@@ -173,8 +177,6 @@ def compute_report(output: str, metric: Optional[str] = None,
 
 
 def _data_uri(picture: np.ndarray, kind: str = "png") -> str:
-    from PIL import Image
-
     buffer = io.BytesIO()
     image = Image.fromarray(np.asarray(picture, np.uint8))
     if kind == "jpeg":
@@ -195,10 +197,6 @@ def _fitted(picture: np.ndarray, shape) -> np.ndarray:
     """`picture` (one or more images of `shape` side by side) with each image at about
     PICTURE_SIZE: upscaled by `picture_scale`, or shrunk (bilinearly) when larger than twice
     that."""
-    from PIL import Image
-
-    from pipeline.render import upscale
-
     longest = max(int(shape[0]), int(shape[1]))
     if longest > 2 * PICTURE_SIZE:
         scale = 2 * PICTURE_SIZE / longest
@@ -211,9 +209,6 @@ def _fitted(picture: np.ndarray, shape) -> np.ndarray:
 def histogram_figure(values: Dict[str, np.ndarray], directions: Dict[str, bool]) -> str:
     """One PNG (as a data URI) of a histogram per entry of `values`, drawn by matplotlib
     (Agg, no display), each with its mean marked."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     names = list(values)
     figure = Figure(figsize=(3.6 * len(names), 2.6), dpi=80, layout="constrained")
     FigureCanvasAgg(figure)
@@ -340,8 +335,6 @@ def _metrics_section(data: ReportData) -> str:
 
 
 def _mean_maps_section(data: ReportData, labels, units: int) -> str:
-    from pipeline.render import colorize, upscale
-
     shown = sorted(data.map_counts, key=lambda u: (-data.map_counts[u], u))[:units]
     figures = []
     for unit in shown:
@@ -363,8 +356,6 @@ def _mean_maps_section(data: ReportData, labels, units: int) -> str:
 
 def _examples_section(data: ReportData, images: Dict[str, np.ndarray], labels,
                       alpha: float) -> str:
-    from pipeline.render import colorize, overlay
-
     if data.metric is None:
         return "<p>No record has a finite score to rank by.</p>"
     better = "higher" if data.higher_is_better else "lower"
@@ -471,7 +462,7 @@ def source_images(data: ReportData, images: Optional[str] = None) -> Dict[str, n
     chosen = data.best + data.worst
     if not images:
         return {example.id: example.image for example in chosen}
-    from pipeline.render import load_images_by_id
+    from pipeline.render import load_images_by_id  # (TensorFlow: only for --images)
 
     source = data.manifest["input"]
     ids = sorted({example.id for example in chosen})

@@ -26,7 +26,7 @@ from explain_lib import inspection, methods
 from explain_lib import io as explain_io
 from explain_lib.engine.explaining import explain
 from pipeline import demo
-from pipeline.__main__ import run
+from pipeline.job.launcher import run
 from tests import zoo
 from tests.explain_lib.methods.models import FAST_SETTINGS
 from tests.pipeline.conftest import write

@@ -82,7 +82,7 @@ def open_records_file(path: str, retry: Retry = Retry()) -> Iterator[BinaryIO]:
 
 RECORDS_PER_LIST = 64
 """Records per list `ReadTFRecords` emits by default: what one call of the job's model
-handler takes with its default options (`ExplainModelHandler.records_per_call`)."""
+handler takes with its default options (`RecordsHandler.records_per_call`)."""
 
 
 class ReadFileRecords(CountedStage):

@@ -29,6 +29,10 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+
+from explain_lib.analysis import map_statistics
+from pipeline.io.writing import WriteParquet
 
 TABLE_SUFFIX = ".parquet"
 """Suffix of the table's files: PREFIX-SSSSS-of-NNNNN.parquet."""
@@ -65,7 +69,7 @@ class AnalysisRow(NamedTuple):
 
 def analysis_rows(ids: Sequence[str], explanations: Sequence, metric_names: Sequence[str],
                   features: Sequence[Tuple[Any, ...]]) -> List[AnalysisRow]:
-    """One `AnalysisRow` per explanation (`pipeline.worker.explainer.Explanation`, maps at their
+    """One `AnalysisRow` per explanation (`pipeline.worker.explaining.RecordMaps`, maps at their
     stored resolution, not yet encoded). Statistics are computed with one
     `map_statistics` call per group of maps of one shape (a batch is one group unless its
     records explain different numbers of units).
@@ -75,8 +79,6 @@ def analysis_rows(ids: Sequence[str], explanations: Sequence, metric_names: Sequ
         rows = analysis_rows([r.id for r in records], explanations, ["deletion"],
                              [r.features for r in records])
     """
-    from explain_lib.analysis import map_statistics
-
     rows: List[Optional[AnalysisRow]] = [None] * len(explanations)
     groups: Dict[tuple, List[int]] = {}
     for i, explanation in enumerate(explanations):
@@ -101,8 +103,6 @@ def table_schema(metrics: Sequence[str] = (), features: Optional[Mapping[str, st
     """The table's pyarrow schema: `TABLE_COLUMNS`, then a float column per metric, then a
     column per copied feature (`features`: name -> "int64", "float" or "bytes", read as
     int64, float32 or UTF-8 text). Floats are float32, as the records hold them."""
-    import pyarrow as pa
-
     kinds = {"int64": pa.int64(), "float": pa.float32(), "bytes": pa.string()}
     fields = [pa.field("id", pa.string(), nullable=False),
               pa.field("unit", pa.int64(), nullable=False),
@@ -114,11 +114,9 @@ def table_schema(metrics: Sequence[str] = (), features: Optional[Mapping[str, st
     return pa.schema(fields)
 
 
-def to_arrow(rows: Sequence[AnalysisRow], schema) -> "pyarrow.Table":  # noqa: F821
+def to_arrow(rows: Sequence[AnalysisRow], schema) -> pa.Table:
     """A batch of rows as one `pyarrow.Table` of `schema`, one row per explained unit (in
     record order, then rank order). NaN floats become nulls."""
-    import pyarrow as pa
-
     counts = np.array([len(row.units) for row in rows])
     starts = np.cumsum(counts) - counts  # each record's first row
     ranks = (np.arange(counts.sum()) - np.repeat(starts, counts)).astype(np.int32)
@@ -173,8 +171,6 @@ class WriteTable(beam.PTransform):
         self.num_shards = num_shards
 
     def expand(self, rows):
-        from pipeline.io.writing import WriteParquet
-
         return (rows
                 | "Batch" >> beam.BatchElements(min_batch_size=ROWS_PER_TABLE,
                                                 max_batch_size=ROWS_PER_TABLE)

@@ -22,7 +22,7 @@ Separation of concerns:
   memory fails, with the error; other errors are handed to the caller's fallback (the
   handler retries those records one by one).
 
-Usage, in `ExplainModelHandler.run_inference`:
+Usage, in `pipeline.worker.explaining.explain_decoded`:
 
     outcomes = explain_fitting(records, explain, limit_for(model), fallback)
 """
@@ -79,7 +79,7 @@ _LIMITS_LOCK = threading.Lock()
 
 
 def limit_for(model) -> BatchLimit:
-    """The `BatchLimit` of a loaded model (an `Explainer`), kept as long as the model is."""
+    """The `BatchLimit` of a loaded model (a `Worker`), kept as long as the model is."""
     with _LIMITS_LOCK:
         limit = _LIMITS.get(model)
         if limit is None:

@@ -13,16 +13,24 @@ from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
 
 import explain_lib
-from explain_lib import inspection
+from explain_lib import inspection, methods
 from explain_lib import io as explain_io
 from pipeline import demo
-from pipeline.__main__ import run
 from pipeline.io.dead_letters import DeadLetter, read_dead_letters
-from pipeline.job.options import with_map_size
-from pipeline.worker.explainer import explain_params, resolve_method
+from pipeline.job.launcher import run
+from pipeline.settings import Settings, explain_params, with_map_size
+from pipeline.worker.handler import RecordsHandler
+from pipeline.worker.parsing import RecordSpec
 
 SIZE = 32
 UNITS = 4
+
+
+def make_handler(spec: RecordSpec, **settings) -> RecordsHandler:
+    """A handler for tests that hand it a stand-in worker: `Settings` whose model is never
+    loaded, without the overview unless asked."""
+    return RecordsHandler(Settings(**{"model": "unused.keras", "overview": False, **settings}),
+                          spec)
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +158,7 @@ def expected_explanations(model, images, units, method="gradcam", method_params=
                           map_size=None, **kwargs):
     """What in-process `explain_lib.explain` gives for the same images, units, method and
     map size (`--map_size`; by default the job's "auto")."""
-    registered = resolve_method(method)
+    registered = methods.get(method)
     explained = inspection.expose(model) if registered.exposed else model
     params = explain_params(registered, with_map_size(method_params, map_size))
     return explain_lib.explain(registered.function, explained, np.asarray(images, np.float32),

@@ -14,14 +14,19 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from explain_lib import io as explain_io
 from pipeline import demo
-from pipeline.__main__ import local_runner
 from pipeline.io.dead_letters import decode_dead_letter
+from pipeline.job.launcher import local_runner
 from pipeline.job.transforms import Explain
+from pipeline.settings import Settings
 from pipeline.worker.adaptive_batches import is_out_of_memory
-from pipeline.worker.explainer import ExplainerConfig, Explanation
-from pipeline.worker.handler import ExplainModelHandler
-from pipeline.worker.records import CheckedRecord, RecordSpec
-from tests.pipeline.conftest import assert_maps_match, expected_explanations
+from pipeline.worker.explaining import RecordMaps
+from pipeline.worker.handler import RecordsHandler
+from pipeline.worker.parsing import CheckedRecord, RecordSpec
+from tests.pipeline.conftest import (
+    assert_maps_match,
+    expected_explanations,
+    make_handler,
+)
 
 CALLS = []
 """Batch sizes the small-memory explainers were given, in call order (in-process runners
@@ -51,11 +56,11 @@ class Arithmetic:
     def explain(self, images, units):
         if np.any(images == 13):
             raise RuntimeError("step failed")
-        return [Explanation(np.array([0]), np.array([image.mean()], np.float32),
+        return [RecordMaps(np.array([0]), np.array([image.mean()], np.float32),
                             np.zeros((4, 4, 1), np.float32)) for image in images]
 
 
-class SmallMemoryHandler(ExplainModelHandler):
+class SmallMemoryHandler(RecordsHandler):
     """The real handler, its real explainer behind `SmallMemory` (room for 3 images)."""
 
     def load_model(self):
@@ -83,8 +88,7 @@ def test_out_of_memory_is_recognised_by_type_or_message():
 
 def test_the_handler_halves_batches_keeps_the_size_and_dead_letters_what_never_fits(caplog):
     CALLS.clear()
-    handler = ExplainModelHandler(ExplainerConfig("unused.keras", "gradcam"), SPEC, "raw32",
-                                  batch_size=8)
+    handler = make_handler(SPEC, map_encoding="raw32", batch_size=8)
     explainer = SmallMemory(Arithmetic(), capacity=2)
     batch = [_record(i, 1.0 + i) for i in range(8)]
     batch[5] = _record(5, 6.0, units=np.array([0, 1, 2]))  # too heavy even alone
@@ -130,10 +134,10 @@ def test_a_job_explains_in_the_batches_that_fit(model_path, model, shapes, caplo
     units[4] = [0, 1, 2]  # too heavy even alone
     records = [demo.make_example(demo.encode_image(image, "png"), unit, f"b{i}")
                for i, (image, unit) in enumerate(zip(images, units))]
-    transform = Explain(model_path, "gradcam", units_key="label", batch_size=8)
     # One batch in flight, so that the order of the calls below is the order they learn in.
-    transform.handler = SmallMemoryHandler(transform.config, transform.spec, batch_size=8,
-                                           batches_in_flight=1)
+    settings = Settings(model=model_path, units_key="label", batch_size=8, batches_in_flight=1)
+    transform = Explain(settings)
+    transform.handler = SmallMemoryHandler(settings, transform.spec)
     CALLS.clear()
     caplog.set_level(logging.WARNING)
 

@@ -25,8 +25,8 @@ import pytest
 import explain_lib
 from explain_lib import analysis
 from pipeline import demo, summary
-from pipeline.__main__ import main
 from pipeline.io.dead_letters import StageError
+from pipeline.job.launcher import main
 from pipeline.results import manifest
 from pipeline.results.aggregates import (
     QUANTILE_EPSILON,
@@ -35,8 +35,10 @@ from pipeline.results.aggregates import (
     read_aggregates,
 )
 from pipeline.results.table import AnalysisRow
-from pipeline.worker.explainer import Explainer, ExplainerConfig
-from pipeline.worker.records import RecordSpec, check_record, decode_masks
+from pipeline.settings import Settings
+from pipeline.worker.decoding import decode_masks
+from pipeline.worker.explaining import Worker
+from pipeline.worker.parsing import RecordSpec, check_record
 from tests.pipeline.conftest import SIZE, UNITS, run_job, write
 
 METRICS = ("deletion", "insertion", "pointing_game", "energy_pointing_game")
@@ -426,8 +428,8 @@ def test_a_mask_that_does_not_decode_is_a_one_line_dead_letter(tmp_path, model_p
 def test_metrics_with_masks_equal_in_process_evaluate(model_path, model, data):
     images, labels, masks, _ = data
     metrics = {"pointing_game": {"tolerance": 0}, "energy_pointing_game": {}}
-    explainer = Explainer.load(ExplainerConfig(model_path, "gradcam", top_k=TOP_K,
-                                               metrics=metrics))
+    explainer = Worker.load(Settings(model=model_path, top_k=TOP_K, metrics=list(metrics),
+                                     metric_params=metrics, mask_key="mask", map_size="input"))
     truth = masks.astype(np.float32)
     truth[-1] = 0  # an empty mask: not scored
     explained = explainer.explain(images, [None] * len(images), {"masks": truth})

@@ -8,9 +8,9 @@ import sys
 import keras
 import pytest
 
-import pipeline.__main__ as cli
+import pipeline.job.launcher as cli
 from pipeline import demo
-from pipeline.__main__ import RunSummary, main
+from pipeline.job.launcher import RunSummary, main
 from tests.pipeline.conftest import write
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

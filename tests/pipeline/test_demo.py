@@ -9,7 +9,7 @@ from PIL import Image
 
 from explain_lib.io import read_explanations
 from explain_lib.metrics import boxes_to_masks
-from pipeline import demo, render
+from pipeline import demo, pictures, render
 from tests.pipeline.conftest import run_job, write
 
 
@@ -100,18 +100,18 @@ def test_ensure_demo_generates_once(tmp_path):
 def test_overlay_blends_the_map_over_the_image():
     image = np.full((8, 8, 3), 100, np.uint8)
     ramp = np.tile(np.linspace(0, 1, 8), (8, 1))
-    assert np.array_equal(render.overlay(image, ramp, alpha=0.0), image)
-    opaque = render.overlay(image, ramp, alpha=1.0)
+    assert np.array_equal(pictures.overlay(image, ramp, alpha=0.0), image)
+    opaque = pictures.overlay(image, ramp, alpha=1.0)
     # The default colormap is matplotlib's "jet": its lowest and highest colours at the ends.
     jet = matplotlib.colormaps["jet"]
     for column, level in ((0, 0.0), (-1, 1.0)):
         np.testing.assert_allclose(opaque[:, column],
                                    np.broadcast_to(np.asarray(jet(level)[:3]) * 255, (8, 3)),
                                    atol=1)
-    half = render.overlay(image, ramp, alpha=0.5)
-    assert not np.array_equal(half, render.overlay(image, ramp[:, ::-1], alpha=0.5))
+    half = pictures.overlay(image, ramp, alpha=0.5)
+    assert not np.array_equal(half, pictures.overlay(image, ramp[:, ::-1], alpha=0.5))
     # Maps of another size are resized to the image; grayscale images work.
-    assert render.overlay(image[..., :1], np.ones((2, 2)), 0.5).shape == (8, 8, 3)
+    assert pictures.overlay(image[..., :1], np.ones((2, 2)), 0.5).shape == (8, 8, 3)
 
 
 def test_render_grid_of_a_real_run(tmp_path, model_path, shapes):

@@ -14,8 +14,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from explain_lib import io as explain_io
 from pipeline import demo
-from pipeline.__main__ import local_runner
+from pipeline.job.launcher import local_runner
 from pipeline.job.transforms import Explain
+from pipeline.settings import Settings
 from tests.pipeline.conftest import (
     RUNNERS_FLAGS,
     SIZE,
@@ -182,7 +183,7 @@ def test_explain_transform_inside_another_pipeline(model_path, model, shapes):
     with beam.Pipeline(runner=local_runner(PipelineOptions())) as p:
         # Records one per element, from elsewhere, become the lists Explain takes.
         result = (p | beam.Create(records) | beam.BatchElements()
-                  | Explain(model_path, "gradcam", units_key="label", batch_size=2))
+                  | Explain(Settings(model=model_path, units_key="label", batch_size=2)))
         assert_that(result.explanations | beam.FlatMap(lambda records: records)
                     | beam.Map(summarize),
                     equal_to([(f"p{i}", [int(labels[i])], True) for i in range(4)]),
@@ -195,15 +196,15 @@ def test_explain_transform_inside_another_pipeline(model_path, model, shapes):
 
 def test_explain_checks_its_arguments_before_running(model_path):
     with pytest.raises(ValueError, match="Unknown explaining method 'gradkam'"):
-        Explain(model_path, "gradkam")
+        Explain(Settings(model=model_path, method="gradkam"))
     with pytest.raises(ValueError, match="No layer named 'nope'"):
-        Explain(model_path, "gradcam", activation_layer="nope")
+        Explain(Settings(model=model_path, method="gradcam", activation_layer="nope"))
     with pytest.raises(ValueError, match="differs from the model's input size"):
-        Explain(model_path, "gradcam", image_size=(64, 64))
+        Explain(Settings(model=model_path, method="gradcam", image_size=(64, 64)))
     with pytest.raises(ValueError, match="Unknown map encoding"):
-        Explain(model_path, "gradcam", map_encoding="webp")
+        Explain(Settings(model=model_path, method="gradcam", map_encoding="webp"))
     with pytest.raises(ValueError, match="Unknown preprocessing"):
-        Explain(model_path, "gradcam", preprocess="resnet51")
+        Explain(Settings(model=model_path, method="gradcam", preprocess="resnet51"))
 
     inputs = keras.Input((None, None, 3))
     x = keras.layers.Conv2D(2, 3)(inputs)
@@ -211,8 +212,8 @@ def test_explain_checks_its_arguments_before_running(model_path):
     path = model_path.replace("tiny.keras", "any_size.keras")
     keras.saving.save_model(any_size, path)
     with pytest.raises(ValueError, match="pass --image_size"):
-        Explain(path, "gradcam")
-    assert Explain(path, "gradcam", image_size=(20, 24)).spec.image_size == (20, 24)
+        Explain(Settings(model=path, method="gradcam"))
+    assert Explain(Settings(model=path, image_size=(20, 24))).spec.image_size == (20, 24)
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from explain_lib import io as explain_io
 from pipeline import demo, report
-from pipeline.__main__ import main, run
 from pipeline.io.dead_letters import decode_dead_letter
+from pipeline.job.launcher import main, run
 from pipeline.results.manifest import read_manifest
-from pipeline.worker.explainer import load_keras_model
+from pipeline.worker.models import load_keras_model
 from tests.pipeline.conftest import assert_maps_match, expected_explanations
 from tests.services import NO_CLOUD_ENV, gcs_emulator
 

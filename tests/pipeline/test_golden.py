@@ -35,7 +35,7 @@ def golden_run(directory: str) -> dict:
 
     from explain_lib import io as explain_io
     from pipeline import demo, report
-    from pipeline.__main__ import run
+    from pipeline.job.launcher import run
 
     keras.utils.set_random_seed(11)
     model = demo.make_model((32, 32, 3), 4, width=4)

@@ -1,4 +1,4 @@
-"""ExplainModelHandler and Explainer: batching options, per-record attribution of explain
+"""RecordsHandler and Worker: batching options, per-record attribution of explain
 failures, top-K units, grouping by unit count, method / preprocessing resolution, and
 model files on any Beam filesystem."""
 
@@ -13,31 +13,21 @@ import tensorflow as tf
 
 import explain_lib
 from explain_lib import io as explain_io
+from explain_lib import methods
 from explain_lib.engine import explaining
 from pipeline import demo
 from pipeline.io.dead_letters import StageError
+from pipeline.settings import Settings, resolve_method_params
 from pipeline.worker import handler as handler_module
-from pipeline.worker.explainer import (
-    Explainer,
-    ExplainerConfig,
-    Explanation,
-    load_keras_model,
-    resolve_method,
-    resolve_method_params,
-    resolve_preprocess,
-    shared_model,
-)
-from pipeline.worker.handler import ExplainModelHandler
-from pipeline.worker.records import (
-    CheckedRecord,
-    RecordSpec,
-    check_record,
-    decode_record,
-)
-from tests.pipeline.conftest import expected_explanations
+from pipeline.worker.decoding import decode_record
+from pipeline.worker.encoding import PARALLEL_ENCODING_VALUES
+from pipeline.worker.explaining import RecordMaps, Worker, resolve_preprocess
+from pipeline.worker.handler import RecordsHandler
+from pipeline.worker.models import load_keras_model, shared_model
+from pipeline.worker.parsing import CheckedRecord, RecordSpec, check_record
+from tests.pipeline.conftest import expected_explanations, make_handler
 
 SPEC = RecordSpec(image_size=(4, 4), channels=3, num_units=5, image_shape=(4, 4, 3))
-CONFIG = ExplainerConfig("unused.keras", "gradcam")
 
 
 def _record(i, value=1.0, units=None):
@@ -58,7 +48,7 @@ class FailingExplainer:
         if np.any(images == 13):
             raise RuntimeError("step failed")
         return [
-            Explanation(np.array([0]), np.array([image.mean()], np.float32),
+            RecordMaps(np.array([0]), np.array([image.mean()], np.float32),
                         np.full((4, 4, 1), np.nan if image.mean() == 7 else image.mean(),
                                 np.float32))
             for image in images
@@ -66,7 +56,7 @@ class FailingExplainer:
 
 
 def test_a_failing_batch_is_retried_record_by_record():
-    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=8)
+    handler = make_handler(SPEC, batch_size=8)
     batch = [_record(0, 1.0), _record(1, 13.0), _record(2, 2.0), _record(3, 7.0), _record(4, 13.0)]
     explainer = FailingExplainer()
     results = list(handler.explain_checked(batch, explainer))
@@ -90,7 +80,7 @@ class NonFiniteExplainer:
 
     def explain(self, images, units):
         return [
-            Explanation(np.asarray(u), np.full(len(u), np.nan if image.mean() == 5 else 1.0,
+            RecordMaps(np.asarray(u), np.full(len(u), np.nan if image.mean() == 5 else 1.0,
                                                np.float32),
                         np.full((4, 4, len(u)), np.inf if image.mean() == 6 else 0.5,
                                 np.float32))
@@ -102,7 +92,7 @@ class NonFiniteExplainer:
 def test_non_finite_logits_or_maps_fail_only_their_records(unit_counts):
     """Checked for the batch at once when its explanations share a shape, one by one when
     they explain different numbers of units: the same records fail either way."""
-    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=8)
+    handler = make_handler(SPEC, batch_size=8)
     values = [1.0, 5.0, 6.0, 2.0]
     batch = [_record(i, value, np.arange(k)) for i, (value, k)
              in enumerate(zip(values, unit_counts))]
@@ -117,7 +107,7 @@ def test_non_finite_logits_or_maps_fail_only_their_records(unit_counts):
 
 
 def test_a_good_batch_is_explained_in_one_call_and_encoded():
-    handler = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=3)
+    handler = make_handler(SPEC, map_encoding="raw32", batch_size=3)
     explainer = FailingExplainer()
     results = list(handler.explain_checked([_record(i, 1.0 + i) for i in range(3)], explainer))
     assert explainer.calls == [3]
@@ -139,11 +129,11 @@ def test_an_undecodable_image_fails_alone_at_decode(shapes):
 
         def explain(self, images, units):
             self.calls.append(images.copy())
-            return [Explanation(np.array([0]), np.array([1.0], np.float32),
+            return [RecordMaps(np.array([0]), np.array([1.0], np.float32),
                                 np.ones((32, 32, 1), np.float32)) for _ in images]
 
     explainer = Recording()
-    results = ExplainModelHandler(CONFIG, spec, batch_size=3).explain_checked(
+    results = make_handler(spec, batch_size=3).explain_checked(
         [good[0], broken, good[2]], explainer)
     assert len(explainer.calls) == 1  # the two good images, in one call, decoded exactly
     np.testing.assert_array_equal(explainer.calls[0], np.stack(
@@ -160,13 +150,13 @@ def test_large_maps_are_encoded_on_threads_as_they_would_be_one_by_one():
 
     class Noisy:
         def explain(self, images, units):
-            made.extend(Explanation(np.array([1, 3]), np.array([0.5, 0.1], np.float32),
+            made.extend(RecordMaps(np.array([1, 3]), np.array([0.5, 0.1], np.float32),
                                     rng.normal(size=(128, 128, 2)).astype(np.float32))
                         for _ in images)
             return made[-len(images):]
 
-    assert 128 * 128 * 2 >= handler_module.PARALLEL_ENCODING_VALUES  # the threads' path
-    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=6)
+    assert 128 * 128 * 2 >= PARALLEL_ENCODING_VALUES  # the threads' path
+    handler = make_handler(SPEC, batch_size=6)
     results = handler.explain_checked([_record(i) for i in range(6)], Noisy())
     for result, explanation in zip(results, made):
         alone = explain_io.encode_explanation(result.example.id, explanation.units,
@@ -180,12 +170,12 @@ def test_a_record_that_cannot_be_stored_fails_alone_and_the_batch_is_still_encod
 
     class Large:
         def explain(self, images, units):
-            made.extend(Explanation(np.array([i]), np.array([0.5], np.float32),
+            made.extend(RecordMaps(np.array([i]), np.array([0.5], np.float32),
                                     np.full((3, 3, 1), 7e4 if i == 2 else float(i), np.float32))
                         for i in range(len(images)))
             return made
 
-    handler = ExplainModelHandler(CONFIG, SPEC, map_encoding="float16", batch_size=4)
+    handler = make_handler(SPEC, map_encoding="float16", batch_size=4)
     results = handler.explain_checked([_record(i) for i in range(4)], Large())
     error = results[2].inference
     assert error.stage == "encode" and error.record_id == results[2].example.id
@@ -197,17 +187,17 @@ def test_a_record_that_cannot_be_stored_fails_alone_and_the_batch_is_still_encod
 
 
 def test_handler_batches_exactly_batch_size_and_reports_record_bytes():
-    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=16, model_copies=1)
+    handler = make_handler(SPEC, batch_size=16, handler_options={"model_copies": 1})
     # The batches in flight (2 by default) come in one RunInference batch, counted in
     # records, the elements being lists of records.
     assert handler.records_per_call == 32
     assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 32,
                                                "element_size_fn": len}
-    one = ExplainModelHandler(CONFIG, SPEC, batch_size=16, batches_in_flight=1)
+    one = make_handler(SPEC, batch_size=16, batches_in_flight=1)
     assert one.records_per_call == 16
     assert one.batch_elements_kwargs()["max_batch_size"] == 16
     with pytest.raises(ValueError, match="batches_in_flight"):
-        ExplainModelHandler(CONFIG, SPEC, batch_size=16, batches_in_flight=0)
+        make_handler(SPEC, batch_size=16, batches_in_flight=0)
     assert handler.share_model_across_processes() and handler.model_copies() == 1
     assert handler.get_num_bytes([[b"rec0", b"rec1"], [b"record2"]]) == 4 + 4 + 7
     assert handler.get_metrics_namespace() == "explain_pipeline"
@@ -230,7 +220,7 @@ def _summary(outcome):
 
 
 def test_run_inference_parses_lists_of_records_and_keeps_each_list_whole():
-    handler = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=2)
+    handler = make_handler(SPEC, map_encoding="raw32", batch_size=2)
     lists = [[_serialized(0, 1.0), b"not an Example", _serialized(1, 13.0)], [],
              [_serialized(2, 2.0), _serialized(3, 7.0), _serialized(4, 3.0)]]
     results = handler.run_inference(lists, FailingExplainer())
@@ -252,11 +242,11 @@ def test_run_inference_parses_lists_of_records_and_keeps_each_list_whole():
 
 
 def test_a_list_longer_than_a_call_runs_batches_in_flight_at_a_time(monkeypatch):
-    handler = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=2, batches_in_flight=2)
+    handler = make_handler(SPEC, map_encoding="raw32", batch_size=2, batches_in_flight=2)
     # A batch is in flight from the start of its decoding to the end of its encoding.
     running, most = [0], [0]
     lock = threading.Lock()
-    decode, finish = handler._decode, handler._finish
+    decode, finish = handler._decode, handler._explain_and_encode
 
     def decoding(batch):
         with lock:
@@ -273,13 +263,13 @@ def test_a_list_longer_than_a_call_runs_batches_in_flight_at_a_time(monkeypatch)
                 running[0] -= 1
 
     monkeypatch.setattr(handler, "_decode", decoding)
-    monkeypatch.setattr(handler, "_finish", finishing)
+    monkeypatch.setattr(handler, "_explain_and_encode", finishing)
     records = [_record(i, 1.0 + i) for i in range(9)]  # five batches
     results = handler.explain_checked(records, FailingExplainer())
     assert most[0] == 2  # never more than batches_in_flight at once
     assert running[0] == 0
     assert [r.example.id for r in results] == [f"r{i}" for i in range(9)]
-    alone = ExplainModelHandler(CONFIG, SPEC, "raw32", batch_size=2, batches_in_flight=1)
+    alone = make_handler(SPEC, map_encoding="raw32", batch_size=2, batches_in_flight=1)
     assert [_summary(r.inference) for r in results] == [
         _summary(r.inference) for r in alone.explain_checked(records, FailingExplainer())]
     assert _summary(results[6].inference)[0] == "explain"  # the NaN maps of 7
@@ -304,7 +294,7 @@ class OverlapExplainer:
         try:
             if first and not self.decoded.wait(60):
                 raise RuntimeError("no other batch was decoded while this one was explained")
-            return [Explanation(np.array([0]), np.array([image.mean()], np.float32),
+            return [RecordMaps(np.array([0]), np.array([image.mean()], np.float32),
                                 np.full((4, 4, 1), image.mean(), np.float32))
                     for image in images]
         finally:
@@ -330,10 +320,10 @@ def _spy_on_decoding(monkeypatch, explainer):
 
 def test_batches_in_flight_overlap_decoding_with_explaining_and_come_back_in_order(monkeypatch):
     records = [_record(i, 1.0 + i) for i in range(6)]
-    one_at_a_time = ExplainModelHandler(CONFIG, SPEC, batch_size=3, batches_in_flight=1)
+    one_at_a_time = make_handler(SPEC, batch_size=3, batches_in_flight=1)
     alone = [one_at_a_time.explain_checked(records[i:i + 3], FailingExplainer()) for i in (0, 3)]
 
-    handler = ExplainModelHandler(CONFIG, SPEC, batch_size=3, batches_in_flight=2)
+    handler = make_handler(SPEC, batch_size=3, batches_in_flight=2)
     explainer = OverlapExplainer()
     decoded = _spy_on_decoding(monkeypatch, explainer)
     results = handler.explain_checked(records, explainer)
@@ -353,7 +343,7 @@ def test_batches_in_flight_overlap_decoding_with_explaining_and_come_back_in_ord
 
 def test_explainer_top_k_and_mixed_unit_counts(model_path, model, shapes):
     images = shapes[0][:5].astype(np.float32)
-    explainer = Explainer.load(ExplainerConfig(model_path, "gradcam", top_k=2))
+    explainer = Worker.load(Settings(model=model_path, top_k=2, map_size="input"))
     given = [None, np.array([3]), None, np.array([1, 0, 2]), np.array([2])]
     results = explainer.explain(images, given)
 
@@ -372,12 +362,12 @@ def test_explainer_top_k_and_mixed_unit_counts(model_path, model, shapes):
 
 
 def test_resolution_of_names():
-    gradcam = resolve_method("gradcam")
+    gradcam = methods.get("gradcam")
     assert gradcam.exposed and gradcam.function is explain_lib.methods.cams.gradcam
-    gradients = resolve_method("gradients")
+    gradients = methods.get("gradients")
     assert not gradients.exposed
     with pytest.raises(ValueError, match="Unknown explaining method 'gradcan'.*gradcam"):
-        resolve_method("gradcan")
+        methods.get("gradcan")
 
     from explain_lib import filters
 
@@ -408,8 +398,8 @@ def test_models_are_copied_from_any_beam_filesystem(model_path, model, tmp_path,
 def test_jit_compile_explains_under_xla_with_the_same_maps(model_path, shapes):
     images, labels = shapes
     units = [np.array([u]) for u in labels[:6]]
-    plain = Explainer.load(ExplainerConfig(model_path, "gradcam"))
-    xla = Explainer.load(ExplainerConfig(model_path, "gradcam", jit_compile=True))
+    plain = Worker.load(Settings(model=model_path))
+    xla = Worker.load(Settings(model=model_path, jit_compile=True))
     assert explaining._uses_xla(xla.explained_model)
     # The flag is on a model of the worker's own, not on the model the process shares.
     assert not explaining._uses_xla(plain.explained_model)
@@ -430,7 +420,7 @@ def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model
         target.write(source.read())
     loads = []
     original = load_keras_model
-    monkeypatch.setattr("pipeline.worker.explainer.load_keras_model",
+    monkeypatch.setattr("pipeline.worker.models.load_keras_model",
                         lambda path: loads.append(path) or original(path))
     made = []  # (units, selecting) of each compiled explain step built
     make_step = explaining._make_step
@@ -461,8 +451,8 @@ def test_a_job_hands_the_handler_lists_of_records_per_call(tmp_path, model_path,
     from tests.pipeline.conftest import run_job, write
 
     calls = []  # the sizes of the lists of each run_inference call
-    original = ExplainModelHandler.run_inference
-    monkeypatch.setattr(ExplainModelHandler, "run_inference",
+    original = RecordsHandler.run_inference
+    monkeypatch.setattr(RecordsHandler, "run_inference",
                         lambda self, batch, model, args=None: calls.append(
                             [len(records) for records in batch]) or original(self, batch, model))
     images, labels = shapes

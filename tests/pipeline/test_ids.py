@@ -7,7 +7,7 @@ import os
 
 from explain_lib import io as explain_io
 from pipeline import demo, summary
-from pipeline.__main__ import run
+from pipeline.job.launcher import run
 from pipeline.results import manifest
 from pipeline.results.ids import Duplicates
 from tests.pipeline.conftest import write

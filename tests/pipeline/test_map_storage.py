@@ -8,7 +8,7 @@ import pytest
 
 from explain_lib import io as explain_io
 from pipeline import demo
-from pipeline.__main__ import main
+from pipeline.job.launcher import main
 from pipeline.results.manifest import read_manifest
 from tests.pipeline.conftest import (
     SIZE,

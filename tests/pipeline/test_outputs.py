@@ -15,8 +15,8 @@ import pytest
 
 from explain_lib import io as explain_io
 from pipeline import demo, summary
-from pipeline.__main__ import main, run
 from pipeline.io.dead_letters import read_dead_letters
+from pipeline.job.launcher import main, run
 from pipeline.results import manifest
 from tests.pipeline.conftest import run_job, write
 

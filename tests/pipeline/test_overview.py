@@ -11,9 +11,10 @@ import tensorflow as tf
 
 from pipeline.results import overview as overview_module
 from pipeline.results.overview import Overview, Sample, batch_overview
-from pipeline.worker.explainer import ExplainerConfig, Explanation
-from pipeline.worker.handler import Explained, ExplainModelHandler
-from pipeline.worker.records import CheckedRecord, RecordSpec
+from pipeline.worker.encoding import Encoded
+from pipeline.worker.explaining import RecordMaps
+from pipeline.worker.parsing import CheckedRecord, RecordSpec
+from tests.pipeline.conftest import make_handler
 
 DIRECTIONS = {"deletion": False, "pointing_game": True}
 
@@ -175,7 +176,7 @@ def test_the_handler_keeps_one_overview_per_batch_with_large_maps_scaled_down():
     class Large:
         def explain(self, images, units):
             rng = np.random.default_rng(len(made))
-            made.extend(Explanation(np.array([2, 0]), np.array([0.5, 0.1], np.float32),
+            made.extend(RecordMaps(np.array([2, 0]), np.array([0.5, 0.1], np.float32),
                                     rng.random((80, 96, 2)).astype(np.float32)
                                     / (image.mean() != 20),  # record 2: infinite maps
                                     np.array([0.7, 0.2], np.float32), {})
@@ -185,10 +186,9 @@ def test_the_handler_keeps_one_overview_per_batch_with_large_maps_scaled_down():
     spec = RecordSpec(image_size=(4, 4), channels=3, num_units=5, image_shape=(4, 4, 3))
     records = [CheckedRecord(f"r{i}", None, b"rec%d" % i, "raw",
                              np.full((4, 4, 3), 10.0 * i, np.float32)) for i in range(5)]
-    handler = ExplainModelHandler(ExplainerConfig("unused.keras", "gradients"), spec,
-                                  batch_size=5, overview=True)
+    handler = make_handler(spec, method="gradients", batch_size=5, overview=True)
     results = handler.explain_checked(records, Large())
-    carried = [r.inference for r in results if isinstance(r.inference, Explained)]
+    carried = [r.inference for r in results if isinstance(r.inference, Encoded)]
     assert len(carried) == 1 and results[-1].inference is carried[0]
     assert [type(r.inference).__name__ for r in results[:-1]] == [
         "bytes", "bytes", "StageError", "bytes"]  # record 2 failed: not in the overview
@@ -214,15 +214,15 @@ def test_the_batches_overviews_are_combined_where_they_are_made(tmp_path, model_
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.job.options import ExplainOptions
+    from pipeline.job.options import job_settings
     from pipeline.job.transforms import build_pipeline
 
     data = tmp_path / "in.tfrecord"
     data.write_bytes(b"")
     options = PipelineOptions(["--input", str(data), "--output", str(tmp_path / "out" / "expl"),
-                               "--model", model_path]).view_as(ExplainOptions)
+                               "--model", model_path])
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, options)
+    build_pipeline(pipeline, job_settings(options))
     producers = {}
 
     class Visitor(beam.pipeline.PipelineVisitor):
@@ -234,4 +234,4 @@ def test_the_batches_overviews_are_combined_where_they_are_made(tmp_path, model_
                                           for p in node.inputs]
 
     pipeline.visit(Visitor())
-    assert producers["KeepOverview/Merge"] == ["Explain/Outcomes/ParDo(Outcomes)"]
+    assert producers["KeepOverview/Merge"] == ["Explain/RouteResults/ParDo(RouteResults)"]

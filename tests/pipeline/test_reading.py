@@ -17,11 +17,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import demo
-from pipeline.__main__ import local_runner
 from pipeline.io.dead_letters import decode_dead_letter
 from pipeline.io.framing import DamagedFile, iterate_records
 from pipeline.io.reading import ReadFileRecords, ReadTFRecords, open_records_file
 from pipeline.io.retry import Retry
+from pipeline.job.launcher import local_runner
 from tests.pipeline.conftest import FlakyFileSystem, run_job, write
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

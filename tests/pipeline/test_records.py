@@ -16,14 +16,9 @@ from pipeline.io.dead_letters import (
     decode_dead_letter,
     encode_dead_letter,
 )
-from pipeline.worker import records as records_module
-from pipeline.worker.records import (
-    RecordSpec,
-    check_record,
-    decode_batch,
-    decode_record,
-    parse_record,
-)
+from pipeline.worker import decoding as records_module
+from pipeline.worker.decoding import decode_batch, decode_record, parse_record
+from pipeline.worker.parsing import RecordSpec, check_record
 
 SPEC = RecordSpec(image_size=(16, 16), channels=3, num_units=5, units_key="label")
 

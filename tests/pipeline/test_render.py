@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from explain_lib import io as explain_io
-from pipeline import demo, render
+from pipeline import demo, pictures, render
 from tests.pipeline.conftest import write
 
 IMAGE = 16
@@ -111,25 +111,25 @@ def test_render_fails_clearly_when_nothing_matches(tmp_path, images, capsys):
 def test_overlay_colormaps_and_alpha():
     image = np.full((4, 4, 3), 100, np.uint8)
     ramp = np.tile(np.linspace(-1, 1, 4), (4, 1))
-    gray = render.overlay(image, ramp, alpha=1.0, colormap="gray")
+    gray = pictures.overlay(image, ramp, alpha=1.0, colormap="gray")
     np.testing.assert_array_equal(gray[0, :, 0], [0, 85, 170, 255])
     assert np.all(gray[..., 0] == gray[..., 2])
-    cool = render.overlay(image, ramp, alpha=1.0, colormap="coolwarm")
+    cool = pictures.overlay(image, ramp, alpha=1.0, colormap="coolwarm")
     assert cool[0, 0, 2] > cool[0, 0, 0] and cool[0, -1, 0] > cool[0, -1, 2]  # blue to red
     table = np.zeros((256, 3), np.uint8)
     table[:, 1] = 200
-    assert np.all(render.overlay(image, ramp, alpha=1.0, colormap=table)[..., 1] == 200)
+    assert np.all(pictures.overlay(image, ramp, alpha=1.0, colormap=table)[..., 1] == 200)
     # A native map is stretched over the whole image, its peak where it lies.
-    native = render.overlay(np.zeros((32, 32, 3), np.uint8), _peak_map(3, 0)[..., 0], 1.0)
+    native = pictures.overlay(np.zeros((32, 32, 3), np.uint8), _peak_map(3, 0)[..., 0], 1.0)
     assert native.shape == (32, 32, 3)
     # jet: red where the map peaks (bottom left), blue in the corner farthest from it.
     assert native[30, 1, 0] > native[30, 1, 2] and native[1, 30, 2] > native[1, 30, 0]
     with pytest.raises(ValueError, match="Unknown colormap 'no_such_map'"):
-        render.overlay(image, ramp, colormap="no_such_map")
+        pictures.overlay(image, ramp, colormap="no_such_map")
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
-        render.overlay(image, ramp, alpha=1.5)
+        pictures.overlay(image, ramp, alpha=1.5)
     with pytest.raises(ValueError, match=r"\(256, 3\) table"):
-        render.overlay(image, ramp, colormap=np.zeros((10, 3)))
+        pictures.overlay(image, ramp, colormap=np.zeros((10, 3)))
 
 
 @pytest.mark.parametrize("name", ["jet", "inferno", "coolwarm", "heat"])
@@ -137,9 +137,9 @@ def test_colours_are_matplotlibs_colormaps(name):
     """Each level's colour is matplotlib's colormap at level / 255 ("heat" is "jet")."""
     expected = matplotlib.colormaps["jet" if name == "heat" else name]
     ramp = np.linspace(0, 1, 256, dtype=np.float32)[None, :]
-    colours = render.colorize(ramp, name)[0].astype(float)
+    colours = pictures.colorize(ramp, name)[0].astype(float)
     for level in (0, 40, 128, 200, 255):
         np.testing.assert_allclose(colours[level], np.asarray(expected(level / 255)[:3]) * 255,
                                    atol=0.5 + 1e-9)
-    assert render.colorize(np.zeros((2, 2)), name)[0, 0].tolist() == \
+    assert pictures.colorize(np.zeros((2, 2)), name)[0, 0].tolist() == \
         np.rint(np.asarray(expected(0.0)[:3]) * 255).tolist()  # a flat map: the lowest colour

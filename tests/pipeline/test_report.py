@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from explain_lib import metrics as explain_metrics
-from pipeline import demo, render, report
+from pipeline import demo, pictures, report
 from tests.pipeline.conftest import SIZE, run_job, write
 
 TOP_K = 2
@@ -150,7 +150,7 @@ def test_mean_maps_are_the_mean_of_the_decoded_maps(job, page):
     assert len(shown) == len(maps)
     for unit, scale, uri in shown:
         picture = _image(uri)[:, :, :3]
-        expected = render.colorize(data.mean_maps[int(unit)], "inferno")
+        expected = pictures.colorize(data.mean_maps[int(unit)], "inferno")
         np.testing.assert_array_equal(picture[::int(scale), ::int(scale)], expected)
 
 

@@ -11,7 +11,7 @@ from apache_beam.io.filesystem import BeamIOError
 
 from pipeline.io import retry as retry_module
 from pipeline.io.retry import Retry, is_transient
-from pipeline.worker.explainer import load_keras_model
+from pipeline.worker.models import load_keras_model
 from tests.pipeline.conftest import FlakyFileSystem
 
 

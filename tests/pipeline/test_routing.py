@@ -1,6 +1,6 @@
 """Every parameter the registry declares reaches its method through the job: from
-`--method_params` JSON through the options, `Explain`, the handler and the worker's
-`Explainer` to `explain_lib.explain`; values a method refuses stop the job before any work
+`--method_params` JSON through the options, the `Settings`, `Explain`, the handler and
+the `Worker` to `explain_lib.explain`; values a method refuses stop the job before any work
 (exit 2, one line); and real runs show a parameter changing the stored maps and the manifest
 recording what the method received."""
 
@@ -14,12 +14,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from explain_lib import io as explain_io
 from explain_lib import methods
 from pipeline import demo
-from pipeline.__main__ import main
-from pipeline.job.options import ExplainOptions
+from pipeline.job.checks import ModelInfo
+from pipeline.job.launcher import main
+from pipeline.job.options import job_settings
 from pipeline.job.transforms import Explain
 from pipeline.results.manifest import read_manifest
-from pipeline.worker import explainer
-from pipeline.worker.records import CheckedRecord
+from pipeline.worker import models
+from pipeline.worker.parsing import CheckedRecord
 from tests.explain_lib.methods.models import ROUTING, ROUTING_SAME, registered_methods
 from tests.pipeline.conftest import SIZE, run_job, write
 
@@ -40,10 +41,10 @@ REFUSED = {("cam", "logits_layer"): "CAM weighs"}
 
 @pytest.fixture(scope="module")
 def loaded(model_path, monkeypatch_module):
-    """Every Explainer of this module loads the one model object (as a worker process
-    keeps its model): the compiled steps of the unchanged settings are traced once."""
+    """Every Worker of this module loads the one model object (as a worker process keeps
+    its model): the compiled steps of the unchanged settings are traced once."""
     model = keras.saving.load_model(model_path, compile=False)
-    monkeypatch_module.setattr(explainer, "load_keras_model", lambda path: model)
+    monkeypatch_module.setattr(models, "load_keras_model", lambda path: model)
     return model
 
 
@@ -64,13 +65,11 @@ def job_maps(model_path, name, params, records):
     """The maps the job's worker computes for `records` with `--method_params params`."""
     options = PipelineOptions(["--input", "unused", "--output", "unused", "--model", model_path,
                                "--method", name, "--method_params", json.dumps(params),
-                               "--units_key", "label", "--map_encoding", "raw32"]
-                              ).view_as(ExplainOptions)
-    options.check()
-    transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
+                               "--units_key", "label", "--map_encoding", "raw32"])
+    transform = Explain(job_settings(options), model_info=ModelInfo((SIZE, SIZE, 3), 4))
     worker = transform.handler.load_model()
     results = transform.handler.explain_checked(records, worker)
-    # (The batch's last record also carries the report's overview: `Explained`.)
+    # (The batch's last record also carries the report's overview: `Encoded`.)
     return np.stack([explain_io.decode_explanation(getattr(result.inference, "record",
                                                            result.inference))["maps"]
                      for result in results])
@@ -160,15 +159,16 @@ def test_the_jobs_own_options_reach_the_workers_config(model_path):
         "--input", "unused", "--output", "unused", "--model", model_path, "--method", "rise",
         "--method_params", '{"masks": 10}', "--precision", "mixed_bfloat16", "--jit_compile",
         "--top_k", "2", "--preprocess", "unit", "--activation_layer", "features",
-        "--map_size", "input", "--batch_size", "8", "--batches_in_flight", "3"]
-    ).view_as(ExplainOptions)
-    transform = Explain.from_options(options, model_info=explainer.ModelInfo((SIZE, SIZE, 3), 4))
+        "--map_size", "input", "--batch_size", "8", "--batches_in_flight", "3"])
+    settings = job_settings(options)
+    assert (settings.method, settings.explain_params(), settings.activation_layer,
+            settings.preprocess, settings.top_k, settings.precision, settings.jit_compile,
+            settings.batch_size) == ("rise", {"masks": 10, "resizing": True}, "features",
+                                     "unit", 2, "mixed_bfloat16", True, 8)
+    transform = Explain(settings, model_info=ModelInfo((SIZE, SIZE, 3), 4))
     # RunInference hands the handler 3 batches of 8 at a time, explained 8 at a time.
     assert transform.handler.batch_elements_kwargs() == {"min_batch_size": 24,
                                                          "max_batch_size": 24,
                                                          "element_size_fn": len}
-    assert transform.handler.records_per_call == 24 and transform.handler._batch_size == 8
-    assert transform.config == explainer.ExplainerConfig(
-        model_path, "rise", {"masks": 10, "resizing": True}, activation_layer="features",
-        preprocess="unit", top_k=2, precision="mixed_bfloat16", jit_compile=True)
-    assert transform.handler.load_model().config == transform.config
+    assert transform.handler.records_per_call == 24
+    assert transform.handler.load_model().settings is settings

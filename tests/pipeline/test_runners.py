@@ -6,7 +6,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import demo
-from pipeline.__main__ import make_pipeline
+from pipeline.job.launcher import make_pipeline
 from tests.pipeline.conftest import (
     RUNNERS_FLAGS,
     assert_same_output_as_direct,
@@ -46,16 +46,16 @@ def test_flink_options_parse_and_the_job_translates_to_its_portable_form(
 ):
     flink = ["--runner=FlinkRunner", "--flink_master=localhost:8081", "--flink_version=1.19",
              "--environment_type=LOOPBACK", "--parallelism=2"]
-    pipeline, options = make_pipeline(["--input", job_input, "--output",
-                                       str(tmp_path / "flink" / "expl"), "--model", model_path,
-                                       *flink])
-    flink_options = options.view_as(beam.options.pipeline_options.FlinkRunnerOptions)
+    pipeline, _ = make_pipeline(["--input", job_input, "--output",
+                                 str(tmp_path / "flink" / "expl"), "--model", model_path,
+                                 *flink])
+    flink_options = pipeline.options.view_as(beam.options.pipeline_options.FlinkRunnerOptions)
     assert (flink_options.flink_master, flink_options.flink_version) == ("localhost:8081",
                                                                           "1.19")
     proto = pipeline.to_runner_api()
     names = _transform_names(proto)
     for stage in ("Read", "Explain/Rebalance", "Explain/RunInference",
-                  "Explain/Outcomes", "WriteExplanations", "WriteDeadLetters"):
+                  "Explain/RouteResults", "WriteExplanations", "WriteDeadLetters"):
         assert stage in names, stage
     # The translated pipeline round-trips: what a job server would receive is complete.
     rebuilt = beam.Pipeline.from_runner_api(proto, pipeline.runner, PipelineOptions(flink))
@@ -86,7 +86,7 @@ def test_dataflow_job_builds_with_a_dry_run(tmp_path, model_path, job_input, mon
     assert cloud.dataflow_service_options == [
         "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
     names = _transform_names(job.proto_pipeline)
-    assert {"Explain/Rebalance", "Explain/RunInference", "Explain/Outcomes",
+    assert {"Explain/Rebalance", "Explain/RunInference", "Explain/RouteResults",
             "WriteExplanations"} <= names
     # The workers get this project as a package built from setup.py.
     dependencies = [
