@@ -14,7 +14,7 @@ from typing import Callable, Sequence, Union
 
 import tensorflow as tf
 
-from explain_lib.utils import SPATIAL_AXIS
+from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 
 def normalize(x: tf.Tensor, axis: Sequence[int] = SPATIAL_AXIS) -> tf.Tensor:
@@ -79,7 +79,7 @@ def get(name: Union[str, Callable]) -> Callable:
     try:
         return FILTERS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"Unknown filter {name!r}; known: {', '.join(FILTERS)}.") from None
+        raise ExplainError(f"Unknown filter {name!r}; known: {', '.join(FILTERS)}.") from None
 
 
 __all__ = [

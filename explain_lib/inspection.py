@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from explain_lib.utils import SPATIAL_AXIS, tolist  # noqa: F401  (SPATIAL_AXIS re-exported)
+from explain_lib.utils import SPATIAL_AXIS, ExplainError, tolist  # noqa: F401  (SPATIAL_AXIS re-exported)
 
 KERNEL_AXIS = -1
 
@@ -96,7 +96,7 @@ def get_nested_layer(model: keras.Model, name: Union[str, Sequence[str]]) -> ker
     for part in tolist(name):
         names = [sub.name for sub in getattr(layer, "layers", [])]
         if part not in names:
-            raise ValueError(
+            raise ExplainError(
                 f"No layer named {part!r} in {layer.name!r} (while resolving {name!r}). "
                 f"Its layers are: {', '.join(names) or 'none'}. Pass a name from that list, "
                 "or a tuple of names to reach into a nested model."
@@ -115,7 +115,7 @@ def find_layer_with(
     """The last (or first) layer, nested models included, that has every attribute in
     `properties` and is an instance of `klass`; or simply the layer called `name`."""
     if name is None and properties is None and klass is None:
-        raise ValueError("find_layer_with needs a name, properties or klass to search for.")
+        raise ExplainError("find_layer_with needs a name, properties or klass to search for.")
     if name is not None:
         return get_nested_layer(model, name)
     layers = flatten_layers(model)
@@ -133,7 +133,7 @@ def find_layer_with(
         )
         if part
     )
-    raise ValueError(
+    raise ExplainError(
         f"No layer with {wanted} in model {model.name!r}. Its layers are: {_describe(model)}. "
         "Name the layer explicitly (for instance expose(model, arguments='layer_name'))."
     )
@@ -317,7 +317,7 @@ def scores_model(model: keras.Model, scores: str = "logits") -> keras.Model:
         scores(images)            # the logits the softmax turns into the model's output
     """
     if scores not in SCORES:
-        raise ValueError(f"scores must be one of {', '.join(SCORES)}, not {scores!r}.")
+        raise ExplainError(f"scores must be one of {', '.join(SCORES)}, not {scores!r}.")
     head = find_head(model) if scores == "logits" else Head(MODEL_OUTPUT, None)
     if head.endpoint is MODEL_OUTPUT:
         return model
@@ -347,19 +347,19 @@ def _resolve(model: keras.Model, endpoint: Endpoint) -> Tuple[keras.layers.Layer
     elif isinstance(endpoint, (str, tuple)):
         endpoint = {"name": endpoint}
     if not isinstance(endpoint, dict) or not ({"name", "layer"} & endpoint.keys()):
-        raise ValueError(
+        raise ExplainError(
             f"Cannot read endpoint {endpoint!r}: give a layer name, a tuple of names, a layer "
             "index, a Layer, or a dict with 'name' or 'layer' (and optional 'link', 'node')."
         )
     layer = endpoint.get("layer") or get_nested_layer(model, endpoint["name"])
     link = endpoint.get("link", "output")
     if link not in LINKS:
-        raise ValueError(f"Endpoint link must be one of {', '.join(LINKS)}, not {link!r}.")
+        raise ExplainError(f"Endpoint link must be one of {', '.join(LINKS)}, not {link!r}.")
     if link == "pre_activation" and not PreActivation.supports(layer):
-        raise ValueError(f"Endpoint link 'pre_activation' needs a Dense or convolution "
+        raise ExplainError(f"Endpoint link 'pre_activation' needs a Dense or convolution "
                          f"layer, not {layer.name!r} ({type(layer).__name__}).")
     if link in ("last_block_input", "attentions") and not block_encoder(layer):
-        raise ValueError(f"Endpoint link {link!r} needs a transformer encoder holding its "
+        raise ExplainError(f"Endpoint link {link!r} needs a transformer encoder holding its "
                          f"blocks (inspection.block_encoder), not {layer.name!r} "
                          f"({type(layer).__name__}).")
     return layer, link, endpoint.get("node", "last")
@@ -374,13 +374,13 @@ def _contains(container: keras.layers.Layer, layer: keras.layers.Layer) -> bool:
 def _symbolic_inputs(model: keras.Model):
     """New `keras.Input`s shaped like the model's: one tensor, or a list for several."""
     if not isinstance(model, keras.Sequential) and not getattr(model, "outputs", None):
-        raise ValueError(
+        raise ExplainError(
             f"Cannot expose the inner layers of {model.name!r} ({type(model).__name__}): only "
             "Functional and Sequential models have a graph to re-trace. Build the model "
             "functionally, or give the method a model that already returns [logits, activations]."
         )
     if not getattr(model, "inputs", None):
-        raise ValueError(
+        raise ExplainError(
             f"Model {model.name!r} has no symbolic inputs: build it first (give its first "
             "layer an input shape, or call model.build(input_shape))."
         )
@@ -475,9 +475,9 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
     captured = []
     for (layer, link, node), tensors in calls.items():
         if not tensors:
-            raise ValueError(f"Layer {layer.name!r} is not called in the graph of {model.name!r}.")
+            raise ExplainError(f"Layer {layer.name!r} is not called in the graph of {model.name!r}.")
         if node != "last" and not -len(tensors) <= node < len(tensors):
-            raise ValueError(
+            raise ExplainError(
                 f"Layer {layer.name!r} is called {len(tensors)} time(s); node={node} does not exist."
             )
         captured.append(tensors[-1 if node == "last" else node])
@@ -595,7 +595,7 @@ def default_activation(model: keras.Model) -> Endpoint:
             return {"layer": layer, "link": "output"}
     if pooling is not None and _extent(pooling, "input"):  # 1x1: the model has no larger map
         return {"layer": pooling, "link": "input"}
-    raise ValueError(
+    raise ExplainError(
         f"No spatial activation found in {model.name!r} for CAM methods to weigh: no global "
         "pooling layer, transformer encoder or layer with a spatial or token output. Its "
         f"layers are: {_describe(model)}. Name one (expose(model, 'layer_name'), or the "
@@ -639,11 +639,11 @@ def token_grid(shape: Sequence[Optional[int]], image_size: Sequence[Optional[int
     if grid != "auto":
         rows, cols = (int(v) for v in grid)
         if tokens is None and prefix_tokens is None:
-            raise ValueError(f"Tokens of shape {tuple(shape)} have no known count: pass "
+            raise ExplainError(f"Tokens of shape {tuple(shape)} have no known count: pass "
                              "prefix_tokens with the grid.")
         prefix = tokens - rows * cols if prefix_tokens is None else int(prefix_tokens)
         if tokens is not None and (prefix < 0 or prefix + rows * cols != tokens):
-            raise ValueError(f"{tokens} tokens are not {prefix} prefix tokens and a "
+            raise ExplainError(f"{tokens} tokens are not {prefix} prefix tokens and a "
                              f"{rows}x{cols} grid.")
         return prefix, (rows, cols)
     prefixes = range(MAX_PREFIX_TOKENS + 1) if prefix_tokens is None else [int(prefix_tokens)]
@@ -655,7 +655,7 @@ def token_grid(shape: Sequence[Optional[int]], image_size: Sequence[Optional[int
         cols = count // rows
         if rows * width == cols * height and height % rows == 0 and width % cols == 0:
             return prefix, (rows, cols)
-    raise ValueError(
+    raise ExplainError(
         f"Cannot tell how tokens of shape {tuple(shape)} lie on a grid of the proportions of a "
         f"{height}x{width} image: pass grid=(h, w) and prefix_tokens to expose.")
 
@@ -737,7 +737,7 @@ def block_attention(block: keras.layers.Layer, tokens) -> Any:
     if isinstance(attention, keras.layers.MultiHeadAttention) and norm is not None:
         normed = norm(tokens)
         return attention(normed, normed, return_attention_scores=True)[1]
-    raise ValueError(f"Cannot reach the attention of {block.name!r} ({type(block).__name__}): "
+    raise ExplainError(f"Cannot reach the attention of {block.name!r} ({type(block).__name__}): "
                      "it neither returns its attention scores nor holds a MultiHeadAttention "
                      "`mha` after a `layer_norm_1`.")
 
@@ -827,13 +827,13 @@ class TopUnits(UnitSelector):
 
     def __init__(self, k: int, activation: Optional[str] = None):
         if int(k) < 1:
-            raise ValueError(f"TopUnits needs k >= 1 units per input, got {k}.")
+            raise ExplainError(f"TopUnits needs k >= 1 units per input, got {k}.")
         self.k = int(k)
         self.activation = activation
 
     def choose(self, logits: tf.Tensor) -> tf.Tensor:
         if logits.shape[-1] is not None and logits.shape[-1] < self.k:
-            raise ValueError(
+            raise ExplainError(
                 f"Cannot explain the top {self.k} units of a model with {logits.shape[-1]} "
                 f"output units: ask for at most {logits.shape[-1]}."
             )

@@ -8,6 +8,15 @@ import tensorflow as tf
 SPATIAL_AXIS = (-3, -2)
 """Default positions of the spatial axes: inputs are (batch, H, W, channels)."""
 
+class ExplainError(ValueError):
+    """A method, filter or metric cannot take this model or these arguments. Raised while
+    the step is traced, it reaches the caller as it was raised: TensorFlow's AutoGraph
+    passes an error marked `ag_pass_through` on, where it would rewrap a plain ValueError's
+    message in a listing of the traced frames."""
+
+    ag_pass_through = True
+
+
 REFERENCE_SIDE = 224
 """The image side at which the papers give their lengths in pixels (ImageNet's 224x224
 crops): a default length scales with the input (`at_input_size`)."""

@@ -82,7 +82,8 @@ def test_every_method_explains_unusual_families(unusual, name):
         return
     if name == "cam":  # CAM's head is global average pooling + Dense: neither has one
         refusal = ("head reads its class token" if family == "hub:ViT" else
-                   "CAM needs a global-average-pooling \\+ Dense head")
+                   "head of global average pooling then Dense only; this model's head has "
+                   "'conv_2' \\(Conv2D\\)")
         with pytest.raises(ValueError, match=refusal):
             explain_lib.shortcuts.SHORTCUTS[name](model, x, UNITS, **params)
         return

@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 
 from explain_lib import inspection
-from explain_lib.utils import SPATIAL_AXIS
+from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 HEAD_FUSIONS = ("mean", "max", "min")
 """How `attention_rollout` fuses a block's heads: their mean (the paper's), max or min."""
@@ -32,7 +32,7 @@ def attention_outputs(model: keras.Model, inputs: tf.Tensor) -> Tuple[tf.Tensor,
         encoders = [layer for layer in inspection.flatten_layers(model)
                     if inspection.block_encoder(layer)] if getattr(model, "outputs", None) else []
         if not encoders:
-            raise ValueError(
+            raise ExplainError(
                 f"attention_rollout reads a transformer's attention, which explain_lib reaches "
                 f"in an encoder layer holding its blocks (KerasHub's ViT and DeiT): "
                 f"{model.name!r} has none. Explain it with a CAM or gradient method.")
@@ -83,7 +83,7 @@ def attention_rollout(
         logits (B, K) and maps (B, h, w, K) at the patch grid's resolution.
     """
     if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, not "
+        raise ExplainError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, not "
                          f"{head_fusion!r}.")
     inputs = tf.convert_to_tensor(inputs)
     logits, attentions = attention_outputs(model, inputs)

@@ -25,7 +25,7 @@ import tensorflow as tf
 from explain_lib import filters, inspection, utils
 from explain_lib.methods import chunking
 from explain_lib.methods.common import check_score, scores_of, unit_maps
-from explain_lib.utils import SPATIAL_AXIS
+from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 
 _default_exposures: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = (
@@ -49,14 +49,14 @@ def exposed_outputs(model: keras.Model, inputs: tf.Tensor) -> Tuple[tf.Tensor, t
         return outputs[0], outputs[1]
     count = len(outputs) if isinstance(outputs, (list, tuple)) else 1
     if not getattr(model, "outputs", None):
-        raise ValueError(
+        raise ExplainError(
             f"{model.name!r} is a subclassed model ({type(model).__name__}): CAM methods weigh "
             "an inner activation, which only a Functional or Sequential model's graph lets "
             "explain_lib reach. Explain it with a gradient or perturbation method (gradients, "
             "integrated_gradients, smoothgrad, occlusion, rise), build it functionally, or "
             f"make its call() return [logits, activations] (it returns {count} output(s))."
         )
-    raise ValueError(
+    raise ExplainError(
         f"CAM methods need a model returning [logits, activations]; {model.name!r} returns "
         f"{count} output(s). Build one with explain_lib.inspection.expose(model)."
     )
@@ -99,7 +99,7 @@ def cam(
     """
     if len(getattr(model, "outputs", None) or ()) == 1 and (
             inspection.default_activation(model).get("link") == "last_block_input"):
-        raise ValueError(
+        raise ExplainError(
             f"CAM weighs activations that a global-average-pooling + Dense head pools; "
             f"{model.name!r} is a transformer whose head reads its class token: explain it "
             "with gradcam (or another CAM method), or attention_rollout.")
@@ -109,10 +109,11 @@ def cam(
     logits = inspection.gather_units(logits, indices)
     if not isinstance(logits_layer, keras.layers.Layer):
         logits_layer = inspection.get_logits_layer(model, logits_layer)
+    _check_pooled_linear(model, logits_layer)
     kernel = tf.convert_to_tensor(logits_layer.kernel)
     channels = activations.shape[-1]
     if kernel.shape[-2] != channels or kernel.shape.num_elements() != channels * kernel.shape[-1]:
-        raise ValueError(
+        raise ExplainError(
             f"CAM weighs the {channels} activation channels by the logits layer's kernel, but "
             f"{logits_layer.name!r} has a kernel of shape {tuple(kernel.shape)}: CAM needs a "
             "global-average-pooling + Dense head on these activations (use gradcam otherwise)."
@@ -122,6 +123,40 @@ def cam(
         return logits, tf.einsum("b...c,cu->b...u", activations, kernel)
     weights = tf.gather(kernel, indices, axis=1)  # (C, B, K)
     return logits, tf.einsum("b...c,cbk->b...k", activations, weights)
+
+
+HEAD_PASS_THROUGH = (keras.layers.Dropout, keras.layers.Flatten, keras.layers.Reshape,
+                     keras.layers.Identity)
+"""Layers that may stand between CAM's global average pooling and its logits layer: they
+change no value."""
+
+
+def _check_pooled_linear(model: keras.Model, logits_layer: keras.layers.Layer) -> None:
+    """Raises unless the last global pooling before `logits_layer` averages and feeds it
+    through value-preserving layers only: CAM's map averages to the logit (less the bias)
+    only then. ConvNeXt's head normalizes the pooled features (LayerNormalization) and
+    MobileNetV3's has a hidden 1x1 convolution: CAM is not defined there."""
+    layers = inspection.flatten_layers(model)
+    if logits_layer not in layers:
+        return
+    head = layers[:layers.index(logits_layer)]
+    pools = [i for i, layer in enumerate(head) if isinstance(layer, inspection.POOLING_LAYERS)
+             and not isinstance(layer, keras.layers.Flatten)]
+    if not pools:
+        return
+    pooling = head[pools[-1]]
+    between = [layer for layer in head[pools[-1] + 1:]
+               if not isinstance(layer, HEAD_PASS_THROUGH) and not (
+                   isinstance(layer, keras.layers.Activation)
+                   and keras.activations.serialize(layer.activation) == "linear")]
+    if "Average" not in type(pooling).__name__ or between:
+        found = (f"{pooling.name!r} ({type(pooling).__name__})" if not between else
+                 ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in between)
+                 + f" between {pooling.name!r} and {logits_layer.name!r}")
+        raise ExplainError(
+            "CAM weighs activations by the logits layer's kernel, which is their logit in a "
+            f"head of global average pooling then Dense only; this model's head has {found}: "
+            "explain it with gradcam (or another CAM method).")
 
 
 def _gradient_weighted(
@@ -323,7 +358,7 @@ def scorecam(
     """
     check_score(score)
     if chunk_size < 1 or (max_channels is not None and max_channels < 1):
-        raise ValueError(
+        raise ExplainError(
             f"scorecam needs chunk_size >= 1 and max_channels >= 1 (or None), got "
             f"chunk_size={chunk_size} and max_channels={max_channels}."
         )

@@ -28,6 +28,8 @@ from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
+from explain_lib.utils import ExplainError
+
 
 def chunked_reduce(
     total: int,
@@ -57,7 +59,7 @@ def chunked_reduce(
     """
     total, chunk_size = int(total), int(chunk_size)
     if total < 1 or chunk_size < 1:
-        raise ValueError(
+        raise ExplainError(
             f"Need at least one variant and a positive chunk size, got total={total} and "
             f"chunk_size={chunk_size}."
         )

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from explain_lib import inspection
+from explain_lib.utils import ExplainError
 
 RANDOM_ALGORITHM = "philox"
 """The stateless generator of noise and masks, named rather than "auto_select" (whose choice
@@ -106,7 +107,7 @@ def check_parameter_kinds(owner: str, function: Callable, params: Dict[str, Any]
         kinds = _accepted_kinds(parameter.annotation, parameter.default)
         if kinds and not any(_fits(value, kind) for kind in kinds):
             expected = " or ".join(dict.fromkeys(_KIND_NAMES[kind] for kind in kinds))
-            raise ValueError(f"{owner}'s parameter {name} takes {expected}, not {value!r}.")
+            raise ExplainError(f"{owner}'s parameter {name} takes {expected}, not {value!r}.")
 
 
 def logits_of(model: keras.Model, inputs: tf.Tensor) -> tf.Tensor:
@@ -133,7 +134,7 @@ def scores_of(logits: tf.Tensor, score: str) -> tf.Tensor:
 def check_score(score: str) -> str:
     """`score` if it names one of `SCORES`; a ValueError saying which it may name otherwise."""
     if score not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}, not {score!r}.")
+        raise ExplainError(f"score must be one of {', '.join(SCORES)}, not {score!r}.")
     return score
 
 
@@ -152,7 +153,7 @@ def unit_maps(tape: tf.GradientTape, logits: tf.Tensor, sources, to_map: Callabl
     """
     units = logits.shape[-1]
     if units is None:
-        raise ValueError(
+        raise ExplainError(
             f"The number of explained units must be static, got logits of shape {logits.shape}."
         )
     results = []

@@ -17,7 +17,7 @@ import tensorflow as tf
 from explain_lib import filters, inspection, utils
 from explain_lib.methods import chunking
 from explain_lib.methods.common import logits_of, unit_maps
-from explain_lib.utils import SPATIAL_AXIS
+from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 
 GRADIENT_FILTERS: Dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
@@ -79,7 +79,7 @@ def _named(value, table: Dict[str, Callable], parameter: str) -> Callable:
     if callable(value):
         return value
     if value not in table:
-        raise ValueError(
+        raise ExplainError(
             f"Unknown {parameter} {value!r}: use one of {', '.join(table)}, or a function."
         )
     return table[value]
@@ -181,7 +181,7 @@ def integrated_gradients(
         logits (B, K) at `inputs` and signed maps (B, H, W, K).
     """
     if n_steps < 1 or chunk_size < 1:
-        raise ValueError(
+        raise ExplainError(
             f"integrated_gradients needs n_steps >= 1 and chunk_size >= 1, got "
             f"n_steps={n_steps} and chunk_size={chunk_size}."
         )
@@ -219,7 +219,7 @@ def _baseline_of(inputs, baseline, blur_sigma, spatial_axis) -> tf.Tensor:
     """The integration baseline x', with the shape of `inputs`."""
     if isinstance(baseline, str):
         if baseline != "blur":
-            raise ValueError(
+            raise ExplainError(
                 f"Unknown baseline {baseline!r}: pass a number, 'blur' or a tensor "
                 "broadcastable to the inputs."
             )
@@ -248,7 +248,7 @@ def gaussian_blur(
     for axis in axes:
         length = images.shape[axis]
         if length is None:
-            raise ValueError("gaussian_blur needs inputs of static spatial size.")
+            raise ExplainError("gaussian_blur needs inputs of static spatial size.")
         radius = min(int(math.ceil(3 * sigma)), length - 1)
         if radius < 1:
             continue
@@ -285,7 +285,7 @@ def _bias_exposure(model: keras.Model):
             elif activation is keras.activations.relu:
                 rectified.append(True)
             else:
-                raise ValueError(
+                raise ExplainError(
                     f"Layer {layer.name!r} adds its bias before a fused "
                     f"{getattr(activation, '__name__', activation)} activation. Full-Gradient "
                     "needs the signal where the bias is added: build the layer with "

@@ -38,7 +38,7 @@ import tensorflow as tf
 from explain_lib import inspection, utils
 from explain_lib.methods import chunking
 from explain_lib.methods.common import RANDOM_ALGORITHM, logits_of, parameters_of
-from explain_lib.utils import SPATIAL_AXIS
+from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 
 def _name(method: Callable) -> str:
@@ -83,7 +83,7 @@ def _units_at_input(model, inputs, indices):
 
 def _check_noise(name, repetitions, noise, noise_chunk_size):
     if repetitions < 1 or noise_chunk_size < 1 or noise < 0:
-        raise ValueError(
+        raise ExplainError(
             f"{name} needs repetitions >= 1, noise_chunk_size >= 1 and noise >= 0, got "
             f"repetitions={repetitions}, noise_chunk_size={noise_chunk_size}, noise={noise}."
         )
@@ -96,7 +96,7 @@ def _with_own_parameters(method: Callable, own: Dict[str, Any], apply: Callable,
     base, open_ended = parameters_of(method)
     clash = sorted(set(base) & set(own))
     if clash:
-        raise ValueError(
+        raise ExplainError(
             f"{name} cannot wrap {_name(method)}: its parameter(s) {', '.join(clash)} have the "
             f"names of {name}'s own, which would take them. Rename them in {_name(method)}."
         )
@@ -368,7 +368,7 @@ def _resize(tensor, size, spatial_axis, method):
         tensor.shape.rank - 3,
         tensor.shape.rank - 2,
     ):
-        raise ValueError(f"resize_method={method!r} needs spatial_axis=(-3, -2); use 'bilinear'.")
+        raise ExplainError(f"resize_method={method!r} needs spatial_axis=(-3, -2); use 'bilinear'.")
     return tf.image.resize(tensor, size, method=method)
 
 

@@ -21,19 +21,19 @@ import tensorflow as tf
 from explain_lib import inspection, utils
 from explain_lib.methods import chunking
 from explain_lib.methods.common import RANDOM_ALGORITHM, check_score, logits_of, scores_of
-from explain_lib.utils import SPATIAL_AXIS
+from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 
 def _image_size(inputs: tf.Tensor, spatial_axis: Sequence[int], method: str) -> Tuple[int, int]:
     rank = inputs.shape.rank
     if rank is None or utils.positive_axes(spatial_axis, rank) != (rank - 3, rank - 2):
-        raise ValueError(
+        raise ExplainError(
             f"{method} explains images (B, H, W, C) with spatial_axis=(-3, -2); got inputs of "
             f"shape {tuple(inputs.shape)} and spatial_axis={tuple(spatial_axis)}."
         )
     height, width = inputs.shape[-3], inputs.shape[-2]
     if height is None or width is None:
-        raise ValueError(f"{method} needs inputs of static height and width, got {inputs.shape}.")
+        raise ExplainError(f"{method} needs inputs of static height and width, got {inputs.shape}.")
     return height, width
 
 
@@ -45,7 +45,7 @@ def _window_starts(length: int, patch: int, stride: int) -> list:
     """Window origins along one axis: every `stride` pixels, plus one flush with the far
     edge."""
     if not 1 <= patch <= length or stride < 1:
-        raise ValueError(
+        raise ExplainError(
             f"Occlusion patches of {patch} pixels with stride {stride} do not fit an axis of "
             f"{length} pixels: need 1 <= patch_size <= size and stride >= 1."
         )
@@ -208,7 +208,7 @@ def rise(
         cell_size = math.ceil(utils.at_input_size(32, (height, width)))
     check_score(score)
     if masks < 1 or cell_size < 1 or not 0 < keep_probability <= 1:
-        raise ValueError(
+        raise ExplainError(
             f"rise needs masks >= 1, cell_size >= 1 and 0 < keep_probability <= 1, got "
             f"masks={masks}, cell_size={cell_size}, keep_probability={keep_probability}."
         )

@@ -17,6 +17,7 @@ import tensorflow as tf
 from explain_lib import utils
 from explain_lib.methods.common import parameters_of as method_parameters
 from explain_lib.methods.gradient import gaussian_blur
+from explain_lib.utils import ExplainError
 
 METRIC_ARGUMENTS = ("model", "inputs", "units", "maps", "ground_truth")
 """What every metric takes from its caller, the engine: not parameters of the metric."""
@@ -37,7 +38,7 @@ def parameters_of(metric, given: Sequence[str] = METRIC_ARGUMENTS
 def image_size(inputs: tf.Tensor, metric: str) -> Tuple[int, int]:
     """The static (H, W) of images (B, H, W, C), or an error saying what the metric needs."""
     if inputs.shape.rank != 4 or inputs.shape[1] is None or inputs.shape[2] is None:
-        raise ValueError(
+        raise ExplainError(
             f"{metric} evaluates maps of images (B, H, W, C) of static height and width; got "
             f"inputs of shape {tuple(inputs.shape)}."
         )
@@ -73,14 +74,14 @@ def baseline_of(inputs: tf.Tensor, baseline: Union[float, str, tf.Tensor],
     """
     if isinstance(baseline, str):
         if baseline != "blur":
-            raise ValueError(
+            raise ExplainError(
                 f"Unknown baseline {baseline!r}: pass a number, 'blur' or a tensor "
                 "broadcastable to the inputs."
             )
         if blur_sigma is None:
             blur_sigma = utils.at_input_size(5.0, inputs.shape[1:3])
         if not blur_sigma > 0:
-            raise ValueError(f"blur_sigma must be positive, got blur_sigma={blur_sigma}.")
+            raise ExplainError(f"blur_sigma must be positive, got blur_sigma={blur_sigma}.")
         return gaussian_blur(inputs, blur_sigma)
     return tf.broadcast_to(tf.cast(baseline, inputs.dtype), tf.shape(inputs))
 
@@ -189,7 +190,7 @@ def pad_boxes(boxes) -> np.ndarray:
     if isinstance(boxes, (np.ndarray, tf.Tensor)):
         boxes = np.asarray(boxes, np.float32)
         if boxes.ndim != 3 or boxes.shape[-1] != 4:
-            raise ValueError(
+            raise ExplainError(
                 f"boxes of shape {boxes.shape}: give (N, M, 4) boxes (ymin, xmin, ymax, xmax) "
                 "in [0, 1], padded with NaN rows, or one (m_i, 4) array per image."
             )

@@ -30,6 +30,7 @@ from explain_lib.metrics.common import (
     image_size,
     to_input_size,
 )
+from explain_lib.utils import ExplainError
 
 
 def pixel_counts(steps: tf.Tensor, n_steps: int, pixels: int) -> tf.Tensor:
@@ -61,7 +62,7 @@ def removal_ranks(maps: tf.Tensor) -> tf.Tensor:
 
 def _check_steps(name: str, n_steps: int, chunk_size: int) -> None:
     if int(n_steps) < 1 or int(chunk_size) < 1:
-        raise ValueError(
+        raise ExplainError(
             f"{name} needs n_steps >= 1 and chunk_size >= 1, got n_steps={n_steps} and "
             f"chunk_size={chunk_size}."
         )
@@ -312,16 +313,16 @@ def mufidelity(
         (B, K) the correlation for each sample and unit.
     """
     if int(n_samples) < 2 or int(chunk_size) < 1:
-        raise ValueError(
+        raise ExplainError(
             f"mufidelity needs n_samples >= 2 (a correlation) and chunk_size >= 1, got "
             f"n_samples={n_samples} and chunk_size={chunk_size}."
         )
     if not 0 < subset_percent < 1:
-        raise ValueError(f"mufidelity needs 0 < subset_percent < 1, got {subset_percent}.")
+        raise ExplainError(f"mufidelity needs 0 < subset_percent < 1, got {subset_percent}.")
     if grid_size is not None and int(grid_size) < 1:
-        raise ValueError(f"mufidelity needs grid_size >= 1 (or None), got {grid_size}.")
+        raise ExplainError(f"mufidelity needs grid_size >= 1 (or None), got {grid_size}.")
     if correlation not in CORRELATIONS:
-        raise ValueError(
+        raise ExplainError(
             f"correlation must be one of {', '.join(CORRELATIONS)}, not {correlation!r}."
         )
     check_score(score)

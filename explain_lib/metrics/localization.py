@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from explain_lib import utils
 from explain_lib.metrics.common import flat_maps, image_size, to_input_size
+from explain_lib.utils import ExplainError
 
 
 def _ground_truth(ground_truth, size, metric):
@@ -27,7 +28,7 @@ def _ground_truth(ground_truth, size, metric):
     if ground_truth.shape.rank == 4 and ground_truth.shape[-1] == 1:
         ground_truth = ground_truth[..., 0]
     if ground_truth.shape.rank != 3 or tuple(ground_truth.shape[1:]) != tuple(size):
-        raise ValueError(
+        raise ExplainError(
             f"{metric} needs ground-truth masks (B, {size[0]}, {size[1]}) at the inputs' size, "
             f"got shape {tuple(ground_truth.shape)}."
         )
@@ -100,7 +101,7 @@ def pointing_game(
     if tolerance is None:
         tolerance = utils.at_input_size(15, size)
     if not tolerance >= 0:
-        raise ValueError(f"pointing_game needs tolerance >= 0 pixels, got {tolerance}.")
+        raise ExplainError(f"pointing_game needs tolerance >= 0 pixels, got {tolerance}.")
     ground_truth = _ground_truth(ground_truth, size, "pointing_game")
     peak = peaks(to_input_size(maps, size))  # (B, K)
     rows = tf.cast(tf.range(size[0]), tf.float32)[None, None, :, None]

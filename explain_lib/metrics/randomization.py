@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from explain_lib import filters, inspection, methods
 from explain_lib.metrics.common import flat_maps, spearman
+from explain_lib.utils import ExplainError
 
 
 def cascading_layers(model: keras.Model) -> List[str]:
@@ -57,7 +58,7 @@ def _initializer(layer: keras.layers.Layer, variable, seed: int):
             if "seed" in config:
                 config["seed"] = seed
             return type(initializer).from_config(config)
-    raise ValueError(
+    raise ExplainError(
         f"Cannot re-initialise weight {name!r} of layer {layer.name!r} "
         f"({type(layer).__name__}): the layer has no {candidates[0]} attribute. Leave the layer "
         "out (layers=[...] names the layers to stop at) or give it a standard initializer."
@@ -89,7 +90,7 @@ def randomized_copy(model: keras.Model, layers: Sequence[str], seed: int = 0) ->
         try:
             copy = keras.models.clone_model(model)
         except Exception as error:  # Keras raises several types for uncloneable models
-            raise ValueError(
+            raise ExplainError(
                 f"Cannot copy model {model.name!r} to re-initialise its layers "
                 f"(keras.models.clone_model failed: {error}). The randomisation check needs a "
                 "Functional or Sequential model."
@@ -99,7 +100,7 @@ def randomized_copy(model: keras.Model, layers: Sequence[str], seed: int = 0) ->
     names = [layer.name for layer in originals]
     unknown = sorted(set(layers) - set(names))
     if unknown:
-        raise ValueError(
+        raise ExplainError(
             f"Layer(s) {', '.join(unknown)} of {model.name!r} hold no trainable weights or do "
             f"not exist; the layers with weights are, from the top: "
             f"{', '.join(reversed(names))}."
@@ -152,7 +153,7 @@ def _method_and_defaults(method) -> Tuple[Callable, Dict]:
         if entry.function is method:
             return method, dict(entry.explain_defaults)
     if not callable(method):
-        raise ValueError(
+        raise ExplainError(
             f"method must be a registered method's name or an explaining function, got "
             f"{method!r}. Valid names: {', '.join(sorted(methods.REGISTRY))}."
         )
@@ -219,12 +220,12 @@ def model_randomization(
     stops = list(order) if layers is None else list(layers)
     unknown = [name for name in stops if name not in order]
     if unknown or not stops:
-        raise ValueError(
+        raise ExplainError(
             f"layers must name layers of {model.name!r} that hold weights, from the top: "
             f"{', '.join(order)}; got {stops!r}."
         )
     if any(order.index(a) >= order.index(b) for a, b in zip(stops, stops[1:])):
-        raise ValueError(
+        raise ExplainError(
             f"layers must go from the top down (the order of cascading_layers: "
             f"{', '.join(order)}); got {stops!r}."
         )

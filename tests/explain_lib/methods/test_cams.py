@@ -58,6 +58,46 @@ def test_cam_needs_a_dense_head_on_the_activations(images):
         cams.cam(exposed, tf.constant(images), None)
 
 
+def headed(*head_layers, seed=0):
+    """tiny_cnn's convolutions, then `head_layers`, then a Dense logits layer."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((12, 12, 3)),
+        keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv1"),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv2"),
+        *head_layers,
+        keras.layers.Dense(5, name="logits"),
+    ])
+
+
+@pytest.mark.parametrize("pooled, found", [
+    ([keras.layers.GlobalAveragePooling2D(name="gap"), keras.layers.LayerNormalization(
+        name="norm")], "'norm' (LayerNormalization) between 'gap' and 'logits'"),
+    ([keras.layers.GlobalMaxPooling2D(name="gmp")], "'gmp' (GlobalMaxPooling2D)"),
+])
+def test_cam_refuses_a_head_whose_pooled_features_are_not_its_logits_inputs(
+        images, units, pooled, found):
+    """ConvNeXt's head normalizes the pooled features, and max pooling is not CAM's mean:
+    the kernel's weights do not make the activations the logit. The refusal, raised while the
+    step is traced, reaches the caller as one message (not AutoGraph's listing of frames)."""
+    with pytest.raises(ValueError) as raised:
+        explain(cams.cam, inspection.expose(headed(*pooled)), images, units, verbose=0)
+    assert str(raised.value) == (
+        "CAM weighs activations by the logits layer's kernel, which is their logit in a head "
+        f"of global average pooling then Dense only; this model's head has {found}: explain "
+        "it with gradcam (or another CAM method).")
+
+
+def test_cam_passes_over_dropout_between_the_pooling_and_the_logits(images, units):
+    exposed = inspection.expose(headed(keras.layers.GlobalAveragePooling2D(name="gap"),
+                                       keras.layers.Dropout(0.5)))
+    keep = {"resizing": False, "verbose": 0}
+    _, cam_maps = explain(cams.cam, exposed, images, units, **keep)
+    _, gradcam_maps = explain(cams.gradcam, exposed, images, units, **keep)
+    np.testing.assert_allclose(cam_maps, gradcam_maps * 10 * 10, rtol=1e-4,
+                               atol=1e-6 * np.abs(cam_maps).max())
+
+
 @pytest.fixture(scope="module")
 def head():
     return nonlinear_head()
