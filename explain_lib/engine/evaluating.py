@@ -14,8 +14,8 @@ Separation of concerns:
   model: nothing is written onto the user's model.
 - `evaluate` drives the loop: checks everything before any work (the metric's parameters,
   what it needs, the shapes), callbacks and the progress bar, and gathers the scores.
-  A metric that explains by itself (`model_randomization`) gets the data and the loop's
-  batch size and runs `explain` inside.
+  A metric that explains by itself (`model_randomization`) gets the data, the loop's
+  batch size and `explain` itself, which it calls.
 """
 
 import collections
@@ -416,7 +416,8 @@ def evaluate(
         _check_needs(metric, model, set())
     if metric.takes_method:
         return metric.function(model, x, y, batch_size=batch_size,
-                               verbose=0 if verbose == "auto" else verbose, **metric_params)
+                               verbose=0 if verbose == "auto" else verbose,
+                               explain=explaining.explain, **metric_params)
     if force and model is not None:
         _compiled_steps.pop(model, None)
 
