@@ -334,7 +334,7 @@ def evaluate(
         steps: the number of batches to read.
         callbacks: Keras callbacks, called as `predict` calls them (`on_predict_batch_end`
             gets `logs={"outputs": scores}`).
-        force: rebuild the compiled steps of this model.
+        force: rebuild everything the engine built for this model, as `explain`'s.
         scores: what the metric scores, as for `explain`: "logits" (the default: a model
             ending in a softmax or sigmoid is scored on its scores before it, by a
             probability that is the model's own) or "output" (its output as it is).

@@ -299,7 +299,8 @@ def explain(
         max_queue_size: batches read ahead from a generator or PyDataset.
         workers: threads (or processes) reading a PyDataset.
         use_multiprocessing: read a PyDataset with processes instead of threads.
-        force: rebuild the compiled steps of this model. By default a step built for the
+        force: rebuild everything the engine built for this model (its compiled steps,
+            the model its scores are explained on). By default a step built for the
             same model, method, parameters, input signature and number of units is reused,
             as `model.predict` reuses its function: a second call traces nothing.
         return_probabilities: also return each explained unit's probability at the input
