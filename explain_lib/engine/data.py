@@ -1,24 +1,35 @@
-"""Data adaptation for `explain`: whatever the user passes becomes an ordered stream of
-`(x, y)` batches, `y` being the units to explain or None.
+"""The data adapter of `explain` and `evaluate`: whatever the user passes becomes an
+ordered stream of batches, each a dict of per-sample arrays by name (`{"x": ..., "y": ...}`,
+None where absent), and their number.
 
-- Arrays and tensors are sliced into `batch_size` batches (default 32).
-- A `tf.data.Dataset` yields batches of `x` or `(x, y)` (or `(x, y, sample_weight)`, the
-  weights ignored); it is already batched.
+- Arrays and tensors are sliced into `batch_size` batches (default 32), `x` together with
+  the arrays aligned with it (`explain`'s units `y`; `evaluate`'s `y`, `maps`, `boxes`,
+  `masks`).
+- A `tf.data.Dataset` yields batches; it is already batched.
 - A Python generator or iterator yields the same; it is read ahead by one background thread,
   at most `max_queue_size` batches in advance.
 - A `keras.utils.PyDataset` is read ahead by `workers` threads (or processes with
   `use_multiprocessing`), at most `max_queue_size` batches in advance, always returned in
-  index order. When `explain`'s reading arguments are left at their defaults, the
-  dataset's own `workers`, `use_multiprocessing` and `max_queue_size` apply.
+  index order. When the reading arguments are left at their defaults, the dataset's own
+  `workers`, `use_multiprocessing` and `max_queue_size` apply.
+
+A stream's elements become batch dicts by the caller's `parse`: by default (`explain`'s) an
+element is `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, the weights ignored.
 
 `steps` bounds the number of batches read from any source.
+
+Usage:
+
+    batches, count = adapt(images, {"y": labels}, batch_size=8)
+    for batch in batches:
+        batch["x"], batch["y"]   # (8, H, W, C), (8,); the last batch may be smaller
 """
 
 import concurrent.futures
 import inspect
 import math
 import multiprocessing
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import keras
 import numpy as np
@@ -28,6 +39,11 @@ DEFAULT_BATCH_SIZE = 32
 _READ_DEFAULTS = {"max_queue_size": 10, "workers": 1, "use_multiprocessing": False}
 _END = object()
 
+ROW_NAMES = {"y": "unit indices"}
+"""What one row of an aligned array holds, where its name does not say it."""
+
+Batch = Dict[str, Any]
+
 
 def unpack(element) -> Tuple[Any, Any]:
     """`(x, y)` from a batch given as `x`, `(x,)`, `(x, y)` or `(x, y, sample_weight)`."""
@@ -36,56 +52,86 @@ def unpack(element) -> Tuple[Any, Any]:
     return element, None
 
 
+def as_batch(element) -> Batch:
+    """`{"x", "y"}` from a stream's element (see `unpack`): `explain`'s batches."""
+    x, y = unpack(element)
+    return {"x": x, "y": y}
+
+
+def is_stream(x) -> bool:
+    """Whether `x` yields batches (a dataset, a PyDataset, a generator) rather than being
+    sliced into them."""
+    return isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or _is_iterator(x)
+
+
 def adapt(
     x,
-    y=None,
+    aligned: Optional[Dict[str, Any]] = None,
     batch_size: Optional[int] = None,
     steps: Optional[int] = None,
     max_queue_size: int = 10,
     workers: int = 1,
     use_multiprocessing: bool = False,
-) -> Tuple[Iterator[Tuple[Any, Any]], Optional[int]]:
-    """The batches of `(x, y)` and their number (None when unknown)."""
-    streaming = isinstance(x, (tf.data.Dataset, keras.utils.PyDataset)) or _is_iterator(x)
-    if streaming and y is not None:
+    parse: Callable[[Any], Batch] = as_batch,
+    purpose: str = "explain",
+) -> Tuple[Iterator[Batch], Optional[int]]:
+    """The batches of `x` and their number (None when unknown).
+
+    Args:
+        x: arrays or tensors (N, ...), or a stream (see `is_stream`).
+        aligned: arrays with one row per sample of `x`, by name, sliced with it (a None
+            stays None in every batch); a stream carries them in its elements instead, so
+            for a stream they must all be None (the caller says how to fix that first).
+        parse: how a stream's element becomes a batch dict (`as_batch`).
+        purpose: what the caller does with the batches, for error messages ("explain").
+        The others: as for `explain`.
+    """
+    aligned = dict(aligned or {})
+    given = [key for key, value in aligned.items() if value is not None]
+    if is_stream(x) and given:
         raise ValueError(
-            f"y must be None when x is a {type(x).__name__}: make it yield (x, y) batches instead."
+            f"{', '.join(given)} must be None when x is a {type(x).__name__}: make it "
+            "yield them with each batch instead."
         )
     if steps is not None and steps < 1:
         raise ValueError(f"steps must be a positive number of batches, got {steps}.")
 
     if isinstance(x, tf.data.Dataset):
-        return _from_dataset(x, steps)
-    if isinstance(x, keras.utils.PyDataset):
-        return _from_py_dataset(x, steps, max_queue_size, workers, use_multiprocessing)
-    if _is_iterator(x):
+        batches, count = _from_dataset(x, steps)
+    elif isinstance(x, keras.utils.PyDataset):
+        batches, count = _from_py_dataset(x, steps, max_queue_size, workers,
+                                          use_multiprocessing)
+    elif _is_iterator(x):
         if workers != 1 or use_multiprocessing:
             raise ValueError(
                 "A generator can only be read by one worker: wrap the data in a "
                 "keras.utils.PyDataset (indexable batches) to read it with workers > 1 or "
                 "use_multiprocessing=True."
             )
-        return _prefetch(lambda _: next(x, _END), steps, 1, max_queue_size), steps
-    return _from_arrays(x, y, batch_size, steps)
+        batches, count = _prefetch(lambda _: next(x, _END), steps, 1, max_queue_size), steps
+    else:
+        return _from_arrays({"x": x, **aligned}, batch_size, steps, purpose)
+    return map(parse, batches), count
 
 
 def _is_iterator(x) -> bool:
     return inspect.isgenerator(x) or (hasattr(x, "__next__") and hasattr(x, "__iter__"))
 
 
-def _from_arrays(x, y, batch_size, steps):
-    if not isinstance(x, (np.ndarray, tf.Tensor)):
-        x = np.asarray(x)
-    if y is not None and not isinstance(y, (np.ndarray, tf.Tensor)):
-        y = np.asarray(y)
+def _from_arrays(arrays: Dict[str, Any], batch_size, steps, purpose):
+    arrays = {key: value if value is None or isinstance(value, (np.ndarray, tf.Tensor))
+              else np.asarray(value) for key, value in arrays.items()}
+    x = arrays["x"]
     count = int(x.shape[0]) if len(x.shape) else 0
     if count == 0:
-        raise ValueError(f"x is empty (shape {tuple(x.shape)}): there is nothing to explain.")
-    if y is not None and int(y.shape[0]) != count:
         raise ValueError(
-            f"x and y have different lengths: x has {count} samples, y has {int(y.shape[0])}. "
-            "Give one row of unit indices per sample."
-        )
+            f"x is empty (shape {tuple(x.shape)}): there is nothing to {purpose}.")
+    for key, value in arrays.items():
+        if key != "x" and value is not None and int(value.shape[0]) != count:
+            raise ValueError(
+                f"x and {key} have different lengths: x has {count} samples, {key} has "
+                f"{int(value.shape[0])}. Give one row of {ROW_NAMES.get(key, key)} per sample."
+            )
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -96,7 +142,8 @@ def _from_arrays(x, y, batch_size, steps):
     def batches():
         for start in range(0, num_batches * batch_size, batch_size):
             end = start + batch_size
-            yield x[start:end], None if y is None else y[start:end]
+            yield {key: None if value is None else value[start:end]
+                   for key, value in arrays.items()}
 
     return batches(), num_batches
 
@@ -109,7 +156,7 @@ def _from_dataset(dataset: tf.data.Dataset, steps):
         dataset = dataset.take(steps)
         cardinality = int(dataset.cardinality())
     num_batches = cardinality if cardinality >= 0 else None
-    return (unpack(element) for element in dataset), num_batches
+    return iter(dataset), num_batches
 
 
 def _from_py_dataset(dataset, steps, max_queue_size, workers, use_multiprocessing):
@@ -137,8 +184,7 @@ def _from_py_dataset(dataset, steps, max_queue_size, workers, use_multiprocessin
 
     def batches():
         try:
-            for batch in _prefetch(fetch, num_batches, executor, reading["max_queue_size"]):
-                yield unpack(batch)
+            yield from _prefetch(fetch, num_batches, executor, reading["max_queue_size"])
         finally:
             dataset.on_epoch_end()
 

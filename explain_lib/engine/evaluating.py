@@ -1,43 +1,39 @@
-"""The evaluating engine: `evaluate` is to a metric what `explain` is to a method.
+"""Evaluating: `evaluate` is to a metric what `explain` is to a method, and runs the same
+loop (`engine.loop`: the data adapter, the cache of compiled steps, their distribution
+across replicas, the callbacks).
 
-Separation of concerns:
+This module owns what is particular to evaluating:
 - `explain_lib.metrics` holds the metrics, each a function of one batch
   `(model, inputs, units, maps, [ground_truth], **params) -> scores (B, K)`, and the
   registry that declares what each needs (a model? maps? ground truth? a method?).
-- `_batches` slices what `evaluate` is given (images, units, maps and the ground truth, all
-  per sample) into aligned batches, or reads them from a dataset of dicts.
-- `_compiled_step` builds, once per model, metric, parameters and input signature, the
-  `tf.function` that splits a global batch across the replicas of the model's strategy
-  (`explaining.compile_distributed` and `run_on_replicas`, as `explain` does), turns boxes
-  into masks and runs the metric on each replica. Its batch dimension is unknown, so every
-  batch size reuses one trace. Steps live in a cache this module owns, keyed weakly by
-  model: nothing is written onto the user's model.
-- `evaluate` drives the loop: checks everything before any work (the metric's parameters,
-  what it needs, the shapes), callbacks and the progress bar, and gathers the scores.
-  A metric that explains by itself (`model_randomization`) gets the data and the loop's
-  batch size and runs `explain` inside.
+- `_make_step` builds, once per model, metric, parameters and input signature (kept in
+  `loop.STEPS`), the compiled step that turns boxes into masks and runs the metric on
+  every replica, on the model `explain` explains (`loop.explained_model`).
+- `_Evaluating`, the state of one call, checks each batch (images, units, maps and the
+  ground truth, aligned per sample; or a dataset's dicts) and runs its step.
+- `evaluate` checks everything before any work (the metric's parameters, what it needs,
+  the shapes) and runs the loop. A metric that explains by itself (`model_randomization`)
+  gets the data, the loop's batch size and `explain` itself, which it calls.
 """
 
-import collections
 import inspect
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from explain_lib.engine import explaining
-from explain_lib.engine.data import DEFAULT_BATCH_SIZE
+from explain_lib.engine import data as data_adapter
+from explain_lib.engine import explaining, loop
+from explain_lib.engine.loop import MAX_STEPS_PER_MODEL, STEPS
 from explain_lib.methods.common import check_parameter_kinds
 from explain_lib.metrics import common, registry
 from explain_lib.metrics.registry import Metric
 
-_compiled_steps: "weakref.WeakKeyDictionary[keras.Model, collections.OrderedDict]" = (
-    weakref.WeakKeyDictionary()
-)
-_steps_without_model: "collections.OrderedDict" = collections.OrderedDict()
-"""Steps of metrics evaluated without a model (the localisation metrics), on one device."""
+_compiled_steps = STEPS.section("evaluate")
+"""The compiled evaluate steps of every model: model -> {key: (step, parameters)}."""
 
 PER_SAMPLE_KEYS = ("x", "y", "maps", "boxes", "masks")
 """What a dataset given to `evaluate` yields in each batch (a dict with some of these)."""
@@ -116,30 +112,28 @@ def _given(**values) -> set:
 
 def _compiled_step(model, metric: Metric, params, specs: Tuple[tf.TensorSpec, ...],
                    truth: Optional[str], scores: str = "logits") -> Callable:
-    """The step for this model, metric, parameters, input signature and `scores` (see
-    `explaining.explained_model`): built and traced on first use, then reused."""
-    key = (metric.function, explaining._freeze(params), truth,
+    """The step for this model (None: a metric that needs none, on one device), metric,
+    parameters, input signature and `scores` (see `loop.explained_model`): built and traced
+    on first use, then reused."""
+    key = (metric.function, loop.freeze(params), truth,
            tuple((tuple(s.shape[1:]), s.dtype) for s in specs), scores)
-    steps = _steps_without_model if model is None else _compiled_steps.setdefault(
-        model, collections.OrderedDict())
-    if key in steps:
-        steps.move_to_end(key)
-        return steps[key][0]
-    step = _make_step(model, metric, params, specs, truth, scores)
-    if hasattr(step, "get_concrete_function"):
-        explaining.trace(step)  # a value the metric refuses raises its own message now
+
+    def build():
+        step = _make_step(model, metric, params, specs, truth, scores)
+        if hasattr(step, "get_concrete_function"):
+            loop.trace(step)  # a value the metric refuses raises its own message now
+        return step
+
     # The params are kept with the step so that identity-keyed values stay alive.
-    steps[key] = (step, params)
-    while len(steps) > explaining.MAX_STEPS_PER_MODEL:
-        steps.popitem(last=False)
-    return step
+    return STEPS.get(model, "evaluate", key, build, keep=params, limit=MAX_STEPS_PER_MODEL)
 
 
 def _make_step(model, metric: Metric, params, specs, truth, scores: str) -> Callable:
     # The metric scores what `explain` explains: a softmax head's scores before it, by
-    # default (the model and its explained one are referred to weakly, see explaining).
+    # default (the model and its explained one are referred to weakly, as explain's steps
+    # refer to them).
     model_ref = (lambda: None) if model is None else weakref.ref(
-        explaining.explained_model(model, scores)[0])
+        loop.explained_model(model, scores)[0])
     function = metric.function
     size = tuple(specs[0].shape[1:3])
 
@@ -154,7 +148,7 @@ def _make_step(model, metric: Metric, params, specs, truth, scores: str) -> Call
 
     signature = [tf.TensorSpec((None, *s.shape[1:]), s.dtype) for s in specs]
     if model is not None:
-        return explaining.compile_distributed(model, replica_step, signature)
+        return loop.compile_distributed(model, replica_step, signature)
     # Without a model there is no strategy to follow: one device, compiled all the same.
     return tf.function(replica_step, input_signature=signature)
 
@@ -205,76 +199,26 @@ def _as_array(value, name: str) -> np.ndarray:
     return array
 
 
-def _batches(x, y, maps, boxes, masks, batch_size, steps
-             ) -> Tuple[Iterator[Dict[str, Any]], Optional[int]]:
-    """Aligned batches {"x", "y", "maps", "boxes", "masks"} of what `evaluate` was given."""
-    if isinstance(x, tf.data.Dataset) or hasattr(x, "__next__"):
-        if any(v is not None for v in (y, maps, boxes, masks)):
-            raise ValueError(
-                "When x is a dataset or generator, it yields everything per sample: dicts "
-                f"with keys among {', '.join(PER_SAMPLE_KEYS)} (y, maps, boxes and masks "
-                "must then be None)."
-            )
-        stream = iter(x.take(steps) if isinstance(x, tf.data.Dataset) and steps else x)
-        count = None
-        if isinstance(x, tf.data.Dataset):
-            cardinality = int((x.take(steps) if steps else x).cardinality())
-            count = cardinality if cardinality >= 0 else None
-
-        def from_stream():
-            for number, batch in enumerate(stream):
-                if steps is not None and number >= steps:
-                    return
-                if not isinstance(batch, dict) or "x" not in batch:
-                    raise ValueError(
-                        "A dataset given to evaluate yields dicts with key x and some of "
-                        f"{', '.join(PER_SAMPLE_KEYS[1:])}; got {type(batch).__name__}."
-                    )
-                unknown = sorted(set(batch) - set(PER_SAMPLE_KEYS))
-                if unknown:
-                    raise ValueError(f"Unknown key(s) {', '.join(unknown)} in a batch: use "
-                                     f"{', '.join(PER_SAMPLE_KEYS)}.")
-                yield {key: batch.get(key) for key in PER_SAMPLE_KEYS}
-
-        return from_stream(), count
-
-    arrays = {"x": x if isinstance(x, tf.Tensor) else _as_array(x, "x"),
-              "y": _as_array(y, "y"), "maps": _as_array(maps, "maps"),
-              "boxes": None if boxes is None else common.pad_boxes(boxes),
-              "masks": _as_array(masks, "masks")}
-    count = int(arrays["x"].shape[0]) if len(arrays["x"].shape) else 0
-    if count == 0:
-        raise ValueError(f"x is empty (shape {tuple(arrays['x'].shape)}): nothing to evaluate.")
-    for key in PER_SAMPLE_KEYS[1:]:
-        if arrays[key] is not None and int(arrays[key].shape[0]) != count:
-            raise ValueError(
-                f"x and {key} have different lengths: x has {count} samples, {key} has "
-                f"{int(arrays[key].shape[0])}. Give one row of {key} per sample."
-            )
-    batch_size = batch_size or DEFAULT_BATCH_SIZE
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    number = -(-count // batch_size)
-    if steps is not None:
-        if steps < 1:
-            raise ValueError(f"steps must be a positive number of batches, got {steps}.")
-        number = min(number, steps)
-
-    def from_arrays():
-        for start in range(0, number * batch_size, batch_size):
-            yield {key: None if value is None else value[start:start + batch_size]
-                   for key, value in arrays.items()}
-
-    return from_arrays(), number
+def _parse(batch) -> data_adapter.Batch:
+    """A batch of a stream given to `evaluate`: a dict with key x and some of the others of
+    `PER_SAMPLE_KEYS`."""
+    if not isinstance(batch, dict) or "x" not in batch:
+        raise ValueError(
+            "A dataset given to evaluate yields dicts with key x and some of "
+            f"{', '.join(PER_SAMPLE_KEYS[1:])}; got {type(batch).__name__}."
+        )
+    unknown = sorted(set(batch) - set(PER_SAMPLE_KEYS))
+    if unknown:
+        raise ValueError(f"Unknown key(s) {', '.join(unknown)} in a batch: use "
+                         f"{', '.join(PER_SAMPLE_KEYS)}.")
+    return {key: batch.get(key) for key in PER_SAMPLE_KEYS}
 
 
 def _batch_tensors(metric: Metric, model, batch) -> Tuple[List[tf.Tensor], Optional[str]]:
     """The step's tensors (inputs, units (B, K), maps (B, h, w, K)[, ground truth]) from a
     batch, each checked with an error that says what to fix."""
     name = metric.name
-    inputs = tf.convert_to_tensor(batch["x"])
-    if not inputs.dtype.is_floating:
-        inputs = tf.cast(inputs, keras.config.floatx())
+    inputs = loop.floating_inputs(batch["x"])
     if inputs.shape.rank != 4:
         raise ValueError(
             f"{name} evaluates images (N, H, W, C); got x of shape {tuple(inputs.shape)}. "
@@ -340,7 +284,7 @@ def _units(y, model, inputs, count: int, width: int) -> np.ndarray:
         if y.ndim != 2 or y.shape[0] != count:
             raise ValueError(f"y of shape {y.shape} does not fit a batch of {count} inputs.")
         return y.astype(np.int32)
-    return explaining._indices(y, count, explaining._units_of(model, inputs))
+    return loop.unit_indices(y, count, loop.units_of(model, inputs))
 
 
 def evaluate(
@@ -390,7 +334,7 @@ def evaluate(
         steps: the number of batches to read.
         callbacks: Keras callbacks, called as `predict` calls them (`on_predict_batch_end`
             gets `logs={"outputs": scores}`).
-        force: rebuild the compiled steps of this model.
+        force: rebuild everything the engine built for this model, as `explain`'s.
         scores: what the metric scores, as for `explain`: "logits" (the default: a model
             ending in a softmax or sigmoid is scored on its scores before it, by a
             probability that is the model's own) or "output" (its output as it is).
@@ -409,44 +353,59 @@ def evaluate(
     """
     metric = _metric_of(metric)
     check_metric_params(metric, metric_params)
-    streaming = isinstance(x, tf.data.Dataset) or hasattr(x, "__next__")
+    streaming = data_adapter.is_stream(x)
     if not streaming:  # a stream's batches are checked as they come
         _check_needs(metric, model, _given(maps=maps, boxes=boxes, masks=masks))
     elif model is None and metric.needs_model:
         _check_needs(metric, model, set())
     if metric.takes_method:
         return metric.function(model, x, y, batch_size=batch_size,
-                               verbose=0 if verbose == "auto" else verbose, **metric_params)
-    if force and model is not None:
-        _compiled_steps.pop(model, None)
+                               verbose=0 if verbose == "auto" else verbose,
+                               explain=explaining.explain, **metric_params)
+    if streaming:
+        if any(v is not None for v in (y, maps, boxes, masks)):
+            raise ValueError(
+                "When x is a dataset or generator, it yields everything per sample: dicts "
+                f"with keys among {', '.join(PER_SAMPLE_KEYS)} (y, maps, boxes and masks "
+                "must then be None)."
+            )
+    else:
+        x = x if isinstance(x, tf.Tensor) else _as_array(x, "x")
+        y, maps, masks = _as_array(y, "y"), _as_array(maps, "maps"), _as_array(masks, "masks")
+        boxes = None if boxes is None else common.pad_boxes(boxes)
+    evaluating = _Evaluating(metric, model, metric_params, scores, streaming)
+    (results,) = loop.run(model, x, {"y": y, "maps": maps, "boxes": boxes, "masks": masks},
+                          loop.Loop(batch_size, verbose, steps, callbacks, force=force),
+                          evaluating.batch, parse=_parse, purpose="evaluate")
+    return results
 
-    batches, count = _batches(x, y, maps, boxes, masks, batch_size, steps)
-    if verbose == "auto":
-        verbose = 0 if count == 1 else 1
-    if not isinstance(callbacks, keras.callbacks.CallbackList):
-        callbacks = keras.callbacks.CallbackList(
-            callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1, steps=count,
-            model=model,
-        )
-    results = []
-    callbacks.on_predict_begin()
-    for number, batch in enumerate(batches):
-        callbacks.on_predict_batch_begin(number)
-        if streaming:
+
+@dataclass
+class _Evaluating:
+    """One call of `evaluate`: what every batch of the loop needs."""
+
+    metric: Metric
+    model: Optional[keras.Model]
+    params: Dict[str, Any]
+    scores: str
+    streaming: bool
+    """Whether the batches come from a stream, whose batches are checked as they come."""
+
+    def batch(self, batch: data_adapter.Batch
+              ) -> Tuple[Tuple[np.ndarray], Dict[str, Any]]:
+        """One batch's scores (B, K), and the logs the callbacks get (`outputs`)."""
+        metric, model = self.metric, self.model
+        if self.streaming:
             if not metric.ground_truth:  # one dataset may serve every metric
                 batch["boxes"] = batch["masks"] = None
             _check_needs(metric, model, _given(maps=batch["maps"], boxes=batch["boxes"],
                                                masks=batch["masks"]))
         tensors, truth = _batch_tensors(metric, model, batch)
         specs = tuple(tf.TensorSpec.from_tensor(t) for t in tensors)
-        step = _compiled_step(model, metric, metric_params, specs, truth, scores)
+        step = _compiled_step(model, metric, self.params, specs, truth, self.scores)
         (batch_scores,) = step(*tensors)
-        results.append(batch_scores.numpy())
-        callbacks.on_predict_batch_end(number, {"outputs": results[-1]})
-    if not results:
-        raise ValueError("x is empty: the input yielded no batch, so there is nothing to "
-                         "evaluate.")
-    callbacks.on_predict_end()
-    return results[0] if len(results) == 1 else np.concatenate(results)
+        batch_scores = batch_scores.numpy()
+        return (batch_scores,), {"outputs": batch_scores}
+
 
 __all__ = ["check_evaluate", "check_metric_params", "evaluate"]

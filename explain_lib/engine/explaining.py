@@ -1,32 +1,25 @@
-"""The explaining engine: `explain` is to an explaining method what `predict` is to `call`.
+"""Explaining: `explain` is to an explaining method what `predict` is to `call`.
 
-Separation of concerns:
-- `engine.data` adapts what the user passes (arrays, tensors, `tf.data`, generators,
-  `keras.utils.PyDataset`) into an ordered stream of `(x, y)` batches, reading generators
-  and PyDatasets ahead in background workers.
+It runs the engine's one loop (`engine.loop`, which owns the data adapter, the cache of
+compiled steps, their distribution across replicas and the callbacks); this module owns what
+is particular to explaining:
 - `explain_step` runs one method on one batch on one replica: it calls the method, checks
   the shapes it returned, post-processes the maps and resizes them.
-- `_compiled_step` builds, once per model, method, parameters, input signature and number of
-  units, the `tf.function` that splits a global batch across the replicas of the model's
-  `tf.distribute` strategy, runs `explain_step` on each with `strategy.run` (under XLA when
-  the model asks for `jit_compile`) and concatenates the replicas' results in input order.
-  Its batch dimension is unknown, so every batch size, the last partial one included, reuses
-  one trace. Compiled steps live in a cache this module owns, keyed weakly by model: nothing
-  is written onto the user's model.
-- `explain` drives the loop: which units to explain (all of them when `y` is None, in chunks
-  of `unit_chunk_size` so working memory stays bounded), callbacks and the progress bar,
-  and gathering the outputs into numpy arrays. `explain_predicted` runs the same loop with
-  steps that choose each input's top-K units from the method's own forward pass
-  (`inspection.TopUnits`) and return them with the maps. Either can return each explained
-  unit's probability at the input, recorded from that same forward pass by the selector
-  the method is given (`inspection.UnitSelector`): no forward pass of the engine's own.
+- `_make_step` builds, once per model, method, parameters, input signature and number of
+  units (kept in `loop.STEPS`), the compiled step running `explain_step` on every replica.
+- `_Explaining`, the state of one call, says what each batch runs: which units to explain
+  (all of them when `y` is None, in chunks of `unit_chunk_size` so working memory stays
+  bounded), or for `explain_predicted`, steps that choose each input's top-K units from the
+  method's own forward pass (`inspection.TopUnits`) and return them with the maps. Either
+  can return each explained unit's probability at the input, recorded from that same
+  forward pass by the selector the method is given (`inspection.UnitSelector`): no forward
+  pass of the engine's own.
+- `split_params`, `check_method_params` and `check_explain` refuse, before any work, what
+  would not reach the method or what it refuses.
 """
 
-import collections
-import hashlib
-import threading
-import warnings
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import keras
@@ -35,6 +28,15 @@ import tensorflow as tf
 
 from explain_lib import filters, inspection, utils
 from explain_lib.engine import data as data_adapter
+from explain_lib.engine import loop
+from explain_lib.engine.loop import (
+    MAX_STEPS_PER_MODEL,
+    STEPS,
+    compile_distributed,
+    explained_model,
+    run_on_replicas,  # noqa: F401 (part of this module's API)
+    trace,
+)
 from explain_lib.methods.common import METHOD_ARGUMENTS, check_parameter_kinds, parameters_of
 from explain_lib.utils import SPATIAL_AXIS
 
@@ -53,14 +55,10 @@ one of these names could never reach the method, so a method declaring one is re
 
 DEFAULT_UNIT_CHUNK_SIZE = 16
 
-MAX_STEPS_PER_MODEL = 32
-"""Compiled steps kept per model (the least recently used go first), so that calls with
-ever new parameter values (a fresh baseline array each time, say) do not pile up traces."""
+_compiled_steps = STEPS.section("explain")
+"""The compiled explain steps of every model: model -> {key: (step, parameters)}."""
 
-_compiled_steps: "weakref.WeakKeyDictionary[keras.Model, collections.OrderedDict]" = (
-    weakref.WeakKeyDictionary()
-)
-_compiled_steps_lock = threading.RLock()
+_uses_xla = loop.uses_xla  # (whether a model runs its steps under XLA)
 
 
 def check_method_params(method: Callable, params: Dict[str, Any]) -> None:
@@ -172,30 +170,6 @@ def _check_method_outputs(method, inputs, indices, logits, maps) -> None:
         )
 
 
-def _freeze(value) -> Any:
-    """A hashable stand-in for a parameter value: arrays and eager tensors by content (a
-    new array of the same values reuses the step), other unhashable values by identity."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (np.ndarray, np.generic)) or tf.is_tensor(value) and hasattr(
-        value, "numpy"
-    ):
-        array = np.ascontiguousarray(np.asarray(value))
-        return ("array", array.shape, array.dtype.str, hashlib.sha1(array.tobytes()).hexdigest())
-    try:
-        hash(value)
-        return value
-    except TypeError:
-        return ("id", id(value))
-
-
-def _uses_xla(model: keras.Model) -> bool:
-    """Whether the model asks for XLA (`compile(jit_compile=...)`, resolved like Keras)."""
-    return bool(getattr(model, "jit_compile", False)) and not getattr(model, "run_eagerly", False)
-
-
 def _compiled_step(
     model: keras.Model,
     method: Callable,
@@ -211,72 +185,12 @@ def _compiled_step(
     only the inputs, explains each one's top `units` units and returns (units, logits,
     maps); with `probabilities`, a step also returns the explained units' probabilities
     last, recorded by the selector the method is given (`inspection.UnitSelector`)."""
-    key = (method, _freeze(method_params), _freeze(step_params),
+    key = (method, loop.freeze(method_params), loop.freeze(step_params),
            tuple(input_spec.shape[1:]), input_spec.dtype, units, selecting, probabilities)
-    with _compiled_steps_lock:  # threads of one worker explain batches at once
-        steps = _compiled_steps.setdefault(model, collections.OrderedDict())
-        if key in steps:
-            steps.move_to_end(key)
-        else:
-            # The params are kept with the step so that identity-keyed values stay alive.
-            steps[key] = (_make_step(model, method, method_params, step_params, input_spec,
-                                     units, selecting, probabilities), method_params)
-            while len(steps) > MAX_STEPS_PER_MODEL:
-                steps.popitem(last=False)
-        return steps[key][0]
-
-
-_explained_models: "weakref.WeakKeyDictionary[keras.Model, Dict[str, Tuple]]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def explained_model(model: keras.Model, scores: str = "logits"
-                    ) -> Tuple[keras.Model, Optional[str]]:
-    """The model a method is given to explain `model`, and how its scores become the
-    model's probabilities (`inspection.probabilities_of`'s `activation`), built once per
-    model and kept here, not on the model.
-
-    With `scores="logits"` (the default), a model ending in a softmax or sigmoid
-    (`inspection.find_head`) is explained on its scores before it (`inspection.
-    scores_model`, the same layers and weights), as a linear head would be; with
-    `scores="output"`, on its output as it is (its probabilities). A final softmax or
-    sigmoid whose scores cannot be reached (`keras.ops.softmax` outside any layer) gets a
-    warning, and its output is explained as it is; so is the first output of a model with
-    several (an exposed one: `inspection.expose` takes the scores by default). A model
-    without a graph (subclassed) is explained on its output.
-    """
-    with _compiled_steps_lock:
-        per_model = _explained_models.setdefault(model, {})
-        if scores not in per_model:
-            per_model[scores] = _explained(model, scores)
-        return per_model[scores]
-
-
-def _explained(model: keras.Model, scores: str) -> Tuple[keras.Model, Optional[str]]:
-    if scores not in inspection.SCORES:
-        raise ValueError(f"scores must be one of {', '.join(inspection.SCORES)}, not "
-                         f"{scores!r}.")
-    head = inspection.find_head(model)
-    outputs = getattr(model, "outputs", None) or []
-    if head.activation and len(outputs) > 1:
-        warnings.warn(f"{model.name!r} ends in a {head.activation} but has {len(outputs)} "
-                      "outputs: its first output is explained as it is (inspection.expose "
-                      "exposes a model on its scores).", stacklevel=3)
-        return model, "identity"
-    if head.activation:
-        if scores == "output":
-            return model, "identity"
-        with model.distribute_strategy.scope():
-            return inspection.scores_model(model), head.activation
-    if head.unreachable and scores == "logits":
-        warnings.warn(
-            f"{head.unreachable}: its maps explain the probabilities, not the scores before "
-            "them. End the model in an Activation or Softmax layer, or in a Dense or "
-            "convolution with the activation fused, to explain its scores; pass "
-            "scores='output' to explain its output as it is.", stacklevel=3)
-        return model, "identity"
-    return model, None
+    # The params are kept with the step so that identity-keyed values stay alive.
+    return STEPS.get(model, "explain", key, lambda: _make_step(
+        model, method, method_params, step_params, input_spec, units, selecting,
+        probabilities), keep=method_params, limit=MAX_STEPS_PER_MODEL)
 
 
 def _make_step(model, method, method_params, step_params, input_spec, units,
@@ -284,7 +198,7 @@ def _make_step(model, method, method_params, step_params, input_spec, units,
     step_params = dict(step_params)
     explained, activation = explained_model(model, step_params.pop("scores", "logits"))
     # The step refers to the models weakly, so that the cache entry does not keep them
-    # alive (`_explained_models` keeps the explained one while the model lives).
+    # alive (`loop.STEPS` keeps the explained one while the model lives).
     explained_ref = weakref.ref(explained)
 
     def replica_step(inputs, *indices):
@@ -306,59 +220,6 @@ def _make_step(model, method, method_params, step_params, input_spec, units,
     return compile_distributed(model, replica_step, signature)
 
 
-def compile_distributed(model: keras.Model, replica_step: Callable,
-                        signature: Sequence[tf.TensorSpec]) -> Callable:
-    """`replica_step` (tensors sharing a batch axis -> a tuple of tensors with that batch
-    axis) as one step over a global batch, run like Keras runs `predict_step`: the batch is
-    split across the replicas of the model's strategy (`run_on_replicas`), under XLA when
-    the model asks for it, compiled with `signature` (whose batch dimension is None, so that
-    every batch size shares one trace) unless the model runs eagerly.
-
-    Usage (the step `explain` builds; `evaluate` builds its own the same way):
-
-        step = compile_distributed(model, replica_step, [tf.TensorSpec((None, 32, 32, 3))])
-        outputs = step(images)
-    """
-    strategy = model.distribute_strategy
-    if _uses_xla(model):
-        replica_step = tf.function(replica_step, jit_compile=True)
-
-    def step(*tensors):
-        return run_on_replicas(strategy, replica_step, tensors)
-
-    if getattr(model, "run_eagerly", False):
-        return step
-    return tf.function(step, input_signature=list(signature))
-
-
-def run_on_replicas(strategy: tf.distribute.Strategy, replica_step: Callable,
-                    tensors: Sequence[tf.Tensor]) -> Tuple[tf.Tensor, ...]:
-    """Run `replica_step` on contiguous shards of `tensors` (split along their batch axis),
-    one per replica of `strategy`, and concatenate the replicas' outputs in input order.
-
-    A batch that does not divide by the replica count is padded with copies of its last
-    sample (an empty shard is not a valid input for every kernel), and the copies' outputs
-    are dropped, so the results are those of one device.
-    """
-    replicas = strategy.num_replicas_in_sync
-    batch = tf.shape(tensors[0])[0]
-    per_replica = (batch + replicas - 1) // replicas
-
-    def shard(tensor):
-        padding = tf.repeat(tensor[-1:], per_replica * replicas - batch, axis=0)
-        tensor = tf.concat([tensor, padding], axis=0)
-        return strategy.experimental_distribute_values_from_function(
-            lambda ctx: tensor[ctx.replica_id_in_sync_group * per_replica:
-                               (ctx.replica_id_in_sync_group + 1) * per_replica]
-        )
-
-    outputs = strategy.run(replica_step, args=tuple(map(shard, tensors)))
-    return tuple(
-        tf.concat(strategy.experimental_local_results(output), axis=0)[:batch]
-        for output in outputs
-    )
-
-
 def _check_inputs(inputs: tf.Tensor, spatial_axis: Sequence[int]) -> None:
     rank = inputs.shape.rank
     if rank is None or rank < len(spatial_axis) + 2 or any(
@@ -376,38 +237,6 @@ def _check_inputs(inputs: tf.Tensor, spatial_axis: Sequence[int]) -> None:
             f"spatial_axis={tuple(spatial_axis)} must name distinct axes of inputs of shape "
             f"{tuple(inputs.shape)}, neither the batch axis (0) nor the channel axis (-1)."
         )
-
-
-def _units_of(model: keras.Model, inputs: tf.Tensor) -> int:
-    """How many output units the model's logits (its first output) have."""
-    outputs = getattr(model, "outputs", None)
-    if outputs and outputs[0].shape[-1] is not None:
-        return int(outputs[0].shape[-1])
-    outputs = keras.tree.flatten(model(inputs[:1], training=False))
-    return int(outputs[0].shape[-1])
-
-
-def _indices(y, batch: int, units: int) -> np.ndarray:
-    """The (batch, K) int32 unit indices of a batch: `y` checked, or every unit."""
-    if y is None:
-        return np.broadcast_to(np.arange(units, dtype=np.int32), (batch, units))
-    y = np.asarray(y)
-    if y.ndim == 1:
-        y = y[:, None]
-    if y.ndim != 2 or y.shape[0] != batch:
-        raise ValueError(
-            f"y of shape {y.shape} does not fit a batch of {batch} inputs: give unit indices "
-            f"of shape ({batch},) or ({batch}, K)."
-        )
-    if not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
-        raise ValueError(f"y must hold integer unit indices, got dtype {y.dtype}.")
-    bad = y[(y < 0) | (y >= units)]
-    if bad.size:
-        raise ValueError(
-            f"Unit indices {sorted(set(bad.astype(int).tolist()))[:10]} are out of range: the "
-            f"model has {units} output units, so indices must lie in [0, {units - 1}]."
-        )
-    return y.astype(np.int32)
 
 
 def _chunks(indices: np.ndarray, size: int) -> List[Tuple[np.ndarray, int]]:
@@ -470,7 +299,8 @@ def explain(
         max_queue_size: batches read ahead from a generator or PyDataset.
         workers: threads (or processes) reading a PyDataset.
         use_multiprocessing: read a PyDataset with processes instead of threads.
-        force: rebuild the compiled steps of this model. By default a step built for the
+        force: rebuild everything the engine built for this model (its compiled steps,
+            the model its scores are explained on). By default a step built for the
             same model, method, parameters, input signature and number of units is reused,
             as `model.predict` reuses its function: a second call traces nothing.
         return_probabilities: also return each explained unit's probability at the input
@@ -493,11 +323,9 @@ def explain(
             not take, empty inputs, mismatched `x`/`y`, unit indices out of range, inputs
             that do not fit `spatial_axis`, or a method returning maps of an unexpected shape.
     """
-    _, logits, maps, probabilities = _explain_batches(
-        method, model, x, y, None, batch_size, verbose, steps, callbacks, max_queue_size,
-        workers, use_multiprocessing, force, method_params, return_probabilities,
-    )
-    return (logits, maps, probabilities) if return_probabilities else (logits, maps)
+    explaining = _Explaining.of(method, model, method_params, None, return_probabilities)
+    return explaining.run(x, y, loop.Loop(batch_size, verbose, steps, callbacks,
+                                          max_queue_size, workers, use_multiprocessing, force))
 
 
 def explain_predicted(
@@ -551,11 +379,11 @@ def explain_predicted(
     """
     if int(top_k) < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}.")
-    units, logits, maps, probabilities = _explain_batches(
-        method, model, x, None, int(top_k), batch_size, verbose, steps, callbacks,
-        max_queue_size, workers, use_multiprocessing, force, method_params, return_probabilities,
-    )
-    return (units, logits, maps, probabilities) if return_probabilities else (units, logits, maps)
+    explaining = _Explaining.of(method, model, method_params, int(top_k),
+                                return_probabilities)
+    return explaining.run(x, None, loop.Loop(batch_size, verbose, steps, callbacks,
+                                             max_queue_size, workers, use_multiprocessing,
+                                             force))
 
 
 def split_params(method: Callable, params: Dict[str, Any]
@@ -600,136 +428,95 @@ def check_explain(method: Callable, model: keras.Model, input_shape: Sequence[Op
                          selecting=top_k is not None, probabilities=return_probabilities))
 
 
-def trace(step: Callable) -> None:
-    """Trace a compiled step without running it, so that a value its method (or metric)
-    refuses raises the method's own error now. Tracing prefixes the method's message with
-    the frames it was raised in: the error raised here carries the message alone."""
-    try:
-        step.get_concrete_function()
-    except (ValueError, TypeError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        message = lines[-1] if lines else repr(error)
-        prefix = f"{type(error).__name__}: "
-        raise type(error)(message[len(prefix):] if message.startswith(prefix) else message
-                          ) from error
+@dataclass
+class _Explaining:
+    """One call of `explain` or `explain_predicted`: what every batch of the loop needs (its
+    step's model, method and parameters, which units), and what the first batch tells
+    (the model's number of units)."""
 
+    model: keras.Model
+    method: Callable
+    method_params: Dict[str, Any]
+    step_params: Dict[str, Any]
+    unit_chunk_size: int
+    top_k: Optional[int] = None
+    """`explain_predicted`'s units per input, chosen by the step; None: `y` says them."""
+    probabilities: bool = False
+    """Whether the steps also return the explained units' probabilities."""
+    units: Optional[int] = None
+    """The model's number of output units, read at the first batch."""
 
-def _explain_batches(
-    method, model, x, y, top_k, batch_size, verbose, steps, callbacks, max_queue_size,
-    workers, use_multiprocessing, force, method_params, probabilities=False,
-) -> Tuple[Optional[np.ndarray], np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """`explain`'s loop: (units, logits, maps, probabilities). With `top_k`, each batch's
-    units are chosen by its step and returned first, else they come from `y` (None: every
-    unit, in chunks) and come back None; probabilities are None unless asked for."""
-    method_params, step_params, unit_chunk_size = split_params(method, method_params)
-    spatial_axis = tuple(step_params.get("spatial_axis", SPATIAL_AXIS))
-    if force:
-        with _compiled_steps_lock:
-            _compiled_steps.pop(model, None)
-            _explained_models.pop(model, None)
+    @classmethod
+    def of(cls, method: Callable, model: keras.Model, params: Dict[str, Any],
+           top_k: Optional[int], probabilities: bool) -> "_Explaining":
+        """The state of a call with `explain`'s keyword arguments `params` (checked by
+        `split_params`)."""
+        method_params, step_params, unit_chunk_size = split_params(method, params)
+        return cls(model, method, method_params, step_params, unit_chunk_size, top_k,
+                   probabilities)
 
-    batches, num_batches = data_adapter.adapt(
-        x, y, batch_size, steps, max_queue_size, workers, use_multiprocessing
-    )
-    if verbose == "auto":
-        verbose = 0 if num_batches == 1 else 1
-    if not callbacks and verbose == 0:
-        callbacks = _NO_CALLBACKS  # (Keras' CallbackList converts each batch's logs)
-    elif not isinstance(callbacks, keras.callbacks.CallbackList):
-        callbacks = keras.callbacks.CallbackList(
-            callbacks, add_progbar=verbose != 0, verbose=verbose, epochs=1,
-            steps=num_batches, model=model,
-        )
+    @property
+    def spatial_axis(self) -> Tuple[int, ...]:
+        return tuple(self.step_params.get("spatial_axis", SPATIAL_AXIS))
 
-    all_units, all_logits, all_maps, all_probabilities = [], [], [], []
-    units = None
-    callbacks.on_predict_begin()
-    for step, (x_batch, y_batch) in enumerate(batches):
-        callbacks.on_predict_batch_begin(step)
-        inputs = tf.convert_to_tensor(x_batch)
-        if not inputs.dtype.is_floating:
-            inputs = tf.cast(inputs, keras.config.floatx())
-        _check_inputs(inputs, spatial_axis)
-        if units is None:
-            units = _units_of(model, inputs)
+    def run(self, x, y, arguments: loop.Loop) -> Tuple[np.ndarray, ...]:
+        """The loop over `x` (and `y`): (units, logits, maps) with `top_k`, else (logits,
+        maps); the probabilities last when asked for."""
+        if y is not None and data_adapter.is_stream(x):
+            raise ValueError(f"y must be None when x is a {type(x).__name__}: make it yield "
+                             "(x, y) batches instead.")
+        return loop.run(self.model, x, {"y": y}, arguments, self.batch)
+
+    def batch(self, batch: data_adapter.Batch
+              ) -> Tuple[Tuple[np.ndarray, ...], Dict[str, Any]]:
+        """One batch's outputs (see `run`) and the logs the callbacks get: `outputs`
+        (logits, maps), and `units` and `probabilities` when returned."""
+        inputs = loop.floating_inputs(batch["x"])
+        _check_inputs(inputs, self.spatial_axis)
+        if self.units is None:
+            self.units = loop.units_of(self.model, inputs)
         spec = tf.TensorSpec.from_tensor(inputs)
-        if top_k is not None:
-            chosen, logits, maps, *scored = _selected(
-                model, method, method_params, step_params, spec, units, top_k, inputs, y_batch,
-                probabilities)
-            all_units.append(chosen)
+        if self.top_k is not None:
+            outputs = self._selected(spec, inputs, batch["y"])
+            logits, maps = outputs[1:3]
+            logs = {"outputs": (logits, maps), "units": outputs[0]}
         else:
-            logits, maps, *scored = _given(model, method, method_params, step_params, spec,
-                                           _indices(y_batch, int(inputs.shape[0]), units),
-                                           unit_chunk_size, inputs, probabilities)
-        all_logits.append(logits)
-        all_maps.append(maps)
-        all_probabilities += scored
-        logs = {"outputs": (logits, maps)}
-        if top_k is not None:
-            logs["units"] = all_units[-1]
-        if probabilities:
-            logs["probabilities"] = scored[0]
-        callbacks.on_predict_batch_end(step, logs)
+            indices = loop.unit_indices(batch["y"], int(inputs.shape[0]), self.units)
+            outputs = self._given(spec, indices, inputs)
+            logs = {"outputs": outputs[:2]}
+        if self.probabilities:
+            logs["probabilities"] = outputs[-1]
+        return outputs, logs
 
-    if not all_logits:
-        raise ValueError("x is empty: the input yielded no batch, so there is nothing to explain.")
-    callbacks.on_predict_end()
-    return tuple(
-        None if not parts else parts[0] if len(parts) == 1 else np.concatenate(parts)
-        for parts in (all_units, all_logits, all_maps, all_probabilities)
-    )
+    def _given(self, spec, indices, inputs) -> Tuple[np.ndarray, ...]:
+        """Explain a batch's given units (B, K), `unit_chunk_size` units per step: (logits,
+        maps), and their probabilities if asked for."""
+        parts = []  # per chunk: logits, maps[, probabilities], each (B, ..., chunk)
+        for chunk, real in _chunks(indices, self.unit_chunk_size):
+            fn = _compiled_step(self.model, self.method, self.method_params, self.step_params,
+                                spec, chunk.shape[1], probabilities=self.probabilities)
+            parts.append([output.numpy()[..., :real]
+                          for output in fn(inputs, tf.constant(chunk))])
+        if len(parts) == 1:
+            return tuple(parts[0])
+        return tuple(np.concatenate(outputs, axis=-1) for outputs in zip(*parts))
 
-
-class _NoCallbacks:
-    """The callbacks of a silent call that was given none: nothing to do per batch."""
-
-    def on_predict_begin(self):
-        pass
-
-    def on_predict_batch_begin(self, step):
-        pass
-
-    def on_predict_batch_end(self, step, logs):
-        pass
-
-    def on_predict_end(self):
-        pass
-
-
-_NO_CALLBACKS = _NoCallbacks()
-
-
-def _given(model, method, method_params, step_params, spec, indices, unit_chunk_size, inputs,
-           probabilities=False):
-    """Explain a batch's given units (B, K), `unit_chunk_size` units per step: (logits,
-    maps), and their probabilities if asked for."""
-    parts = []  # per chunk: logits, maps[, probabilities], each (B, ..., chunk)
-    for chunk, real in _chunks(indices, unit_chunk_size):
-        fn = _compiled_step(model, method, method_params, step_params, spec, chunk.shape[1],
-                            probabilities=probabilities)
-        parts.append([output.numpy()[..., :real] for output in fn(inputs, tf.constant(chunk))])
-    if len(parts) == 1:
-        return tuple(parts[0])
-    return tuple(np.concatenate(outputs, axis=-1) for outputs in zip(*parts))
-
-
-def _selected(model, method, method_params, step_params, spec, units, top_k, inputs, y,
-              probabilities=False):
-    """Explain a batch's top `top_k` units, chosen by the step: (units, logits, maps), and
-    their probabilities if asked for."""
-    if y is not None:
-        raise ValueError(
-            "explain_predicted chooses the units itself, but the input carries labels (a "
-            "dataset or generator of (x, y)): yield x alone, or give the units to explain."
-        )
-    if top_k > units:
-        raise ValueError(
-            f"top_k={top_k} exceeds the model's {units} output units: ask for at most {units}."
-        )
-    fn = _compiled_step(model, method, method_params, step_params, spec, top_k, selecting=True,
-                        probabilities=probabilities)
-    return tuple(output.numpy() for output in fn(inputs))
+    def _selected(self, spec, inputs, y) -> Tuple[np.ndarray, ...]:
+        """Explain a batch's top `top_k` units, chosen by the step: (units, logits, maps),
+        and their probabilities if asked for."""
+        if y is not None:
+            raise ValueError(
+                "explain_predicted chooses the units itself, but the input carries labels (a "
+                "dataset or generator of (x, y)): yield x alone, or give the units to explain."
+            )
+        if self.top_k > self.units:
+            raise ValueError(
+                f"top_k={self.top_k} exceeds the model's {self.units} output units: ask for at "
+                f"most {self.units}."
+            )
+        fn = _compiled_step(self.model, self.method, self.method_params, self.step_params,
+                            spec, self.top_k, selecting=True, probabilities=self.probabilities)
+        return tuple(output.numpy() for output in fn(inputs))
 
 
 def partial_explain(method: Callable, **default_params) -> Callable:

@@ -22,9 +22,10 @@ from explain_lib.utils import ExplainError
 METRIC_ARGUMENTS = ("model", "inputs", "units", "maps", "ground_truth")
 """What every metric takes from its caller, the engine: not parameters of the metric."""
 
-METHOD_METRIC_ARGUMENTS = METRIC_ARGUMENTS + ("batch_size", "verbose")
+METHOD_METRIC_ARGUMENTS = METRIC_ARGUMENTS + ("batch_size", "verbose", "explain")
 """What a metric that explains by itself (`takes_method`) also gets from `evaluate`: the
-loop's batch size and verbosity, which it passes on to `explain`."""
+loop's batch size and verbosity, and `explain` itself, which it calls with them (the metrics
+sit below the engine and never import it)."""
 
 
 def parameters_of(metric, given: Sequence[str] = METRIC_ARGUMENTS

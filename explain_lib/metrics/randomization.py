@@ -12,7 +12,8 @@ and SSIM near 0); a method whose maps stay the same shows the input, not the mod
   from their own initializers, seeded. The user's model is never touched.
 - `map_similarity` compares two batches of maps: Spearman's rank correlation of their
   absolute values and the SSIM of their min-max normalisations, per sample and unit.
-- `model_randomization` runs the check: it takes an explaining method rather than maps.
+- `model_randomization` runs the check: it takes an explaining method rather than maps, and
+  the engine's `explain`, which `evaluate` gives it (the metrics sit below the engine).
 """
 
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -170,6 +171,7 @@ def model_randomization(
     method_params: Optional[Dict] = None,
     batch_size: Optional[int] = None,
     verbose: Union[str, int] = 0,
+    explain: Optional[Callable] = None,
 ) -> pd.DataFrame:
     """Cascading model-parameter randomisation: for each stage, re-initialise the model's
     layers from the top down to one more layer, explain `inputs` with `method` on the copy,
@@ -183,9 +185,10 @@ def model_randomization(
 
     Usage:
 
-        table = model_randomization(model, images, labels, "gradcam")
-        table.groupby("depth")[["spearman", "ssim"]].mean()   # falls from the top layer down
         table = explain_lib.evaluate("model_randomization", model, x, y, method="gradcam")
+        table.groupby("depth")[["spearman", "ssim"]].mean()   # falls from the top layer down
+        table = model_randomization(model, images, labels, "gradcam",
+                                    explain=explain_lib.explain)   # what evaluate passes
 
     Reference:
         Adebayo, J., Gilmer, J., Muelly, M., Goodfellow, I., Hardt, M., Kim, B. (2018).
@@ -205,15 +208,20 @@ def model_randomization(
         method_params: the method's own parameters (and `explain`'s `postprocessing`,
             `resizing`), on top of its conventional ones.
         batch_size, verbose: `explain`'s (`evaluate` passes its own).
+        explain: the engine's `explain(method, model, x, y, batch_size=..., verbose=...,
+            **params) -> (logits, maps)`, which `evaluate` passes.
 
     Returns:
         A DataFrame with one row per stage, sample and unit: `layer` (the lowest layer
         re-initialised at that stage), `depth` (how many layers are), `sample`, `unit`,
         `spearman`, `ssim`.
     """
-    # Imported here: the engine imports the metrics (evaluate), and this metric runs it.
-    from explain_lib.engine.explaining import explain
-
+    if explain is None:
+        raise ExplainError(
+            "model_randomization explains with the engine's explain: run it as "
+            "explain_lib.evaluate('model_randomization', ...), or pass "
+            "explain=explain_lib.explain."
+        )
     function, params = _method_and_defaults(method)
     params.update(method_params or {})
     order = cascading_layers(model)

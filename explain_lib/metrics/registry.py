@@ -6,7 +6,7 @@ metric, so that none of them guesses it:
 - `function`: the metric itself. A per-batch metric is `(model, inputs, units, maps,
   [ground_truth], **params) -> scores (B, K)`, run by `evaluate` in one compiled step; a
   metric that `takes_method` explains by itself (`(model, inputs, units, method, ...,
-  batch_size, verbose) -> table`) and runs `explain` inside;
+  batch_size, verbose, explain) -> table`) with the `explain` that `evaluate` gives it;
 - `needs_model`, `needs_maps`, `ground_truth`: what it needs (the localisation metrics need
   no model but ground truth; the randomisation check needs a method, not maps);
 - `nonnegative_maps`: whether it only makes sense for maps >= 0 (energy);
