@@ -55,7 +55,6 @@ Usage:
 import hashlib
 import io
 import re
-import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -63,6 +62,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+
+from explain_lib.io.png import SMALL_PNG_BYTES, grayscale_pngs
+from explain_lib.io.wire import (
+    example_of, feature_entry, float_feature_entries, serialize_example)
 
 SCHEMA_VERSION = 2
 """Version of the explanation record schema written by this module (2: probabilities and
@@ -154,68 +157,6 @@ def _range(maps: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 # well within range / top.
 
 
-SMALL_PNG_BYTES = 1024
-"""Maps of at most this many bytes of samples (a 7x7 or 16x16 CAM) all get PNG's Up filter."""
-
-
-def _grayscale_pngs(images: np.ndarray) -> List[bytes]:
-    """(N, H, W) uint8 or uint16 arrays as N PNG files (8- or 16-bit grayscale).
-
-    Written here rather than through an imaging library because the whole of it is a few
-    numpy passes and `zlib.compress`: every row of an image gets the same PNG filter, the one
-    of None, Sub and Up (applied byte by byte, as the format defines them for every bit
-    depth) that compresses every fourth row best at zlib's fastest level (Up for small maps,
-    filtered for the whole batch in one pass). Upsampled CAM maps favour Sub or Up, noisy
-    gradient maps None. (Trying every row chose the same filters to within 0.5% of the size,
-    at four times the cost; choosing by the smallest residuals, per row as libpng does or per
-    image, made these maps up to 27% larger.) Per image, only its compression and its
-    chunks' framing are left.
-    """
-    count, height, width = images.shape
-    itemsize = images.dtype.itemsize
-    # PNG stores 16-bit samples big-endian.
-    data = images.astype(f">u{itemsize}").view(np.uint8).reshape(count, height, -1)
-    if height * data.shape[2] <= SMALL_PNG_BYTES:
-        # A few hundred bytes compress alike under any filter: choosing costs more than it saves.
-        filtered = list(_filtered(data, 2, itemsize))
-    else:
-        filtered = [min((_filtered(image, kind, itemsize) for kind in (0, 1, 2)),
-                        key=lambda rows: len(zlib.compress(rows[::4].tobytes(), 1)))
-                    for image in data]
-    header = struct.pack(">IIBBBBB", width, height, 8 * itemsize, 0, 0, 0, 0)  # grayscale
-    start = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-    return [start + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + _PNG_END
-            for rows in filtered]
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    """A PNG chunk: length, type, payload and the CRC of type and payload."""
-    return (struct.pack(">I", len(payload)) + kind + payload
-            + struct.pack(">I", zlib.crc32(payload, zlib.crc32(kind))))
-
-
-_PNG_END = _png_chunk(b"IEND", b"")
-
-
-def _filtered(data: np.ndarray, kind: int, bpp: int) -> np.ndarray:
-    """PNG scanlines (..., H, 1 + B) of `data` (..., H, B) uint8 (images of H rows of B
-    bytes), `bpp` bytes per pixel, every row filtered with filter type `kind`: 0 None, 1 Sub
-    (minus the byte `bpp` to the left), 2 Up (minus the byte above); residuals modulo 256,
-    each row prefixed by its filter type."""
-    rows = np.empty((*data.shape[:-1], data.shape[-1] + 1), np.uint8)
-    rows[..., 0] = kind
-    residuals = rows[..., 1:]
-    if kind == 1:
-        residuals[..., :bpp] = data[..., :bpp]
-        np.subtract(data[..., bpp:], data[..., :-bpp], out=residuals[..., bpp:])  # modulo 256
-    elif kind == 2:
-        residuals[..., 0, :] = data[..., 0, :]
-        np.subtract(data[..., 1:, :], data[..., :-1, :], out=residuals[..., 1:, :])
-    else:
-        residuals[...] = data
-    return rows
-
-
 def _quantised_png(name: str, bits: int) -> MapEncoding:
     """The PNG encoding of `bits` (8 or 16) bits per value."""
     top = 2**bits - 1
@@ -232,7 +173,7 @@ def _quantised_png(name: str, bits: int) -> MapEncoding:
                                  * scale[:, None, None]), 0, top).astype(dtype)
         stacked = np.transpose(levels, (0, 3, 1, 2)).reshape(inputs, count * height, width)
         return [EncodedMaps(png, (height, width, count), name, lo, hi)
-                for png, lo, hi in zip(_grayscale_pngs(stacked), low, high)]
+                for png, lo, hi in zip(grayscale_pngs(stacked), low, high)]
 
     def decode(encoded: EncodedMaps) -> np.ndarray:
         height, width, count = encoded.shape
@@ -537,12 +478,12 @@ def encode_explanations(
         return []
     encoded = _encode_batch(maps, encoding)
     # The features every record of the batch shares, serialized once.
-    version = _entry("schema_version", "int64", [SCHEMA_VERSION])
-    layout = (_entry("map_shape", "int64", encoded[0].shape)
-              + _entry("map_encoding", "bytes", [encoding.encode()]))
-    size = _entry("input_size", "int64", input_size)
+    version = feature_entry("schema_version", "int64", [SCHEMA_VERSION])
+    layout = (feature_entry("map_shape", "int64", encoded[0].shape)
+              + feature_entry("map_encoding", "bytes", [encoding.encode()]))
+    size = feature_entry("input_size", "int64", input_size)
     # Float features hold K values in every record, so their entries differ only in them.
-    floats = {name: _float_entries(name, values) for name, values in (
+    floats = {name: float_feature_entries(name, values) for name, values in (
         ("logits", logits), ("map_min", np.stack([stored.map_min for stored in encoded])),
         ("map_max", np.stack([stored.map_max for stored in encoded])), *per_unit.items())}
     per_unit_entries = [floats[name] for name in per_unit]
@@ -551,95 +492,20 @@ def encode_explanations(
     for i, (record_id, stored) in enumerate(zip(ids, encoded)):
         unit_key = units[i].tobytes()
         if unit_key not in unit_entries:
-            unit_entries[unit_key] = _entry("units", "int64", units[i])
-        records.append(_field(_ENTRY, b"".join([
+            unit_entries[unit_key] = feature_entry("units", "int64", units[i])
+        records.append(example_of([
             version,
-            _entry("id", "bytes", [_bytes(record_id)]),
+            feature_entry("id", "bytes", [_bytes(record_id)]),
             unit_entries[unit_key],
             floats["logits"][i],
-            _entry("maps", "bytes", [stored.data]),
+            feature_entry("maps", "bytes", [stored.data]),
             layout,
             floats["map_min"][i],
             floats["map_max"][i],
             size,
             *[entries[i] for entries in per_unit_entries],
-        ])))
+        ]))
     return records
-
-
-# --- tf.train.Example, serialized directly ------------------------------------------------------
-#
-# The job writes one record per explained input, so building a `tf.train.Example` message and
-# serializing it was a large share of its per-record Python work. The format is small enough
-# to write directly: an Example is field 1 (Features) holding, per feature, a map entry
-# (field 1) of the key (field 1) and the Feature (field 2), whose one field is a BytesList
-# (1), a FloatList (2) or an Int64List (3) of values (field 1; packed for numbers).
-# `tests/explain_lib/test_io.py` checks the bytes parse to the message protobuf builds.
-
-
-_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
-
-
-def _varint(value: int) -> bytes:
-    if 0 <= value < 0x80:
-        return _ONE_BYTE[value]
-    value &= (1 << 64) - 1  # negative int64s as their two's complement, as protobuf does
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited field: its tag (one byte here), length and payload."""
-    return tag + _varint(len(payload)) + payload
-
-
-_VALUES, _ENTRY, _FEATURE = b"\x0a", b"\x0a", b"\x12"  # fields 1, 1 and 2, length-delimited
-_LISTS = {"bytes": b"\x0a", "float": b"\x12", "int64": b"\x1a"}  # BytesList, FloatList, ...
-_KEYS: Dict[str, bytes] = {}
-
-
-def serialize_example(features: Sequence[Tuple[str, str, Sequence]]) -> bytes:
-    """A `tf.train.Example` of `features`, (key, kind, values) with kind "bytes", "float" or
-    "int64", serialized: the bytes `tf.train.Example(...).SerializeToString()` parses back
-    from, written directly (see above).
-
-    Usage:
-
-        record = serialize_example([("id", "bytes", [b"a"]), ("label", "int64", [3])])
-    """
-    return _field(_ENTRY, b"".join([_entry(*feature) for feature in features]))
-
-
-def _entry(key: str, kind: str, values: Sequence) -> bytes:
-    """One feature of an Example, serialized: its map entry (see `serialize_example`),
-    framed in one join (the lengths of the nested fields are added up, not the fields
-    copied into each other)."""
-    if kind == "bytes":
-        parts = [part for value in values for part in (_VALUES, _varint(len(value)), value)]
-    else:
-        packed = (np.asarray(values, "<f4").tobytes() if kind == "float"
-                  else b"".join([_varint(int(v)) for v in values]))
-        parts = [_VALUES, _varint(len(packed)), packed] if packed else []
-    listed = sum(len(part) for part in parts)
-    value_list = _LISTS[kind] + _varint(listed)  # the head of the Feature's one field
-    feature = _FEATURE + _varint(len(value_list) + listed)  # the head of the Feature
-    if key not in _KEYS:
-        _KEYS[key] = _field(_VALUES, key.encode())
-    keyed = _KEYS[key]
-    size = len(keyed) + len(feature) + len(value_list) + listed
-    return b"".join([_ENTRY, _varint(size), keyed, feature, value_list, *parts])
-
-
-def _float_entries(key: str, values: np.ndarray) -> List[bytes]:
-    """`_entry(key, "float", row)` for each row of `values` (N, K), K >= 1: the entries of
-    K floats differ only in their last 4K bytes, the packed values."""
-    values = np.ascontiguousarray(values, "<f4")
-    prefix = _entry(key, "float", values[0])[:-values[0].nbytes]
-    return [prefix + row.tobytes() for row in values]
 
 
 def _example(serialized: bytes, what: str) -> tf.train.Example:
@@ -1042,4 +908,6 @@ __all__ = [
     "BYTES_ID_PREFIX",
     "check_explanation_files",
     "file_error",
+    "SMALL_PNG_BYTES",
+    "serialize_example",
 ]
