@@ -213,11 +213,32 @@ def encode_explanations(
         raise ValueError(f"input_size must be (H, W) positive ints, not {input_size}.")
     if not count:
         return []
-    encoded = encode_batch(maps, encoding)
+    return serialize_records(ids, units, logits, encode_batch(maps, encoding), input_size,
+                             per_unit)
+
+
+def serialize_records(
+    ids: Sequence[Union[str, bytes]],
+    units: np.ndarray,
+    logits: np.ndarray,
+    encoded: Sequence[EncodedMaps],
+    input_size: Sequence[int],
+    per_unit: Mapping[str, np.ndarray],
+) -> List[bytes]:
+    """The records of `encode_explanations`, from N >= 1 inputs' maps already encoded (one
+    encoding and shape): `units` (N, K) int64, `logits` (N, K) float32, `input_size` (H, W)
+    and `per_unit`, the optional (N, K) float32 features by name in the order they are
+    written (probabilities, then metrics/NAME), all as `encode_explanations` checks them.
+
+    The features every record shares are serialized once, the float features' entries
+    framed once per feature, and only each record's own bytes made per record: this is the
+    job's per-record serialization, apart from its maps' (`benchmarks/io_codecs.py` times
+    it against building each `tf.train.Example`).
+    """
     # The features every record of the batch shares, serialized once.
     version = feature_entry("schema_version", "int64", [SCHEMA_VERSION])
     layout = (feature_entry("map_shape", "int64", encoded[0].shape)
-              + feature_entry("map_encoding", "bytes", [encoding.encode()]))
+              + feature_entry("map_encoding", "bytes", [encoded[0].encoding.encode()]))
     size = feature_entry("input_size", "int64", input_size)
     # Float features hold K values in every record, so their entries differ only in them.
     floats = {name: float_feature_entries(name, values) for name, values in (
