@@ -28,7 +28,8 @@ setup(
         "google-cloud-storage>=2.14,<4",
         "pillow>=10",
         "pandas>=2",
-        # The Parquet table (pipeline.results.table) builds Arrow tables itself; Beam requires it too.
+        # The Parquet table (pipeline.results.table) builds Arrow tables itself; Beam requires
+        # it too.
         "pyarrow>=14",
         # Colormaps of the overlays and figures of the report (pipeline.render,
         # pipeline.report) and of the benchmarks; drawn with the Agg backend, no display.

@@ -13,8 +13,9 @@ in a fresh process, DirectRunner defaults, Grad-CAM, `--units_key label`):
   runs alternated, the fastest of `--repeats` each; the table's bytes per row.
 - `report`: `python -m pipeline.report OUTPUT --out PAGE` (a fresh process, as the README
   gives it, the fastest of `--repeats`) on the output of a job over `--table-records`
-  records, against that job's wall time; the page's size. Cases (`--report-cases`): the demo job with
-  `--metrics pointing_game,energy_pointing_game --boxes_key objects/bbox` (metrics that make
+  records, against that job's wall time; the page's size. Cases (`--report-cases`): the demo
+  job with `--metrics pointing_game,energy_pointing_game --boxes_key objects/bbox` (metrics
+  that make
   no forward pass, so that the job is hardly longer than without them), where the model
   explains a record in a fraction of a millisecond; and MobileNetV2 (`weights=None`) on
   224x224 JPEG records, a model of realistic cost.

@@ -132,7 +132,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     print(f"Machine: {machine()}")
-    print(f"batch {args.batch}, {args.size}x{args.size}x3, median of {args.repeats} after warm-up\n")
+    print(f"batch {args.batch}, {args.size}x{args.size}x3, "
+          f"median of {args.repeats} after warm-up\n")
     x = images(args.batch, args.size)
     sections = {"overhead": overhead_section, "predicted": predicted_section}
     for section in args.sections:

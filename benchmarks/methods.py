@@ -8,8 +8,9 @@ run:
   method through `explain` (with its conventional post-processing, the registry's
   `explain_defaults`) against a bare reference: one `tf.function` written here, independently
   of the library, doing the same passes (Grad-CAM: one forward pass and the gradient of the
-  unit with respect to the activations; Integrated Gradients with n steps: one forward pass at the input, then n
-  forward+backward passes at the path points; ...). Multi-pass methods run n = `--passes`
+  unit with respect to the activations; Integrated Gradients with n steps: one forward pass at
+  the input, then n forward+backward passes at the path points; ...). Multi-pass methods run
+  n = `--passes`
   passes of B inputs (steps, noisy copies, windows, masks, Score-CAM channels), one pass per
   chunk, and again with one pass: `n passes / n x 1 pass` is their time ratio. The bare loops
   run their passes one after the other, as `explain` does to bound memory; `--overlap` lets

@@ -5,8 +5,8 @@ N small records (32x32 PNG shapes with ids and labels, in 8 files) go through th
 this process. A sampler thread reads, every `--interval` seconds, the resident memory of this
 process and of its children (/proc: VmRSS) and how many records the handler has explained so
 far (it counts the records of the lists `RecordsHandler.run_inference` takes, in this
-process: run without --direct_running_mode=multi_processing). The summary gives the start (loading the
-model, matching the files, tracing the step: until the first batch is explained) on its
+process: run without --direct_running_mode=multi_processing). The summary gives the start
+(loading the model, matching the files, tracing the step: until the first batch is explained) on its
 own, then splits the explaining into tenths of the records and gives, for each, the time per
 record and the memory at its end; then memory and time per record after warm-up (the first
 two tenths): the target is no growth.

@@ -475,10 +475,12 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
     captured = []
     for (layer, link, node), tensors in calls.items():
         if not tensors:
-            raise ExplainError(f"Layer {layer.name!r} is not called in the graph of {model.name!r}.")
+            raise ExplainError(
+                f"Layer {layer.name!r} is not called in the graph of {model.name!r}.")
         if node != "last" and not -len(tensors) <= node < len(tensors):
             raise ExplainError(
-                f"Layer {layer.name!r} is called {len(tensors)} time(s); node={node} does not exist."
+                f"Layer {layer.name!r} is called {len(tensors)} time(s); "
+                f"node={node} does not exist."
             )
         captured.append(tensors[-1 if node == "last" else node])
     return keras.Model(inputs, keras.tree.flatten(outputs) + captured, name=f"{model.name}_exposed")

@@ -138,8 +138,8 @@ def _number(value) -> str:
 
 
 def metric_lines(metrics: Optional[dict], top: int = 20) -> List[str]:
-    """The manifest's metric aggregates (`pipeline.results.aggregates`) as text: per metric, over all
-    units, how many scores, how many missing (no ground truth), the mean and the quantiles;
+    """The manifest's metric aggregates (`pipeline.results.aggregates`) as text: per metric,
+    over all units, how many scores, how many missing (no ground truth), the mean and the quantiles;
     then each metric's mean for the `top` units with the most scores."""
     aggregates = (metrics or {}).get("aggregates")
     if not aggregates:

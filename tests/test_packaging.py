@@ -1,7 +1,7 @@
 """What Dataflow workers receive: the source distribution built from setup.py (the way Beam
 builds it for --setup_file) holds both packages and every module they import; the worker
-image (docker/Dockerfile) runs the launcher's Python and Beam; the README's Flink command
-names the job server of the Flink version it asks for."""
+image (docker/Dockerfile) runs the launcher's Python and Beam; the Flink command of
+docs/job.md names the job server of the Flink version it asks for."""
 
 import ast
 import importlib.metadata
@@ -86,17 +86,17 @@ def test_the_worker_image_runs_the_launchers_python_and_beam():
     assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS beam" in text
     assert "COPY --from=beam /opt/apache/beam /opt/apache/beam" in text
     assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in text
-    # The README's Dataflow command uses the image, with the SDK inside it.
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    # The Dataflow command of docs/job.md uses the image, with the SDK inside it.
+    page = open(os.path.join(ROOT, "docs", "job.md"), encoding="utf-8").read()
     for flag in ("--sdk_container_image=", "--sdk_location=container", "--disk_size_gb="):
-        assert flag in readme, flag
+        assert flag in page, flag
 
 
-def test_the_readmes_flink_command_matches_its_job_server():
+def test_the_docs_flink_command_matches_its_job_server():
     """Beam's Flink runner starts the job server of --flink_version (default: the newest
-    Beam publishes); the README's command names the jar of the version it passes."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    section = readme.split("### Flink", 1)[1].split("\n## ", 1)[0]
+    Beam publishes); the command of docs/job.md names the jar of the version it passes."""
+    page = open(os.path.join(ROOT, "docs", "job.md"), encoding="utf-8").read()
+    section = page.split("### Flink", 1)[1].split("\n## ", 1)[0]
     (version,) = set(re.findall(r"--flink_version=([\d.]+)", section))
     assert version in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
     beam = importlib.metadata.version("apache-beam")

@@ -217,14 +217,16 @@ def rise(
 
     def mask(number):
         grid_seed, shift_seed = tf.unstack(
-            tf.random.experimental.stateless_split(tf.stack([seed, number]), 2, alg=RANDOM_ALGORITHM)
+            tf.random.experimental.stateless_split(
+                tf.stack([seed, number]), 2, alg=RANDOM_ALGORITHM)
         )
         kept = tf.random.stateless_uniform((*grid, 1), grid_seed, alg=RANDOM_ALGORITHM)
         smooth = tf.image.resize(tf.cast(kept < keep_probability, tf.float32), upsampled)
         shift = tf.random.stateless_uniform(
             (2,), shift_seed, 0, cell_size, dtype=tf.int32, alg=RANDOM_ALGORITHM
         )
-        return tf.cast(tf.slice(smooth, tf.concat([shift, [0]], 0), [height, width, 1]), inputs.dtype)
+        window = tf.slice(smooth, tf.concat([shift, [0]], 0), [height, width, 1])
+        return tf.cast(window, inputs.dtype)
 
     logits = logits_of(model, inputs)
     indices = inspection.select_units(logits, indices)

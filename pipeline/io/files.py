@@ -143,4 +143,5 @@ def check_layout(value: Any, layout, path: str, what: str, fix: str = "") -> Any
     return value
 
 
-__all__ = ["RUN_AGAIN", "check_layout", "file_size", "is_local", "nullable", "read_bytes", "write_bytes"]
+__all__ = ["RUN_AGAIN", "check_layout", "file_size", "is_local", "nullable", "read_bytes",
+           "write_bytes"]

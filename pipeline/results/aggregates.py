@@ -8,8 +8,9 @@ Separation of concerns:
   score at a time.
 - `MeanCombineFn` (count, scores missing, sum: a few numbers per key) and Beam's
   `ApproximateQuantilesCombineFn` (a bounded sketch per key, exact for small inputs, within
-  `QUANTILE_EPSILON` in rank otherwise) combine them; `AggregateMetrics` joins both into one JSON document, written next to the outputs
-  while the job runs, which the launcher moves into the run manifest
+  `QUANTILE_EPSILON` in rank otherwise) combine them; `AggregateMetrics` joins both into one
+  JSON document, written next to the outputs while the job runs, which the launcher moves into
+  the run manifest
   (`pipeline.results.manifest`, `python -m pipeline.summary`).
 
 Usage:

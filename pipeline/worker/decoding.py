@@ -247,7 +247,8 @@ def decode_masks(records: Sequence["CheckedRecord"], spec: RecordSpec
     for image_format, indices in groups.items():
         decoder = _mask_decoder(image_format, spec.image_size)
         try:
-            masks[indices] = decoder(tf.constant([records[i].ground_truth for i in indices])).numpy()
+            encoded = tf.constant([records[i].ground_truth for i in indices])
+            masks[indices] = decoder(encoded).numpy()
             continue
         except (tf.errors.OpError, ValueError):
             pass  # find the bad ones below

@@ -259,7 +259,8 @@ def read_boxes(example: tf.train.Example, spec: RecordSpec) -> Optional[np.ndarr
     outside = ~((boxes >= 0) & (boxes <= 1))  # NaN too
     if outside.any():
         box, value = np.argwhere(outside)[0]
-        raise StageError("validate", f"box {box} of {key!r} has {'ymin xmin ymax xmax'.split()[value]} "
+        side = "ymin xmin ymax xmax".split()[value]
+        raise StageError("validate", f"box {box} of {key!r} has {side} "
                          f"{boxes[box, value]:g}, outside [0, 1]: boxes are fractions of the "
                          "image's height and width (TFDS's normalised coordinates).")
     # A zero-area box is refused too: explain_lib.metrics reads one as padding (padded_batch's

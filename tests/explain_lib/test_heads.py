@@ -205,7 +205,8 @@ def test_a_subclassed_model_works_with_gradients_and_perturbations_and_cam_says_
     keras.utils.set_random_seed(1)
     model = Subclassed()
     model(images[:1])
-    twin = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(6, 3, activation="relu"),
+    twin = keras.Sequential([keras.Input((SIZE, SIZE, 3)),
+                             keras.layers.Conv2D(6, 3, activation="relu"),
                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(UNITS)])
     twin.set_weights(model.get_weights())
     for name in ("gradients", "integrated_gradients", "smoothgrad", "occlusion", "rise"):

@@ -97,7 +97,8 @@ def test_keras_applications(application, channels):
 
 def test_errors_list_candidates():
     no_pooling = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="d")])
-    with pytest.raises(ValueError, match=r"No layer with type Flatten.*Its layers are: d \(Dense\)"):
+    expected = r"No layer with type Flatten.*Its layers are: d \(Dense\)"
+    with pytest.raises(ValueError, match=expected):
         inspection.get_global_pooling_layer(no_pooling)
     no_kernel = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.GlobalAveragePooling2D()])
     with pytest.raises(ValueError, match=r"No layer with attributes \['kernel'\].*Name the layer"):

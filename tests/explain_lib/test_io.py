@@ -335,29 +335,29 @@ def test_a_record_without_input_size_reads_at_its_stored_size():
     assert explain_io.parse_explanation(tf.constant(record), "input")["maps"].shape == (6, 8, 1)
 
 
-README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+OUTPUTS_PAGE = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "outputs.md")
 
 
-def readme_dataset(encoding, directory):
-    """The README's plain-TensorFlow reader ("Output schema v2"), taken from the README and
-    run as written, with the encoding and the file pattern filled in."""
-    text = open(README, encoding="utf-8").read()
+def page_dataset(encoding, directory):
+    """The plain-TensorFlow reader of docs/outputs.md ("Output schema v2"), taken from the
+    page and run as written, with the encoding and the file pattern filled in."""
+    text = open(OUTPUTS_PAGE, encoding="utf-8").read()
     block = text.split("Without explain_lib", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert 'ENCODING = "png8"' in block and '"out/expl-*.tfrecord.gz"' in block
     block = block.replace('ENCODING = "png8"', f"ENCODING = {encoding!r}").replace(
         '"out/expl-*.tfrecord.gz"', repr(str(directory / "expl-*.tfrecord.gz")))
     namespace = {}
-    exec(block, namespace)  # noqa: S102 - the README's own code
+    exec(block, namespace)  # noqa: S102 - the page's own code
     return namespace["dataset"]
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_the_readme_reads_every_encoding_with_tensorflow_alone(encoding, tmp_path):
+def test_the_docs_read_every_encoding_with_tensorflow_alone(encoding, tmp_path):
     rows = [_maps(i, (5, 7, 3)) for i in range(3)]
     records = [explain_io.encode_explanation(f"r{i}", [0, 1, 2], [0.0, 1.0, 2.0], maps, encoding)
                for i, maps in enumerate(rows)]
     _write(tmp_path / "expl-00000-of-00001.tfrecord.gz", records, "GZIP")
-    read = list(readme_dataset(encoding, tmp_path).as_numpy_iterator())
+    read = list(page_dataset(encoding, tmp_path).as_numpy_iterator())
     assert [record_id for record_id, _ in read] == [b"r0", b"r1", b"r2"]
     for (_, maps), record in zip(read, records):
         np.testing.assert_allclose(maps, explain_io.decode_explanation(record)["maps"],

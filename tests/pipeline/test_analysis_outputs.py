@@ -261,17 +261,18 @@ def test_table_equals_the_analysis_frame(job):
                                frame[shared].to_numpy(np.float64), rtol=2e-6, atol=1e-7)
 
 
-README = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
+OUTPUTS_PAGE = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "outputs.md")
 
 
-def test_the_readmes_duckdb_queries_run_on_the_table(job, capsys):
-    """The README's DuckDB example, taken from the README and run on this job's table."""
+def test_the_docs_duckdb_queries_run_on_the_table(job, capsys):
+    """The DuckDB example of docs/outputs.md, taken from the page and run on this job's
+    table."""
     _, table = job
-    text = open(README, encoding="utf-8").read()
+    text = open(OUTPUTS_PAGE, encoding="utf-8").read()
     block = text.split("With DuckDB", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert "'out/expl.table-*.parquet'" in block
     namespace = {}
-    exec(block.replace("out/expl.table", table), namespace)  # noqa: S102 - the README's code
+    exec(block.replace("out/expl.table", table), namespace)  # noqa: S102 - the page's code
     printed = capsys.readouterr().out
     assert "deletion" in printed and "hits" in printed
     rows = _duckdb_table(table)

@@ -1,7 +1,8 @@
 """Bad files get one line naming them, and exit status 2, from every command that reads a
 run (`pipeline.summary`, `pipeline.report`, `pipeline.render`), and a one-line ValueError
-naming them from the readers (`explain_lib.io`, `pipeline.results.manifest`, `pipeline.results.overview`,
-`pipeline.worker.records`): truncated, garbage, wrong-typed and other-version manifests, overviews
+naming them from the readers (`explain_lib.io`, `pipeline.results.manifest`,
+`pipeline.results.overview`, `pipeline.worker.parsing`): truncated, garbage, wrong-typed and
+other-version manifests, overviews
 and record files. No message suggests loading the file unsafely (numpy's own error for a
 non-archive tells its reader to unpickle it)."""
 

@@ -160,9 +160,11 @@ def test_a_fresh_process_reads_two_small_files_without_tensorflow_or_beam(job, p
     the inputs' images (`--images`), the page is the same: the job kept those pixels."""
     run, pattern = job
     out = str(tmp_path / "fresh.html")
+    arguments = [run.output, "--out", out, "--examples", str(EXAMPLES),
+                 "--labels", ",".join(demo.CLASSES)]
     script = ("import sys\n"
               "from pipeline import report\n"
-              f"code = report.main({[run.output, '--out', out, '--examples', str(EXAMPLES), '--labels', ','.join(demo.CLASSES)]!r})\n"
+              f"code = report.main({arguments!r})\n"
               "heavy = sorted({'tensorflow', 'keras', 'apache_beam'} & set(sys.modules))\n"
               "assert not heavy, heavy\n"
               "sys.exit(code)\n")

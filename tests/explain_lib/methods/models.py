@@ -102,7 +102,8 @@ def linear_model(input_shape=(8, 8, 3), units=4, seed=0):
     """f(x) = W·x + b: a Dense layer on the flattened input. Returns (model, W (H, W, C, U))."""
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
-        [keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(units, bias_initializer="random_normal")]
+        [keras.Input(input_shape), keras.layers.Flatten(),
+         keras.layers.Dense(units, bias_initializer="random_normal")]
     )
     kernel = model.layers[-1].kernel.numpy().reshape(*input_shape, units)
     return model, kernel
@@ -116,7 +117,8 @@ def smooth_model(input_shape=(10, 10, 3), units=3, seed=0):
     return keras.Sequential(
         [
             keras.Input(input_shape),
-            keras.layers.Conv2D(6, 3, padding="same", activation="tanh", kernel_initializer=weights),
+            keras.layers.Conv2D(6, 3, padding="same", activation="tanh",
+                                kernel_initializer=weights),
             keras.layers.Conv2D(8, 3, activation="softplus", kernel_initializer=weights),
             keras.layers.GlobalAveragePooling2D(),
             keras.layers.Dense(units, kernel_initializer=weights),

@@ -90,7 +90,8 @@ def test_integrated_gradients_are_complete(smooth, x10, baseline):
         gradient.integrated_gradients, smooth, x10, units, verbose=0,
         baseline=argument, n_steps=64, chunk_size=16, blur_sigma=1.5,
     )
-    at_baseline = np.take_along_axis(smooth.predict(reference.astype("float32"), verbose=0), units, 1)
+    scores = smooth.predict(reference.astype("float32"), verbose=0)
+    at_baseline = np.take_along_axis(scores, units, 1)
     difference = logits - at_baseline
     assert np.abs(difference).min() > 0.05, "the test needs f(x) far from f(baseline)"
     # The issue asks for 1%; the midpoint rule's error at 64 steps is about 1e-4, so a

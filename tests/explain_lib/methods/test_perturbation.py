@@ -81,7 +81,8 @@ def test_occlusion_is_zero_beyond_the_read_region_and_the_windows_reach(model, x
     reach = np.zeros((16, 16), bool)
     for top in window_origins(16, patch, stride):
         for left in window_origins(16, patch, stride):
-            if top < ROWS[1] and top + patch > ROWS[0] and left < COLS[1] and left + patch > COLS[0]:
+            if (top < ROWS[1] and top + patch > ROWS[0]
+                    and left < COLS[1] and left + patch > COLS[0]):
                 reach[top:top + patch, left:left + patch] = True
     assert (~reach).sum() > 100
     np.testing.assert_allclose(maps[:, ~reach], 0, atol=1e-6)

@@ -76,7 +76,8 @@ def test_methods_know_no_engine():
 
 @pytest.mark.parametrize("name", ["gradcam++", "", None])
 def test_an_unknown_name_lists_the_valid_ones(name):
-    with pytest.raises(ValueError, match="Valid names: attention_rollout, cam, full_gradients, gradcam, gradcampp"):
+    valid = "Valid names: attention_rollout, cam, full_gradients, gradcam, gradcampp"
+    with pytest.raises(ValueError, match=valid):
         methods.get(name)
 
 
@@ -92,9 +93,9 @@ def test_a_method_is_registered_once_and_a_random_one_needs_a_seed():
     assert "noisy" not in methods.REGISTRY
 
 
-def test_the_readme_lists_every_method_with_the_parameters_the_registry_declares():
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    assert methods.registry.markdown_table() in readme
+def test_the_docs_list_every_method_with_the_parameters_the_registry_declares():
+    page = open(os.path.join(REPO, "docs", "library.md"), encoding="utf-8").read()
+    assert methods.registry.markdown_table() in page
 
 
 # --- names that reach nobody ------------------------------------------------------------------

@@ -111,9 +111,9 @@ def test_a_metric_parameter_named_like_an_evaluate_argument_is_refused():
         metrics.register("deletion", metrics.deletion)
 
 
-def test_the_readme_lists_every_metric_with_the_parameters_the_registry_declares():
-    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
-    assert registry.markdown_table() in readme
+def test_the_docs_list_every_metric_with_the_parameters_the_registry_declares():
+    page = open(os.path.join(REPO, "docs", "metrics.md"), encoding="utf-8").read()
+    assert registry.markdown_table() in page
 
 
 # --- every declared parameter reaches its metric -----------------------------------------------
