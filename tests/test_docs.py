@@ -495,6 +495,7 @@ def registries():
 
 
 @pytest.mark.parametrize("block", RUN_BLOCKS, ids=lambda block: block.name)
+@pytest.mark.slow
 def test_block(block, workspace, registries, monkeypatch, capsys):
     checked = checked_entry(block)
     if checked:

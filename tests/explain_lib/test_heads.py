@@ -70,6 +70,7 @@ def test_the_head_is_found_through_the_graph(softmax_heads):
 
 
 @pytest.mark.parametrize("name", list(registered_methods()))
+@pytest.mark.slow
 def test_every_method_explains_a_softmax_head_as_the_same_weights_with_a_linear_one(
         softmax_heads, images, name):
     method = methods.get(name).function
@@ -112,6 +113,7 @@ def test_a_softmax_head_with_scores_output_is_explained_on_its_probabilities(sof
         explain(methods.gradients, model, images, units, verbose=0, scores="probs")
 
 
+@pytest.mark.slow
 def test_a_multi_label_sigmoid_head_keeps_its_per_unit_probabilities(images):
     models = heads("sigmoid")
     units = np.array([[0, 3], [1, 2], [4, 4], [2, 0]], "int32")
@@ -136,6 +138,7 @@ def test_a_softmax_outside_any_layer_is_explained_as_it_is_with_a_warning(softma
     np.testing.assert_array_equal(maps, output)
 
 
+@pytest.mark.slow
 def test_mobilenet_v3_whose_scores_follow_a_flatten_is_explained_by_every_cam():
     """MobileNetV3's head: pooling, two 1x1 convolutions, Flatten, Activation(softmax). The
     logits are the model's output before the softmax (not the last kernel's, (B, 1, 1, U)),
@@ -179,6 +182,7 @@ def compiled_and_loaded(tmp_path_factory, images):
 
 
 @pytest.mark.parametrize("name", list(registered_methods()))
+@pytest.mark.slow
 def test_a_model_loaded_with_keras_defaults_works_in_every_method(compiled_and_loaded, images,
                                                                   name):
     loaded, original = compiled_and_loaded
@@ -201,6 +205,7 @@ class Subclassed(keras.Model):
         return self.dense(self.pool(self.conv(inputs)))
 
 
+@pytest.mark.slow
 def test_a_subclassed_model_works_with_gradients_and_perturbations_and_cam_says_why_not(images):
     keras.utils.set_random_seed(1)
     model = Subclassed()

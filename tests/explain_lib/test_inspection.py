@@ -84,6 +84,7 @@ def test_expose_several_arguments_and_endpoints_on_given_inputs():
         (keras.applications.EfficientNetB0, 1280),
     ],
 )
+@pytest.mark.slow
 def test_keras_applications(application, channels):
     model = application(weights=None, input_shape=(64, 64, 3), classifier_activation=None)
     images = np.random.default_rng(2).uniform(0, 255, (1, 64, 64, 3)).astype("float32")

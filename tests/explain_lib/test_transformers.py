@@ -165,6 +165,7 @@ def on_grid(name, tokens):
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.slow
 def test_expose_gives_the_model_s_logits_and_its_tokens_on_their_grid(classifiers, images,
                                                                       name):
     """The exposed model's logits are the model's own output; its activations are the
@@ -241,6 +242,7 @@ def eager_gradients(name, model, images, units):
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.slow
 def test_gradcam_weighs_the_tokens_by_their_mean_gradient(classifiers, images, units, name):
     """Grad-CAM's definition on each model's default activation, the gradient taken through
     an eager re-implementation of the model. For ViT and DeiT, whose head reads the class
@@ -297,6 +299,7 @@ def test_the_cam_methods_are_those_of_the_registry():
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 @pytest.mark.parametrize("method", CAM_METHODS)
+@pytest.mark.slow
 def test_every_cam_method_explains_the_transformers(classifiers, images, units, name, method):
     """Through the shortcuts (their conventional normalisation, resized to the input): finite
     maps of the input's size, in [0, 1], not all zero. CAM, whose weights are those of a

@@ -101,6 +101,7 @@ EXPLAINED = [f"r{i}" for i in range(GOOD)] + ["nobox"]
 # --- the records -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_counts_add_up_and_malformed_ground_truth_is_a_validate_dead_letter(job):
     ran, _ = job
     assert (ran.summary.read, ran.summary.explained, ran.summary.dead_lettered) == (
@@ -337,6 +338,7 @@ def test_manifest_aggregates_equal_numpy_over_the_records(job):
     assert missing == TOP_K  # the record without boxes
 
 
+@pytest.mark.slow
 def test_quantiles_of_many_scores_within_their_rank_error(tmp_path):
     """`AggregateMetrics` alone on 3,000 rows: means exact, quantiles within
     `QUANTILE_EPSILON` of their level's rank (Beam's default would allow 20%), NaN scores
@@ -405,6 +407,7 @@ def test_masks_are_validated_decoded_and_resized():
     assert errors[1].stage == "decode" and "cannot decode the png mask of 'mask'" in str(errors[1])
 
 
+@pytest.mark.slow
 def test_a_mask_that_does_not_decode_is_a_one_line_dead_letter(tmp_path, model_path, data):
     """The decoder's own words, never the compiled decoder's node stack (56 lines once)."""
     images, labels, masks, _ = data

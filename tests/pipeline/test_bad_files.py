@@ -152,6 +152,7 @@ def _assert_one_line(text: str, path: str):
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_MANIFESTS))
+@pytest.mark.slow
 def test_a_bad_manifest_is_one_line_naming_it(run, tmp_path, capsys, kind):
     output, _ = run
     copy, path = _with_bad_file(output, tmp_path, manifest.MANIFEST_SUFFIX, BAD_MANIFESTS[kind])
@@ -193,6 +194,7 @@ BAD_RECORD_FILES = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_RECORD_FILES))
+@pytest.mark.slow
 def test_a_bad_explanation_file_is_one_line_naming_it(run, tmp_path, capsys, kind):
     output, inputs = run
     (good_path,) = _explanation_files(output)

@@ -16,6 +16,7 @@ from tests.pipeline.conftest import write
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+@pytest.mark.slow
 def test_python_m_pipeline_runs_and_prints_the_counts(tmp_path, model_path, shapes):
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(im), int(label), f"c{i}")
@@ -127,6 +128,7 @@ def test_a_model_whose_first_output_is_not_scores_per_unit_is_refused(tmp_path, 
     assert "first output has shape (None, 16, 16, 3)" in err and "(batch, units)" in err
 
 
+@pytest.mark.slow
 def test_unbalanced_counts_exit_1(tmp_path, model_path, shapes, monkeypatch, capsys):
     path = write(tmp_path, "one", [demo.make_example(demo.encode_image(shapes[0][0]), 1, "x")])
     lost = RunSummary(read=5, explained=3, dead_letters={"parse": 1})
@@ -148,6 +150,7 @@ ENTRY_POINTS = {
     # The same main() checks the prefixes for all three (test_outputs checks every case).
     ("python -m pipeline", "unwritable output"),
 ])
+@pytest.mark.slow
 def test_every_entry_point_fails_fast_with_one_line(tmp_path, model_path, entry_point, mistake):
     command = ENTRY_POINTS[entry_point]
     if not os.access(command[0], os.X_OK):

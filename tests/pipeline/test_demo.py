@@ -4,6 +4,7 @@ import os
 
 import matplotlib
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
@@ -72,6 +73,7 @@ def test_records_carry_the_boxes_as_tfds_does(tmp_path):
     assert demo.boxes_of(demo.make_example(label=1)).shape == (0, 4)
 
 
+@pytest.mark.slow
 def test_ensure_demo_generates_once(tmp_path):
     directory = str(tmp_path / "demo")
     built = demo.ensure_demo(directory, train_count=96, explain_count=8, epochs=1,
@@ -114,6 +116,7 @@ def test_overlay_blends_the_map_over_the_image():
     assert pictures.overlay(image[..., :1], np.ones((2, 2)), 0.5).shape == (8, 8, 3)
 
 
+@pytest.mark.slow
 def test_render_grid_of_a_real_run(tmp_path, model_path, shapes):
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(im), int(label), f"g{i}")

@@ -36,6 +36,7 @@ def _decoded_jpegs(records):
     ]).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_jpeg_with_ids_and_units_equals_in_process_explain(tmp_path, model_path, model, shapes):
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(im), int(label), f"img-{i}")
@@ -64,6 +65,7 @@ def test_jpeg_with_ids_and_units_equals_in_process_explain(tmp_path, model_path,
     np.testing.assert_array_equal(read["img-3"]["maps"], job.explanations["img-3"]["maps"])
 
 
+@pytest.mark.slow
 def test_png_without_ids_or_units_gets_hash_ids_and_top_k(tmp_path, model_path, model, shapes):
     images, _ = shapes
     records = [demo.make_example(demo.encode_image(im, "png")) for im in images[:6]]
@@ -90,6 +92,7 @@ def test_png_without_ids_or_units_gets_hash_ids_and_top_k(tmp_path, model_path, 
     assert sorted(again.explanations) == sorted(ids)
 
 
+@pytest.mark.slow
 def test_raw_tensors_resized_to_the_model(tmp_path, model_path, model, shapes):
     """Raw float lists, raw uint8 bytes and raw float32 bytes at 24x24: resized to 32x32."""
     images, labels = shapes
@@ -112,6 +115,7 @@ def test_raw_tensors_resized_to_the_model(tmp_path, model_path, model, shapes):
         assert_maps_match(job.explanations[f"raw-{i}"], maps[i], logits[i])
 
 
+@pytest.mark.slow
 def test_good_and_corrupt_records_in_one_file(tmp_path, shapes):
     images, labels = shapes
     # Without its Rescaling layer the model overflows on huge (finite) pixels: an explain
@@ -226,6 +230,7 @@ def test_explain_checks_its_arguments_before_running(model_path):
     ],
     ids=["multi_processing", "multi_threading", "portable_embed"],
 )
+@pytest.mark.slow
 def test_other_runners_give_the_same_output_set(tmp_path, model_path, runners_input,
                                                 direct_runners_job, runner_flags):
     pattern, records = runners_input

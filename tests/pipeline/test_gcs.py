@@ -61,6 +61,7 @@ def names(pattern: str) -> list:
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
+@pytest.mark.slow
 def test_input_output_dead_letters_and_model_on_gcs(tmp_path, gcs, model_path, model, shapes):
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(im, "png"), int(label), f"g{i}")

@@ -20,7 +20,6 @@ import sys
 
 import keras
 import numpy as np
-import pytest
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden.json")
 
@@ -83,7 +82,6 @@ def golden_run(directory: str) -> dict:
     }
 
 
-@pytest.mark.slow
 def test_a_fixed_run_writes_what_it_wrote_before(tmp_path):
     with open(GOLDEN, encoding="utf-8") as source:
         expected = json.load(source)

@@ -341,6 +341,7 @@ def test_batches_in_flight_overlap_decoding_with_explaining_and_come_back_in_ord
     assert all(isinstance(r.inference, bytes) for r in results)
 
 
+@pytest.mark.slow
 def test_explainer_top_k_and_mixed_unit_counts(model_path, model, shapes):
     images = shapes[0][:5].astype(np.float32)
     explainer = Worker.load(Settings(model=model_path, top_k=2, map_size="input"))
@@ -411,6 +412,7 @@ def test_jit_compile_explains_under_xla_with_the_same_maps(model_path, shapes):
         np.testing.assert_allclose(g.maps, e.maps, rtol=1e-3, atol=1e-5 * np.abs(e.maps).max())
 
 
+@pytest.mark.slow
 def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model_path, shapes,
                                                                   monkeypatch):
     from tests.pipeline.conftest import run_job, write
@@ -446,6 +448,7 @@ def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model
     assert loads == [copy, copy]
 
 
+@pytest.mark.slow
 def test_a_job_hands_the_handler_lists_of_records_per_call(tmp_path, model_path, shapes,
                                                             monkeypatch):
     from tests.pipeline.conftest import run_job, write

@@ -1,9 +1,11 @@
-"""Record ids (`pipeline.results.ids`): duplicated ids explained, counted and reported with examples
-(the command's counts, the manifest, `python -m pipeline.summary`), an empty id treated like
-a missing one."""
+"""Record ids (`pipeline.results.ids`): duplicated ids explained, counted and reported with
+examples (the command's counts, the manifest, `python -m pipeline.summary`), an empty id
+treated like a missing one."""
 
 import collections
 import os
+
+import pytest
 
 from explain_lib import io as explain_io
 from pipeline import demo, summary
@@ -13,6 +15,7 @@ from pipeline.results.ids import Duplicates
 from tests.pipeline.conftest import write
 
 
+@pytest.mark.slow
 def test_duplicate_ids_are_explained_and_reported_and_empty_ids_hashed(
     tmp_path, model_path, shapes, capsys
 ):

@@ -23,6 +23,7 @@ from tests.pipeline.conftest import (
     "encoding, map_size, resizing, stored",
     [("float16", "5,6", (5, 6), (5, 6)), ("raw32", "input", True, (SIZE, SIZE))],
 )
+@pytest.mark.slow
 def test_encoding_and_size_round_trip_through_the_job(tmp_path, model_path, model, shapes,
                                                       encoding, map_size, resizing, stored):
     images, labels = shapes
@@ -71,6 +72,7 @@ def test_bad_map_options_exit_2_before_running(tmp_path, model_path, capsys, fla
     ("gradcam", (SIZE // 4, SIZE // 4), "native"),   # the CAM's own feature map
     ("gradients", (SIZE, SIZE), "input"),            # gradient maps have the input's size
 ])
+@pytest.mark.slow
 def test_auto_map_size_stores_each_method_at_its_own_resolution(tmp_path, model_path, model,
                                                                 shapes, method, stored,
                                                                 recorded):
@@ -99,6 +101,7 @@ def test_auto_map_size_stores_each_method_at_its_own_resolution(tmp_path, model_
         assert np.abs(read[f"a{i}"] - full[i]).max() <= span / 255 + 1e-3 * span + 1e-6
 
 
+@pytest.mark.slow
 def test_precision_runs_the_model_in_half_precision_within_its_bound(tmp_path, model_path,
                                                                      model, shapes):
     """The job's --precision reaches the worker: maps differ from float32 ones, within the

@@ -41,6 +41,7 @@ def _raw_records(output: str):
 BATCH = ("--batch_size", "5")
 
 
+@pytest.mark.slow
 def test_a_rerun_leaves_only_its_own_shards_with_identical_records(tmp_path, model_path, inputs):
     first = run_job(tmp_path, inputs, model_path, "--num_shards", "3", "--units_key", "label",
                     *BATCH)
@@ -90,6 +91,7 @@ def _contents(directory) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_a_rerun_never_touches_a_sibling_prefixs_files(tmp_path, model_path, inputs, capsys):
     """Run A (out/a, its table out/a.table) and run B (out/a.b, its table out/a.table-v2),
     each with metrics, so that every kind of output exists; rerunning A with another shard
@@ -126,6 +128,7 @@ def test_a_rerun_never_touches_a_sibling_prefixs_files(tmp_path, model_path, inp
     assert summary.main([str(out / "a")]) == 0
 
 
+@pytest.mark.slow
 def test_a_random_method_is_reproducible_with_its_seed(tmp_path, model_path, inputs):
     def rise(seed, name):
         params = f'{{"seed": {seed}, "masks": 16, "cell_size": 8}}'
@@ -193,6 +196,7 @@ def _start_and_stop(tmp_path, model_path, stop: signal.Signals):
     return process.returncode, stderr, pattern
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_removes_its_temporary_files(tmp_path, model_path):
     status, stderr, _ = _start_and_stop(tmp_path, model_path, signal.SIGINT)
     assert status == 130, stderr[-3000:]
@@ -203,6 +207,7 @@ def test_an_interrupted_run_removes_its_temporary_files(tmp_path, model_path):
     assert os.listdir(tmp_path / "out") == []
 
 
+@pytest.mark.slow
 def test_what_a_killed_run_left_goes_with_the_next_run(tmp_path, model_path):
     status, _, pattern = _start_and_stop(tmp_path, model_path, signal.SIGKILL)
     out = tmp_path / "out"

@@ -159,6 +159,7 @@ def test_damaged_files_become_one_dead_letter_each_and_the_others_are_explained(
     assert summary.dead_letters["read"] == 2 and summary.balanced
 
 
+@pytest.mark.slow
 def test_strict_read_fails_with_one_line_naming_the_file(tmp_path, model_path, shapes):
     records = _records(6, "s", shapes)
     write(tmp_path, "in-0", records[:3])
@@ -184,6 +185,7 @@ def test_strict_read_fails_with_one_line_naming_the_file(tmp_path, model_path, s
     assert os.listdir(tmp_path / "out") == []  # no shards, no temporary folders
 
 
+@pytest.mark.slow
 def test_opening_is_retried_on_transient_errors_only(tmp_path, caplog):
     records = _records(3)
     for name in ("slow", "locked", "down"):

@@ -65,6 +65,7 @@ def _image(uri: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
 
 
+@pytest.mark.slow
 def test_counts_and_units_are_the_runs(job, page):
     run, _ = job
     data = _embedded(page)
@@ -236,6 +237,7 @@ def _chromium(binary, *args, timeout=180):
         capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_the_page_loads_in_headless_chromium(page, tmp_path):
     binary = chromium_binary()
     if binary is None:
@@ -277,6 +279,7 @@ HOSTILE_IDS = ["<!--<script", "</script><script>document.documentElement.dataset
                "para\u2029graph", "plain"]
 
 
+@pytest.mark.slow
 def test_hostile_ids_neither_break_the_page_nor_run(tmp_path, model_path, shapes):
     """Ids are data: in the embedded JSON, the attributes and the captions they must stay
     text. The page's JSON parses back to the same ids, and no script of theirs runs."""

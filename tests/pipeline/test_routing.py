@@ -84,6 +84,7 @@ def routing_cases():
 
 
 @pytest.mark.parametrize("name, parameter", routing_cases())
+@pytest.mark.slow
 def test_each_parameter_reaches_its_method_through_the_job(loaded, model_path, records, name,
                                                            parameter):
     base = JOB_FAST.get(name, {})
@@ -113,6 +114,7 @@ def test_refused_values_stop_the_job_before_any_work(tmp_path, model_path, capsy
     assert len(said) == 1 and REFUSED.get((name, parameter), f"{parameter}={value}") in said[0]
 
 
+@pytest.mark.slow
 def test_n_steps_changes_the_stored_maps_and_the_manifest_records_it(tmp_path, model_path,
                                                                       shapes):
     images, labels = shapes
@@ -138,6 +140,7 @@ def test_n_steps_changes_the_stored_maps_and_the_manifest_records_it(tmp_path, m
     assert np.abs(maps[1] - maps[64]).max() > 0.05  # normalised maps in [0, 1]
 
 
+@pytest.mark.slow
 def test_a_meta_methods_own_parameter_reaches_it_through_the_job(tmp_path, model_path, shapes):
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(image, "png"), int(label), f"s{i}")

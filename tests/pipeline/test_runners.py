@@ -27,6 +27,7 @@ def job_input(tmp_path, shapes):
     return str(tmp_path / "portable-*")
 
 
+@pytest.mark.slow
 def test_job_service_with_an_external_worker_pool_equals_direct_runner(
     tmp_path, model_path, runners_input, direct_runners_job
 ):
@@ -41,6 +42,7 @@ def _transform_names(pipeline_proto):
     return {t.unique_name for t in pipeline_proto.components.transforms.values()}
 
 
+@pytest.mark.slow
 def test_flink_options_parse_and_the_job_translates_to_its_portable_form(
     tmp_path, model_path, job_input
 ):
@@ -62,6 +64,7 @@ def test_flink_options_parse_and_the_job_translates_to_its_portable_form(
     assert _transform_names(rebuilt.to_runner_api()) == names
 
 
+@pytest.mark.slow
 def test_dataflow_job_builds_with_a_dry_run(tmp_path, model_path, job_input, monkeypatch):
     for name, value in NO_CLOUD_ENV.items():
         monkeypatch.setenv(name, value)

@@ -60,6 +60,7 @@ def test_the_split_is_resolved_from_the_datasets_own_feature_spec(data_dir):
         tfds_input.resolve("nothing", data_dir, "test")
 
 
+@pytest.mark.slow
 def test_a_tfds_split_is_explained_like_in_process(tmp_path, data_dir, model_path, model):
     job = run_job(tmp_path, None, model_path, "--tfds", "tiny_shapes", "--tfds_data_dir",
                   data_dir, "--split", "test", "--method", "gradcam")

@@ -37,6 +37,7 @@ def units(images):
     return np.random.default_rng(2).integers(0, 5, (len(images), 2))
 
 
+@pytest.mark.slow
 def test_gradients_match_an_independent_tape(model, images, units):
     logits, maps = explain(gradients, model, images, units, batch_size=3, verbose=0)
     ref_logits, ref_maps = reference_gradients(model, images, units)
@@ -131,6 +132,7 @@ def test_steps_bounds_a_dataset_of_unknown_or_infinite_size(model, images, units
         explain(gradients, model, infinite, verbose=0)
 
 
+@pytest.mark.slow
 def test_two_replicas_equal_one_device_in_input_order(images, units, mirrored_strategy):
     single = tiny_cnn(seed=3)
     with mirrored_strategy.scope():
@@ -165,6 +167,7 @@ def test_repeated_calls_reuse_the_compiled_step_by_default(model, images, units)
     assert len(traces) == 4, "other parameters are another step"
 
 
+@pytest.mark.slow
 def test_the_second_call_of_a_shortcut_traces_nothing(images, units):
     model = tiny_cnn(seed=6)
     exposed = inspection.expose(model)
@@ -177,6 +180,7 @@ def test_the_second_call_of_a_shortcut_traces_nothing(images, units):
         assert traced.count == 0, shortcut.__name__
 
 
+@pytest.mark.slow
 def test_parameters_are_keyed_by_value_and_the_cache_is_bounded(model, images, units,
                                                                 monkeypatch):
     def baseline():
@@ -223,6 +227,7 @@ def test_nothing_is_written_onto_the_model(images, units):
     assert all(after[k] is before[k] for k in before if k != "_jit_compile")
 
 
+@pytest.mark.slow
 def test_jit_compile_models_run_under_xla_with_the_same_maps(images, units):
     plain = tiny_cnn(seed=5)
     xla = tiny_cnn(seed=5)
@@ -402,6 +407,7 @@ class TestErrors:
                     units, verbose=0)
 
 
+@pytest.mark.slow
 def test_every_unit_of_a_thousand_unit_model():
     keras.utils.set_random_seed(7)
     model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3),

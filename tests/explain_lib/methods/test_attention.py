@@ -106,6 +106,7 @@ def rollout_tolerance(maps):
 
 @pytest.mark.parametrize("name, head_fusion",
                          [("vit", "mean"), ("deit", "mean"), ("vit", "max"), ("deit", "min")])
+@pytest.mark.slow
 def test_rollout_is_the_reference_rollout(classifiers, images, units, name, head_fusion):
     """The maps are the reference rollout, whichever head fusion; every explained unit gets
     the same map (attention does not depend on the unit) and its own logit."""
@@ -149,6 +150,7 @@ def test_head_fusion_reaches_the_method_through_the_shortcut_and_an_unknown_one_
         explain_lib.attention_rollout(model, images, units, verbose=0, head_fusion="median")
 
 
+@pytest.mark.slow
 def test_two_replicas_give_the_maps_of_one_device(classifiers, images, units, mirrored_strategy):
     """The same weights on the two replicas of a MirroredStrategy (two logical CPUs) give the
     maps and logits of one device; 4 images in batches of 3 shard unevenly (2 + 1, 1 + 0)."""
@@ -167,6 +169,7 @@ def test_two_replicas_give_the_maps_of_one_device(classifiers, images, units, mi
 
 
 @pytest.mark.parametrize("name", ["vit", "deit"])
+@pytest.mark.slow
 def test_predicted_units_are_the_model_s_top_units_explained_as_given(classifiers, images,
                                                                       name):
     """`explain_predicted` chooses each image's two best units from the method's own forward

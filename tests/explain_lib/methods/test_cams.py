@@ -27,6 +27,7 @@ def units():
     return np.random.default_rng(2).integers(0, 5, (7, 2)).astype("int32")
 
 
+@pytest.mark.slow
 def test_cam_is_gradcam_times_the_number_of_positions(exposed, images, units):
     keep = {"resizing": False, "verbose": 0}
     logits, cam_maps = explain(cams.cam, exposed, images, units, **keep)
@@ -186,6 +187,7 @@ def test_the_model_spreads_its_probability_over_several_units(exposed, images):
     assert (probabilities > 0.05).sum(axis=1).min() >= 3, probabilities
 
 
+@pytest.mark.slow
 def test_scorecam_equals_the_official_per_channel_computation(exposed, images, units):
     # 8 channels in chunks of 3: chunks of 3, 3 and 2. The maps are resized to the input
     # (bilinear interpolation is linear, so the weighted sum of upsampled channels is the
@@ -237,6 +239,7 @@ def test_cam_methods_ask_for_an_exposed_model(images):
 
 
 @pytest.mark.parametrize("name", ["cam", "gradcam", "gradcampp", "layercam", "scorecam"])
+@pytest.mark.slow
 def test_a_plain_model_is_exposed_with_the_defaults(model, exposed, images, units, name):
     import explain_lib
 

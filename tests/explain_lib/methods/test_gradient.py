@@ -77,6 +77,7 @@ def blurred(x, sigma):
 
 
 @pytest.mark.parametrize("baseline", ["zeros", "constant", "image", "blur"])
+@pytest.mark.slow
 def test_integrated_gradients_are_complete(smooth, x10, baseline):
     units = np.array([[0, 2], [1, 0], [2, 1], [0, 0]], "int32")
     reference = {

@@ -33,6 +33,7 @@ def units():
 
 
 @pytest.mark.parametrize("name", ["gradients", "gradcam"])
+@pytest.mark.slow
 def test_smooth_without_noise_is_its_base_method(model, exposed, images, units, name):
     base = {"gradients": (gradient.gradients, model), "gradcam": (cams.gradcam, exposed)}
     method, target = base[name]
@@ -75,6 +76,7 @@ def test_tta_maps_each_augmentation_back_to_the_input_frame(exposed, images, uni
     np.testing.assert_allclose(got_logits, expected / 4, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_noisy_copies_do_not_depend_on_the_chunk_size_or_the_batch(model, images, units):
     whole = explain(meta.smooth(gradient.gradients, repetitions=5, noise=0.2, noise_chunk_size=5),
                     model, images, units, verbose=0)
@@ -86,6 +88,7 @@ def test_noisy_copies_do_not_depend_on_the_chunk_size_or_the_batch(model, images
     assert np.abs(whole[1] - noiseless[1]).max() > 1e-4, "noise=0.2 must change the maps"
 
 
+@pytest.mark.slow
 def test_squaregrad_is_vargrad_plus_smooth_squared(model, images, units):
     settings = {"repetitions": 5, "noise": 0.3, "noise_chunk_size": 2}
     mean = explain(meta.smooth(GRADIENTS_SIGNED, **settings), model, images, units, verbose=0)[1]
@@ -115,6 +118,7 @@ def test_vargrad_of_a_linear_attribution_is_the_noise_variance():
     assert np.abs(ratio - 1).max() < 0.5
 
 
+@pytest.mark.slow
 def test_meta_methods_compose(exposed, images, units):
     base = meta.tta(cams.gradcam, scales=(1.5,))
     expected = explain(base, exposed, images, units, verbose=0)
@@ -129,6 +133,7 @@ def test_meta_methods_reject_bad_settings():
         meta.vargrad(gradient.gradients, noise=-1.0)
 
 
+@pytest.mark.slow
 def test_a_meta_method_takes_its_own_parameters_and_its_base_methods_at_call_time(model, images,
                                                                                    units):
     smoothgrad = meta.smooth(gradient.gradients, repetitions=4, noise=0.2, noise_chunk_size=2)

@@ -59,6 +59,7 @@ def naive_occlusion(model, x, units, patch, stride, baseline, score="probability
 
 
 @pytest.mark.parametrize("score", ["probability", "logit"])
+@pytest.mark.slow
 def test_occlusion_equals_a_per_window_reference(model, x, units, score):
     # 16 pixels, patches of 4 every 5: origins 0, 5, 10 and 12 (flush with the edge); rows
     # and columns 4 and 9 are covered by no window.
@@ -128,6 +129,7 @@ def test_occlusion_rejects_windows_larger_than_the_image(model, x):
     ("occlusion", {"patch_size": 4, "stride": 3}),
     ("rise", {"masks": 30, "cell_size": 4}),
 ])
+@pytest.mark.slow
 def test_probability_scores_are_the_logit_scores_of_the_model_with_a_softmax(model, x, units,
                                                                              name, params):
     # The published methods score a masked input by the unit's probability: on the logits
@@ -163,6 +165,7 @@ def test_an_unknown_score_is_refused(model, x):
 
 
 @pytest.mark.parametrize("size", [32, 64, 224])
+@pytest.mark.slow
 def test_size_like_defaults_follow_the_image(size):
     """RISE's cells (a 7x7 grid: 32 pixels at 224) and occlusion's window (16 pixels sliding
     by 8 at 224) keep their proportion to the image: on a model that reads one region, the

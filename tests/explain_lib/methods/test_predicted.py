@@ -56,6 +56,7 @@ def softmax_of(model, images, units):
 # squaregrad is vargrad + smoothgrad² over the same copies and chunks: its mean and variance
 # are smoothgrad's and vargrad's cases here.
 @pytest.mark.parametrize("name", [n for n in CASES if n != "squaregrad"])
+@pytest.mark.slow
 def test_the_chosen_units_are_the_predicted_ones_and_explained_as_given(models, images, name):
     method, which = CASES[name]
     params = {"verbose": 0, "batch_size": 3, "resizing": False, **FAST_SETTINGS.get(name, {})}
@@ -96,6 +97,7 @@ class Counting(keras.layers.Layer):
 
 
 @pytest.mark.parametrize("name", ["gradcam", "gradients", "occlusion"])
+@pytest.mark.slow
 def test_choosing_the_units_and_their_probabilities_adds_no_forward_pass(images, name):
     model = keras.Sequential([
         keras.Input((12, 12, 3)), Counting(), keras.layers.Conv2D(4, 3, activation="relu"),

@@ -135,6 +135,7 @@ def test_a_method_parameter_named_like_an_explain_argument_is_refused(models, im
         explain(gradient.gradients, models[0], images, [0] * 7, verbose=0, inputs=images)
 
 
+@pytest.mark.slow
 def test_every_registered_method_passes_the_engine_check(models):
     for name in registered_methods():
         method = methods.get(name)
@@ -195,6 +196,7 @@ def explain_both_ways(name, models, images, units, params):
 
 
 @pytest.mark.parametrize("name, parameter", routing_cases())
+@pytest.mark.slow
 def test_each_parameter_reaches_its_method_through_explain_and_the_shortcut(models, images, name,
                                                                              parameter):
     units = np.arange(len(images)) % 5
@@ -229,6 +231,7 @@ def test_each_parameter_reaches_its_method_through_explain_and_the_shortcut(mode
 
 
 @pytest.mark.parametrize("name", list(registered_methods()))
+@pytest.mark.slow
 def test_shortcuts_give_normalised_maps_of_the_input_size(models, images, name):
     model = models[1] if methods.get(name).exposed else models[0]
     units = np.random.default_rng(5).integers(0, 5, len(images))
@@ -249,6 +252,7 @@ def test_shortcuts_give_normalised_maps_of_the_input_size(models, images, name):
 
 
 @pytest.mark.parametrize("name", ["gradients", "gradcam", "rise"])
+@pytest.mark.slow
 def test_shortcuts_explain_the_predicted_units_with_their_post_processing(models, images, name):
     model = models[1] if methods.get(name).exposed else models[0]
     shortcut = shortcuts.SHORTCUTS[name]

@@ -38,6 +38,7 @@ def models():
 
 # vargrad and squaregrad share smoothgrad's code path (they differ in a final formula).
 @pytest.mark.parametrize("name", [n for n in CASES if n not in ("vargrad", "squaregrad")])
+@pytest.mark.slow
 def test_methods_run_under_xla(models, images, name):
     method, which = CASES[name]
     units = np.random.default_rng(2).integers(0, 5, (len(images), 2)).astype("int32")

@@ -132,6 +132,7 @@ def baseline_scores(model, data):
 @pytest.mark.parametrize("name, parameter", [
     (name, parameter) for name, metric in metrics.REGISTRY.items()
     for parameter in metric.parameters])
+@pytest.mark.slow
 def test_each_parameter_reaches_its_metric(model, data, baseline_scores, name, parameter):
     changed = ROUTING[name][parameter]
     expected, expected_table = baseline_scores[name]
@@ -155,6 +156,7 @@ def test_each_parameter_reaches_its_metric(model, data, baseline_scores, name, p
 
 @pytest.mark.parametrize("name", [name for name, metric in metrics.REGISTRY.items()
                                   if not metric.takes_method])
+@pytest.mark.slow
 def test_two_replicas_give_the_scores_of_one_device(mirrored_strategy, data, name):
     (single, _), (replicated, _) = on_one_device_and_two_replicas(mirrored_strategy, seed=3)
     x, units, maps, boxes = data
@@ -189,6 +191,7 @@ def test_one_compiled_step_serves_every_batch_and_later_calls(data):
     assert all(vars(model)[k] is before[k] for k in before if k != "_jit_compile")
 
 
+@pytest.mark.slow
 def test_jit_compile_models_are_evaluated_under_xla_with_the_same_scores(data):
     x, units, maps, _ = data
     plain, xla = tiny_cnn(seed=5), tiny_cnn(seed=5)

@@ -45,6 +45,7 @@ def maps(x):
     ("insertion", "blur", "probability"),
     ("deletion", "blur", "logit"),
 ])
+@pytest.mark.slow
 def test_deletion_and_insertion_equal_a_per_step_loop(model, x, units, maps, name, baseline,
                                                       score):
     # 7 steps over 144 pixels (not a divisor): 21 pixels per step, rounded up.
@@ -176,6 +177,7 @@ def test_subsets_are_grid_cells_resized_by_nearest_neighbour_drawn_at_the_rate()
     ("pearson", "logit", 0.25),
     ("spearman", "probability", "blur"),
 ])
+@pytest.mark.slow
 def test_mufidelity_equals_a_per_subset_loop(model, x, units, maps, correlation, score,
                                              baseline):
     params = dict(grid_size=4, subset_percent=0.3, n_samples=15, baseline=baseline,

@@ -88,6 +88,7 @@ def test_copies_run_under_the_models_strategy(mirrored_strategy):
 
 
 @pytest.mark.parametrize("method", ["gradients", "gradcam"])
+@pytest.mark.slow
 def test_a_fully_reinitialised_model_has_maps_of_unrelated_ranks(model, x, method):
     table = explain_lib.evaluate("model_randomization", model, x, np.arange(6) % 5,
                                  method=method, layers=["conv1"], verbose=0)
