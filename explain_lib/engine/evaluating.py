@@ -122,14 +122,11 @@ def _compiled_step(model, metric: Metric, params, specs: Tuple[tf.TensorSpec, ..
     key = (metric.function, loop.freeze(params), truth,
            tuple((tuple(s.shape[1:]), s.dtype) for s in specs), scores, preprocessing)
 
-    def build():
-        step = _make_step(model, metric, params, specs, truth, scores, preprocessing)
-        if hasattr(step, "get_concrete_function"):
-            loop.trace(step)  # a value the metric refuses raises its own message now
-        return step
-
+    # Built traced (`loop.trace`): a value the metric refuses raises its own message now.
     # The params are kept with the step so that identity-keyed values stay alive.
-    return STEPS.get(model, "evaluate", key, build, keep=params, limit=MAX_STEPS_PER_MODEL)
+    return STEPS.get(model, "evaluate", key, lambda: _make_step(
+        model, metric, params, specs, truth, scores, preprocessing), keep=params,
+        limit=MAX_STEPS_PER_MODEL)
 
 
 def _make_step(model, metric: Metric, params, specs, truth, scores: str,
@@ -156,7 +153,7 @@ def _make_step(model, metric: Metric, params, specs, truth, scores: str,
     if model is not None:
         return loop.compile_distributed(model, replica_step, signature)
     # Without a model there is no strategy to follow: one device, compiled all the same.
-    return tf.function(replica_step, input_signature=signature)
+    return loop.trace(tf.function(replica_step, input_signature=signature))
 
 
 def check_evaluate(metric, model, input_shape, map_shape, units: int = 1,

@@ -37,7 +37,6 @@ from explain_lib.engine.loop import (
     compile_distributed,
     explained_model,
     run_on_replicas,  # noqa: F401 (part of this module's API)
-    trace,
 )
 from explain_lib.methods.common import METHOD_ARGUMENTS, check_parameter_kinds, parameters_of
 from explain_lib.utils import SPATIAL_AXIS
@@ -448,8 +447,8 @@ def check_explain(method: Callable, model: keras.Model, input_shape: Sequence[Op
     if getattr(model, "run_eagerly", False):
         return  # an eager step has no trace: it is checked by its first batch
     width = units if top_k is None else int(top_k)
-    trace(_compiled_step(model, method, method_params, step_params, spec, width,
-                         selecting=top_k is not None, probabilities=return_probabilities))
+    _compiled_step(model, method, method_params, step_params, spec, width,  # built traced
+                   selecting=top_k is not None, probabilities=return_probabilities)
 
 
 @dataclass

@@ -199,7 +199,8 @@ def _decode_compressed(image_format: str, payloads: Sequence[bytes], spec: Recor
         strings = tf.constant(part + [_filler(image_format, spec)] * (chunk - len(part)),
                               tf.string)
         pixels, resized = _batch_decoder(image_format, spec, chunk)(strings)
-        parts.append((pixels if pixels.shape[0] else resized).numpy()[:len(part)])
+        # A read-only view of the call's output (`.numpy()` would copy it).
+        parts.append(np.asarray(pixels if pixels.shape[0] else resized)[:len(part)])
     # (uint8 and float32 chunks concatenate to float32, exactly.)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -215,7 +216,7 @@ def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
     tensors are stacked. When a batched call fails (one corrupt image fails the whole op),
     its records are decoded one by one (`decode_payload`), so that only the bad ones fail,
     each with its own message. A batch of one format that decodes in one chunk is returned
-    as the compiled call made it, without a copy.
+    as the compiled call made it, without a copy (a read-only view of its output).
     """
     errors: List[Optional[StageError]] = [None] * len(records)
     groups: Dict[str, List[int]] = {}

@@ -34,6 +34,7 @@ from typing import (
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import explain_lib
 from explain_lib import methods
@@ -156,7 +157,9 @@ class Worker:
         `ground_truth`, for the localisation metrics, `{"boxes": [(m_i, 4) float32 or None
         per image]}` or `{"masks": (N, H, W) of 0 and 1}`. Returns one `RecordMaps` per
         image, in order, with each unit's probability and each metric's scores."""
-        x = np.asarray(images)  # (as decoded: the engine casts and preprocesses it)
+        # One tensor of the pixels as decoded (the engine casts and preprocesses them in its
+        # step), shared by the explaining and the metrics: one copy of the batch on the host.
+        x = tf.convert_to_tensor(images)
         # One call per group: the images without units, then those with K units for each K.
         groups: Dict[Optional[int], List[int]] = {}
         for i, u in enumerate(units):
@@ -164,7 +167,7 @@ class Worker:
         results: List[Optional[RecordMaps]] = [None] * len(x)
         common = dict(batch_size=len(x), verbose=0, return_probabilities=True, **self.params)
         for k, indices in groups.items():
-            inputs = x if len(indices) == len(x) else x[indices]  # (the usual batch: no copy)
+            inputs = x if len(indices) == len(x) else tf.gather(x, indices)
             if k is None:
                 chosen, logits, maps, probabilities = explain_lib.explain_predicted(
                     self.method.function, self.explained_model, inputs,
