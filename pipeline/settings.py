@@ -182,6 +182,9 @@ def resolve_method_params(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]
     if isinstance(params, str):
         params = json.loads(params) if params.strip() else {}
     params = dict(params or {})
+    if "preprocessing" in params:
+        raise ValueError("--method_params cannot set preprocessing: the job's --preprocess "
+                         "names it.")
     if isinstance(params.get("postprocessing"), str):
         params["postprocessing"] = filters.get(params["postprocessing"])
     if isinstance(params.get("resizing"), list):
@@ -289,7 +292,8 @@ class Settings:
         "none", "the model gets float32 pixels in [0, 255] (`none`: right for models that "
         "carry their own preprocessing layers), [0, 1] (`unit`), [-1, 1] (`symmetric`), or "
         "a `keras.applications` module's `preprocess_input` (`resnet_v2`, `efficientnet`, "
-        "...)")
+        "...), applied inside the engine's compiled step (`explain`'s `preprocessing`): "
+        "pixels travel to the devices as decoded, uint8 for images at the model's size")
     activation_layer: Optional[str] = option(
         None, "the layer CAM methods weigh", shown="input of the last global pooling")
     batch_size: int = option(32, "records per explaining step")

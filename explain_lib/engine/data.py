@@ -140,6 +140,9 @@ def _from_arrays(arrays: Dict[str, Any], batch_size, steps, purpose):
         num_batches = min(num_batches, steps)
 
     def batches():
+        if count <= batch_size:  # one batch: the arrays as given (slicing a tensor is an op)
+            yield dict(arrays)
+            return
         for start in range(0, num_batches * batch_size, batch_size):
             end = start + batch_size
             yield {key: None if value is None else value[start:end]

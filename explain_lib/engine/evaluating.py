@@ -6,9 +6,11 @@ This module owns what is particular to evaluating:
 - `explain_lib.metrics` holds the metrics, each a function of one batch
   `(model, inputs, units, maps, [ground_truth], **params) -> scores (B, K)`, and the
   registry that declares what each needs (a model? maps? ground truth? a method?).
-- `_make_step` builds, once per model, metric, parameters and input signature (kept in
-  `loop.STEPS`), the compiled step that turns boxes into masks and runs the metric on
-  every replica, on the model `explain` explains (`loop.explained_model`).
+- `_make_step` builds, once per model, metric, parameters, preprocessing and input
+  signature (kept in `loop.STEPS`), the compiled step that makes the model's inputs of the
+  batch (`loop.model_inputs`: uint8 pixels cast to floatx, then `preprocessing`, as
+  `explain`'s step does), turns boxes into masks and runs the metric on every replica, on
+  the model `explain` explains (`loop.explained_model`).
 - `_Evaluating`, the state of one call, checks each batch (images, units, maps and the
   ground truth, aligned per sample; or a dataset's dicts) and runs its step.
 - `evaluate` checks everything before any work (the metric's parameters, what it needs,
@@ -16,6 +18,7 @@ This module owns what is particular to evaluating:
   gets the data, the loop's batch size and `explain` itself, which it calls.
 """
 
+import functools
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -111,24 +114,23 @@ def _given(**values) -> set:
 
 
 def _compiled_step(model, metric: Metric, params, specs: Tuple[tf.TensorSpec, ...],
-                   truth: Optional[str], scores: str = "logits") -> Callable:
+                   truth: Optional[str], scores: str = "logits",
+                   preprocessing: Optional[Callable] = None) -> Callable:
     """The step for this model (None: a metric that needs none, on one device), metric,
-    parameters, input signature and `scores` (see `loop.explained_model`): built and traced
-    on first use, then reused."""
+    parameters, input signature, `scores` (see `loop.explained_model`) and `preprocessing`
+    (see `loop.model_inputs`): built and traced on first use, then reused."""
     key = (metric.function, loop.freeze(params), truth,
-           tuple((tuple(s.shape[1:]), s.dtype) for s in specs), scores)
+           tuple((tuple(s.shape[1:]), s.dtype) for s in specs), scores, preprocessing)
 
-    def build():
-        step = _make_step(model, metric, params, specs, truth, scores)
-        if hasattr(step, "get_concrete_function"):
-            loop.trace(step)  # a value the metric refuses raises its own message now
-        return step
-
+    # Built traced (`loop.trace`): a value the metric refuses raises its own message now.
     # The params are kept with the step so that identity-keyed values stay alive.
-    return STEPS.get(model, "evaluate", key, build, keep=params, limit=MAX_STEPS_PER_MODEL)
+    return STEPS.get(model, "evaluate", key, lambda: _make_step(
+        model, metric, params, specs, truth, scores, preprocessing), keep=params,
+        limit=MAX_STEPS_PER_MODEL)
 
 
-def _make_step(model, metric: Metric, params, specs, truth, scores: str) -> Callable:
+def _make_step(model, metric: Metric, params, specs, truth, scores: str,
+               preprocessing: Optional[Callable]) -> Callable:
     # The metric scores what `explain` explains: a softmax head's scores before it, by
     # default (the model and its explained one are referred to weakly, as explain's steps
     # refer to them).
@@ -138,6 +140,7 @@ def _make_step(model, metric: Metric, params, specs, truth, scores: str) -> Call
     size = tuple(specs[0].shape[1:3])
 
     def replica_step(inputs, units, maps, *ground_truth):
+        inputs = loop.model_inputs(inputs, preprocessing)
         extra = {}
         if truth == "boxes":
             extra["ground_truth"] = common.boxes_to_masks(ground_truth[0], size)
@@ -150,15 +153,17 @@ def _make_step(model, metric: Metric, params, specs, truth, scores: str) -> Call
     if model is not None:
         return loop.compile_distributed(model, replica_step, signature)
     # Without a model there is no strategy to follow: one device, compiled all the same.
-    return tf.function(replica_step, input_signature=signature)
+    return loop.trace(tf.function(replica_step, input_signature=signature))
 
 
 def check_evaluate(metric, model, input_shape, map_shape, units: int = 1,
                    ground_truth: Optional[str] = None, scores: str = "logits",
+                   preprocessing: Optional[Callable] = None, input_dtype=None,
                    **metric_params) -> None:
     """Check, before any work, that `evaluate` can run `metric` with `metric_params` on
-    `model` for images of `input_shape` (H, W, C) and maps of `map_shape` (h, w), `units`
-    per image, with ground truth given as "boxes", "masks" or None: the parameters reach the
+    `model` for images of `input_shape` (H, W, C) and `input_dtype` (floatx by default;
+    "uint8" for pixels) and maps of `map_shape` (h, w), `units` per image, with ground
+    truth given as "boxes", "masks" or None, and `preprocessing`: the parameters reach the
     metric, it has what it needs, and its compiled step traces on a symbolic batch, which
     runs the metric's own checks of its parameter values. Nothing is computed; the traced
     step is cached for the calls that follow.
@@ -179,15 +184,17 @@ def check_evaluate(metric, model, input_shape, map_shape, units: int = 1,
     if not metric.ground_truth:
         ground_truth = None  # one set of options may serve every metric, as one dataset does
     _check_needs(metric, model, {"maps"} | ({ground_truth} if ground_truth else set()))
+    explaining.check_preprocessing(preprocessing)
     floatx = keras.config.floatx()
-    specs = [tf.TensorSpec((None, *input_shape), floatx), tf.TensorSpec((None, units), tf.int32),
+    specs = [tf.TensorSpec((None, *input_shape), input_dtype or floatx),
+             tf.TensorSpec((None, units), tf.int32),
              tf.TensorSpec((None, *map_shape, units), tf.float32)]
     if ground_truth == "boxes":
         specs.append(tf.TensorSpec((None, None, 4), tf.float32))
     elif ground_truth == "masks":
         specs.append(tf.TensorSpec((None, *input_shape[:2]), tf.float32))
     _compiled_step(model if metric.needs_model else None, metric, metric_params, tuple(specs),
-                   ground_truth, scores)
+                   ground_truth, scores, preprocessing)
 
 
 def _as_array(value, name: str) -> np.ndarray:
@@ -214,11 +221,12 @@ def _parse(batch) -> data_adapter.Batch:
     return {key: batch.get(key) for key in PER_SAMPLE_KEYS}
 
 
-def _batch_tensors(metric: Metric, model, batch) -> Tuple[List[tf.Tensor], Optional[str]]:
-    """The step's tensors (inputs, units (B, K), maps (B, h, w, K)[, ground truth]) from a
-    batch, each checked with an error that says what to fix."""
+def _batch_tensors(metric: Metric, model, batch, preprocessing: Optional[Callable] = None
+                   ) -> Tuple[List[tf.Tensor], Optional[str]]:
+    """The step's tensors (inputs in their own dtype, units (B, K), maps (B, h, w, K)[,
+    ground truth]) from a batch, each checked with an error that says what to fix."""
     name = metric.name
-    inputs = loop.floating_inputs(batch["x"])
+    inputs = loop.batch_tensor(batch["x"])
     if inputs.shape.rank != 4:
         raise ValueError(
             f"{name} evaluates images (N, H, W, C); got x of shape {tuple(inputs.shape)}. "
@@ -243,7 +251,7 @@ def _batch_tensors(metric: Metric, model, batch) -> Tuple[List[tf.Tensor], Optio
             "filters.positive_normalize or filters.absolute_normalize (the methods' "
             "conventional post-processing does)."
         )
-    units = _units(batch["y"], model, inputs, count, maps.shape[-1])
+    units = _units(batch["y"], model, inputs, count, maps.shape[-1], preprocessing)
     if units.shape[1] != maps.shape[-1]:
         raise ValueError(
             f"{units.shape[1]} unit(s) per sample but {maps.shape[-1]} map(s): maps "
@@ -273,7 +281,8 @@ def _batch_tensors(metric: Metric, model, batch) -> Tuple[List[tf.Tensor], Optio
     return tensors, truth
 
 
-def _units(y, model, inputs, count: int, width: int) -> np.ndarray:
+def _units(y, model, inputs, count: int, width: int,
+           preprocessing: Optional[Callable] = None) -> np.ndarray:
     """The explained units (count, K): `y` checked against the model, or every unit (the
     maps' units, when no model is needed)."""
     if model is None:
@@ -284,7 +293,7 @@ def _units(y, model, inputs, count: int, width: int) -> np.ndarray:
         if y.ndim != 2 or y.shape[0] != count:
             raise ValueError(f"y of shape {y.shape} does not fit a batch of {count} inputs.")
         return y.astype(np.int32)
-    return loop.unit_indices(y, count, loop.units_of(model, inputs))
+    return loop.unit_indices(y, count, loop.units_of(model, inputs, preprocessing))
 
 
 def evaluate(
@@ -301,6 +310,7 @@ def evaluate(
     callbacks: Optional[List[keras.callbacks.Callback]] = None,
     force: bool = False,
     scores: str = "logits",
+    preprocessing: Optional[Callable] = None,
     **metric_params,
 ):
     """Score how faithful `maps` of `model` for `x` are with a `metric`.
@@ -338,6 +348,9 @@ def evaluate(
         scores: what the metric scores, as for `explain`: "logits" (the default: a model
             ending in a softmax or sigmoid is scored on its scores before it, by a
             probability that is the model's own) or "output" (its output as it is).
+        preprocessing: as for `explain`: a function of the float images (TF ops) run in
+            the step before the metric, which scores the model on its output; uint8 images
+            are cast to floatx in the step either way.
         **metric_params: the metric's parameters (`n_steps=100`, `tolerance=0`, ...), which
             it must take: checked before any work.
 
@@ -353,15 +366,18 @@ def evaluate(
     """
     metric = _metric_of(metric)
     check_metric_params(metric, metric_params)
+    explaining.check_preprocessing(preprocessing)
     streaming = data_adapter.is_stream(x)
     if not streaming:  # a stream's batches are checked as they come
         _check_needs(metric, model, _given(maps=maps, boxes=boxes, masks=masks))
     elif model is None and metric.needs_model:
         _check_needs(metric, model, set())
     if metric.takes_method:
+        explain = (explaining.explain if preprocessing is None else functools.partial(
+            explaining.explain, preprocessing=preprocessing))
         return metric.function(model, x, y, batch_size=batch_size,
                                verbose=0 if verbose == "auto" else verbose,
-                               explain=explaining.explain, **metric_params)
+                               explain=explain, **metric_params)
     if streaming:
         if any(v is not None for v in (y, maps, boxes, masks)):
             raise ValueError(
@@ -373,7 +389,7 @@ def evaluate(
         x = x if isinstance(x, tf.Tensor) else _as_array(x, "x")
         y, maps, masks = _as_array(y, "y"), _as_array(maps, "maps"), _as_array(masks, "masks")
         boxes = None if boxes is None else common.pad_boxes(boxes)
-    evaluating = _Evaluating(metric, model, metric_params, scores, streaming)
+    evaluating = _Evaluating(metric, model, metric_params, scores, streaming, preprocessing)
     (results,) = loop.run(model, x, {"y": y, "maps": maps, "boxes": boxes, "masks": masks},
                           loop.Loop(batch_size, verbose, steps, callbacks, force=force),
                           evaluating.batch, parse=_parse, purpose="evaluate")
@@ -390,6 +406,7 @@ class _Evaluating:
     scores: str
     streaming: bool
     """Whether the batches come from a stream, whose batches are checked as they come."""
+    preprocessing: Optional[Callable] = None
 
     def batch(self, batch: data_adapter.Batch
               ) -> Tuple[Tuple[np.ndarray], Dict[str, Any]]:
@@ -400,9 +417,10 @@ class _Evaluating:
                 batch["boxes"] = batch["masks"] = None
             _check_needs(metric, model, _given(maps=batch["maps"], boxes=batch["boxes"],
                                                masks=batch["masks"]))
-        tensors, truth = _batch_tensors(metric, model, batch)
+        tensors, truth = _batch_tensors(metric, model, batch, self.preprocessing)
         specs = tuple(tf.TensorSpec.from_tensor(t) for t in tensors)
-        step = _compiled_step(model, metric, self.params, specs, truth, self.scores)
+        step = _compiled_step(model, metric, self.params, specs, truth, self.scores,
+                              self.preprocessing)
         (batch_scores,) = step(*tensors)
         batch_scores = batch_scores.numpy()
         return (batch_scores,), {"outputs": batch_scores}

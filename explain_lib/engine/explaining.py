@@ -3,8 +3,10 @@
 It runs the engine's one loop (`engine.loop`, which owns the data adapter, the cache of
 compiled steps, their distribution across replicas and the callbacks); this module owns what
 is particular to explaining:
-- `explain_step` runs one method on one batch on one replica: it calls the method, checks
-  the shapes it returned, post-processes the maps and resizes them.
+- `explain_step` runs one method on one batch on one replica: it makes the model's inputs
+  of the batch (`loop.model_inputs`: uint8 pixels cast to floatx, then the caller's
+  `preprocessing`, inside the compiled step), calls the method on them, checks the shapes
+  it returned, post-processes the maps and resizes them.
 - `_make_step` builds, once per model, method, parameters, input signature and number of
   units (kept in `loop.STEPS`), the compiled step running `explain_step` on every replica.
 - `_Explaining`, the state of one call, says what each batch runs: which units to explain
@@ -35,12 +37,11 @@ from explain_lib.engine.loop import (
     compile_distributed,
     explained_model,
     run_on_replicas,  # noqa: F401 (part of this module's API)
-    trace,
 )
 from explain_lib.methods.common import METHOD_ARGUMENTS, check_parameter_kinds, parameters_of
 from explain_lib.utils import SPATIAL_AXIS
 
-STEP_PARAMS = ("spatial_axis", "postprocessing", "resizing", "scores")
+STEP_PARAMS = ("spatial_axis", "preprocessing", "postprocessing", "resizing", "scores")
 """Keyword arguments of `explain` for its steps: `scores` chooses the model the method is
 given (`explained_model`), the others go to `explain_step`; every other one goes to the
 method (`spatial_axis` to both)."""
@@ -91,8 +92,8 @@ def check_method_params(method: Callable, params: Dict[str, Any]) -> None:
         known = ", ".join(accepted) or "none"
         raise ValueError(
             f"Unknown parameter(s) {', '.join(unknown)} for {name}: it takes {known} "
-            "(and explain itself spatial_axis, postprocessing, resizing, unit_chunk_size and "
-            "the arguments of model.predict's loop)."
+            "(and explain itself spatial_axis, preprocessing, postprocessing, resizing, "
+            "unit_chunk_size and the arguments of model.predict's loop)."
         )
     check_parameter_kinds(name, method, params)
 
@@ -104,27 +105,33 @@ def explain_step(
     spatial_axis: Sequence[int] = SPATIAL_AXIS,
     postprocessing: Optional[Callable] = None,
     resizing: Union[bool, Sequence[int], None] = True,
+    preprocessing: Optional[Callable] = None,
     **params,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Explain one batch: `method`, then `postprocessing`, then resizing.
+    """Explain one batch: `preprocessing`, `method`, then `postprocessing`, then resizing.
 
     Args:
         model: the model given to the method.
         method: an explaining function `(model, inputs, indices, ...) -> (logits, maps)`.
         data: `(inputs, indices)`, inputs (B, ..., H, W, C) and indices (B, K), or an
             `inspection.UnitSelector` (`TopUnits`, `GivenUnits`), which holds the units
-            chosen and their probabilities once this returns.
+            chosen and their probabilities once this returns. Inputs not in a float type
+            (uint8 pixels) are cast to floatx first (`loop.model_inputs`).
         spatial_axis: the spatial axes of `inputs` (and of the maps).
         postprocessing: a filter `f(maps, axis=spatial_axis)` applied to the raw maps, or
             its name in `explain_lib.filters` ("positive_normalize").
         resizing: True resizes the maps to the inputs' spatial size, a size resizes to that
             size, False or None keeps the method's resolution.
+        preprocessing: a function of the float inputs made of TF ops (`lambda x: x / 255`,
+            `keras.applications.resnet_v2.preprocess_input`), applied before the method:
+            the method explains (and its maps are of) its output, the model's input.
         **params: passed on to `method`.
 
     Returns:
         `logits` (B, K), the explained units' scores, and `maps` (B, ..., H', W', K).
     """
     inputs, indices = data_adapter.unpack(data)
+    inputs = loop.model_inputs(inputs, preprocessing)
     logits, maps = method(
         model=model, inputs=inputs, indices=indices, spatial_axis=spatial_axis, **params
     )
@@ -287,7 +294,9 @@ def explain(
             `explain` runs under its `tf.distribute` strategy: a model built in a
             `MirroredStrategy` scope is explained on all its replicas.
         x: inputs: a numpy array or tensor (N, H, W, C), a batched `tf.data.Dataset` of `x`
-            or `(x, y)`, a generator of such batches, or a `keras.utils.PyDataset`.
+            or `(x, y)`, a generator of such batches, or a `keras.utils.PyDataset`. Inputs
+            travel to the devices in their own dtype: uint8 pixels are cast to floatx (and
+            preprocessed) inside the compiled step, a quarter of float32's bytes on the way.
         y: unit indices to explain, (N,) or (N, K); None explains every output unit.
         batch_size: samples per step for arrays and tensors (default 32).
         verbose: "auto" (a progress bar when there is more than one batch), 0 or 1.
@@ -309,8 +318,10 @@ def explain(
             `inspection.GivenUnits` selector, which records them when the method calls
             `inspection.select_units` (every method of `explain_lib.methods` does). No
             forward pass is added (but for meta methods, which make one at the input).
-        **method_params: `spatial_axis`, `postprocessing` and `resizing` go to
-            `explain_step`; `unit_chunk_size` (default 16) bounds how many units one step
+        **method_params: `spatial_axis`, `preprocessing`, `postprocessing` and `resizing`
+            go to `explain_step` (`preprocessing`: a function of the float inputs, TF ops,
+            run in the step before the method; the maps are of its output);
+            `unit_chunk_size` (default 16) bounds how many units one step
             explains; everything else goes to `method`, which must take it (checked before
             any work: see `check_method_params`).
 
@@ -394,6 +405,7 @@ def split_params(method: Callable, params: Dict[str, Any]
     step_params = {k: method_params.pop(k) for k in STEP_PARAMS if k in method_params}
     if step_params.get("postprocessing") is not None:  # a name: its filter, or the error now
         step_params["postprocessing"] = filters.get(step_params["postprocessing"])
+    check_preprocessing(step_params.get("preprocessing"))
     unit_chunk_size = int(method_params.pop("unit_chunk_size", DEFAULT_UNIT_CHUNK_SIZE))
     if unit_chunk_size < 1:
         raise ValueError(f"unit_chunk_size must be at least 1, got {unit_chunk_size}.")
@@ -401,11 +413,22 @@ def split_params(method: Callable, params: Dict[str, Any]
     return method_params, step_params, unit_chunk_size
 
 
+def check_preprocessing(preprocessing) -> None:
+    """Refuse a `preprocessing` that is neither None nor a function (of a batch of float
+    inputs, made of TF ops)."""
+    if preprocessing is not None and not callable(preprocessing):
+        raise ValueError(
+            f"preprocessing must be a function of a batch of float inputs made of TF ops "
+            f"(lambda x: x / 255.0, keras.applications.resnet_v2.preprocess_input), not "
+            f"{preprocessing!r}.")
+
+
 def check_explain(method: Callable, model: keras.Model, input_shape: Sequence[Optional[int]],
                   units: int = 1, top_k: Optional[int] = None,
-                  return_probabilities: bool = False, **params) -> None:
+                  return_probabilities: bool = False, input_dtype=None, **params) -> None:
     """Check, before any work, that `explain` (or `explain_predicted`, with `top_k`) can run
-    `method` with `params` on `model` for inputs of `input_shape` (without the batch axis):
+    `method` with `params` on `model` for inputs of `input_shape` (without the batch axis)
+    and `input_dtype` (floatx by default; "uint8" for the step that takes pixels):
     the parameters reach the method (`check_method_params`), and the compiled step traces on
     a symbolic batch, which runs the method's own checks of its parameter values and of the
     model. Nothing is computed; the traced step is cached for the calls that follow.
@@ -419,13 +442,13 @@ def check_explain(method: Callable, model: keras.Model, input_shape: Sequence[Op
         ValueError: (or the TypeError of a malformed value) with what is wrong.
     """
     method_params, step_params, _ = split_params(method, params)
-    spec = tf.TensorSpec((None, *input_shape), keras.config.floatx())
+    spec = tf.TensorSpec((None, *input_shape), input_dtype or keras.config.floatx())
     _check_inputs(spec, tuple(step_params.get("spatial_axis", SPATIAL_AXIS)))
     if getattr(model, "run_eagerly", False):
         return  # an eager step has no trace: it is checked by its first batch
     width = units if top_k is None else int(top_k)
-    trace(_compiled_step(model, method, method_params, step_params, spec, width,
-                         selecting=top_k is not None, probabilities=return_probabilities))
+    _compiled_step(model, method, method_params, step_params, spec, width,  # built traced
+                   selecting=top_k is not None, probabilities=return_probabilities)
 
 
 @dataclass
@@ -471,10 +494,11 @@ class _Explaining:
               ) -> Tuple[Tuple[np.ndarray, ...], Dict[str, Any]]:
         """One batch's outputs (see `run`) and the logs the callbacks get: `outputs`
         (logits, maps), and `units` and `probabilities` when returned."""
-        inputs = loop.floating_inputs(batch["x"])
+        inputs = loop.batch_tensor(batch["x"])
         _check_inputs(inputs, self.spatial_axis)
         if self.units is None:
-            self.units = loop.units_of(self.model, inputs)
+            self.units = loop.units_of(self.model, inputs,
+                                       self.step_params.get("preprocessing"))
         spec = tf.TensorSpec.from_tensor(inputs)
         if self.top_k is not None:
             outputs = self._selected(spec, inputs, batch["y"])

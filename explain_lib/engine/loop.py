@@ -21,6 +21,11 @@ Separation of concerns:
   trace), split across the replicas of the model's `tf.distribute` strategy and run with
   `strategy.run` (under XLA when the model asks for `jit_compile`), the replicas' outputs
   concatenated in input order.
+- `batch_tensor` and `model_inputs` own the inputs' way to the model: a batch travels to the
+  devices in its own dtype (uint8 pixels: a quarter of float32's bytes), and the step casts
+  it to floatx and applies the caller's `preprocessing` (TF ops), so that the method or
+  metric gets float inputs, as it always does, and no float copy of a batch is made on the
+  host.
 - `engine.explaining` and `engine.evaluating` own what differs: their arguments and
   checks, their per-replica step (a method's, a metric's) and what one batch runs.
 
@@ -242,12 +247,18 @@ def freeze(value) -> Any:
         return ("id", id(value))
 
 
-def trace(step: Callable) -> None:
-    """Trace a compiled step without running it, so that a value its method (or metric)
+def trace(step: Callable) -> Callable:
+    """A compiled step (a `tf.function` with an input signature) traced without running it:
+    its concrete function, whose calls skip `tf.function`'s matching of arguments to its
+    traces (a few tenths of a millisecond a batch), and a value its method (or metric)
     refuses raises the method's own error now. Tracing prefixes the method's message with
-    the frames it was raised in: the error raised here carries the message alone."""
+    the frames it was raised in: the error raised here carries the message alone. A step
+    that is no `tf.function` (a model that runs eagerly), or one traced already, is
+    returned as it is."""
+    if not hasattr(step, "get_concrete_function"):
+        return step
     try:
-        step.get_concrete_function()
+        return step.get_concrete_function()
     except (ValueError, TypeError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         message = lines[-1] if lines else repr(error)
@@ -267,7 +278,7 @@ def compile_distributed(model: keras.Model, replica_step: Callable,
     axis) as one step over a global batch, run like Keras runs `predict_step`: the batch is
     split across the replicas of the model's strategy (`run_on_replicas`), under XLA when
     the model asks for it, compiled with `signature` (whose batch dimension is None, so that
-    every batch size shares one trace) unless the model runs eagerly.
+    every batch size shares one trace, traced here: `trace`) unless the model runs eagerly.
 
     Usage (the steps `explain` and `evaluate` build):
 
@@ -283,7 +294,7 @@ def compile_distributed(model: keras.Model, replica_step: Callable,
 
     if getattr(model, "run_eagerly", False):
         return step
-    return tf.function(step, input_signature=list(signature))
+    return trace(tf.function(step, input_signature=list(signature)))
 
 
 def run_on_replicas(strategy: tf.distribute.Strategy, replica_step: Callable,
@@ -365,12 +376,14 @@ def _explained(model: keras.Model, scores: str) -> Tuple[keras.Model, Optional[s
     return model, None
 
 
-def units_of(model: keras.Model, inputs: tf.Tensor) -> int:
+def units_of(model: keras.Model, inputs: tf.Tensor,
+             preprocessing: Optional[Callable] = None) -> int:
     """How many output units the model's logits (its first output) have."""
     outputs = getattr(model, "outputs", None)
     if outputs and outputs[0].shape[-1] is not None:
         return int(outputs[0].shape[-1])
-    outputs = keras.tree.flatten(model(inputs[:1], training=False))
+    outputs = keras.tree.flatten(model(model_inputs(inputs[:1], preprocessing),
+                                       training=False))
     return int(outputs[0].shape[-1])
 
 
@@ -397,10 +410,25 @@ def unit_indices(y, batch: int, units: int) -> np.ndarray:
     return y.astype(np.int32)
 
 
-def floating_inputs(x) -> tf.Tensor:
-    """A batch of inputs as a tensor, in the float type Keras computes in unless it is one
-    already (uint8 images become floatx)."""
-    inputs = tf.convert_to_tensor(x)
+def batch_tensor(x) -> tf.Tensor:
+    """A batch of inputs as a tensor, in its own dtype: uint8 pixels stay uint8 on their way
+    to the devices (a quarter of float32's bytes); the step casts them (`model_inputs`)."""
+    return x if tf.is_tensor(x) else tf.convert_to_tensor(x)
+
+
+def model_inputs(inputs: tf.Tensor, preprocessing: Optional[Callable] = None) -> tf.Tensor:
+    """What a step gives the model (and the method, the metric) for a batch of `inputs`, run
+    inside the compiled step: inputs not in a float type cast to the one Keras computes in
+    (uint8 images become floatx), then `preprocessing`, a function of that float batch made
+    of TF ops (`lambda x: x / 255.0`, `keras.applications.resnet_v2.preprocess_input`).
+    Maps and scores are those of its output: the model's input.
+
+    Usage (the first line of `explaining.explain_step` and of the evaluate step):
+
+        inputs = model_inputs(inputs, preprocessing)
+    """
     if not inputs.dtype.is_floating:
         inputs = tf.cast(inputs, keras.config.floatx())
+    if preprocessing is not None:
+        inputs = preprocessing(inputs)
     return inputs

@@ -34,7 +34,7 @@ from explain_lib.metrics.common import (
 
 LOOP_ARGUMENTS = frozenset({
     "metric", "model", "x", "y", "maps", "boxes", "masks", "batch_size", "verbose", "steps",
-    "callbacks", "force", "scores",
+    "callbacks", "force", "scores", "preprocessing",
 })
 """The names `evaluate` keeps for its own loop: a metric parameter of one of these names
 could never reach the metric, so a metric declaring one is refused."""

@@ -20,7 +20,8 @@ import keras
 
 from explain_lib import methods
 from explain_lib.engine import evaluating, explaining
-from pipeline.settings import Settings, explain_params
+from pipeline.settings import Settings
+from pipeline.worker.explaining import explain_arguments
 from pipeline.worker.models import exposed, shared_model
 
 
@@ -42,10 +43,12 @@ def inspect_model(settings: Settings, model: Optional[keras.Model] = None) -> Mo
     (`explaining.check_explain` traces it on a symbolic batch of `image_size`, or the
     model's size, without computing anything); and that each metric runs with its
     parameters and the ground truth (`evaluating.check_evaluate` traces it the same way).
-    The step traced is the one the workers will run, and an in-process runner's worker
-    reuses it: when the records name their units (`units_key`), the step explaining one
-    given unit per record (a label); else the step explaining each record's top `top_k`
-    units.
+    The step traced is the one the workers will run on the usual batch, and an in-process
+    runner's worker reuses it: uint8 pixels (JPEG or PNG images at the model's size, as
+    `pipeline.worker.decoding.decode_batch` gives them; float32 for raw tensors), with the
+    preprocessing in the step; when the records name their units (`units_key`), the step
+    explaining one given unit per record (a label); else the step explaining each record's
+    top `top_k` units.
 
     Raises:
         ValueError: one line saying what is wrong.
@@ -75,7 +78,8 @@ def inspect_model(settings: Settings, model: Optional[keras.Model] = None) -> Mo
             f"{num_units}."
         )
     registered = methods.get(settings.method)
-    params = explain_params(registered, settings.explain_params())
+    params = explain_arguments(settings)
+    input_dtype = "float32" if settings.image_format == "raw" else "uint8"
     explained = (exposed(model, settings.activation_layer, params["scores"])
                  if registered.exposed else model)
     image_size = settings.image_size
@@ -83,9 +87,10 @@ def inspect_model(settings: Settings, model: Optional[keras.Model] = None) -> Mo
     if None not in size:
         explaining.check_explain(registered.function, explained, (*size, shape[2] or 3),
                                  top_k=None if settings.units_key else top_k,
-                                 return_probabilities=True, **params)
+                                 return_probabilities=True, input_dtype=input_dtype, **params)
         for name, metric_params in settings.metrics_with_params().items():
             evaluating.check_evaluate(name, model, (*size, shape[2] or 3), size,
                                       units=top_k, ground_truth=settings.ground_truth,
-                                      scores=params["scores"], **metric_params)
+                                      scores=params["scores"], input_dtype=input_dtype,
+                                      preprocessing=params["preprocessing"], **metric_params)
     return ModelInfo(shape, num_units)

@@ -3,10 +3,15 @@ model's input size, a batch at a time.
 
 `decode_batch` decodes and resizes a whole batch in compiled calls of up to `DECODE_CHUNK`
 images, in parallel outside the GIL, on the worker that explains them, falling back to one
-record at a time (`decode_payload`) only to find which records of a failed batch are bad;
-`decode_masks` does the same for the masks of the localisation metrics. Everything here is
-numpy with TensorFlow ops for decoding and resizing only, so the same functions serve the
-job, the tests and the rendering tools (`decode_record`, `parse_record`: one record).
+record at a time (`decode_payload`) only to find which records of a failed batch are bad.
+A JPEG two or more times the model's input size in both dimensions is decoded at a reduced
+scale (`decode_jpeg_at`: libjpeg's 1/2, 1/4 or 1/8, in the DCT, the largest that keeps the
+image at least the model's size), then resized as any other: most of its decoding, and of
+its resizing, is never done. `decode_masks` decodes the masks of the localisation metrics
+the same way, a batch at a time (at full scale: a mask is thresholded after resizing).
+Everything here is numpy with TensorFlow ops for decoding and resizing only, so the same
+functions serve the job, the tests and the rendering tools (`decode_record`,
+`parse_record`: one record).
 
 Usage:
 
@@ -14,6 +19,7 @@ Usage:
     record = parse_record(serialized, spec)    # ImageRecord, or raises StageError
 """
 
+import functools
 import threading
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -46,18 +52,54 @@ def _reason(error: Exception) -> str:
     return one_line(getattr(error, "message", None) or str(error))
 
 
+JPEG_RATIOS = (1, 2, 4, 8)
+"""The scales libjpeg decodes a JPEG at, as `tf.io.decode_jpeg`'s `ratio`: 1/ratio of each
+side, computed in the DCT (most of the decoding work is skipped)."""
+
+
+def jpeg_ratio_index(shape, size) -> tf.Tensor:
+    """The index in `JPEG_RATIOS` of the ratio a JPEG of `shape` (height and width first, as
+    `tf.io.extract_jpeg_shape` gives it) is decoded at for a model input of `size` (H, W):
+    the largest ratio r of 2, 4 and 8 with the image at least r times `size` in both
+    dimensions (so that the decoded image, ceil(side / r), is at least `size`), 0 (full
+    size) when the image is less than twice `size` in either dimension. TF ops, int32."""
+    height, width = shape[0], shape[1]
+    return tf.add_n([tf.cast((height >= ratio * size[0]) & (width >= ratio * size[1]),
+                             tf.int32) for ratio in JPEG_RATIOS[1:]])
+
+
+def decode_jpeg_at(data, channels: int, size) -> tf.Tensor:
+    """A JPEG image decoded for a model input of `size` (H, W): at the reduced scale
+    `jpeg_ratio_index` chooses from its header (`tf.io.extract_jpeg_shape`, which reads no
+    pixels), at full size when it is less than twice `size`; (h, w, channels) uint8, at
+    least `size` unless the image is smaller. TF ops (a switch over the four ratios, each a
+    `tf.io.decode_jpeg` of its own): eager, or in a graph.
+
+    Usage:
+
+        image = decode_jpeg_at(jpeg_bytes, 3, (224, 224))   # 1024x768: 512x384 (ratio 2)
+    """
+    index = jpeg_ratio_index(tf.io.extract_jpeg_shape(data), size)
+    return tf.switch_case(index, [functools.partial(tf.io.decode_jpeg, data, channels=channels,
+                                                    ratio=ratio) for ratio in JPEG_RATIOS])
+
+
 def decode_payload(image_format: str, payload, spec: RecordSpec, resize: bool = True
                    ) -> np.ndarray:
     """Stage "decode" for one image: (H, W, C) pixels in [0, 255] at the model's input size
     (at its stored size with `resize=False`); uint8 when decoding gave exact 8-bit pixels,
-    float32 otherwise (after resizing, or for float raw tensors). `decode_batch` does the
-    same for a batch at once."""
+    float32 otherwise (after resizing, or for float raw tensors). A JPEG two or more times
+    the model's size is decoded at a reduced scale first (`decode_jpeg_at`), unless
+    `resize=False`. `decode_batch` does the same for a batch at once."""
     if image_format == "raw":
         image = payload
     else:
         try:
-            decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
-            image = decoder(payload, channels=spec.channels).numpy()
+            if image_format == "jpeg" and resize:
+                image = decode_jpeg_at(payload, spec.channels, spec.image_size).numpy()
+            else:
+                decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
+                image = decoder(payload, channels=spec.channels).numpy()
         except Exception as error:
             raise StageError("decode",
                              f"cannot decode {image_format} image: {_reason(error)}") from None
@@ -88,9 +130,6 @@ DECODE_CHUNK = 32
 
 
 _batch_decoders: Dict[Tuple, Callable] = {}
-
-
-_batch_decoders: Dict[Tuple, Callable] = {}
 _batch_decoders_lock = threading.Lock()
 
 
@@ -101,21 +140,24 @@ def _batch_decoder(image_format: str, spec: RecordSpec, chunk: int) -> Callable:
     when every image decodes at the model's size (nothing to resize: exact pixels, a
     quarter of float32's bytes), else `resized` (chunk, H, W, C) float32, every image
     resized bilinearly (an image already at the model's size comes out as its own pixels).
-    Each image is `decode_payload`'s result for it. The graph holds one decoding (and resizing)
-    per image, with no loop, so TensorFlow runs them in parallel on its threads, outside
-    the GIL. The function is the traced (concrete) one, whose calls skip `tf.function`'s
-    matching of arguments."""
+    Each image is `decode_payload`'s result for it (a large JPEG decoded at a reduced scale:
+    `decode_jpeg_at`). The graph holds one decoding (and resizing) per image, with no loop,
+    so TensorFlow runs them in parallel on its threads, outside the GIL. The function is
+    the traced (concrete) one, whose calls skip `tf.function`'s matching of arguments."""
     key = (image_format, tuple(spec.image_size), spec.channels, chunk)
     with _batch_decoders_lock:
         if key not in _batch_decoders:
-            decoder = tf.io.decode_jpeg if image_format == "jpeg" else tf.io.decode_png
+            if image_format == "jpeg":
+                decoder = functools.partial(decode_jpeg_at, channels=spec.channels,
+                                            size=spec.image_size)
+            else:
+                decoder = functools.partial(tf.io.decode_png, channels=spec.channels)
             size = tf.constant(spec.image_size, tf.int32)
             empty = (0, *spec.image_size, spec.channels)
 
             @tf.function(input_signature=[tf.TensorSpec([chunk], tf.string)])
             def decode(strings):
-                images = [decoder(data, channels=spec.channels)
-                          for data in tf.unstack(strings, chunk)]
+                images = [decoder(data) for data in tf.unstack(strings, chunk)]
                 at_size = tf.reduce_all(
                     [tf.reduce_all(tf.shape(image)[:2] == size) for image in images])
                 pixels = tf.cond(at_size, lambda: tf.stack(images),
@@ -157,7 +199,8 @@ def _decode_compressed(image_format: str, payloads: Sequence[bytes], spec: Recor
         strings = tf.constant(part + [_filler(image_format, spec)] * (chunk - len(part)),
                               tf.string)
         pixels, resized = _batch_decoder(image_format, spec, chunk)(strings)
-        parts.append((pixels if pixels.shape[0] else resized).numpy()[:len(part)])
+        # A read-only view of the call's output (`.numpy()` would copy it).
+        parts.append(np.asarray(pixels if pixels.shape[0] else resized)[:len(part)])
     # (uint8 and float32 chunks concatenate to float32, exactly.)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -173,7 +216,7 @@ def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
     tensors are stacked. When a batched call fails (one corrupt image fails the whole op),
     its records are decoded one by one (`decode_payload`), so that only the bad ones fail,
     each with its own message. A batch of one format that decodes in one chunk is returned
-    as the compiled call made it, without a copy.
+    as the compiled call made it, without a copy (a read-only view of its output).
     """
     errors: List[Optional[StageError]] = [None] * len(records)
     groups: Dict[str, List[int]] = {}

@@ -6,7 +6,10 @@ given units with `explain_lib.explain`, and the top-K predicted units where none
 with `explain_lib.explain_predicted`, which chooses them from the method's own forward pass
 (no separate prediction pass) and also gives each unit's probability; then it scores the
 batch's maps with the configured metrics (`explain_lib.evaluate`, one call per metric on the
-whole batch). Nothing here knows Beam: `pipeline.worker.handler` wraps it for RunInference,
+whole batch). The pixels go to the engine as decoded (uint8, or float32 where they were
+resized) and travel to the devices so: the engine casts them and applies `--preprocess`
+(TF ops, `explain_arguments`) inside its compiled step, and no float copy of a batch is
+made on the host. Nothing here knows Beam: `pipeline.worker.handler` wraps it for RunInference,
 and the benchmarks and tests use it directly.
 
 Usage:
@@ -31,6 +34,7 @@ from typing import (
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import explain_lib
 from explain_lib import methods
@@ -46,13 +50,16 @@ PREPROCESSING = ("none", "unit", "symmetric")
 """Built-in `--preprocess` names; any `keras.applications` module name also works."""
 
 
-def resolve_preprocess(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The input preprocessing called `name`, a function of a float32 batch in [0, 255]:
-    "none" (keep [0, 255]: models carrying their own preprocessing layers), "unit" ([0, 1]),
-    "symmetric" ([-1, 1]), or the name of a `keras.applications` module (for instance
-    "resnet_v2", "efficientnet") whose `preprocess_input` is used."""
+def resolve_preprocess(name: str) -> Optional[Callable]:
+    """The input preprocessing called `name`, a function of a float32 batch in [0, 255] made
+    of TF ops (the engine runs it inside its compiled step: `explain`'s `preprocessing`):
+    None for "none" (keep [0, 255]: models carrying their own preprocessing layers), "unit"
+    ([0, 1]), "symmetric" ([-1, 1]), or the name of a `keras.applications` module (for
+    instance "resnet_v2", "efficientnet") whose `preprocess_input` is used (Keras' tensor
+    path: the same arithmetic as its numpy one). The function is the same object on every
+    call, so that the launcher's check and the workers share one compiled step."""
     if name in (None, "", "none"):
-        return _identity
+        return None
     if name == "unit":
         return _to_unit
     if name == "symmetric":
@@ -66,11 +73,7 @@ def resolve_preprocess(name: str) -> Callable[[np.ndarray], np.ndarray]:
             f"Unknown preprocessing {name!r}: use one of {', '.join(PREPROCESSING)} or a "
             f"keras.applications module: {', '.join(sorted(modules))}."
         )
-    return lambda x: np.asarray(function(np.array(x, np.float32, copy=True)), np.float32)
-
-
-def _identity(x):
-    return x
+    return function
 
 
 def _to_unit(x):
@@ -79,6 +82,15 @@ def _to_unit(x):
 
 def _to_symmetric(x):
     return x / np.float32(127.5) - np.float32(1.0)
+
+
+def explain_arguments(settings: Settings) -> Dict[str, Any]:
+    """The keyword arguments the worker gives `explain_lib.explain` (and, but for the
+    method's own, `evaluate`) for `settings`: the method's parameters with its conventional
+    post-processing and resizing (`pipeline.settings.explain_params`) and the preprocessing
+    (`resolve_preprocess`), which the engine runs in its compiled step."""
+    params = explain_params(methods.get(settings.method), settings.explain_params())
+    return {**params, "preprocessing": resolve_preprocess(settings.preprocess)}
 
 
 class RecordMaps(NamedTuple):
@@ -105,8 +117,7 @@ class Worker:
         self.settings = settings
         self.model = model
         self.method = methods.get(settings.method)
-        self.params = explain_params(self.method, settings.explain_params())
-        self.preprocess = resolve_preprocess(settings.preprocess)
+        self.params = explain_arguments(settings)
         self.num_units = int(keras.tree.flatten(model.outputs)[0].shape[-1])
         if not 1 <= settings.top_k <= self.num_units:
             raise ValueError(f"top_k must lie in [1, {self.num_units}], got {settings.top_k}.")
@@ -140,13 +151,15 @@ class Worker:
         self, images: np.ndarray, units: Sequence[Optional[np.ndarray]],
         ground_truth: Optional[Mapping[str, Any]] = None,
     ) -> List[RecordMaps]:
-        """Explain a batch: `images` (N, H, W, C) uint8 or float32 in [0, 255] (preprocessed
-        as float32), `units[i]` the units to explain for image i, or None for its top-K
-        predictions (on ties, the lower unit first); `ground_truth`, for the localisation
-        metrics, `{"boxes": [(m_i, 4) float32 or None per image]}` or `{"masks": (N, H, W)
-        of 0 and 1}`. Returns one `RecordMaps` per image, in order, with each unit's
-        probability and each metric's scores."""
-        x = self.preprocess(np.asarray(images, np.float32))
+        """Explain a batch: `images` (N, H, W, C) uint8 or float32 in [0, 255] (cast and
+        preprocessed by the engine, in its compiled step), `units[i]` the units to explain
+        for image i, or None for its top-K predictions (on ties, the lower unit first);
+        `ground_truth`, for the localisation metrics, `{"boxes": [(m_i, 4) float32 or None
+        per image]}` or `{"masks": (N, H, W) of 0 and 1}`. Returns one `RecordMaps` per
+        image, in order, with each unit's probability and each metric's scores."""
+        # One tensor of the pixels as decoded (the engine casts and preprocesses them in its
+        # step), shared by the explaining and the metrics: one copy of the batch on the host.
+        x = tf.convert_to_tensor(images)
         # One call per group: the images without units, then those with K units for each K.
         groups: Dict[Optional[int], List[int]] = {}
         for i, u in enumerate(units):
@@ -154,7 +167,7 @@ class Worker:
         results: List[Optional[RecordMaps]] = [None] * len(x)
         common = dict(batch_size=len(x), verbose=0, return_probabilities=True, **self.params)
         for k, indices in groups.items():
-            inputs = x if len(indices) == len(x) else x[indices]  # (the usual batch: no copy)
+            inputs = x if len(indices) == len(x) else tf.gather(x, indices)
             if k is None:
                 chosen, logits, maps, probabilities = explain_lib.explain_predicted(
                     self.method.function, self.explained_model, inputs,
@@ -177,10 +190,11 @@ class Worker:
 
     def score(self, x: np.ndarray, units: np.ndarray, maps: np.ndarray,
               ground_truth: Optional[Mapping[str, Any]] = None) -> Dict[str, np.ndarray]:
-        """Each configured metric's scores (N, K) float32 for a batch's preprocessed images
-        `x`, explained `units` (N, K) and `maps` (N, h, w, K), through `explain_lib.evaluate`
-        (one compiled step per metric, the whole batch at once). Boxes are padded to a power
-        of two per image, so that batches with different box counts share a few traces."""
+        """Each configured metric's scores (N, K) float32 for a batch's images `x` (as
+        `explain` takes them: the engine preprocesses them), explained `units` (N, K) and
+        `maps` (N, h, w, K), through `explain_lib.evaluate` (one compiled step per metric,
+        the whole batch at once). Boxes are padded to a power of two per image, so that
+        batches with different box counts share a few traces."""
         truth: Dict[str, Any] = {}
         if ground_truth and "boxes" in ground_truth:
             boxes = explain_metrics.pad_boxes([np.zeros((0, 4), np.float32) if b is None else b
@@ -195,6 +209,7 @@ class Worker:
             scores[name] = explain_lib.evaluate(
                 metric, self.scoring_model if metric.needs_model else None, x, units, maps,
                 batch_size=len(x), verbose=0, scores=self.scores,
+                preprocessing=self.params["preprocessing"],
                 **(truth if metric.ground_truth else {}), **params).astype(np.float32)
         return scores
 

@@ -7,6 +7,7 @@ import tempfile
 import threading
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -362,6 +363,39 @@ def test_explainer_top_k_and_mixed_unit_counts(model_path, model, shapes):
         np.testing.assert_allclose(result.logits, scores[i, result.units], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("preprocess", ["unit", "resnet50"])  # resnet50: BGR, means ("caffe")
+def test_pixels_reach_the_engine_as_uint8_and_are_preprocessed_in_its_step(
+        model_path, model, shapes, preprocess):
+    images, labels = shapes
+    pixels = images[:6]
+    assert pixels.dtype == np.uint8  # as decode_batch gives PNG or JPEG images at size
+    units = [np.array([u]) for u in labels[:6]]
+    worker = Worker.load(Settings(model=model_path, preprocess=preprocess,
+                                  metrics=("deletion",),
+                                  metric_params={"deletion": {"n_steps": 4}}))
+    steps = explaining._compiled_steps
+    before = set(steps.get(worker.explained_model, {}))
+    results = worker.explain(pixels, units)
+    made = set(steps[worker.explained_model]) - before
+    assert {key[4] for key in made} == {tf.uint8}  # the pixels crossed to the step as uint8
+    # What the worker computed before: the preprocessing in numpy on float32 pixels.
+    if preprocess == "unit":
+        host = pixels.astype(np.float32) / np.float32(255.0)
+    else:
+        host = keras.applications.resnet50.preprocess_input(pixels.astype(np.float32))
+    logits, maps = expected_explanations(model, host, np.stack(units))
+    deletion = explain_lib.evaluate("deletion", model, host, np.stack(units), maps,
+                                    n_steps=4, verbose=0)
+    for i, result in enumerate(results):
+        # Within float32 rounding: the step divides by 255 as a product with the reciprocal
+        # (Grappler's constant folding), numpy exactly: a few pixels differ by one ulp.
+        np.testing.assert_allclose(result.logits, logits[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.maps, maps[i], rtol=1e-5,
+                                   atol=1e-6 * np.abs(maps).max())
+        np.testing.assert_allclose(result.metrics["deletion"], deletion[i], rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_resolution_of_names():
     gradcam = methods.get("gradcam")
     assert gradcam.exposed and gradcam.function is explain_lib.methods.cams.gradcam
@@ -377,11 +411,13 @@ def test_resolution_of_names():
     with pytest.raises(ValueError, match="Unknown filter 'blur'; known: normalize"):
         resolve_method_params({"postprocessing": "blur"})
 
-    x = np.array([[0.0, 127.5, 255.0]], np.float32)
-    np.testing.assert_allclose(resolve_preprocess("none")(x), x)
+    # TF ops, run in the engine's compiled step; the same function on every call (one step).
+    x = tf.constant([[0.0, 127.5, 255.0]], tf.float32)
+    assert resolve_preprocess("none") is None
     np.testing.assert_allclose(resolve_preprocess("unit")(x), [[0, 0.5, 1]])
     np.testing.assert_allclose(resolve_preprocess("symmetric")(x), [[-1, 0, 1]])
     np.testing.assert_allclose(resolve_preprocess("resnet_v2")(x), [[-1, 0, 1]])  # "tf" mode
+    assert resolve_preprocess("resnet_v2") is resolve_preprocess("resnet_v2")
     with pytest.raises(ValueError, match="Unknown preprocessing 'resnet51'.*resnet_v2"):
         resolve_preprocess("resnet51")
 
@@ -424,10 +460,10 @@ def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model
     original = load_keras_model
     monkeypatch.setattr("pipeline.worker.models.load_keras_model",
                         lambda path: loads.append(path) or original(path))
-    made = []  # (units, selecting) of each compiled explain step built
+    made = []  # (input dtype, units, selecting) of each compiled explain step built
     make_step = explaining._make_step
-    monkeypatch.setattr(explaining, "_make_step",
-                        lambda *args: made.append(args[5:7]) or make_step(*args))
+    monkeypatch.setattr(explaining, "_make_step", lambda *args: made.append(
+        (args[4].dtype.name, *args[5:7])) or make_step(*args))
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(image, "png"), int(label), f"o{i}")
                for i, (image, label) in enumerate(zip(images[:4], labels[:4]))]
@@ -435,11 +471,12 @@ def test_the_launcher_and_in_process_workers_load_the_model_once(tmp_path, model
     job = run_job(tmp_path, path, copy, "--units_key", "label")
     assert job.summary.explained == 4
     assert loads == [copy]  # the launcher's load, shared by the DirectRunner worker
-    # The step the launcher traced to check the method is the one the worker ran: one
-    # given unit (the label) per record; without --units_key, each record's top unit.
-    assert made == [(1, False)]
+    # The step the launcher traced to check the method is the one the worker ran: uint8
+    # pixels, one given unit (the label) per record; without --units_key, each record's top
+    # unit.
+    assert made == [("uint8", 1, False)]
     assert run_job(tmp_path, path, copy).summary.explained == 4
-    assert made == [(1, False), (1, True)]
+    assert made == [("uint8", 1, False), ("uint8", 1, True)]
     # The same file is not loaded again; a changed one is.
     before = shared_model(copy)
     assert loads == [copy]

@@ -199,21 +199,24 @@ def test_parameters_are_keyed_by_value_and_the_cache_is_bounded(model, images, u
 
 
 class CountingTraces:
-    """Counts the traces of `tf.function`s started inside the block (TensorFlow's own
-    tracing count of every concrete function the engine builds)."""
+    """Counts the traces made inside the block: the engine keeps each step traced, a
+    concrete function that never traces again (a call it does not fit fails), so a trace is
+    a step that was not there before."""
 
     def __enter__(self):
-        self._before = _trace_count()
+        self._before = _steps()
         return self
 
     def __exit__(self, *exc):
-        self.count = _trace_count() - self._before
+        steps = _steps()
+        # (concrete functions: a graph each, and no tracing of their own)
+        assert all(hasattr(step, "graph") and not hasattr(step, "get_concrete_function")
+                   for step in steps)
+        self.count = sum(all(step is not old for old in self._before) for step in steps)
 
 
-def _trace_count():
-    return sum(step.experimental_get_tracing_count()
-               for steps in explaining._compiled_steps.values()
-               for step, _ in steps.values() if hasattr(step, "experimental_get_tracing_count"))
+def _steps():
+    return [step for steps in explaining._compiled_steps.values() for step, _ in steps.values()]
 
 
 def test_nothing_is_written_onto_the_model(images, units):

@@ -1,0 +1,268 @@
+"""Can the host feed the accelerator? The job's host cost per record against the decode floor.
+
+On a GPU worker the model runs on the GPU and everything else on the host's cores, so what
+the host spends per record bounds what the GPU gets. This measures it with a null model,
+one that costs nearly nothing to explain (224x224x3 input, AveragePooling2D(28), a 1x1
+Conv2D, GlobalAveragePooling2D, Dense(10)), so that what is left is the host's work:
+
+- the decode floor: `tf.data.TFRecordDataset` -> parse -> `tf.io.decode_jpeg` (and
+  `tf.image.resize` to 224x224 for the ImageNet-like records), `num_parallel_calls=AUTOTUNE`,
+  batched by 32: the least any job reading these records must spend;
+- the job: `python -m pipeline --input ... --output ... --model null.keras --method gradcam
+  --units_key label` with default options (DirectRunner), as users type it, in a fresh
+  process.
+
+Each runs over N and over 2N records (2,048 and 4,096 by default), in a fresh process; the
+difference of the two is the steady-state cost of N records (start-up, imports, the model's
+load and tracing cancel). A round runs N, 2N, N (symmetric about the 2N run, so that a
+drift of the machine's speed, linear in time, cancels); `--repeats` rounds (3), the median
+round reported with the range. The records: 224x224 JPEGs (quality 90) of the demo's
+shapes, and ImageNet-like JPEGs (quality 90, sizes drawn around ImageNet's typical 500x375,
+landscape and portrait, resized by the job to 224x224).
+
+Reported per case: each side's steady-state records/s, the host cost over the floor (the
+job's seconds per record over the floor's; the issue's target is 1.5x at 224x224) and
+records/s per core. With `--one-core`, everything runs again under `taskset -c 0` (one
+core), and the scaling from one core to all of them is reported (the target is 1.7x or more
+from one core to two).
+
+Run (the full measurement, on a quiet machine; about 15 minutes on 2 cores):
+
+    .venv/bin/python -m benchmarks.feed --one-core
+
+A quick check that it runs (seconds, meaningless numbers):
+
+    .venv/bin/python -m benchmarks.feed --records 64 --repeats 1 --cases jpeg224
+
+Parts: `--cases jpeg224 imagenet`, `--records N`, `--repeats R`, `--data-dir DIR` (keep the
+generated records and model between runs), `--job-args ...` (more job options, last).
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 224
+BATCH = 32
+QUALITY = 90
+UNITS = 10
+
+CASES = {
+    # name: (what the records hold, whether the floor resizes)
+    "jpeg224": ("224x224 JPEG (quality 90)", False),
+    "imagenet": ("ImageNet-like JPEG (quality 90, about 500x375), resized to 224x224", True),
+}
+
+
+# --- the records and the model -------------------------------------------------------------------
+
+
+def _imagenet_like_size(rng: np.random.Generator):
+    """(height, width) around ImageNet's typical 500x375: a long side of 400 to 600, an aspect
+    of 4:3 mostly, landscape three times in four."""
+    long_side = int(rng.integers(400, 601))
+    aspect = float(rng.choice([4 / 3, 4 / 3, 4 / 3, 3 / 2, 1.0]))
+    short_side = int(round(long_side / aspect))
+    return (short_side, long_side) if rng.random() < 0.75 else (long_side, short_side)
+
+
+def write_records(path: str, count: int, case: str, seed: int) -> str:
+    """`count` records of `case` (`CASES`) at `path` (kept if there already): the demo's shape
+    images as JPEG bytes (`image`), a label (`label`) and an id (`id`)."""
+    if os.path.exists(path):
+        return path
+    import tensorflow as tf
+
+    from pipeline import demo
+
+    rng = np.random.default_rng(seed)
+    partial = path + ".partial"
+    with tf.io.TFRecordWriter(partial) as writer:
+        for start in range(0, count, 64):
+            size = 512 if case == "imagenet" else SIZE
+            images, labels = demo.make_shapes(min(64, count - start), seed=seed + start,
+                                              size=size, classes=4)
+            for i, (image, label) in enumerate(zip(images, labels)):
+                if case == "imagenet":
+                    image = tf.cast(tf.round(tf.image.resize(
+                        image, _imagenet_like_size(rng))), tf.uint8)
+                jpeg = tf.io.encode_jpeg(image, quality=QUALITY).numpy()
+                writer.write(demo.make_example(jpeg, int(label), f"f{seed}-{start + i}"))
+    os.replace(partial, path)
+    return path
+
+
+def null_model_path(directory: str) -> str:
+    """The null model (see the module docstring), saved once in `directory`."""
+    path = os.path.join(directory, "null.keras")
+    if not os.path.exists(path):
+        import keras
+
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.AveragePooling2D(28)(inputs)
+        x = keras.layers.Conv2D(8, 1, activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        outputs = keras.layers.Dense(UNITS)(x)
+        keras.saving.save_model(keras.Model(inputs, outputs, name="null"), path)
+    return path
+
+
+# --- the two sides, each in a fresh process ------------------------------------------------------
+
+
+def floor(input_path: str, resize: bool) -> None:
+    """The decode floor over `input_path` (`python -m benchmarks.feed --floor PATH`): prints
+    the seconds from the first record read to the last batch decoded."""
+    import tensorflow as tf
+
+    features = {"image": tf.io.FixedLenFeature([], tf.string)}
+
+    def decode(serialized):
+        data = tf.io.parse_single_example(serialized, features)["image"]
+        image = tf.io.decode_jpeg(data, channels=3)
+        return tf.image.resize(image, (SIZE, SIZE)) if resize else image
+
+    dataset = (tf.data.TFRecordDataset(input_path)
+               .map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH))
+    start = time.perf_counter()
+    count = 0
+    for batch in dataset:
+        count += int(batch.shape[0])
+    print(f"{time.perf_counter() - start:.6f} {count}")
+
+
+def _command(prefix: Sequence[str], arguments: Sequence[str]) -> List[str]:
+    return [*prefix, sys.executable, *arguments]
+
+
+def floor_seconds(input_path: str, resize: bool, prefix: Sequence[str]) -> float:
+    """Wall seconds of the decode floor over `input_path` in a fresh process (the process's
+    start and TensorFlow's import left out: they are no part of decoding)."""
+    process = subprocess.run(
+        _command(prefix, ["-m", "benchmarks.feed", "--floor", input_path]
+                 + (["--floor-resize"] if resize else [])),
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if process.returncode != 0:
+        raise RuntimeError(f"the floor failed: {process.stderr[-3000:]}")
+    return float(process.stdout.split()[-2])
+
+
+def job_seconds(input_path: str, output: str, model_path: str, prefix: Sequence[str],
+                job_args: Sequence[str]) -> float:
+    """Wall seconds of `python -m pipeline` in a fresh process, as users type it."""
+    start = time.perf_counter()
+    process = subprocess.run(
+        _command(prefix, ["-m", "pipeline", "--input", input_path, "--output", output,
+                          "--model", model_path, "--method", "gradcam", "--units_key", "label",
+                          *job_args]),
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    seconds = time.perf_counter() - start
+    if process.returncode != 0 or "records dead-lettered: 0" not in process.stdout:
+        raise RuntimeError(f"the job failed: {process.stdout[-2000:]} {process.stderr[-3000:]}")
+    return seconds
+
+
+def steady_state(run, count: int, repeats: int) -> Dict[str, float]:
+    """Seconds per record at steady state of `run`, which gives the seconds of a run over N
+    records (`run("n")`) or 2N (`run("2n")`): per round, the 2N run less the mean of the two
+    N runs around it, over N; the median round, and the range."""
+    rounds = []
+    for _ in range(repeats):
+        first, double, last = run("n"), run("2n"), run("n")
+        rounds.append((double - (first + last) / 2) / count)
+    return {"median": statistics.median(rounds), "min": min(rounds), "max": max(rounds)}
+
+
+def measure(case: str, directory: str, count: int, repeats: int, prefix: Sequence[str],
+            job_args: Sequence[str]) -> Dict[str, Dict[str, float]]:
+    """Steady-state seconds per record of the floor and of the job on `case`'s records."""
+    _, resize = CASES[case]
+    inputs = {"n": write_records(os.path.join(directory, f"{case}-{count}.tfrecord"), count,
+                                 case, seed=1),
+              "2n": write_records(os.path.join(directory, f"{case}-{2 * count}.tfrecord"),
+                                  2 * count, case, seed=1_000_000)}
+    model_path = null_model_path(directory)
+    output = os.path.join(directory, "out", case, "expl")
+    job_seconds(inputs["n"], output, model_path, prefix, job_args)  # warms the file cache
+    return {
+        "floor": steady_state(lambda n: floor_seconds(inputs[n], resize, prefix), count,
+                              repeats),
+        "job": steady_state(lambda n: job_seconds(inputs[n], output, model_path, prefix,
+                                                  job_args), count, repeats),
+    }
+
+
+def report(case: str, cores: int, results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """One row of the table; returns the job's records/s."""
+    floor_s, job_s = results["floor"], results["job"]
+    floor_rate, job_rate = 1 / floor_s["median"], 1 / job_s["median"]
+    print(f"| {case} | {cores} | {floor_rate:.0f} ({1 / floor_s['max']:.0f} to "
+          f"{1 / floor_s['min']:.0f}) | {job_rate:.0f} ({1 / job_s['max']:.0f} to "
+          f"{1 / job_s['min']:.0f}) | {job_s['median'] / floor_s['median']:.2f} | "
+          f"{floor_rate / cores:.0f} | {job_rate / cores:.0f} |", flush=True)
+    return {"floor": floor_rate, "job": job_rate}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--records", type=int, default=2048,
+                        help="N: each side runs over N and 2N records")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of N, 2N and N records; the median round counts")
+    parser.add_argument("--one-core", action="store_true",
+                        help="also run everything under taskset -c 0, and report the scaling")
+    parser.add_argument("--data-dir", default=None,
+                        help="keep the records and the model here (default: a temporary "
+                        "directory)")
+    parser.add_argument("--floor", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-resize", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
+                        help="more arguments for the job (last)")
+    args = parser.parse_args(argv)
+    if args.floor:  # the floor's own fresh process
+        floor(args.floor, args.floor_resize)
+        return
+
+    from benchmarks.common import machine
+
+    cores = len(os.sched_getaffinity(0))
+    print(f"Machine: {machine()}; {cores} cores available")
+    print(f"\n### The job's host cost over the decode floor (null model, gradcam, "
+          f"--units_key label, DirectRunner {' '.join(args.job_args) or 'defaults'}; "
+          f"{args.records} and {2 * args.records} records, median of {args.repeats} rounds)"
+          "\n")
+    print("| records | cores | floor records/s (range) | job records/s (range) | "
+          "host cost over floor | floor records/s/core | job records/s/core |")
+    print("|---|---|---|---|---|---|---|")
+    settings = [(cores, ())] + ([(1, ("taskset", "-c", "0"))] if args.one_core else [])
+    with tempfile.TemporaryDirectory(prefix="explain_feed_") as scratch:
+        directory = args.data_dir or scratch
+        os.makedirs(directory, exist_ok=True)
+        rates = {}
+        for case in args.cases:
+            for used, prefix in settings:
+                results = measure(case, directory, args.records, args.repeats, prefix,
+                                  args.job_args)
+                rates[case, used] = report(case, used, results)
+    if args.one_core:
+        print(f"\n| records | floor scaling, 1 core to {cores} | job scaling, 1 core to "
+              f"{cores} |")
+        print("|---|---|---|")
+        for case in args.cases:
+            many, one = rates[case, cores], rates[case, 1]
+            print(f"| {case} | {many['floor'] / one['floor']:.2f}x | "
+                  f"{many['job'] / one['job']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
