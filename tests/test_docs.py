@@ -529,6 +529,7 @@ def test_block(block, workspace, registries, monkeypatch, capsys):
                 after(ns, workspace)
 
 
+@pytest.mark.slow
 def test_the_readme_shows_what_the_demo_prints(workspace):
     """The README's printout of `./run_local.sh` is what the demo module prints (counts
     aside: the workspace's demo is smaller)."""

@@ -297,6 +297,7 @@ this mean absolute difference over the maps, at least this correlation for each 
 the same predicted unit for every image (measured: 0.013, 0.97 and all 32)."""
 
 
+@pytest.mark.slow
 def test_maps_of_jpegs_decoded_at_a_reduced_scale_are_those_of_full_size_ones(trained_model):
     from pipeline.settings import Settings
     from pipeline.worker.explaining import Worker

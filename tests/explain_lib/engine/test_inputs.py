@@ -49,6 +49,7 @@ def assert_float32_close(actual, expected, tolerance=1e-6):
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=tolerance * scale)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("method, params", [
     (gradients, {}), (integrated_gradients, {"n_steps": 4}), (gradcam, {"resizing": False}),
@@ -110,6 +111,7 @@ def test_two_replicas_shard_uint8_pixels_as_one_device_explains_them(
     ("mufidelity", {"grid_size": 3, "n_samples": 6, "baseline": 0.0}, 1e-4),
     ("model_randomization", {"method": "gradients", "layers": ["logits"]}, 1e-6),
 ])
+@pytest.mark.slow
 def test_evaluate_scores_uint8_pixels_as_the_float_path(pixels, units, name, params,
                                                         tolerance):
     model = tiny_cnn(seed=8)
