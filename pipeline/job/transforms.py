@@ -295,23 +295,6 @@ def _image_size(info: ModelInfo, image_size: Optional[Sequence[int]]) -> Tuple[i
     return model_size
 
 
-def _image_size(info: ModelInfo, image_size: Optional[Sequence[int]]) -> Tuple[int, int]:
-    model_size = tuple(info.input_shape[:2])
-    if image_size is not None:
-        image_size = tuple(int(v) for v in image_size)
-        if None not in model_size and image_size != model_size:
-            raise ValueError(
-                f"image_size {image_size} differs from the model's input size {model_size}; "
-                "leave it out to resize to the model's size."
-            )
-        return image_size
-    if None in model_size:
-        raise ValueError(
-            f"The model takes images of any size ({info.input_shape}): pass --image_size H,W."
-        )
-    return model_size
-
-
 def build_pipeline(pipeline: beam.Pipeline, settings: Settings) -> Outputs:
     """The whole job on `pipeline`: read -> Explain -> write results and dead letters (of
     damaged input files too), the overview, and with `table` or metrics the table and the
