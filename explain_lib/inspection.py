@@ -24,6 +24,7 @@ Usage:
     scores = inspection.scores_model(model)         # logits before a final softmax
 """
 
+import abc
 import inspect
 import math
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
@@ -782,7 +783,7 @@ def probabilities_of(logits: tf.Tensor, activation: Optional[str] = None) -> tf.
     return tf.nn.softmax(logits, axis=-1)
 
 
-class UnitSelector:
+class UnitSelector(abc.ABC):
     """What a method is given as `indices` when the engine wants more than the maps: the
     method calls `select_units` on the logits (B, U) of its forward pass at the input, and
     the selector returns the units to explain (B, K), recording them in `units` and their
@@ -801,8 +802,9 @@ class UnitSelector:
     """How the scores become probabilities (`probabilities_of`), as the engine knows it of
     the model (`find_head`)."""
 
+    @abc.abstractmethod
     def choose(self, logits: tf.Tensor) -> tf.Tensor:
-        raise NotImplementedError
+        """The units (B, K) int32 to explain, given the logits (B, U)."""
 
     def select(self, logits: tf.Tensor) -> tf.Tensor:
         self.units = self.choose(logits)
