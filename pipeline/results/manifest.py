@@ -47,9 +47,6 @@ MANIFEST_VERSION = 1
 
 
 _FILES = [{"path": str, "bytes": int}]
-
-
-_FILES = [{"path": str, "bytes": int}]
 _SUMMARY = {"count": int, "missing": int, "mean": nullable(float), "quantiles": [float]}
 
 

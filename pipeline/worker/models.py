@@ -106,12 +106,6 @@ def _grow_gpu_memory() -> None:
 
 
 _SHARED_MODELS: "collections.OrderedDict[tuple, keras.Model]" = collections.OrderedDict()
-
-
-_SHARED_MODELS: "collections.OrderedDict[tuple, keras.Model]" = collections.OrderedDict()
-_SHARED_MODELS_LOCK = threading.Lock()
-
-
 _SHARED_MODELS_LOCK = threading.Lock()
 SHARED_MODELS = 2
 """Models `shared_model` keeps loaded in a process (the most recently used)."""

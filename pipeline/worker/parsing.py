@@ -31,9 +31,6 @@ from pipeline.io.dead_letters import StageError
 from pipeline.settings import IMAGE_FORMATS
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
