@@ -146,7 +146,8 @@ def _counts_section(summary: ComparisonSummary, output: str) -> str:
 def _units_section(summary: ComparisonSummary, top: int) -> str:
     header = ["unit", "maps compared", "mean Spearman", "mean top IoU", "mean logit change",
               "mean |logit change|", "mean probability change",
-              *[f"mean {name} change" for name in summary.metrics], "only in A", "only in B"]
+              *[f"mean {name} change" for name in summary.metrics], "explained by A only",
+              "explained by B only"]
     units = sorted(summary.units, key=lambda u: (-summary.units[u].maps, u))
     rows = []
     for unit in units[:top]:

@@ -290,10 +290,10 @@ def one_sided_arrow(entries: Sequence[Tuple[str, str, int]]) -> pa.Table:
 class UnitAgreement:
     """One unit's numbers over the records both runs explained it in: `maps` compared, the
     exact histograms of Spearman (`SPEARMAN_BINS` bins over [-1, 1]; `undefined` counts the
-    pairs where it and the IoU are NaN: a constant map) and of the IoU (bins over [0, 1]), and sums for the means of
-    Spearman, IoU, the logit's and probability's change (and its absolute value) and each
-    metric's change (`metric_counts`: how many were finite); `only_a`/`only_b`: records
-    where one run only explained it."""
+    pairs where it and the IoU are NaN: a constant map) and of the IoU (bins over [0, 1]),
+    and sums for the means of Spearman, IoU, the logit's and probability's change (and its
+    absolute value) and each metric's change (`metric_counts`: how many were finite);
+    `only_a`/`only_b`: records where one run only explained it."""
 
     FIELDS = ("maps", "undefined", "only_a", "only_b", "spearman_sum", "iou_sum",
               "logit_change_sum", "logit_change_abs_sum", "probability_change_sum",
@@ -358,7 +358,8 @@ class ComparisonSummary:
     `only_examples`), records beyond the first of an id held several times in a run
     (`duplicates`), `units` (unit -> `UnitAgreement`), `changed` (the `CHANGED` records
     whose maps agree least, least first, ties to the smaller id), `metrics` (the names
-    both runs scored) and `sizes` (how many records were compared at each common size)."""
+    both runs scored), `sizes` (how many records were compared at each common size) and,
+    once `python -m pipeline.compare` has run it, `counters` (its Beam counters)."""
 
     def __init__(self, metrics: Sequence[str] = ()):
         self.metrics = list(metrics)
@@ -369,6 +370,7 @@ class ComparisonSummary:
         self.units: Dict[int, UnitAgreement] = {}
         self.changed: List[Changed] = []
         self.sizes: Dict[str, int] = {}
+        self.counters: Optional[Dict[str, int]] = None  # the runner's, set by the command
 
     def unit(self, unit: int) -> UnitAgreement:
         if unit not in self.units:

@@ -20,7 +20,10 @@ from pipeline.job.comparing import CompareSettings
 from pipeline.results import comparison
 from pipeline.settings import options_table
 from tests.pipeline.conftest import run_job, write
+from tests.pipeline import test_gcs
 from tests.services import portable_services
+
+gcs = test_gcs.gcs  # the fixture: a GCS emulator's bucket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RAW = ["--method_params", '{"postprocessing": null}']  # raw, signed Grad-CAM maps
@@ -296,3 +299,29 @@ def test_records_without_an_id_are_refused_by_the_key_stage():
     assert record_id(record) == "x1"
     with pytest.raises(ValueError, match="not a tf.train.Example"):
         record_id(b"\x00junk")
+
+
+@pytest.mark.slow
+def test_runs_and_comparison_on_cloud_storage(runs, compared, gcs, tmp_path):
+    """Both runs copied to gs:// (their manifests name the local files they were written
+    as: the shards are found next to the manifest) and the comparison written there: the
+    same table and one-sided ids as the local comparison."""
+    from apache_beam.io.filesystems import FileSystems
+
+    _, a, _, b = runs
+    output, summary = compared
+    for name, run in (("a", a), ("b", b)):
+        shards = [m.path for m in FileSystems.match([run.output + "-*"])[0].metadata_list]
+        for path in [run.output + ".manifest.json", *shards]:
+            test_gcs.upload(path, f"{gcs}/{name}/" + os.path.basename(path))
+    remote = compare.compare([f"{gcs}/a/expl", f"{gcs}/b/expl", "--output", f"{gcs}/cmp/ab"])
+    assert (remote.records, remote.only) == (summary.records, summary.only)
+    for pattern, local in ((f"{gcs}/cmp/ab-*.parquet", f"{output}-*.parquet"),
+                           (f"{gcs}/cmp/ab.one_sided-*.parquet", f"{output}.one_sided-*.parquet")):
+        (found,) = FileSystems.match([pattern])[0].metadata_list
+        copy = tmp_path / os.path.basename(found.path)
+        with FileSystems.open(found.path, compression_type="uncompressed") as source:
+            copy.write_bytes(source.read())
+        order = "id, unit" if "one_sided" not in pattern else "id"
+        assert _table(str(copy), order).equals(_table(local, order))
+    assert FileSystems.exists(f"{gcs}/cmp/ab.html")
