@@ -312,8 +312,11 @@ def test_runs_and_comparison_on_cloud_storage(runs, compared, gcs, tmp_path):
     output, summary = compared
     for name, run in (("a", a), ("b", b)):
         shards = [m.path for m in FileSystems.match([run.output + "-*"])[0].metadata_list]
-        for path in [run.output + ".manifest.json", *shards]:
-            test_gcs.upload(path, f"{gcs}/{name}/" + os.path.basename(path))
+        for path in [run.output + ".manifest.json", *shards]:  # copied byte for byte
+            with open(path, "rb") as source, FileSystems.create(
+                    f"{gcs}/{name}/" + os.path.basename(path),
+                    compression_type="uncompressed") as target:
+                target.write(source.read())
     remote = compare.compare([f"{gcs}/a/expl", f"{gcs}/b/expl", "--output", f"{gcs}/cmp/ab"])
     assert (remote.records, remote.only) == (summary.records, summary.only)
     for pattern, local in ((f"{gcs}/cmp/ab-*.parquet", f"{output}-*.parquet"),
