@@ -328,3 +328,40 @@ def test_runs_and_comparison_on_cloud_storage(runs, compared, gcs, tmp_path):
         order = "id, unit" if "one_sided" not in pattern else "id"
         assert _table(str(copy), order).equals(_table(local, order))
     assert FileSystems.exists(f"{gcs}/cmp/ab.html")
+
+
+@pytest.mark.slow
+def test_options_reach_the_comparison_and_duplicates_are_counted(tmp_path):
+    """`--top_fraction` reaches `top_iou`, `--num_shards` the table's writer; an id held by
+    two records of a run is compared once and counted. The runs are written in the job's
+    output format directly (as `benchmarks/compare.py` writes them: no model)."""
+    import shutil
+
+    from benchmarks.compare import synthesise
+
+    run_a, run_b = str(tmp_path / "a" / "expl"), str(tmp_path / "b" / "expl")
+    synthesise(run_a, 20, 8, seed=1, first=0)    # r0..r19, 8x8 maps
+    synthesise(run_b, 20, 16, seed=2, first=10)  # r10..r29, 16x16 maps
+    shutil.copy(f"{run_b}-00000-of-00004.tfrecord.gz", f"{run_b}-00000-of-00005.tfrecord.gz")
+    output = str(tmp_path / "cmp")
+    summary = compare.compare([run_a, run_b, "--output", output, "--top_fraction", "0.5",
+                               "--num_shards", "2"])
+    assert len(list(tmp_path.glob("cmp-*-of-00002.parquet"))) == 2
+    assert (summary.records, summary.only, summary.duplicates) == (
+        10, {"a": 10, "b": 10}, {"a": 0, "b": 5})
+    assert summary.counters["duplicates_b"] == 5
+    decoded = {run: {r["id"]: r for r in explain_io.iterate_decoded(f"{prefix}-*",
+                                                                    explain_io.decode_explanation)}
+               for run, prefix in (("a", run_a), ("b", run_b))}
+    table = _table(f"{output}-*.parquet")
+    assert len(table) == 10
+    differs = 0  # (the default fraction would give other values)
+    for row in table.itertuples():
+        x = decoded["a"][row.id]["maps"][..., 0]
+        y = decoded["b"][row.id]["maps"][..., 0].astype(np.float64).reshape(
+            8, 2, 8, 2).mean(axis=(1, 3)).astype(np.float32)
+        assert row.top_iou == pytest.approx(_iou(x, y, 0.5), abs=1e-6)
+        differs += row.top_iou != pytest.approx(_iou(x, y, 0.1), abs=1e-6)
+    assert differs >= 5
+    one_sided = _one_sided(output)
+    assert sorted(one_sided["records"]) == [1] * 20
