@@ -437,16 +437,18 @@ class Settings:
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
 
 
-def command_line_fields() -> Tuple[dataclasses.Field, ...]:
-    """The fields that are command-line options, in the order `--help` lists them."""
-    return tuple(f for f in dataclasses.fields(Settings) if f.metadata["command_line"])
+def command_line_fields(declared: type = Settings) -> Tuple[dataclasses.Field, ...]:
+    """The fields of `declared` (`Settings`, or another command's settings declared with
+    `option`, such as `pipeline.compare.CompareSettings`) that are command-line options, in
+    the order `--help` lists them."""
+    return tuple(f for f in dataclasses.fields(declared) if f.metadata["command_line"])
 
 
-def add_arguments(parser) -> None:
-    """Declare every command-line field as an option of `parser` (an argparse parser or
-    group): `--NAME`, a flag for a bool, an int for an int, text otherwise (parsed by
-    `from_arguments`)."""
-    for field in command_line_fields():
+def add_arguments(parser, declared: type = Settings) -> None:
+    """Declare every command-line field of `declared` as an option of `parser` (an argparse
+    parser or group): `--NAME`, a flag for a bool, an int for an int, text otherwise (parsed
+    by `from_arguments`)."""
+    for field in command_line_fields(declared):
         meta = field.metadata
         if field.type is bool:
             parser.add_argument(f"--{field.name}", action="store_true", help=meta["help"])
@@ -459,23 +461,24 @@ def add_arguments(parser) -> None:
                             choices=meta["choices"] or None, help=meta["help"])
 
 
-def from_arguments(values: Mapping[str, Any]) -> Settings:
-    """The `Settings` of parsed command-line values (an argparse namespace's `vars`, or
-    `PipelineOptions.get_all_options()`): each option's text through its field's `parse`."""
-    given = {}
-    for field in command_line_fields():
+def from_arguments(values: Mapping[str, Any], declared: type = Settings, **fixed) -> Any:
+    """The `Settings` (or `declared`) of parsed command-line values (an argparse namespace's
+    `vars`, or `PipelineOptions.get_all_options()`): each option's text through its field's
+    `parse`; `fixed` gives the fields that are not command-line options."""
+    given = dict(fixed)
+    for field in command_line_fields(declared):
         value = values.get(field.name, field.default)
         parse = field.metadata["parse"]
         given[field.name] = parse(value) if parse is not None and (
             value is None or isinstance(value, str)) else value
-    return Settings(**given)
+    return declared(**given)
 
 
-def options_table() -> str:
-    """The reference table of the command-line options (markdown), as `docs/options.md`
-    holds it."""
+def options_table(declared: type = Settings) -> str:
+    """The reference table of the command-line options of `declared` (markdown), as
+    `docs/options.md` holds the job's."""
     rows = ["| option | default | what it does |", "|---|---|---|"]
-    for field in command_line_fields():
+    for field in command_line_fields(declared):
         meta = field.metadata
         if meta["shown"] is not None:
             shown = meta["shown"]

@@ -12,7 +12,7 @@ Bottom to top:
     worker     one worker's stages and its RunInference handler
     job        settings to a Beam pipeline: options, checks, transforms, launcher, recording
     commands   python -m pipeline (the package, __main__), summary, report, render,
-               pictures, demo
+               pictures, demo, compare
 """
 
 import ast
@@ -28,7 +28,7 @@ LAYERS = (
     ("pipeline.worker",),
     ("pipeline.job",),
     ("pipeline", "pipeline.__main__", "pipeline.summary", "pipeline.report", "pipeline.render",
-     "pipeline.pictures", "pipeline.demo"),
+     "pipeline.pictures", "pipeline.demo", "pipeline.compare"),
 )
 
 LAZY = {
