@@ -311,8 +311,10 @@ def sobol(
             scores_of(logits_of(model, chunking.merge_copies(perturbed)), score),
             chunking.tile_indices(indices, count))
         scores = tf.transpose(chunking.split_copies(scores, count), [1, 2, 0])  # (B, K, n)
-        # Placed at its masks' positions of the (B, K, total) outputs; the chunks add up.
-        return tf.pad(tf.cast(scores, tf.float32), [[0, 0], [0, 0], [start, total - start - count]])
+        # Placed at its masks' positions of the (B, K, total) outputs (a one-hot product, as
+        # XLA needs static paddings); the chunks add up.
+        place = tf.one_hot(start + tf.range(count), total, dtype=tf.float32)
+        return tf.einsum("bkn,nt->bkt", tf.cast(scores, tf.float32), place)
 
     outputs = chunking.chunked_reduce(
         total, chunk_size, mask_chunk,
@@ -320,8 +322,19 @@ def sobol(
     indices_st = jansen_total_order(outputs, n_designs, dimension)  # (B, K, d)
     grids = tf.transpose(tf.reshape(indices_st, tf.concat(
         [tf.shape(indices_st)[:2], [grid_size, grid_size]], 0)), [0, 2, 3, 1])
-    maps = tf.image.resize(grids, (height, width), method="bicubic")
+    rows, cols = _bicubic_matrix(grid_size, height), _bicubic_matrix(grid_size, width)
+    maps = tf.einsum("hg,bgak,wa->bhwk", rows, grids, cols)
     return logits, tf.cast(maps, inputs.dtype)
+
+
+def _bicubic_matrix(cells: int, pixels: int) -> tf.Tensor:
+    """`tf.image.resize(method="bicubic")` from `cells` to `pixels` along one axis, as a
+    (pixels, cells) matrix: the resize is linear and separable, and XLA has no bicubic
+    resize kernel but multiplies matrices."""
+    with tf.init_scope():
+        eye = tf.eye(cells)[:, None, :]  # `cells` one-hot images of (cells, 1)
+        matrix = tf.image.resize(eye, (pixels, 1), method="bicubic")[:, 0, :].numpy()
+    return tf.constant(matrix)
 
 
 METHODS = [gradient_shap, sobol]

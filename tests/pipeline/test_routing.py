@@ -29,6 +29,10 @@ JOB_FAST = {
     "scorecam": {"chunk_size": 3},
     "occlusion": {"patch_size": 8, "stride": 4, "chunk_size": 8},
     "rise": {"masks": 24, "cell_size": 8, "chunk_size": 12},
+    "gradient_shap": {"n_samples": 4, "chunk_size": 2},
+    "sobol": {"grid_size": 4, "n_designs": 4, "chunk_size": 18},
+    "lime": {"segmentation": "grid", "grid_size": 4, "n_samples": 24, "chunk_size": 12},
+    "kernel_shap": {"segmentation": "grid", "grid_size": 4, "n_samples": 24, "chunk_size": 12},
 }
 """Fast settings on the job's 32x32 test model."""
 
