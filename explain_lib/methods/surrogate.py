@@ -32,6 +32,7 @@ from typing import Optional, Sequence, Tuple, Union
 import keras
 import numpy as np
 import tensorflow as tf
+from skimage import segmentation as skimage_segmentation
 
 from explain_lib import inspection
 from explain_lib.methods import chunking
@@ -45,8 +46,6 @@ SEGMENTATIONS = ("quickshift", "slic", "grid")
 
 def _scikit_segments(images: np.ndarray, algorithm: bytes, grid_size: int) -> np.ndarray:
     """scikit-image's segmentation of each image (B, H, W, C), labels 0 .. n-1 per image."""
-    from skimage import segmentation  # the surrogate methods' optional dependency, on use
-
     algorithm = algorithm.decode() if isinstance(algorithm, bytes) else algorithm
     labels = np.empty(images.shape[:3], np.int32)
     for i, image in enumerate(np.asarray(images, np.float64)):
@@ -54,11 +53,12 @@ def _scikit_segments(images: np.ndarray, algorithm: bytes, grid_size: int) -> np
         image = (image - low) / span if span > 0 else np.zeros_like(image)
         colour = image.shape[-1] == 3
         if algorithm == "quickshift":
-            found = segmentation.quickshift(image, kernel_size=4, max_dist=200, ratio=0.2,
-                                            convert2lab=colour, rng=0)
+            found = skimage_segmentation.quickshift(
+                image, kernel_size=4, max_dist=200, ratio=0.2, convert2lab=colour, rng=0)
         else:
-            found = segmentation.slic(image, n_segments=int(grid_size) ** 2, compactness=10.0,
-                                      start_label=0, convert2lab=colour, channel_axis=-1)
+            found = skimage_segmentation.slic(
+                image, n_segments=int(grid_size) ** 2, compactness=10.0, start_label=0,
+                convert2lab=colour, channel_axis=-1)
         labels[i] = np.unique(found, return_inverse=True)[1].reshape(found.shape)
     return labels
 
