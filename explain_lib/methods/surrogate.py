@@ -10,7 +10,10 @@ segments, fitted by a linear model whose coefficients are the segments' attribut
 The design, in short:
 
 - Segmentation (`segments_of`): a regular grid (TF ops; static segment count, runs under XLA),
-  scikit-image's quickshift (lime's default: `kernel_size=4, max_dist=200, ratio=0.2`) or SLIC,
+  scikit-image's quickshift (lime's default: `kernel_size=4, max_dist=200, ratio=0.2`, the
+  kernel's 4 pixels being at 224x224 and scaled with the image, as this library's other
+  sizes in pixels: `utils.at_input_size`; at 64x64 lime's 4 pixels leave a handful of
+  segments) or SLIC,
   or labels given by the caller. scikit-image cannot run inside the compiled step, so its
   segmentations run there through `tf.numpy_function`: the step stays one compiled graph
   (the model's passes and the fit are compiled) but calls back into Python once per batch, on
@@ -34,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 from skimage import segmentation as skimage_segmentation
 
-from explain_lib import inspection
+from explain_lib import inspection, utils
 from explain_lib.methods import chunking
 from explain_lib.methods.common import RANDOM_ALGORITHM, check_score, logits_of, scores_of
 from explain_lib.methods.perturbation import _image_size
@@ -44,7 +47,8 @@ SEGMENTATIONS = ("quickshift", "slic", "grid")
 """The segmentations `lime` and `kernel_shap` compute by name."""
 
 
-def _scikit_segments(images: np.ndarray, algorithm: bytes, grid_size: int) -> np.ndarray:
+def _scikit_segments(images: np.ndarray, algorithm: bytes, grid_size: int,
+                     kernel_size: float) -> np.ndarray:
     """scikit-image's segmentation of each image (B, H, W, C), labels 0 .. n-1 per image."""
     algorithm = algorithm.decode() if isinstance(algorithm, bytes) else algorithm
     labels = np.empty(images.shape[:3], np.int32)
@@ -54,7 +58,8 @@ def _scikit_segments(images: np.ndarray, algorithm: bytes, grid_size: int) -> np
         colour = image.shape[-1] == 3
         if algorithm == "quickshift":
             found = skimage_segmentation.quickshift(
-                image, kernel_size=4, max_dist=200, ratio=0.2, convert2lab=colour, rng=0)
+                image, kernel_size=float(kernel_size), max_dist=200, ratio=0.2,
+                convert2lab=colour, rng=0)
         else:
             found = skimage_segmentation.slic(
                 image, n_segments=int(grid_size) ** 2, compactness=10.0, start_label=0,
@@ -76,7 +81,8 @@ def segments_of(inputs: tf.Tensor, segmentation, grid_size: int = 8
     image, and the largest segment count S: a Python int where it is known when tracing,
     a tensor for scikit-image's).
 
-    `segmentation`: "quickshift", "slic" (`grid_size`² segments asked for), "grid"
+    `segmentation`: "quickshift" (lime's settings, the kernel scaled with the image), "slic"
+    (`grid_size`² segments asked for), "grid"
     (`grid_size` x `grid_size` cells), or integer labels: one (H, W) array for every image,
     or (B, H, W), one per image of the batch.
 
@@ -97,8 +103,10 @@ def segments_of(inputs: tf.Tensor, segmentation, grid_size: int = 8
             grid = grid_segments(height, width, min(grid_size, height, width))
             labels = tf.broadcast_to(tf.constant(grid), tf.stack([batch, height, width]))
             return labels, int(grid.max()) + 1
-        labels = tf.numpy_function(
-            _scikit_segments, [inputs, segmentation, grid_size], tf.int32, stateful=False)
+        kernel_size = max(1.0, utils.at_input_size(4.0, (height, width)))  # scikit: >= 1
+        labels = tf.numpy_function(_scikit_segments,
+                                   [inputs, segmentation, grid_size, kernel_size], tf.int32,
+                                   stateful=False)
         labels = tf.ensure_shape(labels, [None, height, width])
         return labels, tf.reduce_max(labels) + 1
     given = np.asarray(segmentation)

@@ -86,11 +86,10 @@ def test_given_segmentations_reach_the_method_and_scikit_image_runs_in_the_step(
     # scikit-image's segmentations, run inside the compiled step: the labels it finds.
     for name in ("quickshift", "slic"):
         labels, count = surrogate.segments_of(x, name, grid_size=3)
-        expected = surrogate._scikit_segments(x, name, 3)
+        expected = surrogate._scikit_segments(x, name, 3, 1.0)  # the kernel at 12x12
         np.testing.assert_array_equal(labels.numpy(), expected)
         assert expected.max() + 1 == int(count)
-        # (quickshift with lime's settings merges a 12x12 image into one or two segments)
-        assert int(count) > (5 if name == "slic" else 0)
+        assert int(count) > 2  # several of the 9 blocks
         maps = explain(surrogate.lime, model, x, [0, 1], segmentation=name, grid_size=3,
                        **params)[1][..., 0]
         for b in range(2):  # constant on each segment
