@@ -104,9 +104,12 @@ try:
     labels = data["labels"]
     mapping = lambda image: tf.constant(labels)  # noqa: E731
     out["xplique_sobol"] = np.asarray(SobolAttributionMethod(model).explain(x, targets))[..., 0]
-    out["xplique_lime"] = np.asarray(XLime(model, map_to_interpret_space=mapping,
-                                           nb_samples=samples, batch_size=64,
-                                           kernel_width=0.25).explain(x, targets))
+    from sklearn import linear_model
+
+    out["xplique_lime"] = np.asarray(XLime(
+        model, map_to_interpret_space=mapping, nb_samples=samples, batch_size=64,
+        interpretable_model=linear_model.Ridge(alpha=1.0), distance_mode="cosine",
+        kernel_width=0.25).explain(x, targets))
     out["xplique_kernel_shap"] = np.asarray(XKernelShap(
         model, map_to_interpret_space=mapping, nb_samples=samples,
         batch_size=64).explain(x, targets))
