@@ -34,6 +34,8 @@ setup(
         # Colormaps of the overlays and figures of the report (pipeline.render,
         # pipeline.report) and of the benchmarks; drawn with the Agg backend, no display.
         "matplotlib>=3.8",
+        # LIME's and KernelSHAP's superpixels: quickshift (lime's default) and SLIC.
+        "scikit-image>=0.22",
     ],
     extras_require={
         # KerasHub's vision models (ViT, DeiT, Swin, MiT, CSPNet, ...): the job loads

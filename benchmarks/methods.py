@@ -28,8 +28,10 @@ run:
   floor is the time of the C·B masked images at the forward throughput of a batch of 32.
   Then Faster Score-CAM (`max_channels`) keeping C, C/2, C/4 and C/8 channels.
 - `memory`: working memory (peak above what was allocated before the call) of SmoothGrad
-  with 50 repetitions against 5, of Integrated Gradients with 50 steps against 5 and of RISE
-  with 50 masks against 5, at the same chunk size (`--memory-chunk`, 5) and batch
+  with 50 repetitions against 5, of Integrated Gradients with 50 steps against 5, of RISE
+  with 50 masks against 5, of GradientSHAP, LIME and KernelSHAP (on an 8x8 grid) with 50
+  samples against 5 and of Sobol with 96 masks against 12 (`MEMORY_CASES`;
+  `--memory-methods` picks some), at the same chunk size (`--memory-chunk`, 5) and batch
   (`--memory-batch`, 2), each measured in a process of its own.
 
 Memory is read from TensorFlow's CPU allocator (`tf.config.experimental.get_memory_info`),
@@ -566,9 +568,18 @@ def scorecam_section(args):
 # Peak memory, one process per measurement.
 
 MEMORY_CASES = {
-    "smoothgrad": ("repetitions", "SmoothGrad"),
-    "integrated_gradients": ("n_steps", "Integrated Gradients"),
-    "rise": ("masks", "RISE"),
+    # method: (the parameter counting the passes, label, its small and large values, the
+    # chunk-size parameter, other parameters)
+    "smoothgrad": ("repetitions", "SmoothGrad", (5, 50), "noise_chunk_size", {"noise": NOISE}),
+    "integrated_gradients": ("n_steps", "Integrated Gradients", (5, 50), "chunk_size", {}),
+    "rise": ("masks", "RISE", (5, 50), "chunk_size", {}),
+    "gradient_shap": ("n_samples", "GradientSHAP", (5, 50), "chunk_size", {}),
+    # Sobol's passes are n_designs · (grid_size² + 2): 12 and 96 masks on a 2x2 grid.
+    "sobol": ("n_designs", "Sobol", (2, 16), "chunk_size", {"grid_size": 2}),
+    "lime": ("n_samples", "LIME", (5, 50), "chunk_size",
+             {"segmentation": "grid", "grid_size": 8}),
+    "kernel_shap": ("n_samples", "KernelSHAP", (5, 50), "chunk_size",
+                    {"segmentation": "grid", "grid_size": 8}),
 }
 
 
@@ -578,13 +589,8 @@ def measure_memory(model_name: str, method_name: str, count: int, batch: int, si
     model = application(model_name, size)
     x, y = _batch(batch, size)
     method = methods.get(method_name)
-    params = dict(method.explain_defaults)
-    if method_name == "smoothgrad":
-        params.update({"repetitions": count, "noise": NOISE, "noise_chunk_size": chunk})
-    elif method_name == "integrated_gradients":
-        params.update({"n_steps": count, "chunk_size": chunk})
-    else:
-        params.update({"masks": count, "chunk_size": chunk})
+    parameter, _, _, chunk_parameter, others = MEMORY_CASES[method_name]
+    params = {**method.explain_defaults, **others, parameter: count, chunk_parameter: chunk}
     method = method.function
     start = time.perf_counter()
     working = _working_memory(lambda: explain(method, model, x, y, batch_size=batch, verbose=0,
@@ -596,13 +602,16 @@ def memory_section(args):
     print(f"\n### Peak memory (batch {args.memory_batch}, {args.size}x{args.size}x3, "
           f"chunk_size {args.memory_chunk}: {args.memory_chunk * args.memory_batch} inputs per "
           "pass; one process per measurement)\n")
-    print("| model | method | working MB at 5 | at 50 | 50 / 5 | s at 5 | s at 50 |")
+    print("| model | method | working MB at small | at large | large / small | s at small | "
+          "s at large |")
     print("|---|---|---|---|---|---|---|")
     env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
     for name in args.memory_models:
-        for method_name, (parameter, label) in MEMORY_CASES.items():
+        for method_name, (parameter, label, counts, _, _) in MEMORY_CASES.items():
+            if args.memory_methods and method_name not in args.memory_methods:
+                continue
             results = {}
-            for count in (5, 50):
+            for count in counts:
                 probe = json.dumps([name, method_name, count, args.memory_batch, args.size,
                                     args.memory_chunk])
                 done = subprocess.run(
@@ -610,9 +619,10 @@ def memory_section(args):
                     env=env, capture_output=True, text=True, check=True,
                 )
                 results[count] = json.loads(done.stdout.strip().splitlines()[-1])
-            small, large = results[5], results[50]
-            print(f"| {name} | {label} ({parameter}) | {_mb(small['working'])} | "
-                  f"{_mb(large['working'])} | {large['working'] / small['working']:.3f} | "
+            small, large = results[counts[0]], results[counts[1]]
+            print(f"| {name} | {label} ({parameter} {counts[0]} / {counts[1]}) | "
+                  f"{_mb(small['working'])} | {_mb(large['working'])} | "
+                  f"{large['working'] / small['working']:.3f} | "
                   f"{small['seconds']:.1f} | {large['seconds']:.1f} |", flush=True)
 
 
@@ -638,6 +648,8 @@ def main(argv=None):
     parser.add_argument("--memory-models", nargs="+", default=["ResNet50V2", "MobileNetV2"])
     parser.add_argument("--memory-batch", type=int, default=2)
     parser.add_argument("--memory-chunk", type=int, default=5)
+    parser.add_argument("--memory-methods", nargs="+",
+                        help="measure only these methods' memory (default: every case)")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 

@@ -5,6 +5,8 @@ the registry that declares them.
 - `cams`: CAM, Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM (exposed model, see
   `inspection.expose`; a plain model is exposed with the defaults).
 - `perturbation`: occlusion, RISE (plain model, forward passes only).
+- `sampling`: GradientSHAP, Sobol attribution (expectations over sampled perturbations).
+- `surrogate`: LIME, KernelSHAP (linear surrogates on superpixels).
 - `attention`: attention rollout (a vision transformer whose attention can be reached).
 - `meta`: smooth (SmoothGrad), vargrad, squaregrad, tta: a method in, a method out.
 - `chunking`: the bounded-memory loop the multi-pass methods share; `common`: the other
@@ -37,6 +39,8 @@ from explain_lib.methods import (
     meta,
     perturbation,
     registry,
+    sampling,
+    surrogate,
 )
 from explain_lib.methods.attention import attention_rollout
 from explain_lib.methods.cams import cam, gradcam, gradcampp, layercam, scorecam
@@ -48,6 +52,8 @@ from explain_lib.methods.gradient import (
 )
 from explain_lib.methods.perturbation import occlusion, rise
 from explain_lib.methods.registry import REGISTRY, Method, get, register
+from explain_lib.methods.sampling import gradient_shap, sobol
+from explain_lib.methods.surrogate import kernel_shap, lime
 
 smoothgrad = REGISTRY["smoothgrad"].function
 vargrad = REGISTRY["vargrad"].function
@@ -81,4 +87,10 @@ __all__ = [
     "layercam",
     "occlusion",
     "rise",
+    "sampling",
+    "surrogate",
+    "gradient_shap",
+    "sobol",
+    "lime",
+    "kernel_shap",
 ]

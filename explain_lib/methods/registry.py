@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from explain_lib import filters
-from explain_lib.methods import attention, cams, gradient, meta, perturbation
+from explain_lib.methods import (
+    attention,
+    cams,
+    gradient,
+    meta,
+    perturbation,
+    sampling,
+    surrogate,
+)
 from explain_lib.methods.common import parameters_of
 
 
@@ -246,6 +254,33 @@ register(
     summary="the mean of random upsampled binary masks weighted by the unit's probability "
     "for the masked input",
     reference="Petsiuk et al., 2018, arXiv:1806.07421",
+)
+
+register(
+    "gradient_shap", sampling.gradient_shap, family="sampling", postprocessing=_MAGNITUDE,
+    random=True,
+    summary="(x + ε − x′) ⊙ ∂f_u/∂x at x′ + α(x + ε − x′), averaged over baselines x′ drawn "
+    "from a distribution, α ~ U(0, 1) and Gaussian noise ε (Captum's GradientShap)",
+    reference="Lundberg & Lee, 2017, arXiv:1705.07874; Erion et al., 2021, arXiv:1906.10670",
+)
+register(
+    "sobol", sampling.sobol, family="sampling", postprocessing=filters.normalize, random=True,
+    summary="the total-order Sobol index (Jansen's estimator) of each cell of a coarse grid "
+    "of quasi-Monte-Carlo (Sobol sequence) masks",
+    reference="Fel et al., 2021, arXiv:2111.04138",
+)
+register(
+    "lime", surrogate.lime, family="surrogate", postprocessing=_POSITIVE, random=True,
+    summary="the coefficients of a ridge regression of the unit's probability on which "
+    "superpixels are shown, weighted by a kernel of the cosine distance",
+    reference="Ribeiro et al., 2016, arXiv:1602.04938",
+)
+register(
+    "kernel_shap", surrogate.kernel_shap, family="surrogate", postprocessing=_POSITIVE,
+    random=True,
+    summary="the superpixels' Shapley values, by the Shapley-kernel-weighted regression on "
+    "sampled coalitions",
+    reference="Lundberg & Lee, 2017, arXiv:1705.07874",
 )
 
 __all__ = ["Method", "REGISTRY", "describe_parameters", "get", "markdown_table", "register"]

@@ -29,12 +29,20 @@ JOB_FAST = {
     "scorecam": {"chunk_size": 3},
     "occlusion": {"patch_size": 8, "stride": 4, "chunk_size": 8},
     "rise": {"masks": 24, "cell_size": 8, "chunk_size": 12},
+    # A ReLU network without biases (the test model's are 0) has the same gradient all along
+    # the path from 0: uniform baselines, so that the samples' draws matter.
+    "gradient_shap": {"n_samples": 4, "chunk_size": 2, "baselines": "uniform"},
+    "sobol": {"grid_size": 4, "n_designs": 4, "chunk_size": 18},
+    "lime": {"segmentation": "grid", "grid_size": 4, "n_samples": 24, "chunk_size": 12},
+    "kernel_shap": {"segmentation": "grid", "grid_size": 4, "n_samples": 24, "chunk_size": 12},
 }
 """Fast settings on the job's 32x32 test model."""
 
-JOB_ROUTING = {**ROUTING, "cam": {"logits_layer": "features"}}
+JOB_ROUTING = {**ROUTING, "cam": {"logits_layer": "features"},
+               "gradient_shap": {**ROUTING["gradient_shap"], "stdevs": 20.0}}
 """The test model has no layer "conv1": CAM is given its last convolution instead, whose
-kernel is no Dense head on the activation (CAM refuses it by name)."""
+kernel is no Dense head on the activation (CAM refuses it by name). Its pixels are in
+[0, 255]: GradientSHAP's noise is given in those units."""
 
 REFUSED = {("cam", "logits_layer"): "CAM weighs"}
 

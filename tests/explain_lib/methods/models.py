@@ -27,8 +27,14 @@ FAST_SETTINGS = {
     "scorecam": {"chunk_size": 3},
     "occlusion": {"patch_size": 4, "stride": 3, "chunk_size": 5},
     "rise": {"masks": 24, "cell_size": 4, "chunk_size": 10},
+    "gradient_shap": {"n_samples": 4, "chunk_size": 2},
+    "sobol": {"grid_size": 3, "n_designs": 4, "chunk_size": 11},
+    "lime": {"segmentation": "grid", "grid_size": 3, "n_samples": 20, "chunk_size": 10},
+    "kernel_shap": {"segmentation": "grid", "grid_size": 3, "n_samples": 20, "chunk_size": 10},
 }
-"""Method parameters for 12x12 inputs, small enough for quick tests, uneven chunks included."""
+"""Method parameters for 12x12 inputs, small enough for quick tests, uneven chunks included
+(the sampling and surrogate methods' chunks divide their samples: one trace of the loop; their
+own tests cover uneven chunks)."""
 
 SMOOTH_TTA_GRADCAM = (meta.smooth(meta.tta(cams.gradcam, scales=(1.5,)), 2, 0.2, 2), True)
 """A meta method over a meta method over a CAM, as a `registered_methods` entry: SmoothGrad
@@ -59,6 +65,14 @@ ROUTING = {
                   "chunk_size": 0},
     "rise": {"masks": 12, "cell_size": 3, "keep_probability": 0.3, "seed": 1, "score": "logit",
              "chunk_size": 0},
+    "gradient_shap": {"baselines": 0.5, "n_samples": 3, "stdevs": 0.2, "seed": 1,
+                      "chunk_size": 0},
+    "sobol": {"grid_size": 2, "n_designs": 8, "perturbation": "amplitude", "seed": 1,
+              "score": "logit", "chunk_size": 0},
+    "lime": {"segmentation": "quickshift", "grid_size": 2, "n_samples": 12, "kernel_width": 1.0,
+             "ridge": 0.1, "baseline": 0.5, "seed": 1, "score": "logit", "chunk_size": 0},
+    "kernel_shap": {"segmentation": "quickshift", "grid_size": 2, "n_samples": 12,
+                    "baseline": 0.5, "seed": 1, "score": "logit", "chunk_size": 0},
 }
 """For every registered method, a changed value of each of its parameters. A changed value
 changes the maps, except for the chunk sizes, which bound memory and leave the maps as they

@@ -11,7 +11,16 @@ import pytest
 import explain_lib
 from explain_lib import filters, inspection, methods, shortcuts
 from explain_lib.engine.explaining import check_explain, explain
-from explain_lib.methods import attention, cams, common, gradient, meta, perturbation
+from explain_lib.methods import (
+    attention,
+    cams,
+    common,
+    gradient,
+    meta,
+    perturbation,
+    sampling,
+    surrogate,
+)
 from tests.conftest import tiny_cnn
 from tests.explain_lib.methods.models import (
     FAST_SETTINGS,
@@ -28,7 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 
 def test_the_registry_declares_every_method_of_the_method_modules():
     functions = {m.function for m in methods.REGISTRY.values()}
-    for module in (gradient, cams, perturbation, attention):
+    for module in (gradient, cams, perturbation, attention, sampling, surrogate):
         for function in module.METHODS:
             assert function in functions, function.__name__
     for name, method in methods.REGISTRY.items():

@@ -17,7 +17,7 @@ from tests.explain_lib.methods.models import (
     rounding_tolerance,
 )
 
-RANDOM = {"smoothgrad", "rise", "smooth_tta_gradcam"}
+RANDOM = {"smoothgrad", "rise", "smooth_tta_gradcam", "gradient_shap", "lime", "kernel_shap"}
 CASES = {
     **registered_methods(),
     "smooth_tta_gradcam": SMOOTH_TTA_GRADCAM,
