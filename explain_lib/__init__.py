@@ -25,12 +25,18 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # (`methods.get(name).explain_defaults`): explain_lib.gradcam(model, x, y).
 from explain_lib import shortcuts  # noqa: E402
 from explain_lib.shortcuts import (  # noqa: E402
+    ablationcam,
     attention_rollout,
     cam,
+    deconvnet,
+    eigencam,
     full_gradients,
     gradcam,
     gradcampp,
     gradients,
+    guided_backprop,
+    guided_gradcam,
+    hirescam,
     input_x_gradient,
     integrated_gradients,
     layercam,
@@ -40,6 +46,7 @@ from explain_lib.shortcuts import (  # noqa: E402
     smoothgrad,
     squaregrad,
     vargrad,
+    xgradcam,
 )
 
 __all__ = [
@@ -56,12 +63,18 @@ __all__ = [
     "metrics",
     "shortcuts",
     "utils",
+    "ablationcam",
     "attention_rollout",
     "cam",
+    "deconvnet",
+    "eigencam",
     "full_gradients",
     "gradcam",
     "gradcampp",
     "gradients",
+    "guided_backprop",
+    "guided_gradcam",
+    "hirescam",
     "input_x_gradient",
     "integrated_gradients",
     "layercam",
@@ -71,4 +84,5 @@ __all__ = [
     "smoothgrad",
     "squaregrad",
     "vargrad",
+    "xgradcam",
 ]
