@@ -408,6 +408,21 @@ def _symbolic_inputs(model: keras.Model):
     return inputs[0] if len(inputs) == 1 else inputs
 
 
+class ChannelOnes(keras.layers.Layer):
+    """Ones (B, channels) for a tensor of batch B: the channel scales `channel_scaled`
+    replaces by its `keep` input."""
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.channels = channels
+
+    def call(self, tensor):
+        return keras.ops.ones((keras.ops.shape(tensor)[0], self.channels), "float32")
+
+    def compute_output_spec(self, tensor):
+        return keras.KerasTensor((tensor.shape[0], self.channels), "float32")
+
+
 def _with_endpoints(model: keras.Model, targets: List[Tuple],
                     grids: Optional[Dict[Tuple, Tuple]] = None,
                     replaced: Optional[Dict[keras.layers.Layer, Any]] = None,
@@ -423,19 +438,29 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
     are rebuilt from it), so that what depends on the tokens depends on the map: a gradient
     taken with respect to it is the tokens' own.
 
-    `scaled`, (a target, a symbolic (B, C) tensor `keep`), multiplies that target's tensor
-    (its map, for a target on a grid) channel by channel by `keep` where it is captured,
-    and the graph goes on with the product; the returned model then takes `[inputs, keep]`
-    (`channel_scaled`).
+    `scaled`, (a target, its channel count C), multiplies that target's tensor (its map,
+    for a target on a grid) channel by channel by a (B, C) tensor `keep` where it is
+    captured, and the graph goes on with the product; the returned model then takes
+    `[inputs, keep]` (`channel_scaled`). (`keep` is made in the graph as ones computed from
+    the tensor it scales, so that every graph built on the way is connected, and then made
+    an input of the returned model, which replaces it by the value given.)
     """
     grids, replaced = grids or {}, replaced or {}
     calls = {target: [] for target in targets}
-    keep = scaled[1] if scaled else None
+    keeps = []
+
+    def keep_for(tensor):
+        keeps.append(ChannelOnes(scaled[1])(keras.tree.flatten(tensor)[0]))
+        if len(keeps) > 1:
+            raise ExplainError(f"Cannot scale the channels of {scaled[0][0].name!r}: it is "
+                               "called more than once in the model.")
+        return keeps[-1]
 
     def scale(target, tensor):
         if not scaled or target != scaled[0]:
             return tensor
         shape = (-1,) + (1,) * (len(tensor.shape) - 2) + (tensor.shape[-1],)
+        keep = keep_for(tensor)
         return tensor * keras.ops.cast(keras.ops.reshape(keep, shape), tensor.dtype)
 
     def capture(target, tensor):
@@ -460,13 +485,12 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
                           if other is not layer and _contains(layer, other)}
         encoded = [t for t in mine if t[1] in ("last_block_input", "attentions")]
         if inner or inner_replaced:
-            inner_scaled = None
-            if scaled and scaled[0] in inner:
-                inner_scaled = (scaled[0], keras.Input(batch_shape=keep.shape, dtype=keep.dtype))
+            inner_scaled = scaled if scaled and scaled[0] in inner else None
             extended = _with_endpoints(layer, inner, {t: grids[t] for t in inner if t in grids},
                                        inner_replaced, inner_scaled)
             if inner_scaled:
-                flat = keras.tree.flatten(extended([args[0], keep]))
+                flat = keras.tree.flatten(extended([*keras.tree.flatten(args[0]),
+                                                    keep_for(args[0])]))
             else:
                 flat = keras.tree.flatten(extended(*args, **kwargs))
             count = len(keras.tree.flatten(layer.output))
@@ -480,7 +504,7 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
             encoder = UnrolledEncoder(layer, attention=any(t[1] == "attentions"
                                                            for t in encoded), grid=grid)
             if scaled and scaled[0] in encoded:
-                unrolled = encoder(args[0], keep)
+                unrolled = encoder(args[0], keep_for(args[0]))
             else:
                 unrolled = encoder(args[0])
             for target in encoded:
@@ -531,7 +555,7 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
             )
         captured.append(tensors[-1 if node == "last" else node])
     if scaled:
-        inputs = [inputs, keep]
+        inputs = [*keras.tree.flatten(inputs), keeps[-1]]
     return keras.Model(inputs, keras.tree.flatten(outputs) + captured, name=f"{model.name}_exposed")
 
 
@@ -573,10 +597,11 @@ def _endpoints(model, endpoints, inputs, on_grid, grid, prefix_tokens, keep=None
     if keep is not None and targets[-1] is MODEL_OUTPUT:
         raise ExplainError("Cannot scale the channels of the model's own output.")
     extended = _with_endpoints(model, unique, grids,
-                               scaled=(targets[-1], keep) if keep is not None else None)
+                               scaled=(targets[-1], keep.shape[-1]) if keep is not None else None)
     if inputs is None:
         inputs = _symbolic_inputs(model)
-    flat = keras.tree.flatten(extended(inputs if keep is None else [inputs, keep]))
+    flat = keras.tree.flatten(extended(
+        inputs if keep is None else [*keras.tree.flatten(inputs), keep]))
     tensors = dict(zip(unique, flat[len(flat) - len(unique):]))
     tensors[MODEL_OUTPUT] = flat[0]
     return [tensors[target] for target in targets]
@@ -629,7 +654,7 @@ def _exposed(model, outputs, arguments, grid, prefix_tokens, keep=None) -> keras
     tensors = _endpoints(model, outputs + arguments, inputs,
                          arguments if grid is not None and image else (), grid, prefix_tokens,
                          keep)
-    return keras.Model(inputs if keep is None else [inputs, keep], tensors,
+    return keras.Model(inputs if keep is None else [*keras.tree.flatten(inputs), keep], tensors,
                        name=f"{model.name}_exposed")
 
 
