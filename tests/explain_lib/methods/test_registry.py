@@ -11,7 +11,7 @@ import pytest
 import explain_lib
 from explain_lib import filters, inspection, methods, shortcuts
 from explain_lib.engine.explaining import check_explain, explain
-from explain_lib.methods import attention, cams, common, gradient, meta, perturbation
+from explain_lib.methods import attention, cams, common, gradient, meta, perturbation, rules
 from tests.conftest import tiny_cnn
 from tests.explain_lib.methods.models import (
     FAST_SETTINGS,
@@ -28,18 +28,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 
 def test_the_registry_declares_every_method_of_the_method_modules():
     functions = {m.function for m in methods.REGISTRY.values()}
-    for module in (gradient, cams, perturbation, attention):
+    for module in (gradient, cams, perturbation, attention, rules):
         for function in module.METHODS:
             assert function in functions, function.__name__
     for name, method in methods.REGISTRY.items():
         assert methods.get(name) is method
         assert getattr(methods, name) is method.function  # methods holds the methods
         assert shortcuts.SHORTCUTS[name] is getattr(explain_lib, name)  # shortcuts: explain
-        assert method.exposed == (method.family == "cams")
+        # Guided Grad-CAM weighs an inner activation too, but its maps come at the input's
+        # size (the guided gradient's).
+        assert method.exposed == (method.family == "cams" or name == "guided_gradcam")
         assert method.attention == (method.family == "attention")
         # The methods whose maps come at an inner resolution (a CAM's activation, a
         # transformer's patch grid) are resized to the input's by default.
-        assert method.upsampled == (method.exposed or method.attention)
+        assert method.upsampled == (method.family == "cams" or method.attention)
         assert method.upsampled == method.explain_defaults["resizing"]
         assert method.random == bool(method.seeds), name  # a random method has a seed
         assert callable(method.postprocessing) and method.summary and method.reference
