@@ -78,7 +78,7 @@ def test_methods_know_no_engine():
 
 @pytest.mark.parametrize("name", ["gradcam++", "", None])
 def test_an_unknown_name_lists_the_valid_ones(name):
-    valid = "Valid names: attention_rollout, cam, full_gradients, gradcam, gradcampp"
+    valid = "Valid names: ablationcam, attention_rollout, cam, deconvnet, eigencam, full_gradients"
     with pytest.raises(ValueError, match=valid):
         methods.get(name)
 
