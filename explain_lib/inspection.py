@@ -442,15 +442,15 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
     for a target on a grid) channel by channel by a (B, C) tensor `keep` where it is
     captured, and the graph goes on with the product; the returned model then takes
     `[inputs, keep]` (`channel_scaled`). (`keep` is made in the graph as ones computed from
-    the tensor it scales, so that every graph built on the way is connected, and then made
-    an input of the returned model, which replaces it by the value given.)
+    the model's input, so that every graph built on the way is connected, and then made an
+    input of the returned model, which replaces it by the value given.)
     """
     grids, replaced = grids or {}, replaced or {}
     calls = {target: [] for target in targets}
-    keeps = []
+    keeps, first_input = [], []
 
     def keep_for(tensor):
-        keeps.append(ChannelOnes(scaled[1])(keras.tree.flatten(tensor)[0]))
+        keeps.append(ChannelOnes(scaled[1])(first_input[0]))
         if len(keeps) > 1:
             raise ExplainError(f"Cannot scale the channels of {scaled[0][0].name!r}: it is "
                                "called more than once in the model.")
@@ -531,16 +531,22 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
 
     if isinstance(model, keras.Sequential):
         inputs = outputs = _symbolic_inputs(model)
+        first_input.append(keras.tree.flatten(inputs)[0])
         for layer in model.layers:
             outputs = call(layer, outputs)
     else:
-        _symbolic_inputs(model)  # checks that the model has a graph
+        given = _symbolic_inputs(model)  # (also checks that the model has a graph)
+        # The keep scales of `scaled` are computed from the model's input (a Functional
+        # model refuses an input computed from an inner tensor): the clone is built on
+        # inputs made here.
+        first_input.append(keras.tree.flatten(given)[0])
         # Re-traced through an uncompiled view of its graph: cloning a compiled model would
         # copy its compile config, whose optimizer needs eager execution (inside a step).
         view = keras.Model(model.inputs, model.outputs, name=model.name)
         clone = keras.models.clone_model(
-            view, clone_function=lambda layer: layer, call_function=call
-        )
+            view, clone_function=lambda layer: layer, call_function=call,
+            **({"input_tensors": keras.tree.pack_sequence_as(
+                view.input, keras.tree.flatten(given))} if scaled else {}))
         inputs, outputs = clone.inputs, clone.outputs
 
     captured = []
@@ -556,6 +562,9 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
         captured.append(tensors[-1 if node == "last" else node])
     if scaled:
         inputs = [*keras.tree.flatten(inputs), keeps[-1]]
+        # A tensor that is both an output and a captured one is refused by a Functional
+        # model with an input computed in its graph (`keep`): the captured ones are copies.
+        captured = [keras.layers.Identity()(tensor) for tensor in captured]
     return keras.Model(inputs, keras.tree.flatten(outputs) + captured, name=f"{model.name}_exposed")
 
 
