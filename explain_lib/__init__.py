@@ -25,13 +25,19 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 # (`methods.get(name).explain_defaults`): explain_lib.gradcam(model, x, y).
 from explain_lib import shortcuts  # noqa: E402
 from explain_lib.shortcuts import (  # noqa: E402
+    ablationcam,
     attention_rollout,
     cam,
+    deconvnet,
+    eigencam,
     full_gradients,
     gradcam,
     gradcampp,
     gradient_shap,
     gradients,
+    guided_backprop,
+    guided_gradcam,
+    hirescam,
     input_x_gradient,
     integrated_gradients,
     kernel_shap,
@@ -44,6 +50,7 @@ from explain_lib.shortcuts import (  # noqa: E402
     sobol,
     squaregrad,
     vargrad,
+    xgradcam,
 )
 
 __all__ = [
@@ -60,13 +67,19 @@ __all__ = [
     "metrics",
     "shortcuts",
     "utils",
+    "ablationcam",
     "attention_rollout",
     "cam",
+    "deconvnet",
+    "eigencam",
     "full_gradients",
     "gradcam",
     "gradcampp",
     "gradient_shap",
     "gradients",
+    "guided_backprop",
+    "guided_gradcam",
+    "hirescam",
     "input_x_gradient",
     "integrated_gradients",
     "kernel_shap",
@@ -79,4 +92,5 @@ __all__ = [
     "sobol",
     "squaregrad",
     "vargrad",
+    "xgradcam",
 ]

@@ -27,6 +27,7 @@ Usage:
 import abc
 import inspect
 import math
+import weakref
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 import keras
@@ -337,6 +338,24 @@ def scores_model(model: keras.Model, scores: str = "logits") -> keras.Model:
                        name=f"{model.name}_scores")
 
 
+def rerouted(model: keras.Model, replaced: Dict[keras.layers.Layer, Any]) -> keras.Model:
+    """A model computing `model`'s outputs (all of them, flattened) from the same layers,
+    nested models included, but for each layer in `replaced`, called as
+    `replaced[layer](its input)` instead. The weights are shared, nothing is copied, and
+    `model` is not changed: the gradient rules (`methods.rules`) reroute the backward pass
+    of its ReLUs this way.
+
+    Usage:
+
+        relu = model.get_layer("relu")
+        rerouted(model, {relu: lambda x: keras.ops.relu(x) * 2.0})
+    """
+    inputs = _symbolic_inputs(model)
+    extended = _with_endpoints(model, [], replaced=replaced)
+    return keras.Model(inputs, keras.tree.flatten(extended(inputs)),
+                       name=f"{model.name}_rerouted")
+
+
 def _resolve(model: keras.Model, endpoint: Endpoint) -> Tuple[keras.layers.Layer, str, Any]:
     """An endpoint description as (layer, link, node); `MODEL_OUTPUT` stays itself."""
     if endpoint is MODEL_OUTPUT:
@@ -389,9 +408,25 @@ def _symbolic_inputs(model: keras.Model):
     return inputs[0] if len(inputs) == 1 else inputs
 
 
+class ChannelOnes(keras.layers.Layer):
+    """Ones (B, channels) for a tensor of batch B: the channel scales `channel_scaled`
+    replaces by its `keep` input."""
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.channels = channels
+
+    def call(self, tensor):
+        return keras.ops.ones((keras.ops.shape(tensor)[0], self.channels), "float32")
+
+    def compute_output_spec(self, tensor):
+        return keras.KerasTensor((tensor.shape[0], self.channels), "float32")
+
+
 def _with_endpoints(model: keras.Model, targets: List[Tuple],
                     grids: Optional[Dict[Tuple, Tuple]] = None,
-                    replaced: Optional[Dict[keras.layers.Layer, Any]] = None) -> keras.Model:
+                    replaced: Optional[Dict[keras.layers.Layer, Any]] = None,
+                    scaled: Optional[Tuple[Tuple, Any]] = None) -> keras.Model:
     """A Functional model computing `model`'s outputs followed by each target's tensor.
 
     The layers are re-called (not cloned) on new inputs, but a layer in `replaced`, whose
@@ -402,18 +437,41 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
     comes back as a map of its patch tokens, spliced into the graph (the tokens downstream
     are rebuilt from it), so that what depends on the tokens depends on the map: a gradient
     taken with respect to it is the tokens' own.
+
+    `scaled`, (a target, its channel count C), multiplies that target's tensor (its map,
+    for a target on a grid) channel by channel by a (B, C) tensor `keep` where it is
+    captured, and the graph goes on with the product; the returned model then takes
+    `[inputs, keep]` (`channel_scaled`). (`keep` is made in the graph as ones computed from
+    the model's input, so that every graph built on the way is connected, and then made an
+    input of the returned model, which replaces it by the value given.)
     """
     grids, replaced = grids or {}, replaced or {}
     calls = {target: [] for target in targets}
+    keeps, first_input = [], []
+
+    def keep_for(tensor):
+        keeps.append(ChannelOnes(scaled[1])(first_input[0]))
+        if len(keeps) > 1:
+            raise ExplainError(f"Cannot scale the channels of {scaled[0][0].name!r}: it is "
+                               "called more than once in the model.")
+        return keeps[-1]
+
+    def scale(target, tensor):
+        if not scaled or target != scaled[0]:
+            return tensor
+        shape = (-1,) + (1,) * (len(tensor.shape) - 2) + (tensor.shape[-1],)
+        keep = keep_for(tensor)
+        return tensor * keras.ops.cast(keras.ops.reshape(keep, shape), tensor.dtype)
 
     def capture(target, tensor):
         """Record `tensor` for `target`; returns what the graph goes on with."""
         if target not in grids or len(tensor.shape) != 3:
+            tensor = scale(target, tensor)
             calls[target].append(tensor)
             return tensor
         prefix, (rows, cols) = token_grid(tensor.shape, grids[target][2], *grids[target][:2])
         channels = tensor.shape[-1]
-        grid = keras.ops.reshape(tensor[:, prefix:], (-1, rows, cols, channels))
+        grid = scale(target, keras.ops.reshape(tensor[:, prefix:], (-1, rows, cols, channels)))
         calls[target].append(grid)
         patches = keras.ops.reshape(grid, (-1, rows * cols, channels))
         return keras.ops.concatenate([tensor[:, :prefix], patches], axis=1) if prefix else patches
@@ -427,9 +485,14 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
                           if other is not layer and _contains(layer, other)}
         encoded = [t for t in mine if t[1] in ("last_block_input", "attentions")]
         if inner or inner_replaced:
+            inner_scaled = scaled if scaled and scaled[0] in inner else None
             extended = _with_endpoints(layer, inner, {t: grids[t] for t in inner if t in grids},
-                                       inner_replaced)
-            flat = keras.tree.flatten(extended(*args, **kwargs))
+                                       inner_replaced, inner_scaled)
+            if inner_scaled:
+                flat = keras.tree.flatten(extended([*keras.tree.flatten(args[0]),
+                                                    keep_for(args[0])]))
+            else:
+                flat = keras.tree.flatten(extended(*args, **kwargs))
             count = len(keras.tree.flatten(layer.output))
             for target, tensor in zip(inner, flat[count:]):
                 calls[target].append(tensor)
@@ -438,9 +501,12 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
             gridded = [t for t in encoded if t[1] == "last_block_input" and t in grids]
             grid = (token_grid(args[0].shape, grids[gridded[0]][2], *grids[gridded[0]][:2])
                     if gridded and len(args[0].shape) == 3 else None)
-            unrolled = UnrolledEncoder(layer, attention=any(t[1] == "attentions"
-                                                            for t in encoded),
-                                       grid=grid)(args[0])
+            encoder = UnrolledEncoder(layer, attention=any(t[1] == "attentions"
+                                                           for t in encoded), grid=grid)
+            if scaled and scaled[0] in encoded:
+                unrolled = encoder(args[0], keep_for(args[0]))
+            else:
+                unrolled = encoder(args[0])
             for target in encoded:
                 calls[target].append(unrolled[1 if target[1] == "last_block_input" else 2])
             # The encoder's own outputs besides its tokens (DeiT's optional states) are
@@ -459,18 +525,28 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
                 result = capture(target, result)
         return result
 
+    if scaled and scaled[0][1] in ("pre_activation", "attentions"):
+        raise ExplainError(f"Cannot scale the channels of a {scaled[0][1]!r} endpoint: it is a "
+                           "side output, not a tensor the model's output is computed from.")
+
     if isinstance(model, keras.Sequential):
         inputs = outputs = _symbolic_inputs(model)
+        first_input.append(keras.tree.flatten(inputs)[0])
         for layer in model.layers:
             outputs = call(layer, outputs)
     else:
-        _symbolic_inputs(model)  # checks that the model has a graph
+        given = _symbolic_inputs(model)  # (also checks that the model has a graph)
+        # The keep scales of `scaled` are computed from the model's input (a Functional
+        # model refuses an input computed from an inner tensor): the clone is built on
+        # inputs made here.
+        first_input.append(keras.tree.flatten(given)[0])
         # Re-traced through an uncompiled view of its graph: cloning a compiled model would
         # copy its compile config, whose optimizer needs eager execution (inside a step).
         view = keras.Model(model.inputs, model.outputs, name=model.name)
         clone = keras.models.clone_model(
-            view, clone_function=lambda layer: layer, call_function=call
-        )
+            view, clone_function=lambda layer: layer, call_function=call,
+            **({"input_tensors": keras.tree.pack_sequence_as(
+                view.input, keras.tree.flatten(given))} if scaled else {}))
         inputs, outputs = clone.inputs, clone.outputs
 
     captured = []
@@ -484,6 +560,11 @@ def _with_endpoints(model: keras.Model, targets: List[Tuple],
                 f"node={node} does not exist."
             )
         captured.append(tensors[-1 if node == "last" else node])
+    if scaled:
+        inputs = [*keras.tree.flatten(inputs), keeps[-1]]
+        # A tensor that is both an output and a captured one is refused by a Functional
+        # model with an input computed in its graph (`keep`): the captured ones are copies.
+        captured = [keras.layers.Identity()(tensor) for tensor in captured]
     return keras.Model(inputs, keras.tree.flatten(outputs) + captured, name=f"{model.name}_exposed")
 
 
@@ -510,16 +591,26 @@ def endpoints(
         logits, features = inspection.endpoints(model, ["predictions", "post_relu"], inputs)
         exposed = keras.Model(inputs, [logits, features])
     """
+    return _endpoints(model, endpoints, inputs, on_grid, grid, prefix_tokens)
+
+
+def _endpoints(model, endpoints, inputs, on_grid, grid, prefix_tokens, keep=None):
+    """`endpoints`; with `keep`, a symbolic (B, C) tensor, the last endpoint's channels are
+    multiplied by it where the graph reads them (`_with_endpoints`' `scaled`)."""
     targets = [_resolve(model, e) for e in _endpoint_list(endpoints)]
     # An endpoint named twice is traced once; the model's output is the extended model's.
     unique = list(dict.fromkeys(t for t in targets if t is not MODEL_OUTPUT))
     image_size = tuple(keras.tree.flatten(model.inputs)[0].shape[1:3]) if getattr(
         model, "inputs", None) else (None, None)
     grids = {_resolve(model, e): (grid, prefix_tokens, image_size) for e in on_grid}
-    extended = _with_endpoints(model, unique, grids)
+    if keep is not None and targets[-1] is MODEL_OUTPUT:
+        raise ExplainError("Cannot scale the channels of the model's own output.")
+    extended = _with_endpoints(model, unique, grids,
+                               scaled=(targets[-1], keep.shape[-1]) if keep is not None else None)
     if inputs is None:
         inputs = _symbolic_inputs(model)
-    flat = keras.tree.flatten(extended(inputs))
+    flat = keras.tree.flatten(extended(
+        inputs if keep is None else [*keras.tree.flatten(inputs), keep]))
     tensors = dict(zip(unique, flat[len(flat) - len(unique):]))
     tensors[MODEL_OUTPUT] = flat[0]
     return [tensors[target] for target in targets]
@@ -561,12 +652,55 @@ def expose(
     if arguments is None:
         arguments = default_activation(model)
     outputs, arguments = _endpoint_list(outputs), _endpoint_list(arguments)
+    exposed = _exposed(model, outputs, arguments, grid, prefix_tokens)
+    _EXPOSURES[exposed] = (model, outputs, arguments, grid, prefix_tokens)
+    return exposed
+
+
+def _exposed(model, outputs, arguments, grid, prefix_tokens, keep=None) -> keras.Model:
     inputs = _symbolic_inputs(model)
     image = len(keras.tree.flatten(inputs)[0].shape) == 4
-    tensors = endpoints(model, outputs + arguments, inputs,
-                        on_grid=arguments if grid is not None and image else (),
-                        grid=grid, prefix_tokens=prefix_tokens)
-    return keras.Model(inputs, tensors, name=f"{model.name}_exposed")
+    tensors = _endpoints(model, outputs + arguments, inputs,
+                         arguments if grid is not None and image else (), grid, prefix_tokens,
+                         keep)
+    return keras.Model(inputs if keep is None else [*keras.tree.flatten(inputs), keep], tensors,
+                       name=f"{model.name}_exposed")
+
+
+_EXPOSURES: "weakref.WeakKeyDictionary[keras.Model, Tuple]" = weakref.WeakKeyDictionary()
+"""How each model `expose` built was exposed, for `channel_scaled` (kept here, weakly)."""
+
+_SCALED: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = weakref.WeakKeyDictionary()
+
+
+def channel_scaled(exposed: keras.Model) -> keras.Model:
+    """`exposed`, a model `expose` built, taking `[inputs, keep]` instead of its inputs:
+    its last argument (the activation A (B, h, w, C), or the patch-token map of a
+    transformer) is multiplied channel by channel by `keep` (B, C) where the model reads
+    it, so that its outputs are those of the model with the channels scaled: with a 0 in
+    `keep`, a channel ablated (Ablation-CAM). The layers are the same (weights shared).
+    Built once per exposed model, kept here and not on it.
+
+    Usage:
+
+        exposed = expose(model)
+        logits, activations = channel_scaled(exposed)([images, keep])
+
+    Raises:
+        ExplainError: for a model `expose` did not build.
+    """
+    if exposed in _SCALED:
+        return _SCALED[exposed]
+    if exposed not in _EXPOSURES:
+        raise ExplainError(
+            f"{exposed.name!r} was not built by explain_lib.inspection.expose: only then is it "
+            "known where its activation is read, to scale its channels. Expose the model with "
+            "inspection.expose(model, layer).")
+    model, outputs, arguments, grid, prefix_tokens = _EXPOSURES[exposed]
+    channels = keras.tree.flatten(exposed.outputs)[-1].shape[-1]
+    keep = keras.Input((channels,), name="keep")
+    _SCALED[exposed] = _exposed(model, outputs, arguments, grid, prefix_tokens, keep)
+    return _SCALED[exposed]
 
 
 def default_activation(model: keras.Model) -> Endpoint:
@@ -686,7 +820,7 @@ class UnrolledEncoder(keras.layers.Layer):
         super().__init__(name=f"{encoder.name}_unrolled", dtype=encoder.dtype_policy, **kwargs)
         self.encoder, self.attention, self.grid = encoder, attention, grid
 
-    def call(self, tokens):
+    def call(self, tokens, keep=None):
         encoder = self.encoder
         dropout = getattr(encoder, "dropout", None)
         x = dropout(tokens) if isinstance(dropout, keras.layers.Layer) else tokens
@@ -694,7 +828,7 @@ class UnrolledEncoder(keras.layers.Layer):
         blocks = encoder.encoder_layers
         for index, block in enumerate(blocks):
             if index == len(blocks) - 1:
-                x, last = self._split(x)
+                x, last = self._split(x, keep)
             if self.attention and _returns_attention(block):
                 # (Its tokens then come from the attention kernel that returns the scores,
                 # which may round differently in the last bits from the fused one.)
@@ -709,13 +843,18 @@ class UnrolledEncoder(keras.layers.Layer):
         outputs = [encoder.layer_norm(x), last]
         return outputs + [keras.ops.stack(attentions, axis=1)] if self.attention else outputs
 
-    def _split(self, tokens):
-        """(the tokens the last block takes, what is exposed of them)."""
+    def _split(self, tokens, keep=None):
+        """(the tokens the last block takes, what is exposed of them); `keep` (B, C) scales
+        the exposed tensor's channels (`channel_scaled`)."""
         if self.grid is None:
+            if keep is not None:
+                tokens = tokens * keras.ops.cast(keep[:, None, :], tokens.dtype)
             return tokens, tokens
         prefix, (rows, cols) = self.grid
         channels = tokens.shape[-1]
         grid = keras.ops.reshape(tokens[:, prefix:], (-1, rows, cols, channels))
+        if keep is not None:
+            grid = grid * keras.ops.cast(keep[:, None, None, :], grid.dtype)
         patches = keras.ops.reshape(grid, (-1, rows * cols, channels))
         rebuilt = keras.ops.concatenate([tokens[:, :prefix], patches], axis=1) if prefix else (
             patches)
@@ -924,6 +1063,8 @@ def biases(layers: Sequence[keras.layers.Layer]) -> List[tf.Tensor]:
 
 
 __all__ = [
+    "channel_scaled",
+    "rerouted",
     "FINAL_ACTIVATIONS",
     "Head",
     "MODEL_OUTPUT",

@@ -2,8 +2,11 @@
 the registry that declares them.
 
 - `gradient`: gradients, Input×Gradient, Integrated Gradients, Full-Gradient (plain model).
-- `cams`: CAM, Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM (exposed model, see
-  `inspection.expose`; a plain model is exposed with the defaults).
+- `cams`: CAM, Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM, XGrad-CAM, HiResCAM, EigenCAM,
+  Ablation-CAM (exposed model, see `inspection.expose`; a plain model is exposed with the
+  defaults).
+- `rules`: guided backpropagation, DeconvNet, Guided Grad-CAM: the gradient with the ReLUs'
+  backward pass changed (a model with ReLUs; Guided Grad-CAM takes an exposed model).
 - `perturbation`: occlusion, RISE (plain model, forward passes only).
 - `sampling`: GradientSHAP, Sobol attribution (expectations over sampled perturbations).
 - `surrogate`: LIME, KernelSHAP (linear surrogates on superpixels).
@@ -39,11 +42,22 @@ from explain_lib.methods import (
     meta,
     perturbation,
     registry,
+    rules,
     sampling,
     surrogate,
 )
 from explain_lib.methods.attention import attention_rollout
-from explain_lib.methods.cams import cam, gradcam, gradcampp, layercam, scorecam
+from explain_lib.methods.cams import (
+    ablationcam,
+    cam,
+    eigencam,
+    gradcam,
+    gradcampp,
+    hirescam,
+    layercam,
+    scorecam,
+    xgradcam,
+)
 from explain_lib.methods.gradient import (
     full_gradients,
     gradients,
@@ -52,6 +66,7 @@ from explain_lib.methods.gradient import (
 )
 from explain_lib.methods.perturbation import occlusion, rise
 from explain_lib.methods.registry import REGISTRY, Method, get, register
+from explain_lib.methods.rules import deconvnet, guided_backprop, guided_gradcam
 from explain_lib.methods.sampling import gradient_shap, sobol
 from explain_lib.methods.surrogate import kernel_shap, lime
 
@@ -85,6 +100,14 @@ __all__ = [
     "gradcampp",
     "scorecam",
     "layercam",
+    "xgradcam",
+    "hirescam",
+    "eigencam",
+    "ablationcam",
+    "rules",
+    "guided_backprop",
+    "deconvnet",
+    "guided_gradcam",
     "occlusion",
     "rise",
     "sampling",

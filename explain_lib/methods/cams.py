@@ -13,7 +13,12 @@ What distinguishes them is the channel weights:
 - `gradcampp`: a positively weighted sum of ∂f_u/∂A (higher-order terms);
 - `layercam`: ReLU(∂f_u/∂A) per position (no pooling);
 - `scorecam`: the unit's probability for the input masked by each channel (forward
-  passes only).
+  passes only);
+- `xgradcam`: ∂f_u/∂A_c averaged with the weights A_c / Σ A_c;
+- `hirescam`: ∂f_u/∂A_c per position (no pooling, negative gradients kept);
+- `eigencam`: none: A projected on its first principal component (class-agnostic);
+- `ablationcam`: the relative drop of the unit's score when channel c of A is zeroed
+  (forward passes only).
 """
 
 import weakref
@@ -33,17 +38,22 @@ _default_exposures: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = (
 )
 
 
-def exposed_outputs(model: keras.Model, inputs: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-    """`(logits, activations)` from an exposed model, or an error that says how to get one.
-
-    A plain model (one output) is exposed with `inspection.expose`'s defaults (the logits
-    and the input of the last global pooling layer), once per model, cached here and not on
-    the model; expose it yourself to weigh another layer.
-    """
+def exposed_model(model: keras.Model) -> keras.Model:
+    """`model` if it is exposed (several outputs); a plain model (one output) exposed with
+    `inspection.expose`'s defaults (the logits and the input of the last global pooling
+    layer), once per model, cached here and not on the model; expose it yourself to weigh
+    another layer."""
     if len(getattr(model, "outputs", None) or ()) == 1:
         if model not in _default_exposures:
             _default_exposures[model] = inspection.expose(model)
-        model = _default_exposures[model]
+        return _default_exposures[model]
+    return model
+
+
+def exposed_outputs(model: keras.Model, inputs: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`(logits, activations)` from an exposed model (a plain one is exposed with the
+    defaults, `exposed_model`), or an error that says how to get one."""
+    model = exposed_model(model)
     outputs = model(inputs, training=False)
     if isinstance(outputs, (list, tuple)) and len(outputs) == 2:
         return outputs[0], outputs[1]
@@ -395,7 +405,220 @@ def scorecam(
     return logits, maps
 
 
-METHODS = [cam, gradcam, gradcampp, scorecam, layercam]
+def xgradcam(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor] = None,
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """XGrad-CAM: Σ_c α_c A_c with α_c = Σ_hw (A_c / Σ_hw A_c) ⊙ ∂f_u/∂A_c.
+
+    The channel weights are the gradients averaged with the activation's own weights over
+    positions, which the paper derives from two axioms, sensitivity and conservation (for a
+    ReLU network the map then sums to nearly the score). A channel whose activation sums to
+    0 gets weight 0 (the reference code adds 1e-7 to the sum instead).
+
+    Usage:
+
+        exposed = inspection.expose(model)
+        logits, maps = xgradcam(exposed, images, units)    # maps (B, h, w, K)
+        logits, maps = explain_lib.xgradcam(exposed, images, units)
+
+    Reference:
+        Fu, R., Hu, Q., Dong, X., Guo, Y., Gao, Y., Li, B. (2020). Axiom-based Grad-CAM:
+        Towards Accurate Visualization and Explanation of CNNs. BMVC. arXiv:2008.02312.
+        Official code: github.com/Fu0511/XGrad-CAM.
+
+    Args:
+        model: an exposed model returning [logits, activations (B, h, w, C)].
+        inputs: (B, H, W, C') input signals.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
+        spatial_axis: the spatial axes of the activations.
+
+    Returns:
+        logits (B, K) and maps (B, h, w, K).
+    """
+
+    def weighted(activations, grad):
+        total = tf.reduce_sum(activations, axis=spatial_axis, keepdims=True)
+        weights = tf.reduce_sum(tf.math.divide_no_nan(activations, total) * grad,
+                                axis=spatial_axis, keepdims=True)
+        return tf.reduce_sum(weights * activations, axis=-1)
+
+    return _gradient_weighted(model, inputs, indices, weighted)
+
+
+def hirescam(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor] = None,
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """HiResCAM: Σ_c ∂f_u/∂A_c ⊙ A_c, the gradient times the activation per position.
+
+    Grad-CAM's gradients without their spatial mean: the map is then, for a head that is
+    linear in A, each position's exact share of the score (less the bias), and on a
+    global-average-pooling + Dense head, where the gradient is the same at every position,
+    it equals Grad-CAM (the paper's proof), and CAM / (h·w). Unlike LayerCAM, negative
+    gradients are kept.
+
+    Usage:
+
+        exposed = inspection.expose(model)
+        logits, maps = hirescam(exposed, images, units)    # maps (B, h, w, K)
+        logits, maps = explain_lib.hirescam(exposed, images, units)
+
+    Reference:
+        Draelos, R. L., Carin, L. (2020). Use HiResCAM instead of Grad-CAM for faithful
+        explanations of convolutional neural networks. arXiv:2011.08891.
+
+    Args:
+        model: an exposed model returning [logits, activations (B, h, w, C)].
+        inputs: (B, H, W, C') input signals.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
+        spatial_axis: the spatial axes of the activations.
+
+    Returns:
+        logits (B, K) and maps (B, h, w, K).
+    """
+    return _gradient_weighted(
+        model, inputs, indices,
+        lambda activations, grad: tf.reduce_sum(grad * activations, axis=-1))
+
+
+def eigencam(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor] = None,
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """EigenCAM: the activation projected on its first principal component, per sample.
+
+    The activation (h·w positions × C channels), each channel centred over the positions,
+    is projected on its first right singular vector: the direction of channel space along
+    which the positions vary most. No gradient and no unit: the map is class-agnostic, the
+    same for every explained unit. Centring follows pytorch-grad-cam (`get_2d_projection`;
+    the paper projects the activation as it is). The sign of a singular vector is arbitrary
+    (pytorch-grad-cam takes LAPACK's): here it is chosen so that the map correlates
+    positively with the activation summed over channels, so that the conventional
+    `positive_normalize` keeps where the network is active.
+
+    Usage:
+
+        exposed = inspection.expose(model)
+        logits, maps = eigencam(exposed, images, units)    # maps (B, h, w, K)
+        logits, maps = explain_lib.eigencam(exposed, images, units)
+
+    Reference:
+        Muhammad, M. B., Yeasin, M. (2020). Eigen-CAM: Class Activation Map using Principal
+        Components. IJCNN. arXiv:2008.00299. Reference code: pytorch-grad-cam (EigenCAM).
+
+    Args:
+        model: an exposed model returning [logits, activations (B, h, w, C)].
+        inputs: (B, H, W, C') input signals.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
+        spatial_axis: the spatial axes of the activations.
+
+    Returns:
+        logits (B, K) and maps (B, h, w, K), the same map for each unit.
+    """
+    inputs = tf.convert_to_tensor(inputs)
+    logits, activations = exposed_outputs(model, inputs)
+    activations = tf.cast(activations, inputs.dtype)  # float32 under a mixed dtype policy
+    logits = inspection.gather_units(logits, inspection.select_units(logits, indices))
+    shape = tf.shape(activations)
+    channels = activations.shape[-1]
+    flat = tf.reshape(activations, tf.stack([shape[0], -1, channels]))  # (B, P, C)
+    centred = flat - tf.reduce_mean(flat, axis=1, keepdims=True)
+    _, _, v = tf.linalg.svd(centred, full_matrices=False)  # v: (B, C, min(P, C))
+    projection = tf.einsum("bpc,bc->bp", centred, v[..., 0])
+    total = tf.reduce_sum(flat, axis=-1)
+    sign = tf.where(tf.reduce_sum(projection * (total - tf.reduce_mean(total, axis=1,
+                                                                        keepdims=True)),
+                                  axis=1, keepdims=True) < 0, -1.0, 1.0)
+    maps = tf.reshape(projection * tf.cast(sign, projection.dtype), shape[:-1])[..., None]
+    return logits, tf.repeat(maps, logits.shape[-1], axis=-1)
+
+
+def ablationcam(
+    model: keras.Model,
+    inputs: tf.Tensor,
+    indices: Optional[tf.Tensor] = None,
+    spatial_axis: Sequence[int] = SPATIAL_AXIS,
+    chunk_size: int = 16,
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Ablation-CAM: Σ_c w_c A_c with w_c = (f_u - f_u^c) / f_u, f_u^c the score with
+    channel c of A set to 0.
+
+    Each channel's weight is the relative drop of the explained score when that channel is
+    ablated (zeroed at every position) where the network reads A, the rest of the network
+    run as it is (`inspection.channel_scaled`). Forward passes only, no gradient:
+    `chunk_size` channels per pass (`chunk_size × B` inputs), never all at once. A score of
+    exactly 0 gives weights 0. On a global-average-pooling + Dense head,
+    f_u - f_u^c = w_cu · mean_hw A_c. pytorch-grad-cam zeroes the channel too, but where
+    the activation's minimum is not 0 (a transformer's tokens) it sets the channel to that
+    minimum less 10⁷ instead; on a transformer here only the patch-token map is ablated,
+    not the class token.
+
+    Usage:
+
+        exposed = inspection.expose(model)
+        logits, maps = ablationcam(exposed, images, units, chunk_size=32)
+        logits, maps = explain_lib.ablationcam(exposed, images, units)
+
+    Reference:
+        Desai, S., Ramaswamy, H. G. (2020). Ablation-CAM: Visual Explanations for Deep
+        Convolutional Network via Gradient-free Localization. WACV.
+
+    Args:
+        model: an exposed model returning [logits, activations (B, h, w, C)], built by
+            `inspection.expose` (or a plain model, exposed with its defaults).
+        inputs: (B, H, W, C') input signals.
+        indices: (B, K) units to explain, an `inspection.TopUnits` selector, or None for all
+            U units.
+        spatial_axis: the spatial axes of the activations.
+        chunk_size: channels (ablated copies of each input) per forward pass.
+
+    Returns:
+        logits (B, K) and maps (B, h, w, K).
+    """
+    if chunk_size < 1:
+        raise ExplainError(f"ablationcam needs chunk_size >= 1, got chunk_size={chunk_size}.")
+    inputs = tf.convert_to_tensor(inputs)
+    model = exposed_model(model)
+    ablated = inspection.channel_scaled(model)
+    logits, activations = exposed_outputs(model, inputs)
+    activations = tf.cast(activations, inputs.dtype)  # float32 under a mixed dtype policy
+    indices = inspection.select_units(logits, indices)
+    logits = inspection.gather_units(logits, indices)
+    channels = activations.shape[-1]
+    batch = tf.shape(inputs)[0]
+
+    def channel_chunk(start, count):
+        chunk = tf.gather(activations, start + tf.range(count), axis=-1)  # (B, h, w, n)
+        keep = 1.0 - tf.one_hot(start + tf.range(count), channels, dtype=tf.float32)  # (n, C)
+        keep = chunking.merge_copies(tf.repeat(keep[:, None], batch, axis=1))  # (n·B, C)
+        copies = chunking.merge_copies(tf.repeat(inputs[None], count, axis=0))
+        scores = inspection.gather_units(
+            keras.tree.flatten(ablated([copies, keep], training=False))[0],
+            chunking.tile_indices(indices, count))
+        scores = tf.cast(chunking.split_copies(scores, count), logits.dtype)  # (n, B, K)
+        weights = tf.math.divide_no_nan(logits[None] - scores, logits[None])
+        return tf.einsum("b...n,nbk->b...k", chunk, tf.cast(weights, chunk.dtype))
+
+    zeros = tf.zeros(
+        tf.concat([tf.shape(activations)[:-1], [logits.shape[-1]]], axis=0), activations.dtype
+    )
+    maps = chunking.chunked_reduce(channels, chunk_size, channel_chunk, initial=zeros)
+    return logits, maps
+
+
+METHODS = [cam, gradcam, gradcampp, scorecam, layercam, xgradcam, hirescam, eigencam,
+           ablationcam]
 """The methods of this module, for introspection and the registry."""
 
-__all__ = ["cam", "gradcam", "gradcampp", "scorecam", "layercam", "exposed_outputs"]
+__all__ = ["cam", "gradcam", "gradcampp", "scorecam", "layercam", "xgradcam", "hirescam",
+           "eigencam", "ablationcam", "exposed_model", "exposed_outputs"]

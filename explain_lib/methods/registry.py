@@ -37,6 +37,7 @@ from explain_lib.methods import (
     gradient,
     meta,
     perturbation,
+    rules,
     sampling,
     surrogate,
 )
@@ -234,6 +235,51 @@ register(
     upsampled=True,
     summary="ReLU(∂f_u/∂A) ⊙ A per position",
     reference="Jiang et al., 2021, IEEE TIP 30",
+)
+register(
+    "xgradcam", cams.xgradcam, family="cams", postprocessing=_POSITIVE, exposed=True,
+    upsampled=True,
+    summary="channels weighted by ∂f_u/∂A averaged with the weights A / Σ_hw A",
+    reference="Fu et al., 2020, arXiv:2008.02312",
+)
+register(
+    "hirescam", cams.hirescam, family="cams", postprocessing=_POSITIVE, exposed=True,
+    upsampled=True,
+    summary="∂f_u/∂A ⊙ A per position, summed over channels (no pooling of the gradient)",
+    reference="Draelos & Carin, 2020, arXiv:2011.08891",
+)
+register(
+    "eigencam", cams.eigencam, family="cams", postprocessing=_POSITIVE, exposed=True,
+    upsampled=True,
+    summary="A (channels centred) projected on its first principal component; "
+    "class-agnostic",
+    reference="Muhammad & Yeasin, 2020, arXiv:2008.00299",
+)
+register(
+    "ablationcam", cams.ablationcam, family="cams", postprocessing=_POSITIVE, exposed=True,
+    upsampled=True,
+    summary="channels weighted by the relative drop of f_u when each channel of A is "
+    "zeroed",
+    reference="Desai & Ramaswamy, 2020, WACV",
+)
+register(
+    "guided_backprop", rules.guided_backprop, family="rules", postprocessing=_MAGNITUDE,
+    summary="ψ(∂f_u/∂x) with every ReLU passing back only positive gradients of positive "
+    "inputs, averaged over channels",
+    reference="Springenberg et al., 2014, arXiv:1412.6806",
+)
+register(
+    "deconvnet", rules.deconvnet, family="rules", postprocessing=_MAGNITUDE,
+    summary="ψ(∂f_u/∂x) with every ReLU passing back the ReLU of the gradient, averaged "
+    "over channels",
+    reference="Zeiler & Fergus, 2014, arXiv:1311.2901",
+)
+register(
+    "guided_gradcam", rules.guided_gradcam, family="rules", postprocessing=_MAGNITUDE,
+    exposed=True,
+    summary="ψ(guided backpropagation ⊙ the upsampled, rectified Grad-CAM map), averaged "
+    "over channels",
+    reference="Selvaraju et al., 2017, arXiv:1610.02391",
 )
 register(
     "attention_rollout", attention.attention_rollout, family="attention",

@@ -154,3 +154,54 @@ def test_an_endpoint_named_twice_gives_the_same_tensor_twice():
     np.testing.assert_allclose(conv1, inner(model, "conv1", X), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(logits_again, logits)
     np.testing.assert_array_equal(conv1_again, conv1)
+
+
+# --- rerouted and channel-scaled models -------------------------------------------------------
+
+
+def nested_backbone_model(seed=0):
+    """Sequential([a nested backbone ending in a ReLU convolution, GAP, Dense])."""
+    keras.utils.set_random_seed(seed)
+    base = keras.Sequential([keras.Input((8, 8, 3)),
+                             keras.layers.Conv2D(4, 3, activation="relu", name="features")],
+                            name="base")
+    return keras.Sequential([keras.Input((8, 8, 3)), base, keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(3, bias_initializer="random_normal",
+                                                name="head")])
+
+
+def test_channel_scaled_scales_the_activation_where_the_model_reads_it():
+    model = nested_backbone_model()
+    exposed = inspection.expose(model, ("base", "features"))
+    scaled = inspection.channel_scaled(exposed)
+    assert inspection.channel_scaled(exposed) is scaled  # built once
+    x = np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 3)).astype("float32")
+    keep = np.random.default_rng(1).uniform(0, 2, (3, 4)).astype("float32")
+    keep[:, 1] = 0
+    logits, activations = (t.numpy() for t in exposed(x))
+    scaled_logits, scaled_activations = (t.numpy() for t in scaled([x, keep]))
+    np.testing.assert_allclose(scaled_activations, activations * keep[:, None, None, :],
+                               rtol=1e-6)
+    head = model.get_layer("head")
+    expected = (activations * keep[:, None, None, :]).mean(axis=(1, 2)) @ head.kernel.numpy()
+    np.testing.assert_allclose(scaled_logits, expected + head.bias.numpy(), rtol=1e-5,
+                               atol=1e-6)
+    ones = scaled([x, np.ones_like(keep)])[0].numpy()
+    np.testing.assert_allclose(ones, logits, rtol=1e-6, atol=1e-7)
+    by_hand = keras.Model(model.inputs, [model.outputs[0], model.outputs[0]])
+    with pytest.raises(ValueError, match="not built by explain_lib.inspection.expose"):
+        inspection.channel_scaled(by_hand)
+
+
+def test_rerouted_calls_the_replacement_and_leaves_the_model_alone():
+    model = nested_backbone_model()
+    features = inspection.get_nested_layer(model, "features")
+    x = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype("float32")
+    before = model(x).numpy()
+    doubled = inspection.rerouted(model, {features: lambda t: 2.0 * features(t)})
+    head = model.get_layer("head")
+    expected = 2.0 * (before - head.bias.numpy()) + head.bias.numpy()  # linear after features
+    np.testing.assert_allclose(keras.tree.flatten(doubled(x))[0].numpy(), expected, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(model(x).numpy(), before)
+    assert features.activation is keras.activations.relu

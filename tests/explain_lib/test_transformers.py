@@ -9,6 +9,9 @@ once; each has a 4x4 grid of patch tokens where CAM methods weigh them).
 - Grad-CAM on those activations is Σ_c mean_hw(∂f_u/∂A_c)·A_c, with the gradient taken
   through an eager re-implementation of the model (embedding, blocks one by one, head), not
   through the library's exposed graph;
+- HiResCAM and XGrad-CAM follow their formulas on the same eager gradients, and the model
+  Ablation-CAM runs with channels scaled is the eager model with the patch tokens' channels
+  scaled (ViT, DeiT);
 - every CAM method of the registry explains the three models.
 """
 
@@ -276,6 +279,55 @@ def test_gradcam_weighs_the_tokens_by_their_mean_gradient(classifiers, images, u
                                atol=1e-5 * np.abs(gradients[0]).max())
 
 
+def eager_logits(name, model, tokens):
+    """ViT's and DeiT's logits from the tokens entering the last block, eagerly."""
+    encoder = encoder_of(name, model)
+    pooled = encoder.layer_norm(run_block(encoder.encoder_layers[-1], tokens))[:, 0]
+    if name == "vit":
+        pooled = model.get_layer("output_dropout")(pooled)
+    return model.get_layer("predictions")(pooled).numpy()
+
+
+@pytest.mark.parametrize("name", ["vit", "deit"])
+@pytest.mark.slow
+def test_the_cam_variants_follow_their_definitions_on_the_patch_grid(classifiers, images,
+                                                                     units, name):
+    """HiResCAM and XGrad-CAM from the eager gradients on the patch grid; the channel-scaled
+    model Ablation-CAM runs against the eager model."""
+    model = classifiers[name]
+    activations, gradients, _, logits = eager_gradients(name, model, images, units)
+    keep = {"verbose": 0, "resizing": False}
+    # The channels' terms cancel in the sums: the tolerances scale with the terms.
+    hires = explain(methods.hirescam, model, images, units, **keep)[1]
+    terms = np.stack([g * activations for g in gradients], -1)  # (B, h, w, C, K)
+    np.testing.assert_allclose(hires, terms.sum(-2), rtol=1e-4,
+                               atol=1e-5 * np.abs(terms).sum(-2).max())
+    shares = activations / activations.sum(axis=(1, 2), keepdims=True)
+    terms = np.stack([(shares * g).sum(axis=(1, 2), keepdims=True) * activations
+                      for g in gradients], -1)
+    xgrad = explain(methods.xgradcam, model, images, units, **keep)[1]
+    np.testing.assert_allclose(xgrad, terms.sum(-2), rtol=1e-4,
+                               atol=1e-5 * np.abs(terms).sum(-2).max())
+    # Ablation-CAM's forward passes: the patch tokens entering the last block scaled channel
+    # by channel (the class token as it is), against the eager model. (Zeroing one channel
+    # moves these random models' logits by ~1e-7 of themselves, float32's rounding: the
+    # scaling is checked with random scales instead, Ablation-CAM's formula on CNNs.)
+    tokens = last_block_input(name, model, images).numpy()
+    scales = np.random.default_rng(0).uniform(0, 3, (len(images), tokens.shape[-1]))
+    scaled = tokens.copy()
+    scaled[:, PREFIX_TOKENS[name]:] *= scales[:, None, :]
+    expected = eager_logits(name, model, scaled.astype("float32"))
+    exposed = inspection.expose(model)
+    got_logits, got_activations = inspection.channel_scaled(exposed)(
+        [images, scales.astype("float32")])
+    assert np.abs(expected - logits).max() > 1e-2 * np.abs(logits).max()
+    np.testing.assert_allclose(got_logits, expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(got_activations, activations * scales[:, None, None, :],
+                               rtol=1e-4, atol=1e-5 * np.abs(activations).max())
+
+
+@pytest.mark.slow
 def test_cam_on_swin_is_gradcam_times_the_number_of_tokens(classifiers, images, units):
     """Swin's head averages its final tokens into a Dense layer, CAM's own head: on those
     tokens CAM is Grad-CAM times the 16 positions."""
@@ -290,11 +342,12 @@ def test_cam_on_swin_is_gradcam_times_the_number_of_tokens(classifiers, images, 
 
 # --- every CAM method --------------------------------------------------------------------
 
-CAM_METHODS = [name for name, method in methods.REGISTRY.items() if method.exposed]
+CAM_METHODS = [name for name, method in methods.REGISTRY.items() if method.family == "cams"]
 
 
 def test_the_cam_methods_are_those_of_the_registry():
-    assert set(CAM_METHODS) == {"cam", "gradcam", "gradcampp", "layercam", "scorecam"}
+    assert set(CAM_METHODS) == {"cam", "gradcam", "gradcampp", "layercam", "scorecam",
+                                "xgradcam", "hirescam", "eigencam", "ablationcam"}
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))

@@ -238,7 +238,8 @@ def test_cam_methods_ask_for_an_exposed_model(images):
         cams.gradcam(three_outputs, tf.constant(images), None)
 
 
-@pytest.mark.parametrize("name", ["cam", "gradcam", "gradcampp", "layercam", "scorecam"])
+@pytest.mark.parametrize("name", ["cam", "gradcam", "gradcampp", "layercam", "scorecam",
+                                  "xgradcam", "hirescam", "eigencam", "ablationcam"])
 @pytest.mark.slow
 def test_a_plain_model_is_exposed_with_the_defaults(model, exposed, images, units, name):
     import explain_lib
@@ -255,3 +256,112 @@ def test_cam_finds_its_logits_layer_by_name_inside_an_exposed_model(exposed, ima
     _, expected = explain(cams.cam, exposed, images, units, verbose=0)
     _, named = explain(cams.cam, exposed, images, units, verbose=0, logits_layer="logits")
     np.testing.assert_allclose(named, expected, rtol=1e-6)
+
+
+# --- XGrad-CAM, HiResCAM, EigenCAM, Ablation-CAM ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_xgradcam_matches_its_formula(head, x8, head_units):
+    a, g = reference_gradients(head, x8, head_units)
+    _, maps = explain(cams.xgradcam, head[0], x8, head_units, verbose=0, resizing=False)
+    sums = a.sum(axis=(1, 2))[:, None, None, :, None]  # (B, 1, 1, C, 1)
+    shares = np.divide(a[..., None], sums, out=np.zeros_like(g), where=sums != 0)
+    weights = (shares * g).sum(axis=(1, 2))  # (B, C, K)
+    expected = np.einsum("bck,bhwc->bhwk", weights, a)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
+    # Not Grad-CAM: the gradient varies over positions here.
+    _, gradcam_maps = explain(cams.gradcam, head[0], x8, head_units, verbose=0, resizing=False)
+    assert np.abs(maps - gradcam_maps).max() > 1e-3 * np.abs(maps).max()
+
+
+def test_hirescam_matches_its_formula(head, x8, head_units):
+    a, g = reference_gradients(head, x8, head_units)
+    _, maps = explain(cams.hirescam, head[0], x8, head_units, verbose=0, resizing=False)
+    np.testing.assert_allclose(maps, np.einsum("bhwck,bhwc->bhwk", g, a), rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_hirescam_is_gradcam_on_a_global_average_pooling_linear_head(exposed, images, units):
+    """The paper's proof: where ∂f/∂A_c = w_c / (h·w) at every position, the gradient's mean
+    is the gradient, so the two maps are equal (no factor: both carry 1 / (h·w))."""
+    hires = cams.hirescam(exposed, tf.constant(images), tf.constant(units))[1].numpy()
+    grad = cams.gradcam(exposed, tf.constant(images), tf.constant(units))[1].numpy()
+    assert np.abs(hires).max() > 1e-3
+    np.testing.assert_allclose(hires, grad, rtol=1e-5, atol=1e-6 * np.abs(grad).max())
+
+
+def eigencam_reference(activations):
+    """pytorch-grad-cam's get_2d_projection (channels centred over positions, numpy's SVD),
+    with the sign that correlates with the activation summed over channels: (B, h, w)."""
+    maps = []
+    for a in activations.astype("float64"):
+        flat = a.reshape(-1, a.shape[-1])
+        centred = flat - flat.mean(axis=0)
+        projection = centred @ np.linalg.svd(centred, full_matrices=True)[2][0]
+        total = flat.sum(axis=1)
+        if projection @ (total - total.mean()) < 0:
+            projection = -projection
+        maps.append(projection.reshape(a.shape[:-1]))
+    return np.stack(maps)
+
+
+def test_eigencam_is_the_projection_on_the_first_principal_component(exposed, images, units):
+    _, activations = exposed(images)
+    logits, maps = cams.eigencam(exposed, tf.constant(images), tf.constant(units))
+    expected = eigencam_reference(activations.numpy())
+    assert maps.shape == (7, 10, 10, 2) and logits.shape == (7, 2)
+    for k in range(2):  # class-agnostic: the same map for each unit
+        np.testing.assert_allclose(maps[..., k], expected, rtol=1e-3,
+                                   atol=1e-4 * np.abs(expected).max())
+
+
+def test_ablationcam_on_a_pooled_linear_head_weighs_by_the_kernel_times_the_mean(
+        model, exposed, images, units):
+    """y - y_k = w_ku · mean_hw(A_k) exactly when the head is GAP + Dense."""
+    logits, activations = (t.numpy() for t in exposed(images))
+    kernel = model.get_layer("logits").kernel.numpy()  # (C, U)
+    _, maps = cams.ablationcam(exposed, tf.constant(images), tf.constant(units), chunk_size=3)
+    y = np.take_along_axis(logits, units, axis=1)  # (B, K)
+    drops = activations.mean(axis=(1, 2))[:, :, None] * kernel[:, units].transpose(1, 0, 2)
+    expected = np.einsum("bck,bhwc->bhwk", drops / y[:, None, :], activations)
+    np.testing.assert_allclose(maps, expected, rtol=1e-3, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.slow
+def test_ablationcam_runs_the_rest_of_the_network_with_each_channel_zeroed(images):
+    """A non-linear rest (1x1 convolution, ReLU, pooling, Dense), against a loop that zeroes
+    one channel at a time and runs it; 6 channels in chunks of 4."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((12, 12, 3))
+    features = keras.layers.Conv2D(6, 3, activation="relu", name="features")(inputs)
+    mixer = keras.layers.Conv2D(5, 1, activation="relu", bias_initializer="random_normal")
+    dense = keras.layers.Dense(4, bias_initializer="random_normal")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(mixer(features))))
+    exposed = inspection.expose(model, "features")
+    units = np.arange(14).reshape(7, 2) % 4
+    logits, activations = (t.numpy() for t in exposed(images))
+    w1, b1 = mixer.kernel.numpy()[0, 0], mixer.bias.numpy()
+    w2, b2 = dense.kernel.numpy(), dense.bias.numpy()
+
+    def rest(a):
+        return np.maximum(a @ w1 + b1, 0).mean(axis=(1, 2)) @ w2 + b2
+
+    np.testing.assert_allclose(rest(activations), logits, rtol=1e-4, atol=1e-5)
+    y = np.take_along_axis(logits, units, axis=1)
+    weights = []
+    for c in range(6):
+        ablated = activations.copy()
+        ablated[..., c] = 0
+        weights.append((y - np.take_along_axis(rest(ablated), units, axis=1)) / y)
+    expected = np.einsum("cbk,bhwc->bhwk", np.array(weights), activations)
+    _, maps = explain(cams.ablationcam, exposed, images, units, verbose=0, resizing=False,
+                      chunk_size=4)
+    assert np.abs(np.array(weights)).max() > 1e-3
+    np.testing.assert_allclose(maps, expected, rtol=1e-3, atol=1e-5 * np.abs(expected).max())
+
+
+def test_ablationcam_needs_an_exposed_model_built_by_expose(images):
+    exposed, *_ = nonlinear_head(input_shape=(12, 12, 3))  # keras.Model(x, [logits, A])
+    with pytest.raises(ValueError, match="not built by explain_lib.inspection.expose"):
+        cams.ablationcam(exposed, tf.constant(images), None)

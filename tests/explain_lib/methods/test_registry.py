@@ -18,6 +18,7 @@ from explain_lib.methods import (
     gradient,
     meta,
     perturbation,
+    rules,
     sampling,
     surrogate,
 )
@@ -37,18 +38,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 
 def test_the_registry_declares_every_method_of_the_method_modules():
     functions = {m.function for m in methods.REGISTRY.values()}
-    for module in (gradient, cams, perturbation, attention, sampling, surrogate):
+    for module in (gradient, cams, perturbation, attention, rules, sampling, surrogate):
         for function in module.METHODS:
             assert function in functions, function.__name__
     for name, method in methods.REGISTRY.items():
         assert methods.get(name) is method
         assert getattr(methods, name) is method.function  # methods holds the methods
         assert shortcuts.SHORTCUTS[name] is getattr(explain_lib, name)  # shortcuts: explain
-        assert method.exposed == (method.family == "cams")
+        # Guided Grad-CAM weighs an inner activation too, but its maps come at the input's
+        # size (the guided gradient's).
+        assert method.exposed == (method.family == "cams" or name == "guided_gradcam")
         assert method.attention == (method.family == "attention")
         # The methods whose maps come at an inner resolution (a CAM's activation, a
         # transformer's patch grid) are resized to the input's by default.
-        assert method.upsampled == (method.exposed or method.attention)
+        assert method.upsampled == (method.family == "cams" or method.attention)
         assert method.upsampled == method.explain_defaults["resizing"]
         assert method.random == bool(method.seeds), name  # a random method has a seed
         assert callable(method.postprocessing) and method.summary and method.reference
@@ -85,7 +88,7 @@ def test_methods_know_no_engine():
 
 @pytest.mark.parametrize("name", ["gradcam++", "", None])
 def test_an_unknown_name_lists_the_valid_ones(name):
-    valid = "Valid names: attention_rollout, cam, full_gradients, gradcam, gradcampp"
+    valid = "Valid names: ablationcam, attention_rollout, cam, deconvnet, eigencam, full_gradients"
     with pytest.raises(ValueError, match=valid):
         methods.get(name)
 
