@@ -3,7 +3,8 @@
 A small CNN (a ReLU fused in a convolution, a ReLU layer, an Activation("relu"), max pooling,
 a GAP-linear head; random weights, seeded) explains 8 images (units 0, 1, ..., 4, 0, ...) here,
 with explain_lib, and in the peers' interpreter (`--peer-python`, default
-/work/peers/.venv/bin/python) with the peers (`benchmarks/peers_rules_peer.py`): Captum
+/work/peers/.venv/bin/python; the recipe that builds it is benchmarks/peers-requirements.txt)
+with the peers (`benchmarks/peers_rules_peer.py`): Captum
 (GuidedBackprop, Deconvolution, GuidedGradCam) and pytorch-grad-cam (XGradCAM, HiResCAM,
 EigenCAM, AblationCAM) on the same CNN in PyTorch with the weights copied, xplique
 (GuidedBackprop, DeconvNet) on the same Keras model. The two sides exchange .npz files.

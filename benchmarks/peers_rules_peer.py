@@ -1,6 +1,7 @@
 """The peers' side of `benchmarks/peers_rules.py`, run by the peers' interpreter
-(/work/peers/.venv: torch, Captum, pytorch-grad-cam, xplique): it imports nothing of
-explain_lib. Reads `IN.npz` (the Keras CNN's weights, the images NHWC, the units), writes
+(/work/peers/.venv: torch, Captum, pytorch-grad-cam, xplique; built as
+benchmarks/peers-requirements.txt says): it imports nothing of explain_lib. Reads `IN.npz`
+(the Keras CNN's weights, the images NHWC, the units), writes
 `OUT.npz` with one (N, H, W) map per method and peer.
 
 - Captum and pytorch-grad-cam: the same CNN in PyTorch, the weights copied (kernels
@@ -11,7 +12,6 @@ Run by benchmarks/peers_rules.py:  PEER_PYTHON benchmarks/peers_rules_peer.py IN
 """
 
 import sys
-import types
 
 import numpy as np
 
@@ -85,14 +85,6 @@ def torch_side(data, out):
 
 
 def xplique_side(data, out):
-    # xplique's package imports, when it loads, modules that only some of its methods use
-    # (einops, scikit-image, pandas, ...); while the peers' venv lacks one, a stand-in whose
-    # every function raises lets GuidedBackprop and DeconvNet, which use none, load.
-    for missing in STAND_INS:
-        try:
-            __import__(missing)
-        except ImportError:
-            sys.modules[missing] = _StandIn(missing)
     import keras
     import tensorflow as tf
     from xplique.attributions import DeconvNet, GuidedBackprop
@@ -107,24 +99,6 @@ def xplique_side(data, out):
                         ("xplique_deconvnet", DeconvNet)]:
         maps = np.asarray(klass(model, reducer="mean").explain(images, targets))
         out[name] = maps.reshape(maps.shape[:3])
-
-
-STAND_INS = ("deprecated", "tensorflow_probability", "einops", "skimage",
-             "skimage.segmentation", "pandas")
-
-
-class _StandIn(types.ModuleType):
-    """A missing module (a package too): every name in it is a function that raises."""
-
-    __path__ = []
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def missing(*args, **kwargs):
-            raise ImportError(f"{self.__name__}.{name} is not installed")
-        return missing
 
 
 KERAS_WEIGHTS = ["conv1_kernel", "conv1_bias", "conv2_kernel", "conv2_bias", "conv3_kernel",

@@ -2,18 +2,25 @@
 
 GradientSHAP, LIME and KernelSHAP against Captum (a tiny CNN whose weights are copied into
 the same network in PyTorch, NHWC -> NCHW), and LIME, KernelSHAP and Sobol attribution
-against xplique (the same Keras model), when the peers' environment has them. The peers run
-in their own environment (`--peer_python`, default /work/peers/.venv/bin/python) as a
-subprocess; the two sides exchange .npz files.
+against xplique (the same Keras model). The peers run in their own environment
+(`--peer_python`, default /work/peers/.venv/bin/python; the recipe that builds it is
+benchmarks/peers-requirements.txt) as a subprocess; the two sides exchange .npz files.
 
 The methods are random: each is run with many samples, and the per-image Pearson correlation
 of our map with the peer's is printed next to the correlation of two of our own runs with
 different seeds (the noise floor: a peer cannot agree with us better than we agree with
 ourselves). Every method explains the raw logit (`score="logit"`: Captum and xplique explain
 the model's output as it is), on the same segmentation (a 4x4 grid of 8-pixel cells given
-to Captum as its `feature_mask`), with hidden segments set to 0 (Captum's and xplique's
-baseline) and LIME with lime's kernel (width 0.25 on the cosine distance of the coalitions)
-and `Ridge(alpha=1)`, passed to Captum as its `similarity_func` and `interpretable_model`.
+to Captum as its `feature_mask`, to xplique as its `map_to_interpret_space`), with hidden
+segments set to 0 (Captum's baseline; xplique's `ref_value`, grey 0.5 by default for RGB,
+is set to 0) and LIME with lime's kernel (width 0.25 on the cosine distance of the
+coalitions) and `Ridge(alpha=1)`, passed to Captum as its `similarity_func` and
+`interpretable_model`, to xplique as its `similarity_kernel` and `interpretable_model`.
+xplique's own `distance_mode="cosine"` cannot stand in for lime's kernel: it measures the
+perturbed pixels, not the coalitions, and as `1 - keras.losses.cosine_similarity`, which is
+the negated cosine, so it is 1 + cos (the image itself weighs exp(-64) at width 0.25, the
+far coalitions most). A further row runs xplique's LIME as shipped (its euclidean kernel of
+width 45 on the pixels, `Ridge(alpha=2)`, grey hidden segments) on the same segments.
 
 Usage:
 
@@ -101,18 +108,35 @@ try:
     model.set_weights([data[k] for k in ("k1", "b1", "k2", "b2", "w", "b")])
     x = tf.constant(data["images"])
     targets = tf.one_hot(data["units"], 5)
-    labels = data["labels"]
-    mapping = lambda image: tf.constant(labels)  # noqa: E731
+    labels = tf.constant(data["labels"].astype("int32"))
+    mapping = lambda image: labels  # noqa: E731
+    black = np.zeros(3, np.float32)  # xplique hides with grey (0.5) unless told
     out["xplique_sobol"] = np.asarray(SobolAttributionMethod(model).explain(x, targets))[..., 0]
     from sklearn import linear_model
 
+    def lime_kernel(image, coalitions, perturbed):
+        # lime's: sqrt(exp(-d^2 / 0.25^2)), d the cosine distance of the coalition to the
+        # all-ones one. (xplique's distance_mode="cosine" is 1 + cos of the perturbed pixels:
+        # Keras' cosine_similarity is the loss, the negated cosine.)
+        z = tf.cast(coalitions, tf.float32)
+        shown = tf.reduce_sum(z, 1)
+        cosine = tf.math.divide_no_nan(shown, tf.sqrt(shown * tf.cast(tf.shape(z)[1],
+                                                                         tf.float32)))
+        return tf.sqrt(tf.exp(-tf.square(1 - cosine) / 0.25 ** 2))
+
+    tf.random.set_seed(0)
     out["xplique_lime"] = np.asarray(XLime(
         model, map_to_interpret_space=mapping, nb_samples=samples, batch_size=64,
-        interpretable_model=linear_model.Ridge(alpha=1.0), distance_mode="cosine",
-        kernel_width=0.25).explain(x, targets))
-    out["xplique_kernel_shap"] = np.asarray(XKernelShap(
+        interpretable_model=linear_model.Ridge(alpha=1.0), similarity_kernel=lime_kernel,
+        ref_value=black).explain(x, targets))[..., 0]
+    # xplique's own LIME as shipped but on the same segments: its euclidean kernel of width 45
+    # on the pixels, Ridge(alpha=2), grey hidden segments.
+    out["xplique_lime_defaults"] = np.asarray(XLime(
         model, map_to_interpret_space=mapping, nb_samples=samples,
-        batch_size=64).explain(x, targets))
+        batch_size=64).explain(x, targets))[..., 0]
+    out["xplique_kernel_shap"] = np.asarray(XKernelShap(
+        model, map_to_interpret_space=mapping, nb_samples=samples, batch_size=64,
+        ref_value=black).explain(x, targets))[..., 0]
 except Exception as error:
     said["xplique"] = f"{type(error).__name__}: {error}"
 np.savez(sys.argv[2], **{k: np.asarray(v, np.float64) for k, v in out.items()})
@@ -138,8 +162,10 @@ def model_and_data(count: int):
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's r; NaN where a map is constant (an epsilon would read a tiny map as 0)."""
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-    return float(a @ b / np.sqrt((a @ a) * (b @ b) + 1e-30))
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    return float(a @ b)
 
 
 def main(argv=None) -> None:
@@ -188,19 +214,20 @@ def main(argv=None) -> None:
     print(f"machine: {machine()}")
     print(f"{args.images} images {SIZE}x{SIZE}, {args.samples} samples, the predicted unit; "
           f"peer notes: {said}")
-    print(f"{'method':<14}{'peer':<9}{'ours vs peer, per image':<40}{'ours vs ours (seeds 0, 1)'}")
+    print(f"{'method':<14}{'peer':<18}{'ours vs peer, per image':<40}{'ours vs ours (seeds 0, 1)'}")
     pairs = [("gradient_shap", "captum"), ("lime", "captum"), ("kernel_shap", "captum"),
-             ("lime", "xplique"), ("kernel_shap", "xplique"), ("sobol", "xplique")]
+             ("lime", "xplique"), ("lime", "xplique_defaults"), ("kernel_shap", "xplique"),
+             ("sobol", "xplique")]
     for name, peer in pairs:
-        key = f"{peer}_{name}"
+        key = f"{peer}_{name}" if peer != "xplique_defaults" else "xplique_lime_defaults"
         floor = [correlation(ours[(name, 0)][i], ours[(name, 1)][i])
                  for i in range(args.images)]
         if key not in peers:
-            print(f"{name:<14}{peer:<9}{'(peer not available)':<40}"
+            print(f"{name:<14}{peer:<18}{'(peer not available)':<40}"
                   f"{' '.join(f'{c:.3f}' for c in floor)}")
             continue
         versus = [correlation(ours[(name, 0)][i], peers[key][i]) for i in range(args.images)]
-        print(f"{name:<14}{peer:<9}{' '.join(f'{c:.3f}' for c in versus):<40}"
+        print(f"{name:<14}{peer:<18}{' '.join(f'{c:.3f}' for c in versus):<40}"
               f"{' '.join(f'{c:.3f}' for c in floor)}")
 
 
