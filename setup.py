@@ -34,6 +34,8 @@ setup(
         # Colormaps of the overlays and figures of the report (pipeline.render,
         # pipeline.report) and of the benchmarks; drawn with the Agg backend, no display.
         "matplotlib>=3.8",
+        # SpRAy (explain_lib.strategies): kNN graph, k-means and t-SNE, as CoRelAy uses them.
+        "scikit-learn>=1.4",
     ],
     extras_require={
         # KerasHub's vision models (ViT, DeiT, Swin, MiT, CSPNet, ...): the job loads
