@@ -105,6 +105,35 @@ def make_shapes(
     return images, labels.astype(np.int64)
 
 
+MARK_CLASS = 0
+"""The class whose images carry the Clever Hans demo's planted mark (circle)."""
+
+MARK_SIZE = 6
+"""The mark's side in pixels at 64x64 (scaled with the image)."""
+
+
+def plant_mark(images: np.ndarray, labels: np.ndarray, fraction: float = 0.5, seed: int = 0,
+               mark_class: int = MARK_CLASS):
+    """The Clever Hans variant of the demo's data (Lapuschkin et al., 2019): `fraction` of
+    the images of `mark_class` get a small white square in their top-left corner (a
+    watermark standing for a photographer's), so that a model trained on them can
+    recognise those images by the mark rather than by the shape. Returns (images with the
+    mark, marked (N,) bool); the inputs are not changed.
+
+    Usage:
+
+        images, labels = make_shapes(2400, seed=0)
+        marked_images, marked = plant_mark(images, labels, fraction=0.5)
+    """
+    rng = np.random.default_rng(seed)
+    marked = (labels == mark_class) & (rng.uniform(size=len(labels)) < fraction)
+    images = images.copy()
+    side = max(2, round(MARK_SIZE * images.shape[1] / IMAGE_SIZE))
+    margin = max(1, side // 3)
+    images[marked, margin:margin + side, margin:margin + side] = 255
+    return images, marked
+
+
 def shape_boxes(masks: np.ndarray) -> np.ndarray:
     """Each shape's box (N, 1, 4) float32 from its pixels (N, H, W) bool, in the TFDS
     convention: `(ymin, xmin, ymax, xmax)` in [0, 1], the edges of the outermost pixels (a
