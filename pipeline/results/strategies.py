@@ -16,8 +16,8 @@ Separation of concerns:
   removes the folder when the run ends. The assigned rows go to the table (its `cluster`
   column) and are counted per cluster, so that each cluster's size and share are of every
   record, not of the sample.
-- `pipeline.results.clusters.UnitStrategies` is what the overview (the report) and the manifest keep of a unit: k,
-  the eigenvalues, per cluster its records, its mean reduced map, its prototypes (ids,
+- `pipeline.results.clusters.UnitStrategies` is what the overview (the report) and the
+  manifest keep of a unit: k, the eigenvalues, per cluster its records, its mean reduced map, its prototypes (ids,
   reduced maps, thumbnails) and the sample's 2-D embedding with its clusters.
 
 Usage:

@@ -5,13 +5,13 @@ routing of the options."""
 
 import glob
 import json
+import re
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from explain_lib import io as explain_io
 from pipeline import demo
 from pipeline.results.manifest import read_manifest
 from pipeline.results.overview import read_overview
@@ -106,3 +106,41 @@ def test_cluster_column_is_the_nearest_centroid_of_each_stored_map(clever_hans):
     assert manifest["strategies"]["per_unit"][str(demo.MARK_CLASS)]["records"] == \
         overview.strategies[demo.MARK_CLASS].records
     assert not glob.glob(job.output + ".strategies-rows/*")   # the spilled rows removed
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_strategies_in_headless_chromium(clever_hans, tmp_path):
+    """The report's strategies section: per unit its clusters with the records and shares
+    the overview holds, a mean map and prototypes per cluster, the embedding plot; the page
+    loads in Chromium without a broken image or an error (the probe of test_report)."""
+    from pipeline import report
+    from tests.pipeline.test_report import PROBE, _chromium, chromium_binary
+
+    job, _, _ = clever_hans
+    page = report.build(job.output, out=str(tmp_path / "report.html"),
+                        labels=list(demo.CLASSES))
+    text = open(page, encoding="utf-8").read()
+    overview = read_overview(job.output)
+    for unit, fitted in overview.strategies.items():
+        assert f'class="unit-strategies" data-unit="{unit}" data-k="{fitted.k}"' in text
+        assert f'<img class="embedding" data-unit="{unit}"' in text
+        for c in range(fitted.k):
+            assert (f'data-unit="{unit}" data-cluster="{c}" data-records="{fitted.records[c]}" '
+                    f'data-share="{fitted.shares()[c]!r}"') in text
+            for record_id in fitted.prototypes[c]:
+                assert f'class="prototype" data-id="{record_id}"' in text
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("No chromium binary found.")
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    dumped = _chromium(binary, "--dump-dom", probed.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    root = re.search(r"<html[^>]*>", dumped.stdout).group(0)
+    attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', root))
+    assert attributes.get("checked") == "yes", root
+    assert int(attributes["images"]) == len(re.findall(r"<img ", text)) > 0
+    assert json.loads(attributes["broken"].replace("&quot;", '"')) == []
+    assert json.loads(attributes["errors"].replace("&quot;", '"')) == []
+    assert dumped.stdout.count('class="cluster"') == sum(
+        f.k for f in overview.strategies.values())
