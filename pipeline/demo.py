@@ -320,11 +320,12 @@ class Demo:
 
 def ensure_demo(
     directory: str = "demo", train_count: int = 2400, explain_count: int = 256,
-    epochs: int = 8, log=print,
+    epochs: int = 8, log=print, clever_hans: bool = False,
 ) -> Demo:
     """Generate the demo in `directory` unless it is there already: training records,
     records to explain (2 shards), each with its shape's box, and the trained model.
-    Returns its paths."""
+    With `clever_hans`, half the circles of both carry a mark (`plant_mark`). Returns its
+    paths."""
     demo = Demo.at(directory)
     stamp = os.path.join(directory, "VERSION")
     if (os.path.exists(stamp) and open(stamp).read() == DEMO_VERSION
@@ -333,9 +334,13 @@ def ensure_demo(
     start = time.time()
     log(f"Generating the demo in {directory}/ (once) ...")
     images, labels, masks = make_shapes(train_count, seed=0, return_masks=True)
+    if clever_hans:
+        images, _ = plant_mark(images, labels, 0.5, seed=0)
     write_shapes(os.path.join(directory, "train"), "train", images, labels,
                  boxes=shape_boxes(masks))
     images, labels, masks = make_shapes(explain_count, seed=1, return_masks=True)
+    if clever_hans:
+        images, _ = plant_mark(images, labels, 0.5, seed=1)
     write_shapes(os.path.join(directory, "data"), "shapes", images, labels, shards=2,
                  boxes=shape_boxes(masks))
 
@@ -366,9 +371,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Metrics of the job (--metrics; the boxes are the ground truth); "
                         "'' for none. Deletion takes one row of pixels per step, the RISE "
                         "paper's 224 steps of 224 pixels scaled to the demo's 64x64 images.")
+    parser.add_argument("--clever_hans", action="store_true",
+                        help="The Clever Hans variant: half the circles carry a mark in the "
+                        "corner, in training and in the records explained; the job runs with "
+                        "--strategies (SpRAy) so the report shows the marked circles as a "
+                        "cluster of their own (cached in demo-clever-hans/, written to "
+                        "out/clever-hans/ unless --demo_dir and --out_dir say otherwise).")
     args = parser.parse_args(argv)
+    if args.clever_hans:
+        args.demo_dir = "demo-clever-hans" if args.demo_dir == "demo" else args.demo_dir
+        args.out_dir = (os.path.join("out", "clever-hans")
+                        if args.out_dir == os.path.join("out", "demo") else args.out_dir)
 
-    demo = ensure_demo(args.demo_dir)
+    demo = ensure_demo(args.demo_dir, clever_hans=args.clever_hans)
     print(f"demo model: {demo.model}\ndemo records: {demo.inputs}")
     output = os.path.join(args.out_dir, "explanations")
     table = output + ".table"
@@ -376,6 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--input", demo.inputs, "--output", output, "--model", demo.model,
         "--method", args.method, "--runner", "DirectRunner",
         "--table", table, "--copy_features", "label",
+        *(["--strategies", "--units_key", "label"] if args.clever_hans else []),
         *(["--metrics", args.metrics, "--boxes_key", BOX_KEY,
             "--metric_params", json.dumps({
                 name: params for name, params in DEMO_METRIC_PARAMS.items()

@@ -1,0 +1,120 @@
+"""What SpRAy (`--strategies`, `explain_lib.strategies`) costs.
+
+Sections (`--sections`, all by default):
+
+- `job`: `python -m pipeline` with and without `--strategies` on the same records, model
+  and method, alternating (without, with, without, with, ...) in one run, so that a drift
+  of a shared machine's speed falls on both: the demo CNN on 32x32 PNG records and
+  MobileNetV2 (`weights=None`) on 224x224 JPEG records, Grad-CAM, `--units_key label`,
+  `--table` in both. The ratio of the medians is the cost strategies add, and the peak
+  resident memory of each (read by a parent process of its own, as `benchmarks.pipeline`).
+- `clustering`: one unit of 100,000 maps (`--maps`; synthetic: a blob at one of 3 places,
+  noise), in-process as the job does it: reduce every map, keep a uniform sample of 500,
+  fit on it, assign all 100,000 to the nearest centroid; seconds of each step and the
+  peak of Python's allocations (tracemalloc) in the fit-and-assign part.
+
+Run: .venv/bin/python -m benchmarks.strategies [--sections job clustering] [--rounds 3]
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import tracemalloc
+
+import numpy as np
+
+from benchmarks.common import machine
+from benchmarks.pipeline import build_model, peak_memory_mb, run_job, write_dataset
+from explain_lib import strategies as spray
+
+JOB_CASES = {"demo": ("demo", 32, "png", 2000), "mobilenet": ("MobileNetV2", 224, "jpeg", 256)}
+
+
+def job_section(args, directory):
+    print("\n### The job with and without --strategies (Grad-CAM, DirectRunner)\n")
+    print("| case | records | without (s) | with (s) | ratio | peak MB without | with |")
+    print("|---|---|---|---|---|---|---|")
+    for case in args.cases:
+        name, size, image_format, count = JOB_CASES[case]
+        records = write_dataset(directory, count, size, image_format, seed=3)
+        model = build_model(name, size, directory)
+        times = {False: [], True: []}
+        for round_ in range(args.rounds):
+            for strategies in (False, True):
+                output = os.path.join(directory, f"{case}-{strategies}-{round_}", "expl")
+                extra = ["--table", output + ".table"] + (["--strategies"] if strategies else [])
+                times[strategies].append(run_job(records, output, model, "gradcam", extra))
+        memory = {}
+        for strategies in (False, True):
+            output = os.path.join(directory, f"{case}-{strategies}-mem", "expl")
+            extra = ["--table", output + ".table"] + (["--strategies"] if strategies else [])
+            memory[strategies] = peak_memory_mb(records, output, model, "gradcam", extra)
+        without, with_ = statistics.median(times[False]), statistics.median(times[True])
+        print(f"| {case} ({size}x{size}) | {count} | {without:.1f} | {with_:.1f} | "
+              f"{with_ / without:.3f} | {memory[False]:.0f} | {memory[True]:.0f} |", flush=True)
+
+
+def clustering_section(args):
+    rng = np.random.default_rng(0)
+    size, chunk = 64, 10_000
+    yy, xx = np.mgrid[:size, :size]
+    places = ((12, 12), (12, 50), (50, 32))
+    print(f"\n### One unit of {args.maps:,} maps ({size}x{size}), reduced to "
+          f"{spray.SIZE}x{spray.SIZE}\n")
+    start = time.perf_counter()
+    reduced = np.empty((args.maps, spray.SIZE * spray.SIZE), np.float16)
+    truth = rng.integers(0, 3, args.maps)
+    for first in range(0, args.maps, chunk):
+        labels = truth[first:first + chunk]
+        centres = np.array(places)[labels] + rng.normal(0, 1.5, (len(labels), 2))
+        maps = np.exp(-((yy[None] - centres[:, 0, None, None]) ** 2
+                        + (xx[None] - centres[:, 1, None, None]) ** 2) / 32.0)
+        maps += 0.05 * rng.uniform(size=maps.shape)
+        reduced[first:first + chunk] = spray.reduce_maps(maps.astype(np.float32))
+    reduce_s = time.perf_counter() - start
+    tracemalloc.start()
+    start = time.perf_counter()
+    sample = rng.choice(args.maps, args.sample, replace=False)
+    fitted = spray.fit_strategies(reduced[sample].astype(np.float32))
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    assigned = np.concatenate([fitted.assign(reduced[i:i + chunk].astype(np.float32))
+                               for i in range(0, args.maps, chunk)])
+    assign_s = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    purity = sum(np.bincount(truth[assigned == c]).max() for c in np.unique(assigned)) / len(
+        truth)
+    print("| step | seconds |\n|---|---|")
+    print(f"| reduce {args.maps:,} maps | {reduce_s:.2f} ({1e6 * reduce_s / args.maps:.1f} µs "
+          "per map, with making them) |")
+    print(f"| fit on a sample of {args.sample} (k = {fitted.k} by the eigengap) | {fit_s:.2f} |")
+    print(f"| assign {args.maps:,} maps to the nearest centroid | {assign_s:.2f} "
+          f"({1e6 * assign_s / args.maps:.2f} µs per map) |")
+    print(f"\nPeak of Python allocations while fitting and assigning: {peak / 2**20:.1f} MiB "
+          f"(the {args.maps:,} reduced maps themselves, held here for the benchmark, "
+          f"{reduced.nbytes / 2**20:.0f} MiB, are not counted; the job never holds them: it "
+          f"assigns each batch as it reads it back). Purity of the assignment against the "
+          f"planted strategies: {purity:.4f}.")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sections", nargs="+", default=["job", "clustering"])
+    parser.add_argument("--cases", nargs="+", default=list(JOB_CASES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--maps", type=int, default=100_000)
+    parser.add_argument("--sample", type=int, default=500)
+    args = parser.parse_args()
+    print(f"Machine: {machine()}")
+    if "clustering" in args.sections:
+        clustering_section(args)
+    if "job" in args.sections:
+        with tempfile.TemporaryDirectory() as directory:
+            job_section(args, directory)
+
+
+if __name__ == "__main__":
+    main()
