@@ -8,12 +8,15 @@ Sections (`--sections`, all by default):
   MobileNetV2 (`weights=None`) on 224x224 JPEG records, Grad-CAM, `--units_key label`,
   `--table` in both. The ratio of the medians is the cost strategies add, and the peak
   resident memory of each (read by a parent process of its own, as `benchmarks.pipeline`).
+- `memory`: the peak resident memory of the job with and without `--strategies` (demo CNN,
+  32x32 PNG records) over `--memory-records`: with the strategies, what it holds must not
+  grow with the record count beyond what the job holds without them.
 - `clustering`: one unit of 100,000 maps (`--maps`; synthetic: a blob at one of 3 places,
   noise), in-process as the job does it: reduce every map, keep a uniform sample of 500,
   fit on it, assign all 100,000 to the nearest centroid; seconds of each step and the
   peak of Python's allocations (tracemalloc) in the fit-and-assign part.
 
-Run: .venv/bin/python -m benchmarks.strategies [--sections job clustering] [--rounds 3]
+Run: .venv/bin/python -m benchmarks.strategies [--sections job memory clustering] [--rounds 3]
 """
 
 import argparse
@@ -54,6 +57,22 @@ def job_section(args, directory):
         without, with_ = statistics.median(times[False]), statistics.median(times[True])
         print(f"| {case} ({size}x{size}) | {count} | {without:.1f} | {with_:.1f} | "
               f"{with_ / without:.3f} | {memory[False]:.0f} | {memory[True]:.0f} |", flush=True)
+
+
+def memory_section(args, directory):
+    print("\n### Peak memory of the job over the record count, with and without --strategies "
+          "(Grad-CAM, 32x32 PNG, demo CNN, DirectRunner)\n")
+    print("| records | peak MB without | with | difference |\n|---|---|---|---|")
+    model = build_model("demo", 32, directory)
+    for count in args.memory_records:
+        records = write_dataset(directory, count, 32, "png", seed=5)
+        peaks = {}
+        for strategies in (False, True):
+            output = os.path.join(directory, f"mem-{count}-{strategies}", "expl")
+            extra = ["--table", output + ".table"] + (["--strategies"] if strategies else [])
+            peaks[strategies] = peak_memory_mb(records, output, model, "gradcam", extra)
+        print(f"| {count} | {peaks[False]:.0f} | {peaks[True]:.0f} | "
+              f"{peaks[True] - peaks[False]:+.0f} |", flush=True)
 
 
 def clustering_section(args):
@@ -102,18 +121,21 @@ def clustering_section(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sections", nargs="+", default=["job", "clustering"])
+    parser.add_argument("--sections", nargs="+", default=["job", "memory", "clustering"])
     parser.add_argument("--cases", nargs="+", default=list(JOB_CASES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--maps", type=int, default=100_000)
     parser.add_argument("--sample", type=int, default=500)
+    parser.add_argument("--memory-records", type=int, nargs="+", default=[2000, 8000])
     args = parser.parse_args()
     print(f"Machine: {machine()}")
     if "clustering" in args.sections:
         clustering_section(args)
-    if "job" in args.sections:
-        with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as directory:
+        if "job" in args.sections:
             job_section(args, directory)
+        if "memory" in args.sections:
+            memory_section(args, directory)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ choice):
   spectral clustering the paper cites; CoRelAy runs `KMeans` on its eigenvectors).
   Per cluster: its members, its mean reduced map, its prototypes (the members nearest its
   centre) and a 2-D embedding of the sample for the plot (t-SNE of the spectral embedding,
-  as CoRelAy's `TSNEEmbedding`).
+  as CoRelAy's `TSNEEmbedding`; here of the eigenvectors k-means clustered, the first k,
+  CoRelAy clustering and embedding all 32 alike, so that the plot shows the clusters'
+  own geometry).
 - `Strategies.assign`: any map, in or out of the sample, goes to the cluster whose centroid
   (mean reduced map) is nearest in Euclidean distance. That is what lets a job fit on a
   bounded sample and still label every record, with k centroids per unit to hold, not the
@@ -245,18 +247,18 @@ def fit_strategies(reduced: np.ndarray, ids: Optional[Sequence[str]] = None, *,
     if n < 3:
         labels = np.zeros(n, np.int32)
         eigenvalues = np.zeros(max(n, 1))
-        vectors = np.zeros((n, 2))
+        features = np.zeros((n, 2))
     else:
         eigenvalues, vectors = spectral_embedding(knn_affinity(reduced, neighbors),
                                                   n_eigenvalues, seed)
         k = clusters if clusters > 0 else eigengap(eigenvalues, max_clusters)
         k = max(1, min(k, n - 1))
+        features = vectors[:, :max(k, 2)]
+        features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True),
+                                          1e-12)
         if k == 1:
             labels = np.zeros(n, np.int32)
         else:
-            features = vectors[:, :k]
-            features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True),
-                                              1e-12)
             labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(features)
     labels = _by_size(np.asarray(labels, np.int32))
     k = int(labels.max()) + 1 if n else 1
@@ -271,7 +273,7 @@ def fit_strategies(reduced: np.ndarray, ids: Optional[Sequence[str]] = None, *,
         nearest[c, :len(chosen)] = chosen
     m = min(n, embedding_points)
     if m >= 5:
-        plotted = vectors[:m, :max(2, min(len(eigenvalues), 16))]
+        plotted = features[:m]
         embedding = TSNE(n_components=2, perplexity=min(30.0, (m - 1) / 3.0), init="pca",
                          max_iter=250, random_state=seed).fit_transform(plotted)
     else:

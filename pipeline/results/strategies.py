@@ -17,8 +17,9 @@ Separation of concerns:
   column) and are counted per cluster, so that each cluster's size and share are of every
   record, not of the sample.
 - `pipeline.results.clusters.UnitStrategies` is what the overview (the report) and the
-  manifest keep of a unit: k, the eigenvalues, per cluster its records, its mean reduced map, its prototypes (ids,
-  reduced maps, thumbnails) and the sample's 2-D embedding with its clusters.
+  manifest keep of a unit: k, the eigenvalues, per cluster its records, its mean reduced
+  map, its prototypes (ids, reduced maps, thumbnails) and the sample's 2-D embedding with
+  its clusters.
 
 Usage:
 
@@ -104,7 +105,8 @@ class _Spill(beam.DoFn):
 
     def process(self, rows):
         path = f"{self._folder}/{uuid.uuid4().hex}.pkl"
-        write_bytes(path, pickle.dumps(list(rows), protocol=pickle.HIGHEST_PROTOCOL))
+        kept = [row._replace(thumbnail=None) for row in rows]  # (the sample has them)
+        write_bytes(path, pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL))
         yield path
 
 
