@@ -70,7 +70,7 @@ strategies)."""
 PROTOTYPES = 4
 """Prototypes kept per cluster: the members nearest its centroid."""
 
-EMBEDDING_POINTS = 300
+EMBEDDING_POINTS = 200
 """At most this many of the sample are placed in the 2-D embedding (t-SNE's cost grows
 faster than the points)."""
 
@@ -239,6 +239,20 @@ def fit_strategies(reduced: np.ndarray, ids: Optional[Sequence[str]] = None, *,
         fitted = fit_strategies(reduce_maps(maps), ids=record_ids)
         fitted.k, fitted.sizes, fitted.prototype_ids()
     """
+    from threadpoolctl import threadpool_limits
+
+    # One thread for BLAS and OpenMP: the job fits its units side by side next to
+    # TensorFlow's own pools, and on a busy machine OpenMP's spinning threads made t-SNE and
+    # k-means 10 to 70 times slower than on one thread (benchmarks/RESULTS.md).
+    with threadpool_limits(1):
+        return _fit(reduced, ids, clusters, max_clusters, neighbors, n_eigenvalues,
+                    prototypes, embedding_points, seed)
+
+
+def _fit(reduced, ids, clusters, max_clusters, neighbors, n_eigenvalues, prototypes,
+         embedding_points, seed) -> Strategies:
+    # scikit-learn and scipy load on the first fit, not on import: the job's workers reduce
+    # maps with this module and never fit.
     from sklearn.cluster import KMeans
     from sklearn.manifold import TSNE
 
