@@ -289,7 +289,7 @@ def _fit(reduced, ids, clusters, max_clusters, neighbors, n_eigenvalues, prototy
     if m >= 5:
         plotted = features[:m]
         embedding = TSNE(n_components=2, perplexity=min(30.0, (m - 1) / 3.0), init="pca",
-                         max_iter=250, random_state=seed).fit_transform(plotted)
+                         max_iter=500, random_state=seed).fit_transform(plotted)
     else:
         embedding = np.zeros((m, 2))
     agreement = float(np.mean(nearest_centroid(reduced, centroids) == labels)) if n else 1.0

@@ -60,6 +60,7 @@ def purity(labels, truth):
     return sum(np.bincount(truth[labels == c]).max() for c in np.unique(labels)) / len(labels)
 
 
+@pytest.mark.slow
 def test_three_planted_strategies_are_recovered_and_new_maps_assigned():
     rng = np.random.default_rng(1)
     maps, truth = blob_maps(60, rng)
@@ -84,6 +85,11 @@ def test_three_planted_strategies_are_recovered_and_new_maps_assigned():
         d = ((reduced[fitted.labels == c] - fitted.centroids[c]) ** 2).sum(1)
         assert ((reduced[protos[0]] - fitted.centroids[c]) ** 2).sum() == pytest.approx(d.min())
     assert fitted.embedding.shape == (180, 2)
+    # The plot separates the strategies: each point's nearest other point in 2-D is of its
+    # own cluster.
+    e = fitted.embedding
+    d = ((e[:, None] - e[None]) ** 2).sum(-1) + np.diag(np.full(len(e), np.inf))
+    assert np.mean(fitted.labels[d.argmin(1)] == fitted.labels) == 1.0
     # New maps of the same strategies go to the cluster their strategy's sample went to.
     new, new_truth = blob_maps(20, np.random.default_rng(2))
     assigned = fitted.assign(strategies.reduce_maps(new, size=12))
