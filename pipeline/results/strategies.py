@@ -51,7 +51,7 @@ Entry = Tuple[str, np.ndarray, np.ndarray]
 
 def sample_entries(row) -> List[Tuple[int, Entry]]:
     """(unit, (id, reduced map, thumbnail)) for each unit a row explains."""
-    return [(int(unit), (row.id, row.reduced[k], row.thumbnail))
+    return [(int(unit), (row.id, row.reduced[k].copy(), row.thumbnail))
             for k, unit in enumerate(row.units)]
 
 

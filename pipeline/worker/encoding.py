@@ -145,8 +145,10 @@ def with_strategies(outcomes: Sequence[Any], encoded: Sequence[Any], images: np.
     encoded = list(encoded)
     start = 0
     for i, count in zip(kept, units):
-        row = encoded[i].row._replace(reduced=reduced[start:start + count],
-                                      thumbnail=np.ascontiguousarray(thumbnails[i]))
+        # Copies, not views: a sampled map kept to the end of the run must not keep its
+        # whole batch's arrays alive with it.
+        row = encoded[i].row._replace(reduced=reduced[start:start + count].copy(),
+                                      thumbnail=thumbnails[i].copy())
         encoded[i] = encoded[i]._replace(row=row)
         start += count
     return encoded
