@@ -44,6 +44,9 @@ SPILL_SUFFIX = ".strategies-rows"
 ROWS_PER_SPILL = 1024
 """Rows written to one spill file."""
 
+COUNTS = "counts"
+"""Tag of the assigning stage's {(unit, cluster): maps} per spill file."""
+
 
 Entry = Tuple[str, np.ndarray, np.ndarray]
 """One sampled map: (id, reduced map (D,) float16, thumbnail (h, w, C) uint8)."""
@@ -82,16 +85,55 @@ def fit_unit(unit: int, entries: Sequence[Entry], clusters: int = 0,
 def assign_rows(rows: Sequence, centroids: Dict[int, np.ndarray]) -> List:
     """Each row with `clusters` (K,) int32: each unit's map's nearest centroid among
     `centroids` (unit -> (k, D)); -1 for a unit without fitted clusters. Its reduced maps
-    and thumbnail are dropped (the table does not hold them)."""
-    assigned = []
-    for row in rows:
-        clusters = np.full(len(row.units), -1, np.int32)
-        for k, unit in enumerate(row.units):
+    and thumbnail are dropped (the table does not hold them). One nearest-centroid call per
+    unit present, not per row."""
+    units = np.concatenate([np.asarray(row.units) for row in rows]) if rows else np.zeros(0)
+    clusters = np.full(len(units), -1, np.int32)
+    if len(units):
+        reduced = np.concatenate([row.reduced for row in rows])  # (sum K, D)
+        for unit in np.unique(units):
             fitted = centroids.get(int(unit))
             if fitted is not None:
-                clusters[k] = spray.nearest_centroid(row.reduced[k:k + 1], fitted)[0]
-        assigned.append(row._replace(clusters=clusters, reduced=None, thumbnail=None))
+                chosen = units == unit
+                clusters[chosen] = spray.nearest_centroid(reduced[chosen], fitted)
+    assigned, start = [], 0
+    for row in rows:
+        count = len(row.units)
+        assigned.append(row._replace(clusters=clusters[start:start + count].copy(),
+                                     reduced=None, thumbnail=None))
+        start += count
     return assigned
+
+
+def cluster_counts(rows: Sequence) -> Dict[Tuple[int, int], int]:
+    """{(unit, cluster): explained maps} over assigned rows."""
+    if not rows:
+        return {}
+    units = np.concatenate([np.asarray(row.units) for row in rows]).astype(np.int64)
+    clusters = np.concatenate([row.clusters for row in rows]).astype(np.int64)
+    pairs, counts = np.unique(np.stack([units, clusters], axis=1), axis=0, return_counts=True)
+    return {(int(u), int(c)): int(n) for (u, c), n in zip(pairs, counts)}
+
+
+class _SumCounts(beam.CombineFn):
+    """Dicts of counts -> their sum (a few numbers per unit's cluster)."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, counts):
+        for key, count in counts.items():
+            accumulator[key] = accumulator.get(key, 0) + count
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            self.add_input(merged, accumulator)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
 
 
 def spill_path(output: str) -> str:
@@ -114,11 +156,12 @@ def _read_and_assign(path: str, fitted: Sequence[UnitStrategies]):
     # The job's own files, written above in this run: unpickling them trusts nothing foreign.
     rows = pickle.loads(read_bytes(path))
     centroids = {f.unit: f.mean_maps.reshape(f.k, -1) for f in fitted}
-    yield from assign_rows(rows, centroids)
+    rows = assign_rows(rows, centroids)
+    yield beam.pvalue.TaggedOutput(COUNTS, cluster_counts(rows))
+    yield from rows
 
 
-def _with_counts(fitted: Sequence[UnitStrategies], counts) -> Dict[int, UnitStrategies]:
-    counted = dict(counts)
+def _with_counts(fitted: Sequence[UnitStrategies], counted) -> Dict[int, UnitStrategies]:
     result = {}
     for unit in fitted:
         unit.records = [int(counted.get((unit.unit, c), 0)) for c in range(unit.k)]
@@ -144,19 +187,18 @@ class FitStrategies(beam.PTransform):
                   | "Sample" >> beam.combiners.Sample.FixedSizePerKey(self.sample)
                   | "Fit" >> beam.MapTuple(fit_unit, clusters=clusters, neighbors=neighbors)
                   | "AllUnits" >> beam.combiners.ToList())
-        assigned = (rows
-                    | "Batch" >> beam.BatchElements(min_batch_size=ROWS_PER_SPILL,
-                                                    max_batch_size=ROWS_PER_SPILL)
-                    | "Spill" >> beam.ParDo(_Spill(self.folder))
-                    | "Assign" >> beam.FlatMap(_read_and_assign,
-                                               beam.pvalue.AsSingleton(fitted)))
-        counts = (assigned
-                  | "Clusters" >> beam.FlatMap(lambda row: [
-                      (int(u), int(c)) for u, c in zip(row.units, row.clusters)])
-                  | "Count" >> beam.combiners.Count.PerElement())
-        counted = fitted | "Counted" >> beam.Map(_with_counts, beam.pvalue.AsList(counts))
+        assigned, counts = (
+            rows
+            | "Batch" >> beam.BatchElements(min_batch_size=ROWS_PER_SPILL,
+                                            max_batch_size=ROWS_PER_SPILL)
+            | "Spill" >> beam.ParDo(_Spill(self.folder))
+            | "Assign" >> beam.FlatMap(_read_and_assign, beam.pvalue.AsSingleton(fitted)
+                                       ).with_outputs(COUNTS, main="rows"))
+        total = counts | "Count" >> beam.CombineGlobally(_SumCounts())
+        counted = fitted | "Counted" >> beam.Map(_with_counts, beam.pvalue.AsSingleton(total))
         return counted, assigned
 
 
-__all__ = ["FitStrategies", "SPILL_SUFFIX", "assign_rows", "fit_unit",
+__all__ = ["COUNTS", "FitStrategies", "SPILL_SUFFIX", "assign_rows", "cluster_counts",
+           "fit_unit",
            "sample_entries", "spill_path"]
