@@ -13,12 +13,16 @@ Sections (`--sections`, all by default):
 - `memory`: the peak resident memory of the job with and without `--strategies` (demo CNN,
   32x32 PNG records) over `--memory-records`: with the strategies, what it holds must not
   grow with the record count beyond what the job holds without them.
+- `per_record`: the work strategies add per record, in-process and stage by stage (the
+  reduction and thumbnail in the worker, the sample's combiner, the spill's pickling, the
+  assignment and counting), on maps stored at 8x8 (Grad-CAM of the demo) and 224x224.
 - `clustering`: one unit of 100,000 maps (`--maps`; synthetic: a blob at one of 3 places,
   noise), in-process as the job does it: reduce every map, keep a uniform sample of 500,
   fit on it, assign all 100,000 to the nearest centroid; seconds of each step and the
   peak of Python's allocations (tracemalloc) in the fit-and-assign part.
 
-Run: .venv/bin/python -m benchmarks.strategies [--sections job memory clustering] [--rounds 3]
+Run: .venv/bin/python -m benchmarks.strategies [--rounds 3]
+     [--sections job memory per_record clustering]
 """
 
 import argparse
@@ -88,6 +92,65 @@ def memory_section(args, directory):
               f"{peaks[True] - peaks[False]:+.0f} |", flush=True)
 
 
+def per_record_section(args):
+    """The work strategies add per record, in-process, stage by stage (Beam's own cost per
+    element of the three extra hops is not in it)."""
+    import pickle
+
+    from apache_beam.transforms.combiners import SampleCombineFn
+
+    from pipeline.results import strategies as job
+    from pipeline.results.table import AnalysisRow
+    from pipeline.worker.encoding import Encoded, with_strategies
+
+    class Maps:
+        def __init__(self, maps):
+            self.maps = maps
+
+    rng = np.random.default_rng(0)
+    count, batch = 8192, 32
+    print(f"\n### Per record, in-process ({count:,} records, batches of {batch}, one unit "
+          "each)\n\n| map stored at | reduce + thumbnail | sample | spill (pickle, "
+          "unpickle) | assign + count | total µs/record |\n|---|---|---|---|---|---|")
+    for side, image_side in ((8, 32), (224, 224)):
+        images = rng.integers(0, 255, (batch, image_side, image_side, 3), np.uint8)
+        maps = [Maps(rng.uniform(size=(side, side, 1)).astype(np.float32))
+                for _ in range(batch)]
+        rows = []
+        start = time.perf_counter()
+        for first in range(0, count, batch):
+            encoded = [Encoded(b"", AnalysisRow(f"r{first + i}", np.array([i % 4]),
+                                                np.zeros(1, np.float32),
+                                                np.zeros(1, np.float32),
+                                                np.zeros((6, 1), np.float32),
+                                                np.zeros((0, 1), np.float32)))
+                       for i in range(batch)]
+            rows += [e.row for e in with_strategies(maps, encoded, images, spray.SIZE)]
+        reduce_us = 1e6 * (time.perf_counter() - start) / count
+        combine = SampleCombineFn(500)
+        accumulators = {}
+        start = time.perf_counter()
+        for row in rows:
+            for unit, entry in job.sample_entries(row):
+                accumulators[unit] = combine.add_input(
+                    accumulators.get(unit, combine.create_accumulator()), entry)
+        sample_us = 1e6 * (time.perf_counter() - start) / count
+        start = time.perf_counter()
+        spilled = [pickle.loads(pickle.dumps((
+            [r._replace(reduced=None, thumbnail=None) for r in rows[i:i + 1024]],
+            np.concatenate([r.reduced for r in rows[i:i + 1024]])))) for i in range(0, count, 1024)]
+        spill_us = 1e6 * (time.perf_counter() - start) / count
+        centroids = {u: rng.uniform(size=(3, spray.SIZE ** 2)).astype(np.float32)
+                     for u in range(4)}
+        start = time.perf_counter()
+        for part, reduced in spilled:
+            job.cluster_counts(job.assign_rows(part, centroids, reduced))
+        assign_us = 1e6 * (time.perf_counter() - start) / count
+        total = reduce_us + sample_us + spill_us + assign_us
+        print(f"| {side}x{side} | {reduce_us:.1f} | {sample_us:.1f} | {spill_us:.1f} | "
+              f"{assign_us:.1f} | {total:.1f} |", flush=True)
+
+
 def clustering_section(args):
     rng = np.random.default_rng(0)
     size, chunk = 64, 10_000
@@ -134,7 +197,8 @@ def clustering_section(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sections", nargs="+", default=["job", "memory", "clustering"])
+    parser.add_argument("--sections", nargs="+",
+                        default=["job", "memory", "per_record", "clustering"])
     parser.add_argument("--cases", nargs="+", default=list(JOB_CASES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--maps", type=int, default=100_000)
@@ -142,6 +206,8 @@ def main():
     parser.add_argument("--memory-records", type=int, nargs="+", default=[2000, 8000])
     args = parser.parse_args()
     print(f"Machine: {machine()}")
+    if "per_record" in args.sections:
+        per_record_section(args)
     if "clustering" in args.sections:
         clustering_section(args)
     with tempfile.TemporaryDirectory() as directory:

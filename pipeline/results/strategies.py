@@ -29,7 +29,7 @@ Usage:
 
 import pickle
 import uuid
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -82,15 +82,18 @@ def fit_unit(unit: int, entries: Sequence[Entry], clusters: int = 0,
         embedding_clusters=fitted.labels[:m].astype(np.int32), agreement=fitted.agreement)
 
 
-def assign_rows(rows: Sequence, centroids: Dict[int, np.ndarray]) -> List:
+def assign_rows(rows: Sequence, centroids: Dict[int, np.ndarray],
+                reduced: Optional[np.ndarray] = None) -> List:
     """Each row with `clusters` (K,) int32: each unit's map's nearest centroid among
-    `centroids` (unit -> (k, D)); -1 for a unit without fitted clusters. Its reduced maps
-    and thumbnail are dropped (the table does not hold them). One nearest-centroid call per
+    `centroids` (unit -> (k, D)); -1 for a unit without fitted clusters. The reduced maps
+    are the rows' own, or `reduced` (sum of K, D), theirs stacked in order; they and the
+    thumbnails are dropped (the table does not hold them). One nearest-centroid call per
     unit present, not per row."""
     units = np.concatenate([np.asarray(row.units) for row in rows]) if rows else np.zeros(0)
     clusters = np.full(len(units), -1, np.int32)
     if len(units):
-        reduced = np.concatenate([row.reduced for row in rows])  # (sum K, D)
+        if reduced is None:
+            reduced = np.concatenate([row.reduced for row in rows])  # (sum K, D)
         for unit in np.unique(units):
             fitted = centroids.get(int(unit))
             if fitted is not None:
@@ -147,16 +150,19 @@ class _Spill(beam.DoFn):
 
     def process(self, rows):
         path = f"{self._folder}/{uuid.uuid4().hex}.pkl"
-        kept = [row._replace(thumbnail=None) for row in rows]  # (the sample has them)
-        write_bytes(path, pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL))
+        # The reduced maps as one array, the rows without them nor their thumbnails (the
+        # sample has those): pickling a small array per row cost more than the rest.
+        reduced = np.concatenate([row.reduced for row in rows])
+        kept = [row._replace(reduced=None, thumbnail=None) for row in rows]
+        write_bytes(path, pickle.dumps((kept, reduced), protocol=pickle.HIGHEST_PROTOCOL))
         yield path
 
 
 def _read_and_assign(path: str, fitted: Sequence[UnitStrategies]):
     # The job's own files, written above in this run: unpickling them trusts nothing foreign.
-    rows = pickle.loads(read_bytes(path))
+    rows, reduced = pickle.loads(read_bytes(path))
     centroids = {f.unit: f.mean_maps.reshape(f.k, -1) for f in fitted}
-    rows = assign_rows(rows, centroids)
+    rows = assign_rows(rows, centroids, reduced)
     yield beam.pvalue.TaggedOutput(COUNTS, cluster_counts(rows))
     yield from rows
 
