@@ -36,6 +36,10 @@ setup(
         "matplotlib>=3.8",
         # LIME's and KernelSHAP's superpixels: quickshift (lime's default) and SLIC.
         "scikit-image>=0.22",
+        # SpRAy (explain_lib.strategies): kNN graph, k-means and t-SNE, as CoRelAy uses them.
+        "scikit-learn>=1.4",
+        # explain_lib.strategies fits on one BLAS/OpenMP thread (it comes with scikit-learn).
+        "threadpoolctl>=3",
     ],
     extras_require={
         # KerasHub's vision models (ViT, DeiT, Swin, MiT, CSPNet, ...): the job loads

@@ -105,6 +105,35 @@ def make_shapes(
     return images, labels.astype(np.int64)
 
 
+MARK_CLASS = 0
+"""The class whose images carry the Clever Hans demo's planted mark (circle)."""
+
+MARK_SIZE = 6
+"""The mark's side in pixels at 64x64 (scaled with the image)."""
+
+
+def plant_mark(images: np.ndarray, labels: np.ndarray, fraction: float = 0.5, seed: int = 0,
+               mark_class: int = MARK_CLASS):
+    """The Clever Hans variant of the demo's data (Lapuschkin et al., 2019): `fraction` of
+    the images of `mark_class` get a small white square in their top-left corner (a
+    watermark standing for a photographer's), so that a model trained on them can
+    recognise those images by the mark rather than by the shape. Returns (images with the
+    mark, marked (N,) bool); the inputs are not changed.
+
+    Usage:
+
+        images, labels = make_shapes(2400, seed=0)
+        marked_images, marked = plant_mark(images, labels, fraction=0.5)
+    """
+    rng = np.random.default_rng(seed)
+    marked = (labels == mark_class) & (rng.uniform(size=len(labels)) < fraction)
+    images = images.copy()
+    side = max(2, round(MARK_SIZE * images.shape[1] / IMAGE_SIZE))
+    margin = max(1, side // 3)
+    images[marked, margin:margin + side, margin:margin + side] = 255
+    return images, marked
+
+
 def shape_boxes(masks: np.ndarray) -> np.ndarray:
     """Each shape's box (N, 1, 4) float32 from its pixels (N, H, W) bool, in the TFDS
     convention: `(ymin, xmin, ymax, xmax)` in [0, 1], the edges of the outermost pixels (a
@@ -291,11 +320,12 @@ class Demo:
 
 def ensure_demo(
     directory: str = "demo", train_count: int = 2400, explain_count: int = 256,
-    epochs: int = 8, log=print,
+    epochs: int = 8, log=print, clever_hans: bool = False,
 ) -> Demo:
     """Generate the demo in `directory` unless it is there already: training records,
     records to explain (2 shards), each with its shape's box, and the trained model.
-    Returns its paths."""
+    With `clever_hans`, half the circles of both carry a mark (`plant_mark`). Returns its
+    paths."""
     demo = Demo.at(directory)
     stamp = os.path.join(directory, "VERSION")
     if (os.path.exists(stamp) and open(stamp).read() == DEMO_VERSION
@@ -304,9 +334,13 @@ def ensure_demo(
     start = time.time()
     log(f"Generating the demo in {directory}/ (once) ...")
     images, labels, masks = make_shapes(train_count, seed=0, return_masks=True)
+    if clever_hans:
+        images, _ = plant_mark(images, labels, 0.5, seed=0)
     write_shapes(os.path.join(directory, "train"), "train", images, labels,
                  boxes=shape_boxes(masks))
     images, labels, masks = make_shapes(explain_count, seed=1, return_masks=True)
+    if clever_hans:
+        images, _ = plant_mark(images, labels, 0.5, seed=1)
     write_shapes(os.path.join(directory, "data"), "shapes", images, labels, shards=2,
                  boxes=shape_boxes(masks))
 
@@ -337,9 +371,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Metrics of the job (--metrics; the boxes are the ground truth); "
                         "'' for none. Deletion takes one row of pixels per step, the RISE "
                         "paper's 224 steps of 224 pixels scaled to the demo's 64x64 images.")
+    parser.add_argument("--clever_hans", action="store_true",
+                        help="The Clever Hans variant: half the circles carry a mark in the "
+                        "corner, in training and in the records explained; the job runs with "
+                        "--strategies (SpRAy) so the report shows the marked circles as a "
+                        "cluster of their own (cached in demo-clever-hans/, written to "
+                        "out/clever-hans/ unless --demo_dir and --out_dir say otherwise).")
     args = parser.parse_args(argv)
+    if args.clever_hans:
+        args.demo_dir = "demo-clever-hans" if args.demo_dir == "demo" else args.demo_dir
+        args.out_dir = (os.path.join("out", "clever-hans")
+                        if args.out_dir == os.path.join("out", "demo") else args.out_dir)
 
-    demo = ensure_demo(args.demo_dir)
+    demo = ensure_demo(args.demo_dir, clever_hans=args.clever_hans)
     print(f"demo model: {demo.model}\ndemo records: {demo.inputs}")
     output = os.path.join(args.out_dir, "explanations")
     table = output + ".table"
@@ -347,6 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--input", demo.inputs, "--output", output, "--model", demo.model,
         "--method", args.method, "--runner", "DirectRunner",
         "--table", table, "--copy_features", "label",
+        *(["--strategies", "--units_key", "label"] if args.clever_hans else []),
         *(["--metrics", args.metrics, "--boxes_key", BOX_KEY,
             "--metric_params", json.dumps({
                 name: params for name, params in DEMO_METRIC_PARAMS.items()

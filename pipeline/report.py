@@ -6,7 +6,9 @@
 The page shows the run's counts and its dead letters per stage and message, how many
 explanations each unit has, the distribution of every metric the job computed (histograms),
 the mean map of each of the most explained units, the best and the worst records by one
-metric as overlays on their images with their ids, and the manifest. Its pictures are
+metric as overlays on their images with their ids, with `--strategies` each unit's
+strategies (SpRAy clusters: size and share, mean map, prototypes over their images, a 2-D
+embedding coloured by cluster), and the manifest. Its pictures are
 embedded as `data:` URIs (PNG, JPEG), so the one file can be mailed or opened anywhere.
 
 Separation of concerns:
@@ -49,6 +51,7 @@ import io
 import json
 import re
 import sys
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -60,6 +63,7 @@ from PIL import Image
 from pipeline.commands import BAD_INPUT, count, fail
 from pipeline.io.files import write_bytes
 from pipeline.pictures import colorize, overlay, upscale
+from pipeline.results.clusters import UnitStrategies
 from pipeline.results.manifest import MANIFEST_SUFFIX, read_manifest
 from pipeline.results.overview import EXAMPLES as KEPT_EXAMPLES
 from pipeline.results.overview import MEAN_MAP_SIZE, RANK_KEYS, Example, read_overview
@@ -120,6 +124,7 @@ class ReportData:
     map_counts: Dict[int, int]
     best: List[Example]
     worst: List[Example]
+    strategies: Dict[int, UnitStrategies] = dataclasses.field(default_factory=dict)
 
 
 # --- the numbers -----------------------------------------------------------------------------
@@ -170,6 +175,7 @@ def compute_report(output: str, metric: Optional[str] = None,
         map_counts={unit: int(overview.unit_counts[unit]) for unit in overview.sums},
         best=overview.best(chosen, examples) if chosen else [],
         worst=overview.worst(chosen, examples) if chosen else [],
+        strategies=overview.strategies,
     )
 
 
@@ -354,6 +360,92 @@ def _mean_maps_section(data: ReportData, labels, units: int) -> str:
     return note + f'<div class="figures">{"".join(figures)}</div>' + more
 
 
+CLUSTER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+                  "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+"""Colours of the clusters in the embedding plot and their captions (matplotlib's tab10)."""
+
+
+def embedding_figure(embedding: np.ndarray, clusters: np.ndarray) -> str:
+    """A scatter plot of a unit's sampled maps in 2-D, coloured by cluster, as a data URI."""
+    figure = Figure(figsize=(3.2, 3.0), dpi=80)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for c in np.unique(clusters):
+        chosen = clusters == c
+        axes.scatter(embedding[chosen, 0], embedding[chosen, 1], s=8,
+                     color=CLUSTER_COLORS[int(c) % len(CLUSTER_COLORS)], label=f"{c}")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.legend(title="cluster", fontsize=7, title_fontsize=7, loc="best")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _strategies_section(data: ReportData, labels, units: int, alpha: float) -> str:
+    if not data.strategies:
+        return ("<p>Not computed: run the job with <code>--strategies</code> to cluster each "
+                "unit's maps (SpRAy).</p>")
+    shown = sorted(data.strategies, key=lambda u: (-sum(data.strategies[u].records), u))[:units]
+    parts = ["<p>Each unit's maps clustered by where their mass lies (SpRAy: a kNN graph of a "
+             "uniform sample of the maps reduced to a small size, spectral clustering, k from "
+             "the eigengap unless given); every record assigned to the nearest cluster. A "
+             "small cluster whose mean map sits away from the object is a strategy worth a "
+             "look: a shortcut (Clever Hans). Prototypes: the sampled records nearest the "
+             "cluster's centre, the image left, its reduced map over it right.</p>"]
+    for unit in shown:
+        fitted = data.strategies[unit]
+        gaps = ", ".join(f"{v:.3g}" for v in fitted.eigenvalues[:min(len(fitted.eigenvalues),
+                                                                     10)])
+        rows = []
+        for c in range(fitted.k):
+            mean = fitted.mean_maps[c]
+            scale = picture_scale(mean.shape)
+            mean_uri = _data_uri(upscale(colorize(mean, MEAN_COLORMAP), scale))
+            protos = []
+            for p, record_id in enumerate(fitted.prototypes[c]):
+                image = fitted.prototype_images[c, p]
+                small = fitted.prototype_maps[c, p]
+                zoom = max(1, image.shape[0] // small.shape[0])
+                on_image = small if zoom == 1 else np.kron(small, np.ones((zoom, zoom)))
+                on_image = on_image[:image.shape[0], :image.shape[1]]
+                if on_image.shape != image.shape[:2]:
+                    on_image = np.zeros(image.shape[:2])
+                pair = np.concatenate([image, overlay(image, on_image, alpha,
+                                                      OVERLAY_COLORMAP)], axis=1)
+                protos.append(
+                    f'<figure class="prototype" data-id="{_e(record_id)}"><img '
+                    f'alt="{_e(record_id)}" src="{_data_uri(_fitted(pair, image.shape))}">'
+                    f"<figcaption>{_e(record_id)}</figcaption></figure>")
+            color = CLUSTER_COLORS[c % len(CLUSTER_COLORS)]
+            rows.append(
+                f'<tr class="cluster" data-unit="{unit}" data-cluster="{c}" '
+                f'data-records="{fitted.records[c]}" data-share="{fitted.shares()[c]!r}">'
+                f'<td style="color:{color}"><b>{c}</b></td><td>{fitted.records[c]}</td>'
+                f"<td>{100 * fitted.shares()[c]:.1f}%</td><td>{fitted.sample_sizes[c]}</td>"
+                f'<td><img class="cluster-mean" alt="mean map of cluster {c}" '
+                f'src="{mean_uri}"></td><td><div class="figures">{"".join(protos)}</div></td>'
+                "</tr>")
+        parts.append(
+            f'<h3 class="unit-strategies" data-unit="{unit}" data-k="{fitted.k}">'
+            f"{_e(_unit_name(unit, labels))}: {fitted.k} "
+            f"cluster{'s' if fitted.k != 1 else ''}</h3>"
+            f'<div class="figures"><figure><img class="embedding" data-unit="{unit}" '
+            f'alt="2-D embedding of unit {unit}" '
+            f'src="{embedding_figure(fitted.embedding, fitted.embedding_clusters)}">'
+            f"<figcaption>{len(fitted.embedding)} sampled maps (t-SNE of the spectral "
+            f"embedding)</figcaption></figure></div>"
+            f"<p>Fitted on {fitted.sample} sampled maps; smallest eigenvalues {gaps}; the "
+            f"nearest-centroid rule gives {100 * fitted.agreement:.1f}% of the sample its "
+            "own cluster.</p>"
+            "<table><tr><th>cluster</th><th>records</th><th>share</th><th>in the sample</th>"
+            f"<th>mean map</th><th>prototypes</th></tr>{''.join(rows)}</table>")
+    if len(data.strategies) > len(shown):
+        parts.append(f"<p>{len(data.strategies) - len(shown)} more units not shown.</p>")
+    return "".join(parts)
+
+
 def _examples_section(data: ReportData, images: Dict[str, np.ndarray], labels,
                       alpha: float) -> str:
     if data.metric is None:
@@ -410,6 +502,8 @@ def _page_data(data: ReportData) -> dict:
         "higher_is_better": data.higher_is_better,
         "best": [{"id": e.id, "unit": e.unit, "score": e.score} for e in data.best],
         "worst": [{"id": e.id, "unit": e.unit, "score": e.score} for e in data.worst],
+        "strategies": {str(unit): {"k": f.k, "records": f.records}
+                       for unit, f in sorted(data.strategies.items())},
         "metrics": {name: {"scored": data.scored[name], "missing": data.missing[name],
                            "mean": float(np.mean(v)) if len(v) else None}
                     for name, v in data.values.items()},
@@ -431,6 +525,7 @@ def render_html(data: ReportData, images: Dict[str, np.ndarray],
         ("Metric distributions", _metrics_section(data)),
         ("Mean map per unit", _mean_maps_section(data, labels, units)),
         ("Best and worst records", _examples_section(data, images, labels, alpha)),
+        ("Strategies (SpRAy)", _strategies_section(data, labels, units, alpha)),
         ("Manifest", f"<details><summary>{_e(manifest_path_of(manifest))}</summary>"
                      f"<pre>{_e(manifest_text)}</pre></details>"),
     ]

@@ -350,6 +350,16 @@ class Settings:
         (), "input features copied into the table, comma-separated (`label,filename`): one "
         "int64, float or text value per record",
         parse=lambda text: parse_names(text, "copy_features"))
+    strategies: bool = option(
+        False, "find each unit's strategies (SpRAy): cluster a uniform sample of its maps, "
+        "assign every record to the nearest cluster (the table's `cluster` column), keep the "
+        "clusters in the manifest and the report")
+    strategies_clusters: int = option(
+        0, "clusters per unit (0: chosen by the eigengap, at most 8)")
+    strategies_sample: int = option(
+        500, "maps sampled per unit to fit its clusters (memory: units x sample x size²)")
+    strategies_size: int = option(
+        32, "side of the maps as SpRAy compares them (reduced by area averaging)")
     # Set from code only.
     devices: Optional[Tuple[str, ...]] = option(
         None, "devices of each worker's `MirroredStrategy` (default: its GPUs)",
@@ -378,6 +388,10 @@ class Settings:
         for name in ("top_k", "batch_size", "batches_in_flight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, not {getattr(self, name)}.")
+        if self.strategies_clusters < 0 or self.strategies_sample < 3 or \
+                self.strategies_size < 2:
+            raise ValueError("--strategies_clusters is 0 (the eigengap) or more, "
+                             "--strategies_sample at least 3, --strategies_size at least 2.")
         if self.num_shards < 0:
             raise ValueError(f"--num_shards must be 0 (as the runner decides) or more, not "
                              f"{self.num_shards}.")
@@ -431,7 +445,7 @@ class Settings:
         metrics, copied features or a table)."""
         if self.analysis is not None:
             return self.analysis
-        return bool(self.metrics or self.copy_features or self.table)
+        return bool(self.metrics or self.copy_features or self.table or self.strategies)
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}

@@ -56,6 +56,8 @@ from pipeline.results.ids import (
     DUPLICATE_RECORDS_COUNTER,
     Duplicates,
 )
+from pipeline.results.overview import read_overview
+from pipeline.results.strategies import spill_path
 from pipeline.results.table import TABLE_SUFFIX
 from pipeline.settings import Settings
 
@@ -76,6 +78,7 @@ class RunSummary:
     counted: bool = True
     manifest: str = ""
     aggregates: Optional[Dict[str, Any]] = None
+    strategies: Optional[Dict[str, Any]] = None
 
     @property
     def dead_lettered(self) -> int:
@@ -203,13 +206,15 @@ def execute(pipeline: beam.Pipeline, settings: Settings, started) -> RunSummary:
         raise
     summary = summarize(result, settings)
     summary.aggregates = _take_aggregates(settings)
+    summary.strategies = _strategies(settings)
     summary.manifest = record_run(pipeline, settings, summary, started)
     return summary
 
 
 def job_prefixes(settings: Settings) -> List[str]:
     """Every prefix the job writes under (its temporary folders are removed by prefix)."""
-    prefixes = [settings.output, settings.dead_letters, aggregates_prefix(settings.output)]
+    prefixes = [settings.output, settings.dead_letters, aggregates_prefix(settings.output),
+                spill_path(settings.output)]
     return prefixes + ([settings.table] if settings.table else [])
 
 
@@ -223,6 +228,19 @@ def _take_aggregates(settings: Settings) -> Optional[Dict[str, Any]]:
     if summary is not None:
         FileSystems.delete([aggregates.aggregates_path(prefix)])
     return summary
+
+
+def _strategies(settings: Settings) -> Optional[Dict[str, Any]]:
+    """With `--strategies`: each unit's clusters as the overview holds them (their summary,
+    for the manifest), once the folder where the rows waited for them is removed."""
+    if not settings.strategies:
+        return None
+    spilled = FileSystems.match([spill_path(settings.output) + "/*"])[0].metadata_list
+    if spilled:
+        FileSystems.delete([metadata.path for metadata in spilled])
+    fitted = read_overview(settings.output).strategies
+    return {str(unit): unit_strategies.summary() for unit, unit_strategies in sorted(
+        fitted.items())}
 
 
 def _stop_and_clean(result, prefixes) -> None:

@@ -165,6 +165,12 @@ def build_manifest(
             "dead_lettered": summary.dead_lettered if summary.counted else None,
             "dead_letters": dict(summary.dead_letters) if summary.counted else None,
         },
+        "strategies": {
+            "clusters": settings.strategies_clusters or "eigengap",
+            "sample": settings.strategies_sample,
+            "size": settings.strategies_size,
+            "per_unit": getattr(summary, "strategies", None),
+        } if settings.strategies else None,
         "duplicate_ids": {
             "ids": summary.duplicates.ids,
             "records": summary.duplicates.records,

@@ -59,6 +59,7 @@ from pipeline.job.checks import ModelInfo, inspect_model
 from pipeline.results.aggregates import AggregateMetrics
 from pipeline.results.ids import CountDuplicateIds
 from pipeline.results.overview import Overview, overview_path
+from pipeline.results.strategies import FitStrategies
 from pipeline.results.table import WriteTable
 from pipeline.settings import Settings, stored_map_size
 from pipeline.worker.encoding import Encoded
@@ -163,8 +164,9 @@ class KeepOverview(beam.PTransform):
     PREFIX.overview.npz (`pipeline.results.overview`) for `python -m pipeline.report`."""
 
     def __init__(self, output: str, names: Sequence[str], higher_is_better: Mapping[str, bool],
-                 label=None):
+                 strategies: Optional[beam.PCollection] = None, label=None):
         super().__init__(label)
+        self.strategies = strategies
         self.path = overview_path(output)
         self.names, self.higher_is_better = list(names), dict(higher_is_better)
 
@@ -184,10 +186,18 @@ class KeepOverview(beam.PTransform):
                     | "Messages" >> beam.FlatMap(lambda letters: map(_stage_and_message,
                                                                      letters))
                     | "CountMessages" >> merged())
-        return ((explained, messages)
-                | "Both" >> beam.Flatten()
-                | "Join" >> merged()
-                | "Write" >> beam.Map(lambda overview: write_bytes(path, overview.to_bytes())))
+        joined = ((explained, messages)
+                  | "Both" >> beam.Flatten()
+                  | "Join" >> merged())
+        if self.strategies is None:
+            return joined | "Write" >> beam.Map(
+                lambda overview: write_bytes(path, overview.to_bytes()))
+
+        def write(overview, strategies):
+            overview.strategies = dict(strategies)
+            return write_bytes(path, overview.to_bytes())
+
+        return joined | "Write" >> beam.Map(write, beam.pvalue.AsSingleton(self.strategies))
 
 
 class Explain(beam.PTransform):
@@ -298,7 +308,8 @@ def _image_size(info: ModelInfo, image_size: Optional[Sequence[int]]) -> Tuple[i
 def build_pipeline(pipeline: beam.Pipeline, settings: Settings) -> Outputs:
     """The whole job on `pipeline`: read -> Explain -> write results and dead letters (of
     damaged input files too), the overview, and with `table` or metrics the table and the
-    metric aggregates."""
+    metric aggregates; with `strategies`, each unit's clusters (`pipeline.results.strategies`)
+    in the overview and the table's `cluster` column."""
     files = [settings.input]
     if settings.tfds:
         source = tfds_input.resolve(settings.tfds, settings.tfds_data_dir, settings.split)
@@ -326,11 +337,16 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings) -> Outputs:
     result.dead_letters | "WriteDeadLetters" >> WriteShards(settings.dead_letters, 1)
     metrics = list(settings.metrics)
     directions = {name: explain_metrics.get(name).higher_is_better for name in metrics}
+    fitted, rows = None, result.analysis
+    if settings.strategies:
+        fitted, rows = result.analysis | "FitStrategies" >> FitStrategies(
+            settings.output, settings.strategies_sample, settings.strategies_clusters)
     (result.overview, result.dead_letters) | "KeepOverview" >> KeepOverview(
-        settings.output, metrics, directions)
+        settings.output, metrics, directions, fitted)
     if settings.table:
-        result.analysis | "WriteTable" >> WriteTable(
-            settings.table, metrics, dict(explain.spec.copy_features), settings.num_shards)
+        rows | "WriteTable" >> WriteTable(
+            settings.table, metrics, dict(explain.spec.copy_features), settings.num_shards,
+            strategies=settings.strategies)
     if metrics:
         result.analysis | "AggregateMetrics" >> AggregateMetrics(
             metrics, aggregates_prefix(settings.output))

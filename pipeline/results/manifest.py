@@ -69,6 +69,8 @@ LAYOUT = {
                          "table": nullable(_FILES)}},
     "counts": {"counted": bool, "read": nullable(int), "explained": nullable(int),
                "dead_lettered": nullable(int), "dead_letters": nullable({str: int})},
+    "strategies": nullable({"clusters": object, "sample": int, "size": int,
+                            "per_unit": nullable({str: dict})}),
     "duplicate_ids": nullable({"ids": int, "records": int, "examples": [str]}),
     "started": str, "finished": str, "seconds": float, "versions": {str: str}, "runner": str,
 }

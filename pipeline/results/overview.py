@@ -16,7 +16,8 @@ Separation of concerns:
   sample of its scores for the histograms (`Sample`: every score up to `SAMPLE` of them,
   a uniform sample beyond) and the `EXAMPLES` best and worst records with their map and
   image (`Example`), and the dead letters' messages counted per stage (at most `MESSAGES`
-  distinct ones per stage, the rest counted together).
+  distinct ones per stage, the rest counted together), and with `--strategies` each unit's
+  clusters (`pipeline.results.clusters.UnitStrategies`, set once the job has fitted them).
 - `batch_overview` makes one from a batch the handler has just explained (a few numpy calls
   per batch, not per record; its examples are views of the batch's arrays); `Overview.merge`
   joins two (Beam's combiner, `pipeline.job.transforms.KeepOverview`, merges the batches' and
@@ -49,6 +50,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline.io.files import RUN_AGAIN, check_layout, nullable, read_bytes
+from pipeline.results.clusters import UnitStrategies
 
 OVERVIEW_SUFFIX = ".overview.npz"
 """Appended to `--output`: out/expl -> out/expl.overview.npz."""
@@ -81,6 +83,7 @@ LAYOUT = {
     "unit_counts": [[int]], "first_unit_counts": [[int]], "size": nullable([int]),
     "sum_units": [int], "samples": {str: [int]}, "examples": {str: [[_EXAMPLE]]},
     "dead_letters": {str: [list]}, "other_messages": {str: int},
+    "strategies": nullable({str: dict}),
 }
 """What `Overview.from_bytes` requires of the JSON entry of an overview file."""
 
@@ -161,6 +164,7 @@ class Overview:
             key: ([], []) for key in self.keys}
         self.dead_letters: Dict[str, collections.Counter] = {}
         self.other_messages: collections.Counter = collections.Counter()
+        self.strategies: Dict[int, UnitStrategies] = {}
 
     @property
     def keys(self) -> List[str]:
@@ -264,7 +268,11 @@ class Overview:
             "examples": examples,
             "dead_letters": {stage: sorted(c.items()) for stage, c in self.dead_letters.items()},
             "other_messages": dict(self.other_messages),
+            "strategies": {str(unit): fitted.summary()
+                           for unit, fitted in sorted(self.strategies.items())},
         }
+        for unit, fitted in self.strategies.items():
+            arrays.update(fitted.to_arrays(f"strategies/{unit}"))
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
@@ -324,6 +332,9 @@ class Overview:
         overview.dead_letters = {stage: collections.Counter({str(m): int(n) for m, n in pairs})
                                  for stage, pairs in meta["dead_letters"].items()}
         overview.other_messages.update(meta["other_messages"])
+        overview.strategies = {
+            int(unit): UnitStrategies.from_parts(int(unit), fitted, arrays, f"strategies/{unit}")
+            for unit, fitted in (meta.get("strategies") or {}).items()}
         return overview
 
 

@@ -56,7 +56,10 @@ class AnalysisRow(NamedTuple):
     """What the table and the metric aggregates need of one explained record: its `id`,
     `units` (K,) int64, `logits` and `probabilities` (K,) float32, `statistics` (S, K)
     float32 in `STATISTICS` order, `metrics` (M, K) float32 in the job's metric order, and
-    `features`, the copied input features' values (None where the record has none)."""
+    `features`, the copied input features' values (None where the record has none); with
+    `--strategies` (`pipeline.results.strategies`), `reduced` (K, D) float16, each map
+    reduced for SpRAy, and `thumbnail`, its image small, until `clusters` (K,) int32, each
+    unit's cluster, replaces them."""
 
     id: str
     units: np.ndarray
@@ -65,6 +68,9 @@ class AnalysisRow(NamedTuple):
     statistics: np.ndarray
     metrics: np.ndarray
     features: Tuple[Any, ...] = ()
+    reduced: Optional[np.ndarray] = None
+    thumbnail: Optional[np.ndarray] = None
+    clusters: Optional[np.ndarray] = None
 
 
 def analysis_rows(ids: Sequence[str], explanations: Sequence, metric_names: Sequence[str],
@@ -99,9 +105,11 @@ def analysis_rows(ids: Sequence[str], explanations: Sequence, metric_names: Sequ
     return rows
 
 
-def table_schema(metrics: Sequence[str] = (), features: Optional[Mapping[str, str]] = None):
-    """The table's pyarrow schema: `TABLE_COLUMNS`, then a float column per metric, then a
-    column per copied feature (`features`: name -> "int64", "float" or "bytes", read as
+def table_schema(metrics: Sequence[str] = (), features: Optional[Mapping[str, str]] = None,
+                 strategies: bool = False):
+    """The table's pyarrow schema: `TABLE_COLUMNS`, then a float column per metric, then
+    with `strategies` an int32 `cluster` (the unit's SpRAy cluster), then a column per copied
+    feature (`features`: name -> "int64", "float" or "bytes", read as
     int64, float32 or UTF-8 text). Floats are float32, as the records hold them."""
     kinds = {"int64": pa.int64(), "float": pa.float32(), "bytes": pa.string()}
     fields = [pa.field("id", pa.string(), nullable=False),
@@ -110,6 +118,8 @@ def table_schema(metrics: Sequence[str] = (), features: Optional[Mapping[str, st
               pa.field("logit", pa.float32(), nullable=False),
               pa.field("probability", pa.float32())]
     fields += [pa.field(name, pa.float32()) for name in STATISTICS + tuple(metrics)]
+    if strategies:
+        fields.append(pa.field("cluster", pa.int32()))
     fields += [pa.field(name, kinds[kind]) for name, kind in (features or {}).items()]
     return pa.schema(fields)
 
@@ -137,6 +147,10 @@ def to_arrow(rows: Sequence[AnalysisRow], schema) -> pa.Table:
         *(floats(values) for values in statistics),
         *(floats(values) for values in metrics),
     ]
+    if "cluster" in schema.names:
+        clusters = np.concatenate([np.full(len(row.units), -1, np.int32) if row.clusters is None
+                                   else np.asarray(row.clusters, np.int32) for row in rows])
+        columns.append(pa.array(clusters, pa.int32(), mask=clusters < 0))
     for index, field in enumerate(list(schema)[len(columns):]):
         values = np.repeat(np.array([row.features[index] for row in rows], dtype=object), counts)
         columns.append(pa.array(values.tolist(), field.type))
@@ -164,10 +178,11 @@ class WriteTable(beam.PTransform):
     """
 
     def __init__(self, prefix: str, metrics: Sequence[str] = (),
-                 features: Optional[Mapping[str, str]] = None, num_shards: int = 0, label=None):
+                 features: Optional[Mapping[str, str]] = None, num_shards: int = 0,
+                 strategies: bool = False, label=None):
         super().__init__(label)
         self.prefix = prefix
-        self.schema = table_schema(metrics, features)
+        self.schema = table_schema(metrics, features, strategies)
         self.num_shards = num_shards
 
     def expand(self, rows):

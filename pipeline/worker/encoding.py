@@ -9,6 +9,8 @@ records, with their analysis rows and the batch's overview.
 - `with_rows`: each encoded record with its `pipeline.results.table.AnalysisRow` (map
   statistics computed for the whole batch at once), for the table and the metric
   aggregates.
+- `with_strategies`: with `--strategies`, each row's maps reduced for SpRAy and its image's
+  thumbnail (`pipeline.results.strategies`).
 - `with_overview`: the batch's `pipeline.results.overview.Overview` (what the report shows:
   per-unit counts and map sums, score samples, the best and worst records with their
   images), made from the batch's arrays at once and carried by its last encoded record.
@@ -38,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from explain_lib import io as explain_io
+from explain_lib.strategies import reduce_maps
 from pipeline.io.dead_letters import StageError
 from pipeline.results.overview import Overview, batch_overview, summed_size
 from pipeline.results.table import AnalysisRow, analysis_rows
@@ -123,6 +126,34 @@ def with_rows(records: Sequence[CheckedRecord], outcomes: Sequence[Any],
     return encoded
 
 
+def with_strategies(outcomes: Sequence[Any], encoded: Sequence[Any], images: np.ndarray,
+                    size: int) -> List[Any]:
+    """Each analysis row with its maps reduced for SpRAy (`explain_lib.strategies.reduce_maps`
+    to `size` x `size`, float16) and its image as a thumbnail of at most `size` pixels a side
+    (`pipeline.results.strategies`), the batch's at once."""
+    kept = [i for i, record in enumerate(encoded)
+            if isinstance(record, Encoded) and record.row is not None]
+    if not kept:
+        return list(encoded)
+    maps = [outcomes[i].maps for i in kept]  # (h, w, K) each
+    units = [m.shape[-1] for m in maps]
+    flat = np.concatenate([np.moveaxis(m, -1, 0) for m in maps])  # (sum K, h, w)
+    reduced = reduce_maps(flat, size).astype(np.float16)
+    height, width = images.shape[1:3]
+    step = max(1, int(np.ceil(max(height, width) / size)))
+    thumbnails = np.asarray(images)[:, ::step, ::step]  # (decimated: a picture, not data)
+    encoded = list(encoded)
+    start = 0
+    for i, count in zip(kept, units):
+        # Copies, not views: a sampled map kept to the end of the run must not keep its
+        # whole batch's arrays alive with it.
+        row = encoded[i].row._replace(reduced=reduced[start:start + count].copy(),
+                                      thumbnail=thumbnails[i].copy())
+        encoded[i] = encoded[i]._replace(row=row)
+        start += count
+    return encoded
+
+
 def with_overview(records: Sequence[CheckedRecord], outcomes: Sequence[Any],
                   encoded: Sequence[Any], images: np.ndarray,
                   directions: Mapping[str, bool]) -> List[Any]:
@@ -159,4 +190,4 @@ def with_overview(records: Sequence[CheckedRecord], outcomes: Sequence[Any],
 
 
 __all__ = ["ENCODING_THREADS", "Encoded", "PARALLEL_ENCODING_VALUES", "encode_batch",
-           "with_overview", "with_rows"]
+           "with_overview", "with_rows", "with_strategies"]

@@ -56,7 +56,13 @@ from pipeline.io.dead_letters import StageError
 from pipeline.settings import Settings
 from pipeline.worker.concurrency import in_flight, model_lock
 from pipeline.worker.decoding import decode_batch, decode_masks
-from pipeline.worker.encoding import Encoded, encode_batch, with_overview, with_rows
+from pipeline.worker.encoding import (
+    Encoded,
+    encode_batch,
+    with_overview,
+    with_rows,
+    with_strategies,
+)
 from pipeline.worker.explaining import Worker, explain_decoded
 from pipeline.worker.parsing import CheckedRecord, RecordSpec, check_record
 
@@ -180,6 +186,8 @@ class RecordsHandler(ModelHandler[Sequence[bytes], Results, Worker]):
                                self._spec.image_size)
         if self._settings.makes_analysis:
             encoded = with_rows(batch, outcomes, encoded, self._settings.metrics)
+        if self._settings.strategies:
+            encoded = with_strategies(outcomes, encoded, images, self._settings.strategies_size)
         if self._settings.overview:
             encoded = with_overview(batch, outcomes, encoded, images, self._directions)
         return [PredictionResult(record, outcome) for record, outcome in zip(batch, encoded)]

@@ -6,7 +6,7 @@ functions included):
 
 0. `utils` and `io`: they import nothing of explain_lib (`io`, the codec of stored maps,
    knows no engine, so the pipeline's readers need none).
-1. `filters`, `inspection` (on utils) and `analysis` (on io).
+1. `filters`, `inspection` (on utils), `analysis` (on io) and `strategies` (numpy, sklearn).
 2. `methods`: the explaining functions, their registry and helpers.
 3. `metrics`: they score maps, and may call methods (fidelity perturbs with their blur) but
    never the engine: a metric that explains (`model_randomization`) is given `explain` by
@@ -29,7 +29,8 @@ PACKAGE = "explain_lib"
 
 LAYERS = (
     ("explain_lib.utils", "explain_lib.io"),
-    ("explain_lib.filters", "explain_lib.inspection", "explain_lib.analysis"),
+    ("explain_lib.filters", "explain_lib.inspection", "explain_lib.analysis",
+     "explain_lib.strategies"),
     ("explain_lib.methods",),
     ("explain_lib.metrics",),
     ("explain_lib.engine",),

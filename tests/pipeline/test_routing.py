@@ -183,3 +183,38 @@ def test_the_jobs_own_options_reach_the_workers_config(model_path):
                                                          "element_size_fn": len}
     assert transform.handler.records_per_call == 24
     assert transform.handler.load_model().settings is settings
+
+
+def test_the_strategies_options_reach_the_fit_and_the_handler(model_path, monkeypatch):
+    """--strategies_clusters and --strategies_sample reach FitStrategies (and through it
+    fit_unit's `clusters`); --strategies_size reaches the handler's reduction."""
+    import apache_beam as beam
+
+    from pipeline.job import transforms
+    from pipeline.results import strategies as job_strategies
+
+    options = PipelineOptions([
+        "--input", "unused", "--output", "out/x", "--model", model_path, "--strategies",
+        "--strategies_clusters", "3", "--strategies_sample", "40", "--strategies_size", "8"])
+    settings = job_settings(options)
+    assert (settings.strategies, settings.strategies_clusters, settings.strategies_sample,
+            settings.strategies_size, settings.makes_analysis) == (True, 3, 40, 8, True)
+    made = []
+    original = job_strategies.FitStrategies.__init__
+
+    def spy(self, output, sample=500, clusters=0, *args, **kwargs):
+        made.append((output, sample, clusters))
+        original(self, output, sample, clusters, *args, **kwargs)
+
+    monkeypatch.setattr(job_strategies.FitStrategies, "__init__", spy)
+    monkeypatch.setattr(transforms, "check_input", lambda pattern: None)
+    monkeypatch.setattr(transforms, "inspect_model",
+                        lambda settings: ModelInfo((SIZE, SIZE, 3), 4))
+    transforms.build_pipeline(beam.Pipeline(), settings)
+    assert made == [("out/x", 40, 3)]
+    fitted = job_strategies.fit_unit(
+        0, [(f"r{i}", np.eye(64, dtype=np.float16)[i % 4] + 0.01 * i,
+             np.zeros((2, 2, 3), np.uint8)) for i in range(12)], clusters=3)
+    assert fitted.k == 3
+    transform = transforms.Explain(settings, model_info=ModelInfo((SIZE, SIZE, 3), 4))
+    assert transform.handler._settings.strategies_size == 8

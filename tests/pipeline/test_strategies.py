@@ -1,0 +1,146 @@
+"""The job's strategies (`--strategies`, SpRAy): the Clever Hans demo's marked images found
+as a cluster of their own, the table's `cluster` column against the overview's centroids
+(an independent nearest-centroid in numpy over the stored maps), the manifest, and the
+routing of the options."""
+
+import glob
+import json
+import re
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import demo
+from pipeline.results.manifest import read_manifest
+from pipeline.results.overview import read_overview
+from tests.pipeline.conftest import run_job, write
+
+SIZE = 32
+PURITY_FLOOR = 0.9
+RECALL_FLOOR = 0.8
+
+
+@pytest.fixture(scope="module")
+def clever_hans(tmp_path_factory):
+    """The Clever Hans demo, small: a CNN trained on 32x32 shapes where half the circles
+    carry a mark in the corner; 240 test records marked the same way."""
+    directory = tmp_path_factory.mktemp("clever_hans")
+    images, labels = demo.make_shapes(1200, seed=0, size=SIZE)
+    images, _ = demo.plant_mark(images, labels, 0.5, seed=0)
+    keras.utils.set_random_seed(0)
+    model = demo.make_model((SIZE, SIZE, 3), 4, width=8)
+    demo.train_model(model, images, labels, epochs=5)
+    model_path = str(directory / "model.keras")
+    keras.saving.save_model(model, model_path)
+    test, test_labels = demo.make_shapes(240, seed=1, size=SIZE)
+    test, marked = demo.plant_mark(test, test_labels, 0.5, seed=1)
+    records = [demo.make_example(demo.encode_image(image, "png"), int(label), f"r{i:03d}")
+               for i, (image, label) in enumerate(zip(test, test_labels))]
+    write(directory, "records-0", records[:120])
+    write(directory, "records-1", records[120:])
+    job = run_job(directory, str(directory / "records-*"), model_path, "--method", "gradcam",
+                  "--units_key", "label", "--map_encoding", "raw32", "--strategies",
+                  "--strategies_size", "16", "--table", str(directory / "out" / "table"))
+    marked_ids = {f"r{i:03d}" for i in np.flatnonzero(marked)}
+    return job, marked_ids, str(directory / "out" / "table")
+
+
+@pytest.mark.slow
+def test_clever_hans_marked_images_make_their_own_cluster(clever_hans):
+    job, marked_ids, table = clever_hans
+    rows = pd.concat([pd.read_parquet(path) for path in glob.glob(table + "-*.parquet")])
+    assert len(rows) == 240 and rows.cluster.notna().all()
+    circles = rows[rows.unit == demo.MARK_CLASS]
+    is_marked = circles.id.isin(marked_ids)
+    # The cluster holding most marked circles: how pure, how complete.
+    chosen = circles[is_marked].cluster.mode()[0]
+    members = circles.cluster == chosen
+    purity = (members & is_marked).sum() / members.sum()
+    recall = (members & is_marked).sum() / is_marked.sum()
+    print(f"Clever Hans: purity {purity:.3f}, recall {recall:.3f}")
+    assert purity >= PURITY_FLOOR and recall >= RECALL_FLOOR
+    # Its mean map sits on the mark (top-left corner), the others' do not.
+    unit = read_overview(job.output).strategies[demo.MARK_CLASS]
+    size = unit.mean_maps.shape[1]
+    corner = slice(0, size // 4)
+    mass = unit.mean_maps[:, corner, corner].sum(axis=(1, 2))
+    assert np.unravel_index(unit.mean_maps[chosen].argmax(), (size, size))[0] < size // 4
+    assert mass[chosen] > 0.3 and all(mass[c] < mass[chosen] / 3
+                                      for c in range(unit.k) if c != chosen)
+
+
+@pytest.mark.slow
+def test_cluster_column_is_the_nearest_centroid_of_each_stored_map(clever_hans):
+    job, _, table = clever_hans
+    overview = read_overview(job.output)
+    rows = pd.concat([pd.read_parquet(path) for path in glob.glob(table + "-*.parquet")])
+    clusters = dict(zip(zip(rows.id, rows.unit), rows.cluster))
+    checked = 0
+    for record_id, decoded in job.explanations.items():
+        unit = int(decoded["units"][0])
+        fitted = overview.strategies[unit]
+        stored = decoded["maps"][..., 0]                        # raw32: the worker's map
+        s = fitted.mean_maps.shape[1]
+        h = stored.shape[0]
+        if h >= s:   # block means
+            block = np.abs(stored).reshape(s, h // s, s, h // s).mean(axis=(1, 3))
+        else:        # Grad-CAM stored at its own 8x8: each pixel repeated
+            block = np.abs(stored).repeat(s // h, 0).repeat(s // h, 1)
+        block = block.reshape(-1)
+        block = block / block.sum() if block.sum() > 0 else block
+        block = block.astype(np.float16).astype(np.float32)   # as the job keeps it
+        distances = ((fitted.mean_maps.reshape(fitted.k, -1) - block) ** 2).sum(axis=1)
+        assert clusters[(record_id, unit)] == int(np.argmin(distances)), record_id
+        checked += 1
+    assert checked == 240
+    # Each cluster's size counts every record, its share of the unit's records.
+    for unit, fitted in overview.strategies.items():
+        per_cluster = rows[rows.unit == unit].cluster.value_counts()
+        assert fitted.records == [int(per_cluster.get(c, 0)) for c in range(fitted.k)]
+        assert sum(fitted.shares()) == pytest.approx(1.0)
+        assert fitted.sample == min(500, (rows.unit == unit).sum())
+        assert fitted.prototype_images.dtype == np.uint8
+    manifest = read_manifest(job.output)
+    assert manifest["strategies"]["per_unit"][str(demo.MARK_CLASS)]["records"] == \
+        overview.strategies[demo.MARK_CLASS].records
+    assert not glob.glob(job.output + ".strategies-rows/*")   # the spilled rows removed
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_strategies_in_headless_chromium(clever_hans, tmp_path):
+    """The report's strategies section: per unit its clusters with the records and shares
+    the overview holds, a mean map and prototypes per cluster, the embedding plot; the page
+    loads in Chromium without a broken image or an error (the probe of test_report)."""
+    from pipeline import report
+    from tests.pipeline.test_report import PROBE, _chromium, chromium_binary
+
+    job, _, _ = clever_hans
+    page = report.build(job.output, out=str(tmp_path / "report.html"),
+                        labels=list(demo.CLASSES))
+    text = open(page, encoding="utf-8").read()
+    overview = read_overview(job.output)
+    for unit, fitted in overview.strategies.items():
+        assert f'class="unit-strategies" data-unit="{unit}" data-k="{fitted.k}"' in text
+        assert f'<img class="embedding" data-unit="{unit}"' in text
+        for c in range(fitted.k):
+            assert (f'data-unit="{unit}" data-cluster="{c}" data-records="{fitted.records[c]}" '
+                    f'data-share="{fitted.shares()[c]!r}"') in text
+            for record_id in fitted.prototypes[c]:
+                assert f'class="prototype" data-id="{record_id}"' in text
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("No chromium binary found.")
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    dumped = _chromium(binary, "--dump-dom", probed.as_uri())
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    root = re.search(r"<html[^>]*>", dumped.stdout).group(0)
+    attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', root))
+    assert attributes.get("checked") == "yes", root
+    assert int(attributes["images"]) == len(re.findall(r"<img ", text)) > 0
+    assert json.loads(attributes["broken"].replace("&quot;", '"')) == []
+    assert json.loads(attributes["errors"].replace("&quot;", '"')) == []
+    assert dumped.stdout.count('class="cluster"') == sum(
+        f.k for f in overview.strategies.values())
