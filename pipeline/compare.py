@@ -60,12 +60,12 @@ from pipeline.job.launcher import failure_line, local_runner
 from pipeline.job.options import check_arguments
 from pipeline.pictures import colorize
 from pipeline.report import (
-    _STYLE,
-    _data_uri,
-    _e,
-    _fitted,
-    _number,
-    _table,
+    STYLE,
+    data_uri,
+    escape,
+    fitted,
+    html_table,
+    number,
     script_json,
 )
 from pipeline.results.comparison import (
@@ -119,7 +119,7 @@ def _runs_section(runs: Runs, names: Sequence[str]) -> str:
                      f"{manifest['model']['path']} ({manifest['model']['sha256'][:12]}...)",
                      f"{output['map_encoding']}, {output['map_size']}",
                      ", ".join((manifest.get("metrics") or {}).get("names") or []) or "-"))
-    return _table(("run", "prefix", "method", "model", "maps", "metrics"), rows,
+    return html_table(("run", "prefix", "method", "model", "maps", "metrics"), rows,
                   text_columns=range(6))
 
 
@@ -130,15 +130,15 @@ def _counts_section(summary: ComparisonSummary, output: str) -> str:
             ("records beyond the first of an id, in A", summary.duplicates["a"]),
             ("records beyond the first of an id, in B", summary.duplicates["b"])]
     rows += [(f"compared at {size}", count) for size, count in sorted(summary.sizes.items())]
-    parts = [_table(("", "count"), rows)]
+    parts = [html_table(("", "count"), rows)]
     for run in ("a", "b"):
         if summary.only[run]:
             more = summary.only[run] - len(summary.only_examples[run])
             parts.append(
                 f'<p class="warning" data-only="{run}">Only in {run.upper()}: '
-                f"{', '.join(_e(i) for i in summary.only_examples[run])}"
+                f"{', '.join(escape(i) for i in summary.only_examples[run])}"
                 + (f" and {more} more" if more > 0 else "")
-                + f" (every one in <code>{_e(output + ONE_SIDED_SUFFIX)}-*{TABLE_SUFFIX}"
+                + f" (every one in <code>{escape(output + ONE_SIDED_SUFFIX)}-*{TABLE_SUFFIX}"
                   "</code>).</p>")
     return "".join(parts)
 
@@ -154,12 +154,12 @@ def _units_section(summary: ComparisonSummary, top: int) -> str:
         stats = summary.units[unit]
         metric_means = [stats.metric_sums[i] / stats.metric_counts[i]
                         if stats.metric_counts[i] else None for i in range(len(summary.metrics))]
-        rows.append((unit, stats.maps, *(_number(stats.mean(name)) for name in (
+        rows.append((unit, stats.maps, *(number(stats.mean(name)) for name in (
             "spearman", "iou", "logit_change", "logit_change_abs", "probability_change")),
-            *(_number(None if m is None else float(m)) for m in metric_means),
+            *(number(None if m is None else float(m)) for m in metric_means),
             stats.only_a, stats.only_b))
     more = f"<p>... {len(units) - top} more units</p>" if len(units) > top else ""
-    return (_table(header, rows) + more) if rows else "<p>No record in common.</p>"
+    return (html_table(header, rows) + more) if rows else "<p>No record in common.</p>"
 
 
 def _distributions_section(summary: ComparisonSummary, units: int) -> str:
@@ -190,12 +190,12 @@ def _changed_section(summary: ComparisonSummary) -> str:
         pair = np.concatenate([colorize(item.map_a, COLORMAP),
                                np.full((item.map_a.shape[0], 1, 3), 255, np.uint8),
                                colorize(item.map_b, COLORMAP)], axis=1)
-        picture = _fitted(pair, item.map_a.shape)
-        probabilities = " -> ".join(_number(p) for p in item.probabilities)
+        picture = fitted(pair, item.map_a.shape)
+        probabilities = " -> ".join(number(p) for p in item.probabilities)
         figures.append(
-            f'<figure class="changed" data-id="{_e(item.id)}" data-unit="{item.unit}" '
-            f'data-spearman="{item.spearman!r}"><img alt="{_e(item.id)}" '
-            f'src="{_data_uri(picture)}"><figcaption><b>{_e(item.id)}</b>, unit {item.unit}'
+            f'<figure class="changed" data-id="{escape(item.id)}" data-unit="{item.unit}" '
+            f'data-spearman="{item.spearman!r}"><img alt="{escape(item.id)}" '
+            f'src="{data_uri(picture)}"><figcaption><b>{escape(item.id)}</b>, unit {item.unit}'
             f"<br>Spearman {item.spearman:.3g}, top IoU {item.iou:.3g}<br>logit "
             f"{item.logits[0]:.3g} -> {item.logits[1]:.3g}, p {probabilities}"
             "</figcaption></figure>")
@@ -226,10 +226,10 @@ def render_page(summary: ComparisonSummary, runs: Runs, names: Sequence[str], ou
         ("Agreement", _distributions_section(summary, units)),
         ("Changed most", _changed_section(summary)),
     ]
-    body = "".join(f"<h2>{_e(name)}</h2>{content}" for name, content in sections)
+    body = "".join(f"<h2>{escape(name)}</h2>{content}" for name, content in sections)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>"
-            f"<h1>{_e(title)}</h1>{body}"
+            f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{escape(title)}</h1>{body}"
             f'<script type="application/json" id="compare-data">'
             f"{script_json(_page_data(summary))}</script></body></html>\n")
 

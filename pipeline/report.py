@@ -182,7 +182,7 @@ def compute_report(output: str, metric: Optional[str] = None,
 # --- the pictures ----------------------------------------------------------------------------
 
 
-def _data_uri(picture: np.ndarray, kind: str = "png") -> str:
+def data_uri(picture: np.ndarray, kind: str = "png") -> str:
     buffer = io.BytesIO()
     image = Image.fromarray(np.asarray(picture, np.uint8))
     if kind == "jpeg":
@@ -199,7 +199,7 @@ def picture_scale(shape) -> int:
     return max(1, PICTURE_SIZE // max(int(shape[0]), int(shape[1])))
 
 
-def _fitted(picture: np.ndarray, shape) -> np.ndarray:
+def fitted(picture: np.ndarray, shape) -> np.ndarray:
     """`picture` (one or more images of `shape` side by side) with each image at about
     PICTURE_SIZE: upscaled by `picture_scale`, or shrunk (bilinearly) when larger than twice
     that."""
@@ -237,7 +237,7 @@ def histogram_figure(values: Dict[str, np.ndarray], directions: Dict[str, bool])
 
 # --- the page --------------------------------------------------------------------------------
 
-_STYLE = """
+STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 28px; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 8px 0; }
@@ -251,7 +251,7 @@ pre { background: #f6f6f6; padding: 8px; overflow: auto; font-size: 12px; }
 """
 
 
-def _e(value) -> str:
+def escape(value) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -259,10 +259,10 @@ def _unit_name(unit: int, labels: Optional[Sequence[str]]) -> str:
     return f"{unit} {labels[unit]}" if labels and 0 <= unit < len(labels) else str(unit)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence], text_columns=(0,)) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence], text_columns=(0,)) -> str:
     def cell(tag, index, value):
         css = ' class="text"' if index in text_columns else ""
-        return f"<{tag}{css}>{_e(value)}</{tag}>"
+        return f"<{tag}{css}>{escape(value)}</{tag}>"
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>"
@@ -270,7 +270,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence], text_columns=(0,)) -
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _number(value) -> str:
+def number(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -287,8 +287,8 @@ def _counts_section(data: ReportData) -> str:
     else:
         rows.append(("job counters", "none reported: the run's counts are unknown"))
     rows.append(("explanations in the job's overview", data.records))
-    notes = "".join(f'<p class="warning">warning: {_e(note)}</p>' for note in data.notes)
-    parts = [_table(("", "count"), rows), notes, "<h3>Dead letters</h3>"]
+    notes = "".join(f'<p class="warning">warning: {escape(note)}</p>' for note in data.notes)
+    parts = [html_table(("", "count"), rows), notes, "<h3>Dead letters</h3>"]
     letters = data.dead_letters
     counted = counts.get("dead_letters") or {}
     stages = [s for s in counted if counted.get(s)] + [s for s in letters if s not in counted]
@@ -296,8 +296,9 @@ def _counts_section(data: ReportData) -> str:
         parts.append("<p>None.</p>")
     for stage in stages:
         found = letters.get(stage) or {}
-        number = counted.get(stage, sum(found.values()))
-        parts.append(f'<p><b>{_e(stage)}</b>: <span data-stage="{_e(stage)}">{number}</span></p>')
+        count = counted.get(stage, sum(found.values()))
+        parts.append(f'<p><b>{escape(stage)}</b>: '
+                     f'<span data-stage="{escape(stage)}">{count}</span></p>')
         if found:
             rows = [(message[:300], count) for message, count in found.most_common(MESSAGES)]
             if len(found) > MESSAGES:
@@ -305,7 +306,7 @@ def _counts_section(data: ReportData) -> str:
             if data.other_messages.get(stage):
                 rows.append(("... messages beyond the first the job counted apart",
                              data.other_messages[stage]))
-            parts.append(_table(("message", "records"), rows))
+            parts.append(html_table(("message", "records"), rows))
     return "".join(parts)
 
 
@@ -320,9 +321,9 @@ def _units_section(data: ReportData, labels, top: int) -> str:
         means = [(aggregates[m].get("per_unit") or {}).get(str(unit), {}).get("mean")
                  for m in metrics]
         rows.append((_unit_name(unit, labels), explained, data.first_unit_counts.get(unit, 0),
-                     *map(_number, means)))
+                     *map(number, means)))
     more = f"<p>... {len(units) - top} more units</p>" if len(units) > top else ""
-    return _table(header, rows) + more if rows else "<p>No explanation.</p>"
+    return html_table(header, rows) + more if rows else "<p>No explanation.</p>"
 
 
 def _metrics_section(data: ReportData) -> str:
@@ -333,9 +334,9 @@ def _metrics_section(data: ReportData) -> str:
     for name, scores in data.values.items():
         quantiles = np.quantile(scores, [0, 0.25, 0.5, 0.75, 1]) if len(scores) else [None] * 5
         rows.append((name, data.scored[name], data.missing[name],
-                     _number(float(np.mean(scores)) if len(scores) else None),
-                     *(_number(None if q is None else float(q)) for q in quantiles)))
-    parts.append(_table(("", "scored", "not scored (NaN)", "mean", "min", "25%", "median",
+                     number(float(np.mean(scores)) if len(scores) else None),
+                     *(number(None if q is None else float(q)) for q in quantiles)))
+    parts.append(html_table(("", "scored", "not scored (NaN)", "mean", "min", "25%", "median",
                          "75%", "max"), rows))
     return "".join(parts)
 
@@ -349,8 +350,8 @@ def _mean_maps_section(data: ReportData, labels, units: int) -> str:
         picture = colorize(mean, MEAN_COLORMAP)
         figures.append(
             f'<figure><img class="mean-map" data-unit="{unit}" data-scale="{scale}" '
-            f'alt="mean map of unit {unit}" src="{_data_uri(upscale(picture, scale))}">'
-            f"<figcaption>{_e(_unit_name(unit, labels))}: {data.map_counts[unit]} maps<br>"
+            f'alt="mean map of unit {unit}" src="{data_uri(upscale(picture, scale))}">'
+            f"<figcaption>{escape(_unit_name(unit, labels))}: {data.map_counts[unit]} maps<br>"
             f"{mean.min():.3g} .. {mean.max():.3g}</figcaption></figure>")
     more = (f"<p>{len(data.map_counts) - len(shown)} more units not shown.</p>"
             if len(data.map_counts) > len(shown) else "")
@@ -395,18 +396,18 @@ def _strategies_section(data: ReportData, labels, units: int, alpha: float) -> s
              "look: a shortcut (Clever Hans). Prototypes: the sampled records nearest the "
              "cluster's centre, the image left, its reduced map over it right.</p>"]
     for unit in shown:
-        fitted = data.strategies[unit]
-        gaps = ", ".join(f"{v:.3g}" for v in fitted.eigenvalues[:min(len(fitted.eigenvalues),
+        clusters = data.strategies[unit]
+        gaps = ", ".join(f"{v:.3g}" for v in clusters.eigenvalues[:min(len(clusters.eigenvalues),
                                                                      10)])
         rows = []
-        for c in range(fitted.k):
-            mean = fitted.mean_maps[c]
+        for c in range(clusters.k):
+            mean = clusters.mean_maps[c]
             scale = picture_scale(mean.shape)
-            mean_uri = _data_uri(upscale(colorize(mean, MEAN_COLORMAP), scale))
+            mean_uri = data_uri(upscale(colorize(mean, MEAN_COLORMAP), scale))
             protos = []
-            for p, record_id in enumerate(fitted.prototypes[c]):
-                image = fitted.prototype_images[c, p]
-                small = fitted.prototype_maps[c, p]
+            for p, record_id in enumerate(clusters.prototypes[c]):
+                image = clusters.prototype_images[c, p]
+                small = clusters.prototype_maps[c, p]
                 zoom = max(1, image.shape[0] // small.shape[0])
                 on_image = small if zoom == 1 else np.kron(small, np.ones((zoom, zoom)))
                 on_image = on_image[:image.shape[0], :image.shape[1]]
@@ -415,29 +416,29 @@ def _strategies_section(data: ReportData, labels, units: int, alpha: float) -> s
                 pair = np.concatenate([image, overlay(image, on_image, alpha,
                                                       OVERLAY_COLORMAP)], axis=1)
                 protos.append(
-                    f'<figure class="prototype" data-id="{_e(record_id)}"><img '
-                    f'alt="{_e(record_id)}" src="{_data_uri(_fitted(pair, image.shape))}">'
-                    f"<figcaption>{_e(record_id)}</figcaption></figure>")
+                    f'<figure class="prototype" data-id="{escape(record_id)}"><img '
+                    f'alt="{escape(record_id)}" src="{data_uri(fitted(pair, image.shape))}">'
+                    f"<figcaption>{escape(record_id)}</figcaption></figure>")
             color = CLUSTER_COLORS[c % len(CLUSTER_COLORS)]
             rows.append(
                 f'<tr class="cluster" data-unit="{unit}" data-cluster="{c}" '
-                f'data-records="{fitted.records[c]}" data-share="{fitted.shares()[c]!r}">'
-                f'<td style="color:{color}"><b>{c}</b></td><td>{fitted.records[c]}</td>'
-                f"<td>{100 * fitted.shares()[c]:.1f}%</td><td>{fitted.sample_sizes[c]}</td>"
+                f'data-records="{clusters.records[c]}" data-share="{clusters.shares()[c]!r}">'
+                f'<td style="color:{color}"><b>{c}</b></td><td>{clusters.records[c]}</td>'
+                f"<td>{100 * clusters.shares()[c]:.1f}%</td><td>{clusters.sample_sizes[c]}</td>"
                 f'<td><img class="cluster-mean" alt="mean map of cluster {c}" '
                 f'src="{mean_uri}"></td><td><div class="figures">{"".join(protos)}</div></td>'
                 "</tr>")
         parts.append(
-            f'<h3 class="unit-strategies" data-unit="{unit}" data-k="{fitted.k}">'
-            f"{_e(_unit_name(unit, labels))}: {fitted.k} "
-            f"cluster{'s' if fitted.k != 1 else ''}</h3>"
+            f'<h3 class="unit-strategies" data-unit="{unit}" data-k="{clusters.k}">'
+            f"{escape(_unit_name(unit, labels))}: {clusters.k} "
+            f"cluster{'s' if clusters.k != 1 else ''}</h3>"
             f'<div class="figures"><figure><img class="embedding" data-unit="{unit}" '
             f'alt="2-D embedding of unit {unit}" '
-            f'src="{embedding_figure(fitted.embedding, fitted.embedding_clusters)}">'
-            f"<figcaption>{len(fitted.embedding)} sampled maps (t-SNE of the spectral "
+            f'src="{embedding_figure(clusters.embedding, clusters.embedding_clusters)}">'
+            f"<figcaption>{len(clusters.embedding)} sampled maps (t-SNE of the spectral "
             f"embedding)</figcaption></figure></div>"
-            f"<p>Fitted on {fitted.sample} sampled maps; smallest eigenvalues {gaps}; the "
-            f"nearest-centroid rule gives {100 * fitted.agreement:.1f}% of the sample its "
+            f"<p>Fitted on {clusters.sample} sampled maps; smallest eigenvalues {gaps}; the "
+            f"nearest-centroid rule gives {100 * clusters.agreement:.1f}% of the sample its "
             "own cluster.</p>"
             "<table><tr><th>cluster</th><th>records</th><th>share</th><th>in the sample</th>"
             f"<th>mean map</th><th>prototypes</th></tr>{''.join(rows)}</table>")
@@ -451,7 +452,7 @@ def _examples_section(data: ReportData, images: Dict[str, np.ndarray], labels,
     if data.metric is None:
         return "<p>No record has a finite score to rank by.</p>"
     better = "higher" if data.higher_is_better else "lower"
-    parts = [f"<p>Records ranked by their first unit's <b>{_e(data.metric)}</b> ({better} is "
+    parts = [f"<p>Records ranked by their first unit's <b>{escape(data.metric)}</b> ({better} is "
              f"better); left the image, right the map over it (matplotlib's "
              f"{OVERLAY_COLORMAP}, alpha {alpha}).</p>"]
     for title, chosen in (("Best", data.best), ("Worst", data.worst)):
@@ -459,18 +460,19 @@ def _examples_section(data: ReportData, images: Dict[str, np.ndarray], labels,
         for example in chosen:
             image = images.get(example.id)
             if image is None:  # no input to draw on: the map alone
-                picture = _fitted(colorize(example.map, OVERLAY_COLORMAP), example.map.shape)
+                picture = fitted(colorize(example.map, OVERLAY_COLORMAP), example.map.shape)
             else:
                 pair = np.concatenate([overlay(image, np.zeros(image.shape[:2]), alpha=0.0),
                                        overlay(image, example.map, alpha, OVERLAY_COLORMAP)],
                                       axis=1)
-                picture = _fitted(pair, image.shape)
+                picture = fitted(pair, image.shape)
             figures.append(
-                f'<figure class="example" data-kind="{title.lower()}" data-id="{_e(example.id)}"'
-                f' data-score="{example.score!r}"><img alt="{_e(example.id)}" '
-                f'src="{_data_uri(picture, "jpeg")}"><figcaption><b>{_e(example.id)}</b><br>'
-                f"{_e(data.metric)} {example.score:.4g}<br>unit "
-                f"{_e(_unit_name(example.unit, labels))}, p {example.probability:.3g}"
+                f'<figure class="example" data-kind="{title.lower()}" '
+                f'data-id="{escape(example.id)}"'
+                f' data-score="{example.score!r}"><img alt="{escape(example.id)}" '
+                f'src="{data_uri(picture, "jpeg")}"><figcaption><b>{escape(example.id)}</b><br>'
+                f"{escape(data.metric)} {example.score:.4g}<br>unit "
+                f"{escape(_unit_name(example.unit, labels))}, p {example.probability:.3g}"
                 "</figcaption></figure>")
         parts.append(f"<h3>{title}</h3><div class=\"figures\">{''.join(figures)}</div>")
     return "".join(parts)
@@ -526,18 +528,19 @@ def render_html(data: ReportData, images: Dict[str, np.ndarray],
         ("Mean map per unit", _mean_maps_section(data, labels, units)),
         ("Best and worst records", _examples_section(data, images, labels, alpha)),
         ("Strategies (SpRAy)", _strategies_section(data, labels, units, alpha)),
-        ("Manifest", f"<details><summary>{_e(manifest_path_of(manifest))}</summary>"
-                     f"<pre>{_e(manifest_text)}</pre></details>"),
+        ("Manifest", f"<details><summary>{escape(manifest_path_of(manifest))}</summary>"
+                     f"<pre>{escape(manifest_text)}</pre></details>"),
     ]
-    body = "".join(f"<h2>{_e(title)}</h2>{content}" for title, content in sections)
+    body = "".join(f"<h2>{escape(title)}</h2>{content}" for title, content in sections)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>Explanations: {_e(manifest['output']['explanations'])}</title>"
-        f"<style>{_STYLE}</style></head><body>"
-        f"<h1>Explanations: {_e(manifest['output']['explanations'])}</h1>"
-        f"<p>{_e(method['name'])} on {_e(model['path'])} (sha256 {_e(model['sha256'][:16])}...), "
-        f"{_e(manifest['started'])} to {_e(manifest['finished'])} "
-        f"({manifest['seconds']:.1f} s) on {_e(manifest['runner'])}.</p>"
+        f"<title>Explanations: {escape(manifest['output']['explanations'])}</title>"
+        f"<style>{STYLE}</style></head><body>"
+        f"<h1>Explanations: {escape(manifest['output']['explanations'])}</h1>"
+        f"<p>{escape(method['name'])} on {escape(model['path'])} "
+        f"(sha256 {escape(model['sha256'][:16])}...), "
+        f"{escape(manifest['started'])} to {escape(manifest['finished'])} "
+        f"({manifest['seconds']:.1f} s) on {escape(manifest['runner'])}.</p>"
         f"{body}"
         f'<script type="application/json" id="report-data">{embedded}</script>'
         "</body></html>\n"
