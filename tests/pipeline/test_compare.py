@@ -273,23 +273,12 @@ def test_runs_that_cannot_be_compared_are_refused(runs, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_the_page_loads_in_headless_chromium(compared, tmp_path):
-    from tests.pipeline.test_report import PROBE, _chromium, chromium_binary
+    from tests.pipeline.browser import load_in_chromium
 
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("No chromium binary found.")
     output, _ = compared
     text = open(output + ".html", encoding="utf-8").read()
-    probed = tmp_path / "probed.html"
-    probed.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    dumped = _chromium(binary, "--dump-dom", probed.as_uri())
-    assert dumped.returncode == 0, dumped.stderr[-2000:]
-    root = re.search(r"<html[^>]*>", dumped.stdout).group(0)
-    attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', root))
-    assert attributes.get("checked") == "yes", root
+    attributes, _, _ = load_in_chromium(text, tmp_path)
     assert int(attributes["images"]) == len(re.findall(r"<img ", text)) > 2
-    assert json.loads(attributes["broken"].replace("&quot;", '"')) == []
-    assert json.loads(attributes["errors"].replace("&quot;", '"')) == []
 
 
 def test_records_without_an_id_are_refused_by_the_key_stage():

@@ -18,6 +18,13 @@ from PIL import Image
 
 from explain_lib import metrics as explain_metrics
 from pipeline import demo, pictures, report
+from tests.pipeline.browser import (
+    browser_or_skip,
+    chromium_binary,
+    load_in_chromium,
+    root_attributes,
+    run_chromium,
+)
 from tests.pipeline.conftest import SIZE, run_job, write
 
 TOP_K = 2
@@ -204,59 +211,11 @@ def test_size_stays_bounded(job, page):
 
 # --- in a real browser -------------------------------------------------------------------------
 
-PROBE = """<script>
-window.__errors = [];
-window.addEventListener("error", e => window.__errors.push(String(e.message || e.type)), true);
-const consoleError = console.error;
-console.error = (...args) => { window.__errors.push(args.join(" ")); consoleError(...args); };
-window.addEventListener("load", () => {
-  const images = Array.from(document.images);
-  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
-  const root = document.documentElement;
-  root.dataset.images = images.length;
-  root.dataset.broken = JSON.stringify(broken);
-  root.dataset.errors = JSON.stringify(window.__errors);
-  root.dataset.checked = "yes";
-});
-</script>"""
-
-
-def chromium_binary():
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def _chromium(binary, *args, timeout=180):
-    return subprocess.run(
-        [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--no-first-run", "--disable-extensions", "--virtual-time-budget=5000",
-         "--enable-logging=stderr", "--v=0", *args],
-        capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_the_page_loads_in_headless_chromium(page, tmp_path):
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("No chromium binary found (run_tests.sh installs Debian's chromium when "
-                    "run as root with apt-get; it failed or was not possible here).")
-    # A copy of the page with a probe first in <head>: it records errors and console.error
-    # calls, and once loaded writes into the DOM how many images there are and which did
-    # not decode (the page itself carries no script but its data).
     text = open(page, encoding="utf-8").read()
-    probed = tmp_path / "probed.html"
-    probed.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    dumped = _chromium(binary, "--dump-dom", probed.as_uri())
-    assert dumped.returncode == 0, dumped.stderr[-2000:]
-    root = re.search(r"<html[^>]*>", dumped.stdout).group(0)
-    attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', root))
-    assert attributes.get("checked") == "yes", root
+    attributes, dumped, probed = load_in_chromium(text, tmp_path)
     assert int(attributes["images"]) == len(re.findall(r"<img ", text)) > 0
-    assert json.loads(attributes["broken"].replace("&quot;", '"')) == []
-    assert json.loads(attributes["errors"].replace("&quot;", '"')) == []
     # Nothing the browser logged about the page itself is an error (uncaught exceptions and
     # failed loads are logged as CONSOLE lines naming the page).
     console = [line for line in dumped.stderr.splitlines()
@@ -264,8 +223,8 @@ def test_the_page_loads_in_headless_chromium(page, tmp_path):
     assert not [line for line in console if re.search(r"Uncaught|Error|Failed", line)], console
 
     screenshot = tmp_path / "report.png"
-    shot = _chromium(binary, f"--screenshot={screenshot}", "--window-size=1200,2000",
-                     probed.as_uri())
+    shot = run_chromium(chromium_binary(), f"--screenshot={screenshot}",
+                        "--window-size=1200,2000", probed.as_uri())
     assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-2000:]
     picture = Image.open(screenshot)
     picture.verify()  # a valid PNG ...
@@ -283,10 +242,7 @@ HOSTILE_IDS = ["<!--<script", "</script><script>document.documentElement.dataset
 def test_hostile_ids_neither_break_the_page_nor_run(tmp_path, model_path, shapes):
     """Ids are data: in the embedded JSON, the attributes and the captions they must stay
     text. The page's JSON parses back to the same ids, and no script of theirs runs."""
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("No chromium binary found (run_tests.sh installs Debian's chromium when "
-                    "run as root with apt-get; it failed or was not possible here).")
+    binary = browser_or_skip()
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(images[i], "png"), int(labels[i]), id_)
                for i, id_ in enumerate(HOSTILE_IDS)]
@@ -314,13 +270,12 @@ window.addEventListener("load", () => {
 </script>"""
     probed = tmp_path / "probed.html"
     probed.write_text(text.replace("<head>", "<head>" + probe, 1), encoding="utf-8")
-    dumped = _chromium(binary, "--dump-dom", probed.as_uri())
+    dumped = run_chromium(binary, "--dump-dom", probed.as_uri())
     assert dumped.returncode == 0, dumped.stderr[-2000:]
-    root = re.search(r"<html[^>]*>", dumped.stdout).group(0)
     attributes = {name: html.unescape(value)
-                  for name, value in re.findall(r'data-(\w+)="([^"]*)"', root)}
-    assert attributes.get("checked") == "yes", root
-    assert "pwned" not in attributes, root
+                  for name, value in root_attributes(dumped.stdout).items()}
+    assert attributes.get("checked") == "yes", dumped.stdout[:2000]
+    assert "pwned" not in attributes, dumped.stdout[:2000]
     assert json.loads(attributes["ids"]) == sorted(HOSTILE_IDS)
     # The best and the worst, each id once on each side.
     assert json.loads(attributes["captions"]) == sorted(HOSTILE_IDS * 2)

@@ -4,7 +4,6 @@ as a cluster of their own, the table's `cluster` column against the overview's c
 routing of the options."""
 
 import glob
-import json
 import re
 
 import keras
@@ -114,7 +113,7 @@ def test_the_report_shows_the_strategies_in_headless_chromium(clever_hans, tmp_p
     the overview holds, a mean map and prototypes per cluster, the embedding plot; the page
     loads in Chromium without a broken image or an error (the probe of test_report)."""
     from pipeline import report
-    from tests.pipeline.test_report import PROBE, _chromium, chromium_binary
+    from tests.pipeline.browser import load_in_chromium
 
     job, _, _ = clever_hans
     page = report.build(job.output, out=str(tmp_path / "report.html"),
@@ -129,18 +128,7 @@ def test_the_report_shows_the_strategies_in_headless_chromium(clever_hans, tmp_p
                     f'data-share="{fitted.shares()[c]!r}"') in text
             for record_id in fitted.prototypes[c]:
                 assert f'class="prototype" data-id="{record_id}"' in text
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("No chromium binary found.")
-    probed = tmp_path / "probed.html"
-    probed.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    dumped = _chromium(binary, "--dump-dom", probed.as_uri())
-    assert dumped.returncode == 0, dumped.stderr[-2000:]
-    root = re.search(r"<html[^>]*>", dumped.stdout).group(0)
-    attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', root))
-    assert attributes.get("checked") == "yes", root
+    attributes, dumped, _ = load_in_chromium(text, tmp_path)
     assert int(attributes["images"]) == len(re.findall(r"<img ", text)) > 0
-    assert json.loads(attributes["broken"].replace("&quot;", '"')) == []
-    assert json.loads(attributes["errors"].replace("&quot;", '"')) == []
     assert dumped.stdout.count('class="cluster"') == sum(
         f.k for f in overview.strategies.values())
