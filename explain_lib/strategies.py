@@ -315,8 +315,12 @@ def _fit(reduced, ids, clusters, max_clusters, neighbors, n_eigenvalues, prototy
         chosen = members[np.argsort(distances, kind="stable")[:prototypes]]
         nearest[c, :len(chosen)] = chosen
     m = min(n, embedding_points)
-    if m >= 5:
-        plotted = features[:m]
+    plotted = features[:m]
+    # Points all at one place (the plotted maps all in one component of a disconnected
+    # graph, whose rows the eigenvectors make equal) have no embedding but that place, and
+    # t-SNE's PCA start divides by their zero spread: its Barnes-Hut tree then crashed the
+    # process (a segmentation fault).
+    if m >= 5 and np.ptp(plotted, axis=0).max() > 0:
         embedding = TSNE(n_components=2, perplexity=min(30.0, (m - 1) / 3.0), init="pca",
                          max_iter=500, random_state=seed).fit_transform(plotted)
     else:

@@ -142,3 +142,17 @@ def test_nearest_centroid_against_brute_force():
     points, centroids = rng.normal(size=(50, 6)), rng.normal(size=(4, 6))
     brute = np.argmin(((points[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
     np.testing.assert_array_equal(strategies.nearest_centroid(points, centroids), brute)
+
+
+def test_plotted_maps_all_in_one_disconnected_component_do_not_crash_the_fit():
+    """Two groups of maps with no neighbour in common (a disconnected kNN graph), the first
+    `EMBEDDING_POINTS` all in one: their spectral rows are equal, and t-SNE's PCA start on
+    points without spread crashed the process. The fit finds the two groups, and the
+    embedding puts the plotted points at one place."""
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(size=(400, 8, 8)).astype(np.float32)
+    maps[:200, :2, :2] += 3.0
+    fitted = strategies.fit_strategies(strategies.reduce_maps(maps, 32))
+    assert fitted.k == 2
+    assert len(set(fitted.labels[:200])) == 1 and len(set(fitted.labels[200:])) == 1
+    assert fitted.embedding.shape == (200, 2) and not fitted.embedding.any()
