@@ -5,8 +5,8 @@ Sections (`--sections`, all by default):
 - `job`: `python -m pipeline` with and without `--strategies` on the same records, model
   and method, alternating (without, with, without, with, ...) in one run, so that a drift
   of a shared machine's speed falls on both: the demo CNN on 32x32 PNG records and
-  MobileNetV2 (`weights=None`) on 224x224 JPEG records, Grad-CAM, `--units_key label`,
-  `--table` in both, each over two record counts N and M. The ratio of the medians is what
+  MobileNetV2 (`weights=None`) on 224x224 JPEG records, Grad-CAM (and for MobileNetV2
+  `gradients` too, maps stored at 224x224), `--units_key label`, `--table` in both, each over two record counts N and M. The ratio of the medians is what
   strategies add at each count; the difference between the counts splits it into a cost
   per record (against the job's own per record) and a cost once per run (importing
   scikit-learn, one fit per unit).
@@ -39,17 +39,18 @@ from benchmarks.common import machine
 from benchmarks.pipeline import build_model, peak_memory_mb, run_job, write_dataset
 from explain_lib import strategies as spray
 
-JOB_CASES = {"demo": ("demo", 32, "png", (2000, 8000)),
-             "mobilenet": ("MobileNetV2", 224, "jpeg", (128, 512))}
-"""name: (model, image size, record format, (N, M) records)."""
+JOB_CASES = {"demo": ("demo", 32, "png", "gradcam", (2000, 8000)),
+             "mobilenet": ("MobileNetV2", 224, "jpeg", "gradcam", (128, 512)),
+             "mobilenet-gradients": ("MobileNetV2", 224, "jpeg", "gradients", (128, 512))}
+"""name: (model, image size, record format, method, (N, M) records)."""
 
 
 def job_section(args, directory):
-    print("\n### The job with and without --strategies (Grad-CAM, DirectRunner, median of "
+    print("\n### The job with and without --strategies (DirectRunner, median of "
           f"{args.rounds} rounds)\n")
     print("| case | records | without (s) | with (s) | ratio |\n|---|---|---|---|---|")
     for case in args.cases:
-        name, size, image_format, counts = JOB_CASES[case]
+        name, size, image_format, method, counts = JOB_CASES[case]
         model = build_model(name, size, directory)
         medians = {}
         for count in counts:
@@ -61,10 +62,10 @@ def job_section(args, directory):
                                           "expl")
                     extra = (["--table", output + ".table"]
                              + (["--strategies"] if strategies else []))
-                    times[strategies].append(run_job(records, output, model, "gradcam", extra))
+                    times[strategies].append(run_job(records, output, model, method, extra))
             medians[count] = {k: statistics.median(v) for k, v in times.items()}
             without, with_ = medians[count][False], medians[count][True]
-            print(f"| {case} ({size}x{size}) | {count} | {without:.1f} | {with_:.1f} | "
+            print(f"| {case} ({size}x{size}, {method}) | {count} | {without:.1f} | {with_:.1f} | "
                   f"{with_ / without:.3f} |", flush=True)
         small, large = counts
         extra_small = medians[small][True] - medians[small][False]
