@@ -6,7 +6,8 @@ Sections (`--sections`, all by default):
   and method, alternating (without, with, without, with, ...) in one run, so that a drift
   of a shared machine's speed falls on both: the demo CNN on 32x32 PNG records and
   MobileNetV2 (`weights=None`) on 224x224 JPEG records, Grad-CAM (and for MobileNetV2
-  `gradients` too, maps stored at 224x224), `--units_key label`, `--table` in both, each over two record counts N and M. The ratio of the medians is what
+  `gradients` too, maps stored at 224x224), `--units_key label`, `--table` in both, each
+  over two record counts N and M. The ratio of the medians is what
   strategies add at each count; the difference between the counts splits it into a cost
   per record (against the job's own per record) and a cost once per run (importing
   scikit-learn, one fit per unit).
