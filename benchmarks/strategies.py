@@ -5,8 +5,9 @@ Sections (`--sections`, all by default):
 - `job`: `python -m pipeline` with and without `--strategies` on the same records, model
   and method, alternating (without, with, without, with, ...) in one run, so that a drift
   of a shared machine's speed falls on both: the demo CNN on 32x32 PNG records and
-  MobileNetV2 (`weights=None`) on 224x224 JPEG records, Grad-CAM, `--units_key label`,
-  `--table` in both, each over two record counts N and M. The ratio of the medians is what
+  MobileNetV2 (`weights=None`) on 224x224 JPEG records, Grad-CAM (and for MobileNetV2
+  `gradients` too, maps stored at 224x224), `--units_key label`, `--table` in both, each
+  over two record counts N and M. The ratio of the medians is what
   strategies add at each count; the difference between the counts splits it into a cost
   per record (against the job's own per record) and a cost once per run (importing
   scikit-learn, one fit per unit).
@@ -14,8 +15,9 @@ Sections (`--sections`, all by default):
   32x32 PNG records) over `--memory-records`: with the strategies, what it holds must not
   grow with the record count beyond what the job holds without them.
 - `per_record`: the work strategies add per record, in-process and stage by stage (the
-  reduction and thumbnail in the worker, the sample's combiner, the spill's pickling, the
-  assignment and counting), on maps stored at 8x8 (Grad-CAM of the demo) and 224x224.
+  reduction and thumbnails in the worker, the sample's combiner, the spill's pickling, the
+  assignment, counting and cluster column), on maps stored at 8x8 (Grad-CAM of the demo)
+  and 224x224.
 - `clustering`: one unit of 100,000 maps (`--maps`; synthetic: a blob at one of 3 places,
   noise), in-process as the job does it: reduce every map, keep a uniform sample of 500,
   fit on it, assign all 100,000 to the nearest centroid; seconds of each step and the
@@ -38,17 +40,18 @@ from benchmarks.common import machine
 from benchmarks.pipeline import build_model, peak_memory_mb, run_job, write_dataset
 from explain_lib import strategies as spray
 
-JOB_CASES = {"demo": ("demo", 32, "png", (2000, 8000)),
-             "mobilenet": ("MobileNetV2", 224, "jpeg", (128, 512))}
-"""name: (model, image size, record format, (N, M) records)."""
+JOB_CASES = {"demo": ("demo", 32, "png", "gradcam", (2000, 8000)),
+             "mobilenet": ("MobileNetV2", 224, "jpeg", "gradcam", (128, 512)),
+             "mobilenet-gradients": ("MobileNetV2", 224, "jpeg", "gradients", (128, 512))}
+"""name: (model, image size, record format, method, (N, M) records)."""
 
 
 def job_section(args, directory):
-    print("\n### The job with and without --strategies (Grad-CAM, DirectRunner, median of "
+    print("\n### The job with and without --strategies (DirectRunner, median of "
           f"{args.rounds} rounds)\n")
     print("| case | records | without (s) | with (s) | ratio |\n|---|---|---|---|---|")
     for case in args.cases:
-        name, size, image_format, counts = JOB_CASES[case]
+        name, size, image_format, method, counts = JOB_CASES[case]
         model = build_model(name, size, directory)
         medians = {}
         for count in counts:
@@ -60,10 +63,10 @@ def job_section(args, directory):
                                           "expl")
                     extra = (["--table", output + ".table"]
                              + (["--strategies"] if strategies else []))
-                    times[strategies].append(run_job(records, output, model, "gradcam", extra))
+                    times[strategies].append(run_job(records, output, model, method, extra))
             medians[count] = {k: statistics.median(v) for k, v in times.items()}
             without, with_ = medians[count][False], medians[count][True]
-            print(f"| {case} ({size}x{size}) | {count} | {without:.1f} | {with_:.1f} | "
+            print(f"| {case} ({size}x{size}, {method}) | {count} | {without:.1f} | {with_:.1f} | "
                   f"{with_ / without:.3f} |", flush=True)
         small, large = counts
         extra_small = medians[small][True] - medians[small][False]
@@ -94,13 +97,12 @@ def memory_section(args, directory):
 
 def per_record_section(args):
     """The work strategies add per record, in-process, stage by stage (Beam's own cost per
-    element of the three extra hops is not in it)."""
+    element, paid per batch here, is not in it). The rows and the encoded records are made
+    before the clock starts: they are the job's without strategies too."""
     import pickle
 
-    from apache_beam.transforms.combiners import SampleCombineFn
-
     from pipeline.results import strategies as job
-    from pipeline.results.table import AnalysisRow
+    from pipeline.results.table import AnalysisRow, table_schema, to_arrow, with_clusters
     from pipeline.worker.encoding import Encoded, with_strategies
 
     class Maps:
@@ -109,42 +111,50 @@ def per_record_section(args):
 
     rng = np.random.default_rng(0)
     count, batch = 8192, 32
+    schema = table_schema(strategies=True)
+    plain = schema.remove(schema.get_field_index("cluster"))
     print(f"\n### Per record, in-process ({count:,} records, batches of {batch}, one unit "
-          "each)\n\n| map stored at | reduce + thumbnail | sample | spill (pickle, "
-          "unpickle) | assign + count | total µs/record |\n|---|---|---|---|---|---|")
+          "each)\n\n| map stored at | reduce + thumbnails | sample | spill (pickle, "
+          "unpickle) | assign + count + cluster column | total µs/record |\n"
+          "|---|---|---|---|---|---|")
     for side, image_side in ((8, 32), (224, 224)):
         images = rng.integers(0, 255, (batch, image_side, image_side, 3), np.uint8)
         maps = [Maps(rng.uniform(size=(side, side, 1)).astype(np.float32))
                 for _ in range(batch)]
-        rows = []
+        encoded = [[Encoded(b"", AnalysisRow(f"r{first + i}", np.array([i % 4]),
+                                             np.zeros(1, np.float32), np.zeros(1, np.float32),
+                                             np.zeros((6, 1), np.float32),
+                                             np.zeros((0, 1), np.float32)))
+                    for i in range(batch)] for first in range(0, count, batch)]
         start = time.perf_counter()
-        for first in range(0, count, batch):
-            encoded = [Encoded(b"", AnalysisRow(f"r{first + i}", np.array([i % 4]),
-                                                np.zeros(1, np.float32),
-                                                np.zeros(1, np.float32),
-                                                np.zeros((6, 1), np.float32),
-                                                np.zeros((0, 1), np.float32)))
-                       for i in range(batch)]
-            rows += [e.row for e in with_strategies(maps, encoded, images, spray.SIZE)]
+        batches = [with_strategies(maps, part, images, spray.SIZE)[-1].strategies
+                   for part in encoded]
         reduce_us = 1e6 * (time.perf_counter() - start) / count
-        combine = SampleCombineFn(500)
+        combine = job.SampleMaps(500)
         accumulators = {}
         start = time.perf_counter()
-        for row in rows:
-            for unit, entry in job.sample_entries(row):
+        for one in batches:
+            for unit, chunk in job.sample_chunks(one):
                 accumulators[unit] = combine.add_input(
-                    accumulators.get(unit, combine.create_accumulator()), entry)
+                    accumulators.get(unit, combine.create_accumulator()), chunk)
         sample_us = 1e6 * (time.perf_counter() - start) / count
+        per_file = 1024 // batch
+        tables = [to_arrow([row for one in batches[i:i + per_file] for row in one.rows], plain)
+                  for i in range(0, len(batches), per_file)]   # the table's work, not timed
         start = time.perf_counter()
         spilled = [pickle.loads(pickle.dumps((
-            [r._replace(reduced=None, thumbnail=None) for r in rows[i:i + 1024]],
-            np.concatenate([r.reduced for r in rows[i:i + 1024]])))) for i in range(0, count, 1024)]
+            np.concatenate([one.units() for one in batches[i:i + per_file]]),
+            np.concatenate([one.reduced for one in batches[i:i + per_file]]),
+            tables[i // per_file]), protocol=pickle.HIGHEST_PROTOCOL))
+            for i in range(0, len(batches), per_file)]
         spill_us = 1e6 * (time.perf_counter() - start) / count
         centroids = {u: rng.uniform(size=(3, spray.SIZE ** 2)).astype(np.float32)
                      for u in range(4)}
         start = time.perf_counter()
-        for part, reduced in spilled:
-            job.cluster_counts(job.assign_rows(part, centroids, reduced))
+        for units, reduced, table in spilled:
+            clusters = job.assign(units, reduced, centroids)
+            job.cluster_counts(units, clusters)
+            with_clusters(table, clusters, schema)
         assign_us = 1e6 * (time.perf_counter() - start) / count
         total = reduce_us + sample_us + spill_us + assign_us
         print(f"| {side}x{side} | {reduce_us:.1f} | {sample_us:.1f} | {spill_us:.1f} | "

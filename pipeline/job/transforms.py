@@ -60,7 +60,7 @@ from pipeline.results.aggregates import AggregateMetrics
 from pipeline.results.ids import CountDuplicateIds
 from pipeline.results.overview import Overview, overview_path
 from pipeline.results.strategies import FitStrategies
-from pipeline.results.table import WriteTable
+from pipeline.results.table import WriteTable, table_schema
 from pipeline.settings import Settings, stored_map_size
 from pipeline.worker.encoding import Encoded
 from pipeline.worker.explaining import resolve_preprocess
@@ -76,6 +76,9 @@ OVERVIEW = "overview"
 IDS = "ids"
 """Tag of RouteResults' lists of the ids of the records that passed the checks."""
 
+STRATEGIES = "strategies"
+"""Tag of RouteResults' per-batch `pipeline.results.strategies.StrategiesBatch`es."""
+
 
 class RouteResults(CountedStage):
     """What RunInference made of each list of records (`pipeline.worker.handler.Results`),
@@ -83,8 +86,9 @@ class RouteResults(CountedStage):
     serialized schema-v2 records explained (the main output), the list of dead letters
     (tagged `DEAD_LETTERS`) of the records that failed (parse, validate, decode, explain,
     encode), the ids of the records that passed the checks (tagged `IDS`), and, when the
-    handler made them, each explained record's analysis row (tagged `ANALYSIS`) and each
-    batch's overview (tagged `OVERVIEW`)."""
+    handler made them, each explained record's analysis row (tagged `ANALYSIS`), each
+    batch's overview (tagged `OVERVIEW`) and each batch's rows and maps for the strategies
+    (tagged `STRATEGIES`)."""
 
     def setup(self):
         super().setup()
@@ -103,6 +107,8 @@ class RouteResults(CountedStage):
                     yield beam.pvalue.TaggedOutput(ANALYSIS, outcome.row)
                 if outcome.overview is not None:
                     yield beam.pvalue.TaggedOutput(OVERVIEW, outcome.overview)
+                if outcome.strategies is not None:
+                    yield beam.pvalue.TaggedOutput(STRATEGIES, outcome.strategies)
                 outcome = outcome.record
             explained.append(outcome)
         self._explained.inc(len(explained))
@@ -118,12 +124,14 @@ class Outputs(NamedTuple):
     """What `Explain` makes: lists of serialized schema-v2 explanation records, lists of
     serialized dead letters (`pipeline.io.dead_letters`), each explained record's
     `pipeline.results.table.AnalysisRow` (empty unless the settings make analysis rows),
-    and each batch's `pipeline.results.overview.Overview` (empty without `overview`)."""
+    each batch's `pipeline.results.overview.Overview` (empty without `overview`) and each
+    batch's `pipeline.results.strategies.StrategiesBatch` (empty without `strategies`)."""
 
     explanations: beam.PCollection
     dead_letters: beam.PCollection
     analysis: Optional[beam.PCollection] = None
     overview: Optional[beam.PCollection] = None
+    strategies: Optional[beam.PCollection] = None
 
 
 class OverviewCombineFn(beam.CombineFn):
@@ -270,14 +278,14 @@ class Explain(beam.PTransform):
             rebalance = not runs_in_process(records.pipeline)
         if rebalance:
             records = records | "Rebalance" >> beam.Reshuffle()
-        explained, dead_letters, analysis, overview, ids = (
+        explained, dead_letters, analysis, overview, ids, strategies = (
             records
             | "RunInference" >> RunInference(self.handler)
             | "RouteResults" >> beam.ParDo(RouteResults()).with_outputs(
-                DEAD_LETTERS, ANALYSIS, OVERVIEW, IDS, main="explanations")
+                DEAD_LETTERS, ANALYSIS, OVERVIEW, IDS, STRATEGIES, main="explanations")
         )
         ids | "CountDuplicateIds" >> CountDuplicateIds()  # reported, still explained
-        return Outputs(explained, dead_letters, analysis, overview)
+        return Outputs(explained, dead_letters, analysis, overview, strategies)
 
 
 def runs_in_process(pipeline: beam.Pipeline) -> bool:
@@ -331,22 +339,26 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings) -> Outputs:
         (read.dead_letters, explained.dead_letters) | "AllDeadLetters" >> beam.Flatten(),
         explained.analysis,
         explained.overview,
+        explained.strategies,
     )
     result.explanations | "WriteExplanations" >> WriteShards(settings.output,
                                                              settings.num_shards)
     result.dead_letters | "WriteDeadLetters" >> WriteShards(settings.dead_letters, 1)
     metrics = list(settings.metrics)
     directions = {name: explain_metrics.get(name).higher_is_better for name in metrics}
+    features = dict(explain.spec.copy_features)
     fitted, rows = None, result.analysis
     if settings.strategies:
-        fitted, rows = result.analysis | "FitStrategies" >> FitStrategies(
-            settings.output, settings.strategies_sample, settings.strategies_clusters)
+        # The table's rows come from the strategies, as tables with their cluster column.
+        schema = table_schema(metrics, features, True) if settings.table else None
+        fitted, rows = result.strategies | "FitStrategies" >> FitStrategies(
+            settings.output, settings.strategies_sample, settings.strategies_clusters,
+            schema=schema)
     (result.overview, result.dead_letters) | "KeepOverview" >> KeepOverview(
         settings.output, metrics, directions, fitted)
     if settings.table:
-        rows | "WriteTable" >> WriteTable(
-            settings.table, metrics, dict(explain.spec.copy_features), settings.num_shards,
-            strategies=settings.strategies)
+        rows | "WriteTable" >> WriteTable(settings.table, metrics, features, settings.num_shards,
+                                          strategies=settings.strategies)
     if metrics:
         result.analysis | "AggregateMetrics" >> AggregateMetrics(
             metrics, aggregates_prefix(settings.output))

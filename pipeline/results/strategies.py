@@ -4,18 +4,21 @@ job with `--strategies`.
 Separation of concerns:
 
 - The handler reduces each explained map to `--strategies_size` squared pixels
-  (`explain_lib.strategies.reduce_maps`, float16) and a thumbnail of its image, on the
-  record's `pipeline.results.table.AnalysisRow` (`pipeline.worker.encoding.with_strategies`).
-- `FitStrategies` keeps per unit a bounded uniform sample of them (Beam's
-  `Sample.FixedSizePerKey`, `--strategies_sample` per unit: memory bounded by the units and
-  the sample, never by the records), fits each unit's clusters on its sample once at the end
+  (`explain_lib.strategies.reduce_maps`, float16) and makes its batch's thumbnails, one
+  `StrategiesBatch` per explained batch with its analysis rows
+  (`pipeline.worker.encoding.with_strategies`): everything here goes a batch at a time,
+  never a Beam element per record.
+- `FitStrategies` keeps per unit a bounded uniform sample of the maps with their thumbnails
+  (`SampleMaps`, `--strategies_sample` per unit: memory bounded by the units and the sample,
+  never by the records), fits each unit's clusters on its sample once at the end
   (`fit_unit`), and assigns every record to the nearest cluster (nearest centroid in the
   reduced-map space, `explain_lib.strategies.Strategies.assign`). The rows wait for the fit
-  spilled to files (`SPILL_SUFFIX`, a few per 1,024 rows) rather than in a Beam buffer, so
-  that DirectRunner too holds only their paths while the sample is fitted; the launcher
-  removes the folder when the run ends. The assigned rows go to the table (its `cluster`
-  column) and are counted per cluster, so that each cluster's size and share are of every
-  record, not of the sample.
+  spilled to files (`SPILL_SUFFIX`, one per 1,024 records: the units and reduced maps as
+  arrays, the rows as the `pyarrow.Table` the table would make of them) rather than in a
+  Beam buffer, so that DirectRunner too holds only their paths while the sample is fitted;
+  the launcher removes the folder when the run ends. The assigned tables gain their
+  `cluster` column and go to the table; the maps are counted per cluster, so that each
+  cluster's size and share are of every record, not of the sample.
 - `pipeline.results.clusters.UnitStrategies` is what the overview (the report) and the
   manifest keep of a unit: k, the eigenvalues, per cluster its records, its mean reduced
   map, its prototypes (ids, reduced maps, thumbnails) and the sample's 2-D embedding with
@@ -23,13 +26,17 @@ Separation of concerns:
 
 Usage:
 
-    fitted, rows = analysis_rows | FitStrategies("out/expl", sample=500)
-    rows | WriteTable("out/expl.table", strategies=True)
+    schema = table_schema(strategies=True)
+    fitted, tables = strategies_batches | FitStrategies("out/expl", sample=500, schema=schema)
+    tables | WriteTable("out/expl.table", strategies=True)
 """
 
+import functools
+import heapq
+import itertools
 import pickle
 import uuid
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -37,25 +44,107 @@ import numpy as np
 from explain_lib import strategies as spray
 from pipeline.io.files import read_bytes, write_bytes
 from pipeline.results.clusters import UnitStrategies
+from pipeline.results.table import AnalysisRow, to_arrow, with_clusters
 
 SPILL_SUFFIX = ".strategies-rows"
 """Appended to `--output`: the folder where the analysis rows wait for the clusters."""
 
 ROWS_PER_SPILL = 1024
-"""Rows written to one spill file."""
+"""Rows (records) written to one spill file."""
 
 COUNTS = "counts"
 """Tag of the assigning stage's {(unit, cluster): maps} per spill file."""
 
 
 Entry = Tuple[str, np.ndarray, np.ndarray]
-"""One sampled map: (id, reduced map (D,) float16, thumbnail (h, w, C) uint8)."""
+"""One sampled map: (id, reduced map (D,) float16, thumbnail (h, w, C))."""
 
 
-def sample_entries(row) -> List[Tuple[int, Entry]]:
-    """(unit, (id, reduced map, thumbnail)) for each unit a row explains."""
-    return [(int(unit), (row.id, row.reduced[k].copy(), row.thumbnail))
-            for k, unit in enumerate(row.units)]
+class StrategiesBatch(NamedTuple):
+    """What one explained batch gives the strategies (`pipeline.worker.encoding.
+    with_strategies`): its analysis `rows`, their maps reduced, `reduced` (sum of K, D)
+    float16 (each row's units in turn, the table's row order), and their images small,
+    `thumbnails` (B, h, w, C), one per row."""
+
+    rows: List[AnalysisRow]
+    reduced: np.ndarray
+    thumbnails: np.ndarray
+
+    def units(self) -> np.ndarray:
+        """(sum of K,) int64: the unit of each reduced map."""
+        if not self.rows:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.asarray(row.units) for row in self.rows]).astype(np.int64)
+
+
+def sample_chunks(batch: StrategiesBatch) -> List[Tuple[int, Tuple[List[str], np.ndarray,
+                                                                     np.ndarray]]]:
+    """(unit, (ids, reduced maps (m, D), thumbnails (m, h, w, C))) for each unit the batch
+    explains: one element per unit present, not per record."""
+    units = batch.units()
+    records = np.repeat(np.arange(len(batch.rows)), [len(row.units) for row in batch.rows])
+    chunks = []
+    for unit in np.unique(units):
+        chosen = np.flatnonzero(units == unit)
+        chunks.append((int(unit), ([batch.rows[r].id for r in records[chosen]],
+                                   batch.reduced[chosen], batch.thumbnails[records[chosen]])))
+    return chunks
+
+
+_TIES = itertools.count()
+"""Breaks ties between equal random keys (never between arrays)."""
+
+
+class SampleMaps(beam.CombineFn):
+    """A uniform sample without replacement of at most `size` maps per key from chunks of
+    (ids, reduced maps, thumbnails) (`sample_chunks`): each map drawn a uniform random key,
+    the `size` largest keys kept, as Beam's `Sample.FixedSizePerKey` does per element; here
+    the keys of a chunk are drawn at once, and only the maps that enter the sample are
+    copied out of their chunk. The accumulator is a heap of at most `size` entries. Output:
+    the sampled `Entry`s."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._random = None
+
+    def __getstate__(self):
+        # Each copy draws its own keys: a generator pickled along would give every copy the
+        # same sequence, and their samples the same positions.
+        return {**self.__dict__, "_random": None}
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, heap, chunk):
+        ids, reduced, thumbnails = chunk
+        if self._random is None:
+            self._random = np.random.default_rng()
+        keys = self._random.random(len(ids))
+        floor = heap[0][0] if len(heap) >= self._size else -1.0
+        for i in np.flatnonzero(keys > floor):
+            key = float(keys[i])
+            if len(heap) >= self._size and key <= heap[0][0]:
+                continue
+            entry = (key, next(_TIES), (ids[i], reduced[i].copy(), thumbnails[i].copy()))
+            if len(heap) < self._size:
+                heapq.heappush(heap, entry)
+            else:
+                heapq.heapreplace(heap, entry)
+        return heap
+
+    def merge_accumulators(self, heaps):
+        heaps = list(heaps)
+        merged = heaps[0]
+        for heap in heaps[1:]:
+            for entry in heap:
+                if len(merged) < self._size:
+                    heapq.heappush(merged, entry)
+                elif entry[0] > merged[0][0]:
+                    heapq.heapreplace(merged, entry)
+        return merged
+
+    def extract_output(self, heap) -> List[Entry]:
+        return [entry for _, _, entry in heap]
 
 
 def fit_unit(unit: int, entries: Sequence[Entry], clusters: int = 0,
@@ -82,39 +171,51 @@ def fit_unit(unit: int, entries: Sequence[Entry], clusters: int = 0,
         embedding_clusters=fitted.labels[:m].astype(np.int32), agreement=fitted.agreement)
 
 
-def assign_rows(rows: Sequence, centroids: Dict[int, np.ndarray],
-                reduced: Optional[np.ndarray] = None) -> List:
-    """Each row with `clusters` (K,) int32: each unit's map's nearest centroid among
-    `centroids` (unit -> (k, D)); -1 for a unit without fitted clusters. The reduced maps
-    are the rows' own, or `reduced` (sum of K, D), theirs stacked in order; they and the
-    thumbnails are dropped (the table does not hold them). One nearest-centroid call per
-    unit present, not per row."""
-    units = np.concatenate([np.asarray(row.units) for row in rows]) if rows else np.zeros(0)
+def assign(units: np.ndarray, reduced: np.ndarray,
+           centroids: Dict[int, np.ndarray]) -> np.ndarray:
+    """(N,) units, (N, D) reduced maps -> (N,) int32: each map's nearest centroid among its
+    unit's `centroids` (unit -> (k, D)); -1 for a unit without fitted clusters. One
+    nearest-centroid call per unit present, on one BLAS thread (the products' numbers are
+    the same on any number: no thread splits a dot product; on a busy machine, OpenBLAS's
+    threads waiting for each other cost more than the product)."""
     clusters = np.full(len(units), -1, np.int32)
-    if len(units):
-        if reduced is None:
-            reduced = np.concatenate([row.reduced for row in rows])  # (sum K, D)
+    reduced = _float32(reduced)
+    with _blas().limit(limits=1, user_api="blas"):
         for unit in np.unique(units):
             fitted = centroids.get(int(unit))
             if fitted is not None:
                 chosen = units == unit
                 clusters[chosen] = spray.nearest_centroid(reduced[chosen], fitted)
-    assigned, start = [], 0
-    for row in rows:
-        count = len(row.units)
-        assigned.append(row._replace(clusters=clusters[start:start + count].copy(),
-                                     reduced=None, thumbnail=None))
-        start += count
-    return assigned
+    return clusters
 
 
-def cluster_counts(rows: Sequence) -> Dict[Tuple[int, int], int]:
-    """{(unit, cluster): explained maps} over assigned rows."""
-    if not rows:
+_FLOAT16_VALUES = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(
+    np.float16).astype(np.float32)
+"""Every float16 bit pattern's float32 value, as numpy converts it."""
+
+
+def _float32(values: np.ndarray) -> np.ndarray:
+    """float16 -> float32 by looking each bit pattern up: numpy's own numbers (the table is
+    its conversion), a third of its time."""
+    if values.dtype != np.float16:
+        return np.asarray(values, np.float32)
+    return _FLOAT16_VALUES.take(values.view(np.uint16))
+
+
+@functools.lru_cache(maxsize=1)
+def _blas():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def cluster_counts(units: np.ndarray, clusters: np.ndarray) -> Dict[Tuple[int, int], int]:
+    """{(unit, cluster): explained maps} over assigned maps."""
+    if not len(units):
         return {}
-    units = np.concatenate([np.asarray(row.units) for row in rows]).astype(np.int64)
-    clusters = np.concatenate([row.clusters for row in rows]).astype(np.int64)
-    pairs, counts = np.unique(np.stack([units, clusters], axis=1), axis=0, return_counts=True)
+    pairs, counts = np.unique(np.stack([np.asarray(units, np.int64),
+                                        np.asarray(clusters, np.int64)], axis=1),
+                              axis=0, return_counts=True)
     return {(int(u), int(c)): int(n) for (u, c), n in zip(pairs, counts)}
 
 
@@ -145,26 +246,37 @@ def spill_path(output: str) -> str:
 
 
 class _Spill(beam.DoFn):
-    def __init__(self, folder: str):
-        self._folder = folder
+    """Lists of `StrategiesBatch`es -> the path of one spill file holding their units, their
+    reduced maps (one array) and, with a table `schema`, their rows as one `pyarrow.Table`
+    without its `cluster` column (what `pipeline.results.table.WriteTable` would make of
+    them): columns and arrays, pickled at once, not a pickled object per row."""
 
-    def process(self, rows):
+    def __init__(self, folder: str, schema=None):
+        self._folder = folder
+        self._schema = schema
+
+    def process(self, batches):
+        rows = [row for batch in batches for row in batch.rows]
+        units = np.concatenate([batch.units() for batch in batches])
+        reduced = np.concatenate([batch.reduced for batch in batches])
+        table = None
+        if self._schema is not None:
+            table = to_arrow(rows, self._schema.remove(self._schema.get_field_index(
+                "cluster")))
         path = f"{self._folder}/{uuid.uuid4().hex}.pkl"
-        # The reduced maps as one array, the rows without them nor their thumbnails (the
-        # sample has those): pickling a small array per row cost more than the rest.
-        reduced = np.concatenate([row.reduced for row in rows])
-        kept = [row._replace(reduced=None, thumbnail=None) for row in rows]
-        write_bytes(path, pickle.dumps((kept, reduced), protocol=pickle.HIGHEST_PROTOCOL))
+        write_bytes(path, pickle.dumps((units, reduced, table),
+                                       protocol=pickle.HIGHEST_PROTOCOL))
         yield path
 
 
-def _read_and_assign(path: str, fitted: Sequence[UnitStrategies]):
+def _read_and_assign(path: str, fitted: Sequence[UnitStrategies], schema=None):
     # The job's own files, written above in this run: unpickling them trusts nothing foreign.
-    rows, reduced = pickle.loads(read_bytes(path))
+    units, reduced, table = pickle.loads(read_bytes(path))
     centroids = {f.unit: f.mean_maps.reshape(f.k, -1) for f in fitted}
-    rows = assign_rows(rows, centroids, reduced)
-    yield beam.pvalue.TaggedOutput(COUNTS, cluster_counts(rows))
-    yield from rows
+    clusters = assign(units, reduced, centroids)
+    yield beam.pvalue.TaggedOutput(COUNTS, cluster_counts(units, clusters))
+    if table is not None:
+        yield with_clusters(table, clusters, schema)
 
 
 def _with_counts(fitted: Sequence[UnitStrategies], counted) -> Dict[int, UnitStrategies]:
@@ -176,35 +288,36 @@ def _with_counts(fitted: Sequence[UnitStrategies], counted) -> Dict[int, UnitStr
 
 
 class FitStrategies(beam.PTransform):
-    """Analysis rows carrying reduced maps -> (a singleton PCollection of {unit:
-    `UnitStrategies`} with each cluster's assigned records counted, the rows with their
-    `clusters`). See the module's docstring."""
+    """`StrategiesBatch`es -> (a singleton PCollection of {unit: `UnitStrategies`} with each
+    cluster's assigned records counted, the rows as `pyarrow.Table`s of the table's `schema`
+    with their `cluster` column; none without a `schema`). See the module's docstring."""
 
     def __init__(self, output: str, sample: int = 500, clusters: int = 0,
-                 neighbors: int = spray.NEIGHBORS, label=None):
+                 neighbors: int = spray.NEIGHBORS, schema=None, label=None):
         super().__init__(label)
         self.folder = spill_path(output)
         self.sample, self.clusters, self.neighbors = sample, clusters, neighbors
+        self.schema = schema
 
-    def expand(self, rows):
-        clusters, neighbors = self.clusters, self.neighbors
-        fitted = (rows
-                  | "Entries" >> beam.FlatMap(sample_entries)
-                  | "Sample" >> beam.combiners.Sample.FixedSizePerKey(self.sample)
+    def expand(self, batches):
+        clusters, neighbors, schema = self.clusters, self.neighbors, self.schema
+        fitted = (batches
+                  | "Chunks" >> beam.FlatMap(sample_chunks)
+                  | "Sample" >> beam.CombinePerKey(SampleMaps(self.sample))
                   | "Fit" >> beam.MapTuple(fit_unit, clusters=clusters, neighbors=neighbors)
                   | "AllUnits" >> beam.combiners.ToList())
-        assigned, counts = (
-            rows
+        tables, counts = (
+            batches
             | "Batch" >> beam.BatchElements(min_batch_size=ROWS_PER_SPILL,
-                                            max_batch_size=ROWS_PER_SPILL)
-            | "Spill" >> beam.ParDo(_Spill(self.folder))
-            | "Assign" >> beam.FlatMap(_read_and_assign, beam.pvalue.AsSingleton(fitted)
-                                       ).with_outputs(COUNTS, main="rows"))
+                                            max_batch_size=ROWS_PER_SPILL,
+                                            element_size_fn=lambda batch: len(batch.rows))
+            | "Spill" >> beam.ParDo(_Spill(self.folder, schema))
+            | "Assign" >> beam.FlatMap(_read_and_assign, beam.pvalue.AsSingleton(fitted),
+                                       schema).with_outputs(COUNTS, main="tables"))
         total = counts | "Count" >> beam.CombineGlobally(_SumCounts())
         counted = fitted | "Counted" >> beam.Map(_with_counts, beam.pvalue.AsSingleton(total))
-        return counted, assigned
+        return counted, tables
 
 
-__all__ = ["COUNTS", "FitStrategies", "SPILL_SUFFIX", "assign_rows", "cluster_counts",
-           "fit_unit",
-           "sample_entries", "spill_path"]
+__all__ = ["COUNTS", "FitStrategies", "SPILL_SUFFIX", "SampleMaps", "StrategiesBatch",
+           "assign", "cluster_counts", "fit_unit", "sample_chunks", "spill_path"]

@@ -56,10 +56,7 @@ class AnalysisRow(NamedTuple):
     """What the table and the metric aggregates need of one explained record: its `id`,
     `units` (K,) int64, `logits` and `probabilities` (K,) float32, `statistics` (S, K)
     float32 in `STATISTICS` order, `metrics` (M, K) float32 in the job's metric order, and
-    `features`, the copied input features' values (None where the record has none); with
-    `--strategies` (`pipeline.results.strategies`), `reduced` (K, D) float16, each map
-    reduced for SpRAy, and `thumbnail`, its image small, until `clusters` (K,) int32, each
-    unit's cluster, replaces them."""
+    `features`, the copied input features' values (None where the record has none)."""
 
     id: str
     units: np.ndarray
@@ -68,9 +65,6 @@ class AnalysisRow(NamedTuple):
     statistics: np.ndarray
     metrics: np.ndarray
     features: Tuple[Any, ...] = ()
-    reduced: Optional[np.ndarray] = None
-    thumbnail: Optional[np.ndarray] = None
-    clusters: Optional[np.ndarray] = None
 
 
 def analysis_rows(ids: Sequence[str], explanations: Sequence, metric_names: Sequence[str],
@@ -125,8 +119,9 @@ def table_schema(metrics: Sequence[str] = (), features: Optional[Mapping[str, st
 
 
 def to_arrow(rows: Sequence[AnalysisRow], schema) -> pa.Table:
-    """A batch of rows as one `pyarrow.Table` of `schema`, one row per explained unit (in
-    record order, then rank order). NaN floats become nulls."""
+    """A batch of rows as one `pyarrow.Table` of `schema` (without its `cluster` column,
+    which `with_clusters` adds), one row per explained unit (in record order, then rank
+    order). NaN floats become nulls."""
     counts = np.array([len(row.units) for row in rows])
     starts = np.cumsum(counts) - counts  # each record's first row
     ranks = (np.arange(counts.sum()) - np.repeat(starts, counts)).astype(np.int32)
@@ -147,14 +142,20 @@ def to_arrow(rows: Sequence[AnalysisRow], schema) -> pa.Table:
         *(floats(values) for values in statistics),
         *(floats(values) for values in metrics),
     ]
-    if "cluster" in schema.names:
-        clusters = np.concatenate([np.full(len(row.units), -1, np.int32) if row.clusters is None
-                                   else np.asarray(row.clusters, np.int32) for row in rows])
-        columns.append(pa.array(clusters, pa.int32(), mask=clusters < 0))
     for index, field in enumerate(list(schema)[len(columns):]):
         values = np.repeat(np.array([row.features[index] for row in rows], dtype=object), counts)
         columns.append(pa.array(values.tolist(), field.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def with_clusters(table: pa.Table, clusters: np.ndarray, schema) -> pa.Table:
+    """`to_arrow`'s table of a schema without `cluster` -> the table of `schema` (which has
+    it, `table_schema(strategies=True)`) with `clusters` (one per table row, int32; -1
+    becomes null) as its `cluster` column."""
+    clusters = np.asarray(clusters, np.int32)
+    index = schema.get_field_index("cluster")
+    return table.add_column(index, schema.field(index),
+                            pa.array(clusters, pa.int32(), mask=clusters < 0))
 
 
 class _ToArrow(beam.DoFn):
@@ -171,6 +172,9 @@ class WriteTable(beam.PTransform):
     """Write `AnalysisRow`s as a Parquet table PREFIX-SSSSS-of-NNNNN.parquet (`num_shards`
     files, 0: as the runner decides), `ROWS_PER_TABLE` records per `pyarrow.Table`,
     snappy-compressed (which every SQL engine reads), with `pipeline.io.writing.WriteParquet`.
+    With `strategies`, the table has a `cluster` column and what comes in are
+    `pyarrow.Table`s of its schema already, with it (`pipeline.results.strategies.
+    FitStrategies` makes them).
 
     Usage:
 
@@ -184,14 +188,17 @@ class WriteTable(beam.PTransform):
         self.prefix = prefix
         self.schema = table_schema(metrics, features, strategies)
         self.num_shards = num_shards
+        self.strategies = strategies
 
     def expand(self, rows):
+        write = WriteParquet(self.prefix, self.schema, TABLE_SUFFIX, self.num_shards)
+        if self.strategies:
+            return rows | "WriteParquet" >> write
         return (rows
                 | "Batch" >> beam.BatchElements(min_batch_size=ROWS_PER_TABLE,
                                                 max_batch_size=ROWS_PER_TABLE)
                 | "ToArrow" >> beam.ParDo(_ToArrow(self.schema))
-                | "WriteParquet" >> WriteParquet(self.prefix, self.schema, TABLE_SUFFIX,
-                                                self.num_shards))
+                | "WriteParquet" >> write)
 
 
 __all__ = [
@@ -204,4 +211,5 @@ __all__ = [
     "analysis_rows",
     "table_schema",
     "to_arrow",
+    "with_clusters",
 ]

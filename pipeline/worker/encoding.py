@@ -9,8 +9,9 @@ records, with their analysis rows and the batch's overview.
 - `with_rows`: each encoded record with its `pipeline.results.table.AnalysisRow` (map
   statistics computed for the whole batch at once), for the table and the metric
   aggregates.
-- `with_strategies`: with `--strategies`, each row's maps reduced for SpRAy and its image's
-  thumbnail (`pipeline.results.strategies`).
+- `with_strategies`: with `--strategies`, the batch's rows with their maps reduced for SpRAy
+  and their images' thumbnails (`pipeline.results.strategies.StrategiesBatch`), carried by
+  its last record with a row.
 - `with_overview`: the batch's `pipeline.results.overview.Overview` (what the report shows:
   per-unit counts and map sums, score samples, the best and worst records with their
   images), made from the batch's arrays at once and carried by its last encoded record.
@@ -43,6 +44,7 @@ from explain_lib import io as explain_io
 from explain_lib.strategies import reduce_maps
 from pipeline.io.dead_letters import StageError
 from pipeline.results.overview import Overview, batch_overview, summed_size
+from pipeline.results.strategies import StrategiesBatch
 from pipeline.results.table import AnalysisRow, analysis_rows
 from pipeline.worker.concurrency import pool
 from pipeline.worker.explaining import RecordMaps
@@ -61,11 +63,13 @@ class Encoded(NamedTuple):
     """An encoded record, when its analysis row or the batch's overview goes with it: the
     serialized schema-v2 record, its `pipeline.results.table.AnalysisRow` (None without
     analysis) and, on one record of each batch, the batch's
-    `pipeline.results.overview.Overview` (None on the others)."""
+    `pipeline.results.overview.Overview` (None on the others), and with `--strategies` the
+    batch's `pipeline.results.strategies.StrategiesBatch` (on one record of each batch)."""
 
     record: bytes
     row: Optional[AnalysisRow]
     overview: Optional[Overview] = None
+    strategies: Optional[StrategiesBatch] = None
 
 
 def encode_batch(records: Sequence[CheckedRecord], outcomes: Sequence[Any],
@@ -128,29 +132,29 @@ def with_rows(records: Sequence[CheckedRecord], outcomes: Sequence[Any],
 
 def with_strategies(outcomes: Sequence[Any], encoded: Sequence[Any], images: np.ndarray,
                     size: int) -> List[Any]:
-    """Each analysis row with its maps reduced for SpRAy (`explain_lib.strategies.reduce_maps`
-    to `size` x `size`, float16) and its image as a thumbnail of at most `size` pixels a side
-    (`pipeline.results.strategies`), the batch's at once."""
+    """The encoded records, the last with an analysis row carrying the batch's
+    `pipeline.results.strategies.StrategiesBatch`: the batch's rows, their maps reduced for
+    SpRAy (`explain_lib.strategies.reduce_maps` to `size` x `size`, float16) and their
+    images as thumbnails of at most `size` pixels a side, each made for the whole batch at
+    once."""
     kept = [i for i, record in enumerate(encoded)
             if isinstance(record, Encoded) and record.row is not None]
     if not kept:
         return list(encoded)
     maps = [outcomes[i].maps for i in kept]  # (h, w, K) each
-    units = [m.shape[-1] for m in maps]
-    flat = np.concatenate([np.moveaxis(m, -1, 0) for m in maps])  # (sum K, h, w)
-    reduced = reduce_maps(flat, size).astype(np.float16)
+    if len({m.shape for m in maps}) == 1:
+        flat = np.moveaxis(np.stack(maps), -1, 1)  # (B, K, h, w)
+        flat = flat.reshape(-1, *flat.shape[2:])
+    else:
+        flat = np.concatenate([np.moveaxis(m, -1, 0) for m in maps])  # (sum K, h, w)
+    reduced = reduce_maps(flat, size, np.float16)
     height, width = images.shape[1:3]
     step = max(1, int(np.ceil(max(height, width) / size)))
-    thumbnails = np.asarray(images)[:, ::step, ::step]  # (decimated: a picture, not data)
+    # Decimated (a picture, not data), a copy: the sample copies out the few it keeps.
+    thumbnails = np.asarray(images)[:, ::step, ::step][kept]
+    batch = StrategiesBatch([encoded[i].row for i in kept], reduced, thumbnails)
     encoded = list(encoded)
-    start = 0
-    for i, count in zip(kept, units):
-        # Copies, not views: a sampled map kept to the end of the run must not keep its
-        # whole batch's arrays alive with it.
-        row = encoded[i].row._replace(reduced=reduced[start:start + count].copy(),
-                                      thumbnail=thumbnails[i].copy())
-        encoded[i] = encoded[i]._replace(row=row)
-        start += count
+    encoded[kept[-1]] = encoded[kept[-1]]._replace(strategies=batch)
     return encoded
 
 

@@ -41,6 +41,35 @@ def test_reduce_maps_fractional_sizes_keep_mass_and_zero_maps():
     assert not reduced[1].any()
 
 
+def test_small_maps_repeated_up_are_the_area_weights_numbers_bit_for_bit():
+    """Maps whose sides divide `size` are repeated up (divided and cast before the repeat):
+    the same bytes as the area weights' product, normalised and cast afterwards, in float32
+    and float16, for tiny and huge values, zero maps; non-finite maps take the product."""
+    rng = np.random.default_rng(3)
+    for shape, size in (((6, 8, 8, 2), 32), ((6, 4, 8), 16), ((4, 7, 7), 28), ((3, 1, 1), 8)):
+        for scale in (1e-30, 1.0, 1e25):
+            maps = (rng.normal(size=shape) * scale).astype(np.float32)
+            maps[0] = 0.0
+            flat = np.abs(maps.sum(-1) if maps.ndim == 4 else maps)
+            for axis in (1, 2):  # the general path's area-weights product, by hand
+                flat = np.moveaxis(np.tensordot(flat, strategies._area_weights(
+                    flat.shape[axis], size), axes=([axis], [1])), -1, axis)
+            flat = flat.reshape(len(maps), -1)
+            sums = flat.sum(axis=1, keepdims=True)
+            expected = np.divide(flat, sums, out=np.zeros_like(flat), where=sums > 0)
+            for dtype in (np.float32, np.float16):
+                got = strategies.reduce_maps(maps, size, dtype)
+                assert got.dtype == dtype and got.shape == expected.shape
+                assert got.tobytes() == expected.astype(dtype).tobytes(), (shape, scale, dtype)
+    maps = rng.normal(size=(2, 8, 8)).astype(np.float32)
+    maps[1, 3, 3] = np.inf
+    with np.errstate(invalid="ignore"):
+        reduced = strategies.reduce_maps(maps, 32)
+    # The product's 0 * inf is NaN in every cell, a NaN sum divides nothing: zeros, as before.
+    assert not reduced[1].any()
+    assert reduced[0].tobytes() == strategies.reduce_maps(maps[:1], 32).tobytes()
+
+
 def test_eigengap_on_a_hand_built_spectrum():
     assert strategies.eigengap([0.0, 0.0, 0.01, 0.6, 0.7, 0.8]) == 3
     assert strategies.eigengap([0.0, 0.5, 0.55, 0.6]) == 1
@@ -113,3 +142,17 @@ def test_nearest_centroid_against_brute_force():
     points, centroids = rng.normal(size=(50, 6)), rng.normal(size=(4, 6))
     brute = np.argmin(((points[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
     np.testing.assert_array_equal(strategies.nearest_centroid(points, centroids), brute)
+
+
+def test_plotted_maps_all_in_one_disconnected_component_do_not_crash_the_fit():
+    """Two groups of maps with no neighbour in common (a disconnected kNN graph), the first
+    `EMBEDDING_POINTS` all in one: their spectral rows are equal, and t-SNE's PCA start on
+    points without spread crashed the process. The fit finds the two groups, and the
+    embedding puts the plotted points at one place."""
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(size=(400, 8, 8)).astype(np.float32)
+    maps[:200, :2, :2] += 3.0
+    fitted = strategies.fit_strategies(strategies.reduce_maps(maps, 32))
+    assert fitted.k == 2
+    assert len(set(fitted.labels[:200])) == 1 and len(set(fitted.labels[200:])) == 1
+    assert fitted.embedding.shape == (200, 2) and not fitted.embedding.any()
