@@ -3,7 +3,7 @@
 A small CNN (a ReLU fused in a convolution, a ReLU layer, an Activation("relu"), max pooling,
 a GAP-linear head; random weights, seeded) explains 8 images (units 0, 1, ..., 4, 0, ...) here,
 with explain_lib, and in the peers' interpreter (`--peer-python`, default
-/work/peers/.venv/bin/python; the recipe that builds it is benchmarks/peers-requirements.txt)
+.peers/bin/python; the recipe that builds it is benchmarks/peers-requirements.txt)
 with the peers (`benchmarks/peers_rules_peer.py`): Captum
 (GuidedBackprop, Deconvolution, GuidedGradCam) and pytorch-grad-cam (XGradCAM, HiResCAM,
 EigenCAM, AblationCAM) on the same CNN in PyTorch with the weights copied, xplique
@@ -34,7 +34,7 @@ from benchmarks.peers_rules_peer import KERAS_WEIGHTS, keras_model
 from explain_lib import inspection
 from explain_lib.methods import rules
 
-PEER_PYTHON = "/work/peers/.venv/bin/python"
+PEER_PYTHON = ".peers/bin/python"
 
 COMPARED = [
     # (our method, our parameters, peer's key)

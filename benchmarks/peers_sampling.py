@@ -3,7 +3,7 @@
 GradientSHAP, LIME and KernelSHAP against Captum (a tiny CNN whose weights are copied into
 the same network in PyTorch, NHWC -> NCHW), and LIME, KernelSHAP and Sobol attribution
 against xplique (the same Keras model). The peers run in their own environment
-(`--peer_python`, default /work/peers/.venv/bin/python; the recipe that builds it is
+(`--peer_python`, default .peers/bin/python; the recipe that builds it is
 benchmarks/peers-requirements.txt) as a subprocess; the two sides exchange .npz files.
 
 The methods are random: each is run with many samples, and the per-image Pearson correlation
@@ -172,7 +172,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--peer_python", default="/work/peers/.venv/bin/python")
+    parser.add_argument("--peer_python", default=".peers/bin/python")
     args = parser.parse_args(argv)
 
     import explain_lib
