@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from explain_lib import inspection
+from explain_lib import inspection, utils
 from explain_lib.utils import ExplainError
 
 RANDOM_ALGORITHM = "philox"
@@ -164,7 +164,34 @@ def unit_maps(tape: tf.GradientTape, logits: tf.Tensor, sources, to_map: Callabl
     return tf.nest.map_structure(lambda *maps: tf.stack(maps, axis=-1), *results)
 
 
+def by_name(value, table: Dict[str, Callable], parameter: str) -> Callable:
+    """A function given itself or by its name in `table`."""
+    if callable(value):
+        return value
+    if value not in table:
+        raise ExplainError(
+            f"Unknown {parameter} {value!r}: use one of {', '.join(table)}, or a function."
+        )
+    return table[value]
+
+
+def image_size(inputs: tf.Tensor, spatial_axis: Sequence[int], method: str) -> Tuple[int, int]:
+    """(H, W) of images (B, H, W, C) of static size, or an error naming `method`."""
+    rank = inputs.shape.rank
+    if rank is None or utils.positive_axes(spatial_axis, rank) != (rank - 3, rank - 2):
+        raise ExplainError(
+            f"{method} explains images (B, H, W, C) with spatial_axis=(-3, -2); got inputs of "
+            f"shape {tuple(inputs.shape)} and spatial_axis={tuple(spatial_axis)}."
+        )
+    height, width = inputs.shape[-3], inputs.shape[-2]
+    if height is None or width is None:
+        raise ExplainError(f"{method} needs inputs of static height and width, got {inputs.shape}.")
+    return height, width
+
+
 __all__ = [
+    "by_name",
+    "image_size",
     "METHOD_ARGUMENTS",
     "check_parameter_kinds",
     "RANDOM_ALGORITHM",

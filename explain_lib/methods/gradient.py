@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from explain_lib import filters, inspection, utils
 from explain_lib.methods import chunking
-from explain_lib.methods.common import logits_of, unit_maps
+from explain_lib.methods.common import by_name, logits_of, unit_maps
 from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 
@@ -64,7 +64,7 @@ def gradients(
     Returns:
         logits (B, K) and maps (B, H, W, K).
     """
-    psi = _named(gradient_filter, GRADIENT_FILTERS, "gradient_filter")
+    psi = by_name(gradient_filter, GRADIENT_FILTERS, "gradient_filter")
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:
         tape.watch(inputs)
         logits = logits_of(model, inputs)
@@ -72,17 +72,6 @@ def gradients(
     maps = unit_maps(tape, logits, inputs, lambda grad: tf.reduce_mean(psi(grad), -1))
     del tape
     return logits, maps
-
-
-def _named(value, table: Dict[str, Callable], parameter: str) -> Callable:
-    """A function given itself or by its name in `table`."""
-    if callable(value):
-        return value
-    if value not in table:
-        raise ExplainError(
-            f"Unknown {parameter} {value!r}: use one of {', '.join(table)}, or a function."
-        )
-    return table[value]
 
 
 def input_x_gradient(

@@ -20,21 +20,14 @@ import tensorflow as tf
 
 from explain_lib import inspection, utils
 from explain_lib.methods import chunking
-from explain_lib.methods.common import RANDOM_ALGORITHM, check_score, logits_of, scores_of
+from explain_lib.methods.common import (
+    RANDOM_ALGORITHM,
+    check_score,
+    image_size,
+    logits_of,
+    scores_of,
+)
 from explain_lib.utils import SPATIAL_AXIS, ExplainError
-
-
-def _image_size(inputs: tf.Tensor, spatial_axis: Sequence[int], method: str) -> Tuple[int, int]:
-    rank = inputs.shape.rank
-    if rank is None or utils.positive_axes(spatial_axis, rank) != (rank - 3, rank - 2):
-        raise ExplainError(
-            f"{method} explains images (B, H, W, C) with spatial_axis=(-3, -2); got inputs of "
-            f"shape {tuple(inputs.shape)} and spatial_axis={tuple(spatial_axis)}."
-        )
-    height, width = inputs.shape[-3], inputs.shape[-2]
-    if height is None or width is None:
-        raise ExplainError(f"{method} needs inputs of static height and width, got {inputs.shape}.")
-    return height, width
 
 
 def _pair(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -109,7 +102,7 @@ def occlusion(
         logits (B, K) and maps (B, H, W, K).
     """
     inputs = tf.convert_to_tensor(inputs)
-    height, width = _image_size(inputs, spatial_axis, "occlusion")
+    height, width = image_size(inputs, spatial_axis, "occlusion")
     if patch_size is None:
         patch_size = max(1, round(utils.at_input_size(16, (height, width))))
     if stride is None:
@@ -203,7 +196,7 @@ def rise(
         logits (B, K) and maps (B, H, W, K).
     """
     inputs = tf.convert_to_tensor(inputs)
-    height, width = _image_size(inputs, spatial_axis, "rise")
+    height, width = image_size(inputs, spatial_axis, "rise")
     if cell_size is None:
         cell_size = math.ceil(utils.at_input_size(32, (height, width)))
     check_score(score)

@@ -34,8 +34,8 @@ import tensorflow as tf
 
 from explain_lib import inspection, utils
 from explain_lib.methods import cams
-from explain_lib.methods.common import unit_maps
-from explain_lib.methods.gradient import GRADIENT_FILTERS, _named
+from explain_lib.methods.common import by_name, unit_maps
+from explain_lib.methods.gradient import GRADIENT_FILTERS
 from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 RELU_ACTIVATIONS = ("relu", "relu6")
@@ -210,7 +210,7 @@ def guided_backprop(
     Raises:
         ExplainError: for a model without a ReLU.
     """
-    psi = _named(gradient_filter, GRADIENT_FILTERS, "gradient_filter")
+    psi = by_name(gradient_filter, GRADIENT_FILTERS, "gradient_filter")
     return _rule_gradients(model, inputs, indices, "guided",
                            lambda grad: tf.reduce_mean(psi(grad), -1))
 
@@ -254,7 +254,7 @@ def deconvnet(
         ExplainError: for a model without a ReLU, or with a ReLU fused in a layer that is not
             a Dense or convolution (its input cannot be reached).
     """
-    psi = _named(gradient_filter, GRADIENT_FILTERS, "gradient_filter")
+    psi = by_name(gradient_filter, GRADIENT_FILTERS, "gradient_filter")
     return _rule_gradients(model, inputs, indices, "deconvnet",
                            lambda grad: tf.reduce_mean(psi(grad), -1))
 
@@ -301,7 +301,7 @@ def guided_gradcam(
     Returns:
         logits (B, K) and maps (B, H, W, K).
     """
-    psi = _named(gradient_filter, GRADIENT_FILTERS, "gradient_filter")
+    psi = by_name(gradient_filter, GRADIENT_FILTERS, "gradient_filter")
     inputs = tf.convert_to_tensor(inputs)
     exposed = cams.exposed_model(model)
     with tf.GradientTape(persistent=True, watch_accessed_variables=False) as tape:

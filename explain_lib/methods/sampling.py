@@ -21,13 +21,13 @@ import tensorflow as tf
 from explain_lib import inspection
 from explain_lib.methods import chunking
 from explain_lib.methods.common import (
+    image_size,
     RANDOM_ALGORITHM,
     check_score,
     logits_of,
     scores_of,
     unit_maps,
 )
-from explain_lib.methods.perturbation import _image_size
 from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 
@@ -281,7 +281,7 @@ def sobol(
         logits (B, K) and maps (B, H, W, K).
     """
     inputs = tf.convert_to_tensor(inputs)
-    height, width = _image_size(inputs, spatial_axis, "sobol")
+    height, width = image_size(inputs, spatial_axis, "sobol")
     check_score(score)
     if grid_size < 1 or n_designs < 2 or n_designs & (n_designs - 1) or chunk_size < 1:
         raise ExplainError(

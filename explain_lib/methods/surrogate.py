@@ -39,8 +39,13 @@ from skimage import segmentation as skimage_segmentation
 
 from explain_lib import inspection, utils
 from explain_lib.methods import chunking
-from explain_lib.methods.common import RANDOM_ALGORITHM, check_score, logits_of, scores_of
-from explain_lib.methods.perturbation import _image_size
+from explain_lib.methods.common import (
+    RANDOM_ALGORITHM,
+    check_score,
+    image_size,
+    logits_of,
+    scores_of,
+)
 from explain_lib.utils import SPATIAL_AXIS, ExplainError
 
 SEGMENTATIONS = ("quickshift", "slic", "grid")
@@ -193,7 +198,7 @@ def kernel_shap_coalitions(seed: int, start, count: int, active: tf.Tensor) -> t
 def _prepare(model, inputs, indices, spatial_axis, segmentation, grid_size, baseline, score,
              n_samples, chunk_size, name):
     inputs = tf.convert_to_tensor(inputs)
-    _image_size(inputs, spatial_axis, name)
+    image_size(inputs, spatial_axis, name)
     check_score(score)
     if n_samples < 1 or chunk_size < 1:
         raise ExplainError(
