@@ -25,10 +25,13 @@ choice):
   eigengap analysis) unless given, and k-means on the first k eigenvectors (the classic
   spectral clustering the paper cites; CoRelAy runs `KMeans` on its eigenvectors).
   Per cluster: its members, its mean reduced map, its prototypes (the members nearest its
-  centre) and a 2-D embedding of the sample for the plot (t-SNE of the spectral embedding,
-  as CoRelAy's `TSNEEmbedding`; here of the eigenvectors k-means clustered, the first k,
-  CoRelAy clustering and embedding all 32 alike, so that the plot shows the clusters'
-  own geometry).
+  centre); and the spectral coordinates k-means clustered (the first k eigenvectors' rows)
+  of the first maps of the sample, `features`, which the job's report lays out in 2-D
+  (`pipeline.results.clusters.UnitStrategies.embedding`: t-SNE of the spectral embedding,
+  as CoRelAy's `TSNEEmbedding`, of the first k eigenvectors where CoRelAy clusters and
+  embeds all 32 alike, so that the plot shows the clusters' own geometry). The layout is
+  drawing, not fitting: the fit leaves it to the page, which lays out only the units it
+  shows.
 - `Strategies.assign`: any map, in or out of the sample, goes to the cluster whose centroid
   (mean reduced map) is nearest in Euclidean distance. That is what lets a job fit on a
   bounded sample and still label every record, with k centroids per unit to hold, not the
@@ -47,6 +50,8 @@ Usage:
 """
 
 import functools
+import importlib
+import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -72,8 +77,8 @@ PROTOTYPES = 4
 """Prototypes kept per cluster: the members nearest its centroid."""
 
 EMBEDDING_POINTS = 200
-"""At most this many of the sample are placed in the 2-D embedding (t-SNE's cost grows
-faster than the points)."""
+"""At most this many of the sample keep their spectral coordinates (`Strategies.features`)
+for a 2-D plot (t-SNE's cost grows faster than the points)."""
 
 
 def reduce_maps(maps: np.ndarray, size: int = SIZE, dtype=np.float32) -> np.ndarray:
@@ -152,7 +157,8 @@ class Strategies:
     `labels` (n,) the sample's clusters; `centroids` (k, D) each cluster's mean reduced map;
     `sizes` (k,) members in the sample; `prototypes` (k, P) sample indices of the members
     nearest each centroid (-1 where a cluster has fewer); `eigenvalues` (the Laplacian's
-    smallest, ascending); `embedding` (m, 2) a 2-D embedding of the first m sampled maps;
+    smallest, ascending); `features` (m, c) the spectral coordinates k-means clustered of
+    the first m sampled maps (c = max(k, 2); rows of unit length), what a 2-D plot lays out;
     `agreement` the share of the sample the nearest-centroid rule gives its own cluster."""
 
     labels: np.ndarray
@@ -160,7 +166,7 @@ class Strategies:
     sizes: np.ndarray
     prototypes: np.ndarray
     eigenvalues: np.ndarray
-    embedding: np.ndarray
+    features: np.ndarray
     agreement: float
     ids: Optional[Sequence[str]] = None
 
@@ -283,7 +289,6 @@ def _fit(reduced, ids, clusters, max_clusters, neighbors, n_eigenvalues, prototy
     # scikit-learn and scipy load on the first fit, not on import: the job's workers reduce
     # maps with this module and never fit.
     from sklearn.cluster import KMeans
-    from sklearn.manifold import TSNE
 
     reduced = np.asarray(reduced, np.float32)
     n = len(reduced)
@@ -315,20 +320,26 @@ def _fit(reduced, ids, clusters, max_clusters, neighbors, n_eigenvalues, prototy
         chosen = members[np.argsort(distances, kind="stable")[:prototypes]]
         nearest[c, :len(chosen)] = chosen
     m = min(n, embedding_points)
-    plotted = features[:m]
-    # Points all at one place (the plotted maps all in one component of a disconnected
-    # graph, whose rows the eigenvectors make equal) have no embedding but that place, and
-    # t-SNE's PCA start divides by their zero spread: its Barnes-Hut tree then crashed the
-    # process (a segmentation fault).
-    if m >= 5 and np.ptp(plotted, axis=0).max() > 0:
-        embedding = TSNE(n_components=2, perplexity=min(30.0, (m - 1) / 3.0), init="pca",
-                         max_iter=500, random_state=seed).fit_transform(plotted)
-    else:
-        embedding = np.zeros((m, 2))
     agreement = float(np.mean(nearest_centroid(reduced, centroids) == labels)) if n else 1.0
     return Strategies(labels, centroids.astype(np.float32), sizes.astype(np.int64), nearest,
-                      np.asarray(eigenvalues, np.float32), embedding.astype(np.float32),
+                      np.asarray(eigenvalues, np.float32), features[:m].astype(np.float32),
                       agreement, list(ids) if ids is not None else None)
+
+
+FIT_MODULES = ("scipy.sparse.linalg", "sklearn.cluster", "sklearn.neighbors", "threadpoolctl")
+"""What `fit_strategies` imports on its first call (not on this module's import)."""
+
+
+def preload() -> threading.Thread:
+    """Start importing `FIT_MODULES` on a background (daemon) thread and return it: a job
+    that fits at its end calls this when it starts, so that the second of import overlaps
+    its explaining instead of following it (a fit that comes sooner waits for the import
+    on Python's own module lock)."""
+    thread = threading.Thread(target=lambda: [importlib.import_module(name)
+                                              for name in FIT_MODULES],
+                              name="strategies-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def _by_size(labels: np.ndarray) -> np.ndarray:
@@ -344,6 +355,6 @@ def _by_size(labels: np.ndarray) -> np.ndarray:
     return mapping[labels]
 
 
-__all__ = ["EIGENVALUES", "NEIGHBORS", "PROTOTYPES", "SIZE", "Strategies", "eigengap",
-           "fit_strategies", "knn_affinity", "nearest_centroid", "reduce_maps",
-           "spectral_embedding"]
+__all__ = ["EIGENVALUES", "FIT_MODULES", "NEIGHBORS", "PROTOTYPES", "SIZE", "Strategies",
+           "eigengap", "fit_strategies", "knn_affinity", "nearest_centroid", "preload",
+           "reduce_maps", "spectral_embedding"]

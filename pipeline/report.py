@@ -397,6 +397,7 @@ def _strategies_section(data: ReportData, labels, units: int, alpha: float) -> s
              "cluster's centre, the image left, its reduced map over it right.</p>"]
     for unit in shown:
         clusters = data.strategies[unit]
+        embedding = clusters.embedding()
         gaps = ", ".join(f"{v:.3g}" for v in clusters.eigenvalues[:min(len(clusters.eigenvalues),
                                                                      10)])
         rows = []
@@ -434,8 +435,8 @@ def _strategies_section(data: ReportData, labels, units: int, alpha: float) -> s
             f"cluster{'s' if clusters.k != 1 else ''}</h3>"
             f'<div class="figures"><figure><img class="embedding" data-unit="{unit}" '
             f'alt="2-D embedding of unit {unit}" '
-            f'src="{embedding_figure(clusters.embedding, clusters.embedding_clusters)}">'
-            f"<figcaption>{len(clusters.embedding)} sampled maps (t-SNE of the spectral "
+            f'src="{embedding_figure(embedding, clusters.feature_clusters)}">'
+            f"<figcaption>{len(embedding)} sampled maps (t-SNE of the spectral "
             f"embedding)</figcaption></figure></div>"
             f"<p>Fitted on {clusters.sample} sampled maps; smallest eigenvalues {gaps}; the "
             f"nearest-centroid rule gives {100 * clusters.agreement:.1f}% of the sample its "

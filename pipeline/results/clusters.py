@@ -13,8 +13,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-ARRAYS = ("eigenvalues", "mean_maps", "prototype_maps", "prototype_images", "embedding",
-          "embedding_clusters")
+ARRAYS = ("eigenvalues", "mean_maps", "prototype_maps", "prototype_images", "features",
+          "feature_clusters")
 """The arrays of a `UnitStrategies`, stored as such in the overview's `.npz`."""
 
 
@@ -24,9 +24,11 @@ class UnitStrategies:
     the `records` assigned to it (all records; `sample_sizes` in the sample), its mean
     reduced map (`mean_maps` (k, s, s)), its `prototypes` (ids), their reduced maps
     (`prototype_maps` (k, P, s, s)) and thumbnails (`prototype_images` (k, P, h, w, C) uint8,
-    empty ids where a cluster has fewer), the sample's 2-D `embedding` (m, 2) and its
-    `embedding_clusters` (m,), `sample` (maps fitted) and `agreement` (share of the sample
-    that the nearest-centroid rule gives its own cluster)."""
+    empty ids where a cluster has fewer), the spectral coordinates of the first m sampled
+    maps, `features` (m, c; `explain_lib.strategies.Strategies.features`) and their
+    clusters, `feature_clusters` (m,), which `embedding` lays out in 2-D for the page,
+    `sample` (maps fitted) and `agreement` (share of the sample that the nearest-centroid
+    rule gives its own cluster)."""
 
     unit: int
     k: int
@@ -37,8 +39,8 @@ class UnitStrategies:
     prototypes: List[List[str]]
     prototype_maps: np.ndarray
     prototype_images: np.ndarray
-    embedding: np.ndarray
-    embedding_clusters: np.ndarray
+    features: np.ndarray
+    feature_clusters: np.ndarray
     agreement: float
     records: List[int] = field(default_factory=list)
 
@@ -46,6 +48,25 @@ class UnitStrategies:
         """Each cluster's share of the unit's assigned records."""
         total = sum(self.records)
         return [count / total if total else 0.0 for count in self.records]
+
+    def embedding(self, seed: int = 0) -> np.ndarray:
+        """(m, 2): the sampled maps laid out in 2-D, t-SNE of their spectral coordinates
+        (as CoRelAy's `TSNEEmbedding`; perplexity 30 or a third of the points, PCA start,
+        500 iterations), for the report's plot: computed when drawn, not by the job (a
+        fraction of a second per unit, for the units the page shows). Fewer than 5 points,
+        or points all at one place, stay at the origin."""
+        from sklearn.manifold import TSNE
+
+        points = np.asarray(self.features, np.float64)
+        m = len(points)
+        # Points all at one place (the plotted maps all in one component of a disconnected
+        # graph, whose rows the eigenvectors make equal) have no embedding but that place,
+        # and t-SNE's PCA start divides by their zero spread: its Barnes-Hut tree then
+        # crashed the process (a segmentation fault).
+        if m < 5 or not np.ptp(points, axis=0).max() > 0:
+            return np.zeros((m, 2), np.float32)
+        return TSNE(n_components=2, perplexity=min(30.0, (m - 1) / 3.0), init="pca",
+                    max_iter=500, random_state=seed).fit_transform(points).astype(np.float32)
 
     def summary(self) -> Dict[str, Any]:
         """The manifest's JSON of this unit."""

@@ -21,8 +21,8 @@ Separation of concerns:
   cluster's size and share are of every record, not of the sample.
 - `pipeline.results.clusters.UnitStrategies` is what the overview (the report) and the
   manifest keep of a unit: k, the eigenvalues, per cluster its records, its mean reduced
-  map, its prototypes (ids, reduced maps, thumbnails) and the sample's 2-D embedding with
-  its clusters.
+  map, its prototypes (ids, reduced maps, thumbnails) and the spectral coordinates of part
+  of the sample with their clusters, which the report lays out in 2-D.
 
 Usage:
 
@@ -95,6 +95,19 @@ _TIES = itertools.count()
 """Breaks ties between equal random keys (never between arrays)."""
 
 
+class _Chunks(beam.DoFn):
+    """`StrategiesBatch`es -> `sample_chunks`. Its setup, when the run's explaining starts,
+    has the fit's imports (scikit-learn, scipy) begin on a background thread
+    (`explain_lib.strategies.preload`): the fit comes at the end, once every record is
+    sampled."""
+
+    def setup(self):
+        spray.preload()
+
+    def process(self, batch):
+        yield from sample_chunks(batch)
+
+
 class SampleMaps(beam.CombineFn):
     """A uniform sample without replacement of at most `size` maps per key from chunks of
     (ids, reduced maps, thumbnails) (`sample_chunks`): each map drawn a uniform random key,
@@ -161,14 +174,14 @@ def fit_unit(unit: int, entries: Sequence[Entry], clusters: int = 0,
     prototype_maps = np.where((slots >= 0)[..., None], reduced[np.maximum(slots, 0)], 0.0)
     prototype_images = np.where((slots >= 0)[..., None, None, None],
                                 thumbnails[np.maximum(slots, 0)], 0).astype(np.uint8)
-    m = len(fitted.embedding)
+    m = len(fitted.features)
     return UnitStrategies(
         unit=unit, k=fitted.k, sample=len(entries), eigenvalues=fitted.eigenvalues,
         sample_sizes=fitted.sizes.tolist(), mean_maps=fitted.mean_maps(),
         prototypes=fitted.prototype_ids(),
         prototype_maps=prototype_maps.reshape(fitted.k, -1, size, size).astype(np.float32),
-        prototype_images=prototype_images, embedding=fitted.embedding,
-        embedding_clusters=fitted.labels[:m].astype(np.int32), agreement=fitted.agreement)
+        prototype_images=prototype_images, features=fitted.features,
+        feature_clusters=fitted.labels[:m].astype(np.int32), agreement=fitted.agreement)
 
 
 def assign(units: np.ndarray, reduced: np.ndarray,
@@ -302,7 +315,7 @@ class FitStrategies(beam.PTransform):
     def expand(self, batches):
         clusters, neighbors, schema = self.clusters, self.neighbors, self.schema
         fitted = (batches
-                  | "Chunks" >> beam.FlatMap(sample_chunks)
+                  | "Chunks" >> beam.ParDo(_Chunks())
                   | "Sample" >> beam.CombinePerKey(SampleMaps(self.sample))
                   | "Fit" >> beam.MapTuple(fit_unit, clusters=clusters, neighbors=neighbors)
                   | "AllUnits" >> beam.combiners.ToList())

@@ -2,6 +2,8 @@
 a hand-built spectrum, and three planted strategies recovered with the right k, purity 1 and
 the same clusters for new maps."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -113,11 +115,12 @@ def test_three_planted_strategies_are_recovered_and_new_maps_assigned():
         assert all(fitted.labels[p] == c for p in protos)
         d = ((reduced[fitted.labels == c] - fitted.centroids[c]) ** 2).sum(1)
         assert ((reduced[protos[0]] - fitted.centroids[c]) ** 2).sum() == pytest.approx(d.min())
-    assert fitted.embedding.shape == (180, 2)
-    # The plot separates the strategies: each point's nearest other point in 2-D is of its
-    # own cluster.
-    e = fitted.embedding
-    d = ((e[:, None] - e[None]) ** 2).sum(-1) + np.diag(np.full(len(e), np.inf))
+    # The spectral coordinates a plot lays out: of unit length, and each point's nearest
+    # other point is of its own cluster.
+    f = fitted.features
+    assert f.shape == (180, 3)
+    np.testing.assert_allclose(np.linalg.norm(f, axis=1), 1.0, rtol=1e-5)
+    d = ((f[:, None] - f[None]) ** 2).sum(-1) + np.diag(np.full(len(f), np.inf))
     assert np.mean(fitted.labels[d.argmin(1)] == fitted.labels) == 1.0
     # New maps of the same strategies go to the cluster their strategy's sample went to.
     new, new_truth = blob_maps(20, np.random.default_rng(2))
@@ -148,11 +151,28 @@ def test_plotted_maps_all_in_one_disconnected_component_do_not_crash_the_fit():
     """Two groups of maps with no neighbour in common (a disconnected kNN graph), the first
     `EMBEDDING_POINTS` all in one: their spectral rows are equal, and t-SNE's PCA start on
     points without spread crashed the process. The fit finds the two groups, and the
-    embedding puts the plotted points at one place."""
+    plotted points' spectral coordinates are all one (the page's layout then puts them at
+    the origin: tests/pipeline/test_strategies.py)."""
     rng = np.random.default_rng(0)
     maps = rng.uniform(size=(400, 8, 8)).astype(np.float32)
     maps[:200, :2, :2] += 3.0
     fitted = strategies.fit_strategies(strategies.reduce_maps(maps, 32))
     assert fitted.k == 2
     assert len(set(fitted.labels[:200])) == 1 and len(set(fitted.labels[200:])) == 1
-    assert fitted.embedding.shape == (200, 2) and not fitted.embedding.any()
+    assert fitted.features.shape == (200, 2) and np.ptp(fitted.features, axis=0).max() == 0
+
+
+@pytest.mark.slow
+def test_preload_imports_what_the_fit_needs_in_the_background():
+    """In a fresh process, where importing the library loads no scikit-learn, `preload`
+    imports every module the fit needs on a daemon thread."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom explain_lib import strategies as s\n"
+            "before = [m for m in s.FIT_MODULES if m.startswith('sklearn') and m in sys.modules]\n"
+            "thread = s.preload()\nthread.join()\n"
+            "print(before, thread.daemon, all(m in sys.modules for m in s.FIT_MODULES))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
+    assert done.stdout.split("\n")[-2] == "[] True True"

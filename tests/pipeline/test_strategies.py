@@ -225,3 +225,28 @@ def test_spilled_rows_come_back_as_the_tables_rows_with_each_nearest_centroid(tm
                       for u, c in set(zip(units.tolist(), expected.tolist()))}
     assert isinstance(table, pa.Table)
 
+
+
+def test_the_pages_embedding_lays_out_the_fitted_clusters_apart():
+    """`UnitStrategies.embedding` (t-SNE of the spectral coordinates the fit keeps, drawn by
+    the report): three strategies' maps land in three separate groups (each point's nearest
+    other point in 2-D is of its own cluster), the same layout twice; points without
+    spread stay at the origin rather than reaching t-SNE (whose Barnes-Hut tree crashed on
+    them)."""
+    from explain_lib import strategies as spray
+    from pipeline.results.strategies import fit_unit
+    from tests.explain_lib.test_strategies import blob_maps
+
+    maps, _ = blob_maps(60, np.random.default_rng(1))
+    reduced = spray.reduce_maps(maps, size=12)
+    entries = [(f"m{i:03d}", reduced[i], np.zeros((2, 2, 3), np.uint8))
+               for i in range(len(reduced))]
+    unit = fit_unit(7, entries)
+    assert unit.k == 3 and unit.features.shape == (180, 3)
+    embedding = unit.embedding()
+    assert embedding.shape == (180, 2) and np.isfinite(embedding).all()
+    d = ((embedding[:, None] - embedding[None]) ** 2).sum(-1) + np.diag(np.full(180, np.inf))
+    assert np.mean(unit.feature_clusters[d.argmin(1)] == unit.feature_clusters) == 1.0
+    np.testing.assert_array_equal(unit.embedding(), embedding)
+    unit.features = np.ones((20, 2), np.float32)
+    assert not unit.embedding().any() and unit.embedding().shape == (20, 2)
