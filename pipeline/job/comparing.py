@@ -36,7 +36,8 @@ Usage:
 
     settings = CompareSettings(run_a="out/gradcam", run_b="out/gradients", output="out/cmp")
     with beam.Pipeline() as p:
-        p | CompareRuns(settings, metrics=["deletion"])
+        p | CompareRuns(settings, check_runs(settings))
+    remove_join_folder(settings.output)            # the join's bucket files
 """
 
 import dataclasses
