@@ -9,8 +9,9 @@ one unit per record, with a deletion score each; a few records are in one run on
 count is compared by `python -m pipeline.compare` in a fresh process (default options:
 DirectRunner), its peak resident memory read by a parent process of its own.
 
-`--join_only` measures the comparison's read and join alone (`CoGroupByKey`, counted), which
-is what Beam's in-process runner holds in memory for the shuffle.
+`--join_only` measures the comparison's read and join alone (`pipeline.job.comparing.JoinById`:
+the records written to their buckets' files, the paths grouped by bucket, each bucket read
+back and grouped by id; the ids counted), without decoding or comparing a record.
 
 Run: .venv/bin/python -m benchmarks.compare [--records 20000 100000] [--join_only]
      [--args ...]
@@ -98,17 +99,21 @@ JOIN_ONLY = """
 import sys
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from pipeline.io.reading import ReadTFRecords
-from pipeline.job.comparing import _KeyById
+from pipeline.job.comparing import (CompareSettings, JoinById, bucket_count, check_runs,
+                                    join_folder, read_bucket, remove_join_folder)
 
-with beam.Pipeline(runner=FnApiRunner()) as p:
-    keyed = {run: (p | f"Files{run}" >> beam.Create([prefix + "-*"])
-                   | f"Read{run}" >> ReadTFRecords()).records
-            | f"Key{run}" >> beam.ParDo(_KeyById(run))
-             for run, prefix in zip("ab", sys.argv[1:3])}
-    _ = keyed | beam.CoGroupByKey() | beam.combiners.Count.Globally() | beam.Map(print)
+settings = CompareSettings(run_a=sys.argv[1], run_b=sys.argv[2], output=sys.argv[3])
+runs = check_runs(settings)
+try:
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        _ = (p | JoinById(runs.files, join_folder(settings.output), bucket_count(runs))
+             | beam.FlatMap(lambda bucket: read_bucket(bucket[1]))
+             | beam.combiners.Count.Globally() | beam.Map(print))
+finally:
+    remove_join_folder(settings.output)
 """
-"""The comparison's read and join alone (what the runner's shuffle holds), for `--join_only`."""
+"""The comparison's read and join alone (its records bucketed through files, each bucket read
+back and grouped by id), for `--join_only`."""
 
 
 def measure(run_a: str, run_b: str, output: str, extra: List[str], join_only: bool = False):
@@ -117,7 +122,7 @@ def measure(run_a: str, run_b: str, output: str, extra: List[str], join_only: bo
     script = ("import resource, subprocess, sys\n"
               "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
-    command = (["-c", JOIN_ONLY, run_a, run_b] if join_only else
+    command = (["-c", JOIN_ONLY, run_a, run_b, output] if join_only else
                ["-m", "pipeline.compare", run_a, run_b, "--output", output, *extra])
     start = time.perf_counter()
     process = subprocess.run(
@@ -132,7 +137,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, nargs="+", default=[20000, 100000])
     parser.add_argument("--join_only", action="store_true",
-                        help="measure the read and the join alone (CoGroupByKey, counted)")
+                        help="measure the read and the join alone (the ids counted)")
     parser.add_argument("--args", nargs=argparse.REMAINDER, default=[],
                         help="more arguments of pipeline.compare (Beam options)")
     args = parser.parse_args(argv)

@@ -6,8 +6,9 @@ records compared record by record.
 
 RUN_A and RUN_B are two `--output` prefixes of the job (any filesystem, `gs://` too); their
 methods, units, models and map sizes may differ. The comparison is a Beam pipeline
-(`pipeline.job.comparing.CompareRuns`: read both runs, key by id, `CoGroupByKey`, compare)
-on any runner, and writes:
+(`pipeline.job.comparing.CompareRuns`: read both runs, join them by id in hash buckets
+through files under `PREFIX.join/`, removed when the command ends, compare) on any runner,
+and writes:
 
 - `PREFIX-SSSSS-of-NNNNN.parquet`: a row per record and unit either run explained: the
   Spearman rank correlation of the two maps and the IoU of their top 10% pixels, at the
@@ -35,6 +36,7 @@ Usage, from Python:
 import argparse
 import base64
 import io
+import logging
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -55,6 +57,7 @@ from pipeline.job.comparing import (
     CompareSettings,
     Runs,
     check_runs,
+    remove_join_folder,
 )
 from pipeline.job.launcher import failure_line, local_runner
 from pipeline.job.options import check_arguments
@@ -259,6 +262,17 @@ def _counters(result) -> Optional[Dict[str, int]]:
     return values
 
 
+def _remove_join_files(output: str) -> None:
+    """`remove_join_folder`, only logging its errors: failing here must not hide why the
+    comparison stopped (the next comparison into the same prefix removes them)."""
+    try:
+        remove_join_folder(output)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        logging.warning("Could not remove the join's files of %s (%s: %s); the next "
+                        "comparison into the same prefix will.", output,
+                        type(error).__name__, error)
+
+
 class Comparison:
     """A comparison built but not run: its settings, both runs, its Beam pipeline."""
 
@@ -286,10 +300,12 @@ class Comparison:
     def run(self) -> ComparisonSummary:
         """Run the pipeline, write the page; returns the summary, with the runner's counters
         as `counters` (None when it reports none). Temporary files are removed before, and
-        after a failure."""
+        after a failure; the join's bucket files before, and after the pipeline whether it
+        succeeded or not."""
         output = self.settings.output
         prefixes = [output, output + ONE_SIDED_SUFFIX]
         writing.remove_temporary_files(prefixes)
+        remove_join_folder(output)
         try:
             result = self.pipeline.run()
             result.wait_until_finish()
@@ -298,6 +314,8 @@ class Comparison:
         except BaseException:
             writing.remove_temporary_files(prefixes)
             raise
+        finally:
+            _remove_join_files(output)
         summary = read_summary(output)
         summary.counters = _counters(result)
         names = (self.settings.run_a, self.settings.run_b)

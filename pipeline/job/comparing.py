@@ -10,36 +10,58 @@ Separation of concerns:
   run, is one line (ValueError / OSError).
 - `CompareRuns` is the pipeline: each run's explanation files (the ones its manifest lists)
   read with the job's own reader (`pipeline.io.reading.ReadTFRecords`, any Beam filesystem),
-  keyed by record id (parsing the id alone), joined (`CoGroupByKey`), each pair decoded
-  with the one codec (`explain_lib.io.decode_explanation`) and compared
+  joined by record id through files (below), each pair decoded with the one codec
+  (`explain_lib.io.decode_explanation`) and compared
   (`pipeline.results.comparison.compare_records`). Its outputs: the rows, written as a
   Parquet table with the job's writer (`pipeline.io.writing.WriteParquet`); the records of
   one run only, counted (Beam counters) and written as a Parquet file of ids; and the
   page's summary, combined in bounded memory (`ComparisonSummary`) and written once.
+- The join is a hash join in buckets, the same on every runner: `_Bucket` parses each
+  record's id alone, puts the record in bucket `bucket_of(id, buckets)` (CRC-32 of the id:
+  the same bucket in every process), and writes each bucket's records, framed as TFRecords
+  with their ids, to files of its own under `join_folder(OUTPUT)`, emitting only
+  (bucket, (run, path)); a `GroupByKey` on the bucket shuffles these paths, never a
+  record; `_Compare` reads one bucket's files of both runs, groups them by id in memory
+  and compares each id (`_Compare.compare_id`). `bucket_count` sizes the buckets from the
+  manifests' counts (`RECORDS_PER_BUCKET`); `remove_join_folder` deletes the files, which
+  `pipeline.compare` does when the command ends, whether it succeeded or not.
 
-Memory: every step holds one record pair, one batch of rows or one bounded summary; what the
-join itself holds is the runner's (a distributed runner's shuffle spills to disk; Beam's
-in-process runner keeps the joined records' bytes in memory).
+Memory: every step holds one record pair, one batch of rows, one bounded summary, one
+bucket (about `RECORDS_PER_BUCKET` records of each run) or `BUCKET_BUFFER_BYTES` of records
+waiting to be written: none grows with the record count, and the shuffle holds one small
+element per bucket file, so that Beam's in-process runner (which keeps a whole shuffle in
+memory) holds the comparison in memory flat in the record count too.
 
 Usage:
 
     settings = CompareSettings(run_a="out/gradcam", run_b="out/gradients", output="out/cmp")
     with beam.Pipeline() as p:
-        p | CompareRuns(settings, metrics=["deletion"])
+        p | CompareRuns(settings, check_runs(settings))
+    remove_join_folder(settings.output)            # the join's bucket files
 """
 
 import dataclasses
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+import io
+import logging
+import os
+import re
+import uuid
+import zlib
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from explain_lib.io import decode_explanation
 from explain_lib.io.schema import parse_example
-from pipeline.io.files import write_bytes
+from pipeline.io.files import is_local, read_bytes, write_bytes
+from pipeline.io.framing import frame, iterate_records
 from pipeline.io.reading import ReadTFRecords
 from pipeline.io.writing import FILE_SUFFIX, WriteParquet, list_shards
 from pipeline.results.comparison import (
+    JOIN_SUFFIX,
     ONE_SIDED_SUFFIX,
     RUNS,
     TABLE_SUFFIX,
@@ -62,6 +84,22 @@ from each run), `compared`, `only_in_a`, `only_in_b`, `duplicates_a`, `duplicate
 
 ROWS_PER_TABLE = 1024
 """Compared records gathered into one `pyarrow.Table` before writing (bounded memory)."""
+
+RECORDS_PER_BUCKET = 4096
+"""Records of one run a bucket of the join holds at most, about (the bucket count is the
+larger run's records over this, at least 1): comparing a bucket holds its records of both
+runs in memory at once, a few MB of explanation records."""
+
+BUCKET_BUFFER_BYTES = 8 << 20
+"""Serialized records the bucketing stage keeps per bundle and run before it writes every
+bucket's records to their files (so that the files, not the stage, grow with the run)."""
+
+BYTES_PER_RECORD = 64
+"""Compressed bytes per record assumed to estimate a run's records from its shards' sizes
+when its manifest did not count them: fewer than any explanation record takes, so that the
+estimate errs towards more, smaller buckets."""
+
+_SPILLED = re.compile(r"[ab]-\d{5,}-[0-9a-f]{32}\.tfrecord")  # a bucket file's name
 
 
 def _fraction(text) -> float:
@@ -101,20 +139,22 @@ class CompareSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Runs:
-    """Both runs as their manifests describe them: each run's explanation files, and the
-    metrics both runs scored (in run A's order)."""
+    """Both runs as their manifests describe them: each run's explanation files, the
+    metrics both runs scored (in run A's order) and each run's records (as its manifest
+    counts them; estimated from its shards' sizes, `BYTES_PER_RECORD`, when it does not)."""
 
     files: Dict[str, Tuple[str, ...]]
     manifests: Dict[str, Dict[str, Any]]
     metrics: Tuple[str, ...]
+    records: Dict[str, int]
 
 
 def check_runs(settings: CompareSettings) -> Runs:
     """Both runs' manifests read and their explanation shards listed (where they are now: a
     run copied elsewhere is read there): ValueError, one line naming the run, for a prefix
     that is not a job output (no manifest, a manifest that cannot be read, no shards), or
-    an output prefix equal to a run's."""
-    manifests, files = {}, {}
+    an output prefix equal to a run's (or whose join folder holds a run)."""
+    manifests, files, records = {}, {}, {}
     for run, prefix in zip(RUNS, (settings.run_a, settings.run_b)):
         name = f"RUN_{run.upper()} {prefix}"
         try:
@@ -124,17 +164,57 @@ def check_runs(settings: CompareSettings) -> Runs:
                              "--output prefix).") from None
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
-        files[run] = tuple(entry["path"] for entry in list_shards(prefix))
+        shards = list_shards(prefix)
+        files[run] = tuple(entry["path"] for entry in shards)
         if not files[run]:
             raise ValueError(f"{name} holds no explanation shards ({prefix}-SSSSS-of-NNNNN"
                              f"{FILE_SUFFIX}) next to its manifest: run the job again.")
         manifests[run] = manifest
-    if settings.output in (settings.run_a, settings.run_b):
-        raise ValueError(f"--output {settings.output} is a run's prefix: give the comparison "
-                         "a prefix of its own.")
+        counted = manifest["counts"]["explained"]
+        records[run] = (counted if counted is not None else
+                        sum(entry["bytes"] for entry in shards) // BYTES_PER_RECORD)
+    folder = join_folder(settings.output)
+    if settings.output in (settings.run_a, settings.run_b) or any(
+            prefix.startswith(folder + "/") for prefix in (settings.run_a, settings.run_b)):
+        raise ValueError(f"--output {settings.output} is a run's prefix (or its folder "
+                         f"{folder} holds a run): give the comparison a prefix of its own.")
     names = [set((manifests[run].get("metrics") or {}).get("names") or []) for run in RUNS]
     order = (manifests["a"].get("metrics") or {}).get("names") or []
-    return Runs(files, manifests, tuple(name for name in order if name in names[1]))
+    return Runs(files, manifests, tuple(name for name in order if name in names[1]), records)
+
+
+def bucket_count(runs: Runs) -> int:
+    """The join's buckets: enough that each holds about `RECORDS_PER_BUCKET` records of the
+    larger run, at least 1."""
+    return max(1, -(-max(runs.records.values()) // RECORDS_PER_BUCKET))
+
+
+def bucket_of(record_id: str, buckets: int) -> int:
+    """The bucket of `record_id` among `buckets`: the CRC-32 of its UTF-8 bytes, modulo,
+    the same in every process and on every worker (Python's `hash` of a str is salted per
+    process)."""
+    return zlib.crc32(record_id.encode("utf-8")) % buckets
+
+
+def join_folder(output: str) -> str:
+    """The folder where the comparison writing `output` keeps its join's bucket files."""
+    return output + JOIN_SUFFIX
+
+
+def remove_join_folder(output: str) -> List[str]:
+    """Delete the bucket files of the comparison writing `output` (the files of its join
+    folder named as `_Bucket` names them, and on a local disk the folder once empty: no
+    other file); returns the deleted paths."""
+    folder = join_folder(output)
+    found = FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list
+    doomed = [m.path for m in found if _SPILLED.fullmatch(FileSystems.split(m.path)[1])]
+    if doomed:
+        FileSystems.delete(doomed)
+    if is_local(folder) and os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+    if doomed:
+        logging.info("Removed the join's %d bucket files from %s.", len(doomed), folder)
+    return doomed
 
 
 def record_id(record: bytes) -> str:
@@ -146,26 +226,58 @@ def record_id(record: bytes) -> str:
     return feature["id"].bytes_list.value[0].decode("utf-8", errors="replace")
 
 
-class _KeyById(beam.DoFn):
-    """Lists of serialized records of one run -> (id, record), counted."""
+class _Bucket(beam.DoFn):
+    """Lists of serialized records of one run -> (bucket, (run, path)) per bucket file
+    written: each record framed after its id (TFRecord framing, uncompressed) in a file of
+    its bucket, one per bucket, bundle and `BUCKET_BUFFER_BYTES` of records, counted."""
 
-    def __init__(self, run: str):
-        self._run = run
+    def __init__(self, run: str, folder: str, buckets: int):
+        self._run, self._folder, self._buckets = run, folder, buckets
 
     def setup(self):
         self._read = Metrics.counter(COMPARE_NAMESPACE, f"records_{self._run}")
 
+    def start_bundle(self):
+        self._buffers: Dict[int, List[bytes]] = {}
+        self._bytes = 0
+
     def process(self, records: List[bytes]):
         self._read.inc(len(records))
         for record in records:
-            yield record_id(record), record
+            key = record_id(record)
+            self._buffers.setdefault(bucket_of(key, self._buckets), []).append(
+                frame(key.encode("utf-8")) + frame(record))
+            self._bytes += len(record)
+        if self._bytes >= BUCKET_BUFFER_BYTES:
+            yield from self._write()
+
+    def finish_bundle(self):
+        for spilled in self._write():
+            yield GlobalWindows.windowed_value_at_end_of_window(spilled)
+
+    def _write(self) -> Iterator[Tuple[int, Tuple[str, str]]]:
+        buffers, self._buffers, self._bytes = self._buffers, {}, 0
+        for bucket, framed in sorted(buffers.items()):
+            path = FileSystems.join(
+                self._folder, f"{self._run}-{bucket:05d}-{uuid.uuid4().hex}.tfrecord")
+            write_bytes(path, b"".join(framed))
+            yield bucket, (self._run, path)
+
+
+def read_bucket(spilled: Iterable[Tuple[str, str]]) -> Dict[str, Dict[str, List[bytes]]]:
+    """One bucket's files, (run, path) each, as {id: {run: records}}."""
+    grouped: Dict[str, Dict[str, List[bytes]]] = {}
+    for run, path in spilled:
+        frames = iterate_records(io.BytesIO(read_bytes(path)))
+        for key, record in zip(frames, frames):
+            grouped.setdefault(key.decode("utf-8"), {}).setdefault(run, []).append(record)
+    return grouped
 
 
 class _Compare(beam.DoFn):
-    """(id, {"a": records, "b": records}) -> a `ComparedRecord` (main output) and its summary
-    part (`SUMMARY`), or, for an id of one run only, (id, run, records) (`ONE_SIDED`).
-    An id held by several records in a run is compared through the first of them in byte
-    order; the others are counted (`duplicates_a`, `duplicates_b`)."""
+    """(bucket, its files' (run, path)s) -> for each id in the bucket, in order
+    (`compare_id`), a `ComparedRecord` (main output) and its summary part (`SUMMARY`), or,
+    for an id of one run only, (id, run, records) (`ONE_SIDED`)."""
 
     ONE_SIDED = "one_sided"
     SUMMARY = "summary"
@@ -179,7 +291,15 @@ class _Compare(beam.DoFn):
                            "duplicates_b")}
 
     def process(self, element):
-        record_id, grouped = element
+        _, spilled = element
+        grouped = read_bucket(spilled)
+        for record_id in sorted(grouped):
+            yield from self.compare_id(record_id, grouped.pop(record_id))
+
+    def compare_id(self, record_id: str, grouped: Dict[str, List[bytes]]):
+        """The outputs of one id, given its records {"a": records, "b": records}. An id held
+        by several records in a run is compared through the first of them in byte order;
+        the others are counted (`duplicates_a`, `duplicates_b`)."""
         sides = {run: sorted(grouped.get(run) or ()) for run in RUNS}
         for run in RUNS:
             if not sides[run]:
@@ -240,6 +360,28 @@ def _one_sided_tables(entries):
     yield one_sided_arrow(entries)
 
 
+class JoinById(beam.PTransform):
+    """The pipeline root -> (bucket, its files' (run, path)s), one element per bucket: both
+    runs' `files` read (strictly: a damaged file fails the comparison), their records
+    written to `buckets` buckets' files under `folder` (`_Bucket`), the paths grouped by
+    bucket. `read_bucket` reads a bucket back as {id: {run: records}}."""
+
+    def __init__(self, files: Dict[str, Sequence[str]], folder: str, buckets: int,
+                 label=None):
+        super().__init__(label)
+        self.files, self.folder, self.buckets = files, folder, buckets
+
+    def expand(self, root):
+        spilled = []
+        for run in RUNS:
+            read = (root
+                    | f"Files{run.upper()}" >> beam.Create(list(self.files[run]))
+                    | f"Read{run.upper()}" >> ReadTFRecords(strict=True))
+            spilled.append(read.records | f"Bucket{run.upper()}" >> beam.ParDo(
+                _Bucket(run, self.folder, self.buckets)))
+        return spilled | "Both" >> beam.Flatten() | "ByBucket" >> beam.GroupByKey()
+
+
 class CompareRuns(beam.PTransform):
     """The pipeline root -> the comparison's files (see the module docstring): the table
     `OUTPUT-SSSSS-of-NNNNN.parquet`, the one-sided ids `OUTPUT.one_sided-*.parquet` and the
@@ -250,18 +392,13 @@ class CompareRuns(beam.PTransform):
         self.settings, self.runs = settings, runs
 
     def expand(self, root):
-        keyed = {}
-        for run in RUNS:
-            read = (root
-                    | f"Files{run.upper()}" >> beam.Create(list(self.runs.files[run]))
-                    | f"Read{run.upper()}" >> ReadTFRecords(strict=True))
-            keyed[run] = read.records | f"Key{run.upper()}" >> beam.ParDo(_KeyById(run))
+        output = self.settings.output
         metrics = list(self.runs.metrics)
-        results = (keyed
-                   | "Join" >> beam.CoGroupByKey()
+        results = (root
+                   | "Join" >> JoinById(self.runs.files, join_folder(output),
+                                        bucket_count(self.runs))
                    | "Compare" >> beam.ParDo(_Compare(metrics, self.settings.top_fraction))
                    .with_outputs(_Compare.ONE_SIDED, _Compare.SUMMARY, main="rows"))
-        output = self.settings.output
         schema = comparison_schema(metrics)
         (results.rows
          | "Batch" >> beam.BatchElements(min_batch_size=ROWS_PER_TABLE,
@@ -292,11 +429,19 @@ class CompareRuns(beam.PTransform):
 
 
 __all__ = [
+    "BUCKET_BUFFER_BYTES",
     "COMPARE_NAMESPACE",
     "CompareRuns",
     "CompareSettings",
+    "JoinById",
+    "RECORDS_PER_BUCKET",
     "Runs",
     "SummaryCombineFn",
+    "bucket_count",
+    "bucket_of",
     "check_runs",
+    "join_folder",
+    "read_bucket",
     "record_id",
+    "remove_join_folder",
 ]

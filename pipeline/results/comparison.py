@@ -57,6 +57,9 @@ SUMMARY_SUFFIX = ".summary.json"
 TABLE_SUFFIX = ".parquet"
 ONE_SIDED_SUFFIX = ".one_sided"
 PAGE_SUFFIX = ".html"
+JOIN_SUFFIX = ".join"
+"""Appended to the comparison's prefix: the folder of its join's bucket files, removed when
+the command ends."""
 
 RUNS = ("a", "b")
 

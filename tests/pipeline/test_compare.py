@@ -1,12 +1,16 @@
 """`python -m pipeline.compare`: two real runs of the job compared record by record, the numbers
 against an independent numpy/scipy computation, on DirectRunner and the portable runner; the
 records of one run only counted and listed; runs that cannot be compared refused in one line;
-the page in a real browser."""
+the page in a real browser; the join in several buckets giving what one gives, its bucket of
+an id the same in every process, its files removed (theirs only) whether the comparison
+succeeds or fails."""
 
 import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import duckdb
 import numpy as np
@@ -16,6 +20,7 @@ from scipy import stats
 
 from explain_lib import io as explain_io
 from pipeline import compare, demo
+from pipeline.job import comparing
 from pipeline.job.comparing import CompareSettings
 from pipeline.results import comparison
 from pipeline.settings import options_table
@@ -354,3 +359,91 @@ def test_options_reach_the_comparison_and_duplicates_are_counted(tmp_path):
     assert differs >= 5
     one_sided = _one_sided(output)
     assert sorted(one_sided["records"]) == [1] * 20
+
+
+# --- the join in buckets ----------------------------------------------------------------------
+
+
+def _rounded(value):
+    """A JSON value with its floats rounded (sums taken in another order differ in the last
+    bits)."""
+    if isinstance(value, float):
+        return round(value, 9)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
+
+
+@pytest.mark.slow
+def test_several_buckets_give_what_one_gives(runs, compared, tmp_path, monkeypatch):
+    """Buckets of 2 records (3 for these 6 records a run, every one of them used) and a
+    bucket file per list of records: the same table, one-sided ids and summary as the
+    default comparison's single bucket."""
+    _, a, _, b = runs
+    output, summary = compared
+    ids = [f"c{i}" for i in range(7)]
+    assert {comparing.bucket_of(i, 1) for i in ids} == {0}
+    monkeypatch.setattr(comparing, "RECORDS_PER_BUCKET", 2)
+    monkeypatch.setattr(comparing, "BUCKET_BUFFER_BYTES", 1)
+    assert len({comparing.bucket_of(i, 3) for i in ids}) == 3
+    many = str(tmp_path / "many")
+    bucketed = compare.compare([a.output, b.output, "--output", many])
+    assert _table(f"{many}-*.parquet").equals(_table(f"{output}-*.parquet"))
+    assert _one_sided(many).equals(_one_sided(output))
+    assert _rounded(bucketed.to_json()) == _rounded(summary.to_json())
+    assert bucketed.counters == summary.counters
+
+
+@pytest.mark.slow
+def test_the_bucket_of_an_id_is_the_same_in_every_process():
+    """CRC-32 of the id's UTF-8, not Python's salted `hash`: known ids, known buckets, here
+    and in a process of another hash seed."""
+    ids = ["c0", "r12345", "\u00e9t\u00e9/7"]
+    here = [comparing.bucket_of(i, 1000) for i in ids]
+    assert here == [55, 936, 340]
+    script = ("import sys\nfrom pipeline.job.comparing import bucket_of\n"
+              "print([bucket_of(i, 1000) for i in sys.argv[1:]])")
+    done = subprocess.run([sys.executable, "-c", script, *ids], cwd=ROOT, check=True,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert done.stdout.strip() == str(here)
+
+
+@pytest.mark.slow
+def test_the_join_files_are_removed_and_no_others(tmp_path, monkeypatch):
+    """After a comparison that succeeds and one that fails (a damaged shard), its folder
+    `OUTPUT.join` is gone, a bucket file a killed comparison left there too; files of other
+    prefixes in the same folder, named alike, are untouched."""
+    from benchmarks.compare import synthesise
+
+    run_a, run_b = str(tmp_path / "a" / "expl"), str(tmp_path / "b" / "expl")
+    synthesise(run_a, 20, 8, seed=1, first=0)
+    synthesise(run_b, 20, 16, seed=2, first=10)
+    output = tmp_path / "out" / "cmp"
+    leftover = "a-00000-" + "0" * 32 + ".tfrecord"  # named as the join names its files
+    others = [tmp_path / "out" / "cmp2.join" / leftover,
+              tmp_path / "out" / "cmp.joined" / leftover,
+              tmp_path / "out" / "cmp-other.join" / leftover,
+              tmp_path / "out" / f"cmp.join-{leftover}"]
+    for path in others:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"theirs")
+    removed = []
+    monkeypatch.setattr(compare, "remove_join_folder",
+                        lambda prefix: removed.append(comparing.remove_join_folder(prefix)))
+    for damaged in (False, True):
+        (output.parent / "cmp.join").mkdir(exist_ok=True)
+        (output.parent / "cmp.join" / leftover).write_bytes(b"a killed comparison's")
+        if damaged:
+            with open(f"{run_b}-00001-of-00004.tfrecord.gz", "r+b") as shard:
+                shard.seek(30)
+                shard.write(b"\xff" * 40)
+        code = compare.main([run_a, run_b, "--output", str(output)])
+        assert code == (1 if damaged else 0)
+        assert not (output.parent / "cmp.join").exists()
+        assert all(path.read_bytes() == b"theirs" for path in others)
+        assert [os.path.basename(path) for path in removed[-2]] == [leftover]  # before
+        if not damaged:  # after: the bucket files of both runs
+            assert {os.path.basename(path)[0] for path in removed[-1]} == {"a", "b"}
