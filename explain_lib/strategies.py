@@ -50,8 +50,6 @@ Usage:
 """
 
 import functools
-import importlib
-import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -326,22 +324,6 @@ def _fit(reduced, ids, clusters, max_clusters, neighbors, n_eigenvalues, prototy
                       agreement, list(ids) if ids is not None else None)
 
 
-FIT_MODULES = ("scipy.sparse.linalg", "sklearn.cluster", "sklearn.neighbors", "threadpoolctl")
-"""What `fit_strategies` imports on its first call (not on this module's import)."""
-
-
-def preload() -> threading.Thread:
-    """Start importing `FIT_MODULES` on a background (daemon) thread and return it: a job
-    that fits at its end calls this when it starts, so that the second of import overlaps
-    its explaining instead of following it (a fit that comes sooner waits for the import
-    on Python's own module lock)."""
-    thread = threading.Thread(target=lambda: [importlib.import_module(name)
-                                              for name in FIT_MODULES],
-                              name="strategies-preload", daemon=True)
-    thread.start()
-    return thread
-
-
 def _by_size(labels: np.ndarray) -> np.ndarray:
     """Relabel clusters largest first (ties: the smaller old label), so that cluster 0 is
     the unit's main strategy whatever k-means numbered it."""
@@ -355,6 +337,6 @@ def _by_size(labels: np.ndarray) -> np.ndarray:
     return mapping[labels]
 
 
-__all__ = ["EIGENVALUES", "FIT_MODULES", "NEIGHBORS", "PROTOTYPES", "SIZE", "Strategies",
-           "eigengap", "fit_strategies", "knn_affinity", "nearest_centroid", "preload",
-           "reduce_maps", "spectral_embedding"]
+__all__ = ["EIGENVALUES", "NEIGHBORS", "PROTOTYPES", "SIZE", "Strategies", "eigengap",
+           "fit_strategies", "knn_affinity", "nearest_centroid", "reduce_maps",
+           "spectral_embedding"]

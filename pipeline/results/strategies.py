@@ -95,19 +95,6 @@ _TIES = itertools.count()
 """Breaks ties between equal random keys (never between arrays)."""
 
 
-class _Chunks(beam.DoFn):
-    """`StrategiesBatch`es -> `sample_chunks`. Its setup, when the run's explaining starts,
-    has the fit's imports (scikit-learn, scipy) begin on a background thread
-    (`explain_lib.strategies.preload`): the fit comes at the end, once every record is
-    sampled."""
-
-    def setup(self):
-        spray.preload()
-
-    def process(self, batch):
-        yield from sample_chunks(batch)
-
-
 class SampleMaps(beam.CombineFn):
     """A uniform sample without replacement of at most `size` maps per key from chunks of
     (ids, reduced maps, thumbnails) (`sample_chunks`): each map drawn a uniform random key,
@@ -315,7 +302,7 @@ class FitStrategies(beam.PTransform):
     def expand(self, batches):
         clusters, neighbors, schema = self.clusters, self.neighbors, self.schema
         fitted = (batches
-                  | "Chunks" >> beam.ParDo(_Chunks())
+                  | "Chunks" >> beam.FlatMap(sample_chunks)
                   | "Sample" >> beam.CombinePerKey(SampleMaps(self.sample))
                   | "Fit" >> beam.MapTuple(fit_unit, clusters=clusters, neighbors=neighbors)
                   | "AllUnits" >> beam.combiners.ToList())

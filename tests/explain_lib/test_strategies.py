@@ -2,8 +2,6 @@
 a hand-built spectrum, and three planted strategies recovered with the right k, purity 1 and
 the same clusters for new maps."""
 
-import os
-
 import numpy as np
 import pytest
 
@@ -161,18 +159,3 @@ def test_plotted_maps_all_in_one_disconnected_component_do_not_crash_the_fit():
     assert len(set(fitted.labels[:200])) == 1 and len(set(fitted.labels[200:])) == 1
     assert fitted.features.shape == (200, 2) and np.ptp(fitted.features, axis=0).max() == 0
 
-
-@pytest.mark.slow
-def test_preload_imports_what_the_fit_needs_in_the_background():
-    """In a fresh process, where importing the library loads no scikit-learn, `preload`
-    imports every module the fit needs on a daemon thread."""
-    import subprocess
-    import sys
-
-    code = ("import sys\nfrom explain_lib import strategies as s\n"
-            "before = [m for m in s.FIT_MODULES if m.startswith('sklearn') and m in sys.modules]\n"
-            "thread = s.preload()\nthread.join()\n"
-            "print(before, thread.daemon, all(m in sys.modules for m in s.FIT_MODULES))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True)
-    assert done.stdout.split("\n")[-2] == "[] True True"
