@@ -11,6 +11,10 @@ Sections (`--sections`, all by default):
   strategies add at each count; the difference between the counts splits it into a cost
   per record (against the job's own per record) and a cost once per run (importing
   scikit-learn, one fit per unit).
+- `demo`: the README's demo job (`./run_local.sh`'s: `pipeline.demo`'s 256 records of 64x64
+  shapes and its trained CNN, Grad-CAM, deletion and the pointing game, the table; its
+  command line from `pipeline.demo.job_arguments`) with and without `--strategies`,
+  alternating, in fresh processes.
 - `memory`: the peak resident memory of the job with and without `--strategies` (demo CNN,
   32x32 PNG records) over `--memory-records`: with the strategies, what it holds must not
   grow with the record count beyond what the job holds without them.
@@ -24,12 +28,14 @@ Sections (`--sections`, all by default):
   peak of Python's allocations (tracemalloc) in the fit-and-assign part.
 
 Run: .venv/bin/python -m benchmarks.strategies [--rounds 3]
-     [--sections job memory per_record clustering]
+     [--sections demo job memory per_record clustering]
 """
 
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -37,7 +43,7 @@ import tracemalloc
 import numpy as np
 
 from benchmarks.common import machine
-from benchmarks.pipeline import build_model, peak_memory_mb, run_job, write_dataset
+from benchmarks.pipeline import REPO, build_model, peak_memory_mb, run_job, write_dataset
 from explain_lib import strategies as spray
 
 JOB_CASES = {"demo": ("demo", 32, "png", "gradcam", (2000, 8000)),
@@ -77,6 +83,29 @@ def job_section(args, directory):
               f"({100 * per_record / job_per_record:.1f}% of the job's "
               f"{1e3 * job_per_record:.2f} ms per record in steady state) and "
               f"{extra_small - small * per_record:.1f} s once per run.\n", flush=True)
+
+
+def demo_section(args, directory):
+    from pipeline.demo import ensure_demo, job_arguments
+
+    demo = ensure_demo(os.path.join(directory, "demo"))
+    times = {False: [], True: []}
+    for round_ in range(args.rounds):
+        for strategies in (False, True):
+            output = os.path.join(directory, f"demo-{strategies}-{round_}", "explanations")
+            start = time.perf_counter()
+            process = subprocess.run(
+                [sys.executable, "-m", "pipeline", *job_arguments(demo, output),
+                 *(["--strategies"] if strategies else [])],
+                cwd=REPO, capture_output=True, text=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+            times[strategies].append(time.perf_counter() - start)
+            if process.returncode != 0:
+                raise RuntimeError(f"the demo's job failed: {process.stderr[-3000:]}")
+    without, with_ = (statistics.median(times[key]) for key in (False, True))
+    print(f"\n### The README's demo job with and without --strategies (median of "
+          f"{args.rounds} rounds)\n\n| without (s) | with (s) | ratio |\n|---|---|---|\n"
+          f"| {without:.1f} | {with_:.1f} | {with_ / without:.3f} |", flush=True)
 
 
 def memory_section(args, directory):
@@ -208,7 +237,7 @@ def clustering_section(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+",
-                        default=["job", "memory", "per_record", "clustering"])
+                        default=["demo", "job", "memory", "per_record", "clustering"])
     parser.add_argument("--cases", nargs="+", default=list(JOB_CASES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--maps", type=int, default=100_000)
@@ -221,6 +250,8 @@ def main():
     if "clustering" in args.sections:
         clustering_section(args)
     with tempfile.TemporaryDirectory() as directory:
+        if "demo" in args.sections:
+            demo_section(args, directory)
         if "job" in args.sections:
             job_section(args, directory)
         if "memory" in args.sections:

@@ -358,6 +358,25 @@ def ensure_demo(
     return demo
 
 
+def job_arguments(demo: Demo, output: str, method: str = "gradcam",
+                  metrics: str = "deletion,pointing_game", clever_hans: bool = False
+                  ) -> List[str]:
+    """The job's command line for the demo (what `./run_local.sh` runs): its records and
+    model, `method`, DirectRunner, the table (`OUTPUT.table`) with each record's label,
+    `metrics` ('' for none) scored against the boxes; the Clever Hans variant with
+    `--strategies` over the labels."""
+    return [
+        "--input", demo.inputs, "--output", output, "--model", demo.model,
+        "--method", method, "--runner", "DirectRunner",
+        "--table", output + ".table", "--copy_features", "label",
+        *(["--strategies", "--units_key", "label"] if clever_hans else []),
+        *(["--metrics", metrics, "--boxes_key", BOX_KEY,
+           "--metric_params", json.dumps({
+               name: params for name, params in DEMO_METRIC_PARAMS.items()
+               if name in metrics.split(",")})] if metrics else []),
+    ]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Generate the demo (once), explain it with Grad-CAM on DirectRunner (scored by
     `--metrics`, the boxes as ground truth), render a grid and write the run's report."""
@@ -386,17 +405,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo = ensure_demo(args.demo_dir, clever_hans=args.clever_hans)
     print(f"demo model: {demo.model}\ndemo records: {demo.inputs}")
     output = os.path.join(args.out_dir, "explanations")
-    table = output + ".table"
-    status = pipeline_main([
-        "--input", demo.inputs, "--output", output, "--model", demo.model,
-        "--method", args.method, "--runner", "DirectRunner",
-        "--table", table, "--copy_features", "label",
-        *(["--strategies", "--units_key", "label"] if args.clever_hans else []),
-        *(["--metrics", args.metrics, "--boxes_key", BOX_KEY,
-            "--metric_params", json.dumps({
-                name: params for name, params in DEMO_METRIC_PARAMS.items()
-                if name in args.metrics.split(",")})] if args.metrics else []),
-    ])
+    status = pipeline_main(job_arguments(demo, output, args.method, args.metrics,
+                                         args.clever_hans))
     if status:
         return status
     grid = os.path.join(args.out_dir, "grid.png")
