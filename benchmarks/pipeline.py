@@ -83,11 +83,18 @@ def build_model(name: str, size: int, directory: str, head=None) -> str:
 
 
 def run_job(input_path: str, output: str, model_path: str, method: str, job_args) -> float:
-    """Wall seconds of `python -m pipeline` in a fresh process (the README's command)."""
+    """Wall seconds of `python -m pipeline` over `input_path` with `method`, the records'
+    labels as units, and `job_args` (`time_job`)."""
+    return time_job(["--input", input_path, "--output", output, "--model", model_path,
+                     "--method", method, "--units_key", "label", *job_args])
+
+
+def time_job(arguments) -> float:
+    """Wall seconds of `python -m pipeline ARGUMENTS` in a fresh process (the README's
+    command); RuntimeError when it fails or dead-letters a record."""
     start = time.perf_counter()
     process = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--input", input_path, "--output", output,
-         "--model", model_path, "--method", method, "--units_key", "label", *job_args],
+        [sys.executable, "-m", "pipeline", *arguments],
         cwd=REPO, capture_output=True, text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     seconds = time.perf_counter() - start

@@ -34,8 +34,6 @@ Run: .venv/bin/python -m benchmarks.strategies [--rounds 3]
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -43,7 +41,8 @@ import tracemalloc
 import numpy as np
 
 from benchmarks.common import machine
-from benchmarks.pipeline import REPO, build_model, peak_memory_mb, run_job, write_dataset
+from benchmarks.pipeline import (build_model, peak_memory_mb, run_job, time_job,
+                                 write_dataset)
 from explain_lib import strategies as spray
 
 JOB_CASES = {"demo": ("demo", 32, "png", "gradcam", (2000, 8000)),
@@ -93,15 +92,8 @@ def demo_section(args, directory):
     for round_ in range(args.rounds):
         for strategies in (False, True):
             output = os.path.join(directory, f"demo-{strategies}-{round_}", "explanations")
-            start = time.perf_counter()
-            process = subprocess.run(
-                [sys.executable, "-m", "pipeline", *job_arguments(demo, output),
-                 *(["--strategies"] if strategies else [])],
-                cwd=REPO, capture_output=True, text=True,
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-            times[strategies].append(time.perf_counter() - start)
-            if process.returncode != 0:
-                raise RuntimeError(f"the demo's job failed: {process.stderr[-3000:]}")
+            times[strategies].append(time_job(job_arguments(demo, output)
+                                              + (["--strategies"] if strategies else [])))
     without, with_ = (statistics.median(times[key]) for key in (False, True))
     print(f"\n### The README's demo job with and without --strategies (median of "
           f"{args.rounds} rounds)\n\n| without (s) | with (s) | ratio |\n|---|---|---|\n"

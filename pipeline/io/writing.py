@@ -141,6 +141,22 @@ def remove_temporary_files(prefixes: Iterable[str]) -> List[str]:
     return removed
 
 
+def remove_spill_files(folder: str, name: "re.Pattern[str]") -> List[str]:
+    """Delete the files directly in `folder` whose names `name` fully matches (a command's
+    own spill files, never a file it did not name), then `folder` itself where the
+    filesystem has folders (a local disk) and it is left empty; returns the deleted
+    paths."""
+    doomed = [path for path, _ in _matching(FileSystems.join(folder, "*"))
+              if name.fullmatch(FileSystems.split(path)[1])]
+    if doomed:
+        FileSystems.delete(doomed)
+        logging.info("Removed %d spilled files from %s.", len(doomed), folder)
+    if FileSystems.get_scheme(folder) is None and os.path.isdir(folder) and not os.listdir(
+            folder):
+        os.rmdir(folder)
+    return doomed
+
+
 def remove_shards(prefix: str, keep=lambda shards: False, suffix: str = FILE_SUFFIX
                   ) -> List[str]:
     """Delete `prefix`'s shards (ending in `suffix`) but those of the shard counts
@@ -255,6 +271,7 @@ __all__ = [
     "check_writable",
     "list_shards",
     "remove_shards",
+    "remove_spill_files",
     "remove_temporary_files",
     "shard_number",
     "temporary_folders",

@@ -42,8 +42,6 @@ Usage:
 
 import dataclasses
 import io
-import logging
-import os
 import re
 import uuid
 import zlib
@@ -56,10 +54,10 @@ from apache_beam.transforms.window import GlobalWindows
 
 from explain_lib.io import decode_explanation
 from explain_lib.io.schema import parse_example
-from pipeline.io.files import is_local, read_bytes, write_bytes
+from pipeline.io.files import read_bytes, write_bytes
 from pipeline.io.framing import frame, iterate_records
 from pipeline.io.reading import ReadTFRecords
-from pipeline.io.writing import FILE_SUFFIX, WriteParquet, list_shards
+from pipeline.io.writing import FILE_SUFFIX, WriteParquet, list_shards, remove_spill_files
 from pipeline.results.comparison import (
     JOIN_SUFFIX,
     ONE_SIDED_SUFFIX,
@@ -205,16 +203,7 @@ def remove_join_folder(output: str) -> List[str]:
     """Delete the bucket files of the comparison writing `output` (the files of its join
     folder named as `_Bucket` names them, and on a local disk the folder once empty: no
     other file); returns the deleted paths."""
-    folder = join_folder(output)
-    found = FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list
-    doomed = [m.path for m in found if _SPILLED.fullmatch(FileSystems.split(m.path)[1])]
-    if doomed:
-        FileSystems.delete(doomed)
-    if is_local(folder) and os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
-    if doomed:
-        logging.info("Removed the join's %d bucket files from %s.", len(doomed), folder)
-    return doomed
+    return remove_spill_files(join_folder(output), _SPILLED)
 
 
 def record_id(record: bytes) -> str:

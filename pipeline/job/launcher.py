@@ -57,7 +57,7 @@ from pipeline.results.ids import (
     Duplicates,
 )
 from pipeline.results.overview import read_overview
-from pipeline.results.strategies import spill_path
+from pipeline.results.strategies import SPILL_NAME, spill_path
 from pipeline.results.table import TABLE_SUFFIX
 from pipeline.settings import Settings
 
@@ -202,7 +202,7 @@ def execute(pipeline: beam.Pipeline, settings: Settings, started) -> RunSummary:
         if result.state in (PipelineState.FAILED, PipelineState.CANCELLED):
             raise RuntimeError(f"the runner reports the job {result.state}.")
     except BaseException:  # interrupted (KeyboardInterrupt) too
-        _stop_and_clean(result, prefixes)
+        _stop_and_clean(result, prefixes, spill_path(settings.output))
         raise
     summary = summarize(result, settings)
     summary.aggregates = _take_aggregates(settings)
@@ -235,22 +235,22 @@ def _strategies(settings: Settings) -> Optional[Dict[str, Any]]:
     for the manifest), once the folder where the rows waited for them is removed."""
     if not settings.strategies:
         return None
-    spilled = FileSystems.match([spill_path(settings.output) + "/*"])[0].metadata_list
-    if spilled:
-        FileSystems.delete([metadata.path for metadata in spilled])
+    writing.remove_spill_files(spill_path(settings.output), SPILL_NAME)
     fitted = read_overview(settings.output).strategies
     return {str(unit): unit_strategies.summary() for unit, unit_strategies in sorted(
         fitted.items())}
 
 
-def _stop_and_clean(result, prefixes) -> None:
+def _stop_and_clean(result, prefixes, spill_folder: str) -> None:
     """After a failure or an interruption: cancel the job if it still runs (a remote job
-    would go on writing), then remove the temporary files under `prefixes`. Failing here
-    must not hide why the job stopped, so errors are only logged."""
+    would go on writing), then remove the temporary files under `prefixes` and the
+    strategies' spill files in `spill_folder`. Failing here must not hide why the job
+    stopped, so errors are only logged."""
     try:
         if result is not None and not PipelineState.is_terminal(result.state):
             result.cancel()
         writing.remove_temporary_files(prefixes)
+        writing.remove_spill_files(spill_folder, SPILL_NAME)
     except Exception as error:  # noqa: BLE001 - see the docstring
         logging.warning("Could not clean up after the job (%s: %s); the next run into the "
                         "same prefixes will.", type(error).__name__, error)

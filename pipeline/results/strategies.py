@@ -35,6 +35,7 @@ import functools
 import heapq
 import itertools
 import pickle
+import re
 import uuid
 from typing import Dict, List, NamedTuple, Sequence, Tuple
 
@@ -48,6 +49,10 @@ from pipeline.results.table import AnalysisRow, to_arrow, with_clusters
 
 SPILL_SUFFIX = ".strategies-rows"
 """Appended to `--output`: the folder where the analysis rows wait for the clusters."""
+
+SPILL_NAME = re.compile(r"[0-9a-f]{32}\.pkl")
+"""The name of a spill file in the folder (`_Spill`): what the job removes there, nothing
+else."""
 
 ROWS_PER_SPILL = 1024
 """Rows (records) written to one spill file."""
@@ -319,5 +324,5 @@ class FitStrategies(beam.PTransform):
         return counted, tables
 
 
-__all__ = ["COUNTS", "FitStrategies", "SPILL_SUFFIX", "SampleMaps", "StrategiesBatch",
+__all__ = ["COUNTS", "FitStrategies", "SPILL_NAME", "SPILL_SUFFIX", "SampleMaps", "StrategiesBatch",
            "assign", "cluster_counts", "fit_unit", "sample_chunks", "spill_path"]

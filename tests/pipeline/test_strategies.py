@@ -4,6 +4,7 @@ as a cluster of their own, the table's `cluster` column against the overview's c
 per-batch sample's uniformity, and the spilled rows' way back to the table."""
 
 import glob
+import os
 import re
 
 import keras
@@ -104,7 +105,7 @@ def test_cluster_column_is_the_nearest_centroid_of_each_stored_map(clever_hans):
     manifest = read_manifest(job.output)
     assert manifest["strategies"]["per_unit"][str(demo.MARK_CLASS)]["records"] == \
         overview.strategies[demo.MARK_CLASS].records
-    assert not glob.glob(job.output + ".strategies-rows/*")   # the spilled rows removed
+    assert not os.path.exists(job.output + ".strategies-rows")   # the spilled rows removed
 
 
 @pytest.mark.slow
@@ -250,3 +251,24 @@ def test_the_pages_embedding_lays_out_the_fitted_clusters_apart():
     np.testing.assert_array_equal(unit.embedding(), embedding)
     unit.features = np.ones((20, 2), np.float32)
     assert not unit.embedding().any() and unit.embedding().shape == (20, 2)
+
+
+def test_a_spill_folder_loses_only_the_files_its_command_named(tmp_path):
+    """`remove_spill_files` (the strategies' spill folder, compare's join folder): the files
+    whose names the command gives go, any other file stays, and so does the folder while it
+    holds one; an empty folder goes; a folder that is not there is no error."""
+    from pipeline.io.writing import remove_spill_files
+    from pipeline.results.strategies import SPILL_NAME
+
+    folder = tmp_path / "out.strategies-rows"
+    folder.mkdir()
+    ours = [folder / f"{i:032x}.pkl" for i in range(3)]
+    theirs = [folder / "notes.txt", folder / f"{0:032x}.pkl.bak"]
+    for path in ours + theirs:
+        path.write_bytes(b"x")
+    assert sorted(remove_spill_files(str(folder), SPILL_NAME)) == sorted(map(str, ours))
+    assert sorted(os.listdir(folder)) == sorted(path.name for path in theirs)
+    for path in theirs:
+        path.unlink()
+    assert remove_spill_files(str(folder), SPILL_NAME) == [] and not folder.exists()
+    assert remove_spill_files(str(folder), SPILL_NAME) == []
