@@ -302,9 +302,9 @@ class Settings:
         "while one batch is explained (on the GPU, or TensorFlow's threads), another is "
         "decoded and encoded, within one bundle and on any runner. The model explains one "
         "batch at a time, so the devices' memory holds one batch's work and `--batch_size` "
-        "stays the knob that sizes it. RunInference hands the handler `batch_size × "
-        "batches_in_flight` records at a time. `1`: one batch at a time (the least host "
-        "memory)")
+        "stays the knob that sizes it. RunInference hands the handler whole batches of at "
+        "least 512 records at a time (more with `batch_size × batches_in_flight` over "
+        "512). `1`: one batch at a time (the least host memory)")
     map_encoding: str = option(
         DEFAULT_ENCODING, "how maps are stored: `png8`, `png16`, `float16` or `raw32` (see "
         "the outputs' schema)")

@@ -80,9 +80,12 @@ def open_records_file(path: str, retry: Retry = Retry()) -> Iterator[BinaryIO]:
         yield stream
 
 
-RECORDS_PER_LIST = 64
+RECORDS_PER_LIST = 512
 """Records per list `ReadTFRecords` emits by default: what one call of the job's model
-handler takes with its default options (`RecordsHandler.records_per_call`)."""
+handler takes with its default options (`RecordsHandler.records_per_call`, which takes at
+least this many). Beam's own work is paid once per list, and the handler's batches in flight
+drain once per call: 512 records (16 batches of 32) a call fed the null model of
+`benchmarks/feed.py` 8% more records/s than 64 (`benchmarks/RESULTS.md`)."""
 
 
 class ReadFileRecords(CountedStage):

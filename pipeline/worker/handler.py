@@ -16,9 +16,11 @@ record through the worker's stages, each in its own module:
   batch's overview when the settings ask for them.
 
 Batches are in flight at once on the one model RunInference shares
-(`pipeline.worker.concurrency`): each call takes `batches_in_flight` batches, and one
-batch's parsing, decoding and encoding overlap another's explaining; the model explains
-one batch at a time.
+(`pipeline.worker.concurrency`): within a call, `batches_in_flight` batches at a time, one
+batch's parsing, decoding and encoding overlapping another's explaining; the model explains
+one batch at a time. A call takes whole batches of at least `RECORDS_PER_LIST` records, so
+that the batches in flight drain (the calling thread waiting for the last one) once per 16
+batches of 32, not once per two.
 
 It never raises for one bad record: a record that fails a stage comes back as the
 `StageError` naming it, and the job makes it a dead letter.
@@ -52,6 +54,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from explain_lib import metrics as explain_metrics
 from pipeline.counters import METRICS_NAMESPACE
+from pipeline.io import reading
 from pipeline.io.dead_letters import StageError
 from pipeline.settings import Settings
 from pipeline.worker.concurrency import in_flight, model_lock
@@ -82,21 +85,20 @@ class RecordsHandler(ModelHandler[Sequence[bytes], Results, Worker]):
     """Parses, checks, decodes, explains and encodes lists of serialized records as
     `settings` say (see the module docstring), the records read with `spec`.
 
-    RunInference hands it lists holding `records_per_call = batch_size * batches_in_flight`
-    records (fewer only at the end of a bundle). `settings.handler_options` are
+    RunInference hands it lists of `records_per_call` records (fewer only at the end of a
+    bundle). `settings.handler_options` are
     `ModelHandler`'s own (`large_model=True`, `model_copies=1`: one model per machine,
     shared by its processes; `env_vars`).
     """
 
     def __init__(self, settings: Settings, spec: RecordSpec):
         options = dict(settings.handler_options)
+        self._settings = settings
         # RunInference's batches are counted in records, its elements being lists of them.
-        records_per_call = settings.batch_size * settings.batches_in_flight
-        options.setdefault("min_batch_size", records_per_call)
-        options.setdefault("max_batch_size", records_per_call)
+        options.setdefault("min_batch_size", self.records_per_call)
+        options.setdefault("max_batch_size", self.records_per_call)
         options.setdefault("element_size_fn", len)
         super().__init__(**options)
-        self._settings = settings
         self._spec = spec
         self._directions = {name: explain_metrics.get(name).higher_is_better
                             for name in settings.metrics}
@@ -107,9 +109,13 @@ class RecordsHandler(ModelHandler[Sequence[bytes], Results, Worker]):
 
     @property
     def records_per_call(self) -> int:
-        """Records one `run_inference` call takes (`batch_size * batches_in_flight`): the
-        size of the lists of records `pipeline.io.reading.ReadTFRecords` hands the job."""
-        return self._settings.batch_size * self._settings.batches_in_flight
+        """Records one `run_inference` call takes: whole batches, at least
+        `batches_in_flight` of them and at least `pipeline.io.reading.RECORDS_PER_LIST`
+        records (512: 16 batches of the default 32); the size of the lists of records
+        `pipeline.io.reading.ReadTFRecords` hands the job."""
+        batch_size = self._settings.batch_size
+        batches = max(self._settings.batches_in_flight, -(-reading.RECORDS_PER_LIST // batch_size))
+        return batch_size * batches
 
     def run_inference(
         self,

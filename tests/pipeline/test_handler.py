@@ -17,6 +17,7 @@ from explain_lib import io as explain_io
 from explain_lib import methods
 from explain_lib.engine import explaining
 from pipeline import demo
+from pipeline.io import reading
 from pipeline.io.dead_letters import StageError
 from pipeline.settings import Settings, resolve_method_params
 from pipeline.worker import handler as handler_module
@@ -189,14 +190,18 @@ def test_a_record_that_cannot_be_stored_fails_alone_and_the_batch_is_still_encod
 
 def test_handler_batches_exactly_batch_size_and_reports_record_bytes():
     handler = make_handler(SPEC, batch_size=16, handler_options={"model_copies": 1})
-    # The batches in flight (2 by default) come in one RunInference batch, counted in
-    # records, the elements being lists of records.
-    assert handler.records_per_call == 32
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 32,
+    # A call takes whole batches, at least the batches in flight (2 by default) and at
+    # least RECORDS_PER_LIST records, in one RunInference batch counted in records, the
+    # elements being lists of records.
+    assert reading.RECORDS_PER_LIST == 512
+    assert handler.records_per_call == 512
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 512, "max_batch_size": 512,
                                                "element_size_fn": len}
-    one = make_handler(SPEC, batch_size=16, batches_in_flight=1)
-    assert one.records_per_call == 16
-    assert one.batch_elements_kwargs()["max_batch_size"] == 16
+    assert make_handler(SPEC, batch_size=16, batches_in_flight=1).records_per_call == 512
+    assert make_handler(SPEC, batch_size=100).records_per_call == 600  # 6 whole batches
+    wide = make_handler(SPEC, batch_size=128, batches_in_flight=5)
+    assert wide.records_per_call == 640
+    assert wide.batch_elements_kwargs()["max_batch_size"] == 640
     with pytest.raises(ValueError, match="batches_in_flight"):
         make_handler(SPEC, batch_size=16, batches_in_flight=0)
     assert handler.share_model_across_processes() and handler.model_copies() == 1
@@ -495,6 +500,7 @@ def test_a_job_hands_the_handler_lists_of_records_per_call(tmp_path, model_path,
     monkeypatch.setattr(RecordsHandler, "run_inference",
                         lambda self, batch, model, args=None: calls.append(
                             [len(records) for records in batch]) or original(self, batch, model))
+    monkeypatch.setattr(reading, "RECORDS_PER_LIST", 10)  # calls of 3 batches of 4
     images, labels = shapes
     records = [demo.make_example(demo.encode_image(images[i % 12], "png"), int(labels[i % 12]),
                                  f"l{i}") for i in range(20)]
@@ -503,8 +509,10 @@ def test_a_job_hands_the_handler_lists_of_records_per_call(tmp_path, model_path,
     job = run_job(tmp_path, str(tmp_path / "lists-*"), model_path, "--batch_size", "4",
                   "--batches_in_flight", "2")
     assert len(paths) == 2 and job.summary.read == 20 and job.summary.explained == 19
-    # Each call takes one list of records_per_call = 4 * 2 records, the reader's; only the
-    # last list of a file's bundle may hold fewer.
-    assert all(len(sizes) == 1 and sizes[0] <= 8 for sizes in calls), calls
+    # Each call takes one list of records_per_call = 12 records (whole batches of 4, at
+    # least the 2 in flight and at least RECORDS_PER_LIST), the reader's; only the last
+    # list of a file's bundle may hold fewer.
+    assert all(len(sizes) == 1 and sizes[0] <= 12 for sizes in calls), calls
     assert sum(s for sizes in calls for s in sizes) == 20
-    assert sum(sizes[0] < 8 for sizes in calls) <= 2, calls
+    assert max(sizes[0] for sizes in calls) == 12, calls
+    assert sum(sizes[0] < 12 for sizes in calls) <= 2, calls

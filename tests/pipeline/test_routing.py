@@ -177,11 +177,12 @@ def test_the_jobs_own_options_reach_the_workers_config(model_path):
             settings.batch_size) == ("rise", {"masks": 10, "resizing": True}, "features",
                                      "unit", 2, "mixed_bfloat16", True, 8)
     transform = Explain(settings, model_info=ModelInfo((SIZE, SIZE, 3), 4))
-    # RunInference hands the handler 3 batches of 8 at a time, explained 8 at a time.
-    assert transform.handler.batch_elements_kwargs() == {"min_batch_size": 24,
-                                                         "max_batch_size": 24,
+    # RunInference hands the handler whole batches of 8, at least 3 and at least 512
+    # records, at a time, explained 8 at a time.
+    assert transform.handler.batch_elements_kwargs() == {"min_batch_size": 512,
+                                                         "max_batch_size": 512,
                                                          "element_size_fn": len}
-    assert transform.handler.records_per_call == 24
+    assert transform.handler.records_per_call == 512
     assert transform.handler.load_model().settings is settings
 
 
