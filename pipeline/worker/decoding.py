@@ -21,7 +21,7 @@ Usage:
 
 import functools
 import threading
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +34,10 @@ from pipeline.worker.parsing import (
     detect_format,
     image_payload,
 )
+
+
+Pixels = Union[tf.Tensor, np.ndarray]
+"""A batch of decoded images: the compiled decoding's own tensor, or a numpy array."""
 
 
 class ImageRecord(NamedTuple):
@@ -186,12 +190,13 @@ def _filler(image_format: str, spec: RecordSpec) -> bytes:
 
 
 def _decode_compressed(image_format: str, payloads: Sequence[bytes], spec: RecordSpec
-                       ) -> np.ndarray:
+                       ) -> Pixels:
     """(N, H, W, C): JPEG or PNG images decoded at the model's size by compiled calls of
     `DECODE_CHUNK` images (`_batch_decoder`): uint8 when every image was at that size,
-    float32 when any was resized. The last chunk is padded with `_filler` images to the
-    next power of two, so that a process traces a handful of chunk sizes. Raises
-    TensorFlow's error when one image cannot be decoded."""
+    float32 when any was resized; the call's own tensor when they took one call, else a
+    numpy array. The last chunk is padded with `_filler` images to the next power of two,
+    so that a process traces a handful of chunk sizes. Raises TensorFlow's error when one
+    image cannot be decoded."""
     parts = []
     for start in range(0, len(payloads), DECODE_CHUNK):
         part = list(payloads[start:start + DECODE_CHUNK])
@@ -199,24 +204,28 @@ def _decode_compressed(image_format: str, payloads: Sequence[bytes], spec: Recor
         strings = tf.constant(part + [_filler(image_format, spec)] * (chunk - len(part)),
                               tf.string)
         pixels, resized = _batch_decoder(image_format, spec, chunk)(strings)
-        # A read-only view of the call's output (`.numpy()` would copy it).
-        parts.append(np.asarray(pixels if pixels.shape[0] else resized)[:len(part)])
-    # (uint8 and float32 chunks concatenate to float32, exactly.)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        images = pixels if pixels.shape[0] else resized
+        parts.append(images if len(part) == chunk else images[:len(part)])
+    if len(parts) == 1:
+        return parts[0]
+    # Read-only views of the calls' outputs (`.numpy()` would copy each); uint8 and float32
+    # chunks concatenate to float32, exactly.
+    return np.concatenate([np.asarray(part) for part in parts])
 
 
 def decode_batch(records: Sequence["CheckedRecord"], spec: RecordSpec
-                 ) -> Tuple[np.ndarray, List[Optional[StageError]]]:
+                 ) -> Tuple[Pixels, List[Optional[StageError]]]:
     """Stage "decode" for a batch: `images` (N, H, W, C) at the model's size, uint8 when the
     batch is JPEG or PNG images all stored at that size (exact pixels), float32 otherwise;
     and per record None or the `StageError` that record failed with (its image is then
-    zeros).
+    zeros). `images` is a numpy array, or the compiled call's own tensor for the usual
+    batch (below), which reaches the engine without a copy (`np.asarray` views it).
 
     JPEG and PNG images are decoded by compiled calls per format (`_decode_compressed`); raw
     tensors are stacked. When a batched call fails (one corrupt image fails the whole op),
     its records are decoded one by one (`decode_payload`), so that only the bad ones fail,
     each with its own message. A batch of one format that decodes in one chunk is returned
-    as the compiled call made it, without a copy (a read-only view of its output).
+    as the compiled call made it: its tensor.
     """
     errors: List[Optional[StageError]] = [None] * len(records)
     groups: Dict[str, List[int]] = {}

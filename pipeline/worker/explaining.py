@@ -43,6 +43,7 @@ from explain_lib.utils import with_dtype_policy
 from pipeline.io.dead_letters import StageError
 from pipeline.settings import Settings, explain_params
 from pipeline.worker.adaptive_batches import explain_fitting, limit_for
+from pipeline.worker.decoding import Pixels
 from pipeline.worker.models import exposed, make_strategy, shared_model
 from pipeline.worker.parsing import CheckedRecord
 
@@ -148,17 +149,19 @@ class Worker:
             return cls(with_dtype_policy(model, settings.precision), settings)
 
     def explain(
-        self, images: np.ndarray, units: Sequence[Optional[np.ndarray]],
+        self, images: Pixels, units: Sequence[Optional[np.ndarray]],
         ground_truth: Optional[Mapping[str, Any]] = None,
     ) -> List[RecordMaps]:
         """Explain a batch: `images` (N, H, W, C) uint8 or float32 in [0, 255] (cast and
-        preprocessed by the engine, in its compiled step), `units[i]` the units to explain
-        for image i, or None for its top-K predictions (on ties, the lower unit first);
+        preprocessed by the engine, in its compiled step; a tensor is taken as it is, an
+        array is copied into one), `units[i]` the units to explain for image i, or None
+        for its top-K predictions (on ties, the lower unit first);
         `ground_truth`, for the localisation metrics, `{"boxes": [(m_i, 4) float32 or None
         per image]}` or `{"masks": (N, H, W) of 0 and 1}`. Returns one `RecordMaps` per
         image, in order, with each unit's probability and each metric's scores."""
         # One tensor of the pixels as decoded (the engine casts and preprocesses them in its
-        # step), shared by the explaining and the metrics: one copy of the batch on the host.
+        # step), shared by the explaining and the metrics: the decoding's own tensor in the
+        # job, so that the batch is not copied on the host.
         x = tf.convert_to_tensor(images)
         # One call per group: the images without units, then those with K units for each K.
         groups: Dict[Optional[int], List[int]] = {}
@@ -222,7 +225,7 @@ def _rows_of(ground_truth: Optional[Mapping[str, Any]], indices: Sequence[int]):
             else np.asarray(values)[indices] for key, values in ground_truth.items()}
 
 
-def explain_decoded(records: Sequence[CheckedRecord], images: np.ndarray, worker: Worker,
+def explain_decoded(records: Sequence[CheckedRecord], images: Pixels, worker: Worker,
                     masks: Optional[np.ndarray] = None, boxes: bool = False
                     ) -> List[Union[RecordMaps, StageError]]:
     """Stage "explain" for a decoded batch: each record's `RecordMaps` (with its metrics'

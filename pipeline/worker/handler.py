@@ -58,7 +58,7 @@ from pipeline.io import reading
 from pipeline.io.dead_letters import StageError
 from pipeline.settings import Settings
 from pipeline.worker.concurrency import in_flight, model_lock
-from pipeline.worker.decoding import decode_batch, decode_masks
+from pipeline.worker.decoding import Pixels, decode_batch, decode_masks
 from pipeline.worker.encoding import (
     Encoded,
     encode_batch,
@@ -162,7 +162,7 @@ class RecordsHandler(ModelHandler[Sequence[bytes], Results, Worker]):
                              batch, *decoded, model))
 
     def _decode(self, batch: Sequence[CheckedRecord]
-                ) -> Tuple[np.ndarray, Optional[np.ndarray], List[Optional[StageError]]]:
+                ) -> Tuple[Pixels, Optional[np.ndarray], List[Optional[StageError]]]:
         """Stage "decode" for one batch: its images, its masks (with `mask_key`) and each
         record's decoding error (None where it decoded)."""
         images, outcomes = decode_batch(batch, self._spec)
@@ -172,18 +172,21 @@ class RecordsHandler(ModelHandler[Sequence[bytes], Results, Worker]):
             outcomes = [outcome or failure for outcome, failure in zip(outcomes, failures)]
         return images, masks, outcomes
 
-    def _explain_and_encode(self, batch: Sequence[CheckedRecord], images: np.ndarray,
+    def _explain_and_encode(self, batch: Sequence[CheckedRecord], images: Pixels,
                             masks: Optional[np.ndarray], outcomes: List[Any], model: Worker
                             ) -> List[PredictionResult]:
         """Stages "explain" and "encode" for one decoded batch (`_decode`'s images, masks
         and errors), with the analysis rows and the overview the settings ask for."""
         decoded = [i for i, error in enumerate(outcomes) if error is None]
+        pixels = np.asarray(images)  # a view of the decoding's tensor, if it made one
         if decoded:
-            # The usual batch decodes whole, and is explained without a copy.
-            rows = slice(None) if len(decoded) == len(batch) else decoded
+            # The usual batch decodes whole, and is explained without a copy: the decoding's
+            # tensor, which the engine takes as it is.
+            whole = len(decoded) == len(batch)
             with model_lock(model):
-                explained = explain_decoded([batch[i] for i in decoded], images[rows], model,
-                                            None if masks is None else masks[rows],
+                explained = explain_decoded([batch[i] for i in decoded],
+                                            images if whole else pixels[decoded], model,
+                                            masks if masks is None or whole else masks[decoded],
                                             boxes=bool(self._spec.boxes_key))
             time.sleep(0)  # yields the GIL to the batch waiting to be explained
             for i, outcome in zip(decoded, explained):
@@ -193,9 +196,9 @@ class RecordsHandler(ModelHandler[Sequence[bytes], Results, Worker]):
         if self._settings.makes_analysis:
             encoded = with_rows(batch, outcomes, encoded, self._settings.metrics)
         if self._settings.strategies:
-            encoded = with_strategies(outcomes, encoded, images, self._settings.strategies_size)
+            encoded = with_strategies(outcomes, encoded, pixels, self._settings.strategies_size)
         if self._settings.overview:
-            encoded = with_overview(batch, outcomes, encoded, images, self._directions)
+            encoded = with_overview(batch, outcomes, encoded, pixels, self._directions)
         return [PredictionResult(record, outcome) for record, outcome in zip(batch, encoded)]
 
     def get_num_bytes(self, batch: Sequence[Sequence[bytes]]) -> int:

@@ -146,6 +146,40 @@ def test_an_undecodable_image_fails_alone_at_decode(shapes):
     assert "cannot decode jpeg image" in str(error)
 
 
+def test_a_decoded_batch_reaches_the_explainer_as_the_decodings_own_tensor(shapes,
+                                                                          monkeypatch):
+    """The usual batch (one format, decoded whole) is explained as the tensor the compiled
+    decoding made, which the engine takes as it is: no copy of its pixels on the host."""
+    spec = RecordSpec(image_size=(32, 32), channels=3, num_units=4)
+    records = [check_record(demo.make_example(demo.encode_image(image, "png"), None, f"p{i}"),
+                            spec) for i, image in enumerate(shapes[0][:3])]
+    made = []
+
+    def decode_batch(batch, batch_spec):
+        made.append(real(batch, batch_spec)[0])
+        return made[-1], [None] * len(batch)
+
+    real = handler_module.decode_batch
+    monkeypatch.setattr(handler_module, "decode_batch", decode_batch)
+
+    class Recording:
+        calls = []
+
+        def explain(self, images, units):
+            self.calls.append(images)
+            return [RecordMaps(np.array([0]), np.array([1.0], np.float32),
+                               np.ones((32, 32, 1), np.float32)) for _ in range(len(images))]
+
+    make_handler(spec, batch_size=3).explain_checked(records, Recording())
+    (explained,) = Recording.calls
+    assert isinstance(made[0], tf.Tensor) and isinstance(explained, tf.Tensor)
+    assert tf.convert_to_tensor(explained) is explained  # what Worker.explain does with it
+    # The same pixels in the same memory (a slice of a tensor along its first axis is
+    # another tensor over the same buffer).
+    assert np.asarray(explained).ctypes.data == np.asarray(made[0]).ctypes.data
+    np.testing.assert_array_equal(explained, shapes[0][:3])  # PNG: exact uint8 pixels
+
+
 def test_large_maps_are_encoded_on_threads_as_they_would_be_one_by_one():
     rng = np.random.default_rng(0)
     made = []
