@@ -8,6 +8,9 @@ Conv2D, GlobalAveragePooling2D, Dense(10)), so that what is left is the host's w
 - the decode floor: `tf.data.TFRecordDataset` -> parse -> `tf.io.decode_jpeg` (and
   `tf.image.resize` to 224x224 for the ImageNet-like records), `num_parallel_calls=AUTOTUNE`,
   batched by 32: the least any job reading these records must spend;
+- the handler in process: the RunInference handler the job builds from the same options,
+  handed the records in the job's lists, without Beam around it (its parsing, decoding,
+  explaining and encoding: what the job costs beyond Beam's own work);
 - the job: `python -m pipeline --input ... --output ... --model null.keras --method gradcam
   --units_key label` with default options (DirectRunner), as users type it, in a fresh
   process.
@@ -16,13 +19,14 @@ The job runs over N and over 2N records (2,048 and 4,096 by default), in a fresh
 the difference of the two is the steady-state cost of N records (start-up, imports, the
 model's load and tracing cancel). A round runs N, 2N, N (symmetric about the 2N run, so that
 a drift of the machine's speed, linear in time, cancels); `--repeats` rounds (3), the median
-round reported with the range. The floor runs in a fresh process of its own over the 2N
-records, one pass to warm tf.data up and then 3 timed passes per round, the median pass
-reported with the range: a pass of 4,096 records takes under a second, where a difference
-of two short processes moved by more than the pass itself. Both sides are also reported in
-core-milliseconds per record (user and system time of all threads, which the machine's
-other work moves much less than wall time): a pass on a shared virtual machine can run at
-a fraction of the machine's rate with the same CPU time per record.
+round reported with the range. The floor and the handler each run in a fresh process of
+their own over the 2N records, one pass to warm up and then 3 timed passes per round, the
+median pass reported with the range: a pass of the floor over 4,096 records takes under a
+second, where a difference of two short processes moved by more than the pass itself.
+Every side is also reported in core-milliseconds per record (user and system time of all
+threads, which the machine's other work moves much less than wall time): a pass on a shared
+virtual machine can run at a fraction of the machine's rate with the same CPU time per
+record.
 
 The records: 224x224 JPEGs (quality 90) of the demo's shapes, and ImageNet-like JPEGs
 (quality 90, sizes drawn around ImageNet's typical 500x375, landscape and portrait, resized
@@ -63,8 +67,10 @@ SIZE = 224
 BATCH = 32
 QUALITY = 90
 UNITS = 10
-FLOOR_PASSES = 3
-"""Timed passes of the decode floor over the 2N records per round of the job."""
+PASSES = 3
+"""Timed passes of the floor and of the handler over the 2N records per round of the job."""
+JOB_OPTIONS = ("--method", "gradcam", "--units_key", "label")
+"""The job's options here (the rest are its defaults)."""
 
 CASES = {
     # name: (what the records hold, whether the floor resizes)
@@ -155,6 +161,34 @@ def floor(input_path: str, resize: bool, passes: int) -> None:
                   f"{(_cpu_seconds(os.times()) - cpu) / count:.9f}")
 
 
+def handler(input_path: str, model_path: str, passes: int) -> None:
+    """The job's handler in process over `input_path` (`python -m benchmarks.feed --handler
+    PATH --model PATH`): the handler `python -m pipeline` builds from the benchmark's job
+    options (`JOB_OPTIONS`, defaults otherwise), handed the records in the job's lists, with
+    no Beam around it; one pass to warm up, then `passes` timed passes; prints each timed
+    pass's seconds and core-seconds per record."""
+    import tensorflow as tf
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.job.options import job_settings
+    from pipeline.job.transforms import Explain
+
+    settings = job_settings(PipelineOptions(["--input", input_path, "--output", "unused",
+                                             "--model", model_path, *JOB_OPTIONS]))
+    records_handler = Explain(settings).handler
+    worker = records_handler.load_model()
+    records = [record.numpy() for record in tf.data.TFRecordDataset(input_path)]
+    size = records_handler.records_per_call
+    lists = [records[start:start + size] for start in range(0, len(records), size)]
+    for timed in [False] + [True] * passes:
+        start, cpu = time.perf_counter(), _cpu_seconds(os.times())
+        for records_list in lists:
+            records_handler.run_inference([records_list], worker)
+        if timed:
+            print(f"{(time.perf_counter() - start) / len(records):.9f} "
+                  f"{(_cpu_seconds(os.times()) - cpu) / len(records):.9f}")
+
+
 def _cpu_seconds(times) -> float:
     """User and system seconds of this process (`os.times()`), or of its waited-for children
     (`resource.getrusage(RUSAGE_CHILDREN)`)."""
@@ -167,19 +201,16 @@ def _command(prefix: Sequence[str], arguments: Sequence[str]) -> List[str]:
     return [*prefix, sys.executable, *arguments]
 
 
-def floor_per_record(input_path: str, resize: bool, prefix: Sequence[str], passes: int
-                     ) -> Dict[str, float]:
-    """The decode floor over `input_path` in a fresh process, in passes over the records
-    once tf.data has warmed up (the process's start, TensorFlow's import and the first pass
-    left out: they are no part of decoding): the median pass's seconds per record and the
-    range, and the median core-seconds per record."""
+def per_record_in_passes(arguments: Sequence[str], prefix: Sequence[str]) -> Dict[str, float]:
+    """Seconds per record of a side measured in passes (`--floor` or `--handler`, with
+    `arguments`) in a fresh process, once warmed up (the process's start, TensorFlow's
+    import, the model's load and the first pass left out: they are no part of the steady
+    state): the median pass and the range, and the median core-seconds per record."""
     process = subprocess.run(
-        _command(prefix, ["-m", "benchmarks.feed", "--floor", input_path,
-                          "--floor-passes", str(passes)]
-                 + (["--floor-resize"] if resize else [])),
+        _command(prefix, ["-m", "benchmarks.feed", *arguments]),
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     if process.returncode != 0:
-        raise RuntimeError(f"the floor failed: {process.stderr[-3000:]}")
+        raise RuntimeError(f"{arguments[0]} failed: {process.stderr[-3000:]}")
     rows = [[float(v) for v in line.split()] for line in process.stdout.split("\n")
             if line.strip()]
     walls = [wall for wall, _ in rows]
@@ -194,8 +225,7 @@ def job_seconds(input_path: str, output: str, model_path: str, prefix: Sequence[
     start, cpu = time.perf_counter(), _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN))
     process = subprocess.run(
         _command(prefix, ["-m", "pipeline", "--input", input_path, "--output", output,
-                          "--model", model_path, "--method", "gradcam", "--units_key", "label",
-                          *job_args]),
+                          "--model", model_path, *JOB_OPTIONS, *job_args]),
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     seconds = time.perf_counter() - start
     cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN)) - cpu
@@ -229,23 +259,31 @@ def measure(case: str, directory: str, count: int, repeats: int, prefix: Sequenc
     model_path = null_model_path(directory)
     output = os.path.join(directory, "out", case, "expl")
     job_seconds(inputs["n"], output, model_path, prefix, job_args)  # warms the file cache
+    passes = str(PASSES * repeats)
     return {
-        "floor": floor_per_record(inputs["2n"], resize, prefix, FLOOR_PASSES * repeats),
+        "floor": per_record_in_passes(["--floor", inputs["2n"], "--passes", passes]
+                                      + (["--floor-resize"] if resize else []), prefix),
+        "handler": per_record_in_passes(["--handler", inputs["2n"], "--model", model_path,
+                                         "--passes", passes], prefix),
         "job": steady_state(lambda n: job_seconds(inputs[n], output, model_path, prefix,
                                                   job_args), count, repeats),
     }
 
 
 def report(case: str, cores: int, results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
-    """One row of the table; returns the job's records/s."""
-    floor_s, job_s = results["floor"], results["job"]
-    floor_rate, job_rate = 1 / floor_s["median"], 1 / job_s["median"]
-    print(f"| {case} | {cores} | {floor_rate:.0f} ({1 / floor_s['max']:.0f} to "
-          f"{1 / floor_s['min']:.0f}) | {job_rate:.0f} ({1 / job_s['max']:.0f} to "
-          f"{1 / job_s['min']:.0f}) | {job_s['median'] / floor_s['median']:.2f} | "
-          f"{floor_rate / cores:.0f} | {job_rate / cores:.0f} | {floor_s['cpu'] * 1e3:.3f} | "
-          f"{job_s['cpu'] * 1e3:.3f} | {job_s['cpu'] / floor_s['cpu']:.2f} |", flush=True)
-    return {"floor": floor_rate, "job": job_rate}
+    """One row of the table; returns each side's records/s."""
+    floor_s, handler_s, job_s = results["floor"], results["handler"], results["job"]
+
+    def rate(side):
+        return (f"{1 / side['median']:.0f} ({1 / side['max']:.0f} to "
+                f"{1 / side['min']:.0f})")
+
+    print(f"| {case} | {cores} | {rate(floor_s)} | {rate(handler_s)} | {rate(job_s)} | "
+          f"{job_s['median'] / floor_s['median']:.2f} | {1 / floor_s['median'] / cores:.0f} | "
+          f"{1 / job_s['median'] / cores:.0f} | {floor_s['cpu'] * 1e3:.3f} | "
+          f"{handler_s['cpu'] * 1e3:.3f} | {job_s['cpu'] * 1e3:.3f} | "
+          f"{job_s['cpu'] / floor_s['cpu']:.2f} |", flush=True)
+    return {side: 1 / results[side]["median"] for side in results}
 
 
 def main(argv=None):
@@ -260,15 +298,20 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None,
                         help="keep the records and the model here (default: a temporary "
                         "directory)")
+    # A side's own fresh process (see `per_record_in_passes`).
     parser.add_argument("--floor", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--floor-resize", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--floor-passes", type=int, default=FLOOR_PASSES,
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--handler", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--passes", type=int, default=PASSES, help=argparse.SUPPRESS)
     parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
                         help="more arguments for the job (last)")
     args = parser.parse_args(argv)
-    if args.floor:  # the floor's own fresh process
-        floor(args.floor, args.floor_resize, args.floor_passes)
+    if args.floor:
+        floor(args.floor, args.floor_resize, args.passes)
+        return
+    if args.handler:
+        handler(args.handler, args.model, args.passes)
         return
 
     from benchmarks.common import machine
@@ -279,10 +322,11 @@ def main(argv=None):
           f"--units_key label, DirectRunner {' '.join(args.job_args) or 'defaults'}; "
           f"{args.records} and {2 * args.records} records, median of {args.repeats} rounds)"
           "\n")
-    print("| records | cores | floor records/s (range) | job records/s (range) | "
-          "host cost over floor | floor records/s/core | job records/s/core | "
-          "floor core-ms/record | job core-ms/record | job over floor, CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| records | cores | floor records/s (range) | handler in process records/s "
+          "(range) | job records/s (range) | host cost over floor | floor records/s/core | "
+          "job records/s/core | floor core-ms/record | handler core-ms/record | "
+          "job core-ms/record | job over floor, CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     settings = [(cores, ())] + ([(1, ("taskset", "-c", "0"))] if args.one_core else [])
     with tempfile.TemporaryDirectory(prefix="explain_feed_") as scratch:
         directory = args.data_dir or scratch
@@ -294,13 +338,13 @@ def main(argv=None):
                                   args.job_args)
                 rates[case, used] = report(case, used, results)
     if args.one_core:
-        print(f"\n| records | floor scaling, 1 core to {cores} | job scaling, 1 core to "
-              f"{cores} |")
-        print("|---|---|---|")
+        print(f"\n| records | floor scaling, 1 core to {cores} | handler scaling | "
+              "job scaling |")
+        print("|---|---|---|---|")
         for case in args.cases:
             many, one = rates[case, cores], rates[case, 1]
-            print(f"| {case} | {many['floor'] / one['floor']:.2f}x | "
-                  f"{many['job'] / one['job']:.2f}x |")
+            print(f"| {case} | " + " | ".join(f"{many[side] / one[side]:.2f}x" for side in
+                                              ("floor", "handler", "job")) + " |")
 
 
 if __name__ == "__main__":
