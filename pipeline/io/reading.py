@@ -85,7 +85,7 @@ RECORDS_PER_LIST = 512
 handler takes with its default options (`RecordsHandler.records_per_call`, which takes at
 least this many). Beam's own work is paid once per list, and the handler's batches in flight
 drain once per call: 512 records (16 batches of 32) a call fed the null model of
-`benchmarks/feed.py` 8% more records/s than 64 (`benchmarks/RESULTS.md`)."""
+`benchmarks/feed.py` 2 to 8% more records/s than 64 (`benchmarks/RESULTS.md`)."""
 
 
 class ReadFileRecords(CountedStage):
