@@ -161,12 +161,12 @@ def floor(input_path: str, resize: bool, passes: int) -> None:
                   f"{(_cpu_seconds(os.times()) - cpu) / count:.9f}")
 
 
-def handler(input_path: str, model_path: str, passes: int) -> None:
+def handler(input_path: str, model_path: str, passes: int, job_args: Sequence[str]) -> None:
     """The job's handler in process over `input_path` (`python -m benchmarks.feed --handler
     PATH --model PATH`): the handler `python -m pipeline` builds from the benchmark's job
-    options (`JOB_OPTIONS`, defaults otherwise), handed the records in the job's lists, with
-    no Beam around it; one pass to warm up, then `passes` timed passes; prints each timed
-    pass's seconds and core-seconds per record."""
+    options (`JOB_OPTIONS` and `job_args`, defaults otherwise), handed the records in the
+    job's lists, with no Beam around it; one pass to warm up, then `passes` timed passes;
+    prints each timed pass's seconds and core-seconds per record."""
     import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -174,7 +174,8 @@ def handler(input_path: str, model_path: str, passes: int) -> None:
     from pipeline.job.transforms import Explain
 
     settings = job_settings(PipelineOptions(["--input", input_path, "--output", "unused",
-                                             "--model", model_path, *JOB_OPTIONS]))
+                                             "--model", model_path, *JOB_OPTIONS,
+                                             *job_args]))
     records_handler = Explain(settings).handler
     worker = records_handler.load_model()
     records = [record.numpy() for record in tf.data.TFRecordDataset(input_path)]
@@ -264,7 +265,7 @@ def measure(case: str, directory: str, count: int, repeats: int, prefix: Sequenc
         "floor": per_record_in_passes(["--floor", inputs["2n"], "--passes", passes]
                                       + (["--floor-resize"] if resize else []), prefix),
         "handler": per_record_in_passes(["--handler", inputs["2n"], "--model", model_path,
-                                         "--passes", passes], prefix),
+                                         "--passes", passes, "--job-args", *job_args], prefix),
         "job": steady_state(lambda n: job_seconds(inputs[n], output, model_path, prefix,
                                                   job_args), count, repeats),
     }
@@ -311,7 +312,7 @@ def main(argv=None):
         floor(args.floor, args.floor_resize, args.passes)
         return
     if args.handler:
-        handler(args.handler, args.model, args.passes)
+        handler(args.handler, args.model, args.passes, args.job_args)
         return
 
     from benchmarks.common import machine
