@@ -52,7 +52,6 @@ generated records and model between runs), `--job-args ...` (more job options, l
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -62,7 +61,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.pipeline import REPO, job_times
 SIZE = 224
 BATCH = 32
 QUALITY = 90
@@ -151,14 +150,7 @@ def floor(input_path: str, resize: bool, passes: int) -> None:
 
     dataset = (tf.data.TFRecordDataset(input_path)
                .map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH))
-    for timed in [False] + [True] * passes:
-        start, cpu = time.perf_counter(), _cpu_seconds(os.times())
-        count = 0
-        for batch in dataset:
-            count += int(batch.shape[0])
-        if timed:
-            print(f"{(time.perf_counter() - start) / count:.9f} "
-                  f"{(_cpu_seconds(os.times()) - cpu) / count:.9f}")
+    _print_passes(lambda: sum(int(batch.shape[0]) for batch in dataset), passes)
 
 
 def handler(input_path: str, model_path: str, passes: int, job_args: Sequence[str]) -> None:
@@ -181,21 +173,26 @@ def handler(input_path: str, model_path: str, passes: int, job_args: Sequence[st
     records = [record.numpy() for record in tf.data.TFRecordDataset(input_path)]
     size = records_handler.records_per_call
     lists = [records[start:start + size] for start in range(0, len(records), size)]
-    for timed in [False] + [True] * passes:
-        start, cpu = time.perf_counter(), _cpu_seconds(os.times())
+
+    def one_pass():
         for records_list in lists:
             records_handler.run_inference([records_list], worker)
+        return len(records)
+
+    _print_passes(one_pass, passes)
+
+
+def _print_passes(one_pass, passes: int) -> None:
+    """`one_pass()` (which returns the records it took) once to warm up, then `passes`
+    times, printing for each timed pass its seconds and core-seconds (user and system, all
+    the process's threads) per record."""
+    for timed in [False] + [True] * passes:
+        start, times = time.perf_counter(), os.times()
+        count = one_pass()
+        seconds, end = time.perf_counter() - start, os.times()
         if timed:
-            print(f"{(time.perf_counter() - start) / len(records):.9f} "
-                  f"{(_cpu_seconds(os.times()) - cpu) / len(records):.9f}")
-
-
-def _cpu_seconds(times) -> float:
-    """User and system seconds of this process (`os.times()`), or of its waited-for children
-    (`resource.getrusage(RUSAGE_CHILDREN)`)."""
-    if hasattr(times, "ru_utime"):
-        return times.ru_utime + times.ru_stime
-    return times.user + times.system
+            cpu = (end.user + end.system) - (times.user + times.system)
+            print(f"{seconds / count:.9f} {cpu / count:.9f}")
 
 
 def _command(prefix: Sequence[str], arguments: Sequence[str]) -> List[str]:
@@ -221,18 +218,10 @@ def per_record_in_passes(arguments: Sequence[str], prefix: Sequence[str]) -> Dic
 
 def job_seconds(input_path: str, output: str, model_path: str, prefix: Sequence[str],
                 job_args: Sequence[str]) -> Tuple[float, float]:
-    """Wall seconds and core-seconds (user and system, all threads) of `python -m pipeline`
-    in a fresh process, as users type it."""
-    start, cpu = time.perf_counter(), _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN))
-    process = subprocess.run(
-        _command(prefix, ["-m", "pipeline", "--input", input_path, "--output", output,
-                          "--model", model_path, *JOB_OPTIONS, *job_args]),
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    seconds = time.perf_counter() - start
-    cpu = _cpu_seconds(resource.getrusage(resource.RUSAGE_CHILDREN)) - cpu
-    if process.returncode != 0 or "records dead-lettered: 0" not in process.stdout:
-        raise RuntimeError(f"the job failed: {process.stdout[-2000:]} {process.stderr[-3000:]}")
-    return seconds, cpu
+    """Wall seconds and core-seconds of `python -m pipeline` in a fresh process, as users
+    type it (`benchmarks.pipeline.job_times`)."""
+    return job_times(["--input", input_path, "--output", output, "--model", model_path,
+                      *JOB_OPTIONS, *job_args], prefix)
 
 
 def steady_state(run, count: int, repeats: int) -> Dict[str, float]:

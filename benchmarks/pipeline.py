@@ -30,10 +30,12 @@ Run: .venv/bin/python -m benchmarks.pipeline [--sections overhead memory]
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Tuple
 
 import keras
 import numpy as np
@@ -90,17 +92,24 @@ def run_job(input_path: str, output: str, model_path: str, method: str, job_args
 
 
 def time_job(arguments) -> float:
-    """Wall seconds of `python -m pipeline ARGUMENTS` in a fresh process (the README's
-    command); RuntimeError when it fails or dead-letters a record."""
-    start = time.perf_counter()
+    """Wall seconds of `python -m pipeline ARGUMENTS` in a fresh process (`job_times`)."""
+    return job_times(arguments)[0]
+
+
+def job_times(arguments, prefix=()) -> Tuple[float, float]:
+    """Wall seconds and core-seconds (user and system, all its threads) of `python -m
+    pipeline ARGUMENTS` in a fresh process (the README's command), run under `prefix`
+    (`taskset -c 0`: one core); RuntimeError when it fails or dead-letters a record."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     process = subprocess.run(
-        [sys.executable, "-m", "pipeline", *arguments],
+        [*prefix, sys.executable, "-m", "pipeline", *arguments],
         cwd=REPO, capture_output=True, text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode != 0 or "records dead-lettered: 0" not in process.stdout:
         raise RuntimeError(f"the job failed: {process.stdout[-2000:]} {process.stderr[-3000:]}")
-    return seconds
+    return seconds, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def read_job_inputs(input_path: str, size: int):

@@ -18,9 +18,9 @@ record through the worker's stages, each in its own module:
 Batches are in flight at once on the one model RunInference shares
 (`pipeline.worker.concurrency`): within a call, `batches_in_flight` batches at a time, one
 batch's parsing, decoding and encoding overlapping another's explaining; the model explains
-one batch at a time. A call takes whole batches of at least `RECORDS_PER_LIST` records, so
-that the batches in flight drain (the calling thread waiting for the last one) once per 16
-batches of 32, not once per two.
+one batch at a time. A call takes whole batches of at least
+`pipeline.io.reading.RECORDS_PER_LIST` records, so that the batches in flight drain (the
+calling thread waiting for the last one) once per 16 batches of 32, not once per two.
 
 It never raises for one bad record: a record that fails a stage comes back as the
 `StageError` naming it, and the job makes it a dead letter.

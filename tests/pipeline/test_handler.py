@@ -180,6 +180,32 @@ def test_a_decoded_batch_reaches_the_explainer_as_the_decodings_own_tensor(shape
     np.testing.assert_array_equal(explained, shapes[0][:3])  # PNG: exact uint8 pixels
 
 
+def test_a_users_model_explains_the_decodings_tensor_as_it_did_its_numpy_copy(tmp_path,
+                                                                             shapes):
+    """keras.applications' MobileNetV2 with its softmax head, saved compiled and loaded as
+    the job loads it (compile=True): the decoding's own tensor and a numpy copy of it give
+    the same units, logits, probabilities and maps."""
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=5)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    path = str(tmp_path / "mobilenet.keras")
+    model.save(path)
+    spec = RecordSpec(image_size=(32, 32), channels=3, num_units=5)
+    records = [check_record(demo.make_example(demo.encode_image(image, "jpeg"), None, f"j{i}"),
+                            spec) for i, image in enumerate(shapes[0][:4])]
+    images, errors = handler_module.decode_batch(records, spec)
+    assert errors == [None] * 4 and isinstance(images, tf.Tensor)
+    worker = Worker.load(Settings(model=path, method="gradcam"))
+    from_tensor = worker.explain(images, [None] * 4)
+    from_copy = worker.explain(np.array(images), [None] * 4)
+    for mine, theirs in zip(from_tensor, from_copy):
+        np.testing.assert_array_equal(mine.units, theirs.units)
+        for name in ("logits", "probabilities", "maps"):
+            expected = getattr(theirs, name)
+            np.testing.assert_allclose(getattr(mine, name), expected, rtol=1e-6,
+                                       atol=1e-6 * float(np.max(np.abs(expected))))
+
+
 def test_large_maps_are_encoded_on_threads_as_they_would_be_one_by_one():
     rng = np.random.default_rng(0)
     made = []
