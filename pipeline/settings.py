@@ -372,7 +372,7 @@ class Settings:
         None, "make each explained record's analysis row, `pipeline.Explain`'s `analysis` "
         "output (default: with `metrics`, `copy_features` or `table`)", command_line=False)
     overview: bool = option(
-        True, "make each batch's overview (the report's numbers), `pipeline.Explain`'s "
+        True, "make each handler call's overview (the report's numbers), `pipeline.Explain`'s "
         "`overview` output", command_line=False)
     handler_options: Mapping[str, Any] = option(
         {}, "more arguments of Beam's `ModelHandler` (`large_model`, `model_copies`, "

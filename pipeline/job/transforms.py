@@ -6,7 +6,7 @@ of records, and `build_pipeline`, the whole job around it.
     (RouteResults also emits the lists of dead letters; with a table or metrics, each
     explained record's analysis row, which `build_pipeline` writes as a Parquet table
     (`pipeline.results.table`) and summarises per metric and unit
-    (`pipeline.results.aggregates`); each batch's overview, which `KeepOverview` merges
+    (`pipeline.results.aggregates`); each call's overview, which `KeepOverview` merges
     with the dead letters' messages into the file the report reads
     (`pipeline.results.overview`); and the lists of the records' ids, whose duplicates
     `pipeline.results.ids.CountDuplicateIds` reports)
@@ -87,7 +87,7 @@ class RouteResults(CountedStage):
     (tagged `DEAD_LETTERS`) of the records that failed (parse, validate, decode, explain,
     encode), the ids of the records that passed the checks (tagged `IDS`), and, when the
     handler made them, each explained record's analysis row (tagged `ANALYSIS`), each
-    batch's overview (tagged `OVERVIEW`) and each batch's rows and maps for the strategies
+    call's overview (tagged `OVERVIEW`) and each batch's rows and maps for the strategies
     (tagged `STRATEGIES`)."""
 
     def setup(self):
@@ -124,7 +124,7 @@ class Outputs(NamedTuple):
     """What `Explain` makes: lists of serialized schema-v2 explanation records, lists of
     serialized dead letters (`pipeline.io.dead_letters`), each explained record's
     `pipeline.results.table.AnalysisRow` (empty unless the settings make analysis rows),
-    each batch's `pipeline.results.overview.Overview` (empty without `overview`) and each
+    each call's `pipeline.results.overview.Overview` (empty without `overview`) and each
     batch's `pipeline.results.strategies.StrategiesBatch` (empty without `strategies`)."""
 
     explanations: beam.PCollection

@@ -14,7 +14,8 @@ records, with their analysis rows and the batch's overview.
   its last record with a row.
 - `with_overview`: the batch's `pipeline.results.overview.Overview` (what the report shows:
   per-unit counts and map sums, score samples, the best and worst records with their
-  images), made from the batch's arrays at once and carried by its last encoded record.
+  images), made from the batch's arrays at once and carried by its last encoded record;
+  `with_one_overview` merges a call's batches' overviews into one.
 
 A record that failed an earlier stage passes through as its `StageError`.
 
@@ -193,5 +194,26 @@ def with_overview(records: Sequence[CheckedRecord], outcomes: Sequence[Any],
     return encoded
 
 
+def with_one_overview(encoded: Sequence[Any]) -> List[Any]:
+    """The encoded records of several batches (`with_overview`'s), their overviews merged
+    into one, carried by the last record that carried one. A batch's overview holds views
+    of its decoded images, which keep the whole batch alive; the merged one holds copies of
+    the examples it keeps, as uint8 pixels, so that a handler's call (16 batches) hands Beam
+    one overview of a few examples, not 16 batches of images (which Beam would also pickle
+    to size the first elements it passes on)."""
+    encoded = list(encoded)
+    carriers = [i for i, record in enumerate(encoded)
+                if isinstance(record, Encoded) and record.overview is not None]
+    if not carriers:
+        return encoded
+    first = encoded[carriers[0]].overview
+    merged = Overview(first.names, first.higher_is_better)
+    for i in carriers:
+        merged.merge(encoded[i].overview)
+        encoded[i] = encoded[i]._replace(overview=None)
+    encoded[carriers[-1]] = encoded[carriers[-1]]._replace(overview=merged)
+    return encoded
+
+
 __all__ = ["ENCODING_THREADS", "Encoded", "PARALLEL_ENCODING_VALUES", "encode_batch",
-           "with_overview", "with_rows", "with_strategies"]
+           "with_one_overview", "with_overview", "with_rows", "with_strategies"]

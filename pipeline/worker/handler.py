@@ -13,7 +13,8 @@ record through the worker's stages, each in its own module:
 - explain (`pipeline.worker.explaining.explain_decoded`): the batch through `explain_lib`,
   with each unit's probability and the metrics' scores;
 - encode (`pipeline.worker.encoding`): schema-v2 records, with the analysis rows and the
-  batch's overview when the settings ask for them.
+  batch's overview when the settings ask for them; a call's batches' overviews are merged
+  into one (`with_one_overview`).
 
 Batches are in flight at once on the one model RunInference shares
 (`pipeline.worker.concurrency`): within a call, `batches_in_flight` batches at a time, one
@@ -31,7 +32,7 @@ Usage:
                              RecordSpec((224, 224), 3, 1000))
     results = lists | RunInference(handler)
     # one Results per list of records: per record bytes | StageError, or an Encoded
-    # (bytes with the record's analysis row, or the batch's overview)
+    # (bytes with the record's analysis row, or the call's overview)
 """
 
 import logging
@@ -62,6 +63,7 @@ from pipeline.worker.decoding import Pixels, decode_batch, decode_masks
 from pipeline.worker.encoding import (
     Encoded,
     encode_batch,
+    with_one_overview,
     with_overview,
     with_rows,
     with_strategies,
@@ -125,7 +127,8 @@ class RecordsHandler(ModelHandler[Sequence[bytes], Results, Worker]):
     ) -> List[Results]:
         """Lists of serialized records -> one `Results` per list: each record parsed and
         checked (stages "parse", "validate"), and the records that passed explained
-        (`explain_checked`). Records are parsed as `explain_checked` takes them, so that
+        (`explain_checked`), the batches' overviews merged into one for the call
+        (`with_one_overview`). Records are parsed as `explain_checked` takes them, so that
         a batch's parsing overlaps the explaining of the batch before it."""
         parsed: List[Union[CheckedRecord, StageError]] = []
 
@@ -140,8 +143,9 @@ class RecordsHandler(ModelHandler[Sequence[bytes], Results, Worker]):
                 yield record
 
         explained = iter(self.explain_checked(checked(), model))
-        outcomes = [next(explained).inference if isinstance(record, CheckedRecord) else record
-                    for record in parsed]
+        outcomes = with_one_overview([next(explained).inference
+                                      if isinstance(record, CheckedRecord) else record
+                                      for record in parsed])
         results, start = [], 0
         for records in batch:
             mine = parsed[start:start + len(records)]

@@ -1,7 +1,7 @@
 """`pipeline.results.overview`: what the job keeps for the report equals the same numbers computed
 from all the records at once, however the records are split into batches and merged; the
 score samples stay bounded and uniform; the file round-trips; the handler makes one per
-batch, with large maps scaled down for the sums."""
+batch, with large maps scaled down for the sums, and hands Beam one per call."""
 
 import collections
 
@@ -13,7 +13,7 @@ from pipeline.results import overview as overview_module
 from pipeline.results.overview import Overview, Sample, batch_overview
 from pipeline.worker.encoding import Encoded
 from pipeline.worker.explaining import RecordMaps
-from pipeline.worker.parsing import CheckedRecord, RecordSpec
+from pipeline.worker.parsing import CheckedRecord, RecordSpec, check_record
 from tests.pipeline.conftest import make_handler
 
 DIRECTIONS = {"deletion": False, "pointing_game": True}
@@ -235,3 +235,56 @@ def test_the_batches_overviews_are_combined_where_they_are_made(tmp_path, model_
 
     pipeline.visit(Visitor())
     assert producers["KeepOverview/Merge"] == ["Explain/RouteResults/ParDo(RouteResults)"]
+
+
+def test_a_call_hands_on_one_overview_of_its_batches_holding_copies_of_its_examples():
+    """A batch's overview holds views of its decoded images (the whole batch kept alive);
+    a handler's call merges its batches' overviews into one whose examples are uint8 copies,
+    so that Beam gets one small overview per call, not a batch of images per batch."""
+
+    class Maps:
+        def explain(self, images, units):
+            return [RecordMaps(np.array([int(image.mean()) % 3]), np.array([image.mean()],
+                                                                            np.float32),
+                               np.full((3, 3, 1), image.mean(), np.float32),
+                               np.array([image.mean() / 100], np.float32), {})
+                    for image in np.asarray(images)]
+
+    spec = RecordSpec(image_size=(4, 4), channels=3, num_units=5, image_shape=(4, 4, 3))
+    values = [12.4, 3.6, 40.5, 7.2, 25.0, 18.8, 33.3]  # decoded as float32: copied rounded
+    serialized = [_raw_record(i, value) for i, value in enumerate(values)]
+    handler = make_handler(spec, method="gradients", batch_size=2, overview=True)
+    results = handler.run_inference([serialized[:4], serialized[4:]], Maps())
+
+    outcomes = [o for r in results for o in r.outcomes]
+    carried = [i for i, o in enumerate(outcomes) if isinstance(o, Encoded) and o.overview]
+    assert carried == [6]  # one for the call, on the last record that carried one
+    kept = outcomes[6].overview
+    # The same as the four batches' overviews merged as Beam's combiner merges them.
+    checked = [check_record(record, spec) for record in serialized]
+    merged = Overview([], {})
+    for result in handler.explain_checked(checked, Maps()):
+        if isinstance(result.inference, Encoded) and result.inference.overview is not None:
+            merged.merge(result.inference.overview)
+    assert kept.records == merged.records == 7
+    assert kept.unit_counts == merged.unit_counts
+    for unit, total in merged.sums.items():
+        np.testing.assert_allclose(kept.sums[unit], total, rtol=1e-12)
+    for key in ("probability", "logit"):
+        np.testing.assert_array_equal(kept.samples[key].values, merged.samples[key].values)
+        for mine, theirs in zip(kept.examples[key], merged.examples[key]):
+            assert [e.id for e in mine] == [e.id for e in theirs]
+            for example in mine:
+                assert example.image.dtype == np.uint8 and example.image.base is None
+                value = values[int(example.id[1:])]
+                np.testing.assert_array_equal(example.image,
+                                              np.full((4, 4, 3), round(value), np.uint8))
+
+
+def _raw_record(i, value):
+    """A serialized record r{i} whose image is a raw 4x4x3 float32 tensor of `value`."""
+    example = tf.train.Example()
+    example.features.feature["image"].bytes_list.value.append(
+        np.full((4, 4, 3), value, np.float32).tobytes())
+    example.features.feature["id"].bytes_list.value.append(b"r%d" % i)
+    return example.SerializeToString()
