@@ -29,8 +29,9 @@ virtual machine can run at a fraction of the machine's rate with the same CPU ti
 record. The rates and their ratios are of each side's fastest pass or round, the median and
 the slowest in brackets: where the machine's cores are taken away for more than half of a
 side's passes (as this project's 2-core machine does at times, each such pass of the floor
-at exactly 0.62 of the others), the median measures that, and the fastest is what the code
-does.
+at a fixed fraction of the others), the median measures that, and the fastest is what the
+code does. The job's rounds are differences of runs, so that their fastest is biased fast (a
+slowed N run shortens the difference): compare its median round too.
 
 The records: 224x224 JPEGs (quality 90) of the demo's shapes, and ImageNet-like JPEGs
 (quality 90, sizes drawn around ImageNet's typical 500x375, landscape and portrait, resized
