@@ -198,9 +198,9 @@ def with_one_overview(encoded: Sequence[Any]) -> List[Any]:
     """The encoded records of several batches (`with_overview`'s), their overviews merged
     into one, carried by the last record that carried one. A batch's overview holds views
     of its decoded images, which keep the whole batch alive; the merged one holds copies of
-    the examples it keeps, as uint8 pixels, so that a handler's call (16 batches) hands Beam
-    one overview of a few examples, not 16 batches of images (which Beam would also pickle
-    to size the first elements it passes on)."""
+    the examples it keeps, as uint8 pixels, so that a handler's call (16 batches of 32 by
+    default) hands Beam one overview of a few examples, not 16 batches of images (which
+    Beam would also pickle to size the first elements it passes on)."""
     encoded = list(encoded)
     carriers = [i for i, record in enumerate(encoded)
                 if isinstance(record, Encoded) and record.overview is not None]

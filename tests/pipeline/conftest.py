@@ -9,6 +9,7 @@ from typing import Dict, List
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
 
@@ -24,6 +25,16 @@ from pipeline.worker.parsing import RecordSpec
 
 SIZE = 32
 UNITS = 4
+
+
+def raw_record(i: int, value: float) -> bytes:
+    """A serialized record with id r{i} whose image is a raw 4x4x3 float32 tensor of
+    `value`."""
+    example = tf.train.Example()
+    example.features.feature["image"].bytes_list.value.append(
+        np.full((4, 4, 3), value, np.float32).tobytes())
+    example.features.feature["id"].bytes_list.value.append(b"r%d" % i)
+    return example.SerializeToString()
 
 
 def make_handler(spec: RecordSpec, **settings) -> RecordsHandler:

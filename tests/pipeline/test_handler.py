@@ -27,7 +27,7 @@ from pipeline.worker.explaining import RecordMaps, Worker, resolve_preprocess
 from pipeline.worker.handler import RecordsHandler
 from pipeline.worker.models import load_keras_model, shared_model
 from pipeline.worker.parsing import CheckedRecord, RecordSpec, check_record
-from tests.pipeline.conftest import expected_explanations, make_handler
+from tests.pipeline.conftest import expected_explanations, make_handler, raw_record
 
 SPEC = RecordSpec(image_size=(4, 4), channels=3, num_units=5, image_shape=(4, 4, 3))
 
@@ -269,16 +269,6 @@ def test_handler_batches_exactly_batch_size_and_reports_record_bytes():
     assert handler.get_metrics_namespace() == "explain_pipeline"
 
 
-def _serialized(i, value=1.0):
-    """A serialized record with id r{i} whose image is a raw 4x4x3 float32 tensor of
-    `value`."""
-    example = tf.train.Example()
-    example.features.feature["image"].bytes_list.value.append(
-        np.full((4, 4, 3), value, np.float32).tobytes())
-    example.features.feature["id"].bytes_list.value.append(b"r%d" % i)
-    return example.SerializeToString()
-
-
 def _summary(outcome):
     """An outcome as a comparable value: the bytes, or a StageError's stage, message, id."""
     return ((outcome.stage, str(outcome), outcome.record_id)
@@ -287,8 +277,8 @@ def _summary(outcome):
 
 def test_run_inference_parses_lists_of_records_and_keeps_each_list_whole():
     handler = make_handler(SPEC, map_encoding="raw32", batch_size=2)
-    lists = [[_serialized(0, 1.0), b"not an Example", _serialized(1, 13.0)], [],
-             [_serialized(2, 2.0), _serialized(3, 7.0), _serialized(4, 3.0)]]
+    lists = [[raw_record(0, 1.0), b"not an Example", raw_record(1, 13.0)], [],
+             [raw_record(2, 2.0), raw_record(3, 7.0), raw_record(4, 3.0)]]
     results = handler.run_inference(lists, FailingExplainer())
 
     assert [r.records for r in results] == lists  # one result per list, each whole

@@ -14,7 +14,7 @@ from pipeline.results.overview import Overview, Sample, batch_overview
 from pipeline.worker.encoding import Encoded
 from pipeline.worker.explaining import RecordMaps
 from pipeline.worker.parsing import CheckedRecord, RecordSpec, check_record
-from tests.pipeline.conftest import make_handler
+from tests.pipeline.conftest import make_handler, raw_record
 
 DIRECTIONS = {"deletion": False, "pointing_game": True}
 
@@ -252,7 +252,7 @@ def test_a_call_hands_on_one_overview_of_its_batches_holding_copies_of_its_examp
 
     spec = RecordSpec(image_size=(4, 4), channels=3, num_units=5, image_shape=(4, 4, 3))
     values = [12.4, 3.6, 40.5, 7.2, 25.0, 18.8, 33.3]  # decoded as float32: copied rounded
-    serialized = [_raw_record(i, value) for i, value in enumerate(values)]
+    serialized = [raw_record(i, value) for i, value in enumerate(values)]
     handler = make_handler(spec, method="gradients", batch_size=2, overview=True)
     results = handler.run_inference([serialized[:4], serialized[4:]], Maps())
 
@@ -279,12 +279,3 @@ def test_a_call_hands_on_one_overview_of_its_batches_holding_copies_of_its_examp
                 value = values[int(example.id[1:])]
                 np.testing.assert_array_equal(example.image,
                                               np.full((4, 4, 3), round(value), np.uint8))
-
-
-def _raw_record(i, value):
-    """A serialized record r{i} whose image is a raw 4x4x3 float32 tensor of `value`."""
-    example = tf.train.Example()
-    example.features.feature["image"].bytes_list.value.append(
-        np.full((4, 4, 3), value, np.float32).tobytes())
-    example.features.feature["id"].bytes_list.value.append(b"r%d" % i)
-    return example.SerializeToString()
