@@ -19,10 +19,10 @@ The job runs over N and over 2N records (2,048 and 4,096 by default), in a fresh
 the difference of the two is the steady-state cost of N records (start-up, imports, the
 model's load and tracing cancel). A round runs N, 2N, N (symmetric about the 2N run, so that
 a drift of the machine's speed, linear in time, cancels); `--repeats` rounds (3), each one
-measurement. The floor and the handler each run in a fresh process of
-their own over the 2N records, one pass to warm up and then 3 timed passes per round, each
-pass one measurement: a pass of the floor over 4,096 records takes under a
-second, where a difference of two short processes moved by more than the pass itself.
+measurement. The floor and the handler each run in a fresh process of their own over the
+2N records, one pass to warm up and then 3 timed passes per round, each pass one
+measurement: a pass of the floor over 4,096 records takes under a second, where a
+difference of two short processes moved by more than the pass itself.
 Every side is also reported in core-milliseconds per record (user and system time of all
 threads, which the machine's other work moves much less than wall time): a pass on a shared
 virtual machine can run at a fraction of the machine's rate with the same CPU time per
@@ -68,6 +68,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from benchmarks.pipeline import REPO, job_times
+
 SIZE = 224
 BATCH = 32
 QUALITY = 90

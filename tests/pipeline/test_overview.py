@@ -257,7 +257,8 @@ def test_a_call_hands_on_one_overview_of_its_batches_holding_copies_of_its_examp
     results = handler.run_inference([serialized[:4], serialized[4:]], Maps())
 
     outcomes = [o for r in results for o in r.outcomes]
-    carried = [i for i, o in enumerate(outcomes) if isinstance(o, Encoded) and o.overview]
+    carried = [i for i, o in enumerate(outcomes)
+               if isinstance(o, Encoded) and o.overview is not None]
     assert carried == [6]  # one for the call, on the last record that carried one
     kept = outcomes[6].overview
     # The same as the four batches' overviews merged as Beam's combiner merges them.
