@@ -11,6 +11,10 @@ Conv2D, GlobalAveragePooling2D, Dense(10)), so that what is left is the host's w
 - the handler in process: the RunInference handler the job builds from the same options,
   handed the records in the job's lists, without Beam around it (its parsing, decoding,
   explaining and encoding: what the job costs beyond Beam's own work);
+- the explain stage alone: the same batches, decoded once, explained as the handler
+  explains them; its CPU on TensorFlow's threads (the process's less the calling thread's)
+  is the model's compiled step, the part of the job a GPU worker runs on its GPU (the ops
+  TensorFlow runs inline on the calling thread stay counted as the host's);
 - the job: `python -m pipeline --input ... --output ... --model null.keras --method gradcam
   --units_key label` with default options (DirectRunner), as users type it, in a fresh
   process.
@@ -19,9 +23,9 @@ The job runs over N and over 2N records (2,048 and 4,096 by default), in a fresh
 the difference of the two is the steady-state cost of N records (start-up, imports, the
 model's load and tracing cancel). A round runs N, 2N, N (symmetric about the 2N run, so that
 a drift of the machine's speed, linear in time, cancels); `--repeats` rounds (3), each one
-measurement. The floor and the handler each run in a fresh process of their own over the
-2N records, one pass to warm up and then 3 timed passes per round, each pass one
-measurement: a pass of the floor over 4,096 records takes under a second, where a
+measurement. The floor, the handler and the explain stage each run in a fresh process of
+their own over the 2N records, one pass to warm up and then 3 timed passes per round, each
+pass one measurement: a pass of the floor over 4,096 records takes under a second, where a
 difference of two short processes moved by more than the pass itself.
 Every side is also reported in core-milliseconds per record (user and system time of all
 threads, which the machine's other work moves much less than wall time): a pass on a shared
@@ -40,7 +44,10 @@ by the job to 224x224).
 Reported per case: each side's steady-state records/s, the host cost over the floor (the
 job's seconds per record over the floor's, fastest against fastest and median against
 median; the issue's target is 1.5x at 224x224),
-records/s per core, and each side's core-milliseconds per record and their ratio. With
+records/s per core, each side's core-milliseconds per record and their ratio, and the
+job's CPU less the model's step over the floor's: the host's work as a GPU worker would
+spend it, which a CPU machine can measure only in CPU time (the model's step shares the
+cores there, and so takes wall time from the rest). With
 `--one-core`, everything runs again under `taskset -c 0` (one core), and the scaling from one
 core to all of them is reported (the target is 1.7x or more from one core to two).
 
@@ -160,46 +167,78 @@ def floor(input_path: str, resize: bool, passes: int) -> None:
     _print_passes(lambda: sum(int(batch.shape[0]) for batch in dataset), passes)
 
 
-def handler(input_path: str, model_path: str, passes: int, job_args: Sequence[str]) -> None:
-    """The job's handler in process over `input_path` (`python -m benchmarks.feed --handler
-    PATH --model PATH`): the handler `python -m pipeline` builds from the benchmark's job
-    options (`JOB_OPTIONS` and `job_args`, defaults otherwise), handed the records in the
-    job's lists, with no Beam around it; one pass to warm up, then `passes` timed passes;
-    prints each timed pass's seconds and core-seconds per record."""
+def _job_parts(input_path: str, model_path: str, job_args: Sequence[str]):
+    """The job's `Explain` transform as `python -m pipeline` builds it from the benchmark's
+    job options (`JOB_OPTIONS` and `job_args`, defaults otherwise; its handler, spec and
+    settings), the handler's worker (the model loaded), and the serialized records of
+    `input_path` in the job's lists."""
     import tensorflow as tf
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.job.options import job_settings
     from pipeline.job.transforms import Explain
 
-    settings = job_settings(PipelineOptions(["--input", input_path, "--output", "unused",
-                                             "--model", model_path, *JOB_OPTIONS,
-                                             *job_args]))
-    records_handler = Explain(settings).handler
-    worker = records_handler.load_model()
+    explain = Explain(job_settings(PipelineOptions(
+        ["--input", input_path, "--output", "unused", "--model", model_path, *JOB_OPTIONS,
+         *job_args])))
     records = [record.numpy() for record in tf.data.TFRecordDataset(input_path)]
-    size = records_handler.records_per_call
+    size = explain.handler.records_per_call
     lists = [records[start:start + size] for start in range(0, len(records), size)]
+    return explain, explain.handler.load_model(), lists
+
+
+def handler(input_path: str, model_path: str, passes: int, job_args: Sequence[str]) -> None:
+    """The job's handler in process over `input_path` (`python -m benchmarks.feed --handler
+    PATH --model PATH`): handed the records in the job's lists (`_job_parts`), with no Beam
+    around it; one pass to warm up, then `passes` timed passes (`_print_passes`)."""
+    explain, worker, lists = _job_parts(input_path, model_path, job_args)
 
     def one_pass():
         for records_list in lists:
-            records_handler.run_inference([records_list], worker)
-        return len(records)
+            explain.handler.run_inference([records_list], worker)
+        return sum(len(records_list) for records_list in lists)
+
+    _print_passes(one_pass, passes)
+
+
+def step(input_path: str, model_path: str, passes: int, job_args: Sequence[str]) -> None:
+    """The explain stage alone over `input_path` (`python -m benchmarks.feed --step PATH
+    --model PATH`): the handler's batches checked and decoded once, then passes of
+    `explain_decoded` over them, as the handler calls it (`_print_passes`). What it costs
+    on TensorFlow's threads (the process's CPU less the calling thread's) is the model's
+    compiled step, which a GPU worker runs on its GPU; the calling thread's share (the
+    engine's Python and the ops TensorFlow runs inline on it) stays the host's."""
+    from pipeline.worker.decoding import decode_batch
+    from pipeline.worker.explaining import explain_decoded
+    from pipeline.worker.parsing import check_record
+
+    explain, worker, lists = _job_parts(input_path, model_path, job_args)
+    checked = [check_record(record, explain.spec) for records_list in lists
+               for record in records_list]
+    size = explain.settings.batch_size
+    batches = [checked[start:start + size] for start in range(0, len(checked), size)]
+    decoded = [decode_batch(batch, explain.spec)[0] for batch in batches]
+
+    def one_pass():
+        for batch, images in zip(batches, decoded):
+            explain_decoded(batch, images, worker)
+        return len(checked)
 
     _print_passes(one_pass, passes)
 
 
 def _print_passes(one_pass, passes: int) -> None:
     """`one_pass()` (which returns the records it took) once to warm up, then `passes`
-    times, printing for each timed pass its seconds and core-seconds (user and system, all
-    the process's threads) per record."""
+    times, printing for each timed pass its seconds, core-seconds (user and system, all the
+    process's threads) and the calling thread's core-seconds per record."""
     for timed in [False] + [True] * passes:
-        start, times = time.perf_counter(), os.times()
+        start, times, thread = time.perf_counter(), os.times(), time.thread_time()
         count = one_pass()
         seconds, end = time.perf_counter() - start, os.times()
         if timed:
             cpu = (end.user + end.system) - (times.user + times.system)
-            print(f"{seconds / count:.9f} {cpu / count:.9f}")
+            print(f"{seconds / count:.9f} {cpu / count:.9f} "
+                  f"{(time.thread_time() - thread) / count:.9f}")
 
 
 def _command(prefix: Sequence[str], arguments: Sequence[str]) -> List[str]:
@@ -210,7 +249,8 @@ def per_record_in_passes(arguments: Sequence[str], prefix: Sequence[str]) -> Dic
     """Seconds per record of a side measured in passes (`--floor` or `--handler`, with
     `arguments`) in a fresh process, once warmed up (the process's start, TensorFlow's
     import, the model's load and the first pass left out: they are no part of the steady
-    state): the median pass and the range, and the median core-seconds per record."""
+    state): the median pass and the range, and the median core-seconds per record, all
+    threads' and the calling thread's."""
     process = subprocess.run(
         _command(prefix, ["-m", "benchmarks.feed", *arguments]),
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -218,9 +258,10 @@ def per_record_in_passes(arguments: Sequence[str], prefix: Sequence[str]) -> Dic
         raise RuntimeError(f"{arguments[0]} failed: {process.stderr[-3000:]}")
     rows = [[float(v) for v in line.split()] for line in process.stdout.split("\n")
             if line.strip()]
-    walls = [wall for wall, _ in rows]
+    walls = [wall for wall, _, _ in rows]
     return {"median": statistics.median(walls), "min": min(walls), "max": max(walls),
-            "cpu": statistics.median(cpu for _, cpu in rows)}
+            "cpu": statistics.median(cpu for _, cpu, _ in rows),
+            "thread": statistics.median(thread for _, _, thread in rows)}
 
 
 def job_seconds(input_path: str, output: str, model_path: str, prefix: Sequence[str],
@@ -247,7 +288,8 @@ def steady_state(run, count: int, repeats: int) -> Dict[str, float]:
 
 def measure(case: str, directory: str, count: int, repeats: int, prefix: Sequence[str],
             job_args: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    """Steady-state seconds per record of the floor and of the job on `case`'s records."""
+    """Steady-state seconds per record of the floor, the handler, the explain stage alone
+    and the job on `case`'s records."""
     _, resize = CASES[case]
     inputs = {"n": write_records(os.path.join(directory, f"{case}-{count}.tfrecord"), count,
                                  case, seed=1),
@@ -260,16 +302,19 @@ def measure(case: str, directory: str, count: int, repeats: int, prefix: Sequenc
     return {
         "floor": per_record_in_passes(["--floor", inputs["2n"], "--passes", passes]
                                       + (["--floor-resize"] if resize else []), prefix),
-        "handler": per_record_in_passes(["--handler", inputs["2n"], "--model", model_path,
-                                         "--passes", passes, "--job-args", *job_args], prefix),
+        **{side: per_record_in_passes([f"--{side}", inputs["2n"], "--model", model_path,
+                                       "--passes", passes, "--job-args", *job_args], prefix)
+           for side in ("handler", "step")},
         "job": steady_state(lambda n: job_seconds(inputs[n], output, model_path, prefix,
                                                   job_args), count, repeats),
     }
 
 
 def report(case: str, cores: int, results: Dict[str, Dict[str, float]]) -> Dict[str, float]:
-    """One row of the table; returns each side's records/s."""
+    """One row of the table; returns each side's records/s (not the explain stage's)."""
     floor_s, handler_s, job_s = results["floor"], results["handler"], results["job"]
+    # The model's compiled step: the explain stage's CPU on TensorFlow's threads (`step`).
+    model_cpu = results["step"]["cpu"] - results["step"]["thread"]
 
     def rate(side):
         return (f"{1 / side['min']:.0f} ({1 / side['median']:.0f}; "
@@ -279,8 +324,10 @@ def report(case: str, cores: int, results: Dict[str, Dict[str, float]]) -> Dict[
           f"{job_s['min'] / floor_s['min']:.2f} ({job_s['median'] / floor_s['median']:.2f}) | "
           f"{1 / floor_s['min'] / cores:.0f} | {1 / job_s['min'] / cores:.0f} | "
           f"{floor_s['cpu'] * 1e3:.3f} | {handler_s['cpu'] * 1e3:.3f} | "
-          f"{job_s['cpu'] * 1e3:.3f} | {job_s['cpu'] / floor_s['cpu']:.2f} |", flush=True)
-    return {side: 1 / results[side]["min"] for side in results}
+          f"{job_s['cpu'] * 1e3:.3f} | {job_s['cpu'] / floor_s['cpu']:.2f} | "
+          f"{model_cpu * 1e3:.3f} | {(job_s['cpu'] - model_cpu) / floor_s['cpu']:.2f} |",
+          flush=True)
+    return {side: 1 / results[side]["min"] for side in ("floor", "handler", "job")}
 
 
 def main(argv=None):
@@ -299,6 +346,7 @@ def main(argv=None):
     parser.add_argument("--floor", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--floor-resize", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--handler", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--step", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--passes", type=int, default=PASSES, help=argparse.SUPPRESS)
     parser.add_argument("--job-args", nargs=argparse.REMAINDER, default=[],
@@ -309,6 +357,9 @@ def main(argv=None):
         return
     if args.handler:
         handler(args.handler, args.model, args.passes, args.job_args)
+        return
+    if args.step:
+        step(args.step, args.model, args.passes, args.job_args)
         return
 
     from benchmarks.common import machine
@@ -322,8 +373,9 @@ def main(argv=None):
     print("| records | cores | floor records/s | handler in process records/s | "
           "job records/s | host cost over floor (median) | floor records/s/core | "
           "job records/s/core | floor core-ms/record | handler core-ms/record | "
-          "job core-ms/record | job over floor, CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "job core-ms/record | job over floor, CPU | the model's step, core-ms/record | "
+          "job less the model's step over floor, CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     settings = [(cores, ())] + ([(1, ("taskset", "-c", "0"))] if args.one_core else [])
     with tempfile.TemporaryDirectory(prefix="explain_feed_") as scratch:
         directory = args.data_dir or scratch
