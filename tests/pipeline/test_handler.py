@@ -27,6 +27,7 @@ from pipeline.worker.explaining import RecordMaps, Worker, resolve_preprocess
 from pipeline.worker.handler import RecordsHandler
 from pipeline.worker.models import load_keras_model, shared_model
 from pipeline.worker.parsing import CheckedRecord, RecordSpec, check_record
+from tests import zoo
 from tests.pipeline.conftest import expected_explanations, make_handler, raw_record
 
 SPEC = RecordSpec(image_size=(4, 4), channels=3, num_units=5, image_shape=(4, 4, 3))
@@ -180,22 +181,29 @@ def test_a_decoded_batch_reaches_the_explainer_as_the_decodings_own_tensor(shape
     np.testing.assert_array_equal(explained, shapes[0][:3])  # PNG: exact uint8 pixels
 
 
-def test_a_users_model_explains_the_decodings_tensor_as_it_did_its_numpy_copy(tmp_path,
-                                                                             shapes):
-    """keras.applications' MobileNetV2 with its softmax head, saved compiled and loaded as
-    the job loads it (compile=True): the decoding's own tensor and a numpy copy of it give
-    the same units, logits, probabilities and maps."""
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=5)
+@pytest.mark.parametrize("family, method", [("MobileNetV2", "gradcam"),
+                                            ("hub:ViT", "gradients"),
+                                            ("hub:ViT", "integrated_gradients"),
+                                            ("hub:ResNet", "gradcam")])
+def test_a_users_model_explains_the_decodings_tensor_as_it_did_its_numpy_copy(
+        tmp_path, shapes, family, method):
+    """The models users have (`tests/zoo.py`: keras.applications' MobileNetV2, KerasHub's
+    ViT and ResNet classifiers) with their softmax heads, saved compiled and loaded as the
+    job loads them (compile=True): the decoding's own tensor and a numpy copy of it give the
+    same units, logits, probabilities and maps."""
+    model = zoo.build(family, head="softmax")
     model.compile(optimizer="adam", loss="categorical_crossentropy")
-    path = str(tmp_path / "mobilenet.keras")
+    path = str(tmp_path / "model.keras")
     model.save(path)
-    spec = RecordSpec(image_size=(32, 32), channels=3, num_units=5)
+    size = zoo.input_size(family)
+    spec = RecordSpec(image_size=(size, size), channels=3, num_units=zoo.UNITS)
+    images = shapes[0][:4]
+    assert images.shape[1:3] == (size, size)
     records = [check_record(demo.make_example(demo.encode_image(image, "jpeg"), None, f"j{i}"),
-                            spec) for i, image in enumerate(shapes[0][:4])]
+                            spec) for i, image in enumerate(images)]
     images, errors = handler_module.decode_batch(records, spec)
     assert errors == [None] * 4 and isinstance(images, tf.Tensor)
-    worker = Worker.load(Settings(model=path, method="gradcam"))
+    worker = Worker.load(Settings(model=path, method=method))
     from_tensor = worker.explain(images, [None] * 4)
     from_copy = worker.explain(np.array(images), [None] * 4)
     for mine, theirs in zip(from_tensor, from_copy):
