@@ -45,11 +45,11 @@ Reported per case: each side's steady-state records/s, the host cost over the fl
 job's seconds per record over the floor's, fastest against fastest and median against
 median; the issue's target is 1.5x at 224x224),
 records/s per core, each side's core-milliseconds per record and their ratio, and the
-job's CPU less the model's step over the floor's: the host's work as a GPU worker would
-spend it, which a CPU machine can measure only in CPU time (the model's step shares the
-cores there, and so takes wall time from the rest). With
-`--one-core`, everything runs again under `taskset -c 0` (one core), and the scaling from one
-core to all of them is reported (the target is 1.7x or more from one core to two).
+handler's and the job's CPU less the model's step over the floor's: the host's work as a
+GPU worker would spend it, which a CPU machine can measure only in CPU time (the model's
+step shares the cores there, and so takes wall time from the rest). With `--one-core`,
+everything runs again under `taskset -c 0` (one core), and the scaling from one core to all
+of them is reported (the target is 1.7x or more from one core to two).
 
 Run (the full measurement, on a quiet machine; about 15 minutes on 2 cores):
 
@@ -246,8 +246,8 @@ def _command(prefix: Sequence[str], arguments: Sequence[str]) -> List[str]:
 
 
 def per_record_in_passes(arguments: Sequence[str], prefix: Sequence[str]) -> Dict[str, float]:
-    """Seconds per record of a side measured in passes (`--floor` or `--handler`, with
-    `arguments`) in a fresh process, once warmed up (the process's start, TensorFlow's
+    """Seconds per record of a side measured in passes (`--floor`, `--handler` or `--step`,
+    with `arguments`) in a fresh process, once warmed up (the process's start, TensorFlow's
     import, the model's load and the first pass left out: they are no part of the steady
     state): the median pass and the range, and the median core-seconds per record, all
     threads' and the calling thread's."""
@@ -325,7 +325,8 @@ def report(case: str, cores: int, results: Dict[str, Dict[str, float]]) -> Dict[
           f"{1 / floor_s['min'] / cores:.0f} | {1 / job_s['min'] / cores:.0f} | "
           f"{floor_s['cpu'] * 1e3:.3f} | {handler_s['cpu'] * 1e3:.3f} | "
           f"{job_s['cpu'] * 1e3:.3f} | {job_s['cpu'] / floor_s['cpu']:.2f} | "
-          f"{model_cpu * 1e3:.3f} | {(job_s['cpu'] - model_cpu) / floor_s['cpu']:.2f} |",
+          f"{model_cpu * 1e3:.3f} | {(handler_s['cpu'] - model_cpu) / floor_s['cpu']:.2f} | "
+          f"{(job_s['cpu'] - model_cpu) / floor_s['cpu']:.2f} |",
           flush=True)
     return {side: 1 / results[side]["min"] for side in ("floor", "handler", "job")}
 
@@ -374,8 +375,8 @@ def main(argv=None):
           "job records/s | host cost over floor (median) | floor records/s/core | "
           "job records/s/core | floor core-ms/record | handler core-ms/record | "
           "job core-ms/record | job over floor, CPU | the model's step, core-ms/record | "
-          "job less the model's step over floor, CPU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "handler less the step over floor, CPU | job less the step over floor, CPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     settings = [(cores, ())] + ([(1, ("taskset", "-c", "0"))] if args.one_core else [])
     with tempfile.TemporaryDirectory(prefix="explain_feed_") as scratch:
         directory = args.data_dir or scratch
