@@ -197,10 +197,10 @@ def test_a_users_model_explains_the_decodings_tensor_as_it_did_its_numpy_copy(
     model.save(path)
     size = zoo.input_size(family)
     spec = RecordSpec(image_size=(size, size), channels=3, num_units=zoo.UNITS)
-    images = shapes[0][:4]
-    assert images.shape[1:3] == (size, size)
+    pictures = shapes[0][:4]
+    assert pictures.shape[1:3] == (size, size)
     records = [check_record(demo.make_example(demo.encode_image(image, "jpeg"), None, f"j{i}"),
-                            spec) for i, image in enumerate(images)]
+                            spec) for i, image in enumerate(pictures)]
     images, errors = handler_module.decode_batch(records, spec)
     assert errors == [None] * 4 and isinstance(images, tf.Tensor)
     worker = Worker.load(Settings(model=path, method=method))
